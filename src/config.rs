@@ -1,0 +1,240 @@
+//! Configuration: a TOML file, `SHAREVAULT_*` environment variables and flags, flags winning.
+//!
+//! Everything is validated before any port is bound. Secrets are referenced by file path only.
+
+use crate::validate::Limits;
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Where a listener binds: `HOST:PORT` or `unix:/path/to.sock`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if !path.starts_with('/') {
+                return Err(format!("`{s}`: a unix socket path must be absolute"));
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        s.parse()
+            .map(ListenAddr::Tcp)
+            .map_err(|_| format!("`{s}` is neither HOST:PORT (an IP address) nor unix:/path"))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The settings of `sharevault serve`, as flags and environment variables.
+#[derive(Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (snake_case names).
+    #[arg(long, env = "SHAREVAULT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory of the database [default: ./sharevault-data].
+    #[arg(long, env = "SHAREVAULT_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listener: HOST:PORT or unix:/path [default: 127.0.0.1:7450].
+    #[arg(long, env = "SHAREVAULT_GRPC_LISTEN", value_name = "ADDR")]
+    pub grpc_listen: Option<String>,
+    /// File holding the 256-bit master key (64 hex characters).
+    #[arg(long, env = "SHAREVAULT_MASTER_KEY_FILE", value_name = "FILE")]
+    pub master_key_file: Option<PathBuf>,
+    /// File holding the webhook secrets, one per line.
+    #[arg(long, env = "SHAREVAULT_WEBHOOK_SECRET_FILE", value_name = "FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// File holding the admin token.
+    #[arg(long, env = "SHAREVAULT_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Largest accepted custodian share, in bytes [default: 65536].
+    #[arg(long, env = "SHAREVAULT_MAX_SHARE_BYTES", value_name = "BYTES")]
+    pub max_share_bytes: Option<usize>,
+    /// Largest accepted client cipherText, in bytes [default: 65536].
+    #[arg(long, env = "SHAREVAULT_MAX_CIPHER_TEXT_BYTES", value_name = "BYTES")]
+    pub max_cipher_text_bytes: Option<usize>,
+    /// Seconds that in-flight calls get to finish on shutdown [default: 10].
+    #[arg(
+        long,
+        env = "SHAREVAULT_SHUTDOWN_GRACE_SECONDS",
+        value_name = "SECONDS"
+    )]
+    pub shutdown_grace_seconds: Option<u64>,
+    /// Log format [default: text].
+    #[arg(long, env = "SHAREVAULT_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The settings a config file may hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    grpc_listen: Option<String>,
+    master_key_file: Option<PathBuf>,
+    webhook_secret_file: Option<PathBuf>,
+    admin_token_file: Option<PathBuf>,
+    max_share_bytes: Option<usize>,
+    max_cipher_text_bytes: Option<usize>,
+    shutdown_grace_seconds: Option<u64>,
+    log_format: Option<LogFormat>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub grpc_listen: ListenAddr,
+    pub master_key_file: Option<PathBuf>,
+    pub webhook_secret_file: Option<PathBuf>,
+    pub admin_token_file: Option<PathBuf>,
+    pub limits: Limits,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+}
+
+/// The most a share or cipherText limit may be raised to.
+pub const MAX_SECRET_LIMIT: usize = 1024 * 1024;
+
+impl Config {
+    /// Merges defaults, the config file, the environment and flags, then validates.
+    pub fn load(args: &ServeArgs) -> Result<Self, String> {
+        let file = match &args.config {
+            Some(path) => read_file_config(path)?,
+            None => FileConfig::default(),
+        };
+        let limits = Limits {
+            max_share_bytes: args
+                .max_share_bytes
+                .or(file.max_share_bytes)
+                .unwrap_or(Limits::default().max_share_bytes),
+            max_cipher_text_bytes: args
+                .max_cipher_text_bytes
+                .or(file.max_cipher_text_bytes)
+                .unwrap_or(Limits::default().max_cipher_text_bytes),
+        };
+        for (name, value) in [
+            ("max_share_bytes", limits.max_share_bytes),
+            ("max_cipher_text_bytes", limits.max_cipher_text_bytes),
+        ] {
+            if value == 0 || value > MAX_SECRET_LIMIT {
+                return Err(format!("{name} must be between 1 and {MAX_SECRET_LIMIT}"));
+            }
+        }
+        let grpc_listen = args
+            .grpc_listen
+            .clone()
+            .or(file.grpc_listen)
+            .unwrap_or_else(|| "127.0.0.1:7450".into())
+            .parse()
+            .map_err(|e| format!("grpc_listen: {e}"))?;
+        Ok(Self {
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./sharevault-data")),
+            grpc_listen,
+            master_key_file: args.master_key_file.clone().or(file.master_key_file),
+            webhook_secret_file: args
+                .webhook_secret_file
+                .clone()
+                .or(file.webhook_secret_file),
+            admin_token_file: args.admin_token_file.clone().or(file.admin_token_file),
+            limits,
+            shutdown_grace: Duration::from_secs(
+                args.shutdown_grace_seconds
+                    .or(file.shutdown_grace_seconds)
+                    .unwrap_or(10),
+            ),
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+        })
+    }
+}
+
+fn read_file_config(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sharevault.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/var/lib/sharevault\"\ngrpc_listen = \"127.0.0.1:9000\"\nmax_share_bytes = 1000\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            grpc_listen: Some("unix:/run/sharevault.sock".into()),
+            ..ServeArgs::default()
+        };
+        let config = Config::load(&args).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/sharevault"));
+        assert_eq!(
+            config.grpc_listen,
+            ListenAddr::Unix("/run/sharevault.sock".into())
+        );
+        assert_eq!(config.limits.max_share_bytes, 1000);
+        assert_eq!(config.limits.max_cipher_text_bytes, 65536);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "data_dri = \"/x\"\n").unwrap();
+        let err = Config::load(&ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("data_dri"), "{err}");
+        for bad in ["localhost", "unix:relative.sock", "1.2.3.4"] {
+            let args = ServeArgs {
+                grpc_listen: Some(bad.into()),
+                ..ServeArgs::default()
+            };
+            assert!(Config::load(&args).is_err(), "{bad}");
+        }
+        let args = ServeArgs {
+            max_share_bytes: Some(0),
+            ..ServeArgs::default()
+        };
+        assert!(Config::load(&args).is_err());
+    }
+}

@@ -1,0 +1,351 @@
+//! Envelope encryption of shares and cipherTexts.
+//!
+//! Every record is sealed with AES-256-GCM under a fresh 256-bit data key; the data key is
+//! wrapped with AES-256-GCM under the master key. Both layers bind the record's location
+//! (table, client id, backup method) as associated data, so a record copied under another
+//! key fails to open instead of serving another user's share.
+//!
+//! Envelope layout (version 1), all offsets in bytes:
+//!
+//! | offset | size   | field                                          |
+//! |--------|--------|------------------------------------------------|
+//! | 0      | 1      | envelope version, `1`                          |
+//! | 1      | 8      | id of the master key that wrapped the data key |
+//! | 9      | 12     | nonce of the data-key wrap                     |
+//! | 21     | 48     | wrapped data key (32) and its GCM tag (16)     |
+//! | 69     | 12     | nonce of the payload                           |
+//! | 81     | n + 16 | sealed payload and its GCM tag                 |
+
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use zeroize::Zeroizing;
+
+/// Length of the master key and of every data key.
+pub const KEY_LEN: usize = 32;
+const VERSION: u8 = 1;
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+const KEY_ID_LEN: usize = 8;
+const WRAP_NONCE_AT: usize = 1 + KEY_ID_LEN;
+const WRAPPED_AT: usize = WRAP_NONCE_AT + NONCE_LEN;
+const DATA_NONCE_AT: usize = WRAPPED_AT + KEY_LEN + TAG_LEN;
+const PAYLOAD_AT: usize = DATA_NONCE_AT + NONCE_LEN;
+
+/// Size an envelope adds to its payload.
+pub const ENVELOPE_OVERHEAD: usize = PAYLOAD_AT + TAG_LEN;
+
+/// Why an envelope could not be made or opened. Never carries key or payload bytes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CryptoError {
+    #[error("the master key must be 32 bytes, given raw or as 64 hex characters")]
+    BadMasterKey,
+    #[error("the envelope is truncated or has an unknown version")]
+    Malformed,
+    #[error("the envelope was wrapped by master key {found}, not by the configured key {expected}")]
+    WrongKey { expected: KeyId, found: KeyId },
+    #[error("the envelope failed authentication: it was altered or moved")]
+    Tampered,
+    #[error("the system random number generator failed")]
+    Random,
+}
+
+/// Identifies a master key without revealing it: the first 8 bytes of a domain-separated
+/// SHA-256 of the key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId([u8; KEY_ID_LEN]);
+
+impl KeyId {
+    fn of(key: &[u8; KEY_LEN]) -> Self {
+        let digest = Sha256::new()
+            .chain_update(b"sharevault master key id v1\0")
+            .chain_update(key)
+            .finalize();
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(&digest[..KEY_ID_LEN]);
+        Self(id)
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({self})")
+    }
+}
+
+/// Where a record lives; bound into both GCM layers as associated data.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordAad<'a> {
+    pub table: &'a str,
+    pub client_id: &'a str,
+    pub backup_method: &'a str,
+}
+
+impl RecordAad<'_> {
+    fn encode(&self, layer: &[u8], key_id: Option<&KeyId>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            32 + self.table.len() + self.client_id.len() + self.backup_method.len(),
+        );
+        out.extend_from_slice(b"sharevault/v1/");
+        out.extend_from_slice(layer);
+        out.push(VERSION);
+        if let Some(id) = key_id {
+            out.extend_from_slice(&id.0);
+        }
+        for part in [self.table, self.client_id, self.backup_method] {
+            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            out.extend_from_slice(part.as_bytes());
+        }
+        out
+    }
+}
+
+/// The key that wraps every data key. Zeroized on drop; `Debug` shows only its id.
+pub struct MasterKey {
+    key: Zeroizing<[u8; KEY_LEN]>,
+    id: KeyId,
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MasterKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, CryptoError> {
+    let mut bytes = Zeroizing::new([0u8; N]);
+    getrandom::fill(bytes.as_mut()).map_err(|_| CryptoError::Random)?;
+    Ok(bytes)
+}
+
+fn nonce(bytes: &[u8]) -> Result<&[u8; NONCE_LEN], CryptoError> {
+    bytes.try_into().map_err(|_| CryptoError::Malformed)
+}
+
+fn cipher(key: &[u8; KEY_LEN]) -> Aes256Gcm {
+    Aes256Gcm::new(key.into())
+}
+
+impl MasterKey {
+    /// Reads a key file's contents: 64 hex characters (surrounding whitespace ignored) or
+    /// exactly 32 raw bytes.
+    pub fn from_file_contents(contents: &[u8]) -> Result<Self, CryptoError> {
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        let trimmed = contents.trim_ascii();
+        if trimmed.len() == 2 * KEY_LEN {
+            hex::decode_to_slice(trimmed, key.as_mut()).map_err(|_| CryptoError::BadMasterKey)?;
+        } else if contents.len() == KEY_LEN {
+            key.copy_from_slice(contents);
+        } else {
+            return Err(CryptoError::BadMasterKey);
+        }
+        let id = KeyId::of(&key);
+        Ok(Self { key, id })
+    }
+
+    /// A new random key, hex encoded as it is written to a key file.
+    pub fn generate_hex() -> Result<Zeroizing<String>, CryptoError> {
+        let key = random::<KEY_LEN>()?;
+        Ok(Zeroizing::new(hex::encode(key.as_ref())))
+    }
+
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    /// Seals `plaintext` for the record at `aad` under a fresh data key.
+    pub fn seal(&self, aad: &RecordAad<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let data_key = random::<KEY_LEN>()?;
+        let wrap_nonce = random::<NONCE_LEN>()?;
+        let data_nonce = random::<NONCE_LEN>()?;
+        let wrapped = cipher(&self.key)
+            .encrypt(
+                (&*wrap_nonce).into(),
+                Payload {
+                    msg: data_key.as_ref(),
+                    aad: &aad.encode(b"dek", Some(&self.id)),
+                },
+            )
+            .map_err(|_| CryptoError::Tampered)?;
+        let sealed = cipher(&data_key)
+            .encrypt(
+                (&*data_nonce).into(),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad.encode(b"data", None),
+                },
+            )
+            .map_err(|_| CryptoError::Tampered)?;
+        let mut out = Vec::with_capacity(PAYLOAD_AT + sealed.len());
+        out.push(VERSION);
+        out.extend_from_slice(&self.id.0);
+        out.extend_from_slice(wrap_nonce.as_ref());
+        out.extend_from_slice(&wrapped);
+        out.extend_from_slice(data_nonce.as_ref());
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// Opens an envelope sealed by [`MasterKey::seal`] for the same `aad`.
+    pub fn open(
+        &self,
+        aad: &RecordAad<'_>,
+        envelope: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let data_key = self.unwrap_data_key(aad, envelope)?;
+        let plaintext = cipher(&data_key)
+            .decrypt(
+                nonce(&envelope[DATA_NONCE_AT..PAYLOAD_AT])?.into(),
+                Payload {
+                    msg: &envelope[PAYLOAD_AT..],
+                    aad: &aad.encode(b"data", None),
+                },
+            )
+            .map_err(|_| CryptoError::Tampered)?;
+        Ok(Zeroizing::new(plaintext))
+    }
+
+    /// The id of the master key that wrapped an envelope's data key.
+    pub fn envelope_key_id(envelope: &[u8]) -> Result<KeyId, CryptoError> {
+        if envelope.len() < ENVELOPE_OVERHEAD || envelope[0] != VERSION {
+            return Err(CryptoError::Malformed);
+        }
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(&envelope[1..WRAP_NONCE_AT]);
+        Ok(KeyId(id))
+    }
+
+    fn unwrap_data_key(
+        &self,
+        aad: &RecordAad<'_>,
+        envelope: &[u8],
+    ) -> Result<Zeroizing<[u8; KEY_LEN]>, CryptoError> {
+        let found = Self::envelope_key_id(envelope)?;
+        if found != self.id {
+            return Err(CryptoError::WrongKey {
+                expected: self.id,
+                found,
+            });
+        }
+        let unwrapped = Zeroizing::new(
+            cipher(&self.key)
+                .decrypt(
+                    nonce(&envelope[WRAP_NONCE_AT..WRAPPED_AT])?.into(),
+                    Payload {
+                        msg: &envelope[WRAPPED_AT..DATA_NONCE_AT],
+                        aad: &aad.encode(b"dek", Some(&self.id)),
+                    },
+                )
+                .map_err(|_| CryptoError::Tampered)?,
+        );
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        key.copy_from_slice(&unwrapped);
+        Ok(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> MasterKey {
+        MasterKey::from_file_contents(&[byte; KEY_LEN]).unwrap()
+    }
+
+    const AAD: RecordAad<'static> = RecordAad {
+        table: "custodian_shares",
+        client_id: "client-1",
+        backup_method: "PASSWORD-SECP256K1",
+    };
+
+    #[test]
+    fn seal_then_open_round_trips_and_hides_the_plaintext() {
+        let k = key(7);
+        let envelope = k.seal(&AAD, b"{\"share\":\"secret-material\"}").unwrap();
+        assert_eq!(envelope.len(), ENVELOPE_OVERHEAD + 27);
+        assert!(!envelope.windows(6).any(|w| w == b"secret"));
+        assert_eq!(
+            &*k.open(&AAD, &envelope).unwrap(),
+            b"{\"share\":\"secret-material\"}"
+        );
+    }
+
+    #[test]
+    fn the_same_plaintext_seals_differently_each_time() {
+        let k = key(7);
+        assert_ne!(k.seal(&AAD, b"x").unwrap(), k.seal(&AAD, b"x").unwrap());
+    }
+
+    #[test]
+    fn a_record_moved_to_another_client_method_or_table_fails_to_open() {
+        let k = key(7);
+        let envelope = k.seal(&AAD, b"share").unwrap();
+        for moved in [
+            RecordAad {
+                client_id: "client-2",
+                ..AAD
+            },
+            RecordAad {
+                backup_method: "PASSWORD-ED25519",
+                ..AAD
+            },
+            RecordAad {
+                table: "client_shares",
+                ..AAD
+            },
+        ] {
+            assert_eq!(k.open(&moved, &envelope), Err(CryptoError::Tampered));
+        }
+    }
+
+    #[test]
+    fn every_flipped_byte_is_detected() {
+        let k = key(7);
+        let envelope = k.seal(&AAD, b"share bytes").unwrap();
+        for i in 0..envelope.len() {
+            let mut bad = envelope.clone();
+            bad[i] ^= 0x01;
+            assert!(
+                k.open(&AAD, &bad).is_err(),
+                "flip at byte {i} went unnoticed"
+            );
+        }
+        assert_eq!(k.open(&AAD, &envelope[..40]), Err(CryptoError::Malformed));
+    }
+
+    #[test]
+    fn another_master_key_is_named_by_id_and_refused() {
+        let envelope = key(7).seal(&AAD, b"share").unwrap();
+        let err = key(8).open(&AAD, &envelope).unwrap_err();
+        assert_eq!(
+            err,
+            CryptoError::WrongKey {
+                expected: key(8).id(),
+                found: key(7).id()
+            }
+        );
+    }
+
+    #[test]
+    fn key_files_are_hex_or_raw_and_debug_shows_only_the_id() {
+        let hex_key = MasterKey::generate_hex().unwrap();
+        let from_hex = MasterKey::from_file_contents(format!("{}\n", *hex_key).as_bytes()).unwrap();
+        let raw = hex::decode(hex_key.as_bytes()).unwrap();
+        let from_raw = MasterKey::from_file_contents(&raw).unwrap();
+        assert_eq!(from_hex.id(), from_raw.id());
+        assert!(!format!("{from_hex:?}").contains(hex_key.as_str()));
+        assert_eq!(
+            MasterKey::from_file_contents(b"short").unwrap_err(),
+            CryptoError::BadMasterKey
+        );
+    }
+}

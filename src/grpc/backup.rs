@@ -1,0 +1,246 @@
+//! `sharevault.v1.BackupService`: the company backend's API.
+
+use super::{Call, Ready, metadata};
+use crate::auth::Role;
+use crate::error::{Field, VaultError};
+use crate::pairs::PairStatus;
+use crate::pb::backup_service_server::BackupService;
+use crate::pb::{self, timestamp};
+use crate::store::PairRecord;
+use crate::vault::{MethodView, Vault};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct BackupApi {
+    pub ready: Ready,
+}
+
+impl BackupApi {
+    fn authorize<T>(&self, request: &Request<T>, role: Role) -> Result<&Arc<Vault>, VaultError> {
+        let vault = self.ready.get()?;
+        vault.authorize(metadata(request, "authorization"), role)?;
+        Ok(vault)
+    }
+}
+
+fn pair_status_to_proto(status: PairStatus) -> i32 {
+    match status {
+        PairStatus::StoredCustodianBackupShare => {
+            pb::BackupSharePairStatus::StoredCustodianBackupShare as i32
+        }
+        PairStatus::StoredClientBackupShareKey => {
+            pb::BackupSharePairStatus::StoredClientBackupShareKey as i32
+        }
+        PairStatus::StoredClientBackupShare => {
+            pb::BackupSharePairStatus::StoredClientBackupShare as i32
+        }
+    }
+}
+
+fn pair_status_from_proto(value: i32) -> Result<PairStatus, VaultError> {
+    match pb::BackupSharePairStatus::try_from(value) {
+        Ok(pb::BackupSharePairStatus::StoredCustodianBackupShare) => {
+            Ok(PairStatus::StoredCustodianBackupShare)
+        }
+        Ok(pb::BackupSharePairStatus::StoredClientBackupShareKey) => {
+            Ok(PairStatus::StoredClientBackupShareKey)
+        }
+        Ok(pb::BackupSharePairStatus::StoredClientBackupShare) => {
+            Ok(PairStatus::StoredClientBackupShare)
+        }
+        _ => Err(VaultError::invalid(
+            Field::Status,
+            "must be STORED_CUSTODIAN_BACKUP_SHARE, STORED_CLIENT_BACKUP_SHARE_KEY or \
+             STORED_CLIENT_BACKUP_SHARE",
+        )),
+    }
+}
+
+fn method_to_proto(view: MethodView) -> pb::MethodBackups {
+    let status = view.status().to_owned();
+    pb::MethodBackups {
+        backup_method: view.backup_method,
+        has_client_backup_share: view.client_share_created_at_ms.is_some(),
+        client_backup_share_created_at: view.client_share_created_at_ms.map(timestamp),
+        custodian_shares: view
+            .custodian_shares
+            .into_iter()
+            .map(|c| pb::CustodianShareInfo {
+                backup_method: c.backup_method,
+                curve: c.curve,
+                stored_at: Some(timestamp(c.stored_at_ms)),
+                backup_share_pair_id: c.pair_id.unwrap_or_default(),
+                pair_status: c.pair_status.map(pair_status_to_proto).unwrap_or_default(),
+                status: c
+                    .pair_status
+                    .map(PairStatus::public)
+                    .unwrap_or("incomplete")
+                    .to_owned(),
+            })
+            .collect(),
+        status,
+    }
+}
+
+fn pair_to_proto(pair: PairRecord) -> pb::BackupSharePair {
+    let (method, curve) = crate::validate::split_curve(&pair.backup_method);
+    pb::BackupSharePair {
+        backup_method: method.to_owned(),
+        curve: curve.unwrap_or("").to_owned(),
+        internal_status: pair_status_to_proto(pair.status),
+        status: pair.status.public().to_owned(),
+        created_at: Some(timestamp(pair.created_at_ms)),
+        updated_at: Some(timestamp(pair.updated_at_ms)),
+        id: pair.id,
+    }
+}
+
+#[tonic::async_trait]
+impl BackupService for BackupApi {
+    async fn store_client_backup_share(
+        &self,
+        request: Request<pb::StoreClientBackupShareRequest>,
+    ) -> Result<Response<pb::StoreClientBackupShareResponse>, Status> {
+        let req = request.get_ref();
+        let call = Call::new("BackupService", "StoreClientBackupShare")
+            .client(&req.client_id)
+            .backup_method(&req.backup_method);
+        let result = async {
+            let vault = self.authorize(&request, Role::Backend)?;
+            let completed = vault
+                .store_client_share(&req.client_id, &req.backup_method, &req.cipher_text)
+                .await?;
+            Ok(pb::StoreClientBackupShareResponse {
+                completed_backup_share_pair_ids: completed,
+            })
+        }
+        .await;
+        call.finish(result)
+    }
+
+    async fn get_client_backup_share(
+        &self,
+        request: Request<pb::GetClientBackupShareRequest>,
+    ) -> Result<Response<pb::GetClientBackupShareResponse>, Status> {
+        let req = request.get_ref();
+        let call = Call::new("BackupService", "GetClientBackupShare")
+            .client(&req.client_id)
+            .backup_method(&req.backup_method);
+        let result = (|| {
+            let vault = self.authorize(&request, Role::Backend)?;
+            let share = vault.client_share(&req.client_id, &req.backup_method)?;
+            Ok(pb::GetClientBackupShareResponse {
+                cipher_text: share.cipher_text.as_str().to_owned(),
+                created_at: Some(timestamp(share.created_at_ms)),
+                backup_method: share.backup_method,
+            })
+        })();
+        call.finish(result)
+    }
+
+    async fn delete_client_backup_share(
+        &self,
+        request: Request<pb::DeleteClientBackupShareRequest>,
+    ) -> Result<Response<pb::DeleteClientBackupShareResponse>, Status> {
+        let req = request.get_ref();
+        let call = Call::new("BackupService", "DeleteClientBackupShare")
+            .client(&req.client_id)
+            .backup_method(&req.backup_method);
+        let result = async {
+            let vault = self.authorize(&request, Role::Backend)?;
+            let deleted = vault
+                .delete_client_share(&req.client_id, &req.backup_method)
+                .await?;
+            Ok(pb::DeleteClientBackupShareResponse { deleted })
+        }
+        .await;
+        call.finish(result)
+    }
+
+    async fn list_backups(
+        &self,
+        request: Request<pb::ListBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsResponse>, Status> {
+        let req = request.get_ref();
+        let call = Call::new("BackupService", "ListBackups").client(&req.client_id);
+        let result = (|| {
+            let vault = self.authorize(&request, Role::Backend)?;
+            let methods = vault.list_backups(&req.client_id)?;
+            Ok(pb::ListBackupsResponse {
+                methods: methods.into_iter().map(method_to_proto).collect(),
+            })
+        })();
+        call.finish(result)
+    }
+
+    async fn get_custodian_backup_share(
+        &self,
+        request: Request<pb::GetCustodianBackupShareRequest>,
+    ) -> Result<Response<pb::GetCustodianBackupShareResponse>, Status> {
+        let req = request.get_ref();
+        let call = Call::new("BackupService", "GetCustodianBackupShare")
+            .client(&req.client_id)
+            .backup_method(&req.backup_method);
+        let result = (|| {
+            let vault = self.authorize(&request, Role::Eject)?;
+            let share = vault.custodian_share(&req.client_id, &req.backup_method)?;
+            Ok(pb::GetCustodianBackupShareResponse {
+                share: share.as_str().to_owned(),
+            })
+        })();
+        call.finish(result)
+    }
+
+    async fn list_backup_share_pairs(
+        &self,
+        request: Request<pb::ListBackupSharePairsRequest>,
+    ) -> Result<Response<pb::ListBackupSharePairsResponse>, Status> {
+        let req = request.get_ref();
+        let call = Call::new("BackupService", "ListBackupSharePairs").client(&req.client_id);
+        let result = (|| {
+            let vault = self.authorize(&request, Role::Backend)?;
+            let pairs = vault.list_pairs(&req.client_id)?;
+            Ok(pb::ListBackupSharePairsResponse {
+                backup_share_pairs: pairs.into_iter().map(pair_to_proto).collect(),
+            })
+        })();
+        call.finish(result)
+    }
+
+    async fn update_backup_share_pairs(
+        &self,
+        request: Request<pb::UpdateBackupSharePairsRequest>,
+    ) -> Result<Response<pb::UpdateBackupSharePairsResponse>, Status> {
+        let req = request.get_ref();
+        let call = Call::new("BackupService", "UpdateBackupSharePairs").client(&req.client_id);
+        let result = async {
+            let vault = self.authorize(&request, Role::Backend)?;
+            let status = pair_status_from_proto(req.status)?;
+            vault
+                .update_pairs(&req.client_id, &req.backup_share_pair_ids, status)
+                .await?;
+            Ok(pb::UpdateBackupSharePairsResponse {})
+        }
+        .await;
+        call.finish(result)
+    }
+
+    async fn delete_client(
+        &self,
+        request: Request<pb::DeleteClientRequest>,
+    ) -> Result<Response<pb::DeleteClientResponse>, Status> {
+        let req = request.get_ref();
+        let call = Call::new("BackupService", "DeleteClient").client(&req.client_id);
+        let result = async {
+            let vault = self.authorize(&request, Role::Backend)?;
+            let (custodian, client, pairs) = vault.delete_client(&req.client_id).await?;
+            Ok(pb::DeleteClientResponse {
+                custodian_shares_deleted: custodian,
+                client_shares_deleted: client,
+                backup_share_pairs_deleted: pairs,
+            })
+        }
+        .await;
+        call.finish(result)
+    }
+}

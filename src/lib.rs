@@ -1,0 +1,26 @@
+//! sharevault: a self-hosted vault for Portal MPC wallet backup shares.
+//!
+//! A map of the crate, from the wire down:
+//!
+//! - [`server`]: listeners, health, reflection and the daemon's lifecycle ([`server::run`]).
+//! - [`grpc`]: the gRPC services (`WebhookService`, `BackupService`, `AdminService`), thin
+//!   translations onto the vault; [`pb`] holds the generated types.
+//! - [`vault`]: the one code path under every API: validation ([`validate`]),
+//!   authentication ([`auth`]), sealing ([`crypto`]) and the share-pair model ([`pairs`]).
+//! - [`store`]: the storage boundary, a trait with documented semantics, and its embedded
+//!   redb implementation with group commit.
+//! - [`config`] and [`secrets`]: settings, and the master key, webhook secrets and admin token.
+//! - [`error`]: the errors callers see and their mapping to gRPC codes.
+
+pub mod auth;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod grpc;
+pub mod pairs;
+pub mod pb;
+pub mod secrets;
+pub mod server;
+pub mod store;
+pub mod validate;
+pub mod vault;

@@ -1,0 +1,205 @@
+//! Finding, checking and (on a first start) generating the daemon's secrets.
+//!
+//! Each secret comes from, in order: its `--*-file` setting; a file of the same name in
+//! `$CREDENTIALS_DIRECTORY` (systemd credentials: `master-key`, `webhook-secret`,
+//! `admin-token`); or a file of that name in the data dir, generated with mode 0600 if it does
+//! not exist yet. A master key is never generated for a data dir that already holds a
+//! database. The data dir and every secret file must not be accessible to other users.
+
+use crate::auth::{self, MIN_SECRET_LEN, WebhookSecrets};
+use crate::crypto::MasterKey;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// The name of the database file inside the data dir.
+pub const DATABASE_FILE: &str = "sharevault.redb";
+
+/// The secrets the daemon runs with.
+pub struct Secrets {
+    pub master_key: MasterKey,
+    pub webhook: WebhookSecrets,
+    /// SHA-256 of the admin token.
+    pub admin_token: [u8; 32],
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    MasterKey,
+    WebhookSecret,
+    AdminToken,
+}
+
+impl Kind {
+    fn file_name(self) -> &'static str {
+        match self {
+            Kind::MasterKey => "master-key",
+            Kind::WebhookSecret => "webhook-secret",
+            Kind::AdminToken => "admin-token",
+        }
+    }
+
+    fn generate(self) -> Result<Zeroizing<String>, String> {
+        match self {
+            Kind::MasterKey => MasterKey::generate_hex(),
+            Kind::WebhookSecret => auth::random_secret(32),
+            Kind::AdminToken => auth::generate_token(),
+        }
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// Creates the data dir (mode 0700) or checks that other users cannot reach it.
+pub fn prepare_data_dir(dir: &Path) -> Result<(), String> {
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
+    }
+    let meta = fs::metadata(dir).map_err(|e| format!("data dir {}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("data dir {} is not a directory", dir.display()));
+    }
+    private(dir, &meta, "data dir")
+}
+
+fn private(path: &Path, meta: &fs::Metadata, what: &str) -> Result<(), String> {
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{what} {} is accessible by other users (mode {mode:o}); run `chmod go-rwx {}`",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+fn read_secret(path: &Path, what: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+    let meta = fs::metadata(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    private(path, &meta, what)?;
+    fs::read(path)
+        .map(Zeroizing::new)
+        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+}
+
+fn write_new_secret(path: &Path, value: &str) -> Result<(), String> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    file.write_all(value.as_bytes())
+        .and_then(|()| file.write_all(b"\n"))
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn locate(
+    kind: Kind,
+    configured: Option<&Path>,
+    data_dir: &Path,
+) -> Result<Zeroizing<Vec<u8>>, String> {
+    let what = kind.file_name();
+    if let Some(path) = configured {
+        return read_secret(path, what);
+    }
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let path = PathBuf::from(dir).join(what);
+        if path.exists() {
+            return read_secret(&path, what);
+        }
+    }
+    let path = data_dir.join(what);
+    if !path.exists() {
+        if matches!(kind, Kind::MasterKey) && data_dir.join(DATABASE_FILE).exists() {
+            return Err(format!(
+                "the data dir {} holds a vault but no master key was given; pass \
+                 --master-key-file with the key it was created with",
+                data_dir.display()
+            ));
+        }
+        write_new_secret(&path, &kind.generate()?)?;
+        tracing::warn!(
+            path = %path.display(),
+            "generated a new {what} in the data dir; in production keep the master key away \
+             from the data (systemd credentials or --master-key-file)"
+        );
+    }
+    read_secret(&path, what)
+}
+
+/// Finds or generates every secret.
+pub fn load(
+    data_dir: &Path,
+    master_key_file: Option<&Path>,
+    webhook_secret_file: Option<&Path>,
+    admin_token_file: Option<&Path>,
+) -> Result<Secrets, String> {
+    let master_key =
+        MasterKey::from_file_contents(&locate(Kind::MasterKey, master_key_file, data_dir)?)
+            .map_err(|e| format!("master key: {e}"))?;
+    let webhook_raw = locate(Kind::WebhookSecret, webhook_secret_file, data_dir)?;
+    let webhook = WebhookSecrets::from_file_contents(
+        std::str::from_utf8(&webhook_raw).map_err(|_| "webhook secret: must be UTF-8 text")?,
+    )
+    .map_err(|e| format!("webhook secret: {e}"))?;
+    let admin_raw = locate(Kind::AdminToken, admin_token_file, data_dir)?;
+    let admin = admin_raw.trim_ascii();
+    if admin.len() < MIN_SECRET_LEN {
+        return Err(format!(
+            "admin token: must be at least {MIN_SECRET_LEN} characters"
+        ));
+    }
+    Ok(Secrets {
+        master_key,
+        webhook,
+        admin_token: auth::digest(admin),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_first_start_generates_private_secrets_and_reuses_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        prepare_data_dir(&data).unwrap();
+        let first = load(&data, None, None, None).unwrap();
+        for name in ["master-key", "webhook-secret", "admin-token"] {
+            let mode = fs::metadata(data.join(name)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+        let again = load(&data, None, None, None).unwrap();
+        assert_eq!(first.master_key.id(), again.master_key.id());
+        assert_eq!(first.admin_token, again.admin_token);
+    }
+
+    #[test]
+    fn secrets_readable_by_others_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        fs::write(&key, "00".repeat(32)).unwrap();
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load(dir.path(), Some(&key), None, None).err().unwrap();
+        assert!(err.contains("accessible by other users"), "{err}");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(prepare_data_dir(dir.path()).is_err());
+    }
+
+    #[test]
+    fn no_master_key_is_invented_for_an_existing_vault() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(DATABASE_FILE), b"").unwrap();
+        let err = load(dir.path(), None, None, None).err().unwrap();
+        assert!(err.contains("no master key was given"), "{err}");
+        assert!(!dir.path().join("master-key").exists());
+    }
+}

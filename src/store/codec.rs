@@ -1,0 +1,181 @@
+//! The byte layout of stored values. Every value starts with a format version byte.
+//!
+//! - share (custodian or client): `1 | created_at_ms u64 | pair_id_len u16 | pair_id | envelope`
+//! - pair: `1 | status u8 | created_at_ms u64 | updated_at_ms u64 | backup_method`
+//! - token: `1 | role u8 | created_at_ms u64 | sha256(token) [32]`
+//!
+//! Integers are big-endian; strings are UTF-8.
+
+use super::{PairRecord, SealedRecord, StoreError};
+use crate::auth::Role;
+use crate::pairs::PairStatus;
+
+const VERSION: u8 = 1;
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8], what: &'static str) -> Result<Self, StoreError> {
+        let mut r = Self { bytes, what };
+        if r.take(1)?[0] != VERSION {
+            return Err(StoreError::Corrupt(what));
+        }
+        Ok(r)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if self.bytes.len() < n {
+            return Err(StoreError::Corrupt(self.what));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, StoreError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, StoreError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(a))
+    }
+
+    fn str(&mut self, n: usize) -> Result<&'a str, StoreError> {
+        std::str::from_utf8(self.take(n)?).map_err(|_| StoreError::Corrupt(self.what))
+    }
+
+    fn rest(self) -> &'a [u8] {
+        self.bytes
+    }
+}
+
+pub fn encode_record(record: &SealedRecord) -> Vec<u8> {
+    let pair = record.pair_id.as_deref().unwrap_or("");
+    let mut out = Vec::with_capacity(11 + pair.len() + record.envelope.len());
+    out.push(VERSION);
+    out.extend_from_slice(&record.created_at_ms.to_be_bytes());
+    out.extend_from_slice(&(pair.len() as u16).to_be_bytes());
+    out.extend_from_slice(pair.as_bytes());
+    out.extend_from_slice(&record.envelope);
+    out
+}
+
+pub fn decode_record(bytes: &[u8]) -> Result<SealedRecord, StoreError> {
+    let mut r = Reader::new(bytes, "share record")?;
+    let created_at_ms = r.u64()?;
+    let pair_len = usize::from(r.u16()?);
+    let pair = r.str(pair_len)?;
+    Ok(SealedRecord {
+        created_at_ms,
+        pair_id: (!pair.is_empty()).then(|| pair.to_owned()),
+        envelope: r.rest().to_vec(),
+    })
+}
+
+pub fn encode_pair(pair: &PairRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(18 + pair.backup_method.len());
+    out.push(VERSION);
+    out.push(pair.status.as_u8());
+    out.extend_from_slice(&pair.created_at_ms.to_be_bytes());
+    out.extend_from_slice(&pair.updated_at_ms.to_be_bytes());
+    out.extend_from_slice(pair.backup_method.as_bytes());
+    out
+}
+
+pub fn decode_pair(id: &str, bytes: &[u8]) -> Result<PairRecord, StoreError> {
+    let mut r = Reader::new(bytes, "share pair record")?;
+    let status = PairStatus::from_u8(r.u8()?).ok_or(StoreError::Corrupt("share pair record"))?;
+    let created_at_ms = r.u64()?;
+    let updated_at_ms = r.u64()?;
+    let rest = r.rest();
+    let backup_method = std::str::from_utf8(rest)
+        .map_err(|_| StoreError::Corrupt("share pair record"))?
+        .to_owned();
+    Ok(PairRecord {
+        id: id.to_owned(),
+        backup_method,
+        status,
+        created_at_ms,
+        updated_at_ms,
+    })
+}
+
+pub fn encode_token(role: Role, created_at_ms: u64, hash: &[u8; 32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(42);
+    out.push(VERSION);
+    out.push(role.as_u8());
+    out.extend_from_slice(&created_at_ms.to_be_bytes());
+    out.extend_from_slice(hash);
+    out
+}
+
+pub fn decode_token(name: &str, bytes: &[u8]) -> Result<crate::store::TokenRecord, StoreError> {
+    let mut r = Reader::new(bytes, "token record")?;
+    let role = Role::from_u8(r.u8()?).ok_or(StoreError::Corrupt("token record"))?;
+    let created_at_ms = r.u64()?;
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(r.take(32)?);
+    Ok(crate::store::TokenRecord {
+        name: name.to_owned(),
+        role,
+        hash,
+        created_at_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_truncation_is_detected() {
+        let rec = SealedRecord {
+            created_at_ms: 1_700_000_000_123,
+            pair_id: Some("pair-1".into()),
+            envelope: vec![9; 100],
+        };
+        let bytes = encode_record(&rec);
+        assert_eq!(decode_record(&bytes).unwrap(), rec);
+        assert!(decode_record(&bytes[..5]).is_err());
+        let mut bad = bytes.clone();
+        bad[0] = 2;
+        assert!(decode_record(&bad).is_err());
+
+        let none = SealedRecord {
+            pair_id: None,
+            ..rec
+        };
+        assert_eq!(decode_record(&encode_record(&none)).unwrap(), none);
+    }
+
+    #[test]
+    fn pairs_and_tokens_round_trip() {
+        let pair = PairRecord {
+            id: "p".into(),
+            backup_method: "PASSWORD-ED25519".into(),
+            status: PairStatus::StoredClientBackupShareKey,
+            created_at_ms: 1,
+            updated_at_ms: 2,
+        };
+        assert_eq!(decode_pair("p", &encode_pair(&pair)).unwrap(), pair);
+        let mut bad = encode_pair(&pair);
+        bad[1] = 9;
+        assert!(decode_pair("p", &bad).is_err());
+
+        let token = decode_token("ops", &encode_token(Role::Eject, 5, &[3; 32])).unwrap();
+        assert_eq!(
+            (token.role, token.created_at_ms, token.hash),
+            (Role::Eject, 5, [3; 32])
+        );
+    }
+}

@@ -1,0 +1,202 @@
+//! Validation of every field that comes from outside.
+//!
+//! Each check names the field and what is allowed, never the value it was given.
+
+use crate::error::{Field, VaultError};
+
+/// Longest accepted client id.
+pub const MAX_CLIENT_ID_LEN: usize = 128;
+/// Longest accepted backup method, with or without its curve.
+pub const MAX_BACKUP_METHOD_LEN: usize = 64;
+/// Longest accepted backup share pair id.
+pub const MAX_PAIR_ID_LEN: usize = 128;
+/// Most share pair ids one update may name.
+pub const MAX_PAIR_IDS: usize = 64;
+/// Longest accepted token name.
+pub const MAX_TOKEN_NAME_LEN: usize = 64;
+/// The method stored when a custodian share arrives without one, as Portal does.
+pub const UNKNOWN_METHOD: &str = "UNKNOWN";
+
+/// Size limits that operators may tune.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_share_bytes: usize,
+    pub max_cipher_text_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_share_bytes: 64 * 1024,
+            max_cipher_text_bytes: 64 * 1024,
+        }
+    }
+}
+
+fn identifier(
+    field: Field,
+    value: &str,
+    max: usize,
+    extra: &[u8],
+    allowed: &str,
+) -> Result<(), VaultError> {
+    if value.is_empty() {
+        return Err(VaultError::invalid(field, "is required"));
+    }
+    if value.len() > max {
+        return Err(VaultError::invalid(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+    {
+        return Err(VaultError::invalid(
+            field,
+            format!("may contain only {allowed}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A Portal client id: 1 to 128 of `A-Z a-z 0-9 . _ - : @`.
+pub fn client_id(value: &str) -> Result<(), VaultError> {
+    identifier(
+        Field::ClientId,
+        value,
+        MAX_CLIENT_ID_LEN,
+        b"._-:@",
+        "letters, digits and . _ - : @",
+    )
+}
+
+/// A backup method (`PASSWORD`, `PASSWORD-SECP256K1`, ...): free-form, 1 to 64 of
+/// `A-Z a-z 0-9 _ -`. An empty method means `UNKNOWN`, as in Portal's webhook.
+pub fn backup_method(value: &str) -> Result<&str, VaultError> {
+    if value.is_empty() {
+        return Ok(UNKNOWN_METHOD);
+    }
+    identifier(
+        Field::BackupMethod,
+        value,
+        MAX_BACKUP_METHOD_LEN,
+        b"_-",
+        "letters, digits, _ and -",
+    )?;
+    Ok(value)
+}
+
+/// A backup share pair id: 1 to 128 of `A-Z a-z 0-9 . _ - :`.
+pub fn pair_id(field: Field, value: &str) -> Result<(), VaultError> {
+    identifier(
+        field,
+        value,
+        MAX_PAIR_ID_LEN,
+        b"._-:",
+        "letters, digits and . _ - :",
+    )
+}
+
+/// A token name: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+pub fn token_name(value: &str) -> Result<(), VaultError> {
+    identifier(
+        Field::Name,
+        value,
+        MAX_TOKEN_NAME_LEN,
+        b"._-",
+        "letters, digits and . _ -",
+    )
+}
+
+/// Share material (a custodian share or a cipherText): non-empty, within the size limit,
+/// and free of control characters other than tab, line feed and carriage return.
+pub fn secret_text(field: Field, value: &str, max: usize) -> Result<(), VaultError> {
+    if value.is_empty() {
+        return Err(VaultError::invalid(field, "is required"));
+    }
+    if value.len() > max {
+        return Err(VaultError::invalid(
+            field,
+            format!("must be at most {max} bytes"),
+        ));
+    }
+    if value
+        .bytes()
+        .any(|b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || b == 0x7f)
+    {
+        return Err(VaultError::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Splits `METHOD-CURVE` at its last hyphen into the bare method and the curve.
+/// A method without a hyphen has no curve.
+pub fn split_curve(backup_method: &str) -> (&str, Option<&str>) {
+    match backup_method.rsplit_once('-') {
+        Some((method, curve)) if !method.is_empty() && !curve.is_empty() => (method, Some(curve)),
+        _ => (backup_method, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_accept_portal_shapes_and_reject_the_rest() {
+        for ok in ["clx1y2z3", "user_42", "a.b-c:d@e", &"x".repeat(128)] {
+            assert!(client_id(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "has space",
+            "slash/",
+            "ünï",
+            "new\nline",
+            &"x".repeat(129),
+        ] {
+            let err = client_id(bad).unwrap_err();
+            assert!(err.to_string().starts_with("client_id: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_empty_method_means_unknown_and_bad_methods_are_named() {
+        assert_eq!(backup_method("").unwrap(), "UNKNOWN");
+        assert_eq!(
+            backup_method("PASSWORD-SECP256K1").unwrap(),
+            "PASSWORD-SECP256K1"
+        );
+        let err = backup_method("PASS WORD").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "backup_method: may contain only letters, digits, _ and -"
+        );
+    }
+
+    #[test]
+    fn secret_text_limits_size_and_control_characters_without_echoing() {
+        assert!(secret_text(Field::Share, "{\"a\":\n\t1}", 100).is_ok());
+        let err = secret_text(Field::Share, "secret\u{0}", 100).unwrap_err();
+        assert!(!err.to_string().contains("secret"));
+        assert!(secret_text(Field::CipherText, "", 100).is_err());
+        let err = secret_text(Field::CipherText, &"a".repeat(101), 100).unwrap_err();
+        assert_eq!(err.to_string(), "cipher_text: must be at most 100 bytes");
+    }
+
+    #[test]
+    fn curves_split_at_the_last_hyphen() {
+        assert_eq!(
+            split_curve("PASSWORD-SECP256K1"),
+            ("PASSWORD", Some("SECP256K1"))
+        );
+        assert_eq!(split_curve("GDRIVE"), ("GDRIVE", None));
+        assert_eq!(split_curve("A-B-ED25519"), ("A-B", Some("ED25519")));
+        assert_eq!(split_curve("-X"), ("-X", None));
+    }
+}

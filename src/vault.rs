@@ -1,0 +1,600 @@
+//! The vault: the one code path under every API.
+//!
+//! It validates requests, seals and opens records with the master key, authenticates callers
+//! and drives the store. The gRPC services (and any other front end) only translate
+//! messages to and from these calls.
+
+use crate::auth::{self, Principal, Role, WebhookSecrets};
+use crate::crypto::{CryptoError, KeyId, MasterKey, RecordAad};
+use crate::error::{Field, VaultError};
+use crate::pairs::PairStatus;
+use crate::store::redb::{CLIENT_TABLE, CUSTODIAN_TABLE};
+use crate::store::{
+    Counts, MethodRecord, PairRecord, SealedRecord, Store, StoreError, TokenRecord, WriteOp,
+    WriteOutcome,
+};
+use crate::validate::{self, Limits, UNKNOWN_METHOD, split_curve};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use zeroize::Zeroizing;
+
+const KEY_CHECK: &str = "key_check";
+const KEY_CHECK_PLAINTEXT: &[u8] = b"sharevault master key check v1";
+const KEY_CHECK_AAD: RecordAad<'static> = RecordAad {
+    table: "meta",
+    client_id: "",
+    backup_method: KEY_CHECK,
+};
+
+/// Why the vault could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "the master key (id {given}) is not the key this data dir was sealed with (id {expected}); \
+         start with the data dir's own master key"
+    )]
+    WrongMasterKey { given: KeyId, expected: KeyId },
+    #[error(
+        "the data dir's key check record is damaged ({0}); restore the data dir from a snapshot"
+    )]
+    KeyCheck(CryptoError),
+    #[error("cannot open the database: {0}")]
+    Store(StoreError),
+}
+
+/// Everything about a credential check that the vault needs.
+pub struct Credentials {
+    pub webhook: WebhookSecrets,
+    /// SHA-256 of the admin token.
+    pub admin_token: [u8; 32],
+}
+
+/// A custodian share as the webhook delivers it.
+pub struct BackupInput<'a> {
+    pub client_id: &'a str,
+    pub backup_method: &'a str,
+    pub share: &'a str,
+    pub backup_share_pair_id: Option<&'a str>,
+}
+
+/// A client share as read back.
+pub struct ClientShare {
+    pub backup_method: String,
+    pub cipher_text: Zeroizing<String>,
+    pub created_at_ms: u64,
+}
+
+/// One custodian share in the [`Vault::list_backups`] view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustodianView {
+    pub backup_method: String,
+    pub curve: String,
+    pub stored_at_ms: u64,
+    pub pair_id: Option<String>,
+    pub pair_status: Option<PairStatus>,
+}
+
+/// What a client holds for one bare method.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MethodView {
+    pub backup_method: String,
+    pub client_share_created_at_ms: Option<u64>,
+    pub custodian_shares: Vec<CustodianView>,
+}
+
+impl MethodView {
+    /// `completed` when the client share is held and every custodian share's pair is
+    /// completed; `incomplete` otherwise.
+    pub fn status(&self) -> &'static str {
+        let complete = self.client_share_created_at_ms.is_some()
+            && !self.custodian_shares.is_empty()
+            && self
+                .custodian_shares
+                .iter()
+                .all(|c| c.pair_status == Some(PairStatus::StoredClientBackupShare));
+        if complete { "completed" } else { "incomplete" }
+    }
+}
+
+/// The daemon's status.
+#[derive(Debug, Clone)]
+pub struct VaultStatus {
+    pub counts: Counts,
+    pub key_id: KeyId,
+    pub uptime_secs: u64,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn crypto_failure(err: CryptoError) -> VaultError {
+    match err {
+        CryptoError::Random => VaultError::Internal,
+        _ => VaultError::Corrupt,
+    }
+}
+
+fn utf8(bytes: Zeroizing<Vec<u8>>) -> Result<Zeroizing<String>, VaultError> {
+    std::str::from_utf8(&bytes)
+        .map(|s| Zeroizing::new(s.to_owned()))
+        .map_err(|_| VaultError::Corrupt)
+}
+
+/// The `backupSharePairId` a share's JSON carries, if any.
+fn embedded_pair_id(share: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "backupSharePairId")]
+        id: Option<String>,
+    }
+    serde_json::from_str::<Probe>(share).ok()?.id
+}
+
+/// The vault.
+pub struct Vault {
+    store: Arc<dyn Store>,
+    key: MasterKey,
+    limits: Limits,
+    credentials: Credentials,
+    started: Instant,
+}
+
+impl Vault {
+    /// Opens the vault over `store`: checks that `key` is the data dir's master key, or
+    /// records it if the store is new.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        key: MasterKey,
+        limits: Limits,
+        credentials: Credentials,
+    ) -> Result<Self, OpenError> {
+        match store.meta(KEY_CHECK).map_err(OpenError::Store)? {
+            Some(check) => match key.open(&KEY_CHECK_AAD, &check) {
+                Ok(plain) if plain.as_slice() == KEY_CHECK_PLAINTEXT => {}
+                Ok(_) => return Err(OpenError::KeyCheck(CryptoError::Tampered)),
+                Err(CryptoError::WrongKey { expected, found }) => {
+                    return Err(OpenError::WrongMasterKey {
+                        given: expected,
+                        expected: found,
+                    });
+                }
+                Err(err) => return Err(OpenError::KeyCheck(err)),
+            },
+            None => {
+                let check = key
+                    .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT)
+                    .map_err(OpenError::KeyCheck)?;
+                store
+                    .write(WriteOp::PutMeta {
+                        name: KEY_CHECK.into(),
+                        value: check,
+                    })
+                    .await
+                    .map_err(OpenError::Store)?;
+            }
+        }
+        Ok(Self {
+            store,
+            key,
+            limits,
+            credentials,
+            started: Instant::now(),
+        })
+    }
+
+    pub fn key_id(&self) -> KeyId {
+        self.key.id()
+    }
+
+    /// Finishes queued writes and closes the store.
+    pub fn close(&self) {
+        self.store.close();
+    }
+
+    // ---- credentials ----
+
+    /// Checks the webhook secret.
+    pub fn verify_webhook_secret(&self, presented: Option<&[u8]>) -> Result<(), VaultError> {
+        match presented {
+            None => Err(VaultError::Unauthenticated("the webhook secret is missing")),
+            Some(secret) if self.credentials.webhook.verify(secret) => Ok(()),
+            Some(_) => Err(VaultError::Unauthenticated("the webhook secret is wrong")),
+        }
+    }
+
+    /// Authenticates an `authorization` header value and checks that its role allows `needed`.
+    pub fn authorize(
+        &self,
+        authorization: Option<&str>,
+        needed: Role,
+    ) -> Result<Principal, VaultError> {
+        let header =
+            authorization.ok_or(VaultError::Unauthenticated("a bearer token is required"))?;
+        let token = auth::bearer(header).ok_or(VaultError::Unauthenticated(
+            "the authorization header must be `Bearer <token>`",
+        ))?;
+        let hash = auth::digest(token.as_bytes());
+        let principal = if auth::digests_equal(&hash, &self.credentials.admin_token) {
+            Principal {
+                name: "admin".into(),
+                role: Role::Admin,
+            }
+        } else {
+            let record = self
+                .store
+                .token_by_hash(&hash)?
+                .ok_or(VaultError::Unauthenticated("the token is not valid"))?;
+            Principal {
+                name: record.name,
+                role: record.role,
+            }
+        };
+        if principal.role.allows(needed) {
+            Ok(principal)
+        } else {
+            Err(VaultError::PermissionDenied(match needed {
+                Role::Backend => "this token's role may not use the BackupService",
+                Role::Eject => "reading a custodian backup share needs a token with the eject role",
+                Role::Admin => "this call needs the admin token or a token with the admin role",
+            }))
+        }
+    }
+
+    // ---- custodian shares (the webhook) ----
+
+    /// Stores a custodian share durably. Returns the id of the pair it started, if any.
+    pub async fn backup(&self, input: BackupInput<'_>) -> Result<Option<String>, VaultError> {
+        validate::client_id(input.client_id)?;
+        let method = validate::backup_method(input.backup_method)?;
+        validate::secret_text(Field::Share, input.share, self.limits.max_share_bytes)?;
+        let pair_id = match input.backup_share_pair_id.filter(|id| !id.is_empty()) {
+            Some(id) => {
+                validate::pair_id(Field::BackupSharePairId, id)?;
+                Some(id.to_owned())
+            }
+            None => embedded_pair_id(input.share).filter(|id| {
+                let ok = validate::pair_id(Field::BackupSharePairId, id).is_ok();
+                if !ok {
+                    tracing::warn!(
+                        client = input.client_id,
+                        "the share's backupSharePairId is not a valid id; storing the share \
+                         without a pair"
+                    );
+                }
+                ok
+            }),
+        };
+        let aad = RecordAad {
+            table: CUSTODIAN_TABLE,
+            client_id: input.client_id,
+            backup_method: method,
+        };
+        let envelope = self
+            .key
+            .seal(&aad, input.share.as_bytes())
+            .map_err(crypto_failure)?;
+        self.store
+            .write(WriteOp::PutCustodianShare {
+                client_id: input.client_id.to_owned(),
+                backup_method: method.to_owned(),
+                record: SealedRecord {
+                    created_at_ms: now_ms(),
+                    pair_id: pair_id.clone(),
+                    envelope,
+                },
+            })
+            .await?;
+        Ok(pair_id)
+    }
+
+    fn open_record(
+        &self,
+        table: &str,
+        client_id: &str,
+        backup_method: &str,
+        record: &SealedRecord,
+    ) -> Result<Zeroizing<String>, VaultError> {
+        let aad = RecordAad {
+            table,
+            client_id,
+            backup_method,
+        };
+        let plain = self.key.open(&aad, &record.envelope).map_err(|err| {
+            tracing::error!(
+                table,
+                client = client_id,
+                backup_method,
+                error = %err,
+                "a stored record failed to open; it is not served"
+            );
+            crypto_failure(err)
+        })?;
+        utf8(plain)
+    }
+
+    /// Every custodian share of a client, byte for byte, ordered by backup method.
+    pub fn fetch(&self, client_id: &str) -> Result<Vec<Zeroizing<String>>, VaultError> {
+        validate::client_id(client_id)?;
+        self.store
+            .custodian_shares(client_id)?
+            .iter()
+            .map(|m| self.open_record(CUSTODIAN_TABLE, client_id, &m.backup_method, &m.record))
+            .collect()
+    }
+
+    /// One custodian share, for eject (the caller must hold the eject role).
+    pub fn custodian_share(
+        &self,
+        client_id: &str,
+        backup_method: &str,
+    ) -> Result<Zeroizing<String>, VaultError> {
+        validate::client_id(client_id)?;
+        let method = validate::backup_method(backup_method)?;
+        let record = self
+            .store
+            .custodian_share(client_id, method)?
+            .ok_or_else(|| {
+                VaultError::NotFound(
+                    "no custodian backup share is held for this client and method".into(),
+                )
+            })?;
+        self.open_record(CUSTODIAN_TABLE, client_id, method, &record)
+    }
+
+    // ---- client shares ----
+
+    /// Stores a client share durably; returns the pairs it completed.
+    pub async fn store_client_share(
+        &self,
+        client_id: &str,
+        backup_method: &str,
+        cipher_text: &str,
+    ) -> Result<Vec<String>, VaultError> {
+        validate::client_id(client_id)?;
+        let method = validate::backup_method(backup_method)?;
+        validate::secret_text(
+            Field::CipherText,
+            cipher_text,
+            self.limits.max_cipher_text_bytes,
+        )?;
+        let aad = RecordAad {
+            table: CLIENT_TABLE,
+            client_id,
+            backup_method: method,
+        };
+        let envelope = self
+            .key
+            .seal(&aad, cipher_text.as_bytes())
+            .map_err(crypto_failure)?;
+        let outcome = self
+            .store
+            .write(WriteOp::PutClientShare {
+                client_id: client_id.to_owned(),
+                backup_method: method.to_owned(),
+                record: SealedRecord {
+                    created_at_ms: now_ms(),
+                    pair_id: None,
+                    envelope,
+                },
+            })
+            .await?;
+        Ok(match outcome {
+            WriteOutcome::PairsCompleted(ids) => ids,
+            _ => Vec::new(),
+        })
+    }
+
+    /// The client share for a method. Like Portal's example server, a share stored under the
+    /// legacy method `UNKNOWN` answers when the method itself has none.
+    pub fn client_share(
+        &self,
+        client_id: &str,
+        backup_method: &str,
+    ) -> Result<ClientShare, VaultError> {
+        validate::client_id(client_id)?;
+        let method = validate::backup_method(backup_method)?;
+        let mut found = self
+            .store
+            .client_share(client_id, method)?
+            .map(|r| (method, r));
+        if found.is_none() && method != UNKNOWN_METHOD {
+            found = self
+                .store
+                .client_share(client_id, UNKNOWN_METHOD)?
+                .map(|r| (UNKNOWN_METHOD, r));
+        }
+        let (method, record) = found.ok_or_else(|| {
+            VaultError::NotFound("no client backup share is held for this client and method".into())
+        })?;
+        Ok(ClientShare {
+            backup_method: method.to_owned(),
+            cipher_text: self.open_record(CLIENT_TABLE, client_id, method, &record)?,
+            created_at_ms: record.created_at_ms,
+        })
+    }
+
+    /// Deletes a client share; answers whether there was one.
+    pub async fn delete_client_share(
+        &self,
+        client_id: &str,
+        backup_method: &str,
+    ) -> Result<bool, VaultError> {
+        validate::client_id(client_id)?;
+        let method = validate::backup_method(backup_method)?;
+        let outcome = self
+            .store
+            .write(WriteOp::DeleteClientShare {
+                client_id: client_id.to_owned(),
+                backup_method: method.to_owned(),
+                now_ms: now_ms(),
+            })
+            .await?;
+        Ok(outcome == WriteOutcome::Deleted(true))
+    }
+
+    // ---- views and the status model ----
+
+    /// What a client holds, per bare method. Reads no secret bytes.
+    pub fn list_backups(&self, client_id: &str) -> Result<Vec<MethodView>, VaultError> {
+        validate::client_id(client_id)?;
+        let pairs: BTreeMap<String, PairRecord> = self
+            .store
+            .pairs(client_id)?
+            .into_iter()
+            .map(|p| (p.id.clone(), p))
+            .collect();
+        let mut methods: BTreeMap<String, MethodView> = BTreeMap::new();
+        fn view<'m>(
+            methods: &'m mut BTreeMap<String, MethodView>,
+            method: &str,
+        ) -> &'m mut MethodView {
+            methods
+                .entry(method.to_owned())
+                .or_insert_with(|| MethodView {
+                    backup_method: method.to_owned(),
+                    ..MethodView::default()
+                })
+        }
+        for MethodRecord {
+            backup_method,
+            record,
+        } in self.store.client_shares(client_id)?
+        {
+            view(&mut methods, &backup_method).client_share_created_at_ms =
+                Some(record.created_at_ms);
+        }
+        for MethodRecord {
+            backup_method,
+            record,
+        } in self.store.custodian_shares(client_id)?
+        {
+            let (bare, curve) = split_curve(&backup_method);
+            let pair_status = record
+                .pair_id
+                .as_ref()
+                .and_then(|id| pairs.get(id))
+                .map(|p| p.status);
+            let entry = CustodianView {
+                curve: curve.unwrap_or("").to_owned(),
+                stored_at_ms: record.created_at_ms,
+                pair_id: record.pair_id,
+                pair_status,
+                backup_method: backup_method.clone(),
+            };
+            view(&mut methods, bare).custodian_shares.push(entry);
+        }
+        Ok(methods.into_values().collect())
+    }
+
+    pub fn list_pairs(&self, client_id: &str) -> Result<Vec<PairRecord>, VaultError> {
+        validate::client_id(client_id)?;
+        Ok(self.store.pairs(client_id)?)
+    }
+
+    /// Moves pairs to `status`, all or none.
+    pub async fn update_pairs(
+        &self,
+        client_id: &str,
+        ids: &[String],
+        status: PairStatus,
+    ) -> Result<(), VaultError> {
+        validate::client_id(client_id)?;
+        if ids.is_empty() {
+            return Err(VaultError::invalid(
+                Field::BackupSharePairIds,
+                "is required",
+            ));
+        }
+        if ids.len() > validate::MAX_PAIR_IDS {
+            return Err(VaultError::invalid(
+                Field::BackupSharePairIds,
+                format!("may name at most {} pairs", validate::MAX_PAIR_IDS),
+            ));
+        }
+        for id in ids {
+            validate::pair_id(Field::BackupSharePairIds, id)?;
+        }
+        self.store
+            .write(WriteOp::UpdatePairs {
+                client_id: client_id.to_owned(),
+                ids: ids.to_vec(),
+                status,
+                now_ms: now_ms(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Erases everything held for a client; answers (custodian, client, pairs) deleted.
+    pub async fn delete_client(&self, client_id: &str) -> Result<(u64, u64, u64), VaultError> {
+        validate::client_id(client_id)?;
+        match self
+            .store
+            .write(WriteOp::DeleteClient {
+                client_id: client_id.to_owned(),
+            })
+            .await?
+        {
+            WriteOutcome::ClientDeleted {
+                custodian_shares,
+                client_shares,
+                backup_share_pairs,
+            } => Ok((custodian_shares, client_shares, backup_share_pairs)),
+            _ => Err(VaultError::Internal),
+        }
+    }
+
+    // ---- administration ----
+
+    /// Creates a token; the returned secret is shown once and stored only as a hash.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        role: Role,
+    ) -> Result<Zeroizing<String>, VaultError> {
+        validate::token_name(name)?;
+        if name == "admin" || name == "webhook" {
+            return Err(VaultError::invalid(
+                Field::Name,
+                "`admin` and `webhook` are reserved",
+            ));
+        }
+        let token = auth::generate_token().map_err(crypto_failure)?;
+        self.store
+            .write(WriteOp::CreateToken(TokenRecord {
+                name: name.to_owned(),
+                role,
+                hash: auth::digest(token.as_bytes()),
+                created_at_ms: now_ms(),
+            }))
+            .await?;
+        Ok(token)
+    }
+
+    pub fn list_tokens(&self) -> Result<Vec<TokenRecord>, VaultError> {
+        Ok(self.store.tokens()?)
+    }
+
+    pub async fn revoke_token(&self, name: &str) -> Result<(), VaultError> {
+        validate::token_name(name)?;
+        self.store
+            .write(WriteOp::RevokeToken {
+                name: name.to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub fn status(&self) -> Result<VaultStatus, VaultError> {
+        Ok(VaultStatus {
+            counts: self.store.counts()?,
+            key_id: self.key.id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+        })
+    }
+}
