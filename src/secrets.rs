@@ -125,11 +125,15 @@ fn locate(
             ));
         }
         write_new_secret(&path, &kind.generate()?)?;
-        tracing::warn!(
-            path = %path.display(),
-            "generated a new {what} in the data dir; in production keep the master key away \
-             from the data (systemd credentials or --master-key-file)"
-        );
+        if matches!(kind, Kind::MasterKey) {
+            tracing::warn!(
+                path = %path.display(),
+                "generated a new master key in the data dir; in production keep the master key \
+                 away from the data (systemd credentials or --master-key-file)"
+            );
+        } else {
+            tracing::warn!(path = %path.display(), "generated a new {what} in the data dir");
+        }
     }
     read_secret(&path, what)
 }

@@ -20,6 +20,7 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
     TableDefinition, WriteTransaction,
 };
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -58,6 +59,8 @@ impl RedbStore {
     /// Opens (or creates) the database file and starts the writer thread.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::builder().create(path).map_err(backend)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| StoreError::Backend(format!("cannot restrict the database file: {e}")))?;
         let txn = db.begin_write().map_err(backend)?;
         {
             txn.open_table(CUSTODIAN).map_err(backend)?;

@@ -1,0 +1,279 @@
+//! Starts the real `sharevault` binary on an ephemeral loopback port (or a Unix socket) in a
+//! temporary directory, and talks to it over the wire.
+
+use sharevault::pb::admin_service_client::AdminServiceClient;
+use sharevault::pb::backup_service_client::BackupServiceClient;
+use sharevault::pb::webhook_service_client::WebhookServiceClient;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Secrets written by the test, outside the data dir.
+pub struct Keys {
+    pub dir: PathBuf,
+    pub master_key_file: PathBuf,
+    pub webhook_secret: String,
+    pub admin_token: String,
+}
+
+fn write_private(path: &Path, contents: &str) {
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+impl Keys {
+    /// Fresh secrets in `dir`; `seed` makes the master key and secrets distinct per value.
+    pub fn new(dir: &Path, seed: u8) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let master_key_file = dir.join("master-key");
+        write_private(&master_key_file, &format!("{:02x}", seed).repeat(32));
+        let webhook_secret = format!("test-webhook-secret-{seed}-0123456789");
+        let admin_token = format!("test-admin-token-{seed}-0123456789abcdef");
+        write_private(&dir.join("webhook-secret"), &webhook_secret);
+        write_private(&dir.join("admin-token"), &admin_token);
+        Self {
+            dir: dir.to_owned(),
+            master_key_file,
+            webhook_secret,
+            admin_token,
+        }
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--master-key-file".into(),
+            self.master_key_file.display().to_string(),
+            "--webhook-secret-file".into(),
+            self.dir.join("webhook-secret").display().to_string(),
+            "--admin-token-file".into(),
+            self.dir.join("admin-token").display().to_string(),
+        ]
+    }
+}
+
+/// A running daemon. Killed when dropped.
+pub struct Daemon {
+    child: Child,
+    /// `http://127.0.0.1:PORT`, or the socket path for a Unix listener.
+    pub endpoint: String,
+    logs: Arc<Mutex<String>>,
+}
+
+/// How a start attempt ended.
+pub enum Started {
+    Ready(Daemon),
+    Exited { status: ExitStatus, logs: String },
+}
+
+pub fn command(data_dir: &Path, args: &[String]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sharevault"));
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("NOTIFY_SOCKET")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+impl Daemon {
+    /// Starts on `127.0.0.1:0` and waits until it is ready.
+    pub fn start(data_dir: &Path, keys: &Keys) -> Daemon {
+        match Self::launch(command(data_dir, &Self::tcp_args(keys))) {
+            Started::Ready(d) => d,
+            Started::Exited { status, logs } => panic!("daemon exited ({status}):\n{logs}"),
+        }
+    }
+
+    pub fn tcp_args(keys: &Keys) -> Vec<String> {
+        let mut args = vec!["--grpc-listen".to_string(), "127.0.0.1:0".to_string()];
+        args.extend(keys.args());
+        args
+    }
+
+    /// Spawns `cmd` and waits until the daemon is ready or has exited.
+    pub fn launch(mut cmd: Command) -> Started {
+        let mut child = cmd.spawn().expect("spawn sharevault");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                let logs = logs.lock().unwrap().clone();
+                return Started::Exited { status, logs };
+            }
+            let text = logs.lock().unwrap().clone();
+            if text.contains("sharevault is ready") {
+                let addr = text
+                    .lines()
+                    .find_map(|l| l.split("grpc listener bound addr=").nth(1))
+                    .expect("the daemon logs its address")
+                    .trim()
+                    .to_owned();
+                let endpoint = match addr.strip_prefix("unix:") {
+                    Some(path) => path.to_owned(),
+                    None => format!("http://{addr}"),
+                };
+                return Started::Ready(Daemon {
+                    child,
+                    endpoint,
+                    logs,
+                });
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready within {STARTUP_TIMEOUT:?}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        if self.endpoint.starts_with("http://") {
+            return Channel::from_shared(self.endpoint.clone())
+                .unwrap()
+                .connect()
+                .await
+                .expect("connect to the daemon");
+        }
+        let path = PathBuf::from(&self.endpoint);
+        tonic::transport::Endpoint::from_static("http://unix.socket")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await
+            .expect("connect to the daemon's socket")
+    }
+
+    pub async fn webhook(&self) -> WebhookServiceClient<Channel> {
+        WebhookServiceClient::new(self.channel().await)
+    }
+
+    pub async fn backup(&self) -> BackupServiceClient<Channel> {
+        BackupServiceClient::new(self.channel().await)
+    }
+
+    pub async fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel().await)
+    }
+
+    /// Sends `kill -SIG` and waits (bounded) for the exit.
+    pub fn signal(&mut self, signal: &str) -> ExitStatus {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} failed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50));
+                return status;
+            }
+            assert!(Instant::now() < deadline, "daemon did not exit after SIG{signal}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A request with the webhook secret attached.
+pub fn with_secret<T>(message: T, secret: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-webhook-secret", secret.parse().unwrap());
+    request
+}
+
+/// A request with a bearer token attached.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// A temp dir with a private data dir and test keys inside.
+pub struct Sandbox {
+    pub tmp: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    pub keys: Keys,
+}
+
+impl Sandbox {
+    pub fn new(seed: u8) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().join("data");
+        let keys = Keys::new(&tmp.path().join("keys"), seed);
+        Self {
+            tmp,
+            data_dir,
+            keys,
+        }
+    }
+
+    pub fn start(&self) -> Daemon {
+        Daemon::start(&self.data_dir, &self.keys)
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.data_dir.join("sharevault.redb")
+    }
+}
+
+/// Creates a token with `role` (a `sharevault.v1.Role` value) through the admin API.
+pub async fn create_token(daemon: &Daemon, admin_token: &str, name: &str, role: i32) -> String {
+    daemon
+        .admin()
+        .await
+        .create_token(with_token(
+            sharevault::pb::CreateTokenRequest {
+                name: name.into(),
+                role,
+            },
+            admin_token,
+        ))
+        .await
+        .expect("create token")
+        .into_inner()
+        .token
+}

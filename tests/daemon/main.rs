@@ -1,0 +1,9 @@
+//! Integration tests: each starts the real daemon and talks to it over the wire.
+
+mod auth;
+mod durability;
+mod flow;
+mod harness;
+mod secrecy;
+mod startup;
+mod validation;
