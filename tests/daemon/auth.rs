@@ -25,20 +25,30 @@ async fn webhook_secret_is_required_and_checked() {
         .unwrap_err();
     assert_eq!(missing.code(), Code::Unauthenticated);
     let wrong = webhook
-        .backup(with_secret(backup_request("s2"), "not-the-secret-0123456789"))
+        .backup(with_secret(
+            backup_request("s2"),
+            "not-the-secret-0123456789",
+        ))
         .await
         .unwrap_err();
     assert_eq!(wrong.code(), Code::Unauthenticated);
     let prefix = &sandbox.keys.webhook_secret[..sandbox.keys.webhook_secret.len() - 1];
     let truncated = webhook
-        .fetch(with_secret(pb::FetchRequest { client_id: "auth-client".into() }, prefix))
+        .fetch(with_secret(
+            pb::FetchRequest {
+                client_id: "auth-client".into(),
+            },
+            prefix,
+        ))
         .await
         .unwrap_err();
     assert_eq!(truncated.code(), Code::Unauthenticated);
     // A bearer token is not a webhook secret.
     let admin = webhook
         .fetch(with_token(
-            pb::FetchRequest { client_id: "auth-client".into() },
+            pb::FetchRequest {
+                client_id: "auth-client".into(),
+            },
             &sandbox.keys.admin_token,
         ))
         .await
@@ -48,7 +58,9 @@ async fn webhook_secret_is_required_and_checked() {
     // Nothing was stored by the refused calls.
     let fetched = webhook
         .fetch(with_secret(
-            pb::FetchRequest { client_id: "auth-client".into() },
+            pb::FetchRequest {
+                client_id: "auth-client".into(),
+            },
             &sandbox.keys.webhook_secret,
         ))
         .await
@@ -64,18 +76,29 @@ async fn tokens_roles_and_revocation() {
     let admin_token = &sandbox.keys.admin_token;
     let mut api = daemon.backup().await;
     let mut admin = daemon.admin().await;
-    let list = |client: &str| pb::ListBackupsRequest { client_id: client.into() };
+    let list = |client: &str| pb::ListBackupsRequest {
+        client_id: client.into(),
+    };
 
     // No token, a malformed header, an unknown token.
-    let none = api.list_backups(tonic::Request::new(list("c"))).await.unwrap_err();
+    let none = api
+        .list_backups(tonic::Request::new(list("c")))
+        .await
+        .unwrap_err();
     assert_eq!(none.code(), Code::Unauthenticated);
     let mut basic = tonic::Request::new(list("c"));
     basic
         .metadata_mut()
         .insert("authorization", "Basic dXNlcjpwYXNz".parse().unwrap());
-    assert_eq!(api.list_backups(basic).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        api.list_backups(basic).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
     let unknown = api
-        .list_backups(with_token(list("c"), "svt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"))
+        .list_backups(with_token(
+            list("c"),
+            "svt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ))
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::Unauthenticated);
@@ -88,11 +111,16 @@ async fn tokens_roles_and_revocation() {
     assert_eq!(secret.code(), Code::Unauthenticated);
 
     // The admin token administers but does not read backups.
-    let admin_on_backups = api.list_backups(with_token(list("c"), admin_token)).await.unwrap_err();
+    let admin_on_backups = api
+        .list_backups(with_token(list("c"), admin_token))
+        .await
+        .unwrap_err();
     assert_eq!(admin_on_backups.code(), Code::PermissionDenied);
 
     let backend = create_token(&daemon, admin_token, "svc-backend", Role::Backend as i32).await;
-    api.list_backups(with_token(list("c"), &backend)).await.unwrap();
+    api.list_backups(with_token(list("c"), &backend))
+        .await
+        .unwrap();
     let backend_on_admin = admin
         .list_tokens(with_token(pb::ListTokensRequest {}, &backend))
         .await
@@ -125,7 +153,10 @@ async fn tokens_roles_and_revocation() {
     // Duplicate names and unspecified roles are refused.
     let dup = admin
         .create_token(with_token(
-            pb::CreateTokenRequest { name: "ops".into(), role: Role::Backend as i32 },
+            pb::CreateTokenRequest {
+                name: "ops".into(),
+                role: Role::Backend as i32,
+            },
             admin_token,
         ))
         .await
@@ -133,7 +164,10 @@ async fn tokens_roles_and_revocation() {
     assert_eq!(dup.code(), Code::AlreadyExists);
     let no_role = admin
         .create_token(with_token(
-            pb::CreateTokenRequest { name: "x".into(), role: 0 },
+            pb::CreateTokenRequest {
+                name: "x".into(),
+                role: 0,
+            },
             admin_token,
         ))
         .await
@@ -143,13 +177,26 @@ async fn tokens_roles_and_revocation() {
 
     // A revoked token stops working at once.
     admin
-        .revoke_token(with_token(pb::RevokeTokenRequest { name: "svc-backend".into() }, admin_token))
+        .revoke_token(with_token(
+            pb::RevokeTokenRequest {
+                name: "svc-backend".into(),
+            },
+            admin_token,
+        ))
         .await
         .unwrap();
-    let revoked = api.list_backups(with_token(list("c"), &backend)).await.unwrap_err();
+    let revoked = api
+        .list_backups(with_token(list("c"), &backend))
+        .await
+        .unwrap_err();
     assert_eq!(revoked.code(), Code::Unauthenticated);
     let again = admin
-        .revoke_token(with_token(pb::RevokeTokenRequest { name: "svc-backend".into() }, admin_token))
+        .revoke_token(with_token(
+            pb::RevokeTokenRequest {
+                name: "svc-backend".into(),
+            },
+            admin_token,
+        ))
         .await
         .unwrap_err();
     assert_eq!(again.code(), Code::NotFound);

@@ -24,7 +24,14 @@ async fn shares_survive_a_clean_restart() {
     let mut webhook = daemon.webhook().await;
     for i in 0..20 {
         webhook
-            .backup(with_secret(backup(&format!("c{i}"), "PASSWORD-SECP256K1", &format!("share-{i}")), &secret))
+            .backup(with_secret(
+                backup(
+                    &format!("c{i}"),
+                    "PASSWORD-SECP256K1",
+                    &format!("share-{i}"),
+                ),
+                &secret,
+            ))
             .await
             .unwrap();
     }
@@ -37,7 +44,12 @@ async fn shares_survive_a_clean_restart() {
     let mut webhook = daemon.webhook().await;
     for i in 0..20 {
         let shares = webhook
-            .fetch(with_secret(pb::FetchRequest { client_id: format!("c{i}") }, &secret))
+            .fetch(with_secret(
+                pb::FetchRequest {
+                    client_id: format!("c{i}"),
+                },
+                &secret,
+            ))
             .await
             .unwrap()
             .into_inner()
@@ -58,9 +70,13 @@ async fn concurrent_writers_to_one_key_leave_exactly_one_value() {
         let secret = secret.clone();
         tasks.push(tokio::spawn(async move {
             for round in 0..10 {
-                let share = format!("{{\"backupSharePairId\":\"p-{writer}-{round}\",\"w\":{writer}}}");
+                let share =
+                    format!("{{\"backupSharePairId\":\"p-{writer}-{round}\",\"w\":{writer}}}");
                 client
-                    .backup(with_secret(backup("contended", "PASSKEY-ED25519", &share), &secret))
+                    .backup(with_secret(
+                        backup("contended", "PASSKEY-ED25519", &share),
+                        &secret,
+                    ))
                     .await
                     .expect("a concurrent write never fails");
             }
@@ -71,7 +87,12 @@ async fn concurrent_writers_to_one_key_leave_exactly_one_value() {
     }
     let mut client = pb::webhook_service_client::WebhookServiceClient::new(channel);
     let shares = client
-        .fetch(with_secret(pb::FetchRequest { client_id: "contended".into() }, &secret))
+        .fetch(with_secret(
+            pb::FetchRequest {
+                client_id: "contended".into(),
+            },
+            &secret,
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -90,7 +111,9 @@ async fn concurrent_writers_to_one_key_leave_exactly_one_value() {
         .backup()
         .await
         .list_backup_share_pairs(crate::harness::with_token(
-            pb::ListBackupSharePairsRequest { client_id: "contended".into() },
+            pb::ListBackupSharePairsRequest {
+                client_id: "contended".into(),
+            },
             &backend,
         ))
         .await
@@ -98,7 +121,10 @@ async fn concurrent_writers_to_one_key_leave_exactly_one_value() {
         .into_inner()
         .backup_share_pairs;
     assert_eq!(pairs.len(), 1, "no duplicate pairs: {pairs:?}");
-    assert!(shares[0].contains(&pairs[0].id), "the surviving pair is the surviving share's");
+    assert!(
+        shares[0].contains(&pairs[0].id),
+        "the surviving pair is the surviving share's"
+    );
 }
 
 /// Writers under load; the daemon is killed with SIGKILL mid-stream. Every write that was
@@ -134,9 +160,17 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
                     break;
                 }
                 let (client_id, method, share) = if writer % 2 == 0 {
-                    (format!("crash-{writer}-{i}"), "PASSWORD-SECP256K1".to_string(), format!("share-{writer}-{i}"))
+                    (
+                        format!("crash-{writer}-{i}"),
+                        "PASSWORD-SECP256K1".to_string(),
+                        format!("share-{writer}-{i}"),
+                    )
                 } else {
-                    ("crash-overwrite".to_string(), format!("M{writer}-ED25519"), format!("{writer}:{i}"))
+                    (
+                        "crash-overwrite".to_string(),
+                        format!("M{writer}-ED25519"),
+                        format!("{writer}:{i}"),
+                    )
                 };
                 let sent = tokio::time::timeout(
                     Duration::from_secs(10),
@@ -171,21 +205,38 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
     drop(daemon);
     let acked_new = acked_new.lock().unwrap().clone();
     let acked_version = acked_version.lock().unwrap().clone();
-    assert!(acked_new.len() + acked_version.len() > 0, "the load made progress before the kill");
+    assert!(
+        acked_new.len() + acked_version.len() > 0,
+        "the load made progress before the kill"
+    );
 
     let daemon = sandbox.start();
     let mut client = daemon.webhook().await;
     for (client_id, share) in &acked_new {
         let shares = client
-            .fetch(with_secret(pb::FetchRequest { client_id: client_id.clone() }, &secret))
+            .fetch(with_secret(
+                pb::FetchRequest {
+                    client_id: client_id.clone(),
+                },
+                &secret,
+            ))
             .await
             .unwrap()
             .into_inner()
             .backup_shares;
-        assert_eq!(shares, vec![share.clone()], "acknowledged write of {client_id} lost");
+        assert_eq!(
+            shares,
+            vec![share.clone()],
+            "acknowledged write of {client_id} lost"
+        );
     }
     let overwritten = client
-        .fetch(with_secret(pb::FetchRequest { client_id: "crash-overwrite".into() }, &secret))
+        .fetch(with_secret(
+            pb::FetchRequest {
+                client_id: "crash-overwrite".into(),
+            },
+            &secret,
+        ))
         .await
         .unwrap()
         .into_inner()

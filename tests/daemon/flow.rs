@@ -47,30 +47,54 @@ async fn portal_flow_stores_fetches_replaces_and_completes_pairs() {
                 .await
                 .unwrap()
                 .into_inner();
-            assert_eq!(reply.backup_share_pair_id, pair_id(client, method, curve, 1));
+            assert_eq!(
+                reply.backup_share_pair_id,
+                pair_id(client, method, curve, 1)
+            );
             let fetched = webhook
-                .fetch(with_secret(pb::FetchRequest { client_id: client.into() }, secret))
+                .fetch(with_secret(
+                    pb::FetchRequest {
+                        client_id: client.into(),
+                    },
+                    secret,
+                ))
                 .await
                 .unwrap()
                 .into_inner()
                 .backup_shares;
-            assert!(fetched.contains(&share), "immediate fetch must see the write");
+            assert!(
+                fetched.contains(&share),
+                "immediate fetch must see the write"
+            );
             expected.push(share);
         }
     }
     let mut fetched = webhook
-        .fetch(with_secret(pb::FetchRequest { client_id: client.into() }, secret))
+        .fetch(with_secret(
+            pb::FetchRequest {
+                client_id: client.into(),
+            },
+            secret,
+        ))
         .await
         .unwrap()
         .into_inner()
         .backup_shares;
     fetched.sort();
     expected.sort();
-    assert_eq!(fetched, expected, "recovery fetch returns every share byte for byte");
+    assert_eq!(
+        fetched, expected,
+        "recovery fetch returns every share byte for byte"
+    );
 
     // An unknown client has no shares.
     let none = webhook
-        .fetch(with_secret(pb::FetchRequest { client_id: "nobody".into() }, secret))
+        .fetch(with_secret(
+            pb::FetchRequest {
+                client_id: "nobody".into(),
+            },
+            secret,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -84,7 +108,9 @@ async fn portal_flow_stores_fetches_replaces_and_completes_pairs() {
     // Every pair starts at STORED_CUSTODIAN_BACKUP_SHARE.
     let pairs = api
         .list_backup_share_pairs(with_token(
-            pb::ListBackupSharePairsRequest { client_id: client.into() },
+            pb::ListBackupSharePairsRequest {
+                client_id: client.into(),
+            },
             &backend,
         ))
         .await
@@ -97,8 +123,10 @@ async fn portal_flow_stores_fetches_replaces_and_completes_pairs() {
         && p.status == "incomplete"));
 
     // The SDK saved the keys of PASSWORD's pairs.
-    let password_pairs: Vec<String> =
-        CURVES.iter().map(|c| pair_id(client, "PASSWORD", c, 1)).collect();
+    let password_pairs: Vec<String> = CURVES
+        .iter()
+        .map(|c| pair_id(client, "PASSWORD", c, 1))
+        .collect();
     api.update_backup_share_pairs(with_token(
         pb::UpdateBackupSharePairsRequest {
             client_id: client.into(),
@@ -138,13 +166,18 @@ async fn portal_flow_stores_fetches_replaces_and_completes_pairs() {
             .unwrap()
             .into_inner()
             .completed_backup_share_pair_ids;
-        let mut want: Vec<String> = CURVES.iter().map(|c| pair_id(client, method, c, 1)).collect();
+        let mut want: Vec<String> = CURVES
+            .iter()
+            .map(|c| pair_id(client, method, c, 1))
+            .collect();
         want.sort();
         assert_eq!(completed, want);
     }
     let pairs = api
         .list_backup_share_pairs(with_token(
-            pb::ListBackupSharePairsRequest { client_id: client.into() },
+            pb::ListBackupSharePairsRequest {
+                client_id: client.into(),
+            },
             &backend,
         ))
         .await
@@ -209,7 +242,12 @@ async fn portal_flow_stores_fetches_replaces_and_completes_pairs() {
         .await
         .unwrap();
     let fetched = webhook
-        .fetch(with_secret(pb::FetchRequest { client_id: client.into() }, secret))
+        .fetch(with_secret(
+            pb::FetchRequest {
+                client_id: client.into(),
+            },
+            secret,
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -220,7 +258,12 @@ async fn portal_flow_stores_fetches_replaces_and_completes_pairs() {
     assert!(fetched.contains(&portal_share(client, "PASSWORD", "SECP256K1", 1)));
 
     let view = api
-        .list_backups(with_token(pb::ListBackupsRequest { client_id: client.into() }, &backend))
+        .list_backups(with_token(
+            pb::ListBackupsRequest {
+                client_id: client.into(),
+            },
+            &backend,
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -234,8 +277,14 @@ async fn portal_flow_stores_fetches_replaces_and_completes_pairs() {
         .iter()
         .find(|c| c.curve == "ED25519")
         .unwrap();
-    assert_eq!(ed.backup_share_pair_id, pair_id(client, "PASSWORD", "ED25519", 2));
-    assert_eq!(ed.pair_status, BackupSharePairStatus::StoredCustodianBackupShare as i32);
+    assert_eq!(
+        ed.backup_share_pair_id,
+        pair_id(client, "PASSWORD", "ED25519", 2)
+    );
+    assert_eq!(
+        ed.pair_status,
+        BackupSharePairStatus::StoredCustodianBackupShare as i32
+    );
     let gdrive = view.iter().find(|m| m.backup_method == "GDRIVE").unwrap();
     assert_eq!(gdrive.status, "completed");
     assert_eq!(gdrive.custodian_shares.len(), 2);
@@ -243,7 +292,9 @@ async fn portal_flow_stores_fetches_replaces_and_completes_pairs() {
     // The old pair is gone, the new one is listed.
     let ids: Vec<String> = api
         .list_backup_share_pairs(with_token(
-            pb::ListBackupSharePairsRequest { client_id: client.into() },
+            pb::ListBackupSharePairsRequest {
+                client_id: client.into(),
+            },
             &backend,
         ))
         .await
@@ -307,7 +358,9 @@ async fn portal_flow_stores_fetches_replaces_and_completes_pairs() {
     assert_eq!(missing.code(), Code::NotFound);
     let pairs = api
         .list_backup_share_pairs(with_token(
-            pb::ListBackupSharePairsRequest { client_id: client.into() },
+            pb::ListBackupSharePairsRequest {
+                client_id: client.into(),
+            },
             &backend,
         ))
         .await
@@ -315,7 +368,10 @@ async fn portal_flow_stores_fetches_replaces_and_completes_pairs() {
         .into_inner()
         .backup_share_pairs;
     for p in pairs.iter().filter(|p| p.backup_method == "GDRIVE") {
-        assert_eq!(p.internal_status, BackupSharePairStatus::StoredClientBackupShareKey as i32);
+        assert_eq!(
+            p.internal_status,
+            BackupSharePairStatus::StoredClientBackupShareKey as i32
+        );
     }
 
     // Erasing the client leaves nothing, and other clients untouched.
@@ -332,22 +388,41 @@ async fn portal_flow_stores_fetches_replaces_and_completes_pairs() {
         .await
         .unwrap();
     let erased = api
-        .delete_client(with_token(pb::DeleteClientRequest { client_id: client.into() }, &backend))
+        .delete_client(with_token(
+            pb::DeleteClientRequest {
+                client_id: client.into(),
+            },
+            &backend,
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(
-        (erased.custodian_shares_deleted, erased.client_shares_deleted, erased.backup_share_pairs_deleted),
+        (
+            erased.custodian_shares_deleted,
+            erased.client_shares_deleted,
+            erased.backup_share_pairs_deleted
+        ),
         (8, 3, 8)
     );
     let after = webhook
-        .fetch(with_secret(pb::FetchRequest { client_id: client.into() }, secret))
+        .fetch(with_secret(
+            pb::FetchRequest {
+                client_id: client.into(),
+            },
+            secret,
+        ))
         .await
         .unwrap()
         .into_inner();
     assert!(after.backup_shares.is_empty());
     let other = webhook
-        .fetch(with_secret(pb::FetchRequest { client_id: "other-client".into() }, secret))
+        .fetch(with_secret(
+            pb::FetchRequest {
+                client_id: "other-client".into(),
+            },
+            secret,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -373,11 +448,21 @@ async fn legacy_unknown_method_is_stored_and_used_as_fallback() {
         ))
         .await
         .unwrap();
-    let backend =
-        create_token(&daemon, &sandbox.keys.admin_token, "backend", Role::Backend as i32).await;
+    let backend = create_token(
+        &daemon,
+        &sandbox.keys.admin_token,
+        "backend",
+        Role::Backend as i32,
+    )
+    .await;
     let mut api = daemon.backup().await;
     let view = api
-        .list_backups(with_token(pb::ListBackupsRequest { client_id: "legacy".into() }, &backend))
+        .list_backups(with_token(
+            pb::ListBackupsRequest {
+                client_id: "legacy".into(),
+            },
+            &backend,
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -406,5 +491,8 @@ async fn legacy_unknown_method_is_stored_and_used_as_fallback() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((got.cipher_text.as_str(), got.backup_method.as_str()), ("legacy-cipher", "UNKNOWN"));
+    assert_eq!(
+        (got.cipher_text.as_str(), got.backup_method.as_str()),
+        ("legacy-cipher", "UNKNOWN")
+    );
 }

@@ -201,7 +201,10 @@ impl Daemon {
                 std::thread::sleep(Duration::from_millis(50));
                 return status;
             }
-            assert!(Instant::now() < deadline, "daemon did not exit after SIG{signal}");
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit after SIG{signal}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }

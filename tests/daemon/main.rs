@@ -1,5 +1,7 @@
 //! Integration tests: each starts the real daemon and talks to it over the wire.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod auth;
 mod durability;
 mod flow;

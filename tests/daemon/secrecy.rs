@@ -10,7 +10,9 @@ const SHARE_MARKER: &str = "PLANTED-SHARE-7f3a9c";
 const CIPHER_MARKER: &str = "PLANTED-CIPHER-41d2e8";
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,7 +30,9 @@ async fn planted_secrets_never_reach_the_disk_or_the_logs() {
                 pb::BackupRequest {
                     client_id: "planted".into(),
                     backup_method: method.into(),
-                    share: format!("{{\"backupSharePairId\":\"p-{method}\",\"k\":\"{SHARE_MARKER}\"}}"),
+                    share: format!(
+                        "{{\"backupSharePairId\":\"p-{method}\",\"k\":\"{SHARE_MARKER}\"}}"
+                    ),
                     backup_share_pair_id: None,
                 },
                 secret,
@@ -48,11 +52,19 @@ async fn planted_secrets_never_reach_the_disk_or_the_logs() {
     .unwrap();
     // Read everything back, and fail a few calls on purpose, so that every path logs.
     webhook
-        .fetch(with_secret(pb::FetchRequest { client_id: "planted".into() }, secret))
+        .fetch(with_secret(
+            pb::FetchRequest {
+                client_id: "planted".into(),
+            },
+            secret,
+        ))
         .await
         .unwrap();
     api.get_client_backup_share(with_token(
-        pb::GetClientBackupShareRequest { client_id: "planted".into(), backup_method: "PASSWORD".into() },
+        pb::GetClientBackupShareRequest {
+            client_id: "planted".into(),
+            backup_method: "PASSWORD".into(),
+        },
         &token,
     ))
     .await
@@ -83,15 +95,29 @@ async fn planted_secrets_never_reach_the_disk_or_the_logs() {
         .unwrap_err();
     assert!(!bad.message().contains(SHARE_MARKER));
     let _ = api
-        .list_backups(with_token(pb::ListBackupsRequest { client_id: "planted".into() }, &format!("{token}x")))
+        .list_backups(with_token(
+            pb::ListBackupsRequest {
+                client_id: "planted".into(),
+            },
+            &format!("{token}x"),
+        ))
         .await
         .unwrap_err();
     drop((webhook, api));
     assert!(daemon.signal("TERM").success());
 
     let logs = daemon.logs();
-    assert!(logs.contains("method=\"Fetch\""), "calls are logged: {logs}");
-    for planted in [SHARE_MARKER, CIPHER_MARKER, token.as_str(), secret.as_str(), admin.as_str()] {
+    assert!(
+        logs.contains("method=\"Fetch\""),
+        "calls are logged: {logs}"
+    );
+    for planted in [
+        SHARE_MARKER,
+        CIPHER_MARKER,
+        token.as_str(),
+        secret.as_str(),
+        admin.as_str(),
+    ] {
         assert!(!logs.contains(planted), "a secret reached the logs");
     }
     let master_key = std::fs::read_to_string(&sandbox.keys.master_key_file).unwrap();
@@ -101,7 +127,13 @@ async fn planted_secrets_never_reach_the_disk_or_the_logs() {
     for entry in std::fs::read_dir(&sandbox.data_dir).unwrap() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
         scanned += bytes.len();
-        for planted in [SHARE_MARKER, CIPHER_MARKER, token.as_str(), secret.as_str(), admin.as_str()] {
+        for planted in [
+            SHARE_MARKER,
+            CIPHER_MARKER,
+            token.as_str(),
+            secret.as_str(),
+            admin.as_str(),
+        ] {
             assert!(!contains(&bytes, planted), "a secret is on disk in clear");
         }
     }
@@ -139,27 +171,50 @@ async fn a_moved_or_altered_record_fails_to_open_and_is_never_served() {
         let alice = {
             let read = db.begin_read().unwrap();
             let table = read.open_table(CUSTODIAN).unwrap();
-            table.get(("alice", "PASSWORD-SECP256K1")).unwrap().unwrap().value().to_vec()
+            table
+                .get(("alice", "PASSWORD-SECP256K1"))
+                .unwrap()
+                .unwrap()
+                .value()
+                .to_vec()
         };
         let write = db.begin_write().unwrap();
         {
             let mut table = write.open_table(CUSTODIAN).unwrap();
-            table.insert(("bob", "PASSWORD-SECP256K1"), alice.as_slice()).unwrap();
-            let mut carol = table.get(("carol", "PASSWORD-SECP256K1")).unwrap().unwrap().value().to_vec();
+            table
+                .insert(("bob", "PASSWORD-SECP256K1"), alice.as_slice())
+                .unwrap();
+            let mut carol = table
+                .get(("carol", "PASSWORD-SECP256K1"))
+                .unwrap()
+                .unwrap()
+                .value()
+                .to_vec();
             let last = carol.len() - 1;
             carol[last] ^= 0x40;
-            table.insert(("carol", "PASSWORD-SECP256K1"), carol.as_slice()).unwrap();
+            table
+                .insert(("carol", "PASSWORD-SECP256K1"), carol.as_slice())
+                .unwrap();
         }
         write.commit().unwrap();
     }
 
     let daemon = sandbox.start();
     let mut webhook = daemon.webhook().await;
-    let fetch = |client: &str| pb::FetchRequest { client_id: client.into() };
-    let alice = webhook.fetch(with_secret(fetch("alice"), &secret)).await.unwrap().into_inner();
+    let fetch = |client: &str| pb::FetchRequest {
+        client_id: client.into(),
+    };
+    let alice = webhook
+        .fetch(with_secret(fetch("alice"), &secret))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(alice.backup_shares, vec!["share of alice".to_string()]);
     for victim in ["bob", "carol"] {
-        let err = webhook.fetch(with_secret(fetch(victim), &secret)).await.unwrap_err();
+        let err = webhook
+            .fetch(with_secret(fetch(victim), &secret))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::DataLoss, "{victim}");
         assert!(!err.message().contains("share of"));
     }

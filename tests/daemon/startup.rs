@@ -27,8 +27,16 @@ async fn a_first_start_generates_secrets_that_work_and_are_private() {
     };
     let logs = daemon.logs();
     assert!(logs.contains("generated a new master key"), "{logs}");
-    for name in ["master-key", "webhook-secret", "admin-token", "sharevault.redb"] {
-        let mode = std::fs::metadata(data.join(name)).unwrap().permissions().mode();
+    for name in [
+        "master-key",
+        "webhook-secret",
+        "admin-token",
+        "sharevault.redb",
+    ] {
+        let mode = std::fs::metadata(data.join(name))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "{name} is private");
     }
     let secret = std::fs::read_to_string(data.join("webhook-secret")).unwrap();
@@ -62,15 +70,24 @@ async fn a_wrong_master_key_or_unsafe_permissions_are_refused() {
     drop(sandbox.start());
 
     let other = Keys::new(&sandbox.tmp.path().join("other-keys"), 10);
-    let logs = exited(Daemon::launch(command(&sandbox.data_dir, &Daemon::tcp_args(&other))));
-    assert!(logs.contains("is not the key this data dir was sealed with"), "{logs}");
+    let logs = exited(Daemon::launch(command(
+        &sandbox.data_dir,
+        &Daemon::tcp_args(&other),
+    )));
+    assert!(
+        logs.contains("is not the key this data dir was sealed with"),
+        "{logs}"
+    );
 
     std::fs::set_permissions(
         &sandbox.keys.master_key_file,
         std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();
-    let logs = exited(Daemon::launch(command(&sandbox.data_dir, &Daemon::tcp_args(&sandbox.keys))));
+    let logs = exited(Daemon::launch(command(
+        &sandbox.data_dir,
+        &Daemon::tcp_args(&sandbox.keys),
+    )));
     assert!(logs.contains("accessible by other users"), "{logs}");
     std::fs::set_permissions(
         &sandbox.keys.master_key_file,
@@ -79,8 +96,14 @@ async fn a_wrong_master_key_or_unsafe_permissions_are_refused() {
     .unwrap();
 
     std::fs::set_permissions(&sandbox.data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let logs = exited(Daemon::launch(command(&sandbox.data_dir, &Daemon::tcp_args(&sandbox.keys))));
-    assert!(logs.contains("data dir") && logs.contains("accessible by other users"), "{logs}");
+    let logs = exited(Daemon::launch(command(
+        &sandbox.data_dir,
+        &Daemon::tcp_args(&sandbox.keys),
+    )));
+    assert!(
+        logs.contains("data dir") && logs.contains("accessible by other users"),
+        "{logs}"
+    );
     std::fs::set_permissions(&sandbox.data_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
 
     // Without a master key, no new one is invented for an existing vault.
@@ -96,7 +119,10 @@ async fn a_wrong_master_key_or_unsafe_permissions_are_refused() {
 async fn a_second_daemon_on_the_same_data_dir_is_refused() {
     let sandbox = Sandbox::new(11);
     let _first = sandbox.start();
-    let logs = exited(Daemon::launch(command(&sandbox.data_dir, &Daemon::tcp_args(&sandbox.keys))));
+    let logs = exited(Daemon::launch(command(
+        &sandbox.data_dir,
+        &Daemon::tcp_args(&sandbox.keys),
+    )));
     assert!(logs.contains("cannot open the database"), "{logs}");
 }
 
@@ -125,7 +151,9 @@ async fn health_is_serving_per_service_and_systemd_is_notified() {
         "sharevault.v1.AdminService",
     ] {
         let status = health
-            .check(HealthCheckRequest { service: service.into() })
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
             .await
             .unwrap()
             .into_inner()
@@ -167,11 +195,17 @@ async fn serves_on_a_unix_socket_configured_from_a_file() {
         backup_share_pair_id: None,
     };
     webhook
-        .backup(with_secret(request("0123456789"), &sandbox.keys.webhook_secret))
+        .backup(with_secret(
+            request("0123456789"),
+            &sandbox.keys.webhook_secret,
+        ))
         .await
         .unwrap();
     let err = webhook
-        .backup(with_secret(request("01234567890"), &sandbox.keys.webhook_secret))
+        .backup(with_secret(
+            request("01234567890"),
+            &sandbox.keys.webhook_secret,
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.message(), "share: must be at most 10 bytes");

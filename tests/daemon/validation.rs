@@ -10,38 +10,173 @@ async fn bad_input_is_refused_by_field_and_changes_nothing() {
     let sandbox = Sandbox::new(5);
     let daemon = sandbox.start();
     let secret = &sandbox.keys.webhook_secret;
-    let backend =
-        create_token(&daemon, &sandbox.keys.admin_token, "backend", Role::Backend as i32).await;
+    let backend = create_token(
+        &daemon,
+        &sandbox.keys.admin_token,
+        "backend",
+        Role::Backend as i32,
+    )
+    .await;
     let mut webhook = daemon.webhook().await;
     let mut api = daemon.backup().await;
 
     let big_share = "S".repeat(64 * 1024 + 1);
     let backups: Vec<(&str, pb::BackupRequest)> = vec![
-        ("client_id", pb::BackupRequest { client_id: String::new(), backup_method: "PASSWORD-SECP256K1".into(), share: "s".into(), backup_share_pair_id: None }),
-        ("client_id", pb::BackupRequest { client_id: "has space".into(), backup_method: "PASSWORD-SECP256K1".into(), share: "s".into(), backup_share_pair_id: None }),
-        ("client_id", pb::BackupRequest { client_id: "c".repeat(129), backup_method: "PASSWORD-SECP256K1".into(), share: "s".into(), backup_share_pair_id: None }),
-        ("client_id", pb::BackupRequest { client_id: "bad/../path".into(), backup_method: "PASSWORD".into(), share: "s".into(), backup_share_pair_id: None }),
-        ("backup_method", pb::BackupRequest { client_id: "victim".into(), backup_method: "PASS WORD".into(), share: "s".into(), backup_share_pair_id: None }),
-        ("backup_method", pb::BackupRequest { client_id: "victim".into(), backup_method: "M".repeat(65), share: "s".into(), backup_share_pair_id: None }),
-        ("backup_method", pb::BackupRequest { client_id: "victim".into(), backup_method: "PASSWORD\n".into(), share: "s".into(), backup_share_pair_id: None }),
-        ("share", pb::BackupRequest { client_id: "victim".into(), backup_method: "PASSWORD-SECP256K1".into(), share: String::new(), backup_share_pair_id: None }),
-        ("share", pb::BackupRequest { client_id: "victim".into(), backup_method: "PASSWORD-SECP256K1".into(), share: big_share.clone(), backup_share_pair_id: None }),
-        ("share", pb::BackupRequest { client_id: "victim".into(), backup_method: "PASSWORD-SECP256K1".into(), share: "SECRET-PAYLOAD\u{1}".into(), backup_share_pair_id: None }),
-        ("backup_share_pair_id", pb::BackupRequest { client_id: "victim".into(), backup_method: "PASSWORD-SECP256K1".into(), share: "s".into(), backup_share_pair_id: Some("pair id with spaces".into()) }),
+        (
+            "client_id",
+            pb::BackupRequest {
+                client_id: String::new(),
+                backup_method: "PASSWORD-SECP256K1".into(),
+                share: "s".into(),
+                backup_share_pair_id: None,
+            },
+        ),
+        (
+            "client_id",
+            pb::BackupRequest {
+                client_id: "has space".into(),
+                backup_method: "PASSWORD-SECP256K1".into(),
+                share: "s".into(),
+                backup_share_pair_id: None,
+            },
+        ),
+        (
+            "client_id",
+            pb::BackupRequest {
+                client_id: "c".repeat(129),
+                backup_method: "PASSWORD-SECP256K1".into(),
+                share: "s".into(),
+                backup_share_pair_id: None,
+            },
+        ),
+        (
+            "client_id",
+            pb::BackupRequest {
+                client_id: "bad/../path".into(),
+                backup_method: "PASSWORD".into(),
+                share: "s".into(),
+                backup_share_pair_id: None,
+            },
+        ),
+        (
+            "backup_method",
+            pb::BackupRequest {
+                client_id: "victim".into(),
+                backup_method: "PASS WORD".into(),
+                share: "s".into(),
+                backup_share_pair_id: None,
+            },
+        ),
+        (
+            "backup_method",
+            pb::BackupRequest {
+                client_id: "victim".into(),
+                backup_method: "M".repeat(65),
+                share: "s".into(),
+                backup_share_pair_id: None,
+            },
+        ),
+        (
+            "backup_method",
+            pb::BackupRequest {
+                client_id: "victim".into(),
+                backup_method: "PASSWORD\n".into(),
+                share: "s".into(),
+                backup_share_pair_id: None,
+            },
+        ),
+        (
+            "share",
+            pb::BackupRequest {
+                client_id: "victim".into(),
+                backup_method: "PASSWORD-SECP256K1".into(),
+                share: String::new(),
+                backup_share_pair_id: None,
+            },
+        ),
+        (
+            "share",
+            pb::BackupRequest {
+                client_id: "victim".into(),
+                backup_method: "PASSWORD-SECP256K1".into(),
+                share: big_share.clone(),
+                backup_share_pair_id: None,
+            },
+        ),
+        (
+            "share",
+            pb::BackupRequest {
+                client_id: "victim".into(),
+                backup_method: "PASSWORD-SECP256K1".into(),
+                share: "SECRET-PAYLOAD\u{1}".into(),
+                backup_share_pair_id: None,
+            },
+        ),
+        (
+            "backup_share_pair_id",
+            pb::BackupRequest {
+                client_id: "victim".into(),
+                backup_method: "PASSWORD-SECP256K1".into(),
+                share: "s".into(),
+                backup_share_pair_id: Some("pair id with spaces".into()),
+            },
+        ),
     ];
     for (field, request) in backups {
-        let err = webhook.backup(with_secret(request, secret)).await.unwrap_err();
+        let err = webhook
+            .backup(with_secret(request, secret))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
-        assert!(err.message().starts_with(&format!("{field}:")), "{field}: {}", err.message());
+        assert!(
+            err.message().starts_with(&format!("{field}:")),
+            "{field}: {}",
+            err.message()
+        );
         assert!(!err.message().contains("SECRET-PAYLOAD") && !err.message().contains("SSSS"));
     }
 
     let client_shares: Vec<(&str, pb::StoreClientBackupShareRequest)> = vec![
-        ("client_id", pb::StoreClientBackupShareRequest { client_id: "é".into(), backup_method: "PASSWORD".into(), cipher_text: "c".into() }),
-        ("backup_method", pb::StoreClientBackupShareRequest { client_id: "victim".into(), backup_method: "PASS/WORD".into(), cipher_text: "c".into() }),
-        ("cipher_text", pb::StoreClientBackupShareRequest { client_id: "victim".into(), backup_method: "PASSWORD".into(), cipher_text: String::new() }),
-        ("cipher_text", pb::StoreClientBackupShareRequest { client_id: "victim".into(), backup_method: "PASSWORD".into(), cipher_text: "C".repeat(64 * 1024 + 1) }),
-        ("cipher_text", pb::StoreClientBackupShareRequest { client_id: "victim".into(), backup_method: "PASSWORD".into(), cipher_text: "SECRET-CIPHER\u{0}".into() }),
+        (
+            "client_id",
+            pb::StoreClientBackupShareRequest {
+                client_id: "é".into(),
+                backup_method: "PASSWORD".into(),
+                cipher_text: "c".into(),
+            },
+        ),
+        (
+            "backup_method",
+            pb::StoreClientBackupShareRequest {
+                client_id: "victim".into(),
+                backup_method: "PASS/WORD".into(),
+                cipher_text: "c".into(),
+            },
+        ),
+        (
+            "cipher_text",
+            pb::StoreClientBackupShareRequest {
+                client_id: "victim".into(),
+                backup_method: "PASSWORD".into(),
+                cipher_text: String::new(),
+            },
+        ),
+        (
+            "cipher_text",
+            pb::StoreClientBackupShareRequest {
+                client_id: "victim".into(),
+                backup_method: "PASSWORD".into(),
+                cipher_text: "C".repeat(64 * 1024 + 1),
+            },
+        ),
+        (
+            "cipher_text",
+            pb::StoreClientBackupShareRequest {
+                client_id: "victim".into(),
+                backup_method: "PASSWORD".into(),
+                cipher_text: "SECRET-CIPHER\u{0}".into(),
+            },
+        ),
     ];
     for (field, request) in client_shares {
         let err = api
@@ -49,16 +184,55 @@ async fn bad_input_is_refused_by_field_and_changes_nothing() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{field}");
-        assert!(err.message().starts_with(&format!("{field}:")), "{}", err.message());
+        assert!(
+            err.message().starts_with(&format!("{field}:")),
+            "{}",
+            err.message()
+        );
         assert!(!err.message().contains("SECRET-CIPHER"));
     }
 
     let updates: Vec<(&str, pb::UpdateBackupSharePairsRequest)> = vec![
-        ("backup_share_pair_ids", pb::UpdateBackupSharePairsRequest { client_id: "victim".into(), backup_share_pair_ids: vec![], status: 2 }),
-        ("backup_share_pair_ids", pb::UpdateBackupSharePairsRequest { client_id: "victim".into(), backup_share_pair_ids: vec!["bad id".into()], status: 2 }),
-        ("backup_share_pair_ids", pb::UpdateBackupSharePairsRequest { client_id: "victim".into(), backup_share_pair_ids: (0..65).map(|i| format!("p{i}")).collect(), status: 2 }),
-        ("status", pb::UpdateBackupSharePairsRequest { client_id: "victim".into(), backup_share_pair_ids: vec!["p".into()], status: 0 }),
-        ("status", pb::UpdateBackupSharePairsRequest { client_id: "victim".into(), backup_share_pair_ids: vec!["p".into()], status: 42 }),
+        (
+            "backup_share_pair_ids",
+            pb::UpdateBackupSharePairsRequest {
+                client_id: "victim".into(),
+                backup_share_pair_ids: vec![],
+                status: 2,
+            },
+        ),
+        (
+            "backup_share_pair_ids",
+            pb::UpdateBackupSharePairsRequest {
+                client_id: "victim".into(),
+                backup_share_pair_ids: vec!["bad id".into()],
+                status: 2,
+            },
+        ),
+        (
+            "backup_share_pair_ids",
+            pb::UpdateBackupSharePairsRequest {
+                client_id: "victim".into(),
+                backup_share_pair_ids: (0..65).map(|i| format!("p{i}")).collect(),
+                status: 2,
+            },
+        ),
+        (
+            "status",
+            pb::UpdateBackupSharePairsRequest {
+                client_id: "victim".into(),
+                backup_share_pair_ids: vec!["p".into()],
+                status: 0,
+            },
+        ),
+        (
+            "status",
+            pb::UpdateBackupSharePairsRequest {
+                client_id: "victim".into(),
+                backup_share_pair_ids: vec!["p".into()],
+                status: 42,
+            },
+        ),
     ];
     for (field, request) in updates {
         let err = api
@@ -66,13 +240,21 @@ async fn bad_input_is_refused_by_field_and_changes_nothing() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{field}");
-        assert!(err.message().starts_with(&format!("{field}:")), "{}", err.message());
+        assert!(
+            err.message().starts_with(&format!("{field}:")),
+            "{}",
+            err.message()
+        );
     }
-    for request in [
-        pb::GetCustodianBackupShareRequest { client_id: "".into(), backup_method: "X".into() },
-    ] {
+    for request in [pb::GetCustodianBackupShareRequest {
+        client_id: "".into(),
+        backup_method: "X".into(),
+    }] {
         let err = api.get_client_backup_share(with_token(
-            pb::GetClientBackupShareRequest { client_id: request.client_id, backup_method: request.backup_method },
+            pb::GetClientBackupShareRequest {
+                client_id: request.client_id,
+                backup_method: request.backup_method,
+            },
             &backend,
         ));
         assert_eq!(err.await.unwrap_err().code(), Code::InvalidArgument);
@@ -95,13 +277,23 @@ async fn bad_input_is_refused_by_field_and_changes_nothing() {
 
     // Nothing was stored for the victim.
     let fetched = webhook
-        .fetch(with_secret(pb::FetchRequest { client_id: "victim".into() }, secret))
+        .fetch(with_secret(
+            pb::FetchRequest {
+                client_id: "victim".into(),
+            },
+            secret,
+        ))
         .await
         .unwrap()
         .into_inner();
     assert!(fetched.backup_shares.is_empty());
     let view = api
-        .list_backups(with_token(pb::ListBackupsRequest { client_id: "victim".into() }, &backend))
+        .list_backups(with_token(
+            pb::ListBackupsRequest {
+                client_id: "victim".into(),
+            },
+            &backend,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -109,9 +301,19 @@ async fn bad_input_is_refused_by_field_and_changes_nothing() {
     let status = daemon
         .admin()
         .await
-        .get_status(with_token(pb::GetStatusRequest {}, &sandbox.keys.admin_token))
+        .get_status(with_token(
+            pb::GetStatusRequest {},
+            &sandbox.keys.admin_token,
+        ))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((status.custodian_shares, status.client_shares, status.backup_share_pairs), (1, 0, 0));
+    assert_eq!(
+        (
+            status.custodian_shares,
+            status.client_shares,
+            status.backup_share_pairs
+        ),
+        (1, 0, 0)
+    );
 }
