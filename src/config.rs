@@ -62,6 +62,53 @@ pub struct ServeArgs {
     /// gRPC listener: HOST:PORT or unix:/path [default: 127.0.0.1:7450].
     #[arg(long, env = "SHAREVAULT_GRPC_LISTEN", value_name = "ADDR")]
     pub grpc_listen: Option<String>,
+    /// Public webhook listener (HTTP): HOST:PORT, unix:/path, or `none` [default: 127.0.0.1:7451].
+    #[arg(long, env = "SHAREVAULT_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<String>,
+    /// Path the webhook base URL carries, e.g. `/webhook` [default: none].
+    #[arg(long, env = "SHAREVAULT_WEBHOOK_PATH_PREFIX", value_name = "PATH")]
+    pub webhook_path_prefix: Option<String>,
+    /// Also answer `/backup/fetch` with the legacy single `backupShare` field (the latest share).
+    #[arg(long, env = "SHAREVAULT_WEBHOOK_LEGACY_BACKUP_SHARE", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub webhook_legacy_backup_share: Option<bool>,
+    /// Networks allowed to call the webhook (comma-separated CIDRs) [default: any].
+    #[arg(
+        long,
+        env = "SHAREVAULT_WEBHOOK_ALLOW_CIDRS",
+        value_delimiter = ',',
+        value_name = "CIDRS"
+    )]
+    pub webhook_allow_cidrs: Option<Vec<String>>,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` header names the real client [default: none].
+    #[arg(
+        long,
+        env = "SHAREVAULT_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_name = "CIDRS"
+    )]
+    pub trusted_proxies: Option<Vec<String>>,
+    /// PEM certificate chain for TLS on the webhook listener.
+    #[arg(long, env = "SHAREVAULT_HTTP_TLS_CERT_FILE", value_name = "FILE")]
+    pub http_tls_cert_file: Option<PathBuf>,
+    /// PEM private key for TLS on the webhook listener.
+    #[arg(long, env = "SHAREVAULT_HTTP_TLS_KEY_FILE", value_name = "FILE")]
+    pub http_tls_key_file: Option<PathBuf>,
+    /// PEM certificate chain for TLS on the gRPC/API listener.
+    #[arg(long, env = "SHAREVAULT_GRPC_TLS_CERT_FILE", value_name = "FILE")]
+    pub grpc_tls_cert_file: Option<PathBuf>,
+    /// PEM private key for TLS on the gRPC/API listener.
+    #[arg(long, env = "SHAREVAULT_GRPC_TLS_KEY_FILE", value_name = "FILE")]
+    pub grpc_tls_key_file: Option<PathBuf>,
+    /// Seconds an HTTP request may take before it is answered 503 [default: 8].
+    #[arg(
+        long,
+        env = "SHAREVAULT_REQUEST_TIMEOUT_SECONDS",
+        value_name = "SECONDS"
+    )]
+    pub request_timeout_seconds: Option<u64>,
+    /// Largest accepted HTTP request body, in bytes [default: 262144].
+    #[arg(long, env = "SHAREVAULT_MAX_REQUEST_BYTES", value_name = "BYTES")]
+    pub max_request_bytes: Option<usize>,
     /// File holding the 256-bit master key (64 hex characters).
     #[arg(long, env = "SHAREVAULT_MASTER_KEY_FILE", value_name = "FILE")]
     pub master_key_file: Option<PathBuf>,
@@ -95,6 +142,17 @@ pub struct ServeArgs {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     grpc_listen: Option<String>,
+    http_listen: Option<String>,
+    webhook_path_prefix: Option<String>,
+    webhook_legacy_backup_share: Option<bool>,
+    webhook_allow_cidrs: Option<Vec<String>>,
+    trusted_proxies: Option<Vec<String>>,
+    http_tls_cert_file: Option<PathBuf>,
+    http_tls_key_file: Option<PathBuf>,
+    grpc_tls_cert_file: Option<PathBuf>,
+    grpc_tls_key_file: Option<PathBuf>,
+    request_timeout_seconds: Option<u64>,
+    max_request_bytes: Option<usize>,
     master_key_file: Option<PathBuf>,
     webhook_secret_file: Option<PathBuf>,
     admin_token_file: Option<PathBuf>,
@@ -109,12 +167,86 @@ struct FileConfig {
 pub struct Config {
     pub data_dir: PathBuf,
     pub grpc_listen: ListenAddr,
+    /// The public webhook listener; `None` when disabled.
+    pub http_listen: Option<ListenAddr>,
+    pub webhook: WebhookConfig,
+    pub http_tls: Option<TlsFiles>,
+    pub grpc_tls: Option<TlsFiles>,
+    pub request_timeout: Duration,
+    pub max_request_bytes: usize,
     pub master_key_file: Option<PathBuf>,
     pub webhook_secret_file: Option<PathBuf>,
     pub admin_token_file: Option<PathBuf>,
     pub limits: Limits,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// How the public webhook listener behaves.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WebhookConfig {
+    /// Empty, or a path such as `/webhook` that the routes sit under.
+    pub path_prefix: String,
+    /// Add the legacy `backupShare` field to `/backup/fetch` answers.
+    pub legacy_backup_share: bool,
+    /// Networks allowed to call the webhook routes; empty allows any.
+    pub allow: Vec<ipnet::IpNet>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+fn cidrs(name: &str, values: Option<Vec<String>>) -> Result<Vec<ipnet::IpNet>, String> {
+    values
+        .unwrap_or_default()
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.parse::<ipnet::IpNet>()
+                .or_else(|_| v.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("{name}: `{v}` is not an IP address or CIDR"))
+        })
+        .collect()
+}
+
+fn tls_files(
+    name: &str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<TlsFiles>, String> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+        _ => Err(format!(
+            "{name}_tls_cert_file and {name}_tls_key_file must be given together"
+        )),
+    }
+}
+
+fn path_prefix(value: Option<String>) -> Result<String, String> {
+    let prefix = value.unwrap_or_default();
+    let prefix = prefix.trim_end_matches('/');
+    if prefix.is_empty() {
+        return Ok(String::new());
+    }
+    if !prefix.starts_with('/')
+        || prefix.contains("//")
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b))
+    {
+        return Err(format!(
+            "webhook_path_prefix: `{prefix}` must start with / and hold only letters, digits, / - _ ."
+        ));
+    }
+    Ok(prefix.to_owned())
 }
 
 /// The most a share or cipherText limit may be raised to.
@@ -152,7 +284,68 @@ impl Config {
             .unwrap_or_else(|| "127.0.0.1:7450".into())
             .parse()
             .map_err(|e| format!("grpc_listen: {e}"))?;
+        let http_listen = match args
+            .http_listen
+            .clone()
+            .or(file.http_listen)
+            .unwrap_or_else(|| "127.0.0.1:7451".into())
+        {
+            off if off == "none" => None,
+            addr => Some(addr.parse().map_err(|e| format!("http_listen: {e}"))?),
+        };
+        let webhook = WebhookConfig {
+            path_prefix: path_prefix(
+                args.webhook_path_prefix
+                    .clone()
+                    .or(file.webhook_path_prefix),
+            )?,
+            legacy_backup_share: args
+                .webhook_legacy_backup_share
+                .or(file.webhook_legacy_backup_share)
+                .unwrap_or(false),
+            allow: cidrs(
+                "webhook_allow_cidrs",
+                args.webhook_allow_cidrs
+                    .clone()
+                    .or(file.webhook_allow_cidrs),
+            )?,
+            trusted_proxies: cidrs(
+                "trusted_proxies",
+                args.trusted_proxies.clone().or(file.trusted_proxies),
+            )?,
+        };
+        let request_timeout = args
+            .request_timeout_seconds
+            .or(file.request_timeout_seconds)
+            .unwrap_or(8);
+        if request_timeout == 0 || request_timeout > 60 {
+            return Err("request_timeout_seconds must be between 1 and 60".into());
+        }
+        let max_request_bytes = args
+            .max_request_bytes
+            .or(file.max_request_bytes)
+            .unwrap_or(256 * 1024);
+        if !(1024..=16 * MAX_SECRET_LIMIT).contains(&max_request_bytes) {
+            return Err(format!(
+                "max_request_bytes must be between 1024 and {}",
+                16 * MAX_SECRET_LIMIT
+            ));
+        }
         Ok(Self {
+            http_listen,
+            webhook,
+            http_tls: tls_files(
+                "http",
+                args.http_tls_cert_file.clone().or(file.http_tls_cert_file),
+                args.http_tls_key_file.clone().or(file.http_tls_key_file),
+            )?,
+            grpc_tls: tls_files(
+                "grpc",
+                args.grpc_tls_cert_file.clone().or(file.grpc_tls_cert_file),
+                args.grpc_tls_key_file.clone().or(file.grpc_tls_key_file),
+            )?,
+            request_timeout: Duration::from_secs(request_timeout),
+            max_request_bytes,
             data_dir: args
                 .data_dir
                 .clone()
@@ -211,6 +404,41 @@ mod tests {
         );
         assert_eq!(config.limits.max_share_bytes, 1000);
         assert_eq!(config.limits.max_cipher_text_bytes, 65536);
+        assert_eq!(config.http_listen, Some("127.0.0.1:7451".parse().unwrap()));
+    }
+
+    #[test]
+    fn webhook_settings_are_parsed_and_checked() {
+        let args = ServeArgs {
+            http_listen: Some("none".into()),
+            webhook_path_prefix: Some("/portal/webhook/".into()),
+            webhook_allow_cidrs: Some(vec!["35.203.150.117".into(), "10.0.0.0/8".into()]),
+            ..ServeArgs::default()
+        };
+        let config = Config::load(&args).unwrap();
+        assert_eq!(config.http_listen, None);
+        assert_eq!(config.webhook.path_prefix, "/portal/webhook");
+        assert_eq!(config.webhook.allow.len(), 2);
+        for bad in [
+            ServeArgs {
+                webhook_path_prefix: Some("webhook".into()),
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                webhook_allow_cidrs: Some(vec!["10.0.0.0/33".into()]),
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                http_tls_cert_file: Some("/c.pem".into()),
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                request_timeout_seconds: Some(0),
+                ..ServeArgs::default()
+            },
+        ] {
+            assert!(Config::load(&bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //!
 //! A map of the crate, from the wire down:
 //!
-//! - [`server`]: listeners, health, reflection and the daemon's lifecycle ([`server::run`]).
+//! - [`server`]: health, reflection and the daemon's lifecycle ([`server::run`]); [`net`]:
+//!   listeners, TLS and connections.
+//! - [`http`]: Portal's webhook over HTTP (public listener) and the JSON API for backends
+//!   (private listener, beside gRPC); [`observe`] logs one line per call.
 //! - [`grpc`]: the gRPC services (`WebhookService`, `BackupService`, `AdminService`), thin
 //!   translations onto the vault; [`pb`] holds the generated types.
 //! - [`vault`]: the one code path under every API: validation ([`validate`]),
@@ -17,6 +20,9 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod grpc;
+pub mod http;
+pub mod net;
+pub mod observe;
 pub mod pairs;
 pub mod pb;
 pub mod secrets;

@@ -3,7 +3,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sharevault::config::{Config, LogFormat, ServeArgs};
-use sharevault::server::{self, Listener, Settings};
+use sharevault::net::{Listener, tls_acceptor};
+use sharevault::server::{self, Listeners, Settings};
 use std::io::IsTerminal;
 
 #[derive(Parser)]
@@ -66,6 +67,9 @@ fn settings(config: &Config) -> anyhow::Result<Settings> {
         secrets,
         limits: config.limits,
         shutdown_grace: config.shutdown_grace,
+        webhook: config.webhook.clone(),
+        request_timeout: config.request_timeout,
+        max_request_bytes: config.max_request_bytes,
     })
 }
 
@@ -76,12 +80,34 @@ fn main() -> anyhow::Result<()> {
             let config = Config::load(&args).map_err(anyhow::Error::msg)?;
             init_logging(config.log_format);
             let settings = settings(&config)?;
+            let tls = |files: &Option<sharevault::config::TlsFiles>| {
+                files
+                    .as_ref()
+                    .map(|f| tls_acceptor(&f.cert, &f.key))
+                    .transpose()
+                    .map_err(anyhow::Error::msg)
+            };
+            let (grpc_tls, http_tls) = (tls(&config.grpc_tls)?, tls(&config.http_tls)?);
             let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
             runtime.block_on(async {
-                let listener = Listener::bind(&config.grpc_listen)
+                let grpc = Listener::bind(&config.grpc_listen)
                     .await
                     .with_context(|| format!("cannot listen on {}", config.grpc_listen))?;
-                server::run(listener, settings, shutdown_signal()).await?;
+                let http = match &config.http_listen {
+                    Some(addr) => Some(
+                        Listener::bind(addr)
+                            .await
+                            .with_context(|| format!("cannot listen on {addr}"))?,
+                    ),
+                    None => None,
+                };
+                let listeners = Listeners {
+                    grpc,
+                    grpc_tls,
+                    http,
+                    http_tls,
+                };
+                server::run(listeners, settings, shutdown_signal()).await?;
                 Ok(())
             })
         }
@@ -92,6 +118,13 @@ fn main() -> anyhow::Result<()> {
             println!("configuration is valid");
             println!("data_dir        {}", config.data_dir.display());
             println!("grpc_listen     {}", config.grpc_listen);
+            match &config.http_listen {
+                Some(addr) => println!("http_listen     {addr}"),
+                None => println!("http_listen     none"),
+            }
+            for files in [&config.grpc_tls, &config.http_tls].into_iter().flatten() {
+                tls_acceptor(&files.cert, &files.key).map_err(anyhow::Error::msg)?;
+            }
             println!("master_key_id   {}", settings.secrets.master_key.id());
             println!("max_share_bytes {}", config.limits.max_share_bytes);
             println!(

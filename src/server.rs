@@ -5,7 +5,9 @@
 //! and per service), and systemd is told `READY=1`. When `shutdown` resolves the daemon stops
 //! accepting, drains in-flight calls for the grace period, and closes the database cleanly.
 
+use crate::config::WebhookConfig;
 use crate::grpc::{Ready, admin::AdminApi, backup::BackupApi, webhook::WebhookApi};
+use crate::net::{self, Listener};
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::backup_service_server::BackupServiceServer;
 use crate::pb::webhook_service_server::WebhookServiceServer;
@@ -17,44 +19,18 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_rustls::TlsAcceptor;
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 
-/// A bound listener.
-pub enum Listener {
-    Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener, PathBuf),
-}
-
-impl Listener {
-    /// Binds `addr`. A stale Unix socket file is replaced.
-    pub async fn bind(addr: &crate::config::ListenAddr) -> std::io::Result<Self> {
-        match addr {
-            crate::config::ListenAddr::Tcp(addr) => {
-                Ok(Listener::Tcp(tokio::net::TcpListener::bind(addr).await?))
-            }
-            crate::config::ListenAddr::Unix(path) => {
-                if path.exists() {
-                    std::fs::remove_file(path)?;
-                }
-                let listener = tokio::net::UnixListener::bind(path)?;
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-                Ok(Listener::Unix(listener, path.clone()))
-            }
-        }
-    }
-
-    /// Where the listener is bound, for logs.
-    pub fn describe(&self) -> String {
-        match self {
-            Listener::Tcp(l) => l
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| "tcp".into()),
-            Listener::Unix(_, path) => format!("unix:{}", path.display()),
-        }
-    }
+/// The bound listeners, with their TLS acceptors.
+pub struct Listeners {
+    /// The private listener: gRPC, and the JSON API for any other content type.
+    pub grpc: Listener,
+    pub grpc_tls: Option<TlsAcceptor>,
+    /// The public webhook listener, if enabled.
+    pub http: Option<Listener>,
+    pub http_tls: Option<TlsAcceptor>,
 }
 
 /// What the daemon runs with, once configuration and secrets are loaded.
@@ -63,6 +39,9 @@ pub struct Settings {
     pub secrets: Secrets,
     pub limits: Limits,
     pub shutdown_grace: Duration,
+    pub webhook: WebhookConfig,
+    pub request_timeout: Duration,
+    pub max_request_bytes: usize,
 }
 
 /// Why the daemon stopped with an error.
@@ -88,7 +67,7 @@ async fn set_health(reporter: &tonic_health::server::HealthReporter, status: Ser
     }
 }
 
-fn router(
+fn grpc_router(
     ready: &Ready,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
@@ -129,22 +108,20 @@ fn router(
     Ok(routes.routes().prepare().into_axum_router())
 }
 
-async fn serve(
-    listener: Listener,
-    router: axum::Router,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let stopped = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    match listener {
-        Listener::Tcp(l) => axum::serve(l, router).with_graceful_shutdown(stopped).await,
-        Listener::Unix(l, path) => {
-            let result = axum::serve(l, router).with_graceful_shutdown(stopped).await;
-            let _ = std::fs::remove_file(path);
-            result
-        }
-    }
+/// The private listener's app: gRPC requests (told apart by their content type) go to the
+/// gRPC services, everything else to the JSON API.
+fn private_app(grpc: axum::Router, api: axum::Router) -> axum::Router {
+    axum::Router::new().fallback_service(tower::service_fn(
+        move |request: axum::extract::Request| {
+            let is_grpc = request
+                .headers()
+                .get(axum::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/grpc"));
+            let target = if is_grpc { grpc.clone() } else { api.clone() };
+            tower::ServiceExt::oneshot(target, request)
+        },
+    ))
 }
 
 fn notify(state: sd_notify::NotifyState<'_>) {
@@ -153,20 +130,43 @@ fn notify(state: sd_notify::NotifyState<'_>) {
     }
 }
 
-/// Runs the daemon on `grpc` until `shutdown` resolves.
+/// Runs the daemon on `listeners` until `shutdown` resolves.
 pub async fn run(
-    grpc: Listener,
+    listeners: Listeners,
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
     let ready = Ready::default();
-    let router = router(&ready, health)?;
+    let private = private_app(
+        grpc_router(&ready, health)?,
+        crate::http::api::router(
+            ready.clone(),
+            settings.max_request_bytes,
+            settings.request_timeout,
+        ),
+    );
 
-    tracing::info!(addr = %grpc.describe(), "grpc listener bound");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut server = tokio::spawn(serve(grpc, router, stop_rx));
+    let mut servers = tokio::task::JoinSet::new();
+    tracing::info!(addr = %listeners.grpc.describe(), tls = listeners.grpc_tls.is_some(), "grpc listener bound");
+    servers.spawn(net::serve(
+        listeners.grpc,
+        private,
+        listeners.grpc_tls,
+        stop_rx.clone(),
+    ));
+    if let Some(http) = listeners.http {
+        tracing::info!(addr = %http.describe(), tls = listeners.http_tls.is_some(), prefix = %settings.webhook.path_prefix, "webhook listener bound");
+        let public = crate::http::webhook::router(
+            ready.clone(),
+            settings.webhook.clone(),
+            settings.max_request_bytes,
+            settings.request_timeout,
+        );
+        servers.spawn(net::serve(http, public, listeners.http_tls, stop_rx));
+    }
 
     let path = settings.data_dir.join(DATABASE_FILE);
     let store = tokio::task::spawn_blocking(move || RedbStore::open(&path))
@@ -192,7 +192,7 @@ pub async fn run(
         Ok(vault) => Arc::new(vault),
         Err(err) => {
             let _ = stop_tx.send(true);
-            let _ = server.await;
+            servers.join_all().await;
             return Err(err.into());
         }
     };
@@ -203,12 +203,11 @@ pub async fn run(
 
     tokio::select! {
         () = shutdown => {}
-        result = &mut server => {
+        result = servers.join_next() => {
             vault.close();
             return Err(ServeError::Task(match result {
-                Ok(Ok(())) => "the listener closed".into(),
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => e.to_string(),
+                Some(Err(e)) => e.to_string(),
+                _ => "a listener stopped".into(),
             }));
         }
     }
@@ -216,14 +215,13 @@ pub async fn run(
     notify(sd_notify::NotifyState::Stopping);
     set_health(&reporter, ServingStatus::NotServing).await;
     let _ = stop_tx.send(true);
-    match tokio::time::timeout(settings.shutdown_grace, &mut server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(err))) => tracing::warn!(error = %err, "listener error during shutdown"),
-        Ok(Err(err)) => tracing::warn!(error = %err, "server task failed during shutdown"),
-        Err(_) => {
-            tracing::warn!("grace period over; closing the remaining connections");
-            server.abort();
-        }
+    let drained = async { while servers.join_next().await.is_some() {} };
+    if tokio::time::timeout(settings.shutdown_grace, drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; closing the remaining connections");
+        servers.abort_all();
     }
     vault.close();
     tracing::info!("database closed; bye");

@@ -58,6 +58,12 @@ pub struct BackupInput<'a> {
     pub backup_share_pair_id: Option<&'a str>,
 }
 
+/// A custodian share as read back.
+pub struct FetchedShare {
+    pub share: Zeroizing<String>,
+    pub stored_at_ms: u64,
+}
+
 /// A client share as read back.
 pub struct ClientShare {
     pub backup_method: String,
@@ -318,12 +324,22 @@ impl Vault {
     }
 
     /// Every custodian share of a client, byte for byte, ordered by backup method.
-    pub fn fetch(&self, client_id: &str) -> Result<Vec<Zeroizing<String>>, VaultError> {
+    pub fn fetch(&self, client_id: &str) -> Result<Vec<FetchedShare>, VaultError> {
         validate::client_id(client_id)?;
         self.store
             .custodian_shares(client_id)?
             .iter()
-            .map(|m| self.open_record(CUSTODIAN_TABLE, client_id, &m.backup_method, &m.record))
+            .map(|m| {
+                Ok(FetchedShare {
+                    share: self.open_record(
+                        CUSTODIAN_TABLE,
+                        client_id,
+                        &m.backup_method,
+                        &m.record,
+                    )?,
+                    stored_at_ms: m.record.created_at_ms,
+                })
+            })
             .collect()
     }
 

@@ -1,6 +1,6 @@
 //! `sharevault.v1.AdminService`: tokens and status.
 
-use super::{Call, Ready, metadata};
+use super::{Call, Ready, metadata, reply};
 use crate::auth::Role;
 use crate::error::{Field, VaultError};
 use crate::pb::admin_service_server::AdminService;
@@ -60,7 +60,7 @@ impl AdminService for AdminApi {
             })
         }
         .await;
-        call.finish(result)
+        reply(call, result)
     }
 
     async fn list_tokens(
@@ -82,7 +82,7 @@ impl AdminService for AdminApi {
                     .collect(),
             })
         })();
-        call.finish(result)
+        reply(call, result)
     }
 
     async fn revoke_token(
@@ -96,7 +96,7 @@ impl AdminService for AdminApi {
             Ok(pb::RevokeTokenResponse {})
         }
         .await;
-        call.finish(result)
+        reply(call, result)
     }
 
     async fn get_status(
@@ -117,6 +117,6 @@ impl AdminService for AdminApi {
                 uptime_seconds: status.uptime_secs,
             })
         })();
-        call.finish(result)
+        reply(call, result)
     }
 }

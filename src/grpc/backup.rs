@@ -1,6 +1,6 @@
 //! `sharevault.v1.BackupService`: the company backend's API.
 
-use super::{Call, Ready, metadata};
+use super::{Call, Ready, metadata, reply};
 use crate::auth::Role;
 use crate::error::{Field, VaultError};
 use crate::pairs::PairStatus;
@@ -102,8 +102,8 @@ impl BackupService for BackupApi {
         request: Request<pb::StoreClientBackupShareRequest>,
     ) -> Result<Response<pb::StoreClientBackupShareResponse>, Status> {
         let req = request.get_ref();
-        let call = Call::new("BackupService", "StoreClientBackupShare")
-            .client(&req.client_id)
+        let mut call = Call::new("BackupService", "StoreClientBackupShare");
+        call.client(&req.client_id)
             .backup_method(&req.backup_method);
         let result = async {
             let vault = self.authorize(&request, Role::Backend)?;
@@ -115,7 +115,7 @@ impl BackupService for BackupApi {
             })
         }
         .await;
-        call.finish(result)
+        reply(call, result)
     }
 
     async fn get_client_backup_share(
@@ -123,8 +123,8 @@ impl BackupService for BackupApi {
         request: Request<pb::GetClientBackupShareRequest>,
     ) -> Result<Response<pb::GetClientBackupShareResponse>, Status> {
         let req = request.get_ref();
-        let call = Call::new("BackupService", "GetClientBackupShare")
-            .client(&req.client_id)
+        let mut call = Call::new("BackupService", "GetClientBackupShare");
+        call.client(&req.client_id)
             .backup_method(&req.backup_method);
         let result = (|| {
             let vault = self.authorize(&request, Role::Backend)?;
@@ -135,7 +135,7 @@ impl BackupService for BackupApi {
                 backup_method: share.backup_method,
             })
         })();
-        call.finish(result)
+        reply(call, result)
     }
 
     async fn delete_client_backup_share(
@@ -143,8 +143,8 @@ impl BackupService for BackupApi {
         request: Request<pb::DeleteClientBackupShareRequest>,
     ) -> Result<Response<pb::DeleteClientBackupShareResponse>, Status> {
         let req = request.get_ref();
-        let call = Call::new("BackupService", "DeleteClientBackupShare")
-            .client(&req.client_id)
+        let mut call = Call::new("BackupService", "DeleteClientBackupShare");
+        call.client(&req.client_id)
             .backup_method(&req.backup_method);
         let result = async {
             let vault = self.authorize(&request, Role::Backend)?;
@@ -154,7 +154,7 @@ impl BackupService for BackupApi {
             Ok(pb::DeleteClientBackupShareResponse { deleted })
         }
         .await;
-        call.finish(result)
+        reply(call, result)
     }
 
     async fn list_backups(
@@ -162,7 +162,8 @@ impl BackupService for BackupApi {
         request: Request<pb::ListBackupsRequest>,
     ) -> Result<Response<pb::ListBackupsResponse>, Status> {
         let req = request.get_ref();
-        let call = Call::new("BackupService", "ListBackups").client(&req.client_id);
+        let mut call = Call::new("BackupService", "ListBackups");
+        call.client(&req.client_id);
         let result = (|| {
             let vault = self.authorize(&request, Role::Backend)?;
             let methods = vault.list_backups(&req.client_id)?;
@@ -170,7 +171,7 @@ impl BackupService for BackupApi {
                 methods: methods.into_iter().map(method_to_proto).collect(),
             })
         })();
-        call.finish(result)
+        reply(call, result)
     }
 
     async fn get_custodian_backup_share(
@@ -178,8 +179,8 @@ impl BackupService for BackupApi {
         request: Request<pb::GetCustodianBackupShareRequest>,
     ) -> Result<Response<pb::GetCustodianBackupShareResponse>, Status> {
         let req = request.get_ref();
-        let call = Call::new("BackupService", "GetCustodianBackupShare")
-            .client(&req.client_id)
+        let mut call = Call::new("BackupService", "GetCustodianBackupShare");
+        call.client(&req.client_id)
             .backup_method(&req.backup_method);
         let result = (|| {
             let vault = self.authorize(&request, Role::Eject)?;
@@ -188,7 +189,7 @@ impl BackupService for BackupApi {
                 share: share.as_str().to_owned(),
             })
         })();
-        call.finish(result)
+        reply(call, result)
     }
 
     async fn list_backup_share_pairs(
@@ -196,7 +197,8 @@ impl BackupService for BackupApi {
         request: Request<pb::ListBackupSharePairsRequest>,
     ) -> Result<Response<pb::ListBackupSharePairsResponse>, Status> {
         let req = request.get_ref();
-        let call = Call::new("BackupService", "ListBackupSharePairs").client(&req.client_id);
+        let mut call = Call::new("BackupService", "ListBackupSharePairs");
+        call.client(&req.client_id);
         let result = (|| {
             let vault = self.authorize(&request, Role::Backend)?;
             let pairs = vault.list_pairs(&req.client_id)?;
@@ -204,7 +206,7 @@ impl BackupService for BackupApi {
                 backup_share_pairs: pairs.into_iter().map(pair_to_proto).collect(),
             })
         })();
-        call.finish(result)
+        reply(call, result)
     }
 
     async fn update_backup_share_pairs(
@@ -212,7 +214,8 @@ impl BackupService for BackupApi {
         request: Request<pb::UpdateBackupSharePairsRequest>,
     ) -> Result<Response<pb::UpdateBackupSharePairsResponse>, Status> {
         let req = request.get_ref();
-        let call = Call::new("BackupService", "UpdateBackupSharePairs").client(&req.client_id);
+        let mut call = Call::new("BackupService", "UpdateBackupSharePairs");
+        call.client(&req.client_id);
         let result = async {
             let vault = self.authorize(&request, Role::Backend)?;
             let status = pair_status_from_proto(req.status)?;
@@ -222,7 +225,7 @@ impl BackupService for BackupApi {
             Ok(pb::UpdateBackupSharePairsResponse {})
         }
         .await;
-        call.finish(result)
+        reply(call, result)
     }
 
     async fn delete_client(
@@ -230,7 +233,8 @@ impl BackupService for BackupApi {
         request: Request<pb::DeleteClientRequest>,
     ) -> Result<Response<pb::DeleteClientResponse>, Status> {
         let req = request.get_ref();
-        let call = Call::new("BackupService", "DeleteClient").client(&req.client_id);
+        let mut call = Call::new("BackupService", "DeleteClient");
+        call.client(&req.client_id);
         let result = async {
             let vault = self.authorize(&request, Role::Backend)?;
             let (custodian, client, pairs) = vault.delete_client(&req.client_id).await?;
@@ -241,6 +245,6 @@ impl BackupService for BackupApi {
             })
         }
         .await;
-        call.finish(result)
+        reply(call, result)
     }
 }

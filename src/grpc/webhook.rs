@@ -1,6 +1,6 @@
 //! `sharevault.v1.WebhookService`: Portal's webhook over gRPC.
 
-use super::{Call, Ready, metadata};
+use super::{Call, Ready, metadata, reply};
 use crate::pb::webhook_service_server::WebhookService;
 use crate::pb::{BackupRequest, BackupResponse, FetchRequest, FetchResponse};
 use crate::vault::BackupInput;
@@ -20,8 +20,8 @@ impl WebhookService for WebhookApi {
         request: Request<BackupRequest>,
     ) -> Result<Response<BackupResponse>, Status> {
         let req = request.get_ref();
-        let call = Call::new("WebhookService", "Backup")
-            .client(&req.client_id)
+        let mut call = Call::new("WebhookService", "Backup");
+        call.client(&req.client_id)
             .backup_method(&req.backup_method);
         let result = async {
             let vault = self.ready.get()?;
@@ -39,7 +39,7 @@ impl WebhookService for WebhookApi {
             })
         }
         .await;
-        call.finish(result)
+        reply(call, result)
     }
 
     async fn fetch(
@@ -47,15 +47,16 @@ impl WebhookService for WebhookApi {
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
         let req = request.get_ref();
-        let call = Call::new("WebhookService", "Fetch").client(&req.client_id);
+        let mut call = Call::new("WebhookService", "Fetch");
+        call.client(&req.client_id);
         let result = (|| {
             let vault = self.ready.get()?;
             vault.verify_webhook_secret(metadata(&request, SECRET_METADATA).map(str::as_bytes))?;
             let shares = vault.fetch(&req.client_id)?;
             Ok(FetchResponse {
-                backup_shares: shares.iter().map(|s| s.as_str().to_owned()).collect(),
+                backup_shares: shares.iter().map(|s| s.share.as_str().to_owned()).collect(),
             })
         })();
-        call.finish(result)
+        reply(call, result)
     }
 }

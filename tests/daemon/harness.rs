@@ -62,6 +62,8 @@ pub struct Daemon {
     child: Child,
     /// `http://127.0.0.1:PORT`, or the socket path for a Unix listener.
     pub endpoint: String,
+    /// `127.0.0.1:PORT` of the public webhook listener, if it runs.
+    pub webhook_addr: Option<String>,
     logs: Arc<Mutex<String>>,
 }
 
@@ -79,6 +81,7 @@ pub fn command(data_dir: &Path, args: &[String]) -> Command {
         .args(args)
         .env_remove("CREDENTIALS_DIRECTORY")
         .env_remove("NOTIFY_SOCKET")
+        .env("SHAREVAULT_HTTP_LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -124,12 +127,15 @@ impl Daemon {
             }
             let text = logs.lock().unwrap().clone();
             if text.contains("sharevault is ready") {
-                let addr = text
-                    .lines()
-                    .find_map(|l| l.split("grpc listener bound addr=").nth(1))
-                    .expect("the daemon logs its address")
-                    .trim()
-                    .to_owned();
+                let logged = |what: &str| {
+                    text.lines()
+                        .find_map(|l| l.split(what).nth(1))
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .map(str::to_owned)
+                };
+                let addr =
+                    logged("grpc listener bound addr=").expect("the daemon logs its address");
+                let webhook_addr = logged("webhook listener bound addr=");
                 let endpoint = match addr.strip_prefix("unix:") {
                     Some(path) => path.to_owned(),
                     None => format!("http://{addr}"),
@@ -137,6 +143,7 @@ impl Daemon {
                 return Started::Ready(Daemon {
                     child,
                     endpoint,
+                    webhook_addr,
                     logs,
                 });
             }

@@ -1,0 +1,314 @@
+//! The JSON API for backends without gRPC, on the private listener
+//! (`Authorization: Bearer <token>`, the same roles as the BackupService).
+
+use super::webhook::finish;
+use super::{HttpError, json, method_not_allowed, not_found, read_object, required, rfc3339};
+use crate::auth::Role;
+use crate::error::Field;
+use crate::grpc::Ready;
+use crate::observe::Call;
+use crate::pairs::parse_status;
+use crate::vault::Vault;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, put};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone)]
+struct ApiState {
+    ready: Ready,
+    max_body: usize,
+}
+
+impl ApiState {
+    fn authorize(&self, headers: &HeaderMap, role: Role) -> Result<&Arc<Vault>, HttpError> {
+        let vault = self.ready.get()?;
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        vault.authorize(authorization, role)?;
+        Ok(vault)
+    }
+}
+
+/// The JSON routes of the private listener.
+pub fn router(ready: Ready, max_body: usize, timeout: Duration) -> Router {
+    let share = "/v1/clients/{client_id}/client-backup-shares/{backup_method}";
+    Router::new()
+        .route(
+            share,
+            put(put_client_share)
+                .get(get_client_share)
+                .delete(delete_client_share)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/clients/{client_id}/backups",
+            get(list_backups).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/clients/{client_id}/custodian-backup-shares/{backup_method}",
+            get(get_custodian_share).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/clients/{client_id}/backup-share-pairs",
+            get(list_pairs)
+                .patch(update_pairs)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/clients/{client_id}",
+            delete(delete_client).fallback(method_not_allowed),
+        )
+        .route("/healthz", get(healthz).fallback(method_not_allowed))
+        .route("/readyz", get(readyz).fallback(method_not_allowed))
+        .fallback(not_found)
+        .layer(middleware::from_fn(move |req, next| {
+            super::with_timeout(timeout, req, next)
+        }))
+        .with_state(ApiState { ready, max_body })
+}
+
+async fn put_client_share(
+    State(state): State<ApiState>,
+    Path((client_id, backup_method)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut call = Call::new("ApiHttp", "StoreClientBackupShare");
+    call.client(&client_id).backup_method(&backup_method);
+    let result = async {
+        let vault = state.authorize(&headers, Role::Backend)?;
+        let object = read_object(&headers, body, state.max_body).await?;
+        let cipher_text = required(&object, Field::CipherText)?;
+        let completed = vault
+            .store_client_share(&client_id, &backup_method, cipher_text)
+            .await?;
+        Ok(json(
+            StatusCode::OK,
+            json!({
+                "clientId": client_id,
+                "backupMethod": crate::validate::backup_method(&backup_method).unwrap_or_default(),
+                "completedBackupSharePairIds": completed,
+            }),
+        ))
+    }
+    .await;
+    finish(call, result)
+}
+
+async fn get_client_share(
+    State(state): State<ApiState>,
+    Path((client_id, backup_method)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut call = Call::new("ApiHttp", "GetClientBackupShare");
+    call.client(&client_id).backup_method(&backup_method);
+    let result = (|| {
+        let vault = state.authorize(&headers, Role::Backend)?;
+        let share = vault.client_share(&client_id, &backup_method)?;
+        Ok(json(
+            StatusCode::OK,
+            json!({
+                "cipherText": share.cipher_text.as_str(),
+                "backupMethod": share.backup_method,
+                "createdAt": rfc3339(share.created_at_ms),
+            }),
+        ))
+    })();
+    finish(call, result)
+}
+
+async fn delete_client_share(
+    State(state): State<ApiState>,
+    Path((client_id, backup_method)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut call = Call::new("ApiHttp", "DeleteClientBackupShare");
+    call.client(&client_id).backup_method(&backup_method);
+    let result = async {
+        let vault = state.authorize(&headers, Role::Backend)?;
+        if vault
+            .delete_client_share(&client_id, &backup_method)
+            .await?
+        {
+            Ok(StatusCode::NO_CONTENT.into_response())
+        } else {
+            Err(HttpError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no client backup share is held for this client and method",
+            ))
+        }
+    }
+    .await;
+    finish(call, result)
+}
+
+async fn list_backups(
+    State(state): State<ApiState>,
+    Path(client_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let mut call = Call::new("ApiHttp", "ListBackups");
+    call.client(&client_id);
+    let result = (|| {
+        let vault = state.authorize(&headers, Role::Backend)?;
+        let methods: Vec<Value> = vault
+            .list_backups(&client_id)?
+            .into_iter()
+            .map(|m| {
+                json!({
+                    "backupMethod": m.backup_method,
+                    "status": m.status(),
+                    "hasClientBackupShare": m.client_share_created_at_ms.is_some(),
+                    "clientBackupShareCreatedAt": m.client_share_created_at_ms.map(rfc3339),
+                    "custodianShares": m.custodian_shares.iter().map(|c| json!({
+                        "backupMethod": c.backup_method,
+                        "curve": c.curve,
+                        "storedAt": rfc3339(c.stored_at_ms),
+                        "backupSharePairId": c.pair_id,
+                        "pairStatus": c.pair_status.map(|s| s.name()),
+                        "status": c.pair_status.map_or("incomplete", |s| s.public()),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        Ok(json(
+            StatusCode::OK,
+            json!({"clientId": client_id, "methods": methods}),
+        ))
+    })();
+    finish(call, result)
+}
+
+async fn get_custodian_share(
+    State(state): State<ApiState>,
+    Path((client_id, backup_method)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut call = Call::new("ApiHttp", "GetCustodianBackupShare");
+    call.client(&client_id).backup_method(&backup_method);
+    let result = (|| {
+        let vault = state.authorize(&headers, Role::Eject)?;
+        let share = vault.custodian_share(&client_id, &backup_method)?;
+        Ok(json(StatusCode::OK, json!({"orgShare": share.as_str()})))
+    })();
+    finish(call, result)
+}
+
+async fn list_pairs(
+    State(state): State<ApiState>,
+    Path(client_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let mut call = Call::new("ApiHttp", "ListBackupSharePairs");
+    call.client(&client_id);
+    let result = (|| {
+        let vault = state.authorize(&headers, Role::Backend)?;
+        let pairs: Vec<Value> = vault
+            .list_pairs(&client_id)?
+            .into_iter()
+            .map(|p| {
+                let (method, curve) = crate::validate::split_curve(&p.backup_method);
+                json!({
+                    "id": p.id,
+                    "backupMethod": method,
+                    "curve": curve,
+                    "status": p.status.public(),
+                    "internalStatus": p.status.name(),
+                    "createdAt": rfc3339(p.created_at_ms),
+                    "updatedAt": rfc3339(p.updated_at_ms),
+                })
+            })
+            .collect();
+        Ok(json(StatusCode::OK, json!({"backupSharePairs": pairs})))
+    })();
+    finish(call, result)
+}
+
+async fn update_pairs(
+    State(state): State<ApiState>,
+    Path(client_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut call = Call::new("ApiHttp", "UpdateBackupSharePairs");
+    call.client(&client_id);
+    let result = async {
+        let vault = state.authorize(&headers, Role::Backend)?;
+        let object = read_object(&headers, body, state.max_body).await?;
+        let ids = match object.get(Field::BackupSharePairIds.json_name()) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<Vec<String>>>()
+                .ok_or_else(|| {
+                    HttpError::bad_request("backupSharePairIds: must be an array of strings")
+                })?,
+            None | Some(Value::Null) => {
+                return Err(HttpError::bad_request("backupSharePairIds: is required"));
+            }
+            Some(_) => {
+                return Err(HttpError::bad_request(
+                    "backupSharePairIds: must be an array of strings",
+                ));
+            }
+        };
+        let status = parse_status(required(&object, Field::Status)?)?;
+        vault.update_pairs(&client_id, &ids, status).await?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+    .await;
+    finish(call, result)
+}
+
+async fn delete_client(
+    State(state): State<ApiState>,
+    Path(client_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let mut call = Call::new("ApiHttp", "DeleteClient");
+    call.client(&client_id);
+    let result = async {
+        let vault = state.authorize(&headers, Role::Backend)?;
+        let (custodian, client, pairs) = vault.delete_client(&client_id).await?;
+        Ok(json(
+            StatusCode::OK,
+            json!({
+                "custodianSharesDeleted": custodian,
+                "clientSharesDeleted": client,
+                "backupSharePairsDeleted": pairs,
+            }),
+        ))
+    }
+    .await;
+    finish(call, result)
+}
+
+/// Liveness: answers only if the database answers.
+async fn healthz(State(state): State<ApiState>) -> Response {
+    let result = state
+        .ready
+        .get()
+        .and_then(|vault| vault.status())
+        .map_err(HttpError::from);
+    match result {
+        Ok(_) => json(StatusCode::OK, json!({"status": "ok"})),
+        Err(err) => err.into_response(),
+    }
+}
+
+/// Readiness: the database is open and the master key verified.
+async fn readyz(State(state): State<ApiState>) -> Response {
+    match state.ready.get() {
+        Ok(_) => json(StatusCode::OK, json!({"status": "ready"})),
+        Err(err) => HttpError::from(err).into_response(),
+    }
+}

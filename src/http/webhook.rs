@@ -1,0 +1,205 @@
+//! Portal's webhook, as Portal calls it: `POST {prefix}/backup` and `POST {prefix}/backup/fetch`
+//! with `X-Webhook-Secret`, plus `GET /healthz`. Nothing else is served on this listener.
+
+use super::{HttpError, json, method_not_allowed, not_found, read_object, required, text};
+use crate::config::WebhookConfig;
+use crate::error::Field;
+use crate::grpc::Ready;
+use crate::net::Peer;
+use crate::observe::Call;
+use crate::vault::BackupInput;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use ipnet::IpNet;
+use serde_json::json;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The header Portal sends the secret in.
+pub const SECRET_HEADER: &str = "x-webhook-secret";
+
+#[derive(Clone)]
+struct WebhookState {
+    ready: Ready,
+    config: Arc<WebhookConfig>,
+    max_body: usize,
+}
+
+/// The public listener's routes.
+pub fn router(ready: Ready, config: WebhookConfig, max_body: usize, timeout: Duration) -> Router {
+    let prefix = config.path_prefix.clone();
+    let state = WebhookState {
+        ready,
+        config: Arc::new(config),
+        max_body,
+    };
+    Router::new()
+        .route(
+            &format!("{prefix}/backup"),
+            post(backup).fallback(method_not_allowed),
+        )
+        .route(
+            &format!("{prefix}/backup/fetch"),
+            post(fetch).fallback(method_not_allowed),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), allow_list))
+        .route("/healthz", get(health).fallback(method_not_allowed))
+        .fallback(not_found)
+        .layer(middleware::from_fn(move |req, next| {
+            super::with_timeout(timeout, req, next)
+        }))
+        .with_state(state)
+}
+
+/// The address a request is attributed to: the peer, or, when the peer is a trusted proxy,
+/// the last address in `X-Forwarded-For` that is not itself a trusted proxy.
+fn source(peer: Option<IpAddr>, headers: &HeaderMap, proxies: &[IpNet]) -> Option<IpAddr> {
+    let peer = peer?;
+    if !proxies.iter().any(|p| p.contains(&peer)) {
+        return Some(peer);
+    }
+    let mut hops: Vec<IpAddr> = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        let value = value.to_str().ok()?;
+        for hop in value.split(',') {
+            hops.push(hop.trim().parse().ok()?);
+        }
+    }
+    Some(
+        hops.into_iter()
+            .rev()
+            .find(|hop| !proxies.iter().any(|p| p.contains(hop)))
+            .unwrap_or(peer),
+    )
+}
+
+async fn allow_list(State(state): State<WebhookState>, request: Request, next: Next) -> Response {
+    let allow = &state.config.allow;
+    if allow.is_empty() {
+        return next.run(request).await;
+    }
+    let peer = request.extensions().get::<Peer>().and_then(|p| p.0);
+    let from = source(peer, request.headers(), &state.config.trusted_proxies);
+    if from.is_some_and(|ip| allow.iter().any(|net| net.contains(&ip))) {
+        next.run(request).await
+    } else {
+        tracing::warn!(
+            peer = ?peer,
+            source = ?from,
+            "webhook call from a source outside the allow-list refused"
+        );
+        HttpError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this source address may not call the webhook",
+        )
+        .into_response()
+    }
+}
+
+fn secret(headers: &HeaderMap) -> Option<&[u8]> {
+    headers.get(SECRET_HEADER).map(|v| v.as_bytes())
+}
+
+async fn backup(State(state): State<WebhookState>, headers: HeaderMap, body: Body) -> Response {
+    let mut call = Call::new("WebhookHttp", "Backup");
+    let result: Result<Response, HttpError> = async {
+        let vault = state.ready.get()?;
+        vault.verify_webhook_secret(secret(&headers))?;
+        let object = read_object(&headers, body, state.max_body).await?;
+        let client_id = required(&object, Field::ClientId)?;
+        let backup_method = text(&object, Field::BackupMethod)?.unwrap_or("");
+        call.client(client_id).backup_method(backup_method);
+        let share = required(&object, Field::Share)?;
+        let pair = text(&object, Field::BackupSharePairId)?;
+        let stored = vault
+            .backup(BackupInput {
+                client_id,
+                backup_method,
+                share,
+                backup_share_pair_id: pair,
+            })
+            .await?;
+        let mut body = json!({"message": "backup share stored"});
+        if let Some(pair) = stored {
+            body["backupSharePairId"] = pair.into();
+        }
+        Ok(json(StatusCode::OK, body))
+    }
+    .await;
+    finish(call, result)
+}
+
+async fn fetch(State(state): State<WebhookState>, headers: HeaderMap, body: Body) -> Response {
+    let mut call = Call::new("WebhookHttp", "Fetch");
+    let result: Result<Response, HttpError> = async {
+        let vault = state.ready.get()?;
+        vault.verify_webhook_secret(secret(&headers))?;
+        let object = read_object(&headers, body, state.max_body).await?;
+        let client_id = required(&object, Field::ClientId)?;
+        call.client(client_id);
+        let shares = vault.fetch(client_id)?;
+        let mut body = json!({
+            "backupShares": shares.iter().map(|s| s.share.as_str()).collect::<Vec<_>>(),
+        });
+        if state.config.legacy_backup_share
+            && let Some(latest) = shares.iter().max_by_key(|s| s.stored_at_ms)
+        {
+            body["backupShare"] = latest.share.as_str().into();
+        }
+        Ok(json(StatusCode::OK, body))
+    }
+    .await;
+    finish(call, result)
+}
+
+async fn health(State(state): State<WebhookState>) -> Response {
+    match state.ready.get() {
+        Ok(_) => json(StatusCode::OK, json!({"status": "ok"})),
+        Err(err) => HttpError::from(err).into_response(),
+    }
+}
+
+/// Logs the call and answers.
+pub(super) fn finish(call: Call, result: Result<Response, HttpError>) -> Response {
+    match result {
+        Ok(response) => {
+            call.finish_with("ok");
+            response
+        }
+        Err(err) => {
+            call.finish_with(err.code);
+            err.into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_addresses_count_only_behind_trusted_proxies() {
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            "1.2.3.4, 35.203.150.117, 10.0.0.7".parse().unwrap(),
+        );
+        let portal: IpAddr = "35.203.150.117".parse().unwrap();
+        let proxy: IpAddr = "10.0.0.5".parse().unwrap();
+        let stranger: IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(source(Some(proxy), &headers, &proxies), Some(portal));
+        assert_eq!(source(Some(stranger), &headers, &proxies), Some(stranger));
+        assert_eq!(source(Some(stranger), &headers, &[]), Some(stranger));
+        headers.insert("x-forwarded-for", "not an address".parse().unwrap());
+        assert_eq!(source(Some(proxy), &headers, &proxies), None);
+        assert_eq!(source(None, &HeaderMap::new(), &proxies), None);
+    }
+}

@@ -1,0 +1,206 @@
+//! Listeners and connections: TCP or Unix sockets, optional TLS (rustls), HTTP/1.1 and
+//! HTTP/2 (gRPC is HTTP/2) on one port, and graceful shutdown.
+
+use crate::config::ListenAddr;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsAcceptor;
+
+/// How long a client gets to send its request headers, and to finish a TLS handshake.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A bound listener.
+pub enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener, PathBuf),
+}
+
+impl Listener {
+    /// Binds `addr`. A stale Unix socket file is replaced; the socket gets mode 0660.
+    pub async fn bind(addr: &ListenAddr) -> std::io::Result<Self> {
+        match addr {
+            ListenAddr::Tcp(addr) => Ok(Listener::Tcp(tokio::net::TcpListener::bind(addr).await?)),
+            ListenAddr::Unix(path) => {
+                if path.exists() {
+                    std::fs::remove_file(path)?;
+                }
+                let listener = tokio::net::UnixListener::bind(path)?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+                Ok(Listener::Unix(listener, path.clone()))
+            }
+        }
+    }
+
+    /// Where the listener is bound, for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "tcp".into()),
+            Listener::Unix(_, path) => format!("unix:{}", path.display()),
+        }
+    }
+}
+
+/// The address a connection came from; inserted into every request's extensions.
+/// Unix-socket connections have none.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<IpAddr>);
+
+/// Loads a PEM certificate chain and private key into a TLS acceptor offering h2 and
+/// http/1.1.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("TLS certificate {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "TLS certificate {}: no certificate found",
+            cert.display()
+        ));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("TLS key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("TLS certificate and key: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The service every connection is handed: one request at a time, any HTTP version.
+pub type App = axum::Router;
+
+fn builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+}
+
+fn spawn_connection<IO>(
+    io: IO,
+    peer: Peer,
+    app: App,
+    tls: Option<TlsAcceptor>,
+    builder: auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let watcher = graceful.watcher();
+    tokio::spawn(async move {
+        let service =
+            tower::ServiceExt::map_request(app, move |mut req: axum::http::Request<_>| {
+                req.extensions_mut().insert(peer);
+                req
+            });
+        let service = TowerToHyperService::new(service);
+        match tls {
+            None => {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                let _ = watcher.watch(conn.into_owned()).await;
+            }
+            Some(acceptor) => {
+                let stream = match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(io)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(err)) => {
+                        tracing::debug!(error = %err, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("TLS handshake timed out");
+                        return;
+                    }
+                };
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let _ = watcher.watch(conn.into_owned()).await;
+            }
+        }
+    });
+}
+
+/// Accepts connections on `listener` and serves `app` on each until `stop` turns true; then
+/// stops accepting and waits for open connections to finish their requests.
+pub async fn serve(
+    listener: Listener,
+    app: App,
+    tls: Option<TlsAcceptor>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    let builder = builder();
+    loop {
+        tokio::select! {
+            () = stopped(&mut stop) => break,
+            accepted = accept(&listener) => match accepted {
+                Ok(Accepted::Tcp(stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    let peer = Peer(Some(canonical(addr)));
+                    spawn_connection(stream, peer, app.clone(), tls.clone(), builder.clone(), &graceful);
+                }
+                Ok(Accepted::Unix(stream)) => {
+                    spawn_connection(stream, Peer(None), app.clone(), tls.clone(), builder.clone(), &graceful);
+                }
+                Err(err) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    if let Listener::Unix(_, path) = &listener {
+        let _ = std::fs::remove_file(path);
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
+    match listener {
+        Listener::Tcp(l) => l.accept().await.map(|(s, a)| Accepted::Tcp(s, a)),
+        Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+    }
+}
+
+/// An IPv4 address mapped into IPv6 is reported as IPv4.
+fn canonical(addr: SocketAddr) -> IpAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        ip => ip,
+    }
+}
