@@ -64,13 +64,7 @@ impl From<VaultError> for HttpError {
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        let mut response = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::METHOD_NOT_ALLOWED {
-            response
-                .headers_mut()
-                .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
-        }
-        response
+        (self.status, axum::Json(body)).into_response()
     }
 }
 
@@ -209,10 +203,7 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, HttpError> {
 }
 
 /// A string field: `None` when missing or null; 400 naming the field when of another type.
-pub fn text<'a>(
-    object: &'a Map<String, Value>,
-    field: Field,
-) -> Result<Option<&'a str>, HttpError> {
+pub fn text(object: &Map<String, Value>, field: Field) -> Result<Option<&str>, HttpError> {
     match object.get(field.json_name()) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -224,7 +215,7 @@ pub fn text<'a>(
 }
 
 /// A required string field.
-pub fn required<'a>(object: &'a Map<String, Value>, field: Field) -> Result<&'a str, HttpError> {
+pub fn required(object: &Map<String, Value>, field: Field) -> Result<&str, HttpError> {
     text(object, field)?
         .ok_or_else(|| HttpError::bad_request(format!("{}: is required", field.json_name())))
 }

@@ -265,6 +265,16 @@ impl Sandbox {
         Daemon::start(&self.data_dir, &self.keys)
     }
 
+    /// Starts with extra flags.
+    pub fn start_with(&self, extra: &[&str]) -> Daemon {
+        let mut args = Daemon::tcp_args(&self.keys);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        match Daemon::launch(command(&self.data_dir, &args)) {
+            Started::Ready(daemon) => daemon,
+            Started::Exited { status, logs } => panic!("daemon exited ({status}):\n{logs}"),
+        }
+    }
+
     pub fn database(&self) -> PathBuf {
         self.data_dir.join("sharevault.redb")
     }
