@@ -12,6 +12,7 @@ const REDACTED: &[&str] = &[
     "sharevault.v1.GetClientBackupShareResponse",
     "sharevault.v1.GetCustodianBackupShareResponse",
     "sharevault.v1.CreateTokenResponse",
+    "sharevault.v1.RekeyRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -112,6 +112,9 @@ pub struct ServeArgs {
     /// File holding the 256-bit master key (64 hex characters).
     #[arg(long, env = "SHAREVAULT_MASTER_KEY_FILE", value_name = "FILE")]
     pub master_key_file: Option<PathBuf>,
+    /// File holding the previous master key, needed only to finish an interrupted rotation.
+    #[arg(long, env = "SHAREVAULT_OLD_MASTER_KEY_FILE", value_name = "FILE")]
+    pub old_master_key_file: Option<PathBuf>,
     /// File holding the webhook secrets, one per line.
     #[arg(long, env = "SHAREVAULT_WEBHOOK_SECRET_FILE", value_name = "FILE")]
     pub webhook_secret_file: Option<PathBuf>,
@@ -154,6 +157,7 @@ struct FileConfig {
     request_timeout_seconds: Option<u64>,
     max_request_bytes: Option<usize>,
     master_key_file: Option<PathBuf>,
+    old_master_key_file: Option<PathBuf>,
     webhook_secret_file: Option<PathBuf>,
     admin_token_file: Option<PathBuf>,
     max_share_bytes: Option<usize>,
@@ -175,6 +179,7 @@ pub struct Config {
     pub request_timeout: Duration,
     pub max_request_bytes: usize,
     pub master_key_file: Option<PathBuf>,
+    pub old_master_key_file: Option<PathBuf>,
     pub webhook_secret_file: Option<PathBuf>,
     pub admin_token_file: Option<PathBuf>,
     pub limits: Limits,
@@ -353,6 +358,10 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from("./sharevault-data")),
             grpc_listen,
             master_key_file: args.master_key_file.clone().or(file.master_key_file),
+            old_master_key_file: args
+                .old_master_key_file
+                .clone()
+                .or(file.old_master_key_file),
             webhook_secret_file: args
                 .webhook_secret_file
                 .clone()

@@ -68,6 +68,12 @@ impl KeyId {
     }
 }
 
+impl KeyId {
+    pub fn to_bytes(self) -> [u8; KEY_ID_LEN] {
+        self.0
+    }
+}
+
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&hex::encode(self.0))
@@ -214,6 +220,33 @@ impl MasterKey {
         Ok(Zeroizing::new(plaintext))
     }
 
+    /// Re-wraps an envelope's data key under `new`, leaving the sealed payload as it is.
+    pub fn rewrap(
+        &self,
+        aad: &RecordAad<'_>,
+        envelope: &[u8],
+        new: &MasterKey,
+    ) -> Result<Vec<u8>, CryptoError> {
+        let data_key = self.unwrap_data_key(aad, envelope)?;
+        let wrap_nonce = random::<NONCE_LEN>()?;
+        let wrapped = cipher(&new.key)
+            .encrypt(
+                (&*wrap_nonce).into(),
+                Payload {
+                    msg: data_key.as_ref(),
+                    aad: &aad.encode(b"dek", Some(&new.id)),
+                },
+            )
+            .map_err(|_| CryptoError::Tampered)?;
+        let mut out = Vec::with_capacity(envelope.len());
+        out.push(VERSION);
+        out.extend_from_slice(&new.id.0);
+        out.extend_from_slice(wrap_nonce.as_ref());
+        out.extend_from_slice(&wrapped);
+        out.extend_from_slice(&envelope[DATA_NONCE_AT..]);
+        Ok(out)
+    }
+
     /// The id of the master key that wrapped an envelope's data key.
     pub fn envelope_key_id(envelope: &[u8]) -> Result<KeyId, CryptoError> {
         if envelope.len() < ENVELOPE_OVERHEAD || envelope[0] != VERSION {
@@ -333,6 +366,24 @@ mod tests {
                 found: key(7).id()
             }
         );
+    }
+
+    #[test]
+    fn a_rewrapped_envelope_opens_with_the_new_key_only() {
+        let (old, new) = (key(7), key(9));
+        let envelope = old.seal(&AAD, b"share").unwrap();
+        let rewrapped = old.rewrap(&AAD, &envelope, &new).unwrap();
+        assert_eq!(&*new.open(&AAD, &rewrapped).unwrap(), b"share");
+        assert!(matches!(
+            old.open(&AAD, &rewrapped),
+            Err(CryptoError::WrongKey { .. })
+        ));
+        assert_eq!(MasterKey::envelope_key_id(&rewrapped).unwrap(), new.id());
+        let moved = RecordAad {
+            client_id: "other",
+            ..AAD
+        };
+        assert!(old.rewrap(&moved, &envelope, &new).is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub enum Field {
     Status,
     Name,
     Role,
+    NewMasterKey,
 }
 
 impl Field {
@@ -32,6 +33,7 @@ impl Field {
             Field::Status => "status",
             Field::Name => "name",
             Field::Role => "role",
+            Field::NewMasterKey => "new_master_key",
         }
     }
 
@@ -47,6 +49,7 @@ impl Field {
             Field::Status => "status",
             Field::Name => "name",
             Field::Role => "role",
+            Field::NewMasterKey => "newMasterKey",
         }
     }
 }

@@ -15,6 +15,7 @@
 //! - [`config`] and [`secrets`]: settings, and the master key, webhook secrets and admin token.
 //! - [`error`]: the errors callers see and their mapping to gRPC codes.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod crypto;
@@ -25,8 +26,10 @@ pub mod net;
 pub mod observe;
 pub mod pairs;
 pub mod pb;
+pub mod restore;
 pub mod secrets;
 pub mod server;
+pub mod snapshot;
 pub mod store;
 pub mod validate;
 pub mod vault;

@@ -24,6 +24,29 @@ enum Command {
     Serve(ServeArgs),
     /// Check the configuration and secrets without starting, and print the settings.
     CheckConfig(ServeArgs),
+    /// Restore a snapshot into a data dir (with the daemon stopped, or into a new data dir).
+    Restore(RestoreArgs),
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// The snapshot file.
+    #[arg(long, value_name = "FILE")]
+    from: std::path::PathBuf,
+    /// The data dir to restore into.
+    #[arg(
+        long,
+        env = "SHAREVAULT_DATA_DIR",
+        default_value = "./sharevault-data",
+        value_name = "DIR"
+    )]
+    data_dir: std::path::PathBuf,
+    /// The master key the snapshot was sealed with.
+    #[arg(long, env = "SHAREVAULT_MASTER_KEY_FILE", value_name = "FILE")]
+    master_key_file: std::path::PathBuf,
+    /// Replace a vault already in the data dir (it is kept beside, renamed).
+    #[arg(long)]
+    replace: bool,
 }
 
 fn init_logging(format: LogFormat) {
@@ -57,9 +80,12 @@ fn settings(config: &Config) -> anyhow::Result<Settings> {
     sharevault::secrets::prepare_data_dir(&config.data_dir).map_err(anyhow::Error::msg)?;
     let secrets = sharevault::secrets::load(
         &config.data_dir,
-        config.master_key_file.as_deref(),
-        config.webhook_secret_file.as_deref(),
-        config.admin_token_file.as_deref(),
+        sharevault::secrets::SecretFiles {
+            master_key: config.master_key_file.as_deref(),
+            old_master_key: config.old_master_key_file.as_deref(),
+            webhook_secret: config.webhook_secret_file.as_deref(),
+            admin_token: config.admin_token_file.as_deref(),
+        },
     )
     .map_err(anyhow::Error::msg)?;
     Ok(Settings {
@@ -110,6 +136,23 @@ fn main() -> anyhow::Result<()> {
                 server::run(listeners, settings, shutdown_signal()).await?;
                 Ok(())
             })
+        }
+        Command::Restore(args) => {
+            let key = sharevault::secrets::read_master_key(&args.master_key_file)
+                .map_err(anyhow::Error::msg)?;
+            let report =
+                sharevault::restore::restore(&args.from, &args.data_dir, &key, args.replace)
+                    .map_err(anyhow::Error::msg)?;
+            println!(
+                "restored {} records into {}: {} custodian shares, {} client shares, {} audit events; master key id {}",
+                report.records,
+                args.data_dir.display(),
+                report.custodian_shares,
+                report.client_shares,
+                report.audit_events,
+                key.id()
+            );
+            Ok(())
         }
         Command::CheckConfig(args) => {
             let config = Config::load(&args).map_err(anyhow::Error::msg)?;

@@ -75,6 +75,14 @@ impl fmt::Debug for CreateTokenResponse {
     }
 }
 
+impl fmt::Debug for RekeyRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RekeyRequest")
+            .field("new_master_key", &REDACTED)
+            .finish()
+    }
+}
+
 /// Milliseconds since the Unix epoch as a protobuf timestamp.
 pub fn timestamp(ms: u64) -> prost_types::Timestamp {
     prost_types::Timestamp {

@@ -20,6 +20,8 @@ pub const DATABASE_FILE: &str = "sharevault.redb";
 /// The secrets the daemon runs with.
 pub struct Secrets {
     pub master_key: MasterKey,
+    /// The previous master key, to finish an interrupted rotation.
+    pub old_master_key: Option<MasterKey>,
     pub webhook: WebhookSecrets,
     /// SHA-256 of the admin token.
     pub admin_token: [u8; 32],
@@ -138,13 +140,29 @@ fn locate(
     read_secret(&path, what)
 }
 
+/// Reads a master key file (which must be private to its owner).
+pub fn read_master_key(path: &Path) -> Result<MasterKey, String> {
+    MasterKey::from_file_contents(&read_secret(path, "master key")?)
+        .map_err(|e| format!("master key {}: {e}", path.display()))
+}
+
+/// Where each secret comes from.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SecretFiles<'a> {
+    pub master_key: Option<&'a Path>,
+    pub old_master_key: Option<&'a Path>,
+    pub webhook_secret: Option<&'a Path>,
+    pub admin_token: Option<&'a Path>,
+}
+
 /// Finds or generates every secret.
-pub fn load(
-    data_dir: &Path,
-    master_key_file: Option<&Path>,
-    webhook_secret_file: Option<&Path>,
-    admin_token_file: Option<&Path>,
-) -> Result<Secrets, String> {
+pub fn load(data_dir: &Path, files: SecretFiles<'_>) -> Result<Secrets, String> {
+    let SecretFiles {
+        master_key: master_key_file,
+        old_master_key,
+        webhook_secret: webhook_secret_file,
+        admin_token: admin_token_file,
+    } = files;
     let master_key =
         MasterKey::from_file_contents(&locate(Kind::MasterKey, master_key_file, data_dir)?)
             .map_err(|e| format!("master key: {e}"))?;
@@ -162,6 +180,7 @@ pub fn load(
     }
     Ok(Secrets {
         master_key,
+        old_master_key: old_master_key.map(read_master_key).transpose()?,
         webhook,
         admin_token: auth::digest(admin),
     })
@@ -176,12 +195,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         prepare_data_dir(&data).unwrap();
-        let first = load(&data, None, None, None).unwrap();
+        let first = load(&data, SecretFiles::default()).unwrap();
         for name in ["master-key", "webhook-secret", "admin-token"] {
             let mode = fs::metadata(data.join(name)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }
-        let again = load(&data, None, None, None).unwrap();
+        let again = load(&data, SecretFiles::default()).unwrap();
         assert_eq!(first.master_key.id(), again.master_key.id());
         assert_eq!(first.admin_token, again.admin_token);
     }
@@ -192,7 +211,11 @@ mod tests {
         let key = dir.path().join("key");
         fs::write(&key, "00".repeat(32)).unwrap();
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
-        let err = load(dir.path(), Some(&key), None, None).err().unwrap();
+        let files = SecretFiles {
+            master_key: Some(&key),
+            ..SecretFiles::default()
+        };
+        let err = load(dir.path(), files).err().unwrap();
         assert!(err.contains("accessible by other users"), "{err}");
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         assert!(prepare_data_dir(dir.path()).is_err());
@@ -202,7 +225,7 @@ mod tests {
     fn no_master_key_is_invented_for_an_existing_vault() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(DATABASE_FILE), b"").unwrap();
-        let err = load(dir.path(), None, None, None).err().unwrap();
+        let err = load(dir.path(), SecretFiles::default()).err().unwrap();
         assert!(err.contains("no master key was given"), "{err}");
         assert!(!dir.path().join("master-key").exists());
     }

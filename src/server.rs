@@ -178,6 +178,7 @@ pub async fn run(
             Vault::open(
                 Arc::new(store),
                 settings.secrets.master_key,
+                settings.secrets.old_master_key.into_iter().collect(),
                 settings.limits,
                 Credentials {
                     webhook: settings.secrets.webhook,

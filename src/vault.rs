@@ -4,18 +4,20 @@
 //! and drives the store. The gRPC services (and any other front end) only translate
 //! messages to and from these calls.
 
+use crate::audit::{AuditEntry, AuditEvent, ChainReport};
 use crate::auth::{self, Principal, Role, WebhookSecrets};
 use crate::crypto::{CryptoError, KeyId, MasterKey, RecordAad};
 use crate::error::{Field, VaultError};
 use crate::pairs::PairStatus;
+use crate::snapshot::{self, TableId};
 use crate::store::redb::{CLIENT_TABLE, CUSTODIAN_TABLE};
 use crate::store::{
-    Counts, MethodRecord, PairRecord, SealedRecord, Store, StoreError, TokenRecord, WriteOp,
-    WriteOutcome,
+    Counts, ExportItem, MethodRecord, PairRecord, Rewrap, SealedRecord, Store, StoreError,
+    TokenRecord, WriteOp, WriteOutcome,
 };
 use crate::validate::{self, Limits, UNKNOWN_METHOD, split_curve};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
 
@@ -25,6 +27,12 @@ const KEY_CHECK_AAD: RecordAad<'static> = RecordAad {
     table: "meta",
     client_id: "",
     backup_method: KEY_CHECK,
+};
+const REKEY_TARGET: &str = "rekey_target";
+const REKEY_TARGET_AAD: RecordAad<'static> = RecordAad {
+    table: "meta",
+    client_id: "",
+    backup_method: REKEY_TARGET,
 };
 
 /// Why the vault could not open.
@@ -103,6 +111,16 @@ impl MethodView {
     }
 }
 
+/// What [`Vault::verify_records`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub custodian_shares: u64,
+    pub client_shares: u64,
+    pub failed: u64,
+    /// `table/client/method: reason`, for the first 100 failures.
+    pub failures: Vec<String>,
+}
+
 /// The daemon's status.
 #[derive(Debug, Clone)]
 pub struct VaultStatus {
@@ -116,6 +134,17 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+fn entry(actor: &str, action: &'static str, client_id: &str, backup_method: &str) -> AuditEntry {
+    AuditEntry {
+        time_ms: now_ms(),
+        actor: actor.to_owned(),
+        action,
+        client_id: client_id.to_owned(),
+        backup_method: backup_method.to_owned(),
+        outcome: None,
+    }
 }
 
 fn crypto_failure(err: CryptoError) -> VaultError {
@@ -141,33 +170,93 @@ fn embedded_pair_id(share: &str) -> Option<String> {
     serde_json::from_str::<Probe>(share).ok()?.id
 }
 
+/// The master keys the vault knows: the primary seals new records; older ones (given at start
+/// for an interrupted rotation, or replaced by a rotation) only open records.
+struct Keyring {
+    primary: Arc<MasterKey>,
+    older: Vec<Arc<MasterKey>>,
+}
+
+impl Keyring {
+    fn for_envelope(&self, envelope: &[u8]) -> Result<Arc<MasterKey>, CryptoError> {
+        let id = MasterKey::envelope_key_id(envelope)?;
+        std::iter::once(&self.primary)
+            .chain(&self.older)
+            .find(|k| k.id() == id)
+            .cloned()
+            .ok_or(CryptoError::WrongKey {
+                expected: self.primary.id(),
+                found: id,
+            })
+    }
+}
+
+/// Checks that `key` opens a data dir's key check record.
+pub fn verify_key_check(key: &MasterKey, check: &[u8]) -> Result<(), CryptoError> {
+    check_opens(key, &KEY_CHECK_AAD, check)
+}
+
+fn check_opens(key: &MasterKey, aad: &RecordAad<'_>, check: &[u8]) -> Result<(), CryptoError> {
+    match key.open(aad, check) {
+        Ok(plain) if plain.as_slice() == KEY_CHECK_PLAINTEXT => Ok(()),
+        Ok(_) => Err(CryptoError::Tampered),
+        Err(err) => Err(err),
+    }
+}
+
 /// The vault.
 pub struct Vault {
     store: Arc<dyn Store>,
-    key: MasterKey,
+    keys: RwLock<Keyring>,
     limits: Limits,
     credentials: Credentials,
     started: Instant,
+    rekeying: tokio::sync::Mutex<()>,
 }
 
 impl Vault {
     /// Opens the vault over `store`: checks that `key` is the data dir's master key, or
-    /// records it if the store is new.
+    /// records it if the store is new. `older` keys open records only (an interrupted
+    /// rotation: see [`Vault::rekey`]).
     pub async fn open(
         store: Arc<dyn Store>,
         key: MasterKey,
+        older: Vec<MasterKey>,
         limits: Limits,
         credentials: Credentials,
     ) -> Result<Self, OpenError> {
+        let target = store.meta(REKEY_TARGET).map_err(OpenError::Store)?;
         match store.meta(KEY_CHECK).map_err(OpenError::Store)? {
-            Some(check) => match key.open(&KEY_CHECK_AAD, &check) {
-                Ok(plain) if plain.as_slice() == KEY_CHECK_PLAINTEXT => {}
-                Ok(_) => return Err(OpenError::KeyCheck(CryptoError::Tampered)),
+            Some(check) => match check_opens(&key, &KEY_CHECK_AAD, &check) {
+                Ok(()) => {
+                    if let Some(target) = &target {
+                        let id = MasterKey::envelope_key_id(target).map_err(OpenError::KeyCheck)?;
+                        tracing::warn!(
+                            target_key_id = %id,
+                            "a master key rotation was interrupted; run `sharevault rekey` again \
+                             with the new key to finish it"
+                        );
+                    }
+                }
                 Err(CryptoError::WrongKey { expected, found }) => {
-                    return Err(OpenError::WrongMasterKey {
-                        given: expected,
-                        expected: found,
-                    });
+                    // The configured key may be the target of an interrupted rotation whose
+                    // old key is given too.
+                    let resumable = target
+                        .as_ref()
+                        .is_some_and(|t| check_opens(&key, &REKEY_TARGET_AAD, t).is_ok())
+                        && older
+                            .iter()
+                            .any(|old| check_opens(old, &KEY_CHECK_AAD, &check).is_ok());
+                    if !resumable {
+                        return Err(OpenError::WrongMasterKey {
+                            given: expected,
+                            expected: found,
+                        });
+                    }
+                    tracing::warn!(
+                        "a master key rotation to this key was interrupted; run `sharevault \
+                         rekey` again with this key to finish it"
+                    );
                 }
                 Err(err) => return Err(OpenError::KeyCheck(err)),
             },
@@ -176,25 +265,50 @@ impl Vault {
                     .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT)
                     .map_err(OpenError::KeyCheck)?;
                 store
-                    .write(WriteOp::PutMeta {
-                        name: KEY_CHECK.into(),
-                        value: check,
-                    })
+                    .write(
+                        WriteOp::Meta {
+                            set: vec![(KEY_CHECK.into(), check)],
+                            remove: Vec::new(),
+                        },
+                        None,
+                    )
                     .await
                     .map_err(OpenError::Store)?;
             }
         }
         Ok(Self {
             store,
-            key,
+            keys: RwLock::new(Keyring {
+                primary: Arc::new(key),
+                older: older.into_iter().map(Arc::new).collect(),
+            }),
             limits,
             credentials,
             started: Instant::now(),
+            rekeying: tokio::sync::Mutex::new(()),
         })
     }
 
+    fn primary(&self) -> Arc<MasterKey> {
+        Arc::clone(
+            &self
+                .keys
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .primary,
+        )
+    }
+
+    fn key_for(&self, envelope: &[u8]) -> Result<Arc<MasterKey>, CryptoError> {
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .for_envelope(envelope)
+    }
+
+    /// The id of the key that seals new records.
     pub fn key_id(&self) -> KeyId {
-        self.key.id()
+        self.primary().id()
     }
 
     /// Finishes queued writes and closes the store.
@@ -254,7 +368,11 @@ impl Vault {
     // ---- custodian shares (the webhook) ----
 
     /// Stores a custodian share durably. Returns the id of the pair it started, if any.
-    pub async fn backup(&self, input: BackupInput<'_>) -> Result<Option<String>, VaultError> {
+    pub async fn backup(
+        &self,
+        input: BackupInput<'_>,
+        actor: &str,
+    ) -> Result<Option<String>, VaultError> {
         validate::client_id(input.client_id)?;
         let method = validate::backup_method(input.backup_method)?;
         validate::secret_text(Field::Share, input.share, self.limits.max_share_bytes)?;
@@ -281,19 +399,22 @@ impl Vault {
             backup_method: method,
         };
         let envelope = self
-            .key
+            .primary()
             .seal(&aad, input.share.as_bytes())
             .map_err(crypto_failure)?;
         self.store
-            .write(WriteOp::PutCustodianShare {
-                client_id: input.client_id.to_owned(),
-                backup_method: method.to_owned(),
-                record: SealedRecord {
-                    created_at_ms: now_ms(),
-                    pair_id: pair_id.clone(),
-                    envelope,
+            .write(
+                WriteOp::PutCustodianShare {
+                    client_id: input.client_id.to_owned(),
+                    backup_method: method.to_owned(),
+                    record: SealedRecord {
+                        created_at_ms: now_ms(),
+                        pair_id: pair_id.clone(),
+                        envelope,
+                    },
                 },
-            })
+                Some(entry(actor, "backup", input.client_id, method)),
+            )
             .await?;
         Ok(pair_id)
     }
@@ -310,22 +431,50 @@ impl Vault {
             client_id,
             backup_method,
         };
-        let plain = self.key.open(&aad, &record.envelope).map_err(|err| {
-            tracing::error!(
-                table,
-                client = client_id,
-                backup_method,
-                error = %err,
-                "a stored record failed to open; it is not served"
-            );
-            crypto_failure(err)
-        })?;
+        let plain = self
+            .key_for(&record.envelope)
+            .and_then(|key| key.open(&aad, &record.envelope))
+            .map_err(|err| {
+                tracing::error!(
+                    table,
+                    client = client_id,
+                    backup_method,
+                    error = %err,
+                    "a stored record failed to open; it is not served"
+                );
+                crypto_failure(err)
+            })?;
         utf8(plain)
     }
 
+    /// Records a read of share material, durably, before its answer is sent. If the audit
+    /// event cannot be written the read fails: nothing is disclosed unrecorded.
+    async fn audited<T>(
+        &self,
+        read: Result<T, VaultError>,
+        mut audit: AuditEntry,
+    ) -> Result<T, VaultError> {
+        audit.outcome = Some(match &read {
+            Ok(_) => "ok".to_owned(),
+            Err(err) => err.outcome().to_owned(),
+        });
+        self.store.write(WriteOp::AuditOnly, Some(audit)).await?;
+        read
+    }
+
     /// Every custodian share of a client, byte for byte, ordered by backup method.
-    pub fn fetch(&self, client_id: &str) -> Result<Vec<FetchedShare>, VaultError> {
+    pub async fn fetch(
+        &self,
+        client_id: &str,
+        actor: &str,
+    ) -> Result<Vec<FetchedShare>, VaultError> {
         validate::client_id(client_id)?;
+        let read = self.read_custodian_shares(client_id);
+        self.audited(read, entry(actor, "fetch", client_id, ""))
+            .await
+    }
+
+    fn read_custodian_shares(&self, client_id: &str) -> Result<Vec<FetchedShare>, VaultError> {
         self.store
             .custodian_shares(client_id)?
             .iter()
@@ -344,22 +493,28 @@ impl Vault {
     }
 
     /// One custodian share, for eject (the caller must hold the eject role).
-    pub fn custodian_share(
+    pub async fn custodian_share(
         &self,
         client_id: &str,
         backup_method: &str,
+        actor: &str,
     ) -> Result<Zeroizing<String>, VaultError> {
         validate::client_id(client_id)?;
         let method = validate::backup_method(backup_method)?;
-        let record = self
+        let read = self
             .store
-            .custodian_share(client_id, method)?
-            .ok_or_else(|| {
-                VaultError::NotFound(
-                    "no custodian backup share is held for this client and method".into(),
-                )
-            })?;
-        self.open_record(CUSTODIAN_TABLE, client_id, method, &record)
+            .custodian_share(client_id, method)
+            .map_err(VaultError::from)
+            .and_then(|record| {
+                record.ok_or_else(|| {
+                    VaultError::NotFound(
+                        "no custodian backup share is held for this client and method".into(),
+                    )
+                })
+            })
+            .and_then(|record| self.open_record(CUSTODIAN_TABLE, client_id, method, &record));
+        self.audited(read, entry(actor, "get_custodian_share", client_id, method))
+            .await
     }
 
     // ---- client shares ----
@@ -370,6 +525,7 @@ impl Vault {
         client_id: &str,
         backup_method: &str,
         cipher_text: &str,
+        actor: &str,
     ) -> Result<Vec<String>, VaultError> {
         validate::client_id(client_id)?;
         let method = validate::backup_method(backup_method)?;
@@ -384,20 +540,23 @@ impl Vault {
             backup_method: method,
         };
         let envelope = self
-            .key
+            .primary()
             .seal(&aad, cipher_text.as_bytes())
             .map_err(crypto_failure)?;
         let outcome = self
             .store
-            .write(WriteOp::PutClientShare {
-                client_id: client_id.to_owned(),
-                backup_method: method.to_owned(),
-                record: SealedRecord {
-                    created_at_ms: now_ms(),
-                    pair_id: None,
-                    envelope,
+            .write(
+                WriteOp::PutClientShare {
+                    client_id: client_id.to_owned(),
+                    backup_method: method.to_owned(),
+                    record: SealedRecord {
+                        created_at_ms: now_ms(),
+                        pair_id: None,
+                        envelope,
+                    },
                 },
-            })
+                Some(entry(actor, "store_client_share", client_id, method)),
+            )
             .await?;
         Ok(match outcome {
             WriteOutcome::PairsCompleted(ids) => ids,
@@ -407,13 +566,20 @@ impl Vault {
 
     /// The client share for a method. Like Portal's example server, a share stored under the
     /// legacy method `UNKNOWN` answers when the method itself has none.
-    pub fn client_share(
+    pub async fn client_share(
         &self,
         client_id: &str,
         backup_method: &str,
+        actor: &str,
     ) -> Result<ClientShare, VaultError> {
         validate::client_id(client_id)?;
         let method = validate::backup_method(backup_method)?;
+        let read = self.read_client_share(client_id, method);
+        self.audited(read, entry(actor, "get_client_share", client_id, method))
+            .await
+    }
+
+    fn read_client_share(&self, client_id: &str, method: &str) -> Result<ClientShare, VaultError> {
         let mut found = self
             .store
             .client_share(client_id, method)?
@@ -439,16 +605,20 @@ impl Vault {
         &self,
         client_id: &str,
         backup_method: &str,
+        actor: &str,
     ) -> Result<bool, VaultError> {
         validate::client_id(client_id)?;
         let method = validate::backup_method(backup_method)?;
         let outcome = self
             .store
-            .write(WriteOp::DeleteClientShare {
-                client_id: client_id.to_owned(),
-                backup_method: method.to_owned(),
-                now_ms: now_ms(),
-            })
+            .write(
+                WriteOp::DeleteClientShare {
+                    client_id: client_id.to_owned(),
+                    backup_method: method.to_owned(),
+                    now_ms: now_ms(),
+                },
+                Some(entry(actor, "delete_client_share", client_id, method)),
+            )
             .await?;
         Ok(outcome == WriteOutcome::Deleted(true))
     }
@@ -518,6 +688,7 @@ impl Vault {
         client_id: &str,
         ids: &[String],
         status: PairStatus,
+        actor: &str,
     ) -> Result<(), VaultError> {
         validate::client_id(client_id)?;
         if ids.is_empty() {
@@ -536,24 +707,34 @@ impl Vault {
             validate::pair_id(Field::BackupSharePairIds, id)?;
         }
         self.store
-            .write(WriteOp::UpdatePairs {
-                client_id: client_id.to_owned(),
-                ids: ids.to_vec(),
-                status,
-                now_ms: now_ms(),
-            })
+            .write(
+                WriteOp::UpdatePairs {
+                    client_id: client_id.to_owned(),
+                    ids: ids.to_vec(),
+                    status,
+                    now_ms: now_ms(),
+                },
+                Some(entry(actor, "update_pairs", client_id, "")),
+            )
             .await?;
         Ok(())
     }
 
     /// Erases everything held for a client; answers (custodian, client, pairs) deleted.
-    pub async fn delete_client(&self, client_id: &str) -> Result<(u64, u64, u64), VaultError> {
+    pub async fn delete_client(
+        &self,
+        client_id: &str,
+        actor: &str,
+    ) -> Result<(u64, u64, u64), VaultError> {
         validate::client_id(client_id)?;
         match self
             .store
-            .write(WriteOp::DeleteClient {
-                client_id: client_id.to_owned(),
-            })
+            .write(
+                WriteOp::DeleteClient {
+                    client_id: client_id.to_owned(),
+                },
+                Some(entry(actor, "delete_client", client_id, "")),
+            )
             .await?
         {
             WriteOutcome::ClientDeleted {
@@ -572,6 +753,7 @@ impl Vault {
         &self,
         name: &str,
         role: Role,
+        actor: &str,
     ) -> Result<Zeroizing<String>, VaultError> {
         validate::token_name(name)?;
         if name == "admin" || name == "webhook" {
@@ -582,12 +764,20 @@ impl Vault {
         }
         let token = auth::generate_token().map_err(crypto_failure)?;
         self.store
-            .write(WriteOp::CreateToken(TokenRecord {
-                name: name.to_owned(),
-                role,
-                hash: auth::digest(token.as_bytes()),
-                created_at_ms: now_ms(),
-            }))
+            .write(
+                WriteOp::CreateToken(TokenRecord {
+                    name: name.to_owned(),
+                    role,
+                    hash: auth::digest(token.as_bytes()),
+                    created_at_ms: now_ms(),
+                }),
+                Some(entry(
+                    actor,
+                    "create_token",
+                    &format!("token:{name}"),
+                    role.name(),
+                )),
+            )
             .await?;
         Ok(token)
     }
@@ -596,12 +786,263 @@ impl Vault {
         Ok(self.store.tokens()?)
     }
 
-    pub async fn revoke_token(&self, name: &str) -> Result<(), VaultError> {
+    pub async fn revoke_token(&self, name: &str, actor: &str) -> Result<(), VaultError> {
         validate::token_name(name)?;
         self.store
-            .write(WriteOp::RevokeToken {
-                name: name.to_owned(),
-            })
+            .write(
+                WriteOp::RevokeToken {
+                    name: name.to_owned(),
+                },
+                Some(entry(actor, "revoke_token", &format!("token:{name}"), "")),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Audit events after `after`, at most `limit` of them, that match `filter`.
+    pub fn audit_events(
+        &self,
+        after: u64,
+        limit: usize,
+        filter: impl Fn(&AuditEvent) -> bool,
+    ) -> Result<(Vec<AuditEvent>, u64), VaultError> {
+        let mut out = Vec::new();
+        let mut cursor = after;
+        while out.len() < limit {
+            let page = self.store.audit_events(cursor, 1024)?;
+            if page.is_empty() {
+                break;
+            }
+            for event in page {
+                let event = event.map_err(|_| VaultError::Corrupt)?;
+                cursor = event.seq;
+                if filter(&event) {
+                    out.push(event);
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok((out, cursor))
+    }
+
+    /// Checks the whole audit chain up to its current head.
+    pub fn verify_audit(&self) -> Result<ChainReport, VaultError> {
+        let head = self.store.audit_head()?;
+        let end = head.map_or(0, |h| h.0);
+        let mut events = Vec::new();
+        let mut cursor = 0;
+        while cursor < end {
+            let page = self.store.audit_events(cursor, 4096)?;
+            if page.is_empty() {
+                break;
+            }
+            for event in page {
+                cursor = match &event {
+                    Ok(e) => e.seq,
+                    Err(seq) => *seq,
+                };
+                if cursor > end {
+                    break;
+                }
+                events.push(event);
+            }
+        }
+        Ok(crate::audit::verify(events.into_iter(), head))
+    }
+
+    // ---- keys, verification and snapshots ----
+
+    /// Re-wraps every record's data key under `new`, while serving: new writes are sealed
+    /// under `new` from the start; records are re-wrapped page by page (a record rewritten
+    /// meanwhile is left as written). Resumable: records already under `new` are skipped, and
+    /// the rotation is recorded so that an interrupted one is noticed at start. When it
+    /// finishes, the data dir's key check is sealed under `new` and the old key is no longer
+    /// needed. `progress` is told (done, total) after each page.
+    pub async fn rekey(
+        &self,
+        new: MasterKey,
+        actor: &str,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<KeyId, VaultError> {
+        let _one_at_a_time = self.rekeying.lock().await;
+        let new = Arc::new(new);
+        let target = new
+            .seal(&REKEY_TARGET_AAD, KEY_CHECK_PLAINTEXT)
+            .map_err(crypto_failure)?;
+        self.store
+            .write(
+                WriteOp::Meta {
+                    set: vec![(REKEY_TARGET.into(), target)],
+                    remove: Vec::new(),
+                },
+                Some(entry(actor, "rekey_start", "", &new.id().to_string())),
+            )
+            .await?;
+        {
+            let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+            if keys.primary.id() != new.id() {
+                let old = std::mem::replace(&mut keys.primary, Arc::clone(&new));
+                keys.older.retain(|k| k.id() != new.id());
+                keys.older.push(old);
+            }
+        }
+        let counts = self.store.counts()?;
+        let total = counts.custodian_shares + counts.client_shares;
+        let mut done = 0;
+        for (table, name) in [
+            (TableId::Custodian, CUSTODIAN_TABLE),
+            (TableId::Client, CLIENT_TABLE),
+        ] {
+            let mut after: Option<(String, String)> = None;
+            loop {
+                let page = self.store.sealed_records(
+                    table,
+                    after.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
+                    512,
+                )?;
+                let Some(last) = page.last() else { break };
+                after = Some((last.0.clone(), last.1.clone()));
+                done += page.len() as u64;
+                let mut batch = Vec::new();
+                for (client_id, backup_method, record) in page {
+                    let current = MasterKey::envelope_key_id(&record.envelope)
+                        .map_err(|_| VaultError::Corrupt)?;
+                    if current == new.id() {
+                        continue;
+                    }
+                    let aad = RecordAad {
+                        table: name,
+                        client_id: &client_id,
+                        backup_method: &backup_method,
+                    };
+                    let envelope = self
+                        .key_for(&record.envelope)
+                        .and_then(|old| old.rewrap(&aad, &record.envelope, &new))
+                        .map_err(|err| {
+                            tracing::error!(table = name, client = %client_id, %backup_method, error = %err, "cannot re-wrap a record");
+                            crypto_failure(err)
+                        })?;
+                    let replacement = SealedRecord {
+                        envelope,
+                        ..record.clone()
+                    };
+                    batch.push(Rewrap {
+                        table,
+                        client_id,
+                        backup_method,
+                        expected: record,
+                        replacement,
+                    });
+                }
+                if !batch.is_empty() {
+                    self.store.write(WriteOp::Rewrap(batch), None).await?;
+                }
+                progress(done.min(total), total);
+            }
+        }
+        let check = new
+            .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT)
+            .map_err(crypto_failure)?;
+        self.store
+            .write(
+                WriteOp::Meta {
+                    set: vec![(KEY_CHECK.into(), check)],
+                    remove: vec![REKEY_TARGET.into()],
+                },
+                Some(entry(actor, "rekey_finish", "", &new.id().to_string())),
+            )
+            .await?;
+        progress(total, total);
+        Ok(new.id())
+    }
+
+    /// Opens every share and cipherText; answers the counts per table and what failed.
+    pub fn verify_records(&self) -> Result<VerifyReport, VaultError> {
+        let mut report = VerifyReport::default();
+        for (table, name) in [
+            (TableId::Custodian, CUSTODIAN_TABLE),
+            (TableId::Client, CLIENT_TABLE),
+        ] {
+            let mut after: Option<(String, String)> = None;
+            loop {
+                let page = self.store.sealed_records(
+                    table,
+                    after.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
+                    1024,
+                )?;
+                let Some(last) = page.last() else { break };
+                after = Some((last.0.clone(), last.1.clone()));
+                for (client_id, backup_method, record) in page {
+                    let aad = RecordAad {
+                        table: name,
+                        client_id: &client_id,
+                        backup_method: &backup_method,
+                    };
+                    let opened = self
+                        .key_for(&record.envelope)
+                        .and_then(|key| key.open(&aad, &record.envelope));
+                    match table {
+                        TableId::Custodian => report.custodian_shares += 1,
+                        _ => report.client_shares += 1,
+                    }
+                    if let Err(err) = opened {
+                        report.failed += 1;
+                        if report.failures.len() < 100 {
+                            report
+                                .failures
+                                .push(format!("{name}/{client_id}/{backup_method}: {err}"));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Writes a snapshot of the whole vault from one read transaction, in chunks handed to
+    /// `sink` (see [`crate::snapshot`] for the format).
+    pub fn snapshot(
+        &self,
+        sink: &mut dyn FnMut(Vec<u8>) -> Result<(), StoreError>,
+    ) -> Result<(), VaultError> {
+        const CHUNK: usize = 256 * 1024;
+        let key_id = self.key_id().to_bytes();
+        let mut sum = snapshot::Checksummer::default();
+        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+        let mut emit = |bytes: &[u8], buf: &mut Vec<u8>, sum: &mut snapshot::Checksummer| {
+            sum.update(bytes);
+            buf.extend_from_slice(bytes);
+            if buf.len() >= CHUNK {
+                sink(std::mem::take(buf))
+            } else {
+                Ok(())
+            }
+        };
+        self.store.export(&mut |item| match item {
+            ExportItem::Counts(counts) => {
+                let header = snapshot::Header {
+                    created_at_ms: now_ms(),
+                    key_id,
+                    counts,
+                };
+                emit(&header.encode(), &mut buf, &mut sum)
+            }
+            ExportItem::Record(table, key, value) => {
+                emit(&snapshot::record(table, key, value), &mut buf, &mut sum)
+            }
+        })?;
+        emit(&snapshot::end(), &mut buf, &mut sum)?;
+        buf.extend_from_slice(&sum.finish());
+        sink(buf)?;
+        Ok(())
+    }
+
+    /// Records an administrative action in the audit trail.
+    pub async fn record_admin(&self, actor: &str, action: &'static str) -> Result<(), VaultError> {
+        self.store
+            .write(WriteOp::AuditOnly, Some(entry(actor, action, "", "")))
             .await?;
         Ok(())
     }
@@ -609,7 +1050,7 @@ impl Vault {
     pub fn status(&self) -> Result<VaultStatus, VaultError> {
         Ok(VaultStatus {
             counts: self.store.counts()?,
-            key_id: self.key.id(),
+            key_id: self.key_id(),
             uptime_secs: self.started.elapsed().as_secs(),
         })
     }

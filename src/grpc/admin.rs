@@ -1,23 +1,29 @@
 //! `sharevault.v1.AdminService`: tokens and status.
 
 use super::{Call, Ready, metadata, reply};
-use crate::auth::Role;
+use crate::audit::AuditEvent;
+use crate::auth::{Principal, Role};
+use crate::crypto::MasterKey;
 use crate::error::{Field, VaultError};
 use crate::pb::admin_service_server::AdminService;
 use crate::pb::{self, timestamp};
+use crate::store::StoreError;
 use crate::vault::Vault;
 use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use zeroize::Zeroizing;
 
 pub struct AdminApi {
     pub ready: Ready,
 }
 
 impl AdminApi {
-    fn authorize<T>(&self, request: &Request<T>) -> Result<&Arc<Vault>, VaultError> {
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(&Arc<Vault>, Principal), VaultError> {
         let vault = self.ready.get()?;
-        vault.authorize(metadata(request, "authorization"), Role::Admin)?;
-        Ok(vault)
+        let who = vault.authorize(metadata(request, "authorization"), Role::Admin)?;
+        Ok((vault, who))
     }
 }
 
@@ -50,9 +56,9 @@ impl AdminService for AdminApi {
         let req = request.get_ref();
         let call = Call::new("AdminService", "CreateToken");
         let result = async {
-            let vault = self.authorize(&request)?;
+            let (vault, who) = self.authorize(&request)?;
             let role = role_from_proto(req.role)?;
-            let token = vault.create_token(&req.name, role).await?;
+            let token = vault.create_token(&req.name, role, &who.name).await?;
             Ok(pb::CreateTokenResponse {
                 name: req.name.clone(),
                 role: role_to_proto(role),
@@ -68,8 +74,8 @@ impl AdminService for AdminApi {
         request: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         let call = Call::new("AdminService", "ListTokens");
-        let result = (|| {
-            let vault = self.authorize(&request)?;
+        let result = async {
+            let (vault, _) = self.authorize(&request)?;
             Ok(pb::ListTokensResponse {
                 tokens: vault
                     .list_tokens()?
@@ -81,7 +87,8 @@ impl AdminService for AdminApi {
                     })
                     .collect(),
             })
-        })();
+        }
+        .await;
         reply(call, result)
     }
 
@@ -91,8 +98,10 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         let call = Call::new("AdminService", "RevokeToken");
         let result = async {
-            let vault = self.authorize(&request)?;
-            vault.revoke_token(&request.get_ref().name).await?;
+            let (vault, who) = self.authorize(&request)?;
+            vault
+                .revoke_token(&request.get_ref().name, &who.name)
+                .await?;
             Ok(pb::RevokeTokenResponse {})
         }
         .await;
@@ -104,8 +113,8 @@ impl AdminService for AdminApi {
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let call = Call::new("AdminService", "GetStatus");
-        let result = (|| {
-            let vault = self.authorize(&request)?;
+        let result = async {
+            let (vault, _) = self.authorize(&request)?;
             let status = vault.status()?;
             Ok(pb::GetStatusResponse {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -116,7 +125,207 @@ impl AdminService for AdminApi {
                 master_key_id: status.key_id.to_string(),
                 uptime_seconds: status.uptime_secs,
             })
-        })();
+        }
+        .await;
         reply(call, result)
+    }
+
+    type ListAuditEventsStream = ReceiverStream<Result<pb::AuditEvent, Status>>;
+
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<Self::ListAuditEventsStream>, Status> {
+        let call = Call::new("AdminService", "ListAuditEvents");
+        let result = self.authorize(&request).map(|(vault, _)| Arc::clone(vault));
+        let vault = reply(call, result)?.into_inner();
+        let req = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut remaining = if req.limit == 0 { u64::MAX } else { req.limit };
+            let mut after = req.after_seq;
+            let matches = |e: &AuditEvent| {
+                (req.client_id.is_empty() || e.client_id == req.client_id)
+                    && (req.actor.is_empty() || e.actor == req.actor)
+                    && (req.action.is_empty() || e.action == req.action)
+            };
+            while remaining > 0 {
+                let page = remaining.min(1024) as usize;
+                let (events, cursor) = match vault.audit_events(after, page, matches) {
+                    Ok(found) => found,
+                    Err(err) => {
+                        let _ = tx.send(Err(Status::from(err))).await;
+                        return;
+                    }
+                };
+                if events.is_empty() && cursor == after {
+                    return;
+                }
+                after = cursor;
+                remaining = remaining.saturating_sub(events.len() as u64);
+                for event in events {
+                    if tx.send(Ok(audit_to_proto(event))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn verify_audit(
+        &self,
+        request: Request<pb::VerifyAuditRequest>,
+    ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
+        let call = Call::new("AdminService", "VerifyAudit");
+        let result = async {
+            let (vault, _) = self.authorize(&request)?;
+            let vault = Arc::clone(vault);
+            let report = tokio::task::spawn_blocking(move || vault.verify_audit())
+                .await
+                .map_err(|_| VaultError::Internal)??;
+            let (first_bad_seq, problem) = report.problem.unwrap_or_default();
+            Ok(pb::VerifyAuditResponse {
+                events: report.events,
+                ok: problem.is_empty(),
+                first_bad_seq,
+                problem,
+            })
+        }
+        .await;
+        reply(call, result)
+    }
+
+    type SnapshotStream = ReceiverStream<Result<pb::SnapshotChunk, Status>>;
+
+    async fn snapshot(
+        &self,
+        request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let call = Call::new("AdminService", "Snapshot");
+        let result = self
+            .authorize(&request)
+            .map(|(vault, who)| (Arc::clone(vault), who));
+        let (vault, who) = reply(call, result)?.into_inner();
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            let writer = Arc::clone(&vault);
+            let sender = tx.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                writer.snapshot(&mut |data| {
+                    sender
+                        .blocking_send(Ok(pb::SnapshotChunk { data }))
+                        .map_err(|_| StoreError::Closed)
+                })
+            })
+            .await;
+            match written {
+                Ok(Ok(())) => {
+                    if let Err(err) = vault.record_admin(&who.name, "snapshot").await {
+                        let _ = tx.send(Err(Status::from(err))).await;
+                    }
+                }
+                Ok(Err(err)) => {
+                    let _ = tx.send(Err(Status::from(err))).await;
+                }
+                Err(_) => {
+                    let _ = tx.send(Err(Status::internal("the snapshot failed"))).await;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type RekeyStream = ReceiverStream<Result<pb::RekeyProgress, Status>>;
+
+    async fn rekey(
+        &self,
+        request: Request<pb::RekeyRequest>,
+    ) -> Result<Response<Self::RekeyStream>, Status> {
+        let call = Call::new("AdminService", "Rekey");
+        let result = async {
+            let (vault, who) = self.authorize(&request)?;
+            let raw = Zeroizing::new(request.get_ref().new_master_key.clone());
+            if raw.len() != crate::crypto::KEY_LEN {
+                return Err(VaultError::invalid(Field::NewMasterKey, "must be 32 bytes"));
+            }
+            let key = MasterKey::from_file_contents(&raw)
+                .map_err(|_| VaultError::invalid(Field::NewMasterKey, "must be 32 bytes"))?;
+            Ok((Arc::clone(vault), who, key))
+        }
+        .await;
+        let (vault, who, key) = reply(call, result)?.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let new_id = key.id().to_string();
+        tokio::spawn(async move {
+            let progress_tx = tx.clone();
+            let id = new_id.clone();
+            let result = vault
+                .rekey(key, &who.name, move |done, total| {
+                    let _ = progress_tx.try_send(Ok(pb::RekeyProgress {
+                        done,
+                        total,
+                        new_master_key_id: id.clone(),
+                        finished: false,
+                    }));
+                })
+                .await;
+            let last = match result {
+                Ok(_) => {
+                    tracing::info!(master_key_id = %new_id, "master key rotation finished");
+                    let total = vault
+                        .status()
+                        .map(|s| s.counts.custodian_shares + s.counts.client_shares)
+                        .unwrap_or(0);
+                    Ok(pb::RekeyProgress {
+                        done: total,
+                        total,
+                        new_master_key_id: new_id,
+                        finished: true,
+                    })
+                }
+                Err(err) => Err(Status::from(err)),
+            };
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
+        let call = Call::new("AdminService", "Verify");
+        let result = async {
+            let (vault, _) = self.authorize(&request)?;
+            let vault = Arc::clone(vault);
+            let key_id = vault.key_id().to_string();
+            let report = tokio::task::spawn_blocking(move || vault.verify_records())
+                .await
+                .map_err(|_| VaultError::Internal)??;
+            Ok(pb::VerifyResponse {
+                custodian_shares: report.custodian_shares,
+                client_shares: report.client_shares,
+                failed: report.failed,
+                failures: report.failures,
+                master_key_id: key_id,
+            })
+        }
+        .await;
+        reply(call, result)
+    }
+}
+
+fn audit_to_proto(event: AuditEvent) -> pb::AuditEvent {
+    pb::AuditEvent {
+        seq: event.seq,
+        time: Some(timestamp(event.time_ms)),
+        actor: event.actor,
+        action: event.action,
+        client_id: event.client_id,
+        backup_method: event.backup_method,
+        outcome: event.outcome,
+        hash: hex::encode(event.hash),
+        prev_hash: hex::encode(event.prev_hash),
     }
 }

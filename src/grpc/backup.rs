@@ -1,7 +1,7 @@
 //! `sharevault.v1.BackupService`: the company backend's API.
 
 use super::{Call, Ready, metadata, reply};
-use crate::auth::Role;
+use crate::auth::{Principal, Role};
 use crate::error::{Field, VaultError};
 use crate::pairs::PairStatus;
 use crate::pb::backup_service_server::BackupService;
@@ -16,10 +16,14 @@ pub struct BackupApi {
 }
 
 impl BackupApi {
-    fn authorize<T>(&self, request: &Request<T>, role: Role) -> Result<&Arc<Vault>, VaultError> {
+    fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        role: Role,
+    ) -> Result<(&Arc<Vault>, Principal), VaultError> {
         let vault = self.ready.get()?;
-        vault.authorize(metadata(request, "authorization"), role)?;
-        Ok(vault)
+        let who = vault.authorize(metadata(request, "authorization"), role)?;
+        Ok((vault, who))
     }
 }
 
@@ -106,9 +110,14 @@ impl BackupService for BackupApi {
         call.client(&req.client_id)
             .backup_method(&req.backup_method);
         let result = async {
-            let vault = self.authorize(&request, Role::Backend)?;
+            let (vault, who) = self.authorize(&request, Role::Backend)?;
             let completed = vault
-                .store_client_share(&req.client_id, &req.backup_method, &req.cipher_text)
+                .store_client_share(
+                    &req.client_id,
+                    &req.backup_method,
+                    &req.cipher_text,
+                    &who.name,
+                )
                 .await?;
             Ok(pb::StoreClientBackupShareResponse {
                 completed_backup_share_pair_ids: completed,
@@ -126,15 +135,18 @@ impl BackupService for BackupApi {
         let mut call = Call::new("BackupService", "GetClientBackupShare");
         call.client(&req.client_id)
             .backup_method(&req.backup_method);
-        let result = (|| {
-            let vault = self.authorize(&request, Role::Backend)?;
-            let share = vault.client_share(&req.client_id, &req.backup_method)?;
+        let result = async {
+            let (vault, who) = self.authorize(&request, Role::Backend)?;
+            let share = vault
+                .client_share(&req.client_id, &req.backup_method, &who.name)
+                .await?;
             Ok(pb::GetClientBackupShareResponse {
                 cipher_text: share.cipher_text.as_str().to_owned(),
                 created_at: Some(timestamp(share.created_at_ms)),
                 backup_method: share.backup_method,
             })
-        })();
+        }
+        .await;
         reply(call, result)
     }
 
@@ -147,9 +159,9 @@ impl BackupService for BackupApi {
         call.client(&req.client_id)
             .backup_method(&req.backup_method);
         let result = async {
-            let vault = self.authorize(&request, Role::Backend)?;
+            let (vault, who) = self.authorize(&request, Role::Backend)?;
             let deleted = vault
-                .delete_client_share(&req.client_id, &req.backup_method)
+                .delete_client_share(&req.client_id, &req.backup_method, &who.name)
                 .await?;
             Ok(pb::DeleteClientBackupShareResponse { deleted })
         }
@@ -164,13 +176,14 @@ impl BackupService for BackupApi {
         let req = request.get_ref();
         let mut call = Call::new("BackupService", "ListBackups");
         call.client(&req.client_id);
-        let result = (|| {
-            let vault = self.authorize(&request, Role::Backend)?;
+        let result = async {
+            let (vault, _) = self.authorize(&request, Role::Backend)?;
             let methods = vault.list_backups(&req.client_id)?;
             Ok(pb::ListBackupsResponse {
                 methods: methods.into_iter().map(method_to_proto).collect(),
             })
-        })();
+        }
+        .await;
         reply(call, result)
     }
 
@@ -182,13 +195,16 @@ impl BackupService for BackupApi {
         let mut call = Call::new("BackupService", "GetCustodianBackupShare");
         call.client(&req.client_id)
             .backup_method(&req.backup_method);
-        let result = (|| {
-            let vault = self.authorize(&request, Role::Eject)?;
-            let share = vault.custodian_share(&req.client_id, &req.backup_method)?;
+        let result = async {
+            let (vault, who) = self.authorize(&request, Role::Eject)?;
+            let share = vault
+                .custodian_share(&req.client_id, &req.backup_method, &who.name)
+                .await?;
             Ok(pb::GetCustodianBackupShareResponse {
                 share: share.as_str().to_owned(),
             })
-        })();
+        }
+        .await;
         reply(call, result)
     }
 
@@ -199,13 +215,14 @@ impl BackupService for BackupApi {
         let req = request.get_ref();
         let mut call = Call::new("BackupService", "ListBackupSharePairs");
         call.client(&req.client_id);
-        let result = (|| {
-            let vault = self.authorize(&request, Role::Backend)?;
+        let result = async {
+            let (vault, _) = self.authorize(&request, Role::Backend)?;
             let pairs = vault.list_pairs(&req.client_id)?;
             Ok(pb::ListBackupSharePairsResponse {
                 backup_share_pairs: pairs.into_iter().map(pair_to_proto).collect(),
             })
-        })();
+        }
+        .await;
         reply(call, result)
     }
 
@@ -217,10 +234,15 @@ impl BackupService for BackupApi {
         let mut call = Call::new("BackupService", "UpdateBackupSharePairs");
         call.client(&req.client_id);
         let result = async {
-            let vault = self.authorize(&request, Role::Backend)?;
+            let (vault, who) = self.authorize(&request, Role::Backend)?;
             let status = pair_status_from_proto(req.status)?;
             vault
-                .update_pairs(&req.client_id, &req.backup_share_pair_ids, status)
+                .update_pairs(
+                    &req.client_id,
+                    &req.backup_share_pair_ids,
+                    status,
+                    &who.name,
+                )
                 .await?;
             Ok(pb::UpdateBackupSharePairsResponse {})
         }
@@ -236,8 +258,8 @@ impl BackupService for BackupApi {
         let mut call = Call::new("BackupService", "DeleteClient");
         call.client(&req.client_id);
         let result = async {
-            let vault = self.authorize(&request, Role::Backend)?;
-            let (custodian, client, pairs) = vault.delete_client(&req.client_id).await?;
+            let (vault, who) = self.authorize(&request, Role::Backend)?;
+            let (custodian, client, pairs) = vault.delete_client(&req.client_id, &who.name).await?;
             Ok(pb::DeleteClientResponse {
                 custodian_shares_deleted: custodian,
                 client_shares_deleted: client,

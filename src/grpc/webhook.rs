@@ -27,12 +27,15 @@ impl WebhookService for WebhookApi {
             let vault = self.ready.get()?;
             vault.verify_webhook_secret(metadata(&request, SECRET_METADATA).map(str::as_bytes))?;
             let pair = vault
-                .backup(BackupInput {
-                    client_id: &req.client_id,
-                    backup_method: &req.backup_method,
-                    share: &req.share,
-                    backup_share_pair_id: req.backup_share_pair_id.as_deref(),
-                })
+                .backup(
+                    BackupInput {
+                        client_id: &req.client_id,
+                        backup_method: &req.backup_method,
+                        share: &req.share,
+                        backup_share_pair_id: req.backup_share_pair_id.as_deref(),
+                    },
+                    "webhook",
+                )
                 .await?;
             Ok(BackupResponse {
                 backup_share_pair_id: pair.unwrap_or_default(),
@@ -49,14 +52,15 @@ impl WebhookService for WebhookApi {
         let req = request.get_ref();
         let mut call = Call::new("WebhookService", "Fetch");
         call.client(&req.client_id);
-        let result = (|| {
+        let result = async {
             let vault = self.ready.get()?;
             vault.verify_webhook_secret(metadata(&request, SECRET_METADATA).map(str::as_bytes))?;
-            let shares = vault.fetch(&req.client_id)?;
+            let shares = vault.fetch(&req.client_id, "webhook").await?;
             Ok(FetchResponse {
                 backup_shares: shares.iter().map(|s| s.share.as_str().to_owned()).collect(),
             })
-        })();
+        }
+        .await;
         reply(call, result)
     }
 }

@@ -3,7 +3,7 @@
 
 use super::webhook::finish;
 use super::{HttpError, json, method_not_allowed, not_found, read_object, required, rfc3339};
-use crate::auth::Role;
+use crate::auth::{Principal, Role};
 use crate::error::Field;
 use crate::grpc::Ready;
 use crate::observe::Call;
@@ -27,13 +27,17 @@ struct ApiState {
 }
 
 impl ApiState {
-    fn authorize(&self, headers: &HeaderMap, role: Role) -> Result<&Arc<Vault>, HttpError> {
+    fn authorize(
+        &self,
+        headers: &HeaderMap,
+        role: Role,
+    ) -> Result<(&Arc<Vault>, Principal), HttpError> {
         let vault = self.ready.get()?;
         let authorization = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        vault.authorize(authorization, role)?;
-        Ok(vault)
+        let who = vault.authorize(authorization, role)?;
+        Ok((vault, who))
     }
 }
 
@@ -84,11 +88,11 @@ async fn put_client_share(
     let mut call = Call::new("ApiHttp", "StoreClientBackupShare");
     call.client(&client_id).backup_method(&backup_method);
     let result = async {
-        let vault = state.authorize(&headers, Role::Backend)?;
+        let (vault, who) = state.authorize(&headers, Role::Backend)?;
         let object = read_object(&headers, body, state.max_body).await?;
         let cipher_text = required(&object, Field::CipherText)?;
         let completed = vault
-            .store_client_share(&client_id, &backup_method, cipher_text)
+            .store_client_share(&client_id, &backup_method, cipher_text, &who.name)
             .await?;
         Ok(json(
             StatusCode::OK,
@@ -110,9 +114,11 @@ async fn get_client_share(
 ) -> Response {
     let mut call = Call::new("ApiHttp", "GetClientBackupShare");
     call.client(&client_id).backup_method(&backup_method);
-    let result = (|| {
-        let vault = state.authorize(&headers, Role::Backend)?;
-        let share = vault.client_share(&client_id, &backup_method)?;
+    let result = async {
+        let (vault, who) = state.authorize(&headers, Role::Backend)?;
+        let share = vault
+            .client_share(&client_id, &backup_method, &who.name)
+            .await?;
         Ok(json(
             StatusCode::OK,
             json!({
@@ -121,7 +127,8 @@ async fn get_client_share(
                 "createdAt": rfc3339(share.created_at_ms),
             }),
         ))
-    })();
+    }
+    .await;
     finish(call, result)
 }
 
@@ -133,9 +140,9 @@ async fn delete_client_share(
     let mut call = Call::new("ApiHttp", "DeleteClientBackupShare");
     call.client(&client_id).backup_method(&backup_method);
     let result = async {
-        let vault = state.authorize(&headers, Role::Backend)?;
+        let (vault, who) = state.authorize(&headers, Role::Backend)?;
         if vault
-            .delete_client_share(&client_id, &backup_method)
+            .delete_client_share(&client_id, &backup_method, &who.name)
             .await?
         {
             Ok(StatusCode::NO_CONTENT.into_response())
@@ -158,8 +165,8 @@ async fn list_backups(
 ) -> Response {
     let mut call = Call::new("ApiHttp", "ListBackups");
     call.client(&client_id);
-    let result = (|| {
-        let vault = state.authorize(&headers, Role::Backend)?;
+    let result = async {
+        let (vault, _) = state.authorize(&headers, Role::Backend)?;
         let methods: Vec<Value> = vault
             .list_backups(&client_id)?
             .into_iter()
@@ -184,7 +191,8 @@ async fn list_backups(
             StatusCode::OK,
             json!({"clientId": client_id, "methods": methods}),
         ))
-    })();
+    }
+    .await;
     finish(call, result)
 }
 
@@ -195,11 +203,14 @@ async fn get_custodian_share(
 ) -> Response {
     let mut call = Call::new("ApiHttp", "GetCustodianBackupShare");
     call.client(&client_id).backup_method(&backup_method);
-    let result = (|| {
-        let vault = state.authorize(&headers, Role::Eject)?;
-        let share = vault.custodian_share(&client_id, &backup_method)?;
+    let result = async {
+        let (vault, who) = state.authorize(&headers, Role::Eject)?;
+        let share = vault
+            .custodian_share(&client_id, &backup_method, &who.name)
+            .await?;
         Ok(json(StatusCode::OK, json!({"orgShare": share.as_str()})))
-    })();
+    }
+    .await;
     finish(call, result)
 }
 
@@ -210,8 +221,8 @@ async fn list_pairs(
 ) -> Response {
     let mut call = Call::new("ApiHttp", "ListBackupSharePairs");
     call.client(&client_id);
-    let result = (|| {
-        let vault = state.authorize(&headers, Role::Backend)?;
+    let result = async {
+        let (vault, _) = state.authorize(&headers, Role::Backend)?;
         let pairs: Vec<Value> = vault
             .list_pairs(&client_id)?
             .into_iter()
@@ -229,7 +240,8 @@ async fn list_pairs(
             })
             .collect();
         Ok(json(StatusCode::OK, json!({"backupSharePairs": pairs})))
-    })();
+    }
+    .await;
     finish(call, result)
 }
 
@@ -242,7 +254,7 @@ async fn update_pairs(
     let mut call = Call::new("ApiHttp", "UpdateBackupSharePairs");
     call.client(&client_id);
     let result = async {
-        let vault = state.authorize(&headers, Role::Backend)?;
+        let (vault, who) = state.authorize(&headers, Role::Backend)?;
         let object = read_object(&headers, body, state.max_body).await?;
         let ids = match object.get(Field::BackupSharePairIds.json_name()) {
             Some(Value::Array(items)) => items
@@ -262,7 +274,9 @@ async fn update_pairs(
             }
         };
         let status = parse_status(required(&object, Field::Status)?)?;
-        vault.update_pairs(&client_id, &ids, status).await?;
+        vault
+            .update_pairs(&client_id, &ids, status, &who.name)
+            .await?;
         Ok(StatusCode::NO_CONTENT.into_response())
     }
     .await;
@@ -277,8 +291,8 @@ async fn delete_client(
     let mut call = Call::new("ApiHttp", "DeleteClient");
     call.client(&client_id);
     let result = async {
-        let vault = state.authorize(&headers, Role::Backend)?;
-        let (custodian, client, pairs) = vault.delete_client(&client_id).await?;
+        let (vault, who) = state.authorize(&headers, Role::Backend)?;
+        let (custodian, client, pairs) = vault.delete_client(&client_id, &who.name).await?;
         Ok(json(
             StatusCode::OK,
             json!({

@@ -119,12 +119,15 @@ async fn backup(State(state): State<WebhookState>, headers: HeaderMap, body: Bod
         let share = required(&object, Field::Share)?;
         let pair = text(&object, Field::BackupSharePairId)?;
         let stored = vault
-            .backup(BackupInput {
-                client_id,
-                backup_method,
-                share,
-                backup_share_pair_id: pair,
-            })
+            .backup(
+                BackupInput {
+                    client_id,
+                    backup_method,
+                    share,
+                    backup_share_pair_id: pair,
+                },
+                "webhook",
+            )
             .await?;
         let mut body = json!({"message": "backup share stored"});
         if let Some(pair) = stored {
@@ -144,7 +147,7 @@ async fn fetch(State(state): State<WebhookState>, headers: HeaderMap, body: Body
         let object = read_object(&headers, body, state.max_body).await?;
         let client_id = required(&object, Field::ClientId)?;
         call.client(client_id);
-        let shares = vault.fetch(client_id)?;
+        let shares = vault.fetch(client_id, "webhook").await?;
         let mut body = json!({
             "backupShares": shares.iter().map(|s| s.share.as_str()).collect::<Vec<_>>(),
         });

@@ -13,6 +13,9 @@
 //! - **Read your writes.** A read that starts after a write resolved sees it.
 //! - **Opaque records.** Shares and cipherTexts reach the store already sealed
 //!   ([`crate::crypto`]); a backend never sees plaintext and never needs the master key.
+//! - **Audit in the same transaction.** A write's audit entry is appended, chained
+//!   ([`crate::audit`]), in the transaction that applies the write, with the write's outcome;
+//!   a rejected write still records its entry.
 //! - **Share-pair semantics in the same transaction.** Storing a custodian share (re)starts
 //!   its pair, storing a client share completes its method's pairs, and updates are checked
 //!   with [`crate::pairs::PairStatus::check_update`] against the state they change.
@@ -22,9 +25,11 @@
 pub mod codec;
 pub mod redb;
 
+use crate::audit::{AuditEntry, AuditEvent};
 use crate::auth::Role;
 use crate::error::VaultError;
 use crate::pairs::PairStatus;
+use crate::snapshot::TableId;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -133,11 +138,33 @@ pub enum WriteOp {
     RevokeToken {
         name: String,
     },
-    /// Sets a metadata value of the store itself.
-    PutMeta {
-        name: String,
-        value: Vec<u8>,
+    /// Sets and removes metadata values of the store itself, together.
+    Meta {
+        set: Vec<(String, Vec<u8>)>,
+        remove: Vec<String>,
     },
+    /// Replaces sealed records whose stored bytes are still `expected` (a record written in
+    /// the meantime is left alone). Used to re-wrap data keys under a new master key.
+    Rewrap(Vec<Rewrap>),
+    /// Changes nothing but the audit trail: the entry of a read of share material.
+    AuditOnly,
+}
+
+/// One record to re-wrap.
+#[derive(Debug)]
+pub struct Rewrap {
+    /// [`TableId::Custodian`] or [`TableId::Client`].
+    pub table: TableId,
+    pub client_id: String,
+    pub backup_method: String,
+    pub expected: SealedRecord,
+    pub replacement: SealedRecord,
+}
+
+/// One step of an export: the counts first, then every record.
+pub enum ExportItem<'a> {
+    Counts([u64; 7]),
+    Record(TableId, &'a [u8], &'a [u8]),
 }
 
 /// What a write did.
@@ -148,6 +175,8 @@ pub enum WriteOutcome {
     PairsCompleted(Vec<String>),
     /// Whether there was something to delete.
     Deleted(bool),
+    /// How many records were replaced.
+    Rewrapped(u64),
     ClientDeleted {
         custodian_shares: u64,
         client_shares: u64,
@@ -195,8 +224,9 @@ pub type WriteFuture = Pin<Box<dyn Future<Output = Result<WriteOutcome, StoreErr
 /// Everything the vault needs from a database; see the module documentation for the
 /// semantics every implementation keeps.
 pub trait Store: Send + Sync + 'static {
-    /// Applies one write atomically; resolves after it is durable.
-    fn write(&self, op: WriteOp) -> WriteFuture;
+    /// Applies one write atomically, with its audit entry if given; resolves after it is
+    /// durable.
+    fn write(&self, op: WriteOp, audit: Option<AuditEntry>) -> WriteFuture;
     /// Every custodian share of a client, ordered by backup method.
     fn custodian_shares(&self, client_id: &str) -> Result<Vec<MethodRecord>, StoreError>;
     fn custodian_share(
@@ -217,6 +247,29 @@ pub trait Store: Send + Sync + 'static {
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
     fn counts(&self) -> Result<Counts, StoreError>;
     fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Up to `limit` audit events with a sequence number above `after`, in order. An event
+    /// that cannot be decoded is reported by its sequence number.
+    fn audit_events(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Result<AuditEvent, u64>>, StoreError>;
+    /// The last audit event's sequence number and hash.
+    fn audit_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError>;
+    /// Up to `limit` sealed records of a share table (custodian or client) after the key
+    /// `after`, in key order, as (client id, backup method, record).
+    fn sealed_records(
+        &self,
+        table: TableId,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String, SealedRecord)>, StoreError>;
+    /// Visits the counts and then every record of every table from one consistent read
+    /// (see [`crate::snapshot`] for the key encoding).
+    fn export(
+        &self,
+        visit: &mut dyn FnMut(ExportItem<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
     /// Finishes queued writes and closes the store; later writes fail with
     /// [`StoreError::Closed`].
     fn close(&self);

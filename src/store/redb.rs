@@ -10,16 +10,19 @@
 
 use super::codec;
 use super::{
-    Counts, MethodRecord, PairRecord, SealedRecord, Store, StoreError, TokenRecord, WriteFuture,
-    WriteOp, WriteOutcome,
+    Counts, ExportItem, MethodRecord, PairRecord, Rewrap, SealedRecord, Store, StoreError,
+    TokenRecord, WriteFuture, WriteOp, WriteOutcome,
 };
+use crate::audit::{AuditEntry, AuditEvent};
 use crate::error::VaultError;
 use crate::pairs::PairStatus;
+use crate::snapshot::TableId;
 use crate::validate::split_curve;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
     TableDefinition, WriteTransaction,
 };
+use std::ops::Bound;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -37,6 +40,28 @@ const PAIRS: TableDefinition<ClientKey, &[u8]> = TableDefinition::new("backup_sh
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const TOKEN_HASHES: TableDefinition<&[u8], &str> = TableDefinition::new("token_hashes");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const AUDIT_HEAD: &str = "audit_head";
+
+/// The last audit event: (sequence number, hash).
+type Head = (u64, [u8; 32]);
+
+fn decode_head(bytes: &[u8]) -> Result<Head, StoreError> {
+    if bytes.len() != 40 {
+        return Err(StoreError::Corrupt("audit head"));
+    }
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&bytes[..8]);
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&bytes[8..]);
+    Ok((u64::from_be_bytes(seq), hash))
+}
+
+fn encode_head(head: &Head) -> Vec<u8> {
+    let mut out = head.0.to_be_bytes().to_vec();
+    out.extend_from_slice(&head.1);
+    out
+}
 
 /// Table names as bound into record envelopes.
 pub const CUSTODIAN_TABLE: &str = "custodian_shares";
@@ -46,7 +71,11 @@ fn backend(err: impl Into<redb::Error>) -> StoreError {
     StoreError::Backend(err.into().to_string())
 }
 
-type Job = (WriteOp, oneshot::Sender<Result<WriteOutcome, StoreError>>);
+struct Job {
+    op: WriteOp,
+    audit: Option<AuditEntry>,
+    reply: oneshot::Sender<Result<WriteOutcome, StoreError>>,
+}
 
 /// The redb-backed [`Store`].
 pub struct RedbStore {
@@ -69,20 +98,58 @@ impl RedbStore {
             txn.open_table(TOKENS).map_err(backend)?;
             txn.open_table(TOKEN_HASHES).map_err(backend)?;
             txn.open_table(META).map_err(backend)?;
+            txn.open_table(AUDIT).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let head = {
+            let txn = db.begin_read().map_err(backend)?;
+            let meta = txn.open_table(META).map_err(backend)?;
+            let head = meta.get(AUDIT_HEAD).map_err(backend)?;
+            head.map(|v| decode_head(v.value())).transpose()?
+        };
         let writer_db = Arc::clone(&db);
         let writer = std::thread::Builder::new()
             .name("sharevault-writer".into())
-            .spawn(move || run_writer(&writer_db, rx))
+            .spawn(move || run_writer(&writer_db, rx, head.unwrap_or((0, [0; 32]))))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             db,
             queue: RwLock::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
         })
+    }
+
+    /// Writes `records` (already verified) into a new database file at `path`, in batches.
+    pub fn import(
+        path: &Path,
+        records: &mut dyn Iterator<Item = Result<(TableId, Vec<u8>, Vec<u8>), StoreError>>,
+    ) -> Result<u64, StoreError> {
+        let db = Database::builder().create(path).map_err(backend)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| StoreError::Backend(format!("cannot restrict the database file: {e}")))?;
+        let mut written = 0u64;
+        let mut records = records.peekable();
+        loop {
+            let txn = db.begin_write().map_err(backend)?;
+            {
+                let mut t = Tables::open(&txn)?;
+                let mut in_batch = 0;
+                while in_batch < 10_000 {
+                    let Some(record) = records.next() else { break };
+                    let (table, key, value) = record?;
+                    t.import(table, &key, &value)?;
+                    in_batch += 1;
+                    written += 1;
+                }
+            }
+            txn.commit().map_err(backend)?;
+            if records.peek().is_none() {
+                break;
+            }
+        }
+        Ok(written)
     }
 
     fn read(&self) -> Result<redb::ReadTransaction, StoreError> {
@@ -138,7 +205,7 @@ fn client_rows(
 }
 
 impl Store for RedbStore {
-    fn write(&self, op: WriteOp) -> WriteFuture {
+    fn write(&self, op: WriteOp, audit: Option<AuditEntry>) -> WriteFuture {
         let queue = self
             .queue
             .read()
@@ -147,7 +214,12 @@ impl Store for RedbStore {
         Box::pin(async move {
             let queue = queue.ok_or(StoreError::Closed)?;
             let (tx, rx) = oneshot::channel();
-            queue.send((op, tx)).await.map_err(|_| StoreError::Closed)?;
+            let job = Job {
+                op,
+                audit,
+                reply: tx,
+            };
+            queue.send(job).await.map_err(|_| StoreError::Closed)?;
             rx.await.map_err(|_| StoreError::Closed)?
         })
     }
@@ -235,6 +307,129 @@ impl Store for RedbStore {
             .map(|v| v.value().to_vec()))
     }
 
+    fn audit_events(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Result<AuditEvent, u64>>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(AUDIT).map_err(backend)?;
+        let mut out = Vec::new();
+        for item in table
+            .range(after.saturating_add(1)..)
+            .map_err(backend)?
+            .take(limit)
+        {
+            let (seq, value) = item.map_err(backend)?;
+            out.push(AuditEvent::decode(value.value()).ok_or(seq.value()));
+        }
+        Ok(out)
+    }
+
+    fn audit_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        self.meta(AUDIT_HEAD)?.map(|v| decode_head(&v)).transpose()
+    }
+
+    fn sealed_records(
+        &self,
+        table: TableId,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String, SealedRecord)>, StoreError> {
+        let def = match table {
+            TableId::Custodian => CUSTODIAN,
+            TableId::Client => CLIENT,
+            _ => return Ok(Vec::new()),
+        };
+        let txn = self.read()?;
+        let table = txn.open_table(def).map_err(backend)?;
+        let range = match after {
+            Some(key) => table.range::<ClientKey>((Bound::Excluded(key), Bound::Unbounded)),
+            None => table.range::<ClientKey>(..),
+        }
+        .map_err(backend)?;
+        let mut out = Vec::new();
+        for item in range.take(limit) {
+            let (key, value) = item.map_err(backend)?;
+            let (client, method) = key.value();
+            out.push((
+                client.to_owned(),
+                method.to_owned(),
+                codec::decode_record(value.value())?,
+            ));
+        }
+        Ok(out)
+    }
+
+    fn export(
+        &self,
+        visit: &mut dyn FnMut(ExportItem<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let txn = self.read()?;
+        let client_tables = [
+            (
+                TableId::Custodian,
+                txn.open_table(CUSTODIAN).map_err(backend)?,
+            ),
+            (TableId::Client, txn.open_table(CLIENT).map_err(backend)?),
+            (TableId::Pairs, txn.open_table(PAIRS).map_err(backend)?),
+        ];
+        let tokens = txn.open_table(TOKENS).map_err(backend)?;
+        let hashes = txn.open_table(TOKEN_HASHES).map_err(backend)?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        let audit = txn.open_table(AUDIT).map_err(backend)?;
+        let mut counts = [0u64; 7];
+        for (i, (_, table)) in client_tables.iter().enumerate() {
+            counts[i] = table.len().map_err(backend)?;
+        }
+        counts[3] = tokens.len().map_err(backend)?;
+        counts[4] = hashes.len().map_err(backend)?;
+        counts[5] = meta.len().map_err(backend)?;
+        counts[6] = audit.len().map_err(backend)?;
+        visit(ExportItem::Counts(counts))?;
+        for (id, table) in &client_tables {
+            for item in table.iter().map_err(backend)? {
+                let (key, value) = item.map_err(backend)?;
+                let (client, second) = key.value();
+                let key = crate::snapshot::client_key(client, second);
+                visit(ExportItem::Record(*id, &key, value.value()))?;
+            }
+        }
+        for item in tokens.iter().map_err(backend)? {
+            let (key, value) = item.map_err(backend)?;
+            visit(ExportItem::Record(
+                TableId::Tokens,
+                key.value().as_bytes(),
+                value.value(),
+            ))?;
+        }
+        for item in hashes.iter().map_err(backend)? {
+            let (key, value) = item.map_err(backend)?;
+            visit(ExportItem::Record(
+                TableId::TokenHashes,
+                key.value(),
+                value.value().as_bytes(),
+            ))?;
+        }
+        for item in meta.iter().map_err(backend)? {
+            let (key, value) = item.map_err(backend)?;
+            visit(ExportItem::Record(
+                TableId::Meta,
+                key.value().as_bytes(),
+                value.value(),
+            ))?;
+        }
+        for item in audit.iter().map_err(backend)? {
+            let (key, value) = item.map_err(backend)?;
+            visit(ExportItem::Record(
+                TableId::Audit,
+                &key.value().to_be_bytes(),
+                value.value(),
+            ))?;
+        }
+        Ok(())
+    }
+
     fn close(&self) {
         self.queue
             .write()
@@ -259,7 +454,7 @@ impl Drop for RedbStore {
     }
 }
 
-fn run_writer(db: &Database, mut queue: mpsc::Receiver<Job>) {
+fn run_writer(db: &Database, mut queue: mpsc::Receiver<Job>, mut head: Head) {
     while let Some(first) = queue.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -269,48 +464,70 @@ fn run_writer(db: &Database, mut queue: mpsc::Receiver<Job>) {
             }
         }
         let started = std::time::Instant::now();
-        match commit_batch(db, &jobs) {
-            Ok(results) => {
+        match commit_batch(db, &jobs, head) {
+            Ok((results, new_head)) => {
+                head = new_head;
                 tracing::debug!(
                     batch = jobs.len(),
                     commit_us = started.elapsed().as_micros() as u64,
                     "committed"
                 );
-                for ((_, reply), result) in jobs.into_iter().zip(results) {
-                    let _ = reply.send(result);
+                for (job, result) in jobs.into_iter().zip(results) {
+                    let _ = job.reply.send(result);
                 }
             }
             Err(err) => {
                 tracing::error!(batch = jobs.len(), error = %err, "write transaction failed");
-                for (_, reply) in jobs {
-                    let _ = reply.send(Err(StoreError::Backend(err.to_string())));
+                for job in jobs {
+                    let _ = job.reply.send(Err(StoreError::Backend(err.to_string())));
                 }
             }
         }
     }
 }
 
-/// Applies every job in one transaction. The outer error means nothing was committed.
-fn commit_batch(
-    db: &Database,
-    jobs: &[Job],
-) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
+type BatchResult = (Vec<Result<WriteOutcome, StoreError>>, Head);
+
+/// Applies every job, and appends its audit event, in one transaction. The outer error means
+/// nothing was committed (and the audit head stays where it was).
+fn commit_batch(db: &Database, jobs: &[Job], mut head: Head) -> Result<BatchResult, StoreError> {
     let mut txn = db.begin_write().map_err(backend)?;
     txn.set_durability(Durability::Immediate)
         .map_err(|e| StoreError::Backend(e.to_string()))?;
     let mut results = Vec::with_capacity(jobs.len());
     {
         let mut tables = Tables::open(&txn)?;
-        for (op, _) in jobs {
-            let result = tables.apply(op);
+        let start = head;
+        for job in jobs {
+            let result = tables.apply(&job.op);
             if let Err(StoreError::Backend(detail)) = &result {
                 return Err(StoreError::Backend(detail.clone()));
             }
+            if let Some(entry) = &job.audit {
+                let outcome = match (&entry.outcome, &result) {
+                    (Some(outcome), _) => outcome.as_str(),
+                    (None, Ok(_)) => "ok",
+                    (None, Err(StoreError::Rejected(e))) => e.outcome(),
+                    (None, Err(_)) => "error",
+                };
+                let event = AuditEvent::chain(entry, outcome, head.0, head.1);
+                tables
+                    .audit
+                    .insert(event.seq, event.encode().as_slice())
+                    .map_err(backend)?;
+                head = (event.seq, event.hash);
+            }
             results.push(result);
+        }
+        if head != start {
+            tables
+                .meta
+                .insert(AUDIT_HEAD, encode_head(&head).as_slice())
+                .map_err(backend)?;
         }
     }
     txn.commit().map_err(backend)?;
-    Ok(results)
+    Ok((results, head))
 }
 
 struct Tables<'t> {
@@ -320,6 +537,7 @@ struct Tables<'t> {
     tokens: Table<'t, &'static str, &'static [u8]>,
     token_hashes: Table<'t, &'static [u8], &'static str>,
     meta: Table<'t, &'static str, &'static [u8]>,
+    audit: Table<'t, u64, &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -331,7 +549,44 @@ impl<'t> Tables<'t> {
             tokens: txn.open_table(TOKENS).map_err(backend)?,
             token_hashes: txn.open_table(TOKEN_HASHES).map_err(backend)?,
             meta: txn.open_table(META).map_err(backend)?,
+            audit: txn.open_table(AUDIT).map_err(backend)?,
         })
+    }
+
+    fn import(&mut self, table: TableId, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let bad = || StoreError::Corrupt("snapshot key");
+        let text = |b: &[u8]| std::str::from_utf8(b).map(str::to_owned).map_err(|_| bad());
+        match table {
+            TableId::Custodian | TableId::Client | TableId::Pairs => {
+                let (client, second) = crate::snapshot::split_client_key(key).ok_or_else(bad)?;
+                let t = match table {
+                    TableId::Custodian => &mut self.custodian,
+                    TableId::Client => &mut self.client,
+                    _ => &mut self.pairs,
+                };
+                t.insert((client, second), value).map_err(backend)?;
+            }
+            TableId::Tokens => {
+                self.tokens
+                    .insert(text(key)?.as_str(), value)
+                    .map_err(backend)?;
+            }
+            TableId::TokenHashes => {
+                self.token_hashes
+                    .insert(key, text(value)?.as_str())
+                    .map_err(backend)?;
+            }
+            TableId::Meta => {
+                self.meta
+                    .insert(text(key)?.as_str(), value)
+                    .map_err(backend)?;
+            }
+            TableId::Audit => {
+                let seq = u64::from_be_bytes(key.try_into().map_err(|_| bad())?);
+                self.audit.insert(seq, value).map_err(backend)?;
+            }
+        }
+        Ok(())
     }
 
     /// Applies one operation. Every check happens before the first change, so a rejected
@@ -362,12 +617,19 @@ impl<'t> Tables<'t> {
             WriteOp::DeleteClient { client_id } => self.delete_client(client_id),
             WriteOp::CreateToken(token) => self.create_token(token),
             WriteOp::RevokeToken { name } => self.revoke_token(name),
-            WriteOp::PutMeta { name, value } => {
-                self.meta
-                    .insert(name.as_str(), value.as_slice())
-                    .map_err(backend)?;
+            WriteOp::AuditOnly => Ok(WriteOutcome::Done),
+            WriteOp::Meta { set, remove } => {
+                for (name, value) in set {
+                    self.meta
+                        .insert(name.as_str(), value.as_slice())
+                        .map_err(backend)?;
+                }
+                for name in remove {
+                    self.meta.remove(name.as_str()).map_err(backend)?;
+                }
                 Ok(WriteOutcome::Done)
             }
+            WriteOp::Rewrap(items) => self.rewrap(items),
         }
     }
 
@@ -555,6 +817,26 @@ impl<'t> Tables<'t> {
             .insert(token.hash.as_slice(), token.name.as_str())
             .map_err(backend)?;
         Ok(WriteOutcome::Done)
+    }
+
+    fn rewrap(&mut self, items: &[Rewrap]) -> Result<WriteOutcome, StoreError> {
+        let mut replaced = 0;
+        for item in items {
+            let table = match item.table {
+                TableId::Custodian => &mut self.custodian,
+                TableId::Client => &mut self.client,
+                _ => continue,
+            };
+            let key = (item.client_id.as_str(), item.backup_method.as_str());
+            let current = table.get(key).map_err(backend)?.map(|v| v.value().to_vec());
+            if current.as_deref() == Some(codec::encode_record(&item.expected).as_slice()) {
+                table
+                    .insert(key, codec::encode_record(&item.replacement).as_slice())
+                    .map_err(backend)?;
+                replaced += 1;
+            }
+        }
+        Ok(WriteOutcome::Rewrapped(replaced))
     }
 
     fn revoke_token(&mut self, name: &str) -> Result<WriteOutcome, StoreError> {

@@ -1,0 +1,268 @@
+//! The audit trail: one event per write and per read of share material, appended in the
+//! same transaction as the write (or committed before a read's answer is sent), and
+//! hash-chained so that a removed or edited event is detected.
+//!
+//! Each event's hash is `SHA-256(previous hash | encoded event without its hash)`; the first
+//! event's previous hash is 32 zero bytes. The store also keeps the head (last sequence number
+//! and hash), so that events cut from the end are detected too. Events never hold payloads:
+//! time, actor, action, client, method and outcome only.
+
+use sha2::{Digest, Sha256};
+
+/// What the caller records; the store assigns the sequence number and the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub time_ms: u64,
+    /// A token name, `admin` or `webhook`.
+    pub actor: String,
+    pub action: &'static str,
+    pub client_id: String,
+    pub backup_method: String,
+    /// Filled by the store from the write's result when `None`.
+    pub outcome: Option<String>,
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub seq: u64,
+    pub time_ms: u64,
+    pub actor: String,
+    pub action: String,
+    pub client_id: String,
+    pub backup_method: String,
+    pub outcome: String,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+}
+
+const VERSION: u8 = 1;
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+impl AuditEvent {
+    /// Chains `entry` after `(prev_seq, prev_hash)`.
+    pub fn chain(entry: &AuditEntry, outcome: &str, prev_seq: u64, prev_hash: [u8; 32]) -> Self {
+        let mut event = AuditEvent {
+            seq: prev_seq + 1,
+            time_ms: entry.time_ms,
+            actor: entry.actor.clone(),
+            action: entry.action.to_owned(),
+            client_id: entry.client_id.clone(),
+            backup_method: entry.backup_method.clone(),
+            outcome: outcome.to_owned(),
+            prev_hash,
+            hash: [0; 32],
+        };
+        event.hash = event.compute_hash();
+        event
+    }
+
+    fn body(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.client_id.len());
+        out.push(VERSION);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.time_ms.to_be_bytes());
+        for s in [
+            &self.actor,
+            &self.action,
+            &self.client_id,
+            &self.backup_method,
+            &self.outcome,
+        ] {
+            put_str(&mut out, s);
+        }
+        out
+    }
+
+    /// The hash this event should carry.
+    pub fn compute_hash(&self) -> [u8; 32] {
+        Sha256::new()
+            .chain_update(self.prev_hash)
+            .chain_update(self.body())
+            .finalize()
+            .into()
+    }
+
+    /// `body | prev_hash | hash`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.body();
+        out.extend_from_slice(&self.prev_hash);
+        out.extend_from_slice(&self.hash);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut rest = bytes;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            if rest.len() < n {
+                return None;
+            }
+            let (head, tail) = rest.split_at(n);
+            rest = tail;
+            Some(head)
+        };
+        if take(1)? != [VERSION] {
+            return None;
+        }
+        let seq = u64::from_be_bytes(take(8)?.try_into().ok()?);
+        let time_ms = u64::from_be_bytes(take(8)?.try_into().ok()?);
+        let mut strings = Vec::with_capacity(5);
+        for _ in 0..5 {
+            let len = u16::from_be_bytes(take(2)?.try_into().ok()?) as usize;
+            strings.push(String::from_utf8(take(len)?.to_vec()).ok()?);
+        }
+        let prev_hash = take(32)?.try_into().ok()?;
+        let hash = take(32)?.try_into().ok()?;
+        if !rest.is_empty() {
+            return None;
+        }
+        let mut s = strings.into_iter();
+        Some(AuditEvent {
+            seq,
+            time_ms,
+            actor: s.next()?,
+            action: s.next()?,
+            client_id: s.next()?,
+            backup_method: s.next()?,
+            outcome: s.next()?,
+            prev_hash,
+            hash,
+        })
+    }
+}
+
+/// The result of checking the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainReport {
+    pub events: u64,
+    /// The first problem found, with the sequence number where it was seen.
+    pub problem: Option<(u64, String)>,
+}
+
+/// Checks events in order against each other and against the stored head.
+pub fn verify(
+    events: impl Iterator<Item = Result<AuditEvent, u64>>,
+    head: Option<(u64, [u8; 32])>,
+) -> ChainReport {
+    let (mut seq, mut hash) = (0u64, [0u8; 32]);
+    let mut count = 0;
+    for event in events {
+        let event = match event {
+            Ok(e) => e,
+            Err(at) => {
+                return ChainReport {
+                    events: count,
+                    problem: Some((at, "the event cannot be decoded".into())),
+                };
+            }
+        };
+        count += 1;
+        let problem = if event.seq != seq + 1 {
+            Some(format!(
+                "expected event {} here: events were removed",
+                seq + 1
+            ))
+        } else if event.prev_hash != hash {
+            Some("its previous hash does not match the event before it".into())
+        } else if event.compute_hash() != event.hash {
+            Some("its content does not match its hash: the event was edited".into())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return ChainReport {
+                events: count,
+                problem: Some((event.seq, problem)),
+            };
+        }
+        (seq, hash) = (event.seq, event.hash);
+    }
+    let problem = match head {
+        Some((head_seq, head_hash)) if head_seq != seq || head_hash != hash => Some((
+            seq + 1,
+            format!(
+                "the trail ends at event {seq} but its head says {head_seq}: events were removed from the end"
+            ),
+        )),
+        None if seq != 0 => Some((seq, "the trail has events but no head".into())),
+        _ => None,
+    };
+    ChainReport {
+        events: count,
+        problem,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(action: &'static str) -> AuditEntry {
+        AuditEntry {
+            time_ms: 1,
+            actor: "webhook".into(),
+            action,
+            client_id: "c1".into(),
+            backup_method: "PASSWORD-SECP256K1".into(),
+            outcome: None,
+        }
+    }
+
+    fn trail(n: usize) -> Vec<AuditEvent> {
+        let mut out: Vec<AuditEvent> = Vec::new();
+        for _ in 0..n {
+            let (seq, hash) = out.last().map_or((0, [0; 32]), |e| (e.seq, e.hash));
+            out.push(AuditEvent::chain(&entry("backup"), "ok", seq, hash));
+        }
+        out
+    }
+
+    fn check(events: &[AuditEvent], head: Option<(u64, [u8; 32])>) -> ChainReport {
+        verify(events.iter().cloned().map(Ok), head)
+    }
+
+    #[test]
+    fn an_intact_trail_verifies_and_round_trips() {
+        let events = trail(5);
+        for e in &events {
+            assert_eq!(AuditEvent::decode(&e.encode()).as_ref(), Some(e));
+        }
+        let head = Some((5, events[4].hash));
+        assert_eq!(
+            check(&events, head),
+            ChainReport {
+                events: 5,
+                problem: None
+            }
+        );
+        assert_eq!(check(&[], None).problem, None);
+    }
+
+    #[test]
+    fn edits_removals_and_truncation_are_detected() {
+        let events = trail(5);
+        let head = Some((5, events[4].hash));
+        let mut edited = events.clone();
+        edited[2].outcome = "denied".into();
+        assert_eq!(check(&edited, head).problem.unwrap().0, 3);
+        let mut removed = events.clone();
+        removed.remove(1);
+        assert_eq!(check(&removed, head).problem.unwrap().0, 3);
+        let truncated = &events[..4];
+        assert!(
+            check(truncated, head)
+                .problem
+                .unwrap()
+                .1
+                .contains("removed from the end")
+        );
+        let mut rehashed = events.clone();
+        rehashed[2].actor = "mallory".into();
+        rehashed[2].hash = rehashed[2].compute_hash();
+        assert_eq!(check(&rehashed, head).problem.unwrap().0, 4);
+    }
+}
