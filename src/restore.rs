@@ -172,7 +172,6 @@ pub fn restore(
         }
     });
     let imported = RedbStore::import(&temp, &mut records);
-    drop(records);
     let outcome = match (imported, failure) {
         (_, Some(message)) => Err(message),
         (Err(err), None) => Err(format!("cannot write the restored database: {err}")),

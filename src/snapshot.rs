@@ -61,6 +61,9 @@ impl TableId {
     }
 }
 
+/// One record: its table, key and value.
+pub type Record = (TableId, Vec<u8>, Vec<u8>);
+
 /// Encodes a per-client key.
 pub fn client_key(client: &str, second: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + client.len() + second.len());
@@ -216,7 +219,7 @@ impl<R: Read> RecordReader<R> {
     }
 
     /// The next record, or `None` after the end marker (once the counts are checked).
-    pub fn next_record(&mut self) -> Result<Option<(TableId, Vec<u8>, Vec<u8>)>, SnapshotError> {
+    pub fn next_record(&mut self) -> Result<Option<Record>, SnapshotError> {
         if self.done {
             return Ok(None);
         }
@@ -247,7 +250,7 @@ impl<R: Read> RecordReader<R> {
 }
 
 /// Checks a whole snapshot held in memory: checksum, structure and counts.
-pub fn parse(bytes: &[u8]) -> Result<Vec<(TableId, Vec<u8>, Vec<u8>)>, SnapshotError> {
+pub fn parse(bytes: &[u8]) -> Result<Vec<Record>, SnapshotError> {
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         return Err(SnapshotError::NotASnapshot);
     }
