@@ -9,6 +9,7 @@ mod harness;
 mod http_api;
 mod http_client;
 mod http_webhook;
+mod operations;
 mod secrecy;
 mod startup;
 mod validation;

@@ -1,0 +1,561 @@
+//! Operating the vault: snapshots under load and the restore drill, master key rotation,
+//! record verification and the audit trail.
+
+use crate::harness::{
+    Daemon, Keys, Sandbox, Started, command, create_token, with_secret, with_token,
+};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use sharevault::pb::{self, Role};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_stream::StreamExt;
+
+fn backup(client: &str, method: &str, share: &str) -> pb::BackupRequest {
+    pb::BackupRequest {
+        client_id: client.into(),
+        backup_method: method.into(),
+        share: share.into(),
+        backup_share_pair_id: None,
+    }
+}
+
+/// Streams a snapshot from the admin API into `path`.
+async fn snapshot_to(daemon: &Daemon, admin: &str, path: &std::path::Path) {
+    let mut stream = daemon
+        .admin()
+        .await
+        .snapshot(with_token(pb::SnapshotRequest {}, admin))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        bytes.extend_from_slice(&chunk.unwrap().data);
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn restore(
+    snapshot: &std::path::Path,
+    data_dir: &std::path::Path,
+    keys: &Keys,
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sharevault"))
+        .args(["restore", "--from"])
+        .arg(snapshot)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--master-key-file")
+        .arg(&keys.master_key_file)
+        .env_remove("SHAREVAULT_DATA_DIR")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_drill_snapshot_under_load_then_restore_elsewhere() {
+    let sandbox = Sandbox::new(50);
+    let daemon = sandbox.start();
+    let secret = sandbox.keys.webhook_secret.clone();
+    let admin = sandbox.keys.admin_token.clone();
+    let channel = daemon.channel().await;
+    let backend = create_token(&daemon, &admin, "backend", Role::Backend as i32).await;
+    let mut hook = pb::webhook_service_client::WebhookServiceClient::new(channel.clone());
+    let mut api = pb::backup_service_client::BackupServiceClient::new(channel.clone());
+    for i in 0..40 {
+        hook.backup(with_secret(
+            backup(
+                &format!("fill-{i}"),
+                "PASSWORD-SECP256K1",
+                &format!("{{\"backupSharePairId\":\"p{i}\",\"s\":{i}}}"),
+            ),
+            &secret,
+        ))
+        .await
+        .unwrap();
+        api.store_client_backup_share(with_token(
+            pb::StoreClientBackupShareRequest {
+                client_id: format!("fill-{i}"),
+                backup_method: "PASSWORD".into(),
+                cipher_text: format!("ct-{i}"),
+            },
+            &backend,
+        ))
+        .await
+        .unwrap();
+    }
+
+    // Writers keep going while the snapshot is taken.
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (mut hook, secret, acked, stop) = (
+            hook.clone(),
+            secret.clone(),
+            Arc::clone(&acked),
+            Arc::clone(&stop),
+        );
+        writers.push(tokio::spawn(async move {
+            for i in 0..5_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let (client, share) = (format!("load-{w}-{i}"), format!("share-{w}-{i}"));
+                if hook
+                    .backup(with_secret(
+                        backup(&client, "GDRIVE-ED25519", &share),
+                        &secret,
+                    ))
+                    .await
+                    .is_ok()
+                {
+                    acked.lock().unwrap().push((client, share));
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before_snapshot = acked.lock().unwrap().clone();
+    let snap = sandbox.tmp.path().join("vault.snapshot");
+    snapshot_to(&daemon, &admin, &snap).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(!before_snapshot.is_empty());
+
+    // A corrupt or cut snapshot is refused and leaves nothing behind.
+    let bytes = std::fs::read(&snap).unwrap();
+    let target = sandbox.tmp.path().join("restored");
+    for (name, damaged) in [
+        ("truncated", bytes[..bytes.len() / 2].to_vec()),
+        ("flipped", {
+            let mut b = bytes.clone();
+            let mid = b.len() / 2;
+            b[mid] ^= 0x01;
+            b
+        }),
+    ] {
+        let path = sandbox.tmp.path().join(name);
+        std::fs::write(&path, damaged).unwrap();
+        let out = restore(&path, &target, &sandbox.keys);
+        assert!(!out.status.success(), "{name}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("truncated") || stderr.contains("corrupt"),
+            "{name}: {stderr}"
+        );
+        assert!(
+            !target.join("sharevault.redb").exists(),
+            "{name}: nothing swapped in"
+        );
+    }
+    // The wrong master key is refused too.
+    let other = Keys::new(&sandbox.tmp.path().join("other"), 51);
+    let out = restore(&snap, &target, &other);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not open"));
+
+    // The good snapshot restores, and a daemon on another port serves it.
+    let out = restore(&snap, &target, &sandbox.keys);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("restored"));
+    let restored = Daemon::start(&target, &sandbox.keys);
+    assert_ne!(restored.endpoint, daemon.endpoint);
+    let mut hook = restored.webhook().await;
+    for (client, share) in before_snapshot.iter().chain(
+        [(
+            "fill-7".to_string(),
+            "{\"backupSharePairId\":\"p7\",\"s\":7}".to_string(),
+        )]
+        .iter(),
+    ) {
+        let shares = hook
+            .fetch(with_secret(
+                pb::FetchRequest {
+                    client_id: client.clone(),
+                },
+                &secret,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .backup_shares;
+        assert_eq!(shares, vec![share.clone()], "{client}");
+    }
+    // Tokens and client shares came along.
+    let got = restored
+        .backup()
+        .await
+        .get_client_backup_share(with_token(
+            pb::GetClientBackupShareRequest {
+                client_id: "fill-3".into(),
+                backup_method: "PASSWORD".into(),
+            },
+            &backend,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.cipher_text, "ct-3");
+
+    // Restoring over a running vault is refused.
+    let out = restore(&snap, &target, &sandbox.keys);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekey_while_serving_then_the_old_key_is_refused() {
+    let sandbox = Sandbox::new(52);
+    let mut daemon = sandbox.start();
+    let secret = sandbox.keys.webhook_secret.clone();
+    let admin = sandbox.keys.admin_token.clone();
+    let backend = create_token(&daemon, &admin, "backend", Role::Backend as i32).await;
+    let channel = daemon.channel().await;
+    let mut hook = pb::webhook_service_client::WebhookServiceClient::new(channel.clone());
+    let mut api = pb::backup_service_client::BackupServiceClient::new(channel.clone());
+    for i in 0..600 {
+        hook.backup(with_secret(
+            backup(&format!("c{i}"), "PASSKEY-SECP256K1", &format!("share-{i}")),
+            &secret,
+        ))
+        .await
+        .unwrap();
+    }
+    for i in 0..100 {
+        api.store_client_backup_share(with_token(
+            pb::StoreClientBackupShareRequest {
+                client_id: format!("c{i}"),
+                backup_method: "PASSKEY".into(),
+                cipher_text: format!("ct-{i}"),
+            },
+            &backend,
+        ))
+        .await
+        .unwrap();
+    }
+
+    // Rotate while a writer keeps writing.
+    let new_keys = Keys::new(&sandbox.tmp.path().join("new-keys"), 53);
+    let new_key_hex = std::fs::read_to_string(&new_keys.master_key_file).unwrap();
+    let raw = hex_decode(new_key_hex.trim());
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (mut hook, secret, stop) = (hook.clone(), secret.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && n < 10_000 {
+                hook.backup(with_secret(
+                    backup(
+                        &format!("during-{n}"),
+                        "GDRIVE-SECP256K1",
+                        &format!("d-{n}"),
+                    ),
+                    &secret,
+                ))
+                .await
+                .unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut progress = daemon
+        .admin()
+        .await
+        .rekey(with_token(
+            pb::RekeyRequest {
+                new_master_key: raw.clone(),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(step) = progress.next().await {
+        last = Some(step.unwrap());
+    }
+    let last = last.unwrap();
+    assert!(
+        last.finished && last.done == last.total && last.total >= 700,
+        "{last:?}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let during = writer.await.unwrap();
+
+    // Running it again is a no-op that finishes at once (resumable).
+    let mut again = daemon
+        .admin()
+        .await
+        .rekey(with_token(
+            pb::RekeyRequest {
+                new_master_key: raw,
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(step) = again.next().await {
+        step.unwrap();
+    }
+    let report = daemon
+        .admin()
+        .await
+        .verify(with_token(pb::VerifyRequest {}, &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.failed, 0, "{:?}", report.failures);
+    assert_eq!(report.custodian_shares, 600 + during);
+    assert_eq!(report.master_key_id, last.new_master_key_id);
+    drop((hook, api, channel));
+    assert!(daemon.signal("TERM").success());
+
+    // The old key no longer opens the vault.
+    let logs = match Daemon::launch(command(&sandbox.data_dir, &Daemon::tcp_args(&sandbox.keys))) {
+        Started::Exited { logs, .. } => logs,
+        Started::Ready(_) => panic!("the old key must be refused"),
+    };
+    assert!(
+        logs.contains("is not the key this data dir was sealed with"),
+        "{logs}"
+    );
+
+    // The new key serves every record, including those written during the rotation.
+    let keys = Keys {
+        dir: sandbox.keys.dir.clone(),
+        master_key_file: new_keys.master_key_file.clone(),
+        webhook_secret: secret.clone(),
+        admin_token: admin.clone(),
+    };
+    let daemon = Daemon::start(&sandbox.data_dir, &keys);
+    let mut hook = daemon.webhook().await;
+    for (client, share) in [
+        ("c0", "share-0"),
+        ("c599", "share-599"),
+        ("during-0", "d-0"),
+    ] {
+        let shares = hook
+            .fetch(with_secret(
+                pb::FetchRequest {
+                    client_id: client.into(),
+                },
+                &secret,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .backup_shares;
+        assert_eq!(shares, vec![share.to_string()]);
+    }
+    let got = daemon
+        .backup()
+        .await
+        .get_client_backup_share(with_token(
+            pb::GetClientBackupShareRequest {
+                client_id: "c42".into(),
+                backup_method: "PASSKEY".into(),
+            },
+            &backend,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.cipher_text, "ct-42");
+    let status = daemon
+        .admin()
+        .await
+        .get_status(with_token(pb::GetStatusRequest {}, &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.master_key_id, last.new_master_key_id);
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_and_share_read_is_audited_and_tampering_is_detected() {
+    let sandbox = Sandbox::new(54);
+    let mut daemon = sandbox.start();
+    let secret = sandbox.keys.webhook_secret.clone();
+    let admin = sandbox.keys.admin_token.clone();
+    let eject = create_token(&daemon, &admin, "ops-eject", Role::Eject as i32).await;
+    let mut hook = daemon.webhook().await;
+    let mut api = daemon.backup().await;
+    hook.backup(with_secret(
+        backup("aud", "PASSWORD-SECP256K1", "AUDIT-SECRET-SHARE"),
+        &secret,
+    ))
+    .await
+    .unwrap();
+    hook.fetch(with_secret(
+        pb::FetchRequest {
+            client_id: "aud".into(),
+        },
+        &secret,
+    ))
+    .await
+    .unwrap();
+    api.store_client_backup_share(with_token(
+        pb::StoreClientBackupShareRequest {
+            client_id: "aud".into(),
+            backup_method: "PASSWORD".into(),
+            cipher_text: "AUDIT-SECRET-CT".into(),
+        },
+        &eject,
+    ))
+    .await
+    .unwrap();
+    api.get_client_backup_share(with_token(
+        pb::GetClientBackupShareRequest {
+            client_id: "aud".into(),
+            backup_method: "PASSWORD".into(),
+        },
+        &eject,
+    ))
+    .await
+    .unwrap();
+    api.get_custodian_backup_share(with_token(
+        pb::GetCustodianBackupShareRequest {
+            client_id: "aud".into(),
+            backup_method: "PASSWORD-SECP256K1".into(),
+        },
+        &eject,
+    ))
+    .await
+    .unwrap();
+    let missing = api
+        .get_client_backup_share(with_token(
+            pb::GetClientBackupShareRequest {
+                client_id: "nobody".into(),
+                backup_method: "PASSWORD".into(),
+            },
+            &eject,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    let list = |req: pb::ListAuditEventsRequest| {
+        let admin = admin.clone();
+        let daemon = &daemon;
+        async move {
+            let mut stream = daemon
+                .admin()
+                .await
+                .list_audit_events(with_token(req, &admin))
+                .await
+                .unwrap()
+                .into_inner();
+            let mut out = Vec::new();
+            while let Some(e) = stream.next().await {
+                out.push(e.unwrap());
+            }
+            out
+        }
+    };
+    let events = list(pb::ListAuditEventsRequest {
+        client_id: "aud".into(),
+        ..Default::default()
+    })
+    .await;
+    let seen: Vec<(&str, &str, &str)> = events
+        .iter()
+        .map(|e| (e.actor.as_str(), e.action.as_str(), e.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("webhook", "backup", "ok"),
+            ("webhook", "fetch", "ok"),
+            ("ops-eject", "store_client_share", "ok"),
+            ("ops-eject", "get_client_share", "ok"),
+            ("ops-eject", "get_custodian_share", "ok"),
+        ]
+    );
+    let reads = list(pb::ListAuditEventsRequest {
+        action: "get_client_share".into(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(reads.len(), 2);
+    assert_eq!(reads[1].outcome, "not_found");
+    let limited = list(pb::ListAuditEventsRequest {
+        limit: 2,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(limited.len(), 2);
+    let all = list(pb::ListAuditEventsRequest::default()).await;
+    assert!(
+        all.iter()
+            .all(|e| !format!("{e:?}").contains("AUDIT-SECRET")),
+        "no payloads in events"
+    );
+    let report = daemon
+        .admin()
+        .await
+        .verify_audit(with_token(pb::VerifyAuditRequest {}, &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(report.ok && report.events == all.len() as u64, "{report:?}");
+    drop((hook, api));
+    assert!(daemon.signal("TERM").success());
+
+    // Edit one event in place (as someone with the database file might): detected.
+    let victim = all
+        .iter()
+        .find(|e| e.action == "get_custodian_share")
+        .unwrap()
+        .seq;
+    {
+        let db = redb::Database::open(sandbox.database()).unwrap();
+        let mut bytes = {
+            let read = db.begin_read().unwrap();
+            let table = read.open_table(AUDIT).unwrap();
+            table.get(victim).unwrap().unwrap().value().to_vec()
+        };
+        let pos = bytes
+            .windows(b"ops-eject".len())
+            .position(|w| w == b"ops-eject")
+            .unwrap();
+        bytes[pos..pos + 9].copy_from_slice(b"ops-ejecT");
+        let write = db.begin_write().unwrap();
+        write
+            .open_table(AUDIT)
+            .unwrap()
+            .insert(victim, bytes.as_slice())
+            .unwrap();
+        write.commit().unwrap();
+    }
+    let daemon = sandbox.start();
+    let report = daemon
+        .admin()
+        .await
+        .verify_audit(with_token(pb::VerifyAuditRequest {}, &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!report.ok);
+    assert_eq!(report.first_bad_seq, victim);
+    assert!(report.problem.contains("edited"), "{}", report.problem);
+}
