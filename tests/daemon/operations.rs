@@ -4,7 +4,7 @@
 use crate::harness::{
     Daemon, Keys, Sandbox, Started, command, create_token, with_secret, with_token,
 };
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, TableDefinition};
 use sharevault::pb::{self, Role};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
