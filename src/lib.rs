@@ -22,6 +22,7 @@ pub mod crypto;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod net;
 pub mod observe;
 pub mod pairs;

@@ -52,7 +52,9 @@ impl Call {
     }
 
     /// Logs the call with an outcome that is not a vault result (a protocol error).
-    pub fn finish_with(self, outcome: &str) {
+    pub fn finish_with(self, outcome: &'static str) {
+        let elapsed = self.started.elapsed();
+        crate::metrics::global().call(self.service, self.method, outcome, elapsed);
         tracing::info!(
             target: "sharevault::call",
             service = self.service,
@@ -60,7 +62,7 @@ impl Call {
             client = self.client,
             backup_method = self.backup_method,
             outcome,
-            latency_us = self.started.elapsed().as_micros() as u64,
+            latency_us = elapsed.as_micros() as u64,
         );
     }
 }

@@ -464,7 +464,9 @@ fn run_writer(db: &Database, mut queue: mpsc::Receiver<Job>, mut head: Head) {
             }
         }
         let started = std::time::Instant::now();
-        match commit_batch(db, &jobs, head) {
+        let committed = commit_batch(db, &jobs, head);
+        crate::metrics::global().batch(jobs.len(), started.elapsed(), committed.is_ok());
+        match committed {
             Ok((results, new_head)) => {
                 head = new_head;
                 tracing::debug!(
