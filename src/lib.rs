@@ -16,6 +16,7 @@
 //! - [`error`]: the errors callers see and their mapping to gRPC codes.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod error;
