@@ -52,9 +52,13 @@ pub struct ConnectArgs {
 /// Why a client command failed, worded for the operator. Never carries a token.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    /// The daemon could not be reached.
-    #[error("cannot connect to {target}: {reason}; is the daemon running?")]
-    Connect { target: String, reason: String },
+    /// The daemon could not be reached, or its certificate was refused.
+    #[error("cannot connect to {target}: {reason}{hint}")]
+    Connect {
+        target: String,
+        reason: String,
+        hint: &'static str,
+    },
     /// The daemon answered with a gRPC error: `code: message`.
     #[error("{code}: {message}{hint}")]
     Rpc {
@@ -81,9 +85,13 @@ impl CliError {
             Code::PermissionDenied => " (the token is not an admin token)",
             _ => "",
         };
+        let message = causes(
+            status.message().to_owned(),
+            std::error::Error::source(status),
+        );
         CliError::Rpc {
             code: code_name(status.code()),
-            message: status.message().to_owned(),
+            message,
             hint,
         }
     }
@@ -113,11 +121,11 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// The messages of the sources of `err` (the cause, not tonic's generic "transport error"),
-/// joined, without repeats; `err` itself when it has no source.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(err.source().unwrap_or(err));
+/// `first`, then the messages of `source` and its own sources that `first` and the messages
+/// before them do not already say, joined with `: `.
+fn causes(first: String, source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut parts = vec![first];
+    let mut next = source;
     while let Some(e) = next {
         let text = e.to_string();
         if !parts.iter().any(|p| p.contains(&text)) {
@@ -125,7 +133,24 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
         }
         next = e.source();
     }
+    parts.retain(|p| !p.is_empty());
     parts.join(": ")
+}
+
+/// Whether TLS (rather than reaching the daemon) failed somewhere in `err`'s chain.
+fn is_tls(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner.is::<rustls::Error>());
+        if e.is::<rustls::Error>() || inner == Some(true) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// Where the daemon listens, as parsed from `--connect`.
@@ -268,6 +293,7 @@ pub struct Client {
     channel: Channel,
     token: Zeroizing<String>,
     target: String,
+    tls: bool,
 }
 
 impl Client {
@@ -281,7 +307,8 @@ impl Client {
             .as_deref()
             .map(|ca| Tls::new(ca, &args.tls_server_name))
             .transpose()?;
-        let scheme = if tls.is_some() { "https" } else { "http" };
+        let with_tls = tls.is_some();
+        let scheme = if with_tls { "https" } else { "http" };
         let authority = match &target {
             Target::Tcp(addr) => addr.as_str(),
             Target::Unix(_) => "localhost",
@@ -302,18 +329,42 @@ impl Client {
             .await
             .map_err(|e| CliError::Connect {
                 target: args.connect.clone(),
-                reason: chain(&e),
+                // The cause, without tonic's generic "transport error".
+                reason: causes(String::new(), std::error::Error::source(&e).or(Some(&e))),
+                hint: if is_tls(&e) {
+                    " (check --ca-file and --tls-server-name)"
+                } else {
+                    "; is the daemon running?"
+                },
             })?;
         Ok(Self {
             channel,
             token,
             target: args.connect.clone(),
+            tls: with_tls,
         })
     }
 
     /// The address the client is connected to, as given.
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// Translates the gRPC status of a call. A failure below gRPC on a connection without
+    /// TLS may be a TLS listener, so that is suggested.
+    pub fn error(&self, status: &tonic::Status) -> CliError {
+        match CliError::from_status(status) {
+            CliError::Rpc { code, message, .. }
+                if !self.tls && std::error::Error::source(status).is_some() =>
+            {
+                CliError::Rpc {
+                    code,
+                    message,
+                    hint: " (if the daemon's listener uses TLS, pass --ca-file)",
+                }
+            }
+            other => other,
+        }
     }
 
     /// `message` as a request carrying `authorization: Bearer <admin token>`.

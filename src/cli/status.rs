@@ -87,7 +87,7 @@ pub async fn run(args: StatusArgs) -> Result<(), CliError> {
             service: String::new(),
         })
         .await
-        .map_err(|s| CliError::from_status(&s))?
+        .map_err(|s| client.error(&s))?
         .into_inner()
         .status();
     if health != ServingStatus::Serving {
@@ -100,7 +100,7 @@ pub async fn run(args: StatusArgs) -> Result<(), CliError> {
         .admin()
         .get_status(client.request(pb::GetStatusRequest {})?)
         .await
-        .map_err(|s| CliError::from_status(&s))?
+        .map_err(|s| client.error(&s))?
         .into_inner();
     let report = Report::new(health.as_str_name().to_owned(), status);
     if args.json {

@@ -117,7 +117,7 @@ async fn create(args: CreateArgs) -> Result<(), CliError> {
         .admin()
         .create_token(client.request(request)?)
         .await
-        .map_err(|s| CliError::from_status(&s))?
+        .map_err(|s| client.error(&s))?
         .into_inner();
     let token = Zeroizing::new(response.token);
     let role = role_name(response.role);
@@ -146,7 +146,7 @@ async fn list(args: ListArgs) -> Result<(), CliError> {
         .admin()
         .list_tokens(client.request(pb::ListTokensRequest {})?)
         .await
-        .map_err(|s| CliError::from_status(&s))?
+        .map_err(|s| client.error(&s))?
         .into_inner()
         .tokens
         .into_iter()
@@ -182,7 +182,7 @@ async fn revoke(args: RevokeArgs) -> Result<(), CliError> {
             name: args.name.clone(),
         })?)
         .await
-        .map_err(|s| CliError::from_status(&s))?;
+        .map_err(|s| client.error(&s))?;
     super::print(&format!("revoked token \"{}\"\n", args.name))
 }
 

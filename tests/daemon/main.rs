@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod cli;
 mod durability;
 mod flow;
 mod harness;
@@ -11,4 +12,5 @@ mod http_client;
 mod http_webhook;
 mod secrecy;
 mod startup;
+mod systemd;
 mod validation;
