@@ -17,6 +17,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod error;

@@ -2,6 +2,9 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sharevault::cli::check_config::CheckConfigArgs;
+use sharevault::cli::status::StatusArgs;
+use sharevault::cli::token::TokenCommand;
 use sharevault::config::{Config, LogFormat, ServeArgs};
 use sharevault::net::{Listener, tls_acceptor};
 use sharevault::server::{self, Listeners, Settings};
@@ -23,7 +26,14 @@ enum Command {
     /// Run the daemon.
     Serve(ServeArgs),
     /// Check the configuration and secrets without starting, and print the settings.
-    CheckConfig(ServeArgs),
+    CheckConfig(CheckConfigArgs),
+    /// Show a running daemon's health, version, master key id, uptime and record counts.
+    Status(StatusArgs),
+    /// Create, list or revoke the API tokens of a running daemon.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Restore a snapshot into a data dir (with the daemon stopped, or into a new data dir).
     Restore(RestoreArgs),
 }
@@ -155,26 +165,21 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckConfig(args) => {
-            let config = Config::load(&args).map_err(anyhow::Error::msg)?;
+            let config = Config::load(&args.serve).map_err(anyhow::Error::msg)?;
             init_logging(config.log_format);
             let settings = settings(&config)?;
-            println!("configuration is valid");
-            println!("data_dir        {}", config.data_dir.display());
-            println!("grpc_listen     {}", config.grpc_listen);
-            match &config.http_listen {
-                Some(addr) => println!("http_listen     {addr}"),
-                None => println!("http_listen     none"),
-            }
             for files in [&config.grpc_tls, &config.http_tls].into_iter().flatten() {
                 tls_acceptor(&files.cert, &files.key).map_err(anyhow::Error::msg)?;
             }
-            println!("master_key_id   {}", settings.secrets.master_key.id());
-            println!("max_share_bytes {}", config.limits.max_share_bytes);
-            println!(
-                "max_cipher_text_bytes {}",
-                config.limits.max_cipher_text_bytes
-            );
+            let key_id = settings.secrets.master_key.id().to_string();
+            sharevault::cli::check_config::print(&config, &key_id, args.json)?;
             Ok(())
         }
+        Command::Status(args) => Ok(sharevault::cli::block_on(sharevault::cli::status::run(
+            args,
+        ))?),
+        Command::Token { command } => Ok(sharevault::cli::block_on(sharevault::cli::token::run(
+            command,
+        ))?),
     }
 }

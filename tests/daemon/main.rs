@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod cli;
 mod durability;
 mod flow;
 mod harness;
@@ -12,4 +13,5 @@ mod http_webhook;
 mod operations;
 mod secrecy;
 mod startup;
+mod systemd;
 mod validation;

@@ -1,0 +1,164 @@
+//! `sharevault check-config`: the effective settings, once they and the secrets have been
+//! validated. Secrets appear only as the files they were read from, and the master key only
+//! by its id.
+
+use super::client::CliError;
+use crate::config::{Config, LogFormat, ServeArgs, TlsFiles};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, clap::Args)]
+pub struct CheckConfigArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Print the effective settings as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Tls {
+    cert_file: String,
+    key_file: String,
+}
+
+impl From<&TlsFiles> for Tls {
+    fn from(files: &TlsFiles) -> Self {
+        Self {
+            cert_file: files.cert.display().to_string(),
+            key_file: files.key.display().to_string(),
+        }
+    }
+}
+
+/// The JSON form of `check-config`.
+#[derive(Debug, Serialize)]
+struct Effective {
+    data_dir: String,
+    grpc_listen: String,
+    /// `null` when the public listener is off.
+    http_listen: Option<String>,
+    grpc_tls: Option<Tls>,
+    http_tls: Option<Tls>,
+    webhook_path_prefix: String,
+    webhook_legacy_backup_share: bool,
+    webhook_allow_cidrs: Vec<String>,
+    trusted_proxies: Vec<String>,
+    request_timeout_seconds: u64,
+    max_request_bytes: usize,
+    max_share_bytes: usize,
+    max_cipher_text_bytes: usize,
+    shutdown_grace_seconds: u64,
+    log_format: &'static str,
+    master_key_file: String,
+    webhook_secret_file: String,
+    admin_token_file: String,
+    master_key_id: String,
+}
+
+/// The file a secret was read from, in the order [`crate::secrets::load`] looks: the
+/// configured file, `$CREDENTIALS_DIRECTORY/<name>` if present, else `<data_dir>/<name>`.
+fn secret_file(configured: Option<&Path>, name: &str, data_dir: &Path) -> String {
+    let path = match configured {
+        Some(path) => path.to_owned(),
+        None => std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(|dir| PathBuf::from(dir).join(name))
+            .filter(|path| path.exists())
+            .unwrap_or_else(|| data_dir.join(name)),
+    };
+    path.display().to_string()
+}
+
+fn effective(config: &Config, master_key_id: &str) -> Effective {
+    let cidrs = |nets: &[ipnet::IpNet]| nets.iter().map(ToString::to_string).collect();
+    Effective {
+        data_dir: config.data_dir.display().to_string(),
+        grpc_listen: config.grpc_listen.to_string(),
+        http_listen: config.http_listen.as_ref().map(ToString::to_string),
+        grpc_tls: config.grpc_tls.as_ref().map(Tls::from),
+        http_tls: config.http_tls.as_ref().map(Tls::from),
+        webhook_path_prefix: config.webhook.path_prefix.clone(),
+        webhook_legacy_backup_share: config.webhook.legacy_backup_share,
+        webhook_allow_cidrs: cidrs(&config.webhook.allow),
+        trusted_proxies: cidrs(&config.webhook.trusted_proxies),
+        request_timeout_seconds: config.request_timeout.as_secs(),
+        max_request_bytes: config.max_request_bytes,
+        max_share_bytes: config.limits.max_share_bytes,
+        max_cipher_text_bytes: config.limits.max_cipher_text_bytes,
+        shutdown_grace_seconds: config.shutdown_grace.as_secs(),
+        log_format: match config.log_format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        },
+        master_key_file: secret_file(
+            config.master_key_file.as_deref(),
+            "master-key",
+            &config.data_dir,
+        ),
+        webhook_secret_file: secret_file(
+            config.webhook_secret_file.as_deref(),
+            "webhook-secret",
+            &config.data_dir,
+        ),
+        admin_token_file: secret_file(
+            config.admin_token_file.as_deref(),
+            "admin-token",
+            &config.data_dir,
+        ),
+        master_key_id: master_key_id.to_owned(),
+    }
+}
+
+fn render(config: &Config, master_key_id: &str) -> String {
+    let http_listen = config
+        .http_listen
+        .as_ref()
+        .map_or_else(|| "none".to_owned(), ToString::to_string);
+    format!(
+        "configuration is valid\n\
+         data_dir        {}\n\
+         grpc_listen     {}\n\
+         http_listen     {http_listen}\n\
+         master_key_id   {master_key_id}\n\
+         max_share_bytes {}\n\
+         max_cipher_text_bytes {}\n",
+        config.data_dir.display(),
+        config.grpc_listen,
+        config.limits.max_share_bytes,
+        config.limits.max_cipher_text_bytes,
+    )
+}
+
+/// Prints the validated `config`, for people or (`json`) as one JSON object.
+pub fn print(config: &Config, master_key_id: &str, json: bool) -> Result<(), CliError> {
+    if json {
+        super::print(&super::json_line(&effective(config, master_key_id))?)
+    } else {
+        super::print(&render(config, master_key_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_names_secret_files_and_the_key_id_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = ServeArgs {
+            data_dir: Some(dir.path().join("data")),
+            http_listen: Some("none".into()),
+            master_key_file: Some("/etc/sharevault/master-key".into()),
+            webhook_allow_cidrs: Some(vec!["10.0.0.0/8".into()]),
+            ..ServeArgs::default()
+        };
+        let config = Config::load(&args).unwrap();
+        let value = serde_json::to_value(effective(&config, "ab12")).unwrap();
+        assert_eq!(value["master_key_file"], "/etc/sharevault/master-key");
+        assert_eq!(value["master_key_id"], "ab12");
+        assert_eq!(value["http_listen"], serde_json::Value::Null);
+        assert_eq!(value["grpc_listen"], "127.0.0.1:7450");
+        assert_eq!(value["webhook_allow_cidrs"][0], "10.0.0.0/8");
+        assert_eq!(value["log_format"], "text");
+    }
+}

@@ -1,0 +1,449 @@
+//! How client commands reach the daemon: the address (TCP or Unix socket), optional TLS with a
+//! private CA, the admin token, and error messages an operator can act on.
+
+use crate::pb::admin_service_client::AdminServiceClient;
+use hyper_util::rt::TokioIo;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic_health::pb::health_client::HealthClient;
+use zeroize::Zeroizing;
+
+/// The environment variable that may hold the admin token itself.
+pub const ADMIN_TOKEN_ENV: &str = "SHAREVAULT_ADMIN_TOKEN";
+
+/// The token file used when none is named: the one a first `serve` generates in its default
+/// data dir, so that a trial works from the same directory without flags.
+pub const DEFAULT_ADMIN_TOKEN_FILE: &str = "./sharevault-data/admin-token";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the daemon is and how to authenticate to it; shared by every client command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectArgs {
+    /// The daemon's private (gRPC) listener: HOST:PORT or unix:/path/to.sock.
+    #[arg(
+        long,
+        env = "SHAREVAULT_CONNECT",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:7450"
+    )]
+    pub connect: String,
+    /// Use TLS, trusting the PEM certificate(s) in FILE as roots.
+    #[arg(long, env = "SHAREVAULT_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Name the daemon's certificate must carry (with --ca-file).
+    #[arg(
+        long,
+        env = "SHAREVAULT_TLS_SERVER_NAME",
+        value_name = "NAME",
+        default_value = "localhost"
+    )]
+    pub tls_server_name: String,
+    /// File holding the admin token [default: $SHAREVAULT_ADMIN_TOKEN, else
+    /// ./sharevault-data/admin-token].
+    #[arg(long, env = "SHAREVAULT_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// Why a client command failed, worded for the operator. Never carries a token.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The daemon could not be reached, or its certificate was refused.
+    #[error("cannot connect to {target}: {reason}{hint}")]
+    Connect {
+        target: String,
+        reason: String,
+        hint: &'static str,
+    },
+    /// The daemon answered with a gRPC error: `code: message`.
+    #[error("{code}: {message}{hint}")]
+    Rpc {
+        code: &'static str,
+        message: String,
+        hint: &'static str,
+    },
+    /// The daemon answers, but is not serving yet (or any more).
+    #[error("the daemon at {target} is not serving (health {health})")]
+    NotServing { target: String, health: String },
+    /// Bad options, an unreadable file, or a local failure.
+    #[error("{0}")]
+    Local(String),
+}
+
+impl CliError {
+    /// Translates a gRPC status, with a hint where the fix is on the operator's side.
+    pub fn from_status(status: &tonic::Status) -> Self {
+        use tonic::Code;
+        let hint = match status.code() {
+            Code::Unauthenticated => {
+                " (check the admin token: --admin-token-file or SHAREVAULT_ADMIN_TOKEN)"
+            }
+            Code::PermissionDenied => " (the token is not an admin token)",
+            _ => "",
+        };
+        let message = causes(
+            status.message().to_owned(),
+            std::error::Error::source(status),
+        );
+        CliError::Rpc {
+            code: code_name(status.code()),
+            message,
+            hint,
+        }
+    }
+}
+
+/// The canonical gRPC name of `code`, lower-case.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid argument",
+        Code::DeadlineExceeded => "deadline exceeded",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::PermissionDenied => "permission denied",
+        Code::ResourceExhausted => "resource exhausted",
+        Code::FailedPrecondition => "failed precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out of range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+/// `first`, then the messages of `source` and its own sources that `first` and the messages
+/// before them do not already say, joined with `: `.
+fn causes(first: String, source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut parts = vec![first];
+    let mut next = source;
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.retain(|p| !p.is_empty());
+    parts.join(": ")
+}
+
+/// Whether TLS (rather than reaching the daemon) failed somewhere in `err`'s chain.
+fn is_tls(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner.is::<rustls::Error>());
+        if e.is::<rustls::Error>() || inner == Some(true) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// Where the daemon listens, as parsed from `--connect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+impl Target {
+    fn parse(value: &str) -> Result<Self, CliError> {
+        if let Some(path) = value.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(CliError::Local(
+                    "--connect unix: needs a socket path".into(),
+                ));
+            }
+            return Ok(Target::Unix(PathBuf::from(path)));
+        }
+        let valid = !value.contains('/')
+            && value
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !valid {
+            return Err(CliError::Local(format!(
+                "--connect `{value}`: expected HOST:PORT or unix:/path/to.sock"
+            )));
+        }
+        Ok(Target::Tcp(value.to_owned()))
+    }
+}
+
+/// Anything a connection can run over: TCP, a Unix socket, or TLS on either.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// TLS towards the daemon, with the roots from `--ca-file`.
+#[derive(Clone)]
+struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl Tls {
+    fn new(ca_file: &Path, server_name: &str) -> Result<Self, CliError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName};
+        let what = || format!("--ca-file {}", ca_file.display());
+        let certs = CertificateDer::pem_file_iter(ca_file)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| CliError::Local(format!("{}: {e}", what())))?;
+        if certs.is_empty() {
+            return Err(CliError::Local(format!("{}: no certificate found", what())));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| CliError::Local(format!("{}: {e}", what())))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| CliError::Local(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let server_name = ServerName::try_from(server_name.to_owned()).map_err(|_| {
+            CliError::Local(format!(
+                "--tls-server-name `{server_name}` is not a DNS name or IP address"
+            ))
+        })?;
+        Ok(Self {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name,
+        })
+    }
+}
+
+async fn open(target: &Target, tls: Option<&Tls>) -> std::io::Result<Box<dyn Stream>> {
+    let raw: Box<dyn Stream> = match target {
+        Target::Tcp(addr) => {
+            let stream = tokio::net::TcpStream::connect(addr.as_str()).await?;
+            stream.set_nodelay(true)?;
+            Box::new(stream)
+        }
+        Target::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
+    };
+    match tls {
+        None => Ok(raw),
+        Some(tls) => Ok(Box::new(
+            tls.connector.connect(tls.server_name.clone(), raw).await?,
+        )),
+    }
+}
+
+/// Finds the admin token: `--admin-token-file` (or `$SHAREVAULT_ADMIN_TOKEN_FILE`), else
+/// `$SHAREVAULT_ADMIN_TOKEN`, else [`DEFAULT_ADMIN_TOKEN_FILE`] if it exists.
+fn admin_token(file: Option<&Path>) -> Result<Zeroizing<String>, CliError> {
+    let from_file = |path: &Path| -> Result<Zeroizing<String>, CliError> {
+        let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| {
+            CliError::Local(format!(
+                "cannot read admin token file {}: {e}",
+                path.display()
+            ))
+        })?);
+        let text = std::str::from_utf8(&bytes).map_err(|_| {
+            CliError::Local(format!(
+                "admin token file {}: must be UTF-8 text",
+                path.display()
+            ))
+        })?;
+        Ok(Zeroizing::new(text.trim().to_owned()))
+    };
+    let token = if let Some(path) = file {
+        from_file(path)?
+    } else if let Some(value) = std::env::var_os(ADMIN_TOKEN_ENV) {
+        let value = Zeroizing::new(
+            value
+                .into_string()
+                .map_err(|_| CliError::Local(format!("{ADMIN_TOKEN_ENV}: must be UTF-8 text")))?,
+        );
+        Zeroizing::new(value.trim().to_owned())
+    } else if Path::new(DEFAULT_ADMIN_TOKEN_FILE).exists() {
+        from_file(Path::new(DEFAULT_ADMIN_TOKEN_FILE))?
+    } else {
+        return Err(CliError::Local(format!(
+            "no admin token: pass --admin-token-file FILE, or set {ADMIN_TOKEN_ENV} \
+             ({DEFAULT_ADMIN_TOKEN_FILE} does not exist)"
+        )));
+    };
+    if token.is_empty() {
+        return Err(CliError::Local("the admin token is empty".into()));
+    }
+    Ok(token)
+}
+
+/// A connection to the daemon, with the admin token to present.
+pub struct Client {
+    channel: Channel,
+    token: Zeroizing<String>,
+    target: String,
+    tls: bool,
+}
+
+impl Client {
+    /// Reads the admin token, then connects (TLS included) so that an unreachable daemon is
+    /// reported before any call.
+    pub async fn connect(args: &ConnectArgs) -> Result<Self, CliError> {
+        let token = admin_token(args.admin_token_file.as_deref())?;
+        let target = Target::parse(&args.connect)?;
+        let tls = args
+            .ca_file
+            .as_deref()
+            .map(|ca| Tls::new(ca, &args.tls_server_name))
+            .transpose()?;
+        let with_tls = tls.is_some();
+        let scheme = if with_tls { "https" } else { "http" };
+        let authority = match &target {
+            Target::Tcp(addr) => addr.as_str(),
+            Target::Unix(_) => "localhost",
+        };
+        let uri: Uri = format!("{scheme}://{authority}")
+            .parse()
+            .map_err(|e| CliError::Local(format!("--connect `{}`: {e}", args.connect)))?;
+        let endpoint = Endpoint::from(uri)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(CALL_TIMEOUT);
+        let connector_target = target.clone();
+        let channel = endpoint
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let target = connector_target.clone();
+                let tls = tls.clone();
+                async move { open(&target, tls.as_ref()).await.map(TokioIo::new) }
+            }))
+            .await
+            .map_err(|e| CliError::Connect {
+                target: args.connect.clone(),
+                // The cause, without tonic's generic "transport error".
+                reason: causes(String::new(), std::error::Error::source(&e).or(Some(&e))),
+                hint: if is_tls(&e) {
+                    " (check --ca-file and --tls-server-name)"
+                } else {
+                    "; is the daemon running?"
+                },
+            })?;
+        Ok(Self {
+            channel,
+            token,
+            target: args.connect.clone(),
+            tls: with_tls,
+        })
+    }
+
+    /// The address the client is connected to, as given.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Translates the gRPC status of a call. A failure below gRPC on a connection without
+    /// TLS may be a TLS listener, so that is suggested.
+    pub fn error(&self, status: &tonic::Status) -> CliError {
+        match CliError::from_status(status) {
+            CliError::Rpc { code, message, .. }
+                if !self.tls && std::error::Error::source(status).is_some() =>
+            {
+                CliError::Rpc {
+                    code,
+                    message,
+                    hint: " (if the daemon's listener uses TLS, pass --ca-file)",
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// `message` as a request carrying `authorization: Bearer <admin token>`.
+    pub fn request<T>(&self, message: T) -> Result<tonic::Request<T>, CliError> {
+        let mut request = tonic::Request::new(message);
+        let header = Zeroizing::new(format!("Bearer {}", self.token.as_str()));
+        let mut value =
+            tonic::metadata::MetadataValue::try_from(header.as_str()).map_err(|_| {
+                CliError::Local("the admin token holds characters a header cannot carry".into())
+            })?;
+        value.set_sensitive(true);
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+
+    pub fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel.clone())
+    }
+
+    pub fn health(&self) -> HealthClient<Channel> {
+        HealthClient::new(self.channel.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_tcp_or_unix() {
+        assert_eq!(
+            Target::parse("127.0.0.1:7450").unwrap(),
+            Target::Tcp("127.0.0.1:7450".into())
+        );
+        assert_eq!(
+            Target::parse("[::1]:7450").unwrap(),
+            Target::Tcp("[::1]:7450".into())
+        );
+        assert_eq!(
+            Target::parse("vault.internal:443").unwrap(),
+            Target::Tcp("vault.internal:443".into())
+        );
+        assert_eq!(
+            Target::parse("unix:/run/sharevault/grpc.sock").unwrap(),
+            Target::Unix("/run/sharevault/grpc.sock".into())
+        );
+        for bad in [
+            "localhost",
+            "http://127.0.0.1:7450",
+            ":7450",
+            "host:port",
+            "unix:",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn grpc_errors_read_as_code_and_message() {
+        let err = CliError::from_status(&tonic::Status::not_found("no token named x"));
+        assert_eq!(err.to_string(), "not found: no token named x");
+        let err = CliError::from_status(&tonic::Status::unauthenticated("invalid token"));
+        assert!(
+            err.to_string()
+                .starts_with("unauthenticated: invalid token (check"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_token_file_is_trimmed_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin-token");
+        std::fs::write(&path, "svt_secret-value-0123456789\n").unwrap();
+        assert_eq!(
+            admin_token(Some(&path)).unwrap().as_str(),
+            "svt_secret-value-0123456789"
+        );
+        let err = admin_token(Some(&dir.path().join("missing"))).unwrap_err();
+        assert!(err.to_string().contains("cannot read admin token file"));
+    }
+}

@@ -1,0 +1,467 @@
+//! The operator's command line against a running daemon: `status`, `token create|list|revoke`
+//! and `check-config --json`, over TCP, a Unix socket and TLS, and its errors.
+
+use crate::harness::{Daemon, Sandbox, Started, command, create_token, with_secret, with_token};
+use crate::http_client::TestCert;
+use sharevault::pb;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// What a run of the binary printed, and whether it succeeded.
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> serde_json::Value {
+        assert!(self.ok, "failed: {}", self.stderr);
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+
+    fn failed_with(&self, needle: &str) {
+        assert!(
+            !self.ok,
+            "should have failed; stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        assert!(
+            self.stderr.contains(needle),
+            "stderr should contain {needle:?}: {}",
+            self.stderr
+        );
+    }
+}
+
+/// Runs `sharevault ARGS` in `dir`, with no `SHAREVAULT_*` variable inherited.
+fn sharevault(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sharevault"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("SHAREVAULT_") {
+            cmd.env_remove(name);
+        }
+    }
+    let output = cmd
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    Run {
+        ok: output.status.success(),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+/// A daemon and the flags that reach it as its administrator.
+struct Admin<'a> {
+    sandbox: &'a Sandbox,
+    connect: String,
+    token_file: String,
+}
+
+impl<'a> Admin<'a> {
+    fn new(sandbox: &'a Sandbox, daemon: &Daemon) -> Self {
+        let connect = match daemon.endpoint.strip_prefix("http://") {
+            Some(addr) => addr.to_owned(),
+            None => format!("unix:{}", daemon.endpoint),
+        };
+        Self {
+            sandbox,
+            connect,
+            token_file: sandbox.keys.dir.join("admin-token").display().to_string(),
+        }
+    }
+
+    /// Runs `sharevault ARGS --connect ... --admin-token-file ...`.
+    fn run(&self, args: &[&str]) -> Run {
+        let mut all = args.to_vec();
+        all.extend([
+            "--connect",
+            &self.connect,
+            "--admin-token-file",
+            &self.token_file,
+        ]);
+        sharevault(self.sandbox.tmp.path(), &all, &[])
+    }
+}
+
+async fn backup(daemon: &Daemon, sandbox: &Sandbox, client: &str, method: &str, pair: &str) {
+    daemon
+        .webhook()
+        .await
+        .backup(with_secret(
+            pb::BackupRequest {
+                client_id: client.into(),
+                backup_method: method.into(),
+                share: format!("{{\"backupSharePairId\":\"{pair}\",\"share\":\"s\"}}"),
+                backup_share_pair_id: None,
+            },
+            &sandbox.keys.webhook_secret,
+        ))
+        .await
+        .unwrap();
+}
+
+async fn list_backups(daemon: &Daemon, token: &str) -> Result<(), tonic::Status> {
+    daemon
+        .backup()
+        .await
+        .list_backups(with_token(
+            pb::ListBackupsRequest {
+                client_id: "cli-client".into(),
+            },
+            token,
+        ))
+        .await
+        .map(|_| ())
+}
+
+/// The value of the `name` row of `status`'s table.
+fn row<'t>(table: &'t str, name: &str) -> &'t str {
+    table
+        .lines()
+        .find_map(|line| line.strip_prefix(name))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {name} row in:\n{table}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_health_key_and_counts_and_check_config_agrees() {
+    let sandbox = Sandbox::new(40);
+    let daemon = sandbox.start();
+    let admin = Admin::new(&sandbox, &daemon);
+
+    let table = admin.run(&["status"]);
+    assert!(table.ok, "{}", table.stderr);
+    assert_eq!(row(&table.stdout, "health"), "SERVING");
+    assert_eq!(row(&table.stdout, "version"), env!("CARGO_PKG_VERSION"));
+    assert_eq!(row(&table.stdout, "custodian shares"), "0");
+
+    let before = admin.run(&["status", "--json"]).json();
+    assert_eq!(before["health"], "SERVING");
+    assert_eq!(before["version"], env!("CARGO_PKG_VERSION"));
+    let key_id = before["master_key_id"].as_str().unwrap().to_owned();
+    assert!(!key_id.is_empty() && key_id.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(row(&table.stdout, "master key id"), key_id);
+    assert!(before["uptime_seconds"].is_u64());
+    for field in [
+        "custodian_shares",
+        "client_shares",
+        "backup_share_pairs",
+        "tokens",
+    ] {
+        assert_eq!(before[field], 0, "{field}");
+    }
+
+    backup(
+        &daemon,
+        &sandbox,
+        "cli-client",
+        "PASSWORD-SECP256K1",
+        "pair-40a",
+    )
+    .await;
+    backup(
+        &daemon,
+        &sandbox,
+        "cli-client",
+        "GDRIVE-ED25519",
+        "pair-40b",
+    )
+    .await;
+    let after = admin.run(&["status", "--json"]).json();
+    assert_eq!(after["custodian_shares"], 2);
+    assert_eq!(after["backup_share_pairs"], 2);
+    assert_eq!(after["client_shares"], 0);
+    assert_eq!(after["master_key_id"], key_id.as_str());
+
+    // check-config validates the same secrets and names the same key, by id only.
+    let data_dir = sandbox.data_dir.display().to_string();
+    let mut args = vec!["check-config", "--json", "--data-dir", &data_dir];
+    let key_args = sandbox.keys.args();
+    args.extend(key_args.iter().map(String::as_str));
+    let checked = sharevault(sandbox.tmp.path(), &args, &[]);
+    let settings = checked.json();
+    assert_eq!(settings["master_key_id"], key_id.as_str());
+    assert_eq!(settings["data_dir"], data_dir.as_str());
+    assert_eq!(settings["grpc_listen"], "127.0.0.1:7450");
+    assert_eq!(
+        settings["admin_token_file"],
+        sandbox.keys.dir.join("admin-token").display().to_string()
+    );
+    assert_eq!(
+        settings["master_key_file"],
+        sandbox.keys.master_key_file.display().to_string()
+    );
+    let master_key = std::fs::read_to_string(&sandbox.keys.master_key_file).unwrap();
+    for secret in [
+        sandbox.keys.admin_token.as_str(),
+        sandbox.keys.webhook_secret.as_str(),
+        master_key.trim(),
+    ] {
+        assert!(!checked.stdout.contains(secret), "{}", checked.stdout);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_created_by_the_cli_work_until_revoked() {
+    let sandbox = Sandbox::new(41);
+    let daemon = sandbox.start();
+    let admin = Admin::new(&sandbox, &daemon);
+
+    let created = admin
+        .run(&[
+            "token",
+            "create",
+            "--name",
+            "ops-eject",
+            "--role",
+            "eject",
+            "--json",
+        ])
+        .json();
+    assert_eq!(created["name"], "ops-eject");
+    assert_eq!(created["role"], "eject");
+    let eject = created["token"].as_str().unwrap().to_owned();
+    assert!(eject.len() >= 16, "{eject}");
+    list_backups(&daemon, &eject).await.unwrap();
+
+    // Plain output: the token alone on stdout, the notice on stderr.
+    let plain = admin.run(&[
+        "token",
+        "create",
+        "--name",
+        "ops-backend",
+        "--role",
+        "backend",
+    ]);
+    assert!(plain.ok, "{}", plain.stderr);
+    assert!(plain.stderr.contains("shown once"), "{}", plain.stderr);
+    let backend = plain.stdout.trim_end_matches('\n').to_owned();
+    assert!(!backend.contains(char::is_whitespace), "{}", plain.stdout);
+    list_backups(&daemon, &backend).await.unwrap();
+
+    let duplicate = admin.run(&[
+        "token",
+        "create",
+        "--name",
+        "ops-backend",
+        "--role",
+        "admin",
+    ]);
+    duplicate.failed_with("already exists");
+
+    let table = admin.run(&["token", "list"]);
+    assert!(table.ok, "{}", table.stderr);
+    let lines: Vec<Vec<&str>> = table
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["NAME", "ROLE", "CREATED"]);
+    let mut rows: Vec<(&str, &str)> = lines[1..].iter().map(|r| (r[0], r[1])).collect();
+    rows.sort_unstable();
+    assert_eq!(rows, [("ops-backend", "backend"), ("ops-eject", "eject")]);
+    for token in [&eject, &backend] {
+        assert!(!table.stdout.contains(token.as_str()));
+    }
+
+    let listed = admin.run(&["token", "list", "--json"]).json();
+    let tokens = listed["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 2);
+    for token in tokens {
+        let created_at = token["created_at"].as_str().unwrap();
+        assert!(
+            created_at.len() >= 20 && created_at.contains('T') && created_at.ends_with('Z'),
+            "RFC 3339: {created_at}"
+        );
+        assert!(token.get("token").is_none());
+    }
+    assert_eq!(admin.run(&["status", "--json"]).json()["tokens"], 2);
+
+    let revoked = admin.run(&["token", "revoke", "--name", "ops-eject"]);
+    assert!(revoked.ok, "{}", revoked.stderr);
+    assert!(revoked.stdout.contains("ops-eject"), "{}", revoked.stdout);
+    let err = list_backups(&daemon, &eject).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    list_backups(&daemon, &backend).await.unwrap();
+
+    admin
+        .run(&["token", "revoke", "--name", "ops-eject"])
+        .failed_with("not found");
+    let names: Vec<serde_json::Value> = admin.run(&["token", "list", "--json"]).json()["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].clone())
+        .collect();
+    assert_eq!(names, ["ops-backend"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_or_missing_admin_token_is_refused_without_being_shown() {
+    let sandbox = Sandbox::new(42);
+    let daemon = sandbox.start();
+    let admin = Admin::new(&sandbox, &daemon);
+    let dir = sandbox.tmp.path();
+    let connect = ["--connect", admin.connect.as_str()];
+
+    let wrong = "wrong-admin-token-42-0123456789";
+    let wrong_file = dir.join("wrong-token");
+    std::fs::write(&wrong_file, format!("{wrong}\n")).unwrap();
+    let wrong_path = wrong_file.display().to_string();
+    for args in [&["status"][..], &["token", "list"][..]] {
+        let mut all = args.to_vec();
+        all.extend(connect);
+        all.extend(["--admin-token-file", &wrong_path]);
+        let run = sharevault(dir, &all, &[]);
+        run.failed_with("unauthenticated");
+        assert!(!run.stderr.contains(wrong) && !run.stdout.contains(wrong));
+    }
+
+    // The token may also come from the environment.
+    let mut status = vec!["status"];
+    status.extend(connect);
+    sharevault(dir, &status, &[("SHAREVAULT_ADMIN_TOKEN", wrong)]).failed_with("unauthenticated");
+    let right = sharevault(
+        dir,
+        &status,
+        &[("SHAREVAULT_ADMIN_TOKEN", &sandbox.keys.admin_token)],
+    );
+    assert!(right.ok, "{}", right.stderr);
+
+    // A valid token without the admin role.
+    let backend = create_token(&daemon, &sandbox.keys.admin_token, "cli-backend", 1).await;
+    let backend_file = dir.join("backend-token");
+    std::fs::write(&backend_file, &backend).unwrap();
+    let mut all = status.clone();
+    let backend_path = backend_file.display().to_string();
+    all.extend(["--admin-token-file", &backend_path]);
+    sharevault(dir, &all, &[]).failed_with("permission denied");
+
+    // No token anywhere (and no ./sharevault-data/admin-token in the working directory).
+    sharevault(dir, &status, &[]).failed_with("no admin token");
+}
+
+#[test]
+fn a_daemon_that_is_not_running_is_reported_as_such() {
+    let sandbox = Sandbox::new(43);
+    let token_file = sandbox.keys.dir.join("admin-token").display().to_string();
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let socket = format!("unix:{}", sandbox.tmp.path().join("absent.sock").display());
+    for target in [&addr, &socket] {
+        let run = sharevault(
+            sandbox.tmp.path(),
+            &[
+                "status",
+                "--connect",
+                target,
+                "--admin-token-file",
+                &token_file,
+            ],
+            &[],
+        );
+        run.failed_with(&format!("cannot connect to {target}"));
+        run.failed_with("is the daemon running?");
+    }
+    sharevault(
+        sandbox.tmp.path(),
+        &[
+            "status",
+            "--connect",
+            "localhost",
+            "--admin-token-file",
+            &token_file,
+        ],
+        &[],
+    )
+    .failed_with("expected HOST:PORT or unix:/path");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reaches_a_daemon_on_a_unix_socket() {
+    let sandbox = Sandbox::new(44);
+    let socket: PathBuf = sandbox.tmp.path().join("s.sock");
+    let mut args = vec![
+        "--grpc-listen".to_string(),
+        format!("unix:{}", socket.display()),
+    ];
+    args.extend(sandbox.keys.args());
+    let Started::Ready(daemon) = Daemon::launch(command(&sandbox.data_dir, &args)) else {
+        panic!("start on a unix socket failed")
+    };
+    let admin = Admin::new(&sandbox, &daemon);
+    assert_eq!(admin.connect, format!("unix:{}", socket.display()));
+
+    backup(
+        &daemon,
+        &sandbox,
+        "cli-client",
+        "PASSWORD-SECP256K1",
+        "pair-44",
+    )
+    .await;
+    let status = admin.run(&["status", "--json"]).json();
+    assert_eq!(status["health"], "SERVING");
+    assert_eq!(status["custodian_shares"], 1);
+
+    let created = admin
+        .run(&[
+            "token", "create", "--name", "sidecar", "--role", "backend", "--json",
+        ])
+        .json();
+    list_backups(&daemon, created["token"].as_str().unwrap())
+        .await
+        .unwrap();
+    let listed = admin.run(&["token", "list", "--json"]).json();
+    assert_eq!(listed["tokens"][0]["name"], "sidecar");
+    assert!(admin.run(&["token", "revoke", "--name", "sidecar"]).ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_speaks_tls_with_a_private_ca() {
+    let sandbox = Sandbox::new(45);
+    let cert = TestCert::new(sandbox.tmp.path());
+    let (cert_file, key_file) = (
+        cert.cert_file.display().to_string(),
+        cert.key_file.display().to_string(),
+    );
+    let daemon = sandbox.start_with(&[
+        "--grpc-tls-cert-file",
+        &cert_file,
+        "--grpc-tls-key-file",
+        &key_file,
+    ]);
+    let admin = Admin::new(&sandbox, &daemon);
+
+    let status = admin
+        .run(&["status", "--json", "--ca-file", &cert_file])
+        .json();
+    assert_eq!(status["health"], "SERVING");
+
+    // The certificate is for localhost and 127.0.0.1, not for another name.
+    admin
+        .run(&[
+            "status",
+            "--ca-file",
+            &cert_file,
+            "--tls-server-name",
+            "vault.example.com",
+        ])
+        .failed_with("certificate not valid for name \"vault.example.com\"");
+    // Plaintext to a TLS listener does not get through, and the error suggests TLS.
+    admin.run(&["status"]).failed_with("pass --ca-file");
+    // A CA file without a certificate is refused before connecting.
+    admin
+        .run(&["status", "--ca-file", &key_file])
+        .failed_with("no certificate found");
+}
