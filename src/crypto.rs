@@ -168,6 +168,11 @@ impl MasterKey {
         self.id
     }
 
+    /// The raw key, to hand to a running daemon for a rotation.
+    pub fn to_raw(&self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(self.key.to_vec())
+    }
+
     /// Seals `plaintext` for the record at `aad` under a fresh data key.
     pub fn seal(&self, aad: &RecordAad<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let data_key = random::<KEY_LEN>()?;

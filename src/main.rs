@@ -34,8 +34,19 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Write a consistent snapshot of a running daemon's vault to a file.
+    Snapshot(sharevault::cli::ops::SnapshotArgs),
     /// Restore a snapshot into a data dir (with the daemon stopped, or into a new data dir).
     Restore(RestoreArgs),
+    /// Re-wrap every record's data key under a new master key, while the daemon serves.
+    Rekey(sharevault::cli::ops::RekeyArgs),
+    /// Open every record with the master key and report any that fails.
+    Verify(sharevault::cli::ops::VerifyArgs),
+    /// Export or verify the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: sharevault::cli::ops::AuditCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -147,6 +158,18 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
+        Command::Snapshot(args) => Ok(sharevault::cli::block_on(sharevault::cli::ops::snapshot(
+            args,
+        ))?),
+        Command::Rekey(args) => Ok(sharevault::cli::block_on(sharevault::cli::ops::rekey(
+            args,
+        ))?),
+        Command::Verify(args) => Ok(sharevault::cli::block_on(sharevault::cli::ops::verify(
+            args,
+        ))?),
+        Command::Audit { command } => Ok(sharevault::cli::block_on(sharevault::cli::ops::audit(
+            command,
+        ))?),
         Command::Restore(args) => {
             let key = sharevault::secrets::read_master_key(&args.master_key_file)
                 .map_err(anyhow::Error::msg)?;

@@ -60,11 +60,12 @@ impl Histogram {
 }
 
 type CallKey = (&'static str, &'static str);
+type OutcomeKey = (&'static str, &'static str, &'static str);
 
 /// Every metric the daemon keeps.
 #[derive(Default)]
 pub struct Metrics {
-    calls: RwLock<BTreeMap<(&'static str, &'static str, &'static str), Arc<AtomicU64>>>,
+    calls: RwLock<BTreeMap<OutcomeKey, Arc<AtomicU64>>>,
     latency: RwLock<BTreeMap<CallKey, Arc<Histogram>>>,
     /// Time from a batch's start to its durable commit.
     pub commit: Histogram,

@@ -125,6 +125,7 @@ pub struct VerifyReport {
 #[derive(Debug, Clone)]
 pub struct VaultStatus {
     pub counts: Counts,
+    pub database_bytes: Option<u64>,
     pub key_id: KeyId,
     pub uptime_secs: u64,
 }
@@ -1050,6 +1051,7 @@ impl Vault {
     pub fn status(&self) -> Result<VaultStatus, VaultError> {
         Ok(VaultStatus {
             counts: self.store.counts()?,
+            database_bytes: self.store.size_bytes(),
             key_id: self.key_id(),
             uptime_secs: self.started.elapsed().as_secs(),
         })

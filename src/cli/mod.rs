@@ -1,5 +1,5 @@
 //! The operator's command line, beside `serve`: commands that talk to a running daemon over
-//! gRPC (`status`, `token create|list|revoke`) and the rendering of `check-config`.
+//! gRPC (`status`, `token create|list|revoke`, `snapshot`, `rekey`, `verify`, `audit`) and the rendering of `check-config`.
 //!
 //! [`client`] holds what every client command shares: where the daemon is, TLS, the admin
 //! token and the wording of errors. Each command renders for people (aligned columns) or, with
@@ -8,6 +8,7 @@
 
 pub mod check_config;
 pub mod client;
+pub mod ops;
 pub mod status;
 mod table;
 pub mod token;

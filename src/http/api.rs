@@ -72,6 +72,7 @@ pub fn router(ready: Ready, max_body: usize, timeout: Duration) -> Router {
         )
         .route("/healthz", get(healthz).fallback(method_not_allowed))
         .route("/readyz", get(readyz).fallback(method_not_allowed))
+        .route("/metrics", get(metrics).fallback(method_not_allowed))
         .fallback(not_found)
         .layer(middleware::from_fn(move |req, next| {
             super::with_timeout(timeout, req, next)
@@ -317,6 +318,25 @@ async fn healthz(State(state): State<ApiState>) -> Response {
         Ok(_) => json(StatusCode::OK, json!({"status": "ok"})),
         Err(err) => err.into_response(),
     }
+}
+
+/// Prometheus metrics (text exposition format).
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let status = state.ready.get().ok().and_then(|v| v.status().ok());
+    let gauges = crate::metrics::Gauges {
+        custodian_shares: status.as_ref().map_or(0, |s| s.counts.custodian_shares),
+        client_shares: status.as_ref().map_or(0, |s| s.counts.client_shares),
+        backup_share_pairs: status.as_ref().map_or(0, |s| s.counts.backup_share_pairs),
+        tokens: status.as_ref().map_or(0, |s| s.counts.tokens),
+        database_bytes: status.as_ref().and_then(|s| s.database_bytes).unwrap_or(0),
+        uptime_seconds: status.as_ref().map_or(0, |s| s.uptime_secs),
+        ready: status.is_some(),
+    };
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::global().render(&gauges),
+    )
+        .into_response()
 }
 
 /// Readiness: the database is open and the master key verified.

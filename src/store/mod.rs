@@ -270,6 +270,8 @@ pub trait Store: Send + Sync + 'static {
         &self,
         visit: &mut dyn FnMut(ExportItem<'_>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
+    /// Bytes the store occupies on disk, if it knows.
+    fn size_bytes(&self) -> Option<u64>;
     /// Finishes queued writes and closes the store; later writes fail with
     /// [`StoreError::Closed`].
     fn close(&self);

@@ -80,6 +80,7 @@ struct Job {
 /// The redb-backed [`Store`].
 pub struct RedbStore {
     db: Arc<Database>,
+    path: std::path::PathBuf,
     queue: RwLock<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -116,6 +117,7 @@ impl RedbStore {
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             db,
+            path: path.to_path_buf(),
             queue: RwLock::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
         })
@@ -428,6 +430,10 @@ impl Store for RedbStore {
             ))?;
         }
         Ok(())
+    }
+
+    fn size_bytes(&self) -> Option<u64> {
+        std::fs::metadata(&self.path).ok().map(|m| m.len())
     }
 
     fn close(&self) {

@@ -465,3 +465,136 @@ async fn the_cli_speaks_tls_with_a_private_ca() {
         .run(&["status", "--ca-file", &key_file])
         .failed_with("no certificate found");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_restore_verify_audit_rekey_and_metrics_from_the_command_line() {
+    let sandbox = Sandbox::new(46);
+    let daemon = sandbox.start();
+    let admin = Admin::new(&sandbox, &daemon);
+    backup(
+        &daemon,
+        &sandbox,
+        "ops-client",
+        "PASSWORD-SECP256K1",
+        "pair-ops",
+    )
+    .await;
+    backup(
+        &daemon,
+        &sandbox,
+        "ops-client",
+        "PASSWORD-ED25519",
+        "pair-ops-2",
+    )
+    .await;
+
+    // An online snapshot, written atomically.
+    let dir = sandbox.tmp.path().join("backups");
+    std::fs::create_dir_all(&dir).unwrap();
+    let snap = dir.join("vault.snapshot");
+    let run = admin.run(&["snapshot", "--to", snap.to_str().unwrap(), "--json"]);
+    assert!(run.ok, "{}", run.stderr);
+    let summary = run.json();
+    assert_eq!(summary["records"]["custodian_shares"], 2);
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "no temporary file is left"
+    );
+    let plain = admin.run(&["snapshot", "--to", snap.to_str().unwrap()]);
+    assert!(
+        plain.stdout.contains("useless without it"),
+        "{}",
+        plain.stdout
+    );
+
+    // It restores into a new data dir.
+    let restored = sandbox.tmp.path().join("restored");
+    let key = sandbox.keys.master_key_file.display().to_string();
+    let run = sharevault(
+        sandbox.tmp.path(),
+        &[
+            "restore",
+            "--from",
+            snap.to_str().unwrap(),
+            "--data-dir",
+            restored.to_str().unwrap(),
+            "--master-key-file",
+            &key,
+        ],
+        &[],
+    );
+    assert!(run.ok, "{}", run.stderr);
+    assert!(run.stdout.contains("2 custodian shares"), "{}", run.stdout);
+
+    // Every record opens.
+    let run = admin.run(&["verify", "--json"]);
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(
+        (
+            run.json()["custodian_shares"].as_u64(),
+            run.json()["failed"].as_u64()
+        ),
+        (Some(2), Some(0))
+    );
+
+    // The audit trail, as JSON lines, and its chain.
+    let run = admin.run(&["audit", "export", "--client-id", "ops-client"]);
+    assert!(run.ok, "{}", run.stderr);
+    let actions: Vec<String> = run
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["action"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(actions, ["backup", "backup"]);
+    let run = admin.run(&["audit", "verify"]);
+    assert!(
+        run.ok && run.stdout.contains("audit trail intact"),
+        "{}{}",
+        run.stdout,
+        run.stderr
+    );
+
+    // A rotation through the CLI; status then reports the new key.
+    let new_keys = crate::harness::Keys::new(&sandbox.tmp.path().join("new-keys"), 48);
+    let run = admin.run(&[
+        "rekey",
+        "--new-master-key-file",
+        new_keys.master_key_file.to_str().unwrap(),
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    let status = admin.run(&["status", "--json"]).json();
+    let new_id = status["master_key_id"].as_str().unwrap().to_owned();
+    assert!(run.stdout.contains(&new_id), "{}", run.stdout);
+    let run = admin.run(&["verify"]);
+    assert!(
+        run.ok && run.stdout.contains("failed            0"),
+        "{}",
+        run.stdout
+    );
+
+    // Metrics count the calls made above, with no client id or share in them.
+    let metrics = crate::http_client::Http::plain(&daemon.endpoint)
+        .send("GET", "/metrics", &[], None)
+        .await;
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8(metrics.body).unwrap();
+    assert!(
+        text.contains(
+            "sharevault_calls_total{service=\"WebhookService\",method=\"Backup\",outcome=\"ok\"} 2"
+        ),
+        "{text}"
+    );
+    assert!(text.contains(
+        "sharevault_calls_total{service=\"AdminService\",method=\"Snapshot\",outcome=\"ok\"} 2"
+    ));
+    assert!(text.contains("sharevault_records{table=\"custodian_shares\"} 2"));
+    assert!(text.contains("sharevault_commit_duration_seconds_count"));
+    assert!(text.contains("sharevault_database_bytes"));
+    assert!(!text.contains("ops-client") && !text.contains("pair-ops"));
+}
