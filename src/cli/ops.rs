@@ -172,11 +172,7 @@ pub async fn rekey(args: RekeyArgs) -> Result<(), CliError> {
     while let Some(step) = stream.next().await {
         let step = step.map_err(|s| client.error(&s))?;
         if terminal {
-            let pct = if step.total == 0 {
-                100
-            } else {
-                step.done * 100 / step.total
-            };
+            let pct = (step.done * 100).checked_div(step.total).unwrap_or(100);
             eprint!(
                 "\rre-wrapping data keys: {}/{} ({pct}%)",
                 step.done, step.total
