@@ -112,6 +112,10 @@ pub struct ServeArgs {
     /// File holding the 256-bit master key (64 hex characters).
     #[arg(long, env = "SHAREVAULT_MASTER_KEY_FILE", value_name = "FILE")]
     pub master_key_file: Option<PathBuf>,
+    /// Local admin socket: the private API for the daemon's own user and root, where the
+    /// AdminService needs no token [default: none].
+    #[arg(long, env = "SHAREVAULT_ADMIN_SOCKET", value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
     /// File holding the previous master key, needed only to finish an interrupted rotation.
     #[arg(long, env = "SHAREVAULT_OLD_MASTER_KEY_FILE", value_name = "FILE")]
     pub old_master_key_file: Option<PathBuf>,
@@ -158,6 +162,7 @@ struct FileConfig {
     max_request_bytes: Option<usize>,
     master_key_file: Option<PathBuf>,
     old_master_key_file: Option<PathBuf>,
+    admin_socket: Option<PathBuf>,
     webhook_secret_file: Option<PathBuf>,
     admin_token_file: Option<PathBuf>,
     max_share_bytes: Option<usize>,
@@ -180,6 +185,7 @@ pub struct Config {
     pub max_request_bytes: usize,
     pub master_key_file: Option<PathBuf>,
     pub old_master_key_file: Option<PathBuf>,
+    pub admin_socket: Option<PathBuf>,
     pub webhook_secret_file: Option<PathBuf>,
     pub admin_token_file: Option<PathBuf>,
     pub limits: Limits,
@@ -336,7 +342,14 @@ impl Config {
                 16 * MAX_SECRET_LIMIT
             ));
         }
+        let admin_socket = match args.admin_socket.clone().or(file.admin_socket) {
+            Some(path) if !path.is_absolute() => {
+                return Err("admin_socket must be an absolute path".into());
+            }
+            other => other,
+        };
         Ok(Self {
+            admin_socket,
             http_listen,
             webhook,
             http_tls: tls_files(

@@ -148,7 +148,21 @@ fn main() -> anyhow::Result<()> {
                     ),
                     None => None,
                 };
+                let admin_socket = match &config.admin_socket {
+                    Some(path) => {
+                        let addr = sharevault::config::ListenAddr::Unix(path.clone());
+                        let socket = Listener::bind(&addr)
+                            .await
+                            .with_context(|| format!("cannot listen on {addr}"))?;
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                            .with_context(|| format!("cannot restrict {}", path.display()))?;
+                        Some(socket)
+                    }
+                    None => None,
+                };
                 let listeners = Listeners {
+                    admin_socket,
                     grpc,
                     grpc_tls,
                     http,

@@ -56,6 +56,21 @@ impl Listener {
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub Option<IpAddr>);
 
+/// Marks requests that came through the local admin socket from the daemon's own user or
+/// root (checked with the socket's peer credentials).
+#[derive(Debug, Clone, Copy)]
+pub struct LocalAdmin;
+
+/// Who may use the local admin socket: the daemon's own user, and root.
+fn local_admin_allowed(stream: &tokio::net::UnixStream) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(cred) = stream.peer_cred() else {
+        return false;
+    };
+    let own = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    cred.uid() == 0 || Some(cred.uid()) == own
+}
+
 /// Loads a PEM certificate chain and private key into a TLS acceptor offering h2 and
 /// http/1.1.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
@@ -102,6 +117,7 @@ fn builder() -> auto::Builder<TokioExecutor> {
 fn spawn_connection<IO>(
     io: IO,
     peer: Peer,
+    local_admin: bool,
     app: App,
     tls: Option<TlsAcceptor>,
     builder: auto::Builder<TokioExecutor>,
@@ -114,6 +130,9 @@ fn spawn_connection<IO>(
         let service =
             tower::ServiceExt::map_request(app, move |mut req: axum::http::Request<_>| {
                 req.extensions_mut().insert(peer);
+                if local_admin {
+                    req.extensions_mut().insert(LocalAdmin);
+                }
                 req
             });
         let service = TowerToHyperService::new(service);
@@ -142,11 +161,14 @@ fn spawn_connection<IO>(
 }
 
 /// Accepts connections on `listener` and serves `app` on each until `stop` turns true; then
-/// stops accepting and waits for open connections to finish their requests.
+/// stops accepting and waits for open connections to finish their requests. With
+/// `local_admin`, the listener is the local admin socket: only the daemon's own user and root
+/// may connect, and their requests are marked [`LocalAdmin`].
 pub async fn serve(
     listener: Listener,
     app: App,
     tls: Option<TlsAcceptor>,
+    local_admin: bool,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -158,10 +180,17 @@ pub async fn serve(
                 Ok(Accepted::Tcp(stream, addr)) => {
                     let _ = stream.set_nodelay(true);
                     let peer = Peer(Some(canonical(addr)));
-                    spawn_connection(stream, peer, app.clone(), tls.clone(), builder.clone(), &graceful);
+                    spawn_connection(stream, peer, false, app.clone(), tls.clone(), builder.clone(), &graceful);
                 }
                 Ok(Accepted::Unix(stream)) => {
-                    spawn_connection(stream, Peer(None), app.clone(), tls.clone(), builder.clone(), &graceful);
+                    if local_admin && !local_admin_allowed(&stream) {
+                        tracing::warn!(
+                            uid = ?stream.peer_cred().ok().map(|c| c.uid()),
+                            "refused a connection to the admin socket from another user"
+                        );
+                        continue;
+                    }
+                    spawn_connection(stream, Peer(None), local_admin, app.clone(), tls.clone(), builder.clone(), &graceful);
                 }
                 Err(err) => {
                     // Typically EMFILE: back off instead of spinning.

@@ -31,6 +31,9 @@ pub struct Listeners {
     /// The public webhook listener, if enabled.
     pub http: Option<Listener>,
     pub http_tls: Option<TlsAcceptor>,
+    /// The local admin socket, if enabled: the private app, for the daemon's own user and
+    /// root, where the AdminService needs no token.
+    pub admin_socket: Option<Listener>,
 }
 
 /// What the daemon runs with, once configuration and secrets are loaded.
@@ -151,10 +154,21 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     tracing::info!(addr = %listeners.grpc.describe(), tls = listeners.grpc_tls.is_some(), "grpc listener bound");
+    if let Some(socket) = listeners.admin_socket {
+        tracing::info!(addr = %socket.describe(), "admin socket bound");
+        servers.spawn(net::serve(
+            socket,
+            private.clone(),
+            None,
+            true,
+            stop_rx.clone(),
+        ));
+    }
     servers.spawn(net::serve(
         listeners.grpc,
         private,
         listeners.grpc_tls,
+        false,
         stop_rx.clone(),
     ));
     if let Some(http) = listeners.http {
@@ -165,7 +179,7 @@ pub async fn run(
             settings.max_request_bytes,
             settings.request_timeout,
         );
-        servers.spawn(net::serve(http, public, listeners.http_tls, stop_rx));
+        servers.spawn(net::serve(http, public, listeners.http_tls, false, stop_rx));
     }
 
     let path = settings.data_dir.join(DATABASE_FILE);

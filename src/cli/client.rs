@@ -291,7 +291,9 @@ fn admin_token(file: Option<&Path>) -> Result<Zeroizing<String>, CliError> {
 /// A connection to the daemon, with the admin token to present.
 pub struct Client {
     channel: Channel,
-    token: Zeroizing<String>,
+    /// `None` on a Unix socket without a token: the daemon's admin socket vouches for the
+    /// caller by its user id.
+    token: Option<Zeroizing<String>>,
     target: String,
     tls: bool,
 }
@@ -300,8 +302,12 @@ impl Client {
     /// Reads the admin token, then connects (TLS included) so that an unreachable daemon is
     /// reported before any call.
     pub async fn connect(args: &ConnectArgs) -> Result<Self, CliError> {
-        let token = admin_token(args.admin_token_file.as_deref())?;
         let target = Target::parse(&args.connect)?;
+        let token = match admin_token(args.admin_token_file.as_deref()) {
+            Ok(token) => Some(token),
+            Err(_) if matches!(target, Target::Unix(_)) => None,
+            Err(err) => return Err(err),
+        };
         let tls = args
             .ca_file
             .as_deref()
@@ -370,7 +376,10 @@ impl Client {
     /// `message` as a request carrying `authorization: Bearer <admin token>`.
     pub fn request<T>(&self, message: T) -> Result<tonic::Request<T>, CliError> {
         let mut request = tonic::Request::new(message);
-        let header = Zeroizing::new(format!("Bearer {}", self.token.as_str()));
+        let Some(token) = &self.token else {
+            return Ok(request);
+        };
+        let header = Zeroizing::new(format!("Bearer {}", token.as_str()));
         let mut value =
             tonic::metadata::MetadataValue::try_from(header.as_str()).map_err(|_| {
                 CliError::Local("the admin token holds characters a header cannot carry".into())

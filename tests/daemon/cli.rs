@@ -598,3 +598,51 @@ async fn snapshot_restore_verify_audit_rekey_and_metrics_from_the_command_line()
     assert!(text.contains("sharevault_database_bytes"));
     assert!(!text.contains("ops-client") && !text.contains("pair-ops"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_admin_socket_needs_no_token_for_the_daemons_own_user() {
+    let sandbox = Sandbox::new(49);
+    let socket = sandbox.tmp.path().join("admin.sock");
+    let daemon = sandbox.start_with(&["--admin-socket", socket.to_str().unwrap()]);
+    let mode = std::fs::metadata(&socket).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let connect = format!("unix:{}", socket.display());
+    let run = sharevault(
+        sandbox.tmp.path(),
+        &["status", "--json", "--connect", &connect],
+        &[],
+    );
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(run.json()["health"], "SERVING");
+    let run = sharevault(
+        sandbox.tmp.path(),
+        &[
+            "token",
+            "create",
+            "--name",
+            "via-socket",
+            "--role",
+            "backend",
+            "--connect",
+            &connect,
+        ],
+        &[],
+    );
+    assert!(run.ok, "{}", run.stderr);
+    // The same call without a token on the TCP listener is refused.
+    let tcp = daemon.endpoint.trim_start_matches("http://").to_owned();
+    let run = sharevault(sandbox.tmp.path(), &["status", "--connect", &tcp], &[]);
+    run.failed_with("no admin token");
+    // The socket grants administration only: reading backups still needs a token.
+    let err = crate::harness::Daemon::launch_socket_client(&socket)
+        .await
+        .list_backups(pb::ListBackupsRequest {
+            client_id: "c".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+}

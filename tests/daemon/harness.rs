@@ -167,18 +167,12 @@ impl Daemon {
                 .await
                 .expect("connect to the daemon");
         }
-        let path = PathBuf::from(&self.endpoint);
-        tonic::transport::Endpoint::from_static("http://unix.socket")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
-            .await
-            .expect("connect to the daemon's socket")
+        unix_channel(Path::new(&self.endpoint)).await
+    }
+
+    /// A BackupService client over a Unix socket at `path`, with no credentials.
+    pub async fn launch_socket_client(path: &Path) -> BackupServiceClient<Channel> {
+        BackupServiceClient::new(unix_channel(path).await)
     }
 
     pub async fn webhook(&self) -> WebhookServiceClient<Channel> {
@@ -222,6 +216,22 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A gRPC channel over the Unix socket at `path`.
+pub async fn unix_channel(path: &Path) -> Channel {
+    let path = path.to_owned();
+    tonic::transport::Endpoint::from_static("http://unix.socket")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect to the socket")
 }
 
 /// A request with the webhook secret attached.
