@@ -1,5 +1,7 @@
 //! The `sharevault` command.
 
+mod bench;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sharevault::config::{Config, LogFormat, ServeArgs};
@@ -24,6 +26,8 @@ enum Command {
     Serve(ServeArgs),
     /// Check the configuration and secrets without starting, and print the settings.
     CheckConfig(ServeArgs),
+    /// Start a daemon on loopback, fill it with clients, and measure its operations.
+    Bench(bench::Args),
 }
 
 fn init_logging(format: LogFormat) {
@@ -133,5 +137,6 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Bench(args) => bench::run(args),
     }
 }
