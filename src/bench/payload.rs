@@ -47,9 +47,14 @@ impl Rng {
     }
 
     fn hex(&mut self, chars: usize) -> String {
-        let mut text = hex::encode(self.bytes(chars.div_ceil(2)));
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = Vec::with_capacity(chars + 16);
+        while text.len() < chars {
+            let x = self.next_u64();
+            text.extend((0..16).map(|i| DIGITS[((x >> (4 * i)) & 15) as usize]));
+        }
         text.truncate(chars);
-        text
+        String::from_utf8(text).unwrap_or_default()
     }
 }
 
