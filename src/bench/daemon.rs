@@ -229,6 +229,9 @@ impl Daemon {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !sent {
+            bail!("cannot send SIGTERM to the daemon; killed it");
+        }
         bail!("the daemon did not stop on SIGTERM within {STOP_TIMEOUT:?}; killed it")
     }
 }

@@ -92,7 +92,7 @@ struct Fetched {
     shares: Vec<String>,
 }
 
-fn status(status: tonic::Status) -> anyhow::Error {
+fn grpc_error(status: tonic::Status) -> anyhow::Error {
     anyhow!("{:?}: {}", status.code(), status.message())
 }
 
@@ -208,7 +208,7 @@ impl Worker {
             .await?
             .store_client_backup_share(request)
             .await
-            .map_err(status)?;
+            .map_err(grpc_error)?;
         Ok(())
     }
 
@@ -222,7 +222,7 @@ impl Worker {
             .await?
             .get_client_backup_share(request)
             .await
-            .map_err(status)?
+            .map_err(grpc_error)?
             .into_inner();
         ensure!(
             answer.backup_method == METHODS[method],
