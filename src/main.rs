@@ -1,5 +1,7 @@
 //! The `sharevault` command.
 
+mod bench;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sharevault::cli::check_config::CheckConfigArgs;
@@ -38,6 +40,8 @@ enum Command {
     Snapshot(sharevault::cli::ops::SnapshotArgs),
     /// Restore a snapshot into a data dir (with the daemon stopped, or into a new data dir).
     Restore(RestoreArgs),
+    /// Start a daemon on loopback, fill it with clients, and measure its operations.
+    Bench(bench::Args),
     /// Re-wrap every record's data key under a new master key, while the daemon serves.
     Rekey(sharevault::cli::ops::RekeyArgs),
     /// Open every record with the master key and report any that fails.
@@ -218,5 +222,6 @@ fn main() -> anyhow::Result<()> {
         Command::Token { command } => Ok(sharevault::cli::block_on(sharevault::cli::token::run(
             command,
         ))?),
+        Command::Bench(args) => bench::run(args),
     }
 }

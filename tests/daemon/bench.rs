@@ -1,0 +1,83 @@
+//! `sharevault bench` end to end on a tiny data set: it runs every operation and reports no
+//! errors. Speed is not asserted.
+
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const LABELS: [&str; 5] = [
+    "webhook backup",
+    "webhook fetch",
+    "grpc store client share",
+    "grpc get client share",
+    "webhook backup, 1 connection",
+];
+
+#[test]
+fn bench_runs_every_operation_without_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_sharevault"))
+        .args([
+            "bench",
+            "--clients",
+            "20",
+            "--connections",
+            "2",
+            "--seconds",
+            "1",
+        ])
+        .env("TMPDIR", tmp.path())
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let output = match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+            panic!("bench did not finish within 120 s");
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bench failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("populated 20 clients"), "{stdout}");
+    for label in LABELS {
+        let cells: Vec<&str> = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {label} ")))
+            .unwrap_or_else(|| panic!("no row for {label}:\n{stdout}"))
+            .split('|')
+            .map(str::trim)
+            .collect();
+        // | operation | conns | requests | errors | req/s | ...
+        let number = |i: usize| cells[i].parse::<f64>().unwrap();
+        assert!(number(3) > 0.0, "{label}: no requests:\n{stdout}");
+        assert_eq!(number(4), 0.0, "{label}: errors:\n{stdout}\n{stderr}");
+        assert!(number(5) > 0.0, "{label}: no throughput:\n{stdout}");
+    }
+    assert!(
+        stdout.contains("160 custodian shares, 80 client shares"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "temp dir left behind"
+    );
+}
