@@ -131,6 +131,10 @@ pub struct ServeArgs {
     /// Largest accepted client cipherText, in bytes [default: 65536].
     #[arg(long, env = "SHAREVAULT_MAX_CIPHER_TEXT_BYTES", value_name = "BYTES")]
     pub max_cipher_text_bytes: Option<usize>,
+    /// Refuse writes while less than this many bytes are free on the data dir's filesystem
+    /// [default: 67108864].
+    #[arg(long, env = "SHAREVAULT_MIN_FREE_DISK_BYTES", value_name = "BYTES")]
+    pub min_free_disk_bytes: Option<u64>,
     /// Seconds that in-flight calls get to finish on shutdown [default: 10].
     #[arg(
         long,
@@ -168,6 +172,7 @@ struct FileConfig {
     max_share_bytes: Option<usize>,
     max_cipher_text_bytes: Option<usize>,
     shutdown_grace_seconds: Option<u64>,
+    min_free_disk_bytes: Option<u64>,
     log_format: Option<LogFormat>,
 }
 
@@ -190,6 +195,7 @@ pub struct Config {
     pub admin_token_file: Option<PathBuf>,
     pub limits: Limits,
     pub shutdown_grace: Duration,
+    pub min_free_disk_bytes: u64,
     pub log_format: LogFormat,
 }
 
@@ -386,6 +392,10 @@ impl Config {
                     .or(file.shutdown_grace_seconds)
                     .unwrap_or(10),
             ),
+            min_free_disk_bytes: args
+                .min_free_disk_bytes
+                .or(file.min_free_disk_bytes)
+                .unwrap_or(64 * 1024 * 1024),
             log_format: args
                 .log_format
                 .or(file.log_format)

@@ -118,6 +118,7 @@ fn settings(config: &Config) -> anyhow::Result<Settings> {
         secrets,
         limits: config.limits,
         shutdown_grace: config.shutdown_grace,
+        min_free_disk_bytes: config.min_free_disk_bytes,
         webhook: config.webhook.clone(),
         request_timeout: config.request_timeout,
         max_request_bytes: config.max_request_bytes,

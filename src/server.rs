@@ -42,6 +42,7 @@ pub struct Settings {
     pub secrets: Secrets,
     pub limits: Limits,
     pub shutdown_grace: Duration,
+    pub min_free_disk_bytes: u64,
     pub webhook: WebhookConfig,
     pub request_timeout: Duration,
     pub max_request_bytes: usize,
@@ -183,7 +184,8 @@ pub async fn run(
     }
 
     let path = settings.data_dir.join(DATABASE_FILE);
-    let store = tokio::task::spawn_blocking(move || RedbStore::open(&path))
+    let min_free = settings.min_free_disk_bytes;
+    let store = tokio::task::spawn_blocking(move || RedbStore::open(&path, min_free))
         .await
         .map_err(|e| ServeError::Task(e.to_string()))?
         .map_err(crate::vault::OpenError::Store);

@@ -77,20 +77,126 @@ struct Job {
     reply: oneshot::Sender<Result<WriteOutcome, StoreError>>,
 }
 
+/// Opens the database: the file at a path, or, for fault-injection tests, any redb storage
+/// backend. Called again to reopen the database after an I/O error.
+pub type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync>;
+
+/// The open database, shared by readers and the writer. After an I/O error redb refuses every
+/// further operation until the database is reopened (which repairs it); the writer does that.
+struct Shared {
+    db: RwLock<Option<Arc<Database>>>,
+    opener: Opener,
+    /// The database file, to check the free space of its filesystem.
+    path: Option<std::path::PathBuf>,
+    /// Writes are refused (and nothing is attempted) while less than this is free, so that
+    /// the database never hits a full disk in the middle of a commit.
+    min_free_bytes: u64,
+}
+
+impl Shared {
+    fn current(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| StoreError::Backend("the database is being reopened".into()))
+    }
+
+    /// Closes the database and opens it again; redb repairs it if a commit failed.
+    fn reopen(&self) {
+        let mut slot = self
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(mut old) = slot.take() {
+            // Readers hold their handle only for the length of a read.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(still_shared) if std::time::Instant::now() < deadline => {
+                        old = still_shared;
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                    }
+                    Err(_) => {
+                        tracing::error!("cannot reopen the database: it is still in use");
+                        return;
+                    }
+                }
+            }
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match (self.opener)() {
+                Ok(db) => {
+                    tracing::warn!("database reopened after a failed write");
+                    *slot = Some(Arc::new(db));
+                    return;
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot reopen the database; will retry on the next write");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Refuses a write when the disk is nearly full.
+    fn check_space(&self) -> Result<(), StoreError> {
+        let (Some(path), true) = (&self.path, self.min_free_bytes > 0) else {
+            return Ok(());
+        };
+        let Ok(stat) = rustix::fs::statvfs(path) else {
+            return Ok(());
+        };
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free < self.min_free_bytes {
+            return Err(StoreError::Backend(format!(
+                "only {free} bytes free on the database's filesystem, below the reserve of {}",
+                self.min_free_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The redb-backed [`Store`].
 pub struct RedbStore {
-    db: Arc<Database>,
-    path: std::path::PathBuf,
+    shared: Arc<Shared>,
     queue: RwLock<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl RedbStore {
-    /// Opens (or creates) the database file and starts the writer thread.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::builder().create(path).map_err(backend)?;
+    /// Opens (or creates) the database file and starts the writer thread. Writes are refused
+    /// while less than `min_free_bytes` is free on the file's filesystem.
+    pub fn open(path: &Path, min_free_bytes: u64) -> Result<Self, StoreError> {
+        let file = path.to_path_buf();
+        let store = Self::open_with(
+            Box::new(move || Database::builder().create(&file)),
+            Some(path),
+            min_free_bytes,
+        )?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| StoreError::Backend(format!("cannot restrict the database file: {e}")))?;
+        Ok(store)
+    }
+
+    /// Opens the database with `opener` and starts the writer thread.
+    pub fn open_with(
+        opener: Opener,
+        path: Option<&Path>,
+        min_free_bytes: u64,
+    ) -> Result<Self, StoreError> {
+        let db = opener().map_err(backend)?;
         let txn = db.begin_write().map_err(backend)?;
         {
             txn.open_table(CUSTODIAN).map_err(backend)?;
@@ -110,14 +216,19 @@ impl RedbStore {
             let head = meta.get(AUDIT_HEAD).map_err(backend)?;
             head.map(|v| decode_head(v.value())).transpose()?
         };
-        let writer_db = Arc::clone(&db);
+        let shared = Arc::new(Shared {
+            db: RwLock::new(Some(db)),
+            opener,
+            path: path.map(Path::to_path_buf),
+            min_free_bytes,
+        });
+        let writer_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("sharevault-writer".into())
-            .spawn(move || run_writer(&writer_db, rx, head.unwrap_or((0, [0; 32]))))
+            .spawn(move || run_writer(&writer_shared, rx, head.unwrap_or((0, [0; 32]))))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
-            db,
-            path: path.to_path_buf(),
+            shared,
             queue: RwLock::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
         })
@@ -155,7 +266,7 @@ impl RedbStore {
     }
 
     fn read(&self) -> Result<redb::ReadTransaction, StoreError> {
-        self.db.begin_read().map_err(backend)
+        self.shared.current()?.begin_read().map_err(backend)
     }
 
     fn records_of(
@@ -433,7 +544,8 @@ impl Store for RedbStore {
     }
 
     fn size_bytes(&self) -> Option<u64> {
-        std::fs::metadata(&self.path).ok().map(|m| m.len())
+        let path = self.shared.path.as_ref()?;
+        std::fs::metadata(path).ok().map(|m| m.len())
     }
 
     fn close(&self) {
@@ -460,7 +572,7 @@ impl Drop for RedbStore {
     }
 }
 
-fn run_writer(db: &Database, mut queue: mpsc::Receiver<Job>, mut head: Head) {
+fn run_writer(shared: &Shared, mut queue: mpsc::Receiver<Job>, mut head: Head) {
     while let Some(first) = queue.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -470,7 +582,21 @@ fn run_writer(db: &Database, mut queue: mpsc::Receiver<Job>, mut head: Head) {
             }
         }
         let started = std::time::Instant::now();
-        let committed = commit_batch(db, &jobs, head);
+        let committed = shared.check_space().and_then(|()| {
+            let db = match shared.current() {
+                Ok(db) => db,
+                Err(_) => {
+                    shared.reopen();
+                    shared.current()?
+                }
+            };
+            let committed = commit_batch(&db, &jobs, head);
+            if committed.is_err() {
+                drop(db);
+                shared.reopen();
+            }
+            committed
+        });
         crate::metrics::global().batch(jobs.len(), started.elapsed(), committed.is_ok());
         match committed {
             Ok((results, new_head)) => {
@@ -862,5 +988,180 @@ impl<'t> Tables<'t> {
             .remove(token.hash.as_slice())
             .map_err(backend)?;
         Ok(WriteOutcome::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::backends::FileBackend;
+    use redb::{BackendError, StorageBackend};
+    use std::ops::Bound;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A file backend whose writes fail with "no space left on device" while `fail` is set.
+    #[derive(Debug)]
+    struct Flaky {
+        inner: FileBackend,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl Flaky {
+        fn check(&self) -> std::io::Result<()> {
+            if self.fail.load(Ordering::SeqCst) {
+                Err(std::io::Error::from_raw_os_error(28))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl StorageBackend for Flaky {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.write(offset, data)
+        }
+        fn close(&self) -> std::io::Result<()> {
+            self.inner.close()
+        }
+        fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+            self.inner.try_lock_range(start, end)
+        }
+        fn try_lock_shared_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<bool, BackendError> {
+            self.inner.try_lock_shared_range(start, end)
+        }
+        fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+            self.inner.unlock_range(start, end)
+        }
+        fn query_lock_range(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> Result<bool, BackendError> {
+            self.inner.query_lock_range(start, end)
+        }
+    }
+
+    fn put(client: &str, share: &[u8]) -> (WriteOp, Option<AuditEntry>) {
+        (
+            WriteOp::PutCustodianShare {
+                client_id: client.into(),
+                backup_method: "PASSWORD-SECP256K1".into(),
+                record: SealedRecord {
+                    created_at_ms: 1,
+                    pair_id: Some(format!("pair-{client}")),
+                    envelope: share.to_vec(),
+                },
+            },
+            Some(AuditEntry {
+                time_ms: 1,
+                actor: "webhook".into(),
+                action: "backup",
+                client_id: client.into(),
+                backup_method: "PASSWORD-SECP256K1".into(),
+                outcome: None,
+            }),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_changes_nothing_and_writes_resume_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flaky.redb");
+        let fail = Arc::new(AtomicBool::new(false));
+        let (p, f) = (path.clone(), Arc::clone(&fail));
+        let opener: Opener = Box::new(move || {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&p)
+                .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
+            let inner = FileBackend::new(file)?;
+            Database::builder().create_with_backend(Flaky {
+                inner,
+                fail: Arc::clone(&f),
+            })
+        });
+        let store = RedbStore::open_with(opener, None, 0).unwrap();
+        let (op, audit) = put("acked-before", b"A");
+        store.write(op, audit).await.unwrap();
+
+        fail.store(true, Ordering::SeqCst);
+        let (op, audit) = put("during-failure", b"B");
+        let err = store.write(op, audit).await.unwrap_err();
+        assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+
+        fail.store(false, Ordering::SeqCst);
+        let (op, audit) = put("after-recovery", b"C");
+        store.write(op, audit).await.unwrap();
+
+        let held = |c: &str| store.custodian_share(c, "PASSWORD-SECP256K1").unwrap();
+        assert_eq!(held("acked-before").unwrap().envelope, b"A");
+        assert!(
+            held("during-failure").is_none(),
+            "nothing of the failed write is visible"
+        );
+        assert_eq!(held("after-recovery").unwrap().envelope, b"C");
+        assert!(store.pairs("during-failure").unwrap().is_empty());
+
+        // The audit trail chains the two committed writes and nothing else.
+        let events: Vec<_> = store
+            .audit_events(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(events.len(), 2);
+        let report = crate::audit::verify(events.into_iter().map(Ok), store.audit_head().unwrap());
+        assert_eq!(report.problem, None);
+        store.close();
+    }
+
+    #[tokio::test]
+    async fn writes_are_refused_below_the_free_space_reserve_and_reads_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reserve.redb");
+        let store = RedbStore::open(&path, 0).unwrap();
+        let (op, audit) = put("kept", b"K");
+        store.write(op, audit).await.unwrap();
+        store.close();
+        drop(store);
+
+        let store = RedbStore::open(&path, u64::MAX).unwrap();
+        let (op, audit) = put("refused", b"R");
+        let err = store.write(op, audit).await.unwrap_err();
+        assert!(err.to_string().contains("below the reserve"), "{err}");
+        assert!(
+            store
+                .custodian_share("kept", "PASSWORD-SECP256K1")
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            store
+                .custodian_share("refused", "PASSWORD-SECP256K1")
+                .unwrap()
+                .is_none()
+        );
     }
 }
