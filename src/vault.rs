@@ -47,7 +47,11 @@ pub enum OpenError {
         "the data dir's key check record is damaged ({0}); restore the data dir from a snapshot"
     )]
     KeyCheck(CryptoError),
-    #[error("cannot open the database: {0}")]
+    #[error(
+        "cannot open the database: {0}. If another sharevault runs on this data dir, stop it; if \
+         the file is damaged, move the data dir aside and restore the last snapshot \
+         (sharevault restore)"
+    )]
     Store(StoreError),
 }
 

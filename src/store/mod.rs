@@ -150,6 +150,20 @@ pub enum WriteOp {
     AuditOnly,
 }
 
+impl WriteOp {
+    /// Whether the operation stores new data (refused when the disk is nearly full).
+    pub fn adds_data(&self) -> bool {
+        matches!(
+            self,
+            WriteOp::PutCustodianShare { .. }
+                | WriteOp::PutClientShare { .. }
+                | WriteOp::CreateToken(_)
+                | WriteOp::Rewrap(_)
+                | WriteOp::Meta { .. }
+        )
+    }
+}
+
 /// One record to re-wrap.
 #[derive(Debug)]
 pub struct Rewrap {

@@ -582,21 +582,20 @@ fn run_writer(shared: &Shared, mut queue: mpsc::Receiver<Job>, mut head: Head) {
             }
         }
         let started = std::time::Instant::now();
-        let committed = shared.check_space().and_then(|()| {
-            let db = match shared.current() {
-                Ok(db) => db,
-                Err(_) => {
-                    shared.reopen();
-                    shared.current()?
-                }
-            };
-            let committed = commit_batch(&db, &jobs, head);
-            if committed.is_err() {
-                drop(db);
-                shared.reopen();
+        // Below the free-space reserve, writes that add data are refused; audit events of
+        // reads, deletions and status updates still go through, so that reads keep working.
+        if let Err(low) = shared.check_space() {
+            let (allowed, refused): (Vec<Job>, Vec<Job>) =
+                jobs.into_iter().partition(|job| !job.op.adds_data());
+            for job in refused {
+                let _ = job.reply.send(Err(StoreError::Backend(low.to_string())));
             }
-            committed
-        });
+            jobs = allowed;
+            if jobs.is_empty() {
+                continue;
+            }
+        }
+        let committed = commit_or_reopen(shared, &jobs, head);
         crate::metrics::global().batch(jobs.len(), started.elapsed(), committed.is_ok());
         match committed {
             Ok((results, new_head)) => {
@@ -621,6 +620,24 @@ fn run_writer(shared: &Shared, mut queue: mpsc::Receiver<Job>, mut head: Head) {
 }
 
 type BatchResult = (Vec<Result<WriteOutcome, StoreError>>, Head);
+
+/// Commits a batch; after a failure the database is reopened (and repaired) so that the next
+/// batch, and reads, can go on.
+fn commit_or_reopen(shared: &Shared, jobs: &[Job], head: Head) -> Result<BatchResult, StoreError> {
+    let db = match shared.current() {
+        Ok(db) => db,
+        Err(_) => {
+            shared.reopen();
+            shared.current()?
+        }
+    };
+    let committed = commit_batch(&db, jobs, head);
+    if committed.is_err() {
+        drop(db);
+        shared.reopen();
+    }
+    committed
+}
 
 /// Applies every job, and appends its audit event, in one transaction. The outer error means
 /// nothing was committed (and the audit head stays where it was).

@@ -6,6 +6,7 @@ mod auth;
 mod bench;
 mod cli;
 mod durability;
+mod faults;
 mod flow;
 mod harness;
 mod http_api;

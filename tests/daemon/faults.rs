@@ -1,0 +1,414 @@
+//! Faults: a filesystem that fills up, crashes during a snapshot and a rotation, and a
+//! damaged database file.
+
+use crate::harness::{Daemon, Keys, Sandbox, Started, command, with_secret, with_token};
+use crate::http_client::Http;
+use serde_json::json;
+use sharevault::pb;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tokio_stream::StreamExt;
+
+/// A small tmpfs, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(at).ok()?;
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+async fn fill_until_refused(
+    http: &Http,
+    secret: &str,
+    prefix: &str,
+) -> (Vec<(String, String)>, Option<serde_json::Value>) {
+    let mut acked = Vec::new();
+    for i in 0..3_000 {
+        let client = format!("{prefix}-{i}");
+        let share = format!("{i:08}{}", "s".repeat(60_000));
+        let reply = http
+            .post_json(
+                "/backup",
+                &[("x-webhook-secret", secret)],
+                &json!({"clientId": client, "backupMethod": "PASSWORD-SECP256K1", "share": share}),
+            )
+            .await;
+        match reply.status {
+            200 => acked.push((client, share)),
+            503 => return (acked, Some(reply.json())),
+            other => panic!(
+                "unexpected status {other}: {}",
+                String::from_utf8_lossy(&reply.body)
+            ),
+        }
+    }
+    (acked, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_a_restart() {
+    let sandbox = Sandbox::new(70);
+    let Some(mount) = Tmpfs::mount(&sandbox.tmp.path().join("small-disk"), "48m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root, or no CAP_SYS_ADMIN)");
+        return;
+    };
+    let data_dir = mount.0.join("data");
+    let ballast = mount.0.join("ballast");
+    std::fs::write(&ballast, vec![0u8; 12 << 20]).unwrap();
+    let mut args = Daemon::tcp_args(&sandbox.keys);
+    args.extend(["--min-free-disk-bytes".into(), (8u64 << 20).to_string()]);
+    let Started::Ready(mut daemon) = Daemon::launch(command(&data_dir, &args)) else {
+        panic!("start failed")
+    };
+    let http = Http::plain(daemon.webhook_addr.as_deref().unwrap());
+    let secret = sandbox.keys.webhook_secret.clone();
+
+    // Phase 1: the reserve refuses writes before the disk is full; reads go on.
+    let (acked, refusal) = fill_until_refused(&http, &secret, "reserve").await;
+    let refusal = refusal.expect("the disk filled up within the bounded loop");
+    assert_eq!(refusal["error"]["code"], "unavailable");
+    assert!(acked.len() > 10, "wrote {} shares first", acked.len());
+    for (client, share) in acked.iter().step_by(7) {
+        let reply = http
+            .post_json(
+                "/backup/fetch",
+                &[("x-webhook-secret", &secret)],
+                &json!({"clientId": client}),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "reads keep working");
+        assert_eq!(reply.json()["backupShares"], json!([share]));
+    }
+    let grpc_refused = daemon
+        .webhook()
+        .await
+        .backup(with_secret(
+            pb::BackupRequest {
+                client_id: "grpc".into(),
+                backup_method: "X".into(),
+                share: "s".into(),
+                backup_share_pair_id: None,
+            },
+            &secret,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(grpc_refused.code(), tonic::Code::Unavailable);
+
+    // Space comes back: writes resume, no restart.
+    std::fs::remove_file(&ballast).unwrap();
+    let reply = http
+        .post_json(
+            "/backup",
+            &[("x-webhook-secret", &secret)],
+            &json!({"clientId": "after-space", "share": "back"}),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+
+    // Phase 2: without a reserve the database itself hits the full disk; the failed commits
+    // are refused, nothing acknowledged is lost, and writes resume once space is back.
+    assert!(daemon.signal("TERM").success());
+    std::fs::write(&ballast, vec![0u8; 4 << 20]).unwrap();
+    let mut args = Daemon::tcp_args(&sandbox.keys);
+    args.extend(["--min-free-disk-bytes".into(), "0".into()]);
+    let Started::Ready(mut daemon) = Daemon::launch(command(&data_dir, &args)) else {
+        panic!("restart failed")
+    };
+    let http = Http::plain(daemon.webhook_addr.as_deref().unwrap());
+    let (acked2, refusal) = fill_until_refused(&http, &secret, "enospc").await;
+    assert!(refusal.is_some(), "the disk filled up");
+    std::fs::remove_file(&ballast).unwrap();
+    let mut resumed = false;
+    for _ in 0..50 {
+        let reply = http
+            .post_json(
+                "/backup",
+                &[("x-webhook-secret", &secret)],
+                &json!({"clientId": "resumed", "share": "again"}),
+            )
+            .await;
+        if reply.status == 200 {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(resumed, "writes resume once space is back");
+    assert!(daemon.signal("TERM").success());
+
+    // Everything acknowledged, in both phases, is there after a restart.
+    let daemon = Daemon::start(&data_dir, &sandbox.keys);
+    let http = Http::plain(daemon.webhook_addr.as_deref().unwrap());
+    let admin = sandbox.keys.admin_token.clone();
+    for (client, share) in acked
+        .iter()
+        .chain(&acked2)
+        .step_by(3)
+        .chain([&("resumed".to_string(), "again".to_string())])
+    {
+        let reply = http
+            .post_json(
+                "/backup/fetch",
+                &[("x-webhook-secret", &secret)],
+                &json!({"clientId": client}),
+            )
+            .await;
+        assert_eq!(reply.json()["backupShares"], json!([share]), "{client}");
+    }
+    let report = daemon
+        .admin()
+        .await
+        .verify(with_token(pb::VerifyRequest {}, &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.failed, 0);
+    drop(daemon);
+    drop(mount);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_snapshot_and_during_a_rotation_loses_nothing() {
+    let sandbox = Sandbox::new(71);
+    let secret = sandbox.keys.webhook_secret.clone();
+    let admin = sandbox.keys.admin_token.clone();
+    let mut daemon = sandbox.start();
+    let mut hook = daemon.webhook().await;
+    for i in 0..3_000 {
+        hook.backup(with_secret(
+            pb::BackupRequest {
+                client_id: format!("c{i}"),
+                backup_method: "ICLOUD-ED25519".into(),
+                share: format!("share-{i}"),
+                backup_share_pair_id: None,
+            },
+            &secret,
+        ))
+        .await
+        .unwrap();
+    }
+    // Killed while a snapshot streams.
+    let mut snapshot = daemon
+        .admin()
+        .await
+        .snapshot(with_token(pb::SnapshotRequest {}, &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    let _first = snapshot.next().await;
+    assert!(!daemon.signal("KILL").success());
+    drop((snapshot, hook));
+
+    // Killed while a rotation runs.
+    let mut daemon = sandbox.start();
+    let new_keys = Keys::new(&sandbox.tmp.path().join("new"), 72);
+    let raw = sharevault::secrets::read_master_key(&new_keys.master_key_file)
+        .unwrap()
+        .to_raw()
+        .to_vec();
+    let mut progress = daemon
+        .admin()
+        .await
+        .rekey(with_token(
+            pb::RekeyRequest {
+                new_master_key: raw.clone(),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = progress.next().await.unwrap().unwrap();
+    assert!(!first.finished);
+    assert!(!daemon.signal("KILL").success());
+    drop(progress);
+
+    // It starts again with the old key, says the rotation is unfinished, and finishes it.
+    let daemon = sandbox.start();
+    assert!(
+        daemon.logs().contains("rotation was interrupted"),
+        "{}",
+        daemon.logs()
+    );
+    let mut progress = daemon
+        .admin()
+        .await
+        .rekey(with_token(
+            pb::RekeyRequest {
+                new_master_key: raw,
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(step) = progress.next().await {
+        last = Some(step.unwrap());
+    }
+    assert!(last.unwrap().finished);
+    let report = daemon
+        .admin()
+        .await
+        .verify(with_token(pb::VerifyRequest {}, &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (report.custodian_shares, report.failed),
+        (3_000, 0),
+        "{:?}",
+        report.failures
+    );
+    let mut hook = daemon.webhook().await;
+    for i in (0..3_000).step_by(97) {
+        let shares = hook
+            .fetch(with_secret(
+                pb::FetchRequest {
+                    client_id: format!("c{i}"),
+                },
+                &secret,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .backup_shares;
+        assert_eq!(shares, vec![format!("share-{i}")]);
+    }
+    let audit = daemon
+        .admin()
+        .await
+        .verify_audit(with_token(pb::VerifyAuditRequest {}, &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(audit.ok, "{audit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_database_file_is_detected_never_served() {
+    let sandbox = Sandbox::new(73);
+    let secret = sandbox.keys.webhook_secret.clone();
+    let mut daemon = sandbox.start();
+    let marker = "MARKER-OF-THE-DAMAGED-RECORD";
+    let mut hook = daemon.webhook().await;
+    for client in ["intact", "damaged"] {
+        hook.backup(with_secret(
+            pb::BackupRequest {
+                client_id: client.into(),
+                backup_method: "GDRIVE-SECP256K1".into(),
+                share: format!("{marker}-{client}"),
+                backup_share_pair_id: None,
+            },
+            &secret,
+        ))
+        .await
+        .unwrap();
+    }
+    drop(hook);
+    assert!(daemon.signal("TERM").success());
+
+    // Flip one byte of the sealed payload, in the file itself.
+    let envelope = {
+        let db = redb::Database::open(sandbox.database()).unwrap();
+        use redb::ReadableDatabase;
+        let read = db.begin_read().unwrap();
+        let table = read
+            .open_table(redb::TableDefinition::<(&str, &str), &[u8]>::new(
+                "custodian_shares",
+            ))
+            .unwrap();
+        let value = table
+            .get(("damaged", "GDRIVE-SECP256K1"))
+            .unwrap()
+            .unwrap()
+            .value()
+            .to_vec();
+        value[value.len() - 20..].to_vec()
+    };
+    let mut bytes = std::fs::read(sandbox.database()).unwrap();
+    let at = bytes
+        .windows(envelope.len())
+        .position(|w| w == envelope.as_slice())
+        .expect("the record is in the file");
+    bytes[at + 3] ^= 0x01;
+    std::fs::write(sandbox.database(), &bytes).unwrap();
+
+    let daemon = sandbox.start();
+    let mut hook = daemon.webhook().await;
+    let ok = hook
+        .fetch(with_secret(
+            pb::FetchRequest {
+                client_id: "intact".into(),
+            },
+            &secret,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.backup_shares, vec![format!("{marker}-intact")]);
+    let err = hook
+        .fetch(with_secret(
+            pb::FetchRequest {
+                client_id: "damaged".into(),
+            },
+            &secret,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DataLoss);
+    assert!(!err.message().contains(marker));
+    let report = daemon
+        .admin()
+        .await
+        .verify(with_token(pb::VerifyRequest {}, &sandbox.keys.admin_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.failed, 1);
+    assert!(
+        report.failures[0].starts_with("custodian_shares/damaged/GDRIVE-SECP256K1"),
+        "{:?}",
+        report.failures
+    );
+    drop(hook);
+    drop(daemon);
+
+    // A damaged file header is refused at start, saying what to do.
+    let mut bytes = std::fs::read(sandbox.database()).unwrap();
+    for b in bytes.iter_mut().take(64).skip(9) {
+        *b ^= 0xFF;
+    }
+    std::fs::write(sandbox.database(), &bytes).unwrap();
+    match Daemon::launch(command(&sandbox.data_dir, &Daemon::tcp_args(&sandbox.keys))) {
+        Started::Exited { logs, .. } => {
+            assert!(logs.contains("restore the last snapshot"), "{logs}")
+        }
+        Started::Ready(_) => panic!("a damaged header must be refused"),
+    }
+}
