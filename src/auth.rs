@@ -202,3 +202,127 @@ mod tests {
         assert_ne!(*a, *b);
     }
 }
+
+/// What a failed authentication is counted against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKey {
+    /// The caller's address.
+    Source(std::net::IpAddr),
+    /// The credential presented (a prefix of its SHA-256), wherever it comes from.
+    Credential([u8; 8]),
+}
+
+impl FailureKey {
+    pub fn credential(presented: &[u8]) -> Self {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&digest(presented)[..8]);
+        FailureKey::Credential(prefix)
+    }
+}
+
+/// Limits failed authentications: once a source address or a credential has failed `limit`
+/// times within `window`, further attempts with it are refused, without being checked, until
+/// the window has passed. Successful callers are never counted.
+pub struct FailureLimiter {
+    limit: u32,
+    window: std::time::Duration,
+    counts: std::sync::Mutex<std::collections::HashMap<FailureKey, (std::time::Instant, u32)>>,
+}
+
+/// The most keys tracked; beyond it expired entries are dropped, then the oldest.
+const MAX_TRACKED: usize = 100_000;
+
+impl FailureLimiter {
+    pub fn new(limit: u32, window: std::time::Duration) -> Self {
+        Self {
+            limit,
+            window,
+            counts: std::sync::Mutex::default(),
+        }
+    }
+
+    /// `Err(seconds to wait)` if any key is over its limit.
+    pub fn check(&self, keys: &[FailureKey]) -> Result<(), u64> {
+        if self.limit == 0 {
+            return Ok(());
+        }
+        let now = std::time::Instant::now();
+        let counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for key in keys {
+            if let Some((since, n)) = counts.get(key)
+                && *n >= self.limit
+                && now.duration_since(*since) < self.window
+            {
+                let left = self.window - now.duration_since(*since);
+                return Err(left.as_secs().max(1));
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a failure against every key.
+    pub fn fail(&self, keys: &[FailureKey]) {
+        if self.limit == 0 {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if counts.len() >= MAX_TRACKED {
+            let window = self.window;
+            counts.retain(|_, (since, _)| now.duration_since(*since) < window);
+            if counts.len() >= MAX_TRACKED
+                && let Some(oldest) = counts
+                    .iter()
+                    .min_by_key(|(_, (since, _))| *since)
+                    .map(|(k, _)| *k)
+            {
+                counts.remove(&oldest);
+            }
+        }
+        for key in keys {
+            let entry = counts.entry(*key).or_insert((now, 0));
+            if now.duration_since(entry.0) >= self.window {
+                *entry = (now, 0);
+            }
+            entry.1 += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod limiter_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn failures_over_the_limit_are_refused_per_key_until_the_window_passes() {
+        let limiter = FailureLimiter::new(3, Duration::from_millis(200));
+        let attacker = FailureKey::Source("203.0.113.9".parse().unwrap());
+        let other = FailureKey::Source("198.51.100.1".parse().unwrap());
+        for _ in 0..3 {
+            assert!(limiter.check(&[attacker]).is_ok());
+            limiter.fail(&[attacker]);
+        }
+        assert_eq!(limiter.check(&[attacker]), Err(1));
+        assert!(
+            limiter.check(&[other]).is_ok(),
+            "other sources are unaffected"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(limiter.check(&[attacker]).is_ok());
+        let token = FailureKey::credential(b"svt_guess");
+        assert_eq!(token, FailureKey::credential(b"svt_guess"));
+        assert_ne!(token, FailureKey::credential(b"svt_other"));
+        assert!(
+            FailureLimiter::new(0, Duration::from_secs(1))
+                .check(&[attacker])
+                .is_ok()
+        );
+    }
+}

@@ -131,6 +131,24 @@ pub struct ServeArgs {
     /// Largest accepted client cipherText, in bytes [default: 65536].
     #[arg(long, env = "SHAREVAULT_MAX_CIPHER_TEXT_BYTES", value_name = "BYTES")]
     pub max_cipher_text_bytes: Option<usize>,
+    /// Failed authentications allowed per source address, and per credential, within the
+    /// window before further attempts are refused (429 / RESOURCE_EXHAUSTED); 0 disables
+    /// [default: 20].
+    #[arg(long, env = "SHAREVAULT_AUTH_FAILURE_LIMIT", value_name = "N")]
+    pub auth_failure_limit: Option<u32>,
+    /// The window of the failure limit, in seconds [default: 60].
+    #[arg(
+        long,
+        env = "SHAREVAULT_AUTH_FAILURE_WINDOW_SECONDS",
+        value_name = "SECONDS"
+    )]
+    pub auth_failure_window_seconds: Option<u64>,
+    /// Most open connections per listener [default: 1024].
+    #[arg(long, env = "SHAREVAULT_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most requests in flight per listener; more are answered 503 at once [default: 256].
+    #[arg(long, env = "SHAREVAULT_MAX_IN_FLIGHT", value_name = "N")]
+    pub max_in_flight: Option<usize>,
     /// Refuse writes while less than this many bytes are free on the data dir's filesystem
     /// [default: 67108864].
     #[arg(long, env = "SHAREVAULT_MIN_FREE_DISK_BYTES", value_name = "BYTES")]
@@ -173,6 +191,10 @@ struct FileConfig {
     max_cipher_text_bytes: Option<usize>,
     shutdown_grace_seconds: Option<u64>,
     min_free_disk_bytes: Option<u64>,
+    auth_failure_limit: Option<u32>,
+    auth_failure_window_seconds: Option<u64>,
+    max_connections: Option<usize>,
+    max_in_flight: Option<usize>,
     log_format: Option<LogFormat>,
 }
 
@@ -196,7 +218,17 @@ pub struct Config {
     pub limits: Limits,
     pub shutdown_grace: Duration,
     pub min_free_disk_bytes: u64,
+    pub auth_failure_limit: u32,
+    pub auth_failure_window: Duration,
+    pub limits_per_listener: ListenerLimits,
     pub log_format: LogFormat,
+}
+
+/// Limits each listener enforces on its own, so that a flood on one does not starve another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    pub max_connections: usize,
+    pub max_in_flight: usize,
 }
 
 /// A PEM certificate chain and its private key.
@@ -396,6 +428,28 @@ impl Config {
                 .min_free_disk_bytes
                 .or(file.min_free_disk_bytes)
                 .unwrap_or(64 * 1024 * 1024),
+            auth_failure_limit: args
+                .auth_failure_limit
+                .or(file.auth_failure_limit)
+                .unwrap_or(20),
+            auth_failure_window: Duration::from_secs(
+                args.auth_failure_window_seconds
+                    .or(file.auth_failure_window_seconds)
+                    .unwrap_or(60)
+                    .max(1),
+            ),
+            limits_per_listener: ListenerLimits {
+                max_connections: args
+                    .max_connections
+                    .or(file.max_connections)
+                    .unwrap_or(1024)
+                    .max(1),
+                max_in_flight: args
+                    .max_in_flight
+                    .or(file.max_in_flight)
+                    .unwrap_or(256)
+                    .max(1),
+            },
             log_format: args
                 .log_format
                 .or(file.log_format)

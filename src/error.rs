@@ -69,6 +69,8 @@ pub enum VaultError {
     Unauthenticated(&'static str),
     #[error("{0}")]
     PermissionDenied(&'static str),
+    #[error("too many failed authentications; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     #[error("sharevault is starting or stopping; try again")]
     NotReady,
     #[error("storage is unavailable; nothing was changed")]
@@ -96,6 +98,7 @@ impl VaultError {
             VaultError::AlreadyExists(_) => Code::AlreadyExists,
             VaultError::Unauthenticated(_) => Code::Unauthenticated,
             VaultError::PermissionDenied(_) => Code::PermissionDenied,
+            VaultError::RateLimited { .. } => Code::ResourceExhausted,
             VaultError::NotReady | VaultError::Unavailable => Code::Unavailable,
             VaultError::Corrupt => Code::DataLoss,
             VaultError::Internal => Code::Internal,
@@ -111,6 +114,7 @@ impl VaultError {
             VaultError::AlreadyExists(_) => "already_exists",
             VaultError::Unauthenticated(_) => "unauthenticated",
             VaultError::PermissionDenied(_) => "permission_denied",
+            VaultError::RateLimited { .. } => "rate_limited",
             VaultError::NotReady => "not_ready",
             VaultError::Unavailable => "unavailable",
             VaultError::Corrupt => "data_loss",
@@ -121,6 +125,12 @@ impl VaultError {
 
 impl From<VaultError> for Status {
     fn from(err: VaultError) -> Self {
-        Status::new(err.code(), err.to_string())
+        let mut status = Status::new(err.code(), err.to_string());
+        if let VaultError::RateLimited { retry_after_secs } = err
+            && let Ok(value) = retry_after_secs.to_string().parse()
+        {
+            status.metadata_mut().insert("retry-after", value);
+        }
+        status
     }
 }

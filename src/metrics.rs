@@ -74,6 +74,8 @@ pub struct Metrics {
     pub batches: AtomicU64,
     /// Write transactions that failed (each failed every operation in it).
     pub failed_batches: AtomicU64,
+    /// Requests refused because a listener had its most requests in flight.
+    pub overloaded: AtomicU64,
 }
 
 fn get_or_insert<K: Ord + Copy, V: Default>(map: &RwLock<BTreeMap<K, Arc<V>>>, key: K) -> Arc<V> {
@@ -112,6 +114,10 @@ impl Metrics {
     ) {
         get_or_insert(&self.calls, (service, method, outcome)).fetch_add(1, Ordering::Relaxed);
         get_or_insert(&self.latency, (service, method)).observe(elapsed);
+    }
+
+    pub fn overloaded(&self) {
+        self.overloaded.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a committed batch of `ops` operations.

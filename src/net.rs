@@ -2,6 +2,7 @@
 //! HTTP/2 (gRPC is HTTP/2) on one port, and graceful shutdown.
 
 use crate::config::ListenAddr;
+use axum::response::IntoResponse;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -15,6 +16,9 @@ use tokio_rustls::TlsAcceptor;
 
 /// How long a client gets to send its request headers, and to finish a TLS handshake.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most header bytes a request may carry; more is answered 431 (HTTP/1.1) or refused.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// A bound listener.
 pub enum Listener {
@@ -106,11 +110,14 @@ fn builder() -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_concurrent_streams(256);
     builder
 }
 
@@ -122,11 +129,13 @@ fn spawn_connection<IO>(
     tls: Option<TlsAcceptor>,
     builder: auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let watcher = graceful.watcher();
     tokio::spawn(async move {
+        let _permit = permit;
         let service =
             tower::ServiceExt::map_request(app, move |mut req: axum::http::Request<_>| {
                 req.extensions_mut().insert(peer);
@@ -169,18 +178,33 @@ pub async fn serve(
     app: App,
     tls: Option<TlsAcceptor>,
     local_admin: bool,
+    limits: crate::config::ListenerLimits,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
     let builder = builder();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight));
+    let app = app.layer(axum::middleware::from_fn(move |req, next| {
+        limit_in_flight(Arc::clone(&in_flight), req, next)
+    }));
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
+        // At the connection limit, stop accepting until a connection closes: new clients wait
+        // in the kernel's backlog rather than taking memory here.
+        let permit = tokio::select! {
+            () = stopped(&mut stop) => break,
+            permit = Arc::clone(&connections).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
         tokio::select! {
             () = stopped(&mut stop) => break,
             accepted = accept(&listener) => match accepted {
                 Ok(Accepted::Tcp(stream, addr)) => {
                     let _ = stream.set_nodelay(true);
                     let peer = Peer(Some(canonical(addr)));
-                    spawn_connection(stream, peer, false, app.clone(), tls.clone(), builder.clone(), &graceful);
+                    spawn_connection(stream, peer, false, app.clone(), tls.clone(), builder.clone(), &graceful, permit);
                 }
                 Ok(Accepted::Unix(stream)) => {
                     if local_admin && !local_admin_allowed(&stream) {
@@ -190,7 +214,7 @@ pub async fn serve(
                         );
                         continue;
                     }
-                    spawn_connection(stream, Peer(None), local_admin, app.clone(), tls.clone(), builder.clone(), &graceful);
+                    spawn_connection(stream, Peer(None), local_admin, app.clone(), tls.clone(), builder.clone(), &graceful, permit);
                 }
                 Err(err) => {
                     // Typically EMFILE: back off instead of spinning.
@@ -205,6 +229,26 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Answers 503 at once when the listener already has its most requests in flight.
+async fn limit_in_flight(
+    slots: Arc<tokio::sync::Semaphore>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match slots.try_acquire_owned() {
+        Ok(_slot) => next.run(request).await,
+        Err(_) => {
+            crate::metrics::global().overloaded();
+            crate::http::HttpError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many requests in flight; try again",
+            )
+            .into_response()
+        }
+    }
 }
 
 async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {

@@ -43,6 +43,9 @@ pub struct Settings {
     pub limits: Limits,
     pub shutdown_grace: Duration,
     pub min_free_disk_bytes: u64,
+    pub auth_failure_limit: u32,
+    pub auth_failure_window: Duration,
+    pub listener_limits: crate::config::ListenerLimits,
     pub webhook: WebhookConfig,
     pub request_timeout: Duration,
     pub max_request_bytes: usize,
@@ -162,6 +165,7 @@ pub async fn run(
             private.clone(),
             None,
             true,
+            settings.listener_limits,
             stop_rx.clone(),
         ));
     }
@@ -170,6 +174,7 @@ pub async fn run(
         private,
         listeners.grpc_tls,
         false,
+        settings.listener_limits,
         stop_rx.clone(),
     ));
     if let Some(http) = listeners.http {
@@ -180,7 +185,14 @@ pub async fn run(
             settings.max_request_bytes,
             settings.request_timeout,
         );
-        servers.spawn(net::serve(http, public, listeners.http_tls, false, stop_rx));
+        servers.spawn(net::serve(
+            http,
+            public,
+            listeners.http_tls,
+            false,
+            settings.listener_limits,
+            stop_rx,
+        ));
     }
 
     let path = settings.data_dir.join(DATABASE_FILE);
@@ -199,6 +211,10 @@ pub async fn run(
                 Credentials {
                     webhook: settings.secrets.webhook,
                     admin_token: settings.secrets.admin_token,
+                    failures: crate::auth::FailureLimiter::new(
+                        settings.auth_failure_limit,
+                        settings.auth_failure_window,
+                    ),
                 },
             )
             .await

@@ -17,6 +17,7 @@ use crate::store::{
 };
 use crate::validate::{self, Limits, UNKNOWN_METHOD, split_curve};
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
@@ -60,6 +61,8 @@ pub struct Credentials {
     pub webhook: WebhookSecrets,
     /// SHA-256 of the admin token.
     pub admin_token: [u8; 32],
+    /// Failed authentications, per source address and per credential.
+    pub failures: auth::FailureLimiter,
 }
 
 /// A custodian share as the webhook delivers it.
@@ -323,26 +326,70 @@ impl Vault {
 
     // ---- credentials ----
 
-    /// Checks the webhook secret.
-    pub fn verify_webhook_secret(&self, presented: Option<&[u8]>) -> Result<(), VaultError> {
+    /// Refuses a caller whose address or credential failed too often.
+    fn not_limited(&self, keys: &[auth::FailureKey]) -> Result<(), VaultError> {
+        self.credentials
+            .failures
+            .check(keys)
+            .map_err(|retry_after_secs| VaultError::RateLimited { retry_after_secs })
+    }
+
+    fn failed(&self, keys: &[auth::FailureKey], err: VaultError) -> VaultError {
+        self.credentials.failures.fail(keys);
+        err
+    }
+
+    /// Checks the webhook secret presented by `source`.
+    pub fn verify_webhook_secret(
+        &self,
+        presented: Option<&[u8]>,
+        source: Option<IpAddr>,
+    ) -> Result<(), VaultError> {
+        let keys: Vec<_> = source
+            .map(auth::FailureKey::Source)
+            .into_iter()
+            .chain(presented.map(auth::FailureKey::credential))
+            .collect();
+        self.not_limited(&keys)?;
         match presented {
-            None => Err(VaultError::Unauthenticated("the webhook secret is missing")),
+            None => Err(self.failed(
+                &keys,
+                VaultError::Unauthenticated("the webhook secret is missing"),
+            )),
             Some(secret) if self.credentials.webhook.verify(secret) => Ok(()),
-            Some(_) => Err(VaultError::Unauthenticated("the webhook secret is wrong")),
+            Some(_) => Err(self.failed(
+                &keys,
+                VaultError::Unauthenticated("the webhook secret is wrong"),
+            )),
         }
     }
 
-    /// Authenticates an `authorization` header value and checks that its role allows `needed`.
+    /// Authenticates an `authorization` header value presented by `source` and checks that
+    /// its role allows `needed`.
     pub fn authorize(
         &self,
         authorization: Option<&str>,
         needed: Role,
+        source: Option<IpAddr>,
     ) -> Result<Principal, VaultError> {
-        let header =
-            authorization.ok_or(VaultError::Unauthenticated("a bearer token is required"))?;
-        let token = auth::bearer(header).ok_or(VaultError::Unauthenticated(
-            "the authorization header must be `Bearer <token>`",
-        ))?;
+        let keys: Vec<_> = source
+            .map(auth::FailureKey::Source)
+            .into_iter()
+            .chain(authorization.map(|a| auth::FailureKey::credential(a.as_bytes())))
+            .collect();
+        self.not_limited(&keys)?;
+        let Some(header) = authorization else {
+            return Err(self.failed(
+                &keys,
+                VaultError::Unauthenticated("a bearer token is required"),
+            ));
+        };
+        let Some(token) = auth::bearer(header) else {
+            return Err(self.failed(
+                &keys,
+                VaultError::Unauthenticated("the authorization header must be `Bearer <token>`"),
+            ));
+        };
         let hash = auth::digest(token.as_bytes());
         let principal = if auth::digests_equal(&hash, &self.credentials.admin_token) {
             Principal {
@@ -350,13 +397,16 @@ impl Vault {
                 role: Role::Admin,
             }
         } else {
-            let record = self
-                .store
-                .token_by_hash(&hash)?
-                .ok_or(VaultError::Unauthenticated("the token is not valid"))?;
-            Principal {
-                name: record.name,
-                role: record.role,
+            match self.store.token_by_hash(&hash)? {
+                Some(record) => Principal {
+                    name: record.name,
+                    role: record.role,
+                },
+                None => {
+                    return Err(
+                        self.failed(&keys, VaultError::Unauthenticated("the token is not valid"))
+                    );
+                }
             }
         };
         if principal.role.allows(needed) {

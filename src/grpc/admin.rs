@@ -34,7 +34,7 @@ impl AdminApi {
                 },
             ));
         }
-        let who = vault.authorize(authorization, Role::Admin)?;
+        let who = vault.authorize(authorization, Role::Admin, super::source(request))?;
         Ok((vault, who))
     }
 }

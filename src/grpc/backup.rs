@@ -22,7 +22,11 @@ impl BackupApi {
         role: Role,
     ) -> Result<(&Arc<Vault>, Principal), VaultError> {
         let vault = self.ready.get()?;
-        let who = vault.authorize(metadata(request, "authorization"), role)?;
+        let who = vault.authorize(
+            metadata(request, "authorization"),
+            role,
+            super::source(request),
+        )?;
         Ok((vault, who))
     }
 }

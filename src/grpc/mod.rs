@@ -31,6 +31,14 @@ pub(crate) fn reply<T>(call: Call, result: Result<T, VaultError>) -> Result<Resp
     result.map(Response::new).map_err(Status::from)
 }
 
+/// The caller's address, as the listener saw it.
+pub(crate) fn source<T>(request: &Request<T>) -> Option<std::net::IpAddr> {
+    request
+        .extensions()
+        .get::<crate::net::Peer>()
+        .and_then(|p| p.0)
+}
+
 /// The value of a metadata entry, if present and printable.
 pub(crate) fn metadata<'a, T>(request: &'a Request<T>, name: &str) -> Option<&'a str> {
     request.metadata().get(name).and_then(|v| v.to_str().ok())

@@ -25,7 +25,10 @@ impl WebhookService for WebhookApi {
             .backup_method(&req.backup_method);
         let result = async {
             let vault = self.ready.get()?;
-            vault.verify_webhook_secret(metadata(&request, SECRET_METADATA).map(str::as_bytes))?;
+            vault.verify_webhook_secret(
+                metadata(&request, SECRET_METADATA).map(str::as_bytes),
+                super::source(&request),
+            )?;
             let pair = vault
                 .backup(
                     BackupInput {
@@ -54,7 +57,10 @@ impl WebhookService for WebhookApi {
         call.client(&req.client_id);
         let result = async {
             let vault = self.ready.get()?;
-            vault.verify_webhook_secret(metadata(&request, SECRET_METADATA).map(str::as_bytes))?;
+            vault.verify_webhook_secret(
+                metadata(&request, SECRET_METADATA).map(str::as_bytes),
+                super::source(&request),
+            )?;
             let shares = vault.fetch(&req.client_id, "webhook").await?;
             Ok(FetchResponse {
                 backup_shares: shares.iter().map(|s| s.share.as_str().to_owned()).collect(),

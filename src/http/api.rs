@@ -2,7 +2,9 @@
 //! (`Authorization: Bearer <token>`, the same roles as the BackupService).
 
 use super::webhook::finish;
-use super::{HttpError, json, method_not_allowed, not_found, read_object, required, rfc3339};
+use super::{
+    HttpError, Source, json, method_not_allowed, not_found, read_object, required, rfc3339,
+};
 use crate::auth::{Principal, Role};
 use crate::error::Field;
 use crate::grpc::Ready;
@@ -11,7 +13,7 @@ use crate::pairs::parse_status;
 use crate::vault::Vault;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -31,12 +33,13 @@ impl ApiState {
         &self,
         headers: &HeaderMap,
         role: Role,
+        from: Option<std::net::IpAddr>,
     ) -> Result<(&Arc<Vault>, Principal), HttpError> {
         let vault = self.ready.get()?;
         let authorization = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let who = vault.authorize(authorization, role)?;
+        let who = vault.authorize(authorization, role, from)?;
         Ok((vault, who))
     }
 }
@@ -77,19 +80,23 @@ pub fn router(ready: Ready, max_body: usize, timeout: Duration) -> Router {
         .layer(middleware::from_fn(move |req, next| {
             super::with_timeout(timeout, req, next)
         }))
+        .layer(middleware::from_fn(|req, next| {
+            super::attribute_source(Arc::default(), req, next)
+        }))
         .with_state(ApiState { ready, max_body })
 }
 
 async fn put_client_share(
     State(state): State<ApiState>,
     Path((client_id, backup_method)): Path<(String, String)>,
+    Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let mut call = Call::new("ApiHttp", "StoreClientBackupShare");
     call.client(&client_id).backup_method(&backup_method);
     let result = async {
-        let (vault, who) = state.authorize(&headers, Role::Backend)?;
+        let (vault, who) = state.authorize(&headers, Role::Backend, from)?;
         let object = read_object(&headers, body, state.max_body).await?;
         let cipher_text = required(&object, Field::CipherText)?;
         let completed = vault
@@ -111,12 +118,13 @@ async fn put_client_share(
 async fn get_client_share(
     State(state): State<ApiState>,
     Path((client_id, backup_method)): Path<(String, String)>,
+    Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
 ) -> Response {
     let mut call = Call::new("ApiHttp", "GetClientBackupShare");
     call.client(&client_id).backup_method(&backup_method);
     let result = async {
-        let (vault, who) = state.authorize(&headers, Role::Backend)?;
+        let (vault, who) = state.authorize(&headers, Role::Backend, from)?;
         let share = vault
             .client_share(&client_id, &backup_method, &who.name)
             .await?;
@@ -136,12 +144,13 @@ async fn get_client_share(
 async fn delete_client_share(
     State(state): State<ApiState>,
     Path((client_id, backup_method)): Path<(String, String)>,
+    Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
 ) -> Response {
     let mut call = Call::new("ApiHttp", "DeleteClientBackupShare");
     call.client(&client_id).backup_method(&backup_method);
     let result = async {
-        let (vault, who) = state.authorize(&headers, Role::Backend)?;
+        let (vault, who) = state.authorize(&headers, Role::Backend, from)?;
         if vault
             .delete_client_share(&client_id, &backup_method, &who.name)
             .await?
@@ -162,12 +171,13 @@ async fn delete_client_share(
 async fn list_backups(
     State(state): State<ApiState>,
     Path(client_id): Path<String>,
+    Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
 ) -> Response {
     let mut call = Call::new("ApiHttp", "ListBackups");
     call.client(&client_id);
     let result = async {
-        let (vault, _) = state.authorize(&headers, Role::Backend)?;
+        let (vault, _) = state.authorize(&headers, Role::Backend, from)?;
         let methods: Vec<Value> = vault
             .list_backups(&client_id)?
             .into_iter()
@@ -200,12 +210,13 @@ async fn list_backups(
 async fn get_custodian_share(
     State(state): State<ApiState>,
     Path((client_id, backup_method)): Path<(String, String)>,
+    Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
 ) -> Response {
     let mut call = Call::new("ApiHttp", "GetCustodianBackupShare");
     call.client(&client_id).backup_method(&backup_method);
     let result = async {
-        let (vault, who) = state.authorize(&headers, Role::Eject)?;
+        let (vault, who) = state.authorize(&headers, Role::Eject, from)?;
         let share = vault
             .custodian_share(&client_id, &backup_method, &who.name)
             .await?;
@@ -218,12 +229,13 @@ async fn get_custodian_share(
 async fn list_pairs(
     State(state): State<ApiState>,
     Path(client_id): Path<String>,
+    Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
 ) -> Response {
     let mut call = Call::new("ApiHttp", "ListBackupSharePairs");
     call.client(&client_id);
     let result = async {
-        let (vault, _) = state.authorize(&headers, Role::Backend)?;
+        let (vault, _) = state.authorize(&headers, Role::Backend, from)?;
         let pairs: Vec<Value> = vault
             .list_pairs(&client_id)?
             .into_iter()
@@ -249,13 +261,14 @@ async fn list_pairs(
 async fn update_pairs(
     State(state): State<ApiState>,
     Path(client_id): Path<String>,
+    Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let mut call = Call::new("ApiHttp", "UpdateBackupSharePairs");
     call.client(&client_id);
     let result = async {
-        let (vault, who) = state.authorize(&headers, Role::Backend)?;
+        let (vault, who) = state.authorize(&headers, Role::Backend, from)?;
         let object = read_object(&headers, body, state.max_body).await?;
         let ids = match object.get(Field::BackupSharePairIds.json_name()) {
             Some(Value::Array(items)) => items
@@ -287,12 +300,13 @@ async fn update_pairs(
 async fn delete_client(
     State(state): State<ApiState>,
     Path(client_id): Path<String>,
+    Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
 ) -> Response {
     let mut call = Call::new("ApiHttp", "DeleteClient");
     call.client(&client_id);
     let result = async {
-        let (vault, who) = state.authorize(&headers, Role::Backend)?;
+        let (vault, who) = state.authorize(&headers, Role::Backend, from)?;
         let (custodian, client, pairs) = vault.delete_client(&client_id, &who.name).await?;
         Ok(json(
             StatusCode::OK,

@@ -22,6 +22,8 @@ pub struct HttpError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl HttpError {
@@ -30,6 +32,7 @@ impl HttpError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -48,6 +51,7 @@ impl From<VaultError> for HttpError {
             }
             VaultError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             VaultError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            VaultError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             VaultError::NotReady | VaultError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             VaultError::Corrupt | VaultError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -57,14 +61,24 @@ impl From<VaultError> for HttpError {
             }
             other => other.to_string(),
         };
-        Self::new(status, err.outcome(), message)
+        let mut out = Self::new(status, err.outcome(), message);
+        if let VaultError::RateLimited { retry_after_secs } = err {
+            out.retry_after = Some(retry_after_secs);
+        }
+        out
     }
 }
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
@@ -85,6 +99,26 @@ pub async fn method_not_allowed() -> HttpError {
         "method_not_allowed",
         "this route does not accept that method",
     )
+}
+
+/// The address a request is attributed to (the peer, or behind a trusted proxy the
+/// forwarding header's client); inserted by [`attribute_source`].
+#[derive(Debug, Clone, Copy)]
+pub struct Source(pub Option<std::net::IpAddr>);
+
+/// Attributes each request to its source, believing `X-Forwarded-For` only from `proxies`.
+pub async fn attribute_source(
+    proxies: std::sync::Arc<Vec<ipnet::IpNet>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = request
+        .extensions()
+        .get::<crate::net::Peer>()
+        .and_then(|p| p.0);
+    let source = webhook::source(peer, request.headers(), &proxies);
+    request.extensions_mut().insert(Source(source));
+    next.run(request).await
 }
 
 /// Answers 503 when a request takes longer than `limit`.

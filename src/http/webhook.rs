@@ -1,7 +1,7 @@
 //! Portal's webhook, as Portal calls it: `POST {prefix}/backup` and `POST {prefix}/backup/fetch`
 //! with `X-Webhook-Secret`, plus `GET /healthz`. Nothing else is served on this listener.
 
-use super::{HttpError, json, method_not_allowed, not_found, read_object, required, text};
+use super::{HttpError, Source, json, method_not_allowed, not_found, read_object, required, text};
 use crate::config::WebhookConfig;
 use crate::error::Field;
 use crate::grpc::Ready;
@@ -10,7 +10,7 @@ use crate::observe::Call;
 use crate::vault::BackupInput;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -34,6 +34,7 @@ struct WebhookState {
 /// The public listener's routes.
 pub fn router(ready: Ready, config: WebhookConfig, max_body: usize, timeout: Duration) -> Router {
     let prefix = config.path_prefix.clone();
+    let proxies = Arc::new(config.trusted_proxies.clone());
     let state = WebhookState {
         ready,
         config: Arc::new(config),
@@ -54,12 +55,19 @@ pub fn router(ready: Ready, config: WebhookConfig, max_body: usize, timeout: Dur
         .layer(middleware::from_fn(move |req, next| {
             super::with_timeout(timeout, req, next)
         }))
+        .layer(middleware::from_fn(move |req, next| {
+            super::attribute_source(Arc::clone(&proxies), req, next)
+        }))
         .with_state(state)
 }
 
 /// The address a request is attributed to: the peer, or, when the peer is a trusted proxy,
 /// the last address in `X-Forwarded-For` that is not itself a trusted proxy.
-fn source(peer: Option<IpAddr>, headers: &HeaderMap, proxies: &[IpNet]) -> Option<IpAddr> {
+pub(super) fn source(
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+    proxies: &[IpNet],
+) -> Option<IpAddr> {
     let peer = peer?;
     if !proxies.iter().any(|p| p.contains(&peer)) {
         return Some(peer);
@@ -85,7 +93,7 @@ async fn allow_list(State(state): State<WebhookState>, request: Request, next: N
         return next.run(request).await;
     }
     let peer = request.extensions().get::<Peer>().and_then(|p| p.0);
-    let from = source(peer, request.headers(), &state.config.trusted_proxies);
+    let from = request.extensions().get::<Source>().and_then(|s| s.0);
     if from.is_some_and(|ip| allow.iter().any(|net| net.contains(&ip))) {
         next.run(request).await
     } else {
@@ -107,11 +115,16 @@ fn secret(headers: &HeaderMap) -> Option<&[u8]> {
     headers.get(SECRET_HEADER).map(|v| v.as_bytes())
 }
 
-async fn backup(State(state): State<WebhookState>, headers: HeaderMap, body: Body) -> Response {
+async fn backup(
+    State(state): State<WebhookState>,
+    Extension(Source(from)): Extension<Source>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let mut call = Call::new("WebhookHttp", "Backup");
     let result: Result<Response, HttpError> = async {
         let vault = state.ready.get()?;
-        vault.verify_webhook_secret(secret(&headers))?;
+        vault.verify_webhook_secret(secret(&headers), from)?;
         let object = read_object(&headers, body, state.max_body).await?;
         let client_id = required(&object, Field::ClientId)?;
         let backup_method = text(&object, Field::BackupMethod)?.unwrap_or("");
@@ -139,11 +152,16 @@ async fn backup(State(state): State<WebhookState>, headers: HeaderMap, body: Bod
     finish(call, result)
 }
 
-async fn fetch(State(state): State<WebhookState>, headers: HeaderMap, body: Body) -> Response {
+async fn fetch(
+    State(state): State<WebhookState>,
+    Extension(Source(from)): Extension<Source>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let mut call = Call::new("WebhookHttp", "Fetch");
     let result: Result<Response, HttpError> = async {
         let vault = state.ready.get()?;
-        vault.verify_webhook_secret(secret(&headers))?;
+        vault.verify_webhook_secret(secret(&headers), from)?;
         let object = read_object(&headers, body, state.max_body).await?;
         let client_id = required(&object, Field::ClientId)?;
         call.client(client_id);
