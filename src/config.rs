@@ -149,6 +149,9 @@ pub struct ServeArgs {
     /// Most requests in flight per listener; more are answered 503 at once [default: 256].
     #[arg(long, env = "SHAREVAULT_MAX_IN_FLIGHT", value_name = "N")]
     pub max_in_flight: Option<usize>,
+    /// Memory for the database's page cache, in bytes [default: 67108864].
+    #[arg(long, env = "SHAREVAULT_CACHE_BYTES", value_name = "BYTES")]
+    pub cache_bytes: Option<usize>,
     /// Refuse writes while less than this many bytes are free on the data dir's filesystem
     /// [default: 67108864].
     #[arg(long, env = "SHAREVAULT_MIN_FREE_DISK_BYTES", value_name = "BYTES")]
@@ -191,6 +194,7 @@ struct FileConfig {
     max_cipher_text_bytes: Option<usize>,
     shutdown_grace_seconds: Option<u64>,
     min_free_disk_bytes: Option<u64>,
+    cache_bytes: Option<usize>,
     auth_failure_limit: Option<u32>,
     auth_failure_window_seconds: Option<u64>,
     max_connections: Option<usize>,
@@ -218,6 +222,7 @@ pub struct Config {
     pub limits: Limits,
     pub shutdown_grace: Duration,
     pub min_free_disk_bytes: u64,
+    pub cache_bytes: usize,
     pub auth_failure_limit: u32,
     pub auth_failure_window: Duration,
     pub limits_per_listener: ListenerLimits,
@@ -428,6 +433,11 @@ impl Config {
                 .min_free_disk_bytes
                 .or(file.min_free_disk_bytes)
                 .unwrap_or(64 * 1024 * 1024),
+            cache_bytes: args
+                .cache_bytes
+                .or(file.cache_bytes)
+                .unwrap_or(64 * 1024 * 1024)
+                .max(1024 * 1024),
             auth_failure_limit: args
                 .auth_failure_limit
                 .or(file.auth_failure_limit)

@@ -119,6 +119,7 @@ fn settings(config: &Config) -> anyhow::Result<Settings> {
         limits: config.limits,
         shutdown_grace: config.shutdown_grace,
         min_free_disk_bytes: config.min_free_disk_bytes,
+        cache_bytes: config.cache_bytes,
         auth_failure_limit: config.auth_failure_limit,
         auth_failure_window: config.auth_failure_window,
         listener_limits: config.limits_per_listener,

@@ -182,6 +182,11 @@ impl Metrics {
                 "Write transactions that failed.",
                 self.failed_batches.load(Ordering::Relaxed),
             ),
+            (
+                "sharevault_overloaded_total",
+                "Requests refused at a listener's in-flight limit.",
+                self.overloaded.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(

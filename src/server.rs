@@ -43,6 +43,7 @@ pub struct Settings {
     pub limits: Limits,
     pub shutdown_grace: Duration,
     pub min_free_disk_bytes: u64,
+    pub cache_bytes: usize,
     pub auth_failure_limit: u32,
     pub auth_failure_window: Duration,
     pub listener_limits: crate::config::ListenerLimits,
@@ -196,8 +197,8 @@ pub async fn run(
     }
 
     let path = settings.data_dir.join(DATABASE_FILE);
-    let min_free = settings.min_free_disk_bytes;
-    let store = tokio::task::spawn_blocking(move || RedbStore::open(&path, min_free))
+    let (min_free, cache) = (settings.min_free_disk_bytes, settings.cache_bytes);
+    let store = tokio::task::spawn_blocking(move || RedbStore::open(&path, min_free, cache))
         .await
         .map_err(|e| ServeError::Task(e.to_string()))?
         .map_err(crate::vault::OpenError::Store);

@@ -177,11 +177,16 @@ pub struct RedbStore {
 
 impl RedbStore {
     /// Opens (or creates) the database file and starts the writer thread. Writes are refused
-    /// while less than `min_free_bytes` is free on the file's filesystem.
-    pub fn open(path: &Path, min_free_bytes: u64) -> Result<Self, StoreError> {
+    /// while less than `min_free_bytes` is free on the file's filesystem; redb's page cache
+    /// takes at most `cache_bytes`.
+    pub fn open(path: &Path, min_free_bytes: u64, cache_bytes: usize) -> Result<Self, StoreError> {
         let file = path.to_path_buf();
         let store = Self::open_with(
-            Box::new(move || Database::builder().create(&file)),
+            Box::new(move || {
+                Database::builder()
+                    .set_cache_size(cache_bytes)
+                    .create(&file)
+            }),
             Some(path),
             min_free_bytes,
         )?;
@@ -1158,13 +1163,13 @@ mod tests {
     async fn writes_are_refused_below_the_free_space_reserve_and_reads_go_on() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("reserve.redb");
-        let store = RedbStore::open(&path, 0).unwrap();
+        let store = RedbStore::open(&path, 0, 1 << 20).unwrap();
         let (op, audit) = put("kept", b"K");
         store.write(op, audit).await.unwrap();
         store.close();
         drop(store);
 
-        let store = RedbStore::open(&path, u64::MAX).unwrap();
+        let store = RedbStore::open(&path, u64::MAX, 1 << 20).unwrap();
         let (op, audit) = put("refused", b"R");
         let err = store.write(op, audit).await.unwrap_err();
         assert!(err.to_string().contains("below the reserve"), "{err}");

@@ -37,6 +37,8 @@ impl Reply {
 pub struct Http {
     pub addr: String,
     tls: Option<tokio_rustls::TlsConnector>,
+    /// A loopback address to connect from (any of 127.0.0.0/8).
+    source: Option<std::net::IpAddr>,
 }
 
 /// A test certificate for `localhost` and `127.0.0.1`, and its PEM files.
@@ -81,6 +83,7 @@ impl Http {
         Self {
             addr: addr.trim_start_matches("http://").to_owned(),
             tls: None,
+            source: None,
         }
     }
 
@@ -88,7 +91,25 @@ impl Http {
         Self {
             addr: addr.trim_start_matches("http://").to_owned(),
             tls: Some(cert.connector(&[b"http/1.1"])),
+            source: None,
         }
+    }
+
+    /// Connects from `source` (a loopback address other than 127.0.0.1, say).
+    pub fn from_source(addr: &str, source: &str) -> Self {
+        Self {
+            source: Some(source.parse().unwrap()),
+            ..Self::plain(addr)
+        }
+    }
+
+    async fn connect(&self) -> tokio::net::TcpStream {
+        let Some(source) = self.source else {
+            return tokio::net::TcpStream::connect(&self.addr).await.unwrap();
+        };
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((source, 0).into()).unwrap();
+        socket.connect(self.addr.parse().unwrap()).await.unwrap()
     }
 
     pub async fn send(
@@ -98,7 +119,7 @@ impl Http {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Reply {
-        let stream = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
+        let stream = self.connect().await;
         match &self.tls {
             None => self.exchange(stream, method, path, headers, body).await,
             Some(connector) => {

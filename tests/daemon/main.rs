@@ -7,6 +7,7 @@ mod bench;
 mod cli;
 mod durability;
 mod faults;
+mod floods;
 mod flow;
 mod harness;
 mod http_api;

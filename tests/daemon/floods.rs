@@ -1,0 +1,311 @@
+//! Floods and slow clients: failed-authentication limits, per-listener limits, slow-loris
+//! connections and memory under a flood of maximum-size requests.
+
+use crate::harness::{Sandbox, with_secret, with_token};
+use crate::http_client::Http;
+use serde_json::json;
+use sharevault::pb;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_are_limited_per_source_and_per_credential() {
+    let sandbox = Sandbox::new(80);
+    let daemon = sandbox.start_with(&[
+        "--auth-failure-limit",
+        "5",
+        "--auth-failure-window-seconds",
+        "30",
+    ]);
+    let hook = daemon.webhook_addr.clone().unwrap();
+    let secret = sandbox.keys.webhook_secret.as_str();
+    let body = json!({"clientId": "limited", "share": "s"});
+    let attacker = Http::from_source(&hook, "127.0.0.2");
+
+    for i in 0..5 {
+        let reply = attacker
+            .post_json(
+                "/backup",
+                &[("x-webhook-secret", &format!("guess-number-{i}-0123456789"))],
+                &body,
+            )
+            .await;
+        assert_eq!(reply.status, 401);
+    }
+    let limited = attacker
+        .post_json(
+            "/backup",
+            &[("x-webhook-secret", "guess-number-6-0123456789")],
+            &body,
+        )
+        .await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.json()["error"]["code"], "rate_limited");
+    let retry: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&retry), "{retry}");
+    // While limited, even the right secret is not checked from that source.
+    let right = attacker
+        .post_json("/backup", &[("x-webhook-secret", secret)], &body)
+        .await;
+    assert_eq!(right.status, 429);
+
+    // Successful traffic from elsewhere is unaffected.
+    let portal = Http::from_source(&hook, "127.0.0.3");
+    for _ in 0..20 {
+        let ok = portal
+            .post_json("/backup", &[("x-webhook-secret", secret)], &body)
+            .await;
+        assert_eq!(ok.status, 200);
+    }
+
+    // A guessed credential is limited wherever it comes from: the JSON API and gRPC too.
+    let api = |source: &str| Http::from_source(&daemon.endpoint, source);
+    for n in 4..9 {
+        let reply = api(&format!("127.0.1.{n}"))
+            .send(
+                "GET",
+                "/v1/clients/c/backups",
+                &[("authorization", "Bearer svt_stolen-and-replayed")],
+                None,
+            )
+            .await;
+        assert_eq!(reply.status, 401);
+    }
+    let replayed = api("127.0.1.99")
+        .send(
+            "GET",
+            "/v1/clients/c/backups",
+            &[("authorization", "Bearer svt_stolen-and-replayed")],
+            None,
+        )
+        .await;
+    assert_eq!(replayed.status, 429);
+    let mut grpc = daemon.backup().await;
+    let err = grpc
+        .list_backups(with_token(
+            pb::ListBackupsRequest {
+                client_id: "c".into(),
+            },
+            "svt_stolen-and-replayed",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert!(err.metadata().get("retry-after").is_some());
+    // The admin token still works (127.0.0.1 never failed).
+    daemon
+        .admin()
+        .await
+        .get_status(with_token(
+            pb::GetStatusRequest {},
+            &sandbox.keys.admin_token,
+        ))
+        .await
+        .unwrap();
+}
+
+/// Starts a request whose body never finishes: it holds its connection and its in-flight slot.
+async fn stalled_upload(addr: &str, secret: &str) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /backup HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-webhook-secret: {secret}\r\ncontent-length: 100000\r\n\r\n{{\"clientId\":"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_on_the_public_listener_does_not_starve_the_private_one() {
+    let sandbox = Sandbox::new(81);
+    let daemon = sandbox.start_with(&["--max-in-flight", "4", "--max-connections", "6"]);
+    let hook = daemon.webhook_addr.clone().unwrap();
+    let secret = sandbox.keys.webhook_secret.clone();
+
+    // Four stalled uploads fill the public listener's in-flight slots...
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        stalled.push(stalled_upload(&hook, &secret).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...so a fifth request there is refused at once...
+    let refused = Http::plain(&hook)
+        .post_json(
+            "/backup",
+            &[("x-webhook-secret", &secret)],
+            &json!({"clientId": "c", "share": "s"}),
+        )
+        .await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.json()["error"]["code"], "overloaded");
+    // ...and the connection limit stops accepting beyond six.
+    let mut extra = Vec::new();
+    for _ in 0..3 {
+        extra.push(tokio::net::TcpStream::connect(&hook).await.unwrap());
+    }
+
+    // The private listener keeps serving, over gRPC and JSON.
+    daemon
+        .webhook()
+        .await
+        .backup(with_secret(
+            pb::BackupRequest {
+                client_id: "private".into(),
+                backup_method: "PASSWORD-SECP256K1".into(),
+                share: "still served".into(),
+                backup_share_pair_id: None,
+            },
+            &secret,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        Http::plain(&daemon.endpoint)
+            .send("GET", "/readyz", &[], None)
+            .await
+            .status,
+        200
+    );
+
+    // Once the flood stops, the public listener serves again.
+    drop(stalled);
+    drop(extra);
+    let mut served = false;
+    for _ in 0..50 {
+        let reply = Http::plain(&hook)
+            .post_json(
+                "/backup/fetch",
+                &[("x-webhook-secret", &secret)],
+                &json!({"clientId": "private"}),
+            )
+            .await;
+        if reply.status == 200 {
+            assert_eq!(reply.json()["backupShares"], json!(["still served"]));
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served);
+    let metrics = Http::plain(&daemon.endpoint)
+        .send("GET", "/metrics", &[], None)
+        .await;
+    let text = String::from_utf8(metrics.body).unwrap();
+    let overloaded: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sharevault_overloaded_total "))
+        .unwrap_or_else(|| panic!("{}: {text}", metrics.status))
+        .parse()
+        .unwrap();
+    assert!(overloaded >= 1, "refusals are counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_loris_connection_is_dropped_and_others_are_served_meanwhile() {
+    let sandbox = Sandbox::new(82);
+    let daemon = sandbox.start();
+    let hook = daemon.webhook_addr.clone().unwrap();
+    let mut loris = tokio::net::TcpStream::connect(&hook).await.unwrap();
+    loris
+        .write_all(b"POST /backup HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let secret = sandbox.keys.webhook_secret.clone();
+    // Headers trickle in, one byte a second; the daemon's header timeout is 10 s.
+    let trickle = tokio::spawn(async move {
+        let mut closed_after = None;
+        for i in 0..20u32 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if loris.write_all(b"x").await.is_err() {
+                closed_after = Some(i);
+                break;
+            }
+            let mut buf = [0u8; 256];
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(1), loris.read(&mut buf)).await
+                && (n == 0 || buf.starts_with(b"HTTP/1.1 408"))
+            {
+                closed_after = Some(i);
+                break;
+            }
+        }
+        closed_after
+    });
+    for _ in 0..5 {
+        let reply = Http::plain(&hook)
+            .post_json(
+                "/backup",
+                &[("x-webhook-secret", &secret)],
+                &json!({"clientId": "busy", "share": "s"}),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "served while the slow client trickles");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let closed_after = trickle.await.unwrap();
+    assert!(
+        closed_after.is_some(),
+        "the slow-loris connection was dropped"
+    );
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_bounded_under_a_flood_of_maximum_size_requests() {
+    let sandbox = Sandbox::new(83);
+    let daemon = sandbox.start_with(&["--max-in-flight", "64"]);
+    let hook = daemon.webhook_addr.clone().unwrap();
+    let secret = sandbox.keys.webhook_secret.clone();
+    let before = peak_rss_kib(daemon.pid());
+    let share = "S".repeat(64 * 1024);
+    let oversized = "X".repeat(300 * 1024);
+    let mut tasks = Vec::new();
+    for w in 0..32 {
+        let (hook, secret, share, oversized) = (
+            hook.clone(),
+            secret.clone(),
+            share.clone(),
+            oversized.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let http = Http::plain(&hook);
+            let mut statuses = Vec::new();
+            for i in 0..25 {
+                // Alternate a maximum-size share with a body over the limit.
+                let reply = if i % 2 == 0 {
+                    http.post_json("/backup", &[("x-webhook-secret", &secret)], &json!({"clientId": format!("m{w}"), "backupMethod": format!("M{i}"), "share": share})).await
+                } else {
+                    http.send("POST", "/backup", &[("x-webhook-secret", &secret), ("content-type", "application/json")], Some(oversized.as_bytes())).await
+                };
+                statuses.push(reply.status);
+            }
+            statuses
+        }));
+    }
+    let mut counts = std::collections::BTreeMap::new();
+    for task in tasks {
+        for status in task.await.unwrap() {
+            *counts.entry(status).or_insert(0) += 1;
+        }
+    }
+    let after = peak_rss_kib(daemon.pid());
+    eprintln!(
+        "flood of 800 maximum-size requests (statuses {counts:?}): daemon peak RSS {} MiB (before: {} MiB)",
+        after / 1024,
+        before / 1024
+    );
+    assert_eq!(counts.get(&200), Some(&416));
+    assert_eq!(counts.get(&413), Some(&384));
+    assert!(after < 400 * 1024, "peak RSS {} KiB", after);
+}
