@@ -121,52 +121,68 @@ fn builder() -> auto::Builder<TokioExecutor> {
     builder
 }
 
-fn spawn_connection<IO>(
-    io: IO,
-    peer: Peer,
-    local_admin: bool,
+/// What every connection of a listener is served with.
+#[derive(Clone)]
+struct Connections {
     app: App,
     tls: Option<TlsAcceptor>,
     builder: auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let watcher = graceful.watcher();
-    tokio::spawn(async move {
-        let _permit = permit;
-        let service =
-            tower::ServiceExt::map_request(app, move |mut req: axum::http::Request<_>| {
-                req.extensions_mut().insert(peer);
-                if local_admin {
-                    req.extensions_mut().insert(LocalAdmin);
+    local_admin: bool,
+}
+
+impl Connections {
+    fn spawn<IO>(
+        &self,
+        io: IO,
+        peer: Peer,
+        graceful: &GracefulShutdown,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let watcher = graceful.watcher();
+        let Connections {
+            app,
+            tls,
+            builder,
+            local_admin,
+        } = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service =
+                tower::ServiceExt::map_request(app, move |mut req: axum::http::Request<_>| {
+                    req.extensions_mut().insert(peer);
+                    if local_admin {
+                        req.extensions_mut().insert(LocalAdmin);
+                    }
+                    req
+                });
+            let service = TowerToHyperService::new(service);
+            match tls {
+                None => {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                    let _ = watcher.watch(conn.into_owned()).await;
                 }
-                req
-            });
-        let service = TowerToHyperService::new(service);
-        match tls {
-            None => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                let _ = watcher.watch(conn.into_owned()).await;
+                Some(acceptor) => {
+                    let stream =
+                        match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(io)).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(err)) => {
+                                tracing::debug!(error = %err, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!("TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                }
             }
-            Some(acceptor) => {
-                let stream = match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(io)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(err)) => {
-                        tracing::debug!(error = %err, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!("TLS handshake timed out");
-                        return;
-                    }
-                };
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let _ = watcher.watch(conn.into_owned()).await;
-            }
-        }
-    });
+        });
+    }
 }
 
 /// Accepts connections on `listener` and serves `app` on each until `stop` turns true; then
@@ -182,11 +198,15 @@ pub async fn serve(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = builder();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight));
-    let app = app.layer(axum::middleware::from_fn(move |req, next| {
-        limit_in_flight(Arc::clone(&in_flight), req, next)
-    }));
+    let served = Connections {
+        app: app.layer(axum::middleware::from_fn(move |req, next| {
+            limit_in_flight(Arc::clone(&in_flight), req, next)
+        })),
+        tls,
+        builder: builder(),
+        local_admin,
+    };
     let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
         // At the connection limit, stop accepting until a connection closes: new clients wait
@@ -204,7 +224,7 @@ pub async fn serve(
                 Ok(Accepted::Tcp(stream, addr)) => {
                     let _ = stream.set_nodelay(true);
                     let peer = Peer(Some(canonical(addr)));
-                    spawn_connection(stream, peer, false, app.clone(), tls.clone(), builder.clone(), &graceful, permit);
+                    served.spawn(stream, peer, &graceful, permit);
                 }
                 Ok(Accepted::Unix(stream)) => {
                     if local_admin && !local_admin_allowed(&stream) {
@@ -214,7 +234,7 @@ pub async fn serve(
                         );
                         continue;
                     }
-                    spawn_connection(stream, Peer(None), local_admin, app.clone(), tls.clone(), builder.clone(), &graceful, permit);
+                    served.spawn(stream, Peer(None), &graceful, permit);
                 }
                 Err(err) => {
                     // Typically EMFILE: back off instead of spinning.
