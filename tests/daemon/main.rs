@@ -10,6 +10,7 @@ mod faults;
 mod floods;
 mod flow;
 mod harness;
+mod hostile;
 mod http_api;
 mod http_client;
 mod http_webhook;
