@@ -19,11 +19,15 @@ use sharevault::validate;
 
 const CASES: u32 = 128;
 
+/// `cases` per property, unless `PROPTEST_CASES` asks for another number.
 fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        ..ProptestConfig::default()
-    }
+    let default = ProptestConfig::default();
+    let cases = if std::env::var_os("PROPTEST_CASES").is_some() {
+        default.cases
+    } else {
+        cases
+    };
+    ProptestConfig { cases, ..default }
 }
 
 // ---------------------------------------------------------------------------------------------
