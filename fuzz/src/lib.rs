@@ -34,9 +34,14 @@ pub fn webhook_body(data: &[u8]) {
             return;
         }
     };
-    // What parses serialises back to an equal object.
+    // What parses serialises back to an equal object (but for the last digit of a float:
+    // serde_json's float parsing is fast, not exact; the daemon reads strings only).
     let again = serde_json::to_vec(&Value::Object(object.clone())).expect("serialise");
-    assert_eq!(parse_object(&again).expect("reparse"), object);
+    let reparsed = Value::Object(parse_object(&again).expect("reparse"));
+    assert_eq!(
+        without_floats(reparsed),
+        without_floats(Value::Object(object.clone()))
+    );
 
     for field in [
         Field::ClientId,
@@ -79,6 +84,20 @@ pub fn webhook_body(data: &[u8]) {
     ];
     for err in checks.into_iter().flatten().filter_map(Result::err) {
         assert!(!carries_marker(&err.to_string()), "{err}");
+    }
+}
+
+/// `value` with every floating-point number replaced by null.
+pub fn without_floats(value: Value) -> Value {
+    match value {
+        Value::Number(n) if n.is_f64() => Value::Null,
+        Value::Array(items) => Value::Array(items.into_iter().map(without_floats).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, without_floats(v)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 

@@ -45,7 +45,7 @@ enum Expect {
     /// A JSON 400 `invalid_argument` whose message starts with this (the field's name and a
     /// colon, or `body: `).
     Invalid(String),
-    /// This status, whatever the body (an answer that is not an error).
+    /// This status, whatever the body.
     Status(u16),
     /// One of these statuses, or the connection closed without an answer: protocol errors
     /// that hyper handles before the daemon sees a request.
