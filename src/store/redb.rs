@@ -812,16 +812,17 @@ impl<'t> Tables<'t> {
         backup_method: &str,
         record: &SealedRecord,
     ) -> Result<WriteOutcome, StoreError> {
-        let old = self
+        let old_pair = self
             .custodian
             .insert(
                 (client_id, backup_method),
                 codec::encode_record(record).as_slice(),
             )
             .map_err(backend)?
-            .map(|v| codec::decode_record(v.value()))
-            .transpose()?;
-        if let Some(old_pair) = old.and_then(|o| o.pair_id)
+            .map(|v| codec::record_pair_id(v.value()).map(|p| p.map(str::to_owned)))
+            .transpose()?
+            .flatten();
+        if let Some(old_pair) = old_pair
             && Some(&old_pair) != record.pair_id.as_ref()
         {
             self.pairs
