@@ -220,6 +220,9 @@ pub struct Vault {
     credentials: Credentials,
     started: Instant,
     rekeying: tokio::sync::Mutex<()>,
+    /// Audit events of reads become durable up to 100 ms after the read is answered, instead
+    /// of before.
+    deferred_read_audit: bool,
 }
 
 impl Vault {
@@ -294,7 +297,16 @@ impl Vault {
             credentials,
             started: Instant::now(),
             rekeying: tokio::sync::Mutex::new(()),
+            deferred_read_audit: false,
         })
+    }
+
+    /// With `deferred`, the audit event of a read is committed (and visible) before the read
+    /// is answered, but made durable within 100 ms by a later commit rather than before the
+    /// answer: reads then need no fsync of their own.
+    pub fn with_deferred_read_audit(mut self, deferred: bool) -> Self {
+        self.deferred_read_audit = deferred;
+        self
     }
 
     fn primary(&self) -> Arc<MasterKey> {
@@ -513,7 +525,14 @@ impl Vault {
             Ok(_) => "ok".to_owned(),
             Err(err) => err.outcome().to_owned(),
         });
-        self.store.write(WriteOp::AuditOnly, Some(audit)).await?;
+        self.store
+            .write(
+                WriteOp::AuditOnly {
+                    deferred: self.deferred_read_audit,
+                },
+                Some(audit),
+            )
+            .await?;
         read
     }
 
@@ -1097,7 +1116,10 @@ impl Vault {
     /// Records an administrative action in the audit trail.
     pub async fn record_admin(&self, actor: &str, action: &'static str) -> Result<(), VaultError> {
         self.store
-            .write(WriteOp::AuditOnly, Some(entry(actor, action, "", "")))
+            .write(
+                WriteOp::AuditOnly { deferred: false },
+                Some(entry(actor, action, "", "")),
+            )
             .await?;
         Ok(())
     }

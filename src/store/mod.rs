@@ -146,9 +146,16 @@ pub enum WriteOp {
     /// Replaces sealed records whose stored bytes are still `expected` (a record written in
     /// the meantime is left alone). Used to re-wrap data keys under a new master key.
     Rewrap(Vec<Rewrap>),
-    /// Changes nothing but the audit trail: the entry of a read of share material.
-    AuditOnly,
+    /// Changes nothing but the audit trail: the entry of a read of share material. With
+    /// `deferred`, the store may make it durable up to [`DEFERRED_FLUSH`] after it resolves
+    /// (it is visible at once); otherwise it is durable when it resolves, like any write.
+    AuditOnly {
+        deferred: bool,
+    },
 }
+
+/// How long a deferred audit event may wait to become durable.
+pub const DEFERRED_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl WriteOp {
     /// Whether the operation stores new data (refused when the disk is nearly full).
