@@ -118,6 +118,38 @@ impl MethodView {
     }
 }
 
+/// Every sealed record of a share table, a page at a time, in key order.
+struct Pages<'a> {
+    store: &'a dyn Store,
+    table: TableId,
+    after: Option<(String, String)>,
+    size: usize,
+}
+
+impl<'a> Pages<'a> {
+    fn new(store: &'a dyn Store, table: TableId, size: usize) -> Self {
+        Self {
+            store,
+            table,
+            after: None,
+            size,
+        }
+    }
+
+    fn next(&mut self) -> Result<Option<Vec<(String, String, SealedRecord)>>, StoreError> {
+        let page = self.store.sealed_records(
+            self.table,
+            self.after.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
+            self.size,
+        )?;
+        let Some(last) = page.last() else {
+            return Ok(None);
+        };
+        self.after = Some((last.0.clone(), last.1.clone()));
+        Ok(Some(page))
+    }
+}
+
 /// What [`Vault::verify_records`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -969,15 +1001,8 @@ impl Vault {
             (TableId::Custodian, CUSTODIAN_TABLE),
             (TableId::Client, CLIENT_TABLE),
         ] {
-            let mut after: Option<(String, String)> = None;
-            loop {
-                let page = self.store.sealed_records(
-                    table,
-                    after.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
-                    512,
-                )?;
-                let Some(last) = page.last() else { break };
-                after = Some((last.0.clone(), last.1.clone()));
+            let mut pages = Pages::new(self.store.as_ref(), table, 512);
+            while let Some(page) = pages.next()? {
                 done += page.len() as u64;
                 let mut batch = Vec::new();
                 for (client_id, backup_method, record) in page {
@@ -1039,15 +1064,8 @@ impl Vault {
             (TableId::Custodian, CUSTODIAN_TABLE),
             (TableId::Client, CLIENT_TABLE),
         ] {
-            let mut after: Option<(String, String)> = None;
-            loop {
-                let page = self.store.sealed_records(
-                    table,
-                    after.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
-                    1024,
-                )?;
-                let Some(last) = page.last() else { break };
-                after = Some((last.0.clone(), last.1.clone()));
+            let mut pages = Pages::new(self.store.as_ref(), table, 1024);
+            while let Some(page) = pages.next()? {
                 for (client_id, backup_method, record) in page {
                     let aad = RecordAad {
                         table: name,
