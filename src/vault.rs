@@ -136,7 +136,7 @@ impl<'a> Pages<'a> {
         }
     }
 
-    fn next(&mut self) -> Result<Option<Vec<(String, String, SealedRecord)>>, StoreError> {
+    fn next(&mut self) -> Result<Option<Vec<crate::store::SealedRow>>, StoreError> {
         let page = self.store.sealed_records(
             self.table,
             self.after.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),

@@ -171,6 +171,9 @@ impl WriteOp {
     }
 }
 
+/// A sealed share record with its client id and backup method.
+pub type SealedRow = (String, String, SealedRecord);
+
 /// One record to re-wrap.
 #[derive(Debug)]
 pub struct Rewrap {
@@ -284,7 +287,7 @@ pub trait Store: Send + Sync + 'static {
         table: TableId,
         after: Option<(&str, &str)>,
         limit: usize,
-    ) -> Result<Vec<(String, String, SealedRecord)>, StoreError>;
+    ) -> Result<Vec<SealedRow>, StoreError>;
     /// Visits the counts and then every record of every table from one consistent read
     /// (see [`crate::snapshot`] for the key encoding).
     fn export(

@@ -467,7 +467,7 @@ impl Store for RedbStore {
         table: TableId,
         after: Option<(&str, &str)>,
         limit: usize,
-    ) -> Result<Vec<(String, String, SealedRecord)>, StoreError> {
+    ) -> Result<Vec<super::SealedRow>, StoreError> {
         let def = match table {
             TableId::Custodian => CUSTODIAN,
             TableId::Client => CLIENT,
