@@ -42,6 +42,16 @@ impl fmt::Display for ListenAddr {
     }
 }
 
+/// When the audit event of a read becomes durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadAudit {
+    /// Before the read is answered.
+    Durable,
+    /// Within 100 ms after the read is answered.
+    Deferred,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -149,6 +159,10 @@ pub struct ServeArgs {
     /// Most requests in flight per listener; more are answered 503 at once [default: 256].
     #[arg(long, env = "SHAREVAULT_MAX_IN_FLIGHT", value_name = "N")]
     pub max_in_flight: Option<usize>,
+    /// When the audit event of a read of share material is made durable: `durable` before the
+    /// answer, or `deferred` within 100 ms after it (reads then need no fsync) [default: durable].
+    #[arg(long, env = "SHAREVAULT_READ_AUDIT", value_enum)]
+    pub read_audit: Option<ReadAudit>,
     /// Memory for the database's page cache, in bytes [default: 67108864].
     #[arg(long, env = "SHAREVAULT_CACHE_BYTES", value_name = "BYTES")]
     pub cache_bytes: Option<usize>,
@@ -194,6 +208,7 @@ struct FileConfig {
     max_cipher_text_bytes: Option<usize>,
     shutdown_grace_seconds: Option<u64>,
     min_free_disk_bytes: Option<u64>,
+    read_audit: Option<ReadAudit>,
     cache_bytes: Option<usize>,
     auth_failure_limit: Option<u32>,
     auth_failure_window_seconds: Option<u64>,
@@ -222,6 +237,7 @@ pub struct Config {
     pub limits: Limits,
     pub shutdown_grace: Duration,
     pub min_free_disk_bytes: u64,
+    pub read_audit: ReadAudit,
     pub cache_bytes: usize,
     pub auth_failure_limit: u32,
     pub auth_failure_window: Duration,
@@ -433,6 +449,10 @@ impl Config {
                 .min_free_disk_bytes
                 .or(file.min_free_disk_bytes)
                 .unwrap_or(64 * 1024 * 1024),
+            read_audit: args
+                .read_audit
+                .or(file.read_audit)
+                .unwrap_or(ReadAudit::Durable),
             cache_bytes: args
                 .cache_bytes
                 .or(file.cache_bytes)

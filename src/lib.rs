@@ -5,13 +5,18 @@
 //! - [`server`]: health, reflection and the daemon's lifecycle ([`server::run`]); [`net`]:
 //!   listeners, TLS and connections.
 //! - [`http`]: Portal's webhook over HTTP (public listener) and the JSON API for backends
-//!   (private listener, beside gRPC); [`observe`] logs one line per call.
+//!   (private listener, beside gRPC); [`observe`] logs one line per call and feeds
+//!   [`metrics`].
 //! - [`grpc`]: the gRPC services (`WebhookService`, `BackupService`, `AdminService`), thin
 //!   translations onto the vault; [`pb`] holds the generated types.
 //! - [`vault`]: the one code path under every API: validation ([`validate`]),
 //!   authentication ([`auth`]), sealing ([`crypto`]) and the share-pair model ([`pairs`]).
 //! - [`store`]: the storage boundary, a trait with documented semantics, and its embedded
-//!   redb implementation with group commit.
+//!   redb implementation with group commit; [`audit`] is the hash-chained trail written in
+//!   the same transactions.
+//! - [`snapshot`] and [`restore`]: the snapshot format, and offline restore after verifying
+//!   every record.
+//! - [`cli`]: the operator's commands that talk to a running daemon.
 //! - [`config`] and [`secrets`]: settings, and the master key, webhook secrets and admin token.
 //! - [`error`]: the errors callers see and their mapping to gRPC codes.
 

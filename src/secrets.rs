@@ -102,22 +102,28 @@ fn write_new_secret(path: &Path, value: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
+/// Where the secret `name` (`master-key`, `webhook-secret`, `admin-token`) is read from: the
+/// configured file; else `$CREDENTIALS_DIRECTORY/<name>` if it exists; else `<data_dir>/<name>`.
+pub fn secret_path(configured: Option<&Path>, name: &str, data_dir: &Path) -> PathBuf {
+    if let Some(path) = configured {
+        return path.to_owned();
+    }
+    std::env::var_os("CREDENTIALS_DIRECTORY")
+        .map(|dir| PathBuf::from(dir).join(name))
+        .filter(|path| path.exists())
+        .unwrap_or_else(|| data_dir.join(name))
+}
+
 fn locate(
     kind: Kind,
     configured: Option<&Path>,
     data_dir: &Path,
 ) -> Result<Zeroizing<Vec<u8>>, String> {
     let what = kind.file_name();
-    if let Some(path) = configured {
-        return read_secret(path, what);
+    let path = secret_path(configured, what, data_dir);
+    if configured.is_some() || path.parent() != Some(data_dir) {
+        return read_secret(&path, what);
     }
-    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
-        let path = PathBuf::from(dir).join(what);
-        if path.exists() {
-            return read_secret(&path, what);
-        }
-    }
-    let path = data_dir.join(what);
     if !path.exists() {
         if matches!(kind, Kind::MasterKey) && data_dir.join(DATABASE_FILE).exists() {
             return Err(format!(

@@ -44,6 +44,7 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     pub min_free_disk_bytes: u64,
     pub cache_bytes: usize,
+    pub read_audit: crate::config::ReadAudit,
     pub auth_failure_limit: u32,
     pub auth_failure_window: Duration,
     pub listener_limits: crate::config::ListenerLimits,
@@ -203,23 +204,24 @@ pub async fn run(
         .map_err(|e| ServeError::Task(e.to_string()))?
         .map_err(crate::vault::OpenError::Store);
     let opened = match store {
-        Ok(store) => {
-            Vault::open(
-                Arc::new(store),
-                settings.secrets.master_key,
-                settings.secrets.old_master_key.into_iter().collect(),
-                settings.limits,
-                Credentials {
-                    webhook: settings.secrets.webhook,
-                    admin_token: settings.secrets.admin_token,
-                    failures: crate::auth::FailureLimiter::new(
-                        settings.auth_failure_limit,
-                        settings.auth_failure_window,
-                    ),
-                },
-            )
-            .await
-        }
+        Ok(store) => Vault::open(
+            Arc::new(store),
+            settings.secrets.master_key,
+            settings.secrets.old_master_key.into_iter().collect(),
+            settings.limits,
+            Credentials {
+                webhook: settings.secrets.webhook,
+                admin_token: settings.secrets.admin_token,
+                failures: crate::auth::FailureLimiter::new(
+                    settings.auth_failure_limit,
+                    settings.auth_failure_window,
+                ),
+            },
+        )
+        .await
+        .map(|v| {
+            v.with_deferred_read_audit(settings.read_audit == crate::config::ReadAudit::Deferred)
+        }),
         Err(err) => Err(err),
     };
     let vault = match opened {

@@ -118,6 +118,38 @@ impl MethodView {
     }
 }
 
+/// Every sealed record of a share table, a page at a time, in key order.
+struct Pages<'a> {
+    store: &'a dyn Store,
+    table: TableId,
+    after: Option<(String, String)>,
+    size: usize,
+}
+
+impl<'a> Pages<'a> {
+    fn new(store: &'a dyn Store, table: TableId, size: usize) -> Self {
+        Self {
+            store,
+            table,
+            after: None,
+            size,
+        }
+    }
+
+    fn next(&mut self) -> Result<Option<Vec<crate::store::SealedRow>>, StoreError> {
+        let page = self.store.sealed_records(
+            self.table,
+            self.after.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
+            self.size,
+        )?;
+        let Some(last) = page.last() else {
+            return Ok(None);
+        };
+        self.after = Some((last.0.clone(), last.1.clone()));
+        Ok(Some(page))
+    }
+}
+
 /// What [`Vault::verify_records`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -220,6 +252,9 @@ pub struct Vault {
     credentials: Credentials,
     started: Instant,
     rekeying: tokio::sync::Mutex<()>,
+    /// Audit events of reads become durable up to 100 ms after the read is answered, instead
+    /// of before.
+    deferred_read_audit: bool,
 }
 
 impl Vault {
@@ -294,7 +329,16 @@ impl Vault {
             credentials,
             started: Instant::now(),
             rekeying: tokio::sync::Mutex::new(()),
+            deferred_read_audit: false,
         })
+    }
+
+    /// With `deferred`, the audit event of a read is committed (and visible) before the read
+    /// is answered, but made durable within 100 ms by a later commit rather than before the
+    /// answer: reads then need no fsync of their own.
+    pub fn with_deferred_read_audit(mut self, deferred: bool) -> Self {
+        self.deferred_read_audit = deferred;
+        self
     }
 
     fn primary(&self) -> Arc<MasterKey> {
@@ -513,7 +557,14 @@ impl Vault {
             Ok(_) => "ok".to_owned(),
             Err(err) => err.outcome().to_owned(),
         });
-        self.store.write(WriteOp::AuditOnly, Some(audit)).await?;
+        self.store
+            .write(
+                WriteOp::AuditOnly {
+                    deferred: self.deferred_read_audit,
+                },
+                Some(audit),
+            )
+            .await?;
         read
     }
 
@@ -950,15 +1001,8 @@ impl Vault {
             (TableId::Custodian, CUSTODIAN_TABLE),
             (TableId::Client, CLIENT_TABLE),
         ] {
-            let mut after: Option<(String, String)> = None;
-            loop {
-                let page = self.store.sealed_records(
-                    table,
-                    after.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
-                    512,
-                )?;
-                let Some(last) = page.last() else { break };
-                after = Some((last.0.clone(), last.1.clone()));
+            let mut pages = Pages::new(self.store.as_ref(), table, 512);
+            while let Some(page) = pages.next()? {
                 done += page.len() as u64;
                 let mut batch = Vec::new();
                 for (client_id, backup_method, record) in page {
@@ -1020,15 +1064,8 @@ impl Vault {
             (TableId::Custodian, CUSTODIAN_TABLE),
             (TableId::Client, CLIENT_TABLE),
         ] {
-            let mut after: Option<(String, String)> = None;
-            loop {
-                let page = self.store.sealed_records(
-                    table,
-                    after.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
-                    1024,
-                )?;
-                let Some(last) = page.last() else { break };
-                after = Some((last.0.clone(), last.1.clone()));
+            let mut pages = Pages::new(self.store.as_ref(), table, 1024);
+            while let Some(page) = pages.next()? {
                 for (client_id, backup_method, record) in page {
                     let aad = RecordAad {
                         table: name,
@@ -1097,7 +1134,10 @@ impl Vault {
     /// Records an administrative action in the audit trail.
     pub async fn record_admin(&self, actor: &str, action: &'static str) -> Result<(), VaultError> {
         self.store
-            .write(WriteOp::AuditOnly, Some(entry(actor, action, "", "")))
+            .write(
+                WriteOp::AuditOnly { deferred: false },
+                Some(entry(actor, action, "", "")),
+            )
             .await?;
         Ok(())
     }

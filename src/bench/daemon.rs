@@ -123,7 +123,7 @@ fn logged<'a>(line: &'a str, what: &str) -> Option<&'a str> {
 
 impl Daemon {
     /// Starts the daemon on ephemeral loopback ports and waits until it is ready.
-    pub fn start(workspace: &Workspace) -> anyhow::Result<Self> {
+    pub fn start(workspace: &Workspace, extra_args: &[String]) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the sharevault binary")?;
         let keys = &workspace.keys_dir;
         let mut cmd = Command::new(exe);
@@ -142,7 +142,8 @@ impl Daemon {
             .arg("--webhook-secret-file")
             .arg(keys.join("webhook-secret"))
             .arg("--admin-token-file")
-            .arg(keys.join("admin-token"));
+            .arg(keys.join("admin-token"))
+            .args(extra_args);
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("SHAREVAULT_") {
                 cmd.env_remove(name);

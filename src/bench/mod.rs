@@ -46,12 +46,15 @@ pub struct Args {
     /// Size of each custodian share, in bytes.
     #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1024..=65536))]
     share_bytes: u32,
+    /// An extra flag for the daemon, e.g. `--daemon-arg=--read-audit=deferred` (repeatable).
+    #[arg(long = "daemon-arg", value_name = "ARG", allow_hyphen_values = true)]
+    daemon_args: Vec<String>,
 }
 
 /// Runs the bench; fails if the daemon could not be driven or any request failed.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let workspace = Workspace::new(args.data_dir.as_deref())?;
-    let daemon = Daemon::start(&workspace)?;
+    let daemon = Daemon::start(&workspace, &args.daemon_args)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
     let result = runtime.block_on(bench(&args, &workspace, &daemon));
     // Close the client connections before asking the daemon to stop.

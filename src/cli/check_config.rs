@@ -5,7 +5,7 @@
 use super::client::CliError;
 use crate::config::{Config, LogFormat, ServeArgs, TlsFiles};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(Debug, clap::Args)]
 pub struct CheckConfigArgs {
@@ -56,17 +56,11 @@ struct Effective {
     master_key_id: String,
 }
 
-/// The file a secret was read from, in the order [`crate::secrets::load`] looks: the
-/// configured file, `$CREDENTIALS_DIRECTORY/<name>` if present, else `<data_dir>/<name>`.
+/// The file a secret was read from (see [`crate::secrets::secret_path`]).
 fn secret_file(configured: Option<&Path>, name: &str, data_dir: &Path) -> String {
-    let path = match configured {
-        Some(path) => path.to_owned(),
-        None => std::env::var_os("CREDENTIALS_DIRECTORY")
-            .map(|dir| PathBuf::from(dir).join(name))
-            .filter(|path| path.exists())
-            .unwrap_or_else(|| data_dir.join(name)),
-    };
-    path.display().to_string()
+    crate::secrets::secret_path(configured, name, data_dir)
+        .display()
+        .to_string()
 }
 
 fn effective(config: &Config, master_key_id: &str) -> Effective {

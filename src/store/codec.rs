@@ -82,6 +82,15 @@ pub fn decode_record(bytes: &[u8]) -> Result<SealedRecord, StoreError> {
     })
 }
 
+/// The pair id of an encoded share record, without copying its envelope.
+pub fn record_pair_id(bytes: &[u8]) -> Result<Option<&str>, StoreError> {
+    let mut r = Reader::new(bytes, "share record")?;
+    r.u64()?;
+    let pair_len = usize::from(r.u16()?);
+    let pair = r.str(pair_len)?;
+    Ok((!pair.is_empty()).then_some(pair))
+}
+
 pub fn encode_pair(pair: &PairRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(18 + pair.backup_method.len());
     out.push(VERSION);

@@ -146,9 +146,16 @@ pub enum WriteOp {
     /// Replaces sealed records whose stored bytes are still `expected` (a record written in
     /// the meantime is left alone). Used to re-wrap data keys under a new master key.
     Rewrap(Vec<Rewrap>),
-    /// Changes nothing but the audit trail: the entry of a read of share material.
-    AuditOnly,
+    /// Changes nothing but the audit trail: the entry of a read of share material. With
+    /// `deferred`, the store may make it durable up to [`DEFERRED_FLUSH`] after it resolves
+    /// (it is visible at once); otherwise it is durable when it resolves, like any write.
+    AuditOnly {
+        deferred: bool,
+    },
 }
+
+/// How long a deferred audit event may wait to become durable.
+pub const DEFERRED_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl WriteOp {
     /// Whether the operation stores new data (refused when the disk is nearly full).
@@ -163,6 +170,9 @@ impl WriteOp {
         )
     }
 }
+
+/// A sealed share record with its client id and backup method.
+pub type SealedRow = (String, String, SealedRecord);
 
 /// One record to re-wrap.
 #[derive(Debug)]
@@ -277,7 +287,7 @@ pub trait Store: Send + Sync + 'static {
         table: TableId,
         after: Option<(&str, &str)>,
         limit: usize,
-    ) -> Result<Vec<(String, String, SealedRecord)>, StoreError>;
+    ) -> Result<Vec<SealedRow>, StoreError>;
     /// Visits the counts and then every record of every table from one consistent read
     /// (see [`crate::snapshot`] for the key encoding).
     fn export(

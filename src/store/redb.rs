@@ -91,6 +91,10 @@ struct Shared {
     /// Writes are refused (and nothing is attempted) while less than this is free, so that
     /// the database never hits a full disk in the middle of a commit.
     min_free_bytes: u64,
+    /// A deferred audit event was committed without an fsync and awaits a durable commit.
+    unflushed: std::sync::atomic::AtomicBool,
+    /// The store is closing: the flusher stops.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -173,6 +177,7 @@ pub struct RedbStore {
     shared: Arc<Shared>,
     queue: RwLock<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl RedbStore {
@@ -226,7 +231,15 @@ impl RedbStore {
             opener,
             path: path.map(Path::to_path_buf),
             min_free_bytes,
+            unflushed: std::sync::atomic::AtomicBool::new(false),
+            closing: std::sync::atomic::AtomicBool::new(false),
         });
+        let flusher_shared = Arc::clone(&shared);
+        let flusher_queue = tx.clone();
+        let flusher = std::thread::Builder::new()
+            .name("sharevault-flusher".into())
+            .spawn(move || run_flusher(&flusher_shared, &flusher_queue))
+            .map_err(|e| StoreError::Backend(format!("cannot start the flusher thread: {e}")))?;
         let writer_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("sharevault-writer".into())
@@ -236,6 +249,7 @@ impl RedbStore {
             shared,
             queue: RwLock::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
+            flusher: Mutex::new(Some(flusher)),
         })
     }
 
@@ -453,7 +467,7 @@ impl Store for RedbStore {
         table: TableId,
         after: Option<(&str, &str)>,
         limit: usize,
-    ) -> Result<Vec<(String, String, SealedRecord)>, StoreError> {
+    ) -> Result<Vec<super::SealedRow>, StoreError> {
         let def = match table {
             TableId::Custodian => CUSTODIAN,
             TableId::Client => CLIENT,
@@ -554,6 +568,19 @@ impl Store for RedbStore {
     }
 
     fn close(&self) {
+        self.shared
+            .closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let flusher = self
+            .flusher
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(flusher) = flusher
+            && flusher.join().is_err()
+        {
+            tracing::error!("the flusher thread panicked");
+        }
         self.queue
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -574,6 +601,26 @@ impl Store for RedbStore {
 impl Drop for RedbStore {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Makes deferred audit events durable within [`super::DEFERRED_FLUSH`]: when one is waiting,
+/// it queues an empty durable write, whose commit carries them to disk.
+fn run_flusher(shared: &Shared, queue: &mpsc::Sender<Job>) {
+    use std::sync::atomic::Ordering;
+    while !shared.closing.load(Ordering::SeqCst) {
+        std::thread::sleep(super::DEFERRED_FLUSH / 2);
+        if shared.unflushed.swap(false, Ordering::SeqCst) {
+            let (reply, _) = oneshot::channel();
+            let flush = Job {
+                op: WriteOp::AuditOnly { deferred: false },
+                audit: None,
+                reply,
+            };
+            if queue.blocking_send(flush).is_err() {
+                break;
+            }
+        }
     }
 }
 
@@ -600,7 +647,14 @@ fn run_writer(shared: &Shared, mut queue: mpsc::Receiver<Job>, mut head: Head) {
                 continue;
             }
         }
+        let deferred = all_deferred(&jobs);
         let committed = commit_or_reopen(shared, &jobs, head);
+        if committed.is_ok() {
+            // A durable commit also makes every earlier deferred one durable.
+            shared
+                .unflushed
+                .store(deferred, std::sync::atomic::Ordering::SeqCst);
+        }
         crate::metrics::global().batch(jobs.len(), started.elapsed(), committed.is_ok());
         match committed {
             Ok((results, new_head)) => {
@@ -622,9 +676,21 @@ fn run_writer(shared: &Shared, mut queue: mpsc::Receiver<Job>, mut head: Head) {
             }
         }
     }
+    if shared.unflushed.load(std::sync::atomic::Ordering::SeqCst)
+        && let Ok(db) = shared.current()
+        && let Ok(txn) = db.begin_write()
+        && let Err(err) = txn.commit()
+    {
+        tracing::error!(error = %err, "the last deferred audit events could not be flushed");
+    }
 }
 
 type BatchResult = (Vec<Result<WriteOutcome, StoreError>>, Head);
+
+fn all_deferred(jobs: &[Job]) -> bool {
+    jobs.iter()
+        .all(|j| matches!(j.op, WriteOp::AuditOnly { deferred: true }))
+}
 
 /// Commits a batch; after a failure the database is reopened (and repaired) so that the next
 /// batch, and reads, can go on.
@@ -648,7 +714,14 @@ fn commit_or_reopen(shared: &Shared, jobs: &[Job], head: Head) -> Result<BatchRe
 /// nothing was committed (and the audit head stays where it was).
 fn commit_batch(db: &Database, jobs: &[Job], mut head: Head) -> Result<BatchResult, StoreError> {
     let mut txn = db.begin_write().map_err(backend)?;
-    txn.set_durability(Durability::Immediate)
+    // A batch of nothing but deferred audit events commits without an fsync; the next
+    // durable commit (a write, or the flusher's within DEFERRED_FLUSH) makes it durable.
+    let durability = if all_deferred(jobs) {
+        Durability::None
+    } else {
+        Durability::Immediate
+    };
+    txn.set_durability(durability)
         .map_err(|e| StoreError::Backend(e.to_string()))?;
     let mut results = Vec::with_capacity(jobs.len());
     {
@@ -773,7 +846,7 @@ impl<'t> Tables<'t> {
             WriteOp::DeleteClient { client_id } => self.delete_client(client_id),
             WriteOp::CreateToken(token) => self.create_token(token),
             WriteOp::RevokeToken { name } => self.revoke_token(name),
-            WriteOp::AuditOnly => Ok(WriteOutcome::Done),
+            WriteOp::AuditOnly { .. } => Ok(WriteOutcome::Done),
             WriteOp::Meta { set, remove } => {
                 for (name, value) in set {
                     self.meta
@@ -812,16 +885,17 @@ impl<'t> Tables<'t> {
         backup_method: &str,
         record: &SealedRecord,
     ) -> Result<WriteOutcome, StoreError> {
-        let old = self
+        let old_pair = self
             .custodian
             .insert(
                 (client_id, backup_method),
                 codec::encode_record(record).as_slice(),
             )
             .map_err(backend)?
-            .map(|v| codec::decode_record(v.value()))
-            .transpose()?;
-        if let Some(old_pair) = old.and_then(|o| o.pair_id)
+            .map(|v| codec::record_pair_id(v.value()).map(|p| p.map(str::to_owned)))
+            .transpose()?
+            .flatten();
+        if let Some(old_pair) = old_pair
             && Some(&old_pair) != record.pair_id.as_ref()
         {
             self.pairs

@@ -559,3 +559,67 @@ async fn every_write_and_share_read_is_audited_and_tampering_is_detected() {
     assert_eq!(report.first_bad_seq, victim);
     assert!(report.problem.contains("edited"), "{}", report.problem);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_read_audit_events_are_visible_at_once_and_durable_soon_after() {
+    let sandbox = Sandbox::new(55);
+    let mut daemon = sandbox.start_with(&["--read-audit", "deferred"]);
+    let secret = sandbox.keys.webhook_secret.clone();
+    let admin = sandbox.keys.admin_token.clone();
+    let mut hook = daemon.webhook().await;
+    hook.backup(with_secret(
+        backup("deferred", "PASSKEY-ED25519", "s"),
+        &secret,
+    ))
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        hook.fetch(with_secret(
+            pb::FetchRequest {
+                client_id: "deferred".into(),
+            },
+            &secret,
+        ))
+        .await
+        .unwrap();
+    }
+    async fn count(daemon: &Daemon, admin: &str) -> usize {
+        let mut stream = daemon
+            .admin()
+            .await
+            .list_audit_events(with_token(
+                pb::ListAuditEventsRequest {
+                    action: "fetch".into(),
+                    ..Default::default()
+                },
+                admin,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut n = 0;
+        while let Some(e) = stream.next().await {
+            e.unwrap();
+            n += 1;
+        }
+        n
+    }
+    assert_eq!(count(&daemon, &admin).await, 3, "visible at once");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    drop(hook);
+    assert!(!daemon.signal("KILL").success());
+    let daemon = sandbox.start();
+    assert_eq!(
+        count(&daemon, &admin).await,
+        3,
+        "durable after the flush interval, across kill -9"
+    );
+    let report = daemon
+        .admin()
+        .await
+        .verify_audit(with_token(pb::VerifyAuditRequest {}, &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(report.ok, "{report:?}");
+}

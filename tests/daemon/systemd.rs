@@ -122,9 +122,13 @@ fn the_units_command_line_and_credentials_are_the_daemons() {
     assert_eq!(&words[..2], [INSTALLED_BINARY, "serve"], "{}", exec[0]);
     let sandbox = Sandbox::new(47);
     let state = sandbox.tmp.path().join("state");
+    let runtime = sandbox.tmp.path().join("run");
     let args: Vec<String> = words[2..]
         .iter()
-        .map(|w| w.replace("${STATE_DIRECTORY}", &state.display().to_string()))
+        .map(|w| {
+            w.replace("${STATE_DIRECTORY}", &state.display().to_string())
+                .replace("${RUNTIME_DIRECTORY}", &runtime.display().to_string())
+        })
         .collect();
     let mut command = Command::new(env!("CARGO_BIN_EXE_sharevault"));
     for (name, _) in std::env::vars_os() {
