@@ -147,7 +147,13 @@ pub fn restore(
             return None;
         }
         match reader.next_record() {
-            Ok(None) => None,
+            Ok(None) => match reader.finish() {
+                Ok(()) => None,
+                Err(err) => {
+                    failure = Some(err.to_string());
+                    Some(Err(StoreError::Closed))
+                }
+            },
             Ok(Some((table, k, v))) => {
                 match check_record(
                     key,

@@ -218,6 +218,18 @@ impl<R: Read> RecordReader<R> {
         })
     }
 
+    /// Checks that nothing follows the end marker (the checksum is not part of the input).
+    pub fn finish(&mut self) -> Result<(), SnapshotError> {
+        let mut extra = [0u8; 1];
+        match self.input.read(&mut extra) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(SnapshotError::Malformed(
+                "bytes after the end marker".into(),
+            )),
+            Err(e) => Err(SnapshotError::Io(e.to_string())),
+        }
+    }
+
     /// The next record, or `None` after the end marker (once the counts are checked).
     pub fn next_record(&mut self) -> Result<Option<Record>, SnapshotError> {
         if self.done {
@@ -260,6 +272,7 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Record>, SnapshotError> {
     while let Some(record) = reader.next_record()? {
         records.push(record);
     }
+    reader.finish()?;
     Ok(records)
 }
 

@@ -61,7 +61,8 @@ fn identifier(
     Ok(())
 }
 
-/// A Portal client id: 1 to 128 of `A-Z a-z 0-9 . _ - : @`.
+/// A Portal client id: 1 to 128 of `A-Z a-z 0-9 . _ - : @`, not only dots (`.` and `..` are
+/// path segments, which a proxy in front of the JSON API might resolve).
 pub fn client_id(value: &str) -> Result<(), VaultError> {
     identifier(
         Field::ClientId,
@@ -69,7 +70,14 @@ pub fn client_id(value: &str) -> Result<(), VaultError> {
         MAX_CLIENT_ID_LEN,
         b"._-:@",
         "letters, digits and . _ - : @",
-    )
+    )?;
+    if value.bytes().all(|b| b == b'.') {
+        return Err(VaultError::invalid(
+            Field::ClientId,
+            "must not be made of dots only",
+        ));
+    }
+    Ok(())
 }
 
 /// A backup method (`PASSWORD`, `PASSWORD-SECP256K1`, ...): free-form, 1 to 64 of
@@ -123,8 +131,8 @@ pub fn secret_text(field: Field, value: &str, max: usize) -> Result<(), VaultErr
         ));
     }
     if value
-        .bytes()
-        .any(|b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || b == 0x7f)
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
     {
         return Err(VaultError::invalid(
             field,

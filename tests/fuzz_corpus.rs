@@ -46,18 +46,14 @@ fn snapshot_corpus() {
     over_corpus("snapshot", checks::snapshot);
 }
 
-/// Behaviour the corpus pins down that the checks only tolerate.
+/// Trailing bytes are refused by every decoder.
 #[test]
-fn lenient_decoders_are_pinned() {
+fn trailing_bytes_are_refused() {
     let read = |p: &str| std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(p)).unwrap();
-    // NEEDS: bytes between a snapshot's end marker and its checksum should be refused as
-    // malformed; today they are ignored and the snapshot is accepted.
     let trailing = read("fuzz/corpus/snapshot/trailing_after_end");
-    assert_eq!(sharevault::snapshot::parse(&trailing).unwrap().len(), 5);
-    // NEEDS: a token record with bytes after its hash should be refused as corrupt, as share
-    // and pair records are; today the extra bytes are ignored.
+    assert!(sharevault::snapshot::parse(&trailing).is_err());
     let token = read("fuzz/corpus/record/token_trailing");
-    assert!(sharevault::store::codec::decode_token("t", &token).is_ok());
+    assert!(sharevault::store::codec::decode_token("t", &token).is_err());
     // The well-formed seeds decode.
     let valid = read("fuzz/corpus/snapshot/valid");
     assert_eq!(sharevault::snapshot::parse(&valid).unwrap().len(), 5);

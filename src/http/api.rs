@@ -22,6 +22,25 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Path parameters, with a JSON 400 when a segment does not decode to UTF-8.
+struct ApiPath<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for ApiPath<T>
+{
+    type Rejection = HttpError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| ApiPath(value))
+            .map_err(|_| HttpError::bad_request("path: a segment is not valid UTF-8 once decoded"))
+    }
+}
+
 #[derive(Clone)]
 struct ApiState {
     ready: Ready,
@@ -88,7 +107,7 @@ pub fn router(ready: Ready, max_body: usize, timeout: Duration) -> Router {
 
 async fn put_client_share(
     State(state): State<ApiState>,
-    Path((client_id, backup_method)): Path<(String, String)>,
+    ApiPath((client_id, backup_method)): ApiPath<(String, String)>,
     Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
     body: Body,
@@ -117,7 +136,7 @@ async fn put_client_share(
 
 async fn get_client_share(
     State(state): State<ApiState>,
-    Path((client_id, backup_method)): Path<(String, String)>,
+    ApiPath((client_id, backup_method)): ApiPath<(String, String)>,
     Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
 ) -> Response {
@@ -143,7 +162,7 @@ async fn get_client_share(
 
 async fn delete_client_share(
     State(state): State<ApiState>,
-    Path((client_id, backup_method)): Path<(String, String)>,
+    ApiPath((client_id, backup_method)): ApiPath<(String, String)>,
     Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
 ) -> Response {
@@ -170,7 +189,7 @@ async fn delete_client_share(
 
 async fn list_backups(
     State(state): State<ApiState>,
-    Path(client_id): Path<String>,
+    ApiPath(client_id): ApiPath<String>,
     Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
 ) -> Response {
@@ -209,7 +228,7 @@ async fn list_backups(
 
 async fn get_custodian_share(
     State(state): State<ApiState>,
-    Path((client_id, backup_method)): Path<(String, String)>,
+    ApiPath((client_id, backup_method)): ApiPath<(String, String)>,
     Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
 ) -> Response {
@@ -228,7 +247,7 @@ async fn get_custodian_share(
 
 async fn list_pairs(
     State(state): State<ApiState>,
-    Path(client_id): Path<String>,
+    ApiPath(client_id): ApiPath<String>,
     Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
 ) -> Response {
@@ -260,7 +279,7 @@ async fn list_pairs(
 
 async fn update_pairs(
     State(state): State<ApiState>,
-    Path(client_id): Path<String>,
+    ApiPath(client_id): ApiPath<String>,
     Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
     body: Body,
@@ -299,7 +318,7 @@ async fn update_pairs(
 
 async fn delete_client(
     State(state): State<ApiState>,
-    Path(client_id): Path<String>,
+    ApiPath(client_id): ApiPath<String>,
     Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
 ) -> Response {

@@ -134,6 +134,9 @@ pub fn decode_token(name: &str, bytes: &[u8]) -> Result<crate::store::TokenRecor
     let created_at_ms = r.u64()?;
     let mut hash = [0u8; 32];
     hash.copy_from_slice(r.take(32)?);
+    if !r.rest().is_empty() {
+        return Err(StoreError::Corrupt("token record"));
+    }
     Ok(crate::store::TokenRecord {
         name: name.to_owned(),
         role,
