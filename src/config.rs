@@ -60,11 +60,14 @@ pub enum LogFormat {
     Json,
 }
 
-/// The settings of `sharevault serve`, as flags and environment variables.
-#[derive(Debug, Default, clap::Args)]
+/// The settings of `sharevault serve`, as flags and environment variables, or as keys of a
+/// TOML config file (unknown keys are refused).
+#[derive(Debug, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServeArgs {
     /// TOML file with any of the settings below (snake_case names).
     #[arg(long, env = "SHAREVAULT_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Directory of the database [default: ./sharevault-data].
     #[arg(long, env = "SHAREVAULT_DATA_DIR", value_name = "DIR")]
@@ -182,40 +185,9 @@ pub struct ServeArgs {
     pub log_format: Option<LogFormat>,
 }
 
-/// The settings a config file may hold.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    data_dir: Option<PathBuf>,
-    grpc_listen: Option<String>,
-    http_listen: Option<String>,
-    webhook_path_prefix: Option<String>,
-    webhook_legacy_backup_share: Option<bool>,
-    webhook_allow_cidrs: Option<Vec<String>>,
-    trusted_proxies: Option<Vec<String>>,
-    http_tls_cert_file: Option<PathBuf>,
-    http_tls_key_file: Option<PathBuf>,
-    grpc_tls_cert_file: Option<PathBuf>,
-    grpc_tls_key_file: Option<PathBuf>,
-    request_timeout_seconds: Option<u64>,
-    max_request_bytes: Option<usize>,
-    master_key_file: Option<PathBuf>,
-    old_master_key_file: Option<PathBuf>,
-    admin_socket: Option<PathBuf>,
-    webhook_secret_file: Option<PathBuf>,
-    admin_token_file: Option<PathBuf>,
-    max_share_bytes: Option<usize>,
-    max_cipher_text_bytes: Option<usize>,
-    shutdown_grace_seconds: Option<u64>,
-    min_free_disk_bytes: Option<u64>,
-    read_audit: Option<ReadAudit>,
-    cache_bytes: Option<usize>,
-    auth_failure_limit: Option<u32>,
-    auth_failure_window_seconds: Option<u64>,
-    max_connections: Option<usize>,
-    max_in_flight: Option<usize>,
-    log_format: Option<LogFormat>,
-}
+/// The settings a config file may hold: the same as the flags, by their snake_case names,
+/// but for `config` itself.
+type FileConfig = ServeArgs;
 
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
