@@ -1,6 +1,6 @@
 //! Durability: restarts, concurrent writers to one key, and kill -9 under write load.
 
-use crate::harness::{Sandbox, with_secret};
+use crate::harness::{Sandbox, fetch_shares, with_secret};
 use sharevault::pb;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -86,17 +86,7 @@ async fn concurrent_writers_to_one_key_leave_exactly_one_value() {
         task.await.unwrap();
     }
     let mut client = pb::webhook_service_client::WebhookServiceClient::new(channel);
-    let shares = client
-        .fetch(with_secret(
-            pb::FetchRequest {
-                client_id: "contended".into(),
-            },
-            &secret,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .backup_shares;
+    let shares = fetch_shares(&mut client, &secret, "contended".into()).await;
     assert_eq!(shares.len(), 1, "exactly one value wins");
     assert!(shares[0].starts_with("{\"backupSharePairId\":\"p-"));
 
@@ -213,34 +203,14 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
     let daemon = sandbox.start();
     let mut client = daemon.webhook().await;
     for (client_id, share) in &acked_new {
-        let shares = client
-            .fetch(with_secret(
-                pb::FetchRequest {
-                    client_id: client_id.clone(),
-                },
-                &secret,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .backup_shares;
+        let shares = fetch_shares(&mut client, &secret, client_id.clone()).await;
         assert_eq!(
             shares,
             vec![share.clone()],
             "acknowledged write of {client_id} lost"
         );
     }
-    let overwritten = client
-        .fetch(with_secret(
-            pb::FetchRequest {
-                client_id: "crash-overwrite".into(),
-            },
-            &secret,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .backup_shares;
+    let overwritten = fetch_shares(&mut client, &secret, "crash-overwrite".into()).await;
     let stored: HashMap<usize, u64> = overwritten
         .iter()
         .map(|share| {

@@ -1,7 +1,7 @@
 //! Portal's flow end to end: custodian shares for every method and curve, client shares,
 //! fetches, replacement and the share-pair status model.
 
-use crate::harness::{Sandbox, create_token, with_secret, with_token};
+use crate::harness::{Sandbox, create_token, fetch_shares, with_secret, with_token};
 use sharevault::pb::{self, BackupSharePairStatus, Role};
 use tonic::Code;
 
@@ -51,17 +51,7 @@ async fn portal_flow_stores_fetches_replaces_and_completes_pairs() {
                 reply.backup_share_pair_id,
                 pair_id(client, method, curve, 1)
             );
-            let fetched = webhook
-                .fetch(with_secret(
-                    pb::FetchRequest {
-                        client_id: client.into(),
-                    },
-                    secret,
-                ))
-                .await
-                .unwrap()
-                .into_inner()
-                .backup_shares;
+            let fetched = fetch_shares(&mut webhook, secret, client.into()).await;
             assert!(
                 fetched.contains(&share),
                 "immediate fetch must see the write"
@@ -69,17 +59,7 @@ async fn portal_flow_stores_fetches_replaces_and_completes_pairs() {
             expected.push(share);
         }
     }
-    let mut fetched = webhook
-        .fetch(with_secret(
-            pb::FetchRequest {
-                client_id: client.into(),
-            },
-            secret,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .backup_shares;
+    let mut fetched = fetch_shares(&mut webhook, secret, client.into()).await;
     fetched.sort();
     expected.sort();
     assert_eq!(
@@ -241,17 +221,7 @@ async fn portal_flow_stores_fetches_replaces_and_completes_pairs() {
         ))
         .await
         .unwrap();
-    let fetched = webhook
-        .fetch(with_secret(
-            pb::FetchRequest {
-                client_id: client.into(),
-            },
-            secret,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .backup_shares;
+    let fetched = fetch_shares(&mut webhook, secret, client.into()).await;
     assert_eq!(fetched.len(), 8);
     assert!(fetched.contains(&replacement));
     assert!(!fetched.contains(&portal_share(client, "PASSWORD", "ED25519", 1)));

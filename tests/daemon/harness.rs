@@ -238,6 +238,23 @@ pub async fn unix_channel(path: &Path) -> Channel {
         .expect("connect to the socket")
 }
 
+/// Every custodian share the webhook's `Fetch` answers for `client_id`.
+pub async fn fetch_shares(
+    webhook: &mut WebhookServiceClient<Channel>,
+    secret: &str,
+    client_id: String,
+) -> Vec<String> {
+    webhook
+        .fetch(with_secret(
+            sharevault::pb::FetchRequest { client_id },
+            secret,
+        ))
+        .await
+        .expect("fetch")
+        .into_inner()
+        .backup_shares
+}
+
 /// A request with the webhook secret attached.
 pub fn with_secret<T>(message: T, secret: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);

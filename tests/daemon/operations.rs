@@ -2,7 +2,7 @@
 //! record verification and the audit trail.
 
 use crate::harness::{
-    Daemon, Keys, Sandbox, Started, command, create_token, with_secret, with_token,
+    Daemon, Keys, Sandbox, Started, command, create_token, fetch_shares, with_secret, with_token,
 };
 use redb::{ReadableDatabase, TableDefinition};
 use sharevault::pb::{self, Role};
@@ -177,17 +177,7 @@ async fn restore_drill_snapshot_under_load_then_restore_elsewhere() {
         )]
         .iter(),
     ) {
-        let shares = hook
-            .fetch(with_secret(
-                pb::FetchRequest {
-                    client_id: client.clone(),
-                },
-                &secret,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .backup_shares;
+        let shares = fetch_shares(&mut hook, &secret, client.clone()).await;
         assert_eq!(shares, vec![share.clone()], "{client}");
     }
     // Tokens and client shares came along.
@@ -345,17 +335,7 @@ async fn rekey_while_serving_then_the_old_key_is_refused() {
         ("c599", "share-599"),
         ("during-0", "d-0"),
     ] {
-        let shares = hook
-            .fetch(with_secret(
-                pb::FetchRequest {
-                    client_id: client.into(),
-                },
-                &secret,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .backup_shares;
+        let shares = fetch_shares(&mut hook, &secret, client.into()).await;
         assert_eq!(shares, vec![share.to_string()]);
     }
     let got = daemon
