@@ -130,15 +130,23 @@ async fn a_flood_on_the_public_listener_does_not_starve_the_private_one() {
     for _ in 0..4 {
         stalled.push(stalled_upload(&hook, &secret).await);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // ...so a fifth request there is refused at once...
-    let refused = Http::plain(&hook)
-        .post_json(
-            "/backup",
-            &[("x-webhook-secret", &secret)],
-            &json!({"clientId": "c", "share": "s"}),
-        )
-        .await;
+    // ...so, once they have all reached the daemon, a fifth request there is refused at once.
+    let mut refused = None;
+    for _ in 0..100 {
+        let reply = Http::plain(&hook)
+            .post_json(
+                "/backup",
+                &[("x-webhook-secret", &secret)],
+                &json!({"clientId": "c", "share": "s"}),
+            )
+            .await;
+        if reply.status != 200 {
+            refused = Some(reply);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = refused.expect("the in-flight limit was reached");
     assert_eq!(refused.status, 503);
     assert_eq!(refused.json()["error"]["code"], "overloaded");
     // ...and the connection limit stops accepting beyond six.
