@@ -130,7 +130,8 @@ async fn a_flood_on_the_public_listener_does_not_starve_the_private_one() {
     for _ in 0..4 {
         stalled.push(stalled_upload(&hook, &secret).await);
     }
-    // ...so, once they have all reached the daemon, a fifth request there is refused at once.
+    // ...so, once they have reached the daemon, a fifth request there is refused at once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut refused = None;
     for _ in 0..100 {
         let reply = Http::plain(&hook)
@@ -146,7 +147,8 @@ async fn a_flood_on_the_public_listener_does_not_starve_the_private_one() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let refused = refused.expect("the in-flight limit was reached");
+    let refused = refused
+        .unwrap_or_else(|| panic!("the in-flight limit was not reached:\n{}", daemon.logs()));
     assert_eq!(refused.status, 503);
     assert_eq!(refused.json()["error"]["code"], "overloaded");
     // ...and the connection limit stops accepting beyond six.
