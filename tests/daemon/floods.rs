@@ -130,7 +130,8 @@ async fn a_flood_on_the_public_listener_does_not_starve_the_private_one() {
     for _ in 0..4 {
         stalled.push(stalled_upload(&hook, &secret).await);
     }
-    // ...so, once they have reached the daemon, a fifth request there is refused at once.
+    // ...so, once they have reached the daemon (a probe arriving first would take a slot and
+    // the last stalled upload would be the one refused), a fifth request is refused at once.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut refused = None;
     for _ in 0..100 {
