@@ -996,7 +996,44 @@ impl Vault {
         }
         let counts = self.store.counts()?;
         let total = counts.custodian_shares + counts.client_shares;
-        let mut done = 0;
+        // Sweep until a sweep finds nothing under another key: a write sealed just before the
+        // switch may land after its page was re-wrapped, and the next sweep catches it.
+        for sweep in 0.. {
+            let stale = self
+                .rewrap_sweep(&new, sweep == 0, total, &mut progress)
+                .await?;
+            if stale == 0 {
+                break;
+            }
+            if sweep == 8 {
+                return Err(VaultError::Unavailable);
+            }
+        }
+        let check = new
+            .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT)
+            .map_err(crypto_failure)?;
+        self.store
+            .write(
+                WriteOp::Meta {
+                    set: vec![(KEY_CHECK.into(), check)],
+                    remove: vec![REKEY_TARGET.into()],
+                },
+                Some(entry(actor, "rekey_finish", "", &new.id().to_string())),
+            )
+            .await?;
+        progress(total, total);
+        Ok(new.id())
+    }
+
+    /// Re-wraps every record not yet under `new`; answers how many it found.
+    async fn rewrap_sweep(
+        &self,
+        new: &MasterKey,
+        report: bool,
+        total: u64,
+        progress: &mut impl FnMut(u64, u64),
+    ) -> Result<u64, VaultError> {
+        let (mut done, mut stale) = (0u64, 0u64);
         for (table, name) in [
             (TableId::Custodian, CUSTODIAN_TABLE),
             (TableId::Client, CLIENT_TABLE),
@@ -1018,7 +1055,7 @@ impl Vault {
                     };
                     let envelope = self
                         .key_for(&record.envelope)
-                        .and_then(|old| old.rewrap(&aad, &record.envelope, &new))
+                        .and_then(|old| old.rewrap(&aad, &record.envelope, new))
                         .map_err(|err| {
                             tracing::error!(table = name, client = %client_id, %backup_method, error = %err, "cannot re-wrap a record");
                             crypto_failure(err)
@@ -1035,26 +1072,16 @@ impl Vault {
                         replacement,
                     });
                 }
+                stale += batch.len() as u64;
                 if !batch.is_empty() {
                     self.store.write(WriteOp::Rewrap(batch), None).await?;
                 }
-                progress(done.min(total), total);
+                if report {
+                    progress(done.min(total), total);
+                }
             }
         }
-        let check = new
-            .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT)
-            .map_err(crypto_failure)?;
-        self.store
-            .write(
-                WriteOp::Meta {
-                    set: vec![(KEY_CHECK.into(), check)],
-                    remove: vec![REKEY_TARGET.into()],
-                },
-                Some(entry(actor, "rekey_finish", "", &new.id().to_string())),
-            )
-            .await?;
-        progress(total, total);
-        Ok(new.id())
+        Ok(stale)
     }
 
     /// Opens every share and cipherText; answers the counts per table and what failed.
