@@ -965,13 +965,13 @@ impl Vault {
     /// meanwhile is left as written). Resumable: records already under `new` are skipped, and
     /// the rotation is recorded so that an interrupted one is noticed at start. When it
     /// finishes, the data dir's key check is sealed under `new` and the old key is no longer
-    /// needed. `progress` is told (done, total) after each page.
+    /// needed. `progress` is told (done, total) after each page; answers the total.
     pub async fn rekey(
         &self,
         new: MasterKey,
         actor: &str,
         mut progress: impl FnMut(u64, u64),
-    ) -> Result<KeyId, VaultError> {
+    ) -> Result<u64, VaultError> {
         let _one_at_a_time = self.rekeying.lock().await;
         let new = Arc::new(new);
         let target = new
@@ -1022,7 +1022,7 @@ impl Vault {
             )
             .await?;
         progress(total, total);
-        Ok(new.id())
+        Ok(total)
     }
 
     /// Re-wraps every record not yet under `new`; answers how many it found.

@@ -283,12 +283,8 @@ impl AdminService for AdminApi {
                 })
                 .await;
             let last = match result {
-                Ok(_) => {
+                Ok(total) => {
                     tracing::info!(master_key_id = %new_id, "master key rotation finished");
-                    let total = vault
-                        .status()
-                        .map(|s| s.counts.custodian_shares + s.counts.client_shares)
-                        .unwrap_or(0);
                     Ok(pb::RekeyProgress {
                         done: total,
                         total,

@@ -199,8 +199,6 @@ pub enum WriteOutcome {
     PairsCompleted(Vec<String>),
     /// Whether there was something to delete.
     Deleted(bool),
-    /// How many records were replaced.
-    Rewrapped(u64),
     ClientDeleted {
         custodian_shares: u64,
         client_shares: u64,

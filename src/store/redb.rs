@@ -1050,7 +1050,6 @@ impl<'t> Tables<'t> {
     }
 
     fn rewrap(&mut self, items: &[Rewrap]) -> Result<WriteOutcome, StoreError> {
-        let mut replaced = 0;
         for item in items {
             let table = match item.table {
                 TableId::Custodian => &mut self.custodian,
@@ -1063,10 +1062,9 @@ impl<'t> Tables<'t> {
                 table
                     .insert(key, codec::encode_record(&item.replacement).as_slice())
                     .map_err(backend)?;
-                replaced += 1;
             }
         }
-        Ok(WriteOutcome::Rewrapped(replaced))
+        Ok(WriteOutcome::Done)
     }
 
     fn revoke_token(&mut self, name: &str) -> Result<WriteOutcome, StoreError> {

@@ -180,13 +180,7 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_a_restart()
             .await;
         assert_eq!(reply.json()["backupShares"], json!([share]), "{client}");
     }
-    let report = daemon
-        .admin()
-        .await
-        .verify(with_token(pb::VerifyRequest {}, &admin))
-        .await
-        .unwrap()
-        .into_inner();
+    let report = daemon.verify(&admin).await;
     assert_eq!(report.failed, 0);
     drop(daemon);
     drop(mount);
@@ -231,18 +225,7 @@ async fn kill_9_during_a_snapshot_and_during_a_rotation_loses_nothing() {
         .unwrap()
         .to_raw()
         .to_vec();
-    let mut progress = daemon
-        .admin()
-        .await
-        .rekey(with_token(
-            pb::RekeyRequest {
-                new_master_key: raw.clone(),
-            },
-            &admin,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut progress = daemon.rekey_stream(&admin, &raw).await;
     let first = progress.next().await.unwrap().unwrap();
     assert!(!first.finished);
     assert!(!daemon.signal("KILL").success());
@@ -255,30 +238,8 @@ async fn kill_9_during_a_snapshot_and_during_a_rotation_loses_nothing() {
         "{}",
         daemon.logs()
     );
-    let mut progress = daemon
-        .admin()
-        .await
-        .rekey(with_token(
-            pb::RekeyRequest {
-                new_master_key: raw,
-            },
-            &admin,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(step) = progress.next().await {
-        last = Some(step.unwrap());
-    }
-    assert!(last.unwrap().finished);
-    let report = daemon
-        .admin()
-        .await
-        .verify(with_token(pb::VerifyRequest {}, &admin))
-        .await
-        .unwrap()
-        .into_inner();
+    assert!(daemon.rekey(&admin, &raw).await.finished);
+    let report = daemon.verify(&admin).await;
     assert_eq!(
         (report.custodian_shares, report.failed),
         (3_000, 0),
@@ -383,13 +344,7 @@ async fn a_damaged_database_file_is_detected_never_served() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::DataLoss);
     assert!(!err.message().contains(marker));
-    let report = daemon
-        .admin()
-        .await
-        .verify(with_token(pb::VerifyRequest {}, &sandbox.keys.admin_token))
-        .await
-        .unwrap()
-        .into_inner();
+    let report = daemon.verify(&sandbox.keys.admin_token).await;
     assert_eq!(report.failed, 1);
     assert!(
         report.failures[0].starts_with("custodian_shares/damaged/GDRIVE-SECP256K1"),

@@ -179,6 +179,45 @@ impl Daemon {
         BackupServiceClient::new(unix_channel(path).await)
     }
 
+    /// Starts a master key rotation to `raw` and returns its progress stream.
+    pub async fn rekey_stream(
+        &self,
+        admin: &str,
+        raw: &[u8],
+    ) -> tonic::Streaming<sharevault::pb::RekeyProgress> {
+        self.admin()
+            .await
+            .rekey(with_token(
+                sharevault::pb::RekeyRequest {
+                    new_master_key: raw.to_vec(),
+                },
+                admin,
+            ))
+            .await
+            .expect("rekey")
+            .into_inner()
+    }
+
+    /// Runs a master key rotation to the end; every step must succeed. Answers the last one.
+    pub async fn rekey(&self, admin: &str, raw: &[u8]) -> sharevault::pb::RekeyProgress {
+        let mut stream = self.rekey_stream(admin, raw).await;
+        let mut last = None;
+        while let Some(step) = tokio_stream::StreamExt::next(&mut stream).await {
+            last = Some(step.expect("rekey step"));
+        }
+        last.expect("the rotation reports progress")
+    }
+
+    /// `AdminService.Verify`: every record opened with the master key.
+    pub async fn verify(&self, admin: &str) -> sharevault::pb::VerifyResponse {
+        self.admin()
+            .await
+            .verify(with_token(sharevault::pb::VerifyRequest {}, admin))
+            .await
+            .expect("verify")
+            .into_inner()
+    }
+
     pub async fn webhook(&self) -> WebhookServiceClient<Channel> {
         WebhookServiceClient::new(self.channel().await)
     }

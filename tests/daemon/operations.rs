@@ -258,23 +258,7 @@ async fn rekey_while_serving_then_the_old_key_is_refused() {
             n
         })
     };
-    let mut progress = daemon
-        .admin()
-        .await
-        .rekey(with_token(
-            pb::RekeyRequest {
-                new_master_key: raw.clone(),
-            },
-            &admin,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(step) = progress.next().await {
-        last = Some(step.unwrap());
-    }
-    let last = last.unwrap();
+    let last = daemon.rekey(&admin, &raw).await;
     assert!(
         last.finished && last.done == last.total && last.total >= 700,
         "{last:?}"
@@ -283,28 +267,8 @@ async fn rekey_while_serving_then_the_old_key_is_refused() {
     let during = writer.await.unwrap();
 
     // Running it again is a no-op that finishes at once (resumable).
-    let mut again = daemon
-        .admin()
-        .await
-        .rekey(with_token(
-            pb::RekeyRequest {
-                new_master_key: raw,
-            },
-            &admin,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(step) = again.next().await {
-        step.unwrap();
-    }
-    let report = daemon
-        .admin()
-        .await
-        .verify(with_token(pb::VerifyRequest {}, &admin))
-        .await
-        .unwrap()
-        .into_inner();
+    daemon.rekey(&admin, &raw).await;
+    let report = daemon.verify(&admin).await;
     assert_eq!(report.failed, 0, "{:?}", report.failures);
     assert_eq!(report.custodian_shares, 600 + during);
     assert_eq!(report.master_key_id, last.new_master_key_id);
