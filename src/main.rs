@@ -12,6 +12,11 @@ use sharevault::net::{Listener, tls_acceptor};
 use sharevault::server::{self, Listeners, Settings};
 use std::io::IsTerminal;
 
+/// mimalloc: the daemon allocates and frees small buffers on every request from several
+/// threads, where glibc's arenas contend on their locks.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sharevault",
