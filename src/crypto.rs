@@ -5,11 +5,18 @@
 //! (table, client id, backup method) as associated data, so a record copied under another
 //! key fails to open instead of serving another user's share.
 //!
-//! Envelope layout (version 1), all offsets in bytes:
+//! Payloads are compressed with zstd before they are sealed when that makes them smaller
+//! (Portal's shares are JSON of hex and decimal numbers, about half of which is redundancy):
+//! the database then holds two to three records per 4 KiB page instead of one, and every read
+//! and write touches fewer pages. The envelope version says which: `1` holds the payload as
+//! given, `2` its zstd frame. The version is bound into both layers' associated data, so
+//! changing it fails authentication. Decompression is capped at [`MAX_PAYLOAD`].
+//!
+//! Envelope layout, all offsets in bytes:
 //!
 //! | offset | size   | field                                          |
 //! |--------|--------|------------------------------------------------|
-//! | 0      | 1      | envelope version, `1`                          |
+//! | 0      | 1      | envelope version: `1` plain, `2` zstd          |
 //! | 1      | 8      | id of the master key that wrapped the data key |
 //! | 9      | 12     | nonce of the data-key wrap                     |
 //! | 21     | 48     | wrapped data key (32) and its GCM tag (16)     |
@@ -24,7 +31,15 @@ use zeroize::Zeroizing;
 
 /// Length of the master key and of every data key.
 pub const KEY_LEN: usize = 32;
-const VERSION: u8 = 1;
+/// An envelope whose sealed payload is the plaintext itself.
+const VERSION_PLAIN: u8 = 1;
+/// An envelope whose sealed payload is a zstd frame of the plaintext.
+const VERSION_ZSTD: u8 = 2;
+/// zstd level: the fastest, which already removes most of a share's redundancy.
+const ZSTD_LEVEL: i32 = 1;
+/// The largest plaintext an envelope may hold (the largest share or cipherText the daemon
+/// can be configured to accept); a frame that would inflate past it is refused.
+pub const MAX_PAYLOAD: usize = crate::config::MAX_SECRET_LIMIT;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const KEY_ID_LEN: usize = 8;
@@ -95,13 +110,13 @@ pub struct RecordAad<'a> {
 }
 
 impl RecordAad<'_> {
-    fn encode(&self, layer: &[u8], key_id: Option<&KeyId>) -> Vec<u8> {
+    fn encode(&self, layer: &[u8], version: u8, key_id: Option<&KeyId>) -> Vec<u8> {
         let mut out = Vec::with_capacity(
             32 + self.table.len() + self.client_id.len() + self.backup_method.len(),
         );
         out.extend_from_slice(b"sharevault/v1/");
         out.extend_from_slice(layer);
-        out.push(VERSION);
+        out.push(version);
         if let Some(id) = key_id {
             out.extend_from_slice(&id.0);
         }
@@ -141,6 +156,53 @@ fn cipher(key: &[u8; KEY_LEN]) -> Aes256Gcm {
     Aes256Gcm::new(key.into())
 }
 
+thread_local! {
+    /// One zstd context per thread, reused: creating one costs more than compressing a share.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The plaintext's zstd frame, if it is smaller than the plaintext.
+fn compress(plaintext: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        let compressor = slot.as_mut()?;
+        let frame = Zeroizing::new(compressor.compress(plaintext).ok()?);
+        (frame.len() < plaintext.len()).then_some(frame)
+    })
+}
+
+fn decompress(frame: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = zstd::bulk::Decompressor::new().ok();
+        }
+        let decompressor = slot.as_mut().ok_or(CryptoError::Malformed)?;
+        // Every frame this module writes declares its size: allocate exactly that.
+        let size = match zstd::zstd_safe::get_frame_content_size(frame) {
+            Ok(Some(size)) if size <= MAX_PAYLOAD as u64 => size as usize,
+            _ => return Err(CryptoError::Malformed),
+        };
+        decompressor
+            .decompress(frame, size)
+            .map(Zeroizing::new)
+            .map_err(|_| CryptoError::Malformed)
+    })
+}
+
+fn version_of(envelope: &[u8]) -> Result<u8, CryptoError> {
+    match envelope.first() {
+        Some(&v @ (VERSION_PLAIN | VERSION_ZSTD)) if envelope.len() >= ENVELOPE_OVERHEAD => Ok(v),
+        _ => Err(CryptoError::Malformed),
+    }
+}
+
 impl MasterKey {
     /// Reads a key file's contents: 64 hex characters (surrounding whitespace ignored) or
     /// exactly 32 raw bytes.
@@ -175,6 +237,11 @@ impl MasterKey {
 
     /// Seals `plaintext` for the record at `aad` under a fresh data key.
     pub fn seal(&self, aad: &RecordAad<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let frame = compress(plaintext);
+        let (version, payload) = match &frame {
+            Some(frame) => (VERSION_ZSTD, frame.as_slice()),
+            None => (VERSION_PLAIN, plaintext),
+        };
         let data_key = random::<KEY_LEN>()?;
         let wrap_nonce = random::<NONCE_LEN>()?;
         let data_nonce = random::<NONCE_LEN>()?;
@@ -183,7 +250,7 @@ impl MasterKey {
                 (&*wrap_nonce).into(),
                 Payload {
                     msg: data_key.as_ref(),
-                    aad: &aad.encode(b"dek", Some(&self.id)),
+                    aad: &aad.encode(b"dek", version, Some(&self.id)),
                 },
             )
             .map_err(|_| CryptoError::Tampered)?;
@@ -191,13 +258,13 @@ impl MasterKey {
             .encrypt(
                 (&*data_nonce).into(),
                 Payload {
-                    msg: plaintext,
-                    aad: &aad.encode(b"data", None),
+                    msg: payload,
+                    aad: &aad.encode(b"data", version, None),
                 },
             )
             .map_err(|_| CryptoError::Tampered)?;
         let mut out = Vec::with_capacity(PAYLOAD_AT + sealed.len());
-        out.push(VERSION);
+        out.push(version);
         out.extend_from_slice(&self.id.0);
         out.extend_from_slice(wrap_nonce.as_ref());
         out.extend_from_slice(&wrapped);
@@ -213,16 +280,22 @@ impl MasterKey {
         envelope: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let data_key = self.unwrap_data_key(aad, envelope)?;
-        let plaintext = cipher(&data_key)
-            .decrypt(
-                nonce(&envelope[DATA_NONCE_AT..PAYLOAD_AT])?.into(),
-                Payload {
-                    msg: &envelope[PAYLOAD_AT..],
-                    aad: &aad.encode(b"data", None),
-                },
-            )
-            .map_err(|_| CryptoError::Tampered)?;
-        Ok(Zeroizing::new(plaintext))
+        let version = version_of(envelope)?;
+        let payload = Zeroizing::new(
+            cipher(&data_key)
+                .decrypt(
+                    nonce(&envelope[DATA_NONCE_AT..PAYLOAD_AT])?.into(),
+                    Payload {
+                        msg: &envelope[PAYLOAD_AT..],
+                        aad: &aad.encode(b"data", version, None),
+                    },
+                )
+                .map_err(|_| CryptoError::Tampered)?,
+        );
+        match version {
+            VERSION_ZSTD => decompress(&payload),
+            _ => Ok(payload),
+        }
     }
 
     /// Re-wraps an envelope's data key under `new`, leaving the sealed payload as it is.
@@ -233,18 +306,19 @@ impl MasterKey {
         new: &MasterKey,
     ) -> Result<Vec<u8>, CryptoError> {
         let data_key = self.unwrap_data_key(aad, envelope)?;
+        let version = version_of(envelope)?;
         let wrap_nonce = random::<NONCE_LEN>()?;
         let wrapped = cipher(&new.key)
             .encrypt(
                 (&*wrap_nonce).into(),
                 Payload {
                     msg: data_key.as_ref(),
-                    aad: &aad.encode(b"dek", Some(&new.id)),
+                    aad: &aad.encode(b"dek", version, Some(&new.id)),
                 },
             )
             .map_err(|_| CryptoError::Tampered)?;
         let mut out = Vec::with_capacity(envelope.len());
-        out.push(VERSION);
+        out.push(version);
         out.extend_from_slice(&new.id.0);
         out.extend_from_slice(wrap_nonce.as_ref());
         out.extend_from_slice(&wrapped);
@@ -254,9 +328,7 @@ impl MasterKey {
 
     /// The id of the master key that wrapped an envelope's data key.
     pub fn envelope_key_id(envelope: &[u8]) -> Result<KeyId, CryptoError> {
-        if envelope.len() < ENVELOPE_OVERHEAD || envelope[0] != VERSION {
-            return Err(CryptoError::Malformed);
-        }
+        version_of(envelope)?;
         let mut id = [0u8; KEY_ID_LEN];
         id.copy_from_slice(&envelope[1..WRAP_NONCE_AT]);
         Ok(KeyId(id))
@@ -274,13 +346,14 @@ impl MasterKey {
                 found,
             });
         }
+        let version = version_of(envelope)?;
         let unwrapped = Zeroizing::new(
             cipher(&self.key)
                 .decrypt(
                     nonce(&envelope[WRAP_NONCE_AT..WRAPPED_AT])?.into(),
                     Payload {
                         msg: &envelope[WRAPPED_AT..DATA_NONCE_AT],
-                        aad: &aad.encode(b"dek", Some(&self.id)),
+                        aad: &aad.encode(b"dek", version, Some(&self.id)),
                     },
                 )
                 .map_err(|_| CryptoError::Tampered)?,
@@ -315,6 +388,58 @@ mod tests {
             &*k.open(&AAD, &envelope).unwrap(),
             b"{\"share\":\"secret-material\"}"
         );
+    }
+
+    /// A share-shaped plaintext: JSON around hex digits, as Portal sends.
+    fn hex_share() -> Vec<u8> {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let digits: String = (0..1900)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b"0123456789abcdef"[(x & 15) as usize])
+            })
+            .collect();
+        format!("{{\"share\":\"{digits}\",\"curve\":\"SECP256K1\"}}").into_bytes()
+    }
+
+    #[test]
+    fn compressible_plaintexts_are_sealed_compressed_and_open_unchanged() {
+        let k = key(7);
+        let share = hex_share();
+        let envelope = k.seal(&AAD, &share).unwrap();
+        assert_eq!(envelope[0], VERSION_ZSTD);
+        assert!(
+            envelope.len() < share.len() * 6 / 10 + ENVELOPE_OVERHEAD,
+            "{} bytes sealed into {}",
+            share.len(),
+            envelope.len()
+        );
+        assert_eq!(&*k.open(&AAD, &envelope).unwrap(), share.as_slice());
+        let rewrapped = k.rewrap(&AAD, &envelope, &key(9)).unwrap();
+        assert_eq!(&*key(9).open(&AAD, &rewrapped).unwrap(), share.as_slice());
+        // Random bytes do not compress: they are sealed as given.
+        let random = random::<600>().unwrap().to_vec();
+        let plain = k.seal(&AAD, &random).unwrap();
+        assert_eq!(plain[0], VERSION_PLAIN);
+        assert_eq!(&*k.open(&AAD, &plain).unwrap(), random.as_slice());
+    }
+
+    #[test]
+    fn changing_the_envelope_version_fails_authentication() {
+        let k = key(7);
+        for plaintext in [hex_share(), b"short".to_vec()] {
+            let mut envelope = k.seal(&AAD, &plaintext).unwrap();
+            envelope[0] = if envelope[0] == VERSION_ZSTD {
+                VERSION_PLAIN
+            } else {
+                VERSION_ZSTD
+            };
+            assert_eq!(k.open(&AAD, &envelope), Err(CryptoError::Tampered));
+            envelope[0] = 3;
+            assert_eq!(k.open(&AAD, &envelope), Err(CryptoError::Malformed));
+        }
     }
 
     #[test]
