@@ -28,15 +28,20 @@ pub enum Op {
     /// Webhook `POST /backup` on one connection, one request at a time.
     #[value(name = "backup-1conn")]
     BackupOneConnection,
+    /// Webhook fetches on half the connections while backups run on the other half: does
+    /// recovery traffic wait behind a burst of writes?
+    #[value(name = "fetch-during-backup")]
+    FetchDuringBackup,
 }
 
 impl Op {
-    pub const ALL: [Op; 5] = [
+    pub const ALL: [Op; 6] = [
         Op::Backup,
         Op::Fetch,
         Op::Store,
         Op::Get,
         Op::BackupOneConnection,
+        Op::FetchDuringBackup,
     ];
 
     pub fn label(self) -> &'static str {
@@ -46,6 +51,7 @@ impl Op {
             Op::Store => "grpc store client share",
             Op::Get => "grpc get client share",
             Op::BackupOneConnection => "webhook backup, 1 connection",
+            Op::FetchDuringBackup => "webhook fetch during backups",
         }
     }
 
@@ -57,7 +63,25 @@ impl Op {
     }
 
     fn uses_webhook(self) -> bool {
-        matches!(self, Op::Backup | Op::Fetch | Op::BackupOneConnection)
+        matches!(
+            self,
+            Op::Backup | Op::Fetch | Op::BackupOneConnection | Op::FetchDuringBackup
+        )
+    }
+
+    /// The operations run side by side, with their share of the connections: one, or for
+    /// [`Op::FetchDuringBackup`] fetches and backups on half each.
+    pub fn parts(self, connections: usize) -> Vec<(Op, usize)> {
+        match self {
+            Op::FetchDuringBackup => {
+                let fetchers = (connections / 2).max(1);
+                vec![
+                    (Op::Fetch, fetchers),
+                    (Op::Backup, connections.saturating_sub(fetchers).max(1)),
+                ]
+            }
+            _ => vec![(self, self.connections(connections))],
+        }
     }
 }
 
@@ -147,7 +171,7 @@ impl Worker {
                 let curve = self.rng.below(CURVES.len());
                 self.backup(client, method, curve).await
             }
-            Op::Fetch => self.fetch(client).await,
+            Op::Fetch | Op::FetchDuringBackup => self.fetch(client).await,
             Op::Store => self.store(client, method).await,
             Op::Get => self.get(client, method).await,
         }
@@ -298,31 +322,42 @@ async fn join(
     Ok(total)
 }
 
-/// Runs `op` on `connections` workers until `duration` has passed or `max_requests` were sent.
+/// Runs each `(op, connections)` part at the same time, each on its own workers, until
+/// `duration` has passed or each part sent `max_requests`; one outcome per part.
 pub async fn run(
     target: &Arc<Target>,
-    op: Op,
-    connections: usize,
+    parts: &[(Op, usize)],
     duration: Duration,
     max_requests: u64,
-) -> anyhow::Result<Outcome> {
-    let workers = warm_workers(target, op, connections).await?;
-    let per_worker = max_requests.div_ceil(connections as u64);
+) -> anyhow::Result<Vec<Outcome>> {
+    let mut warmed = Vec::with_capacity(parts.len());
+    for &(op, connections) in parts {
+        warmed.push((op, warm_workers(target, op, connections).await?));
+    }
     let started = Instant::now();
     let deadline = started + duration;
-    let mut tasks = tokio::task::JoinSet::new();
-    for mut worker in workers {
-        tasks.spawn(async move {
-            let mut part = Outcome::default();
-            while part.requests < per_worker && Instant::now() < deadline {
-                let sent = Instant::now();
-                let result = worker.call(op).await;
-                part.record(sent, result);
-            }
-            part
-        });
+    let mut sets = Vec::with_capacity(parts.len());
+    for (op, workers) in warmed {
+        let per_worker = max_requests.div_ceil(workers.len() as u64);
+        let mut tasks = tokio::task::JoinSet::new();
+        for mut worker in workers {
+            tasks.spawn(async move {
+                let mut part = Outcome::default();
+                while part.requests < per_worker && Instant::now() < deadline {
+                    let sent = Instant::now();
+                    let result = worker.call(op).await;
+                    part.record(sent, result);
+                }
+                part
+            });
+        }
+        sets.push(tasks);
     }
-    join(tasks, started).await
+    let mut outcomes = Vec::with_capacity(sets.len());
+    for tasks in sets {
+        outcomes.push(join(tasks, started).await?);
+    }
+    Ok(outcomes)
 }
 
 /// Stores every client's 8 custodian shares (webhook) and 4 client shares (gRPC).

@@ -150,47 +150,33 @@ async fn bench(args: &Args, workspace: &Workspace, daemon: &Daemon) -> anyhow::R
     };
     let mut failed = 0;
     for op in ops {
-        let conns = op.connections(connections);
+        let parts = op.parts(connections);
         let (daemon_before, self_before) = (daemon::usage(&pid)?, daemon::usage("self")?);
-        let outcome = load::run(
+        let outcomes = load::run(
             &target,
-            op,
-            conns,
+            &parts,
             Duration::from_secs(args.seconds),
             MAX_REQUESTS,
         )
         .await?;
         let (daemon_after, self_after) = (daemon::usage(&pid)?, daemon::usage("self")?);
-        let secs = outcome.elapsed.as_secs_f64();
-        let lat = &outcome.latencies_us;
-        print_row(&[
-            op.label().to_owned(),
-            conns.to_string(),
-            outcome.requests.to_string(),
-            outcome.errors.to_string(),
-            format!("{:.0}", (outcome.requests - outcome.errors) as f64 / secs),
-            format!("{:.2}", percentile_ms(lat, 0.50)),
-            format!("{:.2}", percentile_ms(lat, 0.99)),
-            format!("{:.2}", percentile_ms(lat, 0.999)),
-            format!(
-                "{:.2}",
-                daemon_after
-                    .cpu
-                    .saturating_sub(daemon_before.cpu)
-                    .as_secs_f64()
-            ),
-            format!(
-                "{:.0}",
-                cpu_percent(daemon_before, daemon_after, outcome.elapsed)
-            ),
-            format!(
-                "{:.0}",
-                cpu_percent(self_before, self_after, outcome.elapsed)
-            ),
-            format!("{:.0}", daemon_after.peak_rss as f64 / MIB),
-        ]);
-        print_errors(op.label(), &outcome);
-        failed += outcome.errors;
+        for (i, ((part, conns), outcome)) in parts.iter().zip(&outcomes).enumerate() {
+            // A part run alongside the first is labelled by what it is.
+            let label = match (op, i) {
+                (Op::FetchDuringBackup, 0) => op.label().to_owned(),
+                (Op::FetchDuringBackup, _) => format!("{} alongside", part.label()),
+                _ => op.label().to_owned(),
+            };
+            print_row(&row(
+                label,
+                *conns,
+                outcome,
+                (daemon_before, daemon_after),
+                (self_before, self_after),
+            ));
+            print_errors(&format!("{} ({})", op.label(), part.label()), outcome);
+            failed += outcome.errors;
+        }
     }
 
     let status = admin
@@ -231,6 +217,45 @@ const HEADER: [&str; 12] = [
     "daemon peak RSS MiB",
 ];
 const WIDTHS: [usize; 12] = [28, 5, 8, 6, 7, 6, 6, 8, 12, 12, 11, 19];
+
+/// A table row: an outcome and the CPU and memory the daemon and the bench used meanwhile
+/// (for operations run side by side, the CPU of both together).
+fn row(
+    label: String,
+    conns: usize,
+    outcome: &Outcome,
+    (daemon_before, daemon_after): (Usage, Usage),
+    (self_before, self_after): (Usage, Usage),
+) -> [String; 12] {
+    let secs = outcome.elapsed.as_secs_f64();
+    let lat = &outcome.latencies_us;
+    [
+        label,
+        conns.to_string(),
+        outcome.requests.to_string(),
+        outcome.errors.to_string(),
+        format!("{:.0}", (outcome.requests - outcome.errors) as f64 / secs),
+        format!("{:.2}", percentile_ms(lat, 0.50)),
+        format!("{:.2}", percentile_ms(lat, 0.99)),
+        format!("{:.2}", percentile_ms(lat, 0.999)),
+        format!(
+            "{:.2}",
+            daemon_after
+                .cpu
+                .saturating_sub(daemon_before.cpu)
+                .as_secs_f64()
+        ),
+        format!(
+            "{:.0}",
+            cpu_percent(daemon_before, daemon_after, outcome.elapsed)
+        ),
+        format!(
+            "{:.0}",
+            cpu_percent(self_before, self_after, outcome.elapsed)
+        ),
+        format!("{:.0}", daemon_after.peak_rss as f64 / MIB),
+    ]
+}
 
 fn print_row(cells: &[String; 12]) {
     let mut line = String::from("|");

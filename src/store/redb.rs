@@ -647,32 +647,15 @@ fn run_writer(shared: &Shared, mut queue: mpsc::Receiver<Job>, mut head: Head) {
                 continue;
             }
         }
-        let deferred = all_deferred(&jobs);
-        let committed = commit_or_reopen(shared, &jobs, head);
-        if committed.is_ok() {
-            // A durable commit also makes every earlier deferred one durable.
-            shared
-                .unflushed
-                .store(deferred, std::sync::atomic::Ordering::SeqCst);
-        }
-        crate::metrics::global().batch(jobs.len(), started.elapsed(), committed.is_ok());
-        match committed {
-            Ok((results, new_head)) => {
-                head = new_head;
-                tracing::debug!(
-                    batch = jobs.len(),
-                    commit_us = started.elapsed().as_micros() as u64,
-                    "committed"
-                );
-                for (job, result) in jobs.into_iter().zip(results) {
-                    let _ = job.reply.send(result);
-                }
-            }
-            Err(err) => {
-                tracing::error!(batch = jobs.len(), error = %err, "write transaction failed");
-                for job in jobs {
-                    let _ = job.reply.send(Err(StoreError::Backend(err.to_string())));
-                }
+        // Reads of share material wait for their audit events: those go first, in a commit
+        // of their own, so that recovery traffic never waits for a burst of writes to be
+        // applied (only for the commit already under way).
+        let (reads, writes): (Vec<Job>, Vec<Job>) = jobs
+            .into_iter()
+            .partition(|job| matches!(job.op, WriteOp::AuditOnly { .. }));
+        for group in [reads, writes] {
+            if !group.is_empty() {
+                commit_group(shared, group, &mut head, started);
             }
         }
     }
@@ -682,6 +665,38 @@ fn run_writer(shared: &Shared, mut queue: mpsc::Receiver<Job>, mut head: Head) {
         && let Err(err) = txn.commit()
     {
         tracing::error!(error = %err, "the last deferred audit events could not be flushed");
+    }
+}
+
+/// Commits one group of jobs and answers each.
+fn commit_group(shared: &Shared, jobs: Vec<Job>, head: &mut Head, started: std::time::Instant) {
+    let deferred = all_deferred(&jobs);
+    let committed = commit_or_reopen(shared, &jobs, *head);
+    if committed.is_ok() {
+        // A durable commit also makes every earlier deferred one durable.
+        shared
+            .unflushed
+            .store(deferred, std::sync::atomic::Ordering::SeqCst);
+    }
+    crate::metrics::global().batch(jobs.len(), started.elapsed(), committed.is_ok());
+    match committed {
+        Ok((results, new_head)) => {
+            *head = new_head;
+            tracing::debug!(
+                batch = jobs.len(),
+                commit_us = started.elapsed().as_micros() as u64,
+                "committed"
+            );
+            for (job, result) in jobs.into_iter().zip(results) {
+                let _ = job.reply.send(result);
+            }
+        }
+        Err(err) => {
+            tracing::error!(batch = jobs.len(), error = %err, "write transaction failed");
+            for job in jobs {
+                let _ = job.reply.send(Err(StoreError::Backend(err.to_string())));
+            }
+        }
     }
 }
 

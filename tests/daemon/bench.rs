@@ -5,12 +5,14 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-const LABELS: [&str; 5] = [
+const LABELS: [&str; 7] = [
     "webhook backup",
     "webhook fetch",
     "grpc store client share",
     "grpc get client share",
     "webhook backup, 1 connection",
+    "webhook fetch during backups",
+    "webhook backup alongside",
 ];
 
 #[test]
@@ -60,7 +62,7 @@ fn bench_runs_every_operation_without_errors() {
     for label in LABELS {
         let cells: Vec<&str> = stdout
             .lines()
-            .find(|l| l.starts_with(&format!("| {label} ")))
+            .find(|l| l.split('|').nth(1).map(str::trim) == Some(label))
             .unwrap_or_else(|| panic!("no row for {label}:\n{stdout}"))
             .split('|')
             .map(str::trim)

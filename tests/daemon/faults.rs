@@ -36,6 +36,21 @@ impl Drop for Tmpfs {
     }
 }
 
+/// `len` characters that compress poorly (shares are compressed before they are sealed, and a
+/// repeated character would hardly take any room).
+fn incompressible(len: usize, seed: u64) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(ALPHABET[(x >> 58) as usize])
+        })
+        .collect()
+}
+
 async fn fill_until_refused(
     http: &Http,
     secret: &str,
@@ -44,7 +59,7 @@ async fn fill_until_refused(
     let mut acked = Vec::new();
     for i in 0..3_000 {
         let client = format!("{prefix}-{i}");
-        let share = format!("{i:08}{}", "s".repeat(60_000));
+        let share = format!("{i:08}{}", incompressible(60_000, i));
         let reply = http
             .post_json(
                 "/backup",
