@@ -575,15 +575,39 @@ impl Vault {
         actor: &str,
     ) -> Result<Vec<FetchedShare>, VaultError> {
         validate::client_id(client_id)?;
-        let read = self.read_custodian_shares(client_id);
+        let id = client_id.to_owned();
+        let read = self
+            .off_runtime(move |store| store.custodian_shares(&id))
+            .await
+            .and_then(|rows| self.open_custodian_shares(client_id, &rows));
         self.audited(read, entry(actor, "fetch", client_id, ""))
             .await
     }
 
-    fn read_custodian_shares(&self, client_id: &str) -> Result<Vec<FetchedShare>, VaultError> {
-        self.store
-            .custodian_shares(client_id)?
-            .iter()
+    /// Runs a store read on the runtime's blocking threads. A page-cache miss is a synchronous
+    /// read from the disk: there it holds up no other request, and as many reads wait on the
+    /// disk at once as there are requests (a database much larger than memory is read at the
+    /// disk's queue depth, not one read per runtime worker).
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&dyn Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, VaultError> {
+        let store = Arc::clone(&self.store);
+        match tokio::task::spawn_blocking(move || read(store.as_ref())).await {
+            Ok(result) => Ok(result?),
+            Err(err) => {
+                tracing::error!(error = %err, "a store read did not finish");
+                Err(VaultError::Unavailable)
+            }
+        }
+    }
+
+    fn open_custodian_shares(
+        &self,
+        client_id: &str,
+        rows: &[MethodRecord],
+    ) -> Result<Vec<FetchedShare>, VaultError> {
+        rows.iter()
             .map(|m| {
                 Ok(FetchedShare {
                     share: self.open_record(
@@ -680,22 +704,29 @@ impl Vault {
     ) -> Result<ClientShare, VaultError> {
         validate::client_id(client_id)?;
         let method = validate::backup_method(backup_method)?;
-        let read = self.read_client_share(client_id, method);
+        let (id, wanted) = (client_id.to_owned(), method.to_owned());
+        let read = self
+            .off_runtime(move |store| {
+                let mut found = store.client_share(&id, &wanted)?.map(|r| (false, r));
+                if found.is_none() && wanted != UNKNOWN_METHOD {
+                    found = store.client_share(&id, UNKNOWN_METHOD)?.map(|r| (true, r));
+                }
+                Ok(found)
+            })
+            .await
+            .and_then(|found| self.open_client_share(client_id, method, found));
         self.audited(read, entry(actor, "get_client_share", client_id, method))
             .await
     }
 
-    fn read_client_share(&self, client_id: &str, method: &str) -> Result<ClientShare, VaultError> {
-        let mut found = self
-            .store
-            .client_share(client_id, method)?
-            .map(|r| (method, r));
-        if found.is_none() && method != UNKNOWN_METHOD {
-            found = self
-                .store
-                .client_share(client_id, UNKNOWN_METHOD)?
-                .map(|r| (UNKNOWN_METHOD, r));
-        }
+    /// Opens the client share found for `method` (or, with `true`, under the legacy method).
+    fn open_client_share(
+        &self,
+        client_id: &str,
+        method: &str,
+        found: Option<(bool, SealedRecord)>,
+    ) -> Result<ClientShare, VaultError> {
+        let found = found.map(|(legacy, r)| (if legacy { UNKNOWN_METHOD } else { method }, r));
         let (method, record) = found.ok_or_else(|| {
             VaultError::NotFound("no client backup share is held for this client and method".into())
         })?;
