@@ -12,6 +12,9 @@ use sharevault::net::{Listener, tls_acceptor};
 use sharevault::server::{self, Listeners, Settings};
 use std::io::IsTerminal;
 
+/// Threads for reads of share material that may wait on the disk.
+const BLOCKING_THREADS: usize = 16;
+
 /// mimalloc: the daemon allocates and frees small buffers on every request from several
 /// threads, where glibc's arenas contend on their locks.
 #[global_allocator]
@@ -150,7 +153,13 @@ fn main() -> anyhow::Result<()> {
                     .map_err(anyhow::Error::msg)
             };
             let (grpc_tls, http_tls) = (tls(&config.grpc_tls)?, tls(&config.http_tls)?);
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+            // Reads of share material run on the blocking threads (see `Vault`): enough of
+            // them to keep the disk's queue busy, few enough to keep memory bounded.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .max_blocking_threads(BLOCKING_THREADS)
+                .build()
+                .context("cannot start the runtime")?;
             runtime.block_on(async {
                 let grpc = Listener::bind(&config.grpc_listen)
                     .await
