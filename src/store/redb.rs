@@ -1108,11 +1108,36 @@ mod tests {
     use std::ops::Bound;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    /// A file backend whose writes fail with "no space left on device" while `fail` is set.
+    /// A file backend whose writes fail with "no space left on device" while `fail` is set, and
+    /// whose syncs take `sync_ms` longer.
     #[derive(Debug)]
     struct Flaky {
         inner: FileBackend,
         fail: Arc<AtomicBool>,
+        sync_ms: Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    fn flaky_opener(
+        path: &Path,
+        fail: &Arc<AtomicBool>,
+        sync_ms: &Arc<std::sync::atomic::AtomicU64>,
+    ) -> Opener {
+        let (p, f, s) = (path.to_owned(), Arc::clone(fail), Arc::clone(sync_ms));
+        Box::new(move || {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&p)
+                .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
+            let inner = FileBackend::new(file)?;
+            Database::builder().create_with_backend(Flaky {
+                inner,
+                fail: Arc::clone(&f),
+                sync_ms: Arc::clone(&s),
+            })
+        })
     }
 
     impl Flaky {
@@ -1137,6 +1162,9 @@ mod tests {
             self.inner.set_len(len)
         }
         fn sync_data(&self) -> std::io::Result<()> {
+            std::thread::sleep(std::time::Duration::from_millis(
+                self.sync_ms.load(Ordering::SeqCst),
+            ));
             self.check()?;
             self.inner.sync_data()
         }
@@ -1191,27 +1219,56 @@ mod tests {
         )
     }
 
+    /// A read's audit event queued behind a write commits before it: a fetch waits for the
+    /// commit under way, not for the writes queued beside it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn audit_events_of_reads_commit_ahead_of_queued_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let fail = Arc::new(AtomicBool::new(false));
+        let sync_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let opener = flaky_opener(&dir.path().join("slow.redb"), &fail, &sync_ms);
+        let store = RedbStore::open_with(opener, None, 0).unwrap();
+
+        // A slow disk holds the writer in its first commit while the others queue up.
+        sync_ms.store(300, Ordering::SeqCst);
+        let (op, audit) = put("first", b"A");
+        let first = tokio::spawn(store.write(op, audit));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (op, audit) = put("queued-write", b"B");
+        let write = tokio::spawn(store.write(op, audit));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let read = tokio::spawn(store.write(
+            WriteOp::AuditOnly { deferred: false },
+            Some(AuditEntry {
+                time_ms: 2,
+                actor: "webhook".into(),
+                action: "fetch",
+                client_id: "reader".into(),
+                backup_method: String::new(),
+                outcome: Some("ok".into()),
+            }),
+        ));
+        for task in [first, write, read] {
+            task.await.unwrap().unwrap();
+        }
+        sync_ms.store(0, Ordering::SeqCst);
+
+        let order: Vec<String> = store
+            .audit_events(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.unwrap().client_id)
+            .collect();
+        assert_eq!(order, ["first", "reader", "queued-write"]);
+    }
+
     #[tokio::test]
     async fn a_failed_commit_changes_nothing_and_writes_resume_without_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("flaky.redb");
         let fail = Arc::new(AtomicBool::new(false));
-        let (p, f) = (path.clone(), Arc::clone(&fail));
-        let opener: Opener = Box::new(move || {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&p)
-                .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
-            let inner = FileBackend::new(file)?;
-            Database::builder().create_with_backend(Flaky {
-                inner,
-                fail: Arc::clone(&f),
-            })
-        });
-        let store = RedbStore::open_with(opener, None, 0).unwrap();
+        let sync_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let store = RedbStore::open_with(flaky_opener(&path, &fail, &sync_ms), None, 0).unwrap();
         let (op, audit) = put("acked-before", b"A");
         store.write(op, audit).await.unwrap();
 
