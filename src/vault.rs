@@ -783,14 +783,20 @@ impl Vault {
     // ---- views and the status model ----
 
     /// What a client holds, per bare method. Reads no secret bytes.
-    pub fn list_backups(&self, client_id: &str) -> Result<Vec<MethodView>, VaultError> {
+    pub async fn list_backups(&self, client_id: &str) -> Result<Vec<MethodView>, VaultError> {
         validate::client_id(client_id)?;
-        let pairs: BTreeMap<String, PairRecord> = self
-            .store
-            .pairs(client_id)?
-            .into_iter()
-            .map(|p| (p.id.clone(), p))
-            .collect();
+        let id = client_id.to_owned();
+        let (pairs, client_shares, custodian_shares) = self
+            .off_runtime(move |store| {
+                Ok((
+                    store.pairs(&id)?,
+                    store.client_shares(&id)?,
+                    store.custodian_shares(&id)?,
+                ))
+            })
+            .await?;
+        let pairs: BTreeMap<String, PairRecord> =
+            pairs.into_iter().map(|p| (p.id.clone(), p)).collect();
         let mut methods: BTreeMap<String, MethodView> = BTreeMap::new();
         fn view<'m>(
             methods: &'m mut BTreeMap<String, MethodView>,
@@ -806,7 +812,7 @@ impl Vault {
         for MethodRecord {
             backup_method,
             record,
-        } in self.store.client_shares(client_id)?
+        } in client_shares
         {
             view(&mut methods, &backup_method).client_share_created_at_ms =
                 Some(record.created_at_ms);
@@ -814,7 +820,7 @@ impl Vault {
         for MethodRecord {
             backup_method,
             record,
-        } in self.store.custodian_shares(client_id)?
+        } in custodian_shares
         {
             let (bare, curve) = split_curve(&backup_method);
             let pair_status = record
@@ -834,9 +840,10 @@ impl Vault {
         Ok(methods.into_values().collect())
     }
 
-    pub fn list_pairs(&self, client_id: &str) -> Result<Vec<PairRecord>, VaultError> {
+    pub async fn list_pairs(&self, client_id: &str) -> Result<Vec<PairRecord>, VaultError> {
         validate::client_id(client_id)?;
-        Ok(self.store.pairs(client_id)?)
+        let id = client_id.to_owned();
+        self.off_runtime(move |store| store.pairs(&id)).await
     }
 
     /// Moves pairs to `status`, all or none.

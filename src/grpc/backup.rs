@@ -182,7 +182,7 @@ impl BackupService for BackupApi {
         call.client(&req.client_id);
         let result = async {
             let (vault, _) = self.authorize(&request, Role::Backend)?;
-            let methods = vault.list_backups(&req.client_id)?;
+            let methods = vault.list_backups(&req.client_id).await?;
             Ok(pb::ListBackupsResponse {
                 methods: methods.into_iter().map(method_to_proto).collect(),
             })
@@ -221,7 +221,7 @@ impl BackupService for BackupApi {
         call.client(&req.client_id);
         let result = async {
             let (vault, _) = self.authorize(&request, Role::Backend)?;
-            let pairs = vault.list_pairs(&req.client_id)?;
+            let pairs = vault.list_pairs(&req.client_id).await?;
             Ok(pb::ListBackupSharePairsResponse {
                 backup_share_pairs: pairs.into_iter().map(pair_to_proto).collect(),
             })

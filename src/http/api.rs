@@ -198,7 +198,8 @@ async fn list_backups(
     let result = async {
         let (vault, _) = state.authorize(&headers, Role::Backend, from)?;
         let methods: Vec<Value> = vault
-            .list_backups(&client_id)?
+            .list_backups(&client_id)
+            .await?
             .into_iter()
             .map(|m| {
                 json!({
@@ -256,7 +257,8 @@ async fn list_pairs(
     let result = async {
         let (vault, _) = state.authorize(&headers, Role::Backend, from)?;
         let pairs: Vec<Value> = vault
-            .list_pairs(&client_id)?
+            .list_pairs(&client_id)
+            .await?
             .into_iter()
             .map(|p| {
                 let (method, curve) = crate::validate::split_curve(&p.backup_method);
