@@ -157,33 +157,25 @@ fn cipher(key: &[u8; KEY_LEN]) -> Aes256Gcm {
 }
 
 thread_local! {
-    /// One zstd context per thread, reused: creating one costs more than compressing a share.
+    /// One zstd context per thread (made on first use), reused: creating one costs more than
+    /// compressing a share. `None` if zstd could not allocate one.
     static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
-        const { std::cell::RefCell::new(None) };
+        std::cell::RefCell::new(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok());
     static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-        const { std::cell::RefCell::new(None) };
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new().ok());
 }
 
 /// The plaintext's zstd frame, if it is smaller than the plaintext.
 fn compress(plaintext: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-    COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
-        }
-        let compressor = slot.as_mut()?;
-        let frame = Zeroizing::new(compressor.compress(plaintext).ok()?);
+    COMPRESSOR.with_borrow_mut(|compressor| {
+        let frame = Zeroizing::new(compressor.as_mut()?.compress(plaintext).ok()?);
         (frame.len() < plaintext.len()).then_some(frame)
     })
 }
 
 fn decompress(frame: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-    DECOMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = zstd::bulk::Decompressor::new().ok();
-        }
-        let decompressor = slot.as_mut().ok_or(CryptoError::Malformed)?;
+    DECOMPRESSOR.with_borrow_mut(|decompressor| {
+        let decompressor = decompressor.as_mut().ok_or(CryptoError::Malformed)?;
         // Every frame this module writes declares its size: allocate exactly that.
         let size = match zstd::zstd_safe::get_frame_content_size(frame) {
             Ok(Some(size)) if size <= MAX_PAYLOAD as u64 => size as usize,

@@ -12,7 +12,7 @@ use sharevault::net::{Listener, tls_acceptor};
 use sharevault::server::{self, Listeners, Settings};
 use std::io::IsTerminal;
 
-/// Threads for reads of share material that may wait on the disk.
+/// Threads for store reads, which may wait on the disk.
 const BLOCKING_THREADS: usize = 16;
 
 /// mimalloc: the daemon allocates and frees small buffers on every request from several
@@ -153,7 +153,7 @@ fn main() -> anyhow::Result<()> {
                     .map_err(anyhow::Error::msg)
             };
             let (grpc_tls, http_tls) = (tls(&config.grpc_tls)?, tls(&config.http_tls)?);
-            // Reads of share material run on the blocking threads (see `Vault`): enough of
+            // Store reads run on the blocking threads (see `Vault`): enough of
             // them to keep the disk's queue busy, few enough to keep memory bounded.
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -501,7 +501,8 @@ impl Vault {
             .primary()
             .seal(&aad, input.share.as_bytes())
             .map_err(crypto_failure)?;
-        self.warm_for_write(input.client_id, method, true).await;
+        self.warm_for_write(TableId::Custodian, input.client_id, method)
+            .await;
         self.store
             .write(
                 WriteOp::PutCustodianShare {
@@ -587,20 +588,19 @@ impl Vault {
 
     /// Reads, off the writer thread, the pages a write of this record will change (its own and
     /// its client's pairs), so that the single writer finds them in the page cache instead of
-    /// waiting for the disk one page at a time. Only a hint: a failure here is the write's to
-    /// report.
-    async fn warm_for_write(&self, client_id: &str, method: &str, custodian: bool) {
+    /// waiting for the disk one page at a time. Only a hint: what it reads is dropped, and a
+    /// failure here is the write's to report.
+    async fn warm_for_write(&self, table: TableId, client_id: &str, method: &str) {
+        let store = Arc::clone(&self.store);
         let (id, method) = (client_id.to_owned(), method.to_owned());
-        let _ = self
-            .off_runtime(move |store| {
-                if custodian {
-                    store.custodian_share(&id, &method)?;
-                } else {
-                    store.client_share(&id, &method)?;
-                }
-                store.pairs(&id).map(drop)
-            })
-            .await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = match table {
+                TableId::Custodian => store.custodian_share(&id, &method),
+                _ => store.client_share(&id, &method),
+            };
+            let _ = store.pairs(&id);
+        })
+        .await;
     }
 
     /// Runs a store read on the runtime's blocking threads. A page-cache miss is a synchronous
@@ -609,7 +609,7 @@ impl Vault {
     /// disk's queue depth, not one read per runtime worker).
     async fn off_runtime<T: Send + 'static>(
         &self,
-        read: impl FnOnce(&dyn Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+        read: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, VaultError> {
         let store = Arc::clone(&self.store);
         match tokio::task::spawn_blocking(move || read(store.as_ref())).await {
@@ -692,7 +692,8 @@ impl Vault {
             .primary()
             .seal(&aad, cipher_text.as_bytes())
             .map_err(crypto_failure)?;
-        self.warm_for_write(client_id, method, false).await;
+        self.warm_for_write(TableId::Client, client_id, method)
+            .await;
         let outcome = self
             .store
             .write(

@@ -162,10 +162,10 @@ async fn bench(args: &Args, workspace: &Workspace, daemon: &Daemon) -> anyhow::R
         let (daemon_after, self_after) = (daemon::usage(&pid)?, daemon::usage("self")?);
         for (i, ((part, conns), outcome)) in parts.iter().zip(&outcomes).enumerate() {
             // A part run alongside the first is labelled by what it is.
-            let label = match (op, i) {
-                (Op::FetchDuringBackup, 0) => op.label().to_owned(),
-                (Op::FetchDuringBackup, _) => format!("{} alongside", part.label()),
-                _ => op.label().to_owned(),
+            let label = if i == 0 {
+                op.label().to_owned()
+            } else {
+                format!("{} alongside", part.label())
             };
             print_row(&row(
                 label,

@@ -218,6 +218,26 @@ impl Daemon {
             .into_inner()
     }
 
+    /// `AdminService.GetStatus`; it must succeed.
+    pub async fn status(&self, admin: &str) -> sharevault::pb::GetStatusResponse {
+        self.admin()
+            .await
+            .get_status(with_token(sharevault::pb::GetStatusRequest {}, admin))
+            .await
+            .expect("status")
+            .into_inner()
+    }
+
+    /// `AdminService.VerifyAudit`: the audit trail's hash chain, checked by the daemon.
+    pub async fn verify_audit(&self, admin: &str) -> sharevault::pb::VerifyAuditResponse {
+        self.admin()
+            .await
+            .verify_audit(with_token(sharevault::pb::VerifyAuditRequest {}, admin))
+            .await
+            .expect("verify audit")
+            .into_inner()
+    }
+
     pub async fn webhook(&self) -> WebhookServiceClient<Channel> {
         WebhookServiceClient::new(self.channel().await)
     }

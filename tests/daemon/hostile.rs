@@ -1366,16 +1366,7 @@ async fn malformed_requests_are_refused_store_nothing_and_leak_nothing() {
         )
         .await;
     assert_eq!(pairs.json(), json!({"backupSharePairs": []}));
-    let status = daemon
-        .admin()
-        .await
-        .get_status(with_token(
-            pb::GetStatusRequest {},
-            &sandbox.keys.admin_token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let status = daemon.status(&sandbox.keys.admin_token).await;
     assert_eq!(
         (status.custodian_shares, status.client_shares),
         (0, 0),

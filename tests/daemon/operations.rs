@@ -316,13 +316,7 @@ async fn rekey_while_serving_then_the_old_key_is_refused() {
         .unwrap()
         .into_inner();
     assert_eq!(got.cipher_text, "ct-42");
-    let status = daemon
-        .admin()
-        .await
-        .get_status(with_token(pb::GetStatusRequest {}, &admin))
-        .await
-        .unwrap()
-        .into_inner();
+    let status = daemon.status(&admin).await;
     assert_eq!(status.master_key_id, last.new_master_key_id);
 }
 
@@ -454,13 +448,7 @@ async fn every_write_and_share_read_is_audited_and_tampering_is_detected() {
             .all(|e| !format!("{e:?}").contains("AUDIT-SECRET")),
         "no payloads in events"
     );
-    let report = daemon
-        .admin()
-        .await
-        .verify_audit(with_token(pb::VerifyAuditRequest {}, &admin))
-        .await
-        .unwrap()
-        .into_inner();
+    let report = daemon.verify_audit(&admin).await;
     assert!(report.ok && report.events == all.len() as u64, "{report:?}");
     drop((hook, api));
     assert!(daemon.signal("TERM").success());
@@ -492,13 +480,7 @@ async fn every_write_and_share_read_is_audited_and_tampering_is_detected() {
         write.commit().unwrap();
     }
     let daemon = sandbox.start();
-    let report = daemon
-        .admin()
-        .await
-        .verify_audit(with_token(pb::VerifyAuditRequest {}, &admin))
-        .await
-        .unwrap()
-        .into_inner();
+    let report = daemon.verify_audit(&admin).await;
     assert!(!report.ok);
     assert_eq!(report.first_bad_seq, victim);
     assert!(report.problem.contains("edited"), "{}", report.problem);
@@ -559,12 +541,6 @@ async fn deferred_read_audit_events_are_visible_at_once_and_durable_soon_after()
         3,
         "durable after the flush interval, across kill -9"
     );
-    let report = daemon
-        .admin()
-        .await
-        .verify_audit(with_token(pb::VerifyAuditRequest {}, &admin))
-        .await
-        .unwrap()
-        .into_inner();
+    let report = daemon.verify_audit(&admin).await;
     assert!(report.ok, "{report:?}");
 }

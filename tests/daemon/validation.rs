@@ -298,16 +298,7 @@ async fn bad_input_is_refused_by_field_and_changes_nothing() {
         .unwrap()
         .into_inner();
     assert!(view.methods.is_empty());
-    let status = daemon
-        .admin()
-        .await
-        .get_status(with_token(
-            pb::GetStatusRequest {},
-            &sandbox.keys.admin_token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let status = daemon.status(&sandbox.keys.admin_token).await;
     assert_eq!(
         (
             status.custodian_shares,
