@@ -170,6 +170,11 @@ pub struct ServeArgs {
     /// resident memory is about twice this plus 40 MiB under load.
     #[arg(long, env = "SHAREVAULT_CACHE_BYTES", value_name = "BYTES")]
     pub cache_bytes: Option<usize>,
+    /// Size of each of the two write-ahead journals beside the database file, in bytes
+    /// [default: 134217728]; 0 turns the journal off (every commit then fsyncs the database
+    /// file itself, which is slower).
+    #[arg(long, env = "SHAREVAULT_JOURNAL_BYTES", value_name = "BYTES")]
+    pub journal_bytes: Option<u64>,
     /// Refuse writes while less than this many bytes are free on the data dir's filesystem
     /// [default: 67108864].
     #[arg(long, env = "SHAREVAULT_MIN_FREE_DISK_BYTES", value_name = "BYTES")]
@@ -212,6 +217,7 @@ pub struct Config {
     pub min_free_disk_bytes: u64,
     pub read_audit: ReadAudit,
     pub cache_bytes: usize,
+    pub journal_bytes: u64,
     pub auth_failure_limit: u32,
     pub auth_failure_window: Duration,
     pub limits_per_listener: ListenerLimits,
@@ -431,6 +437,10 @@ impl Config {
                 .or(file.cache_bytes)
                 .unwrap_or(48 * 1024 * 1024)
                 .max(1024 * 1024),
+            journal_bytes: args
+                .journal_bytes
+                .or(file.journal_bytes)
+                .unwrap_or(128 * 1024 * 1024),
             auth_failure_limit: args
                 .auth_failure_limit
                 .or(file.auth_failure_limit)

@@ -10,9 +10,10 @@
 //! - [`grpc`]: the gRPC services (`WebhookService`, `BackupService`, `AdminService`), thin
 //!   translations onto the vault; [`pb`] holds the generated types.
 //! - [`vault`]: the one code path under every API: validation ([`validate`]),
-//!   authentication ([`auth`]), sealing ([`crypto`]) and the share-pair model ([`pairs`]).
+//!   authentication ([`auth`]), sealing ([`crypto`]) and the share-pair model ([`pairs`]);
+//!   [`placement`] decides whether its store reads run inline or on the blocking pool.
 //! - [`store`]: the storage boundary, a trait with documented semantics, and its embedded
-//!   redb implementation with group commit; [`audit`] is the hash-chained trail written in
+//!   redb implementation with group commit over a write-ahead page journal; [`audit`] is the hash-chained trail written in
 //!   the same transactions.
 //! - [`snapshot`] and [`restore`]: the snapshot format, and offline restore after verifying
 //!   every record.
@@ -33,6 +34,7 @@ pub mod net;
 pub mod observe;
 pub mod pairs;
 pub mod pb;
+pub mod placement;
 pub mod restore;
 pub mod secrets;
 pub mod server;

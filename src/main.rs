@@ -128,6 +128,7 @@ fn settings(config: &Config) -> anyhow::Result<Settings> {
         shutdown_grace: config.shutdown_grace,
         min_free_disk_bytes: config.min_free_disk_bytes,
         cache_bytes: config.cache_bytes,
+        journal_bytes: config.journal_bytes,
         read_audit: config.read_audit,
         auth_failure_limit: config.auth_failure_limit,
         auth_failure_window: config.auth_failure_window,

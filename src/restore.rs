@@ -110,6 +110,18 @@ pub fn restore(
     crate::secrets::prepare_data_dir(data_dir)?;
     let live = data_dir.join(DATABASE_FILE);
     if live.exists() {
+        // What the journals hold is replayed into the file before it is moved aside; a
+        // running daemon holds the journal's lock.
+        match crate::store::journal::JournaledFile::settle(&live) {
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(format!(
+                    "the vault in {} is in use: stop the daemon before restoring",
+                    data_dir.display()
+                ));
+            }
+            Err(err) => return Err(format!("cannot replay the vault's journal: {err}")),
+            Ok(()) => {}
+        }
         match redb::Database::open(&live) {
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(format!(

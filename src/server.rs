@@ -44,6 +44,7 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     pub min_free_disk_bytes: u64,
     pub cache_bytes: usize,
+    pub journal_bytes: u64,
     pub read_audit: crate::config::ReadAudit,
     pub auth_failure_limit: u32,
     pub auth_failure_window: Duration,
@@ -199,10 +200,12 @@ pub async fn run(
 
     let path = settings.data_dir.join(DATABASE_FILE);
     let (min_free, cache) = (settings.min_free_disk_bytes, settings.cache_bytes);
-    let store = tokio::task::spawn_blocking(move || RedbStore::open(&path, min_free, cache))
-        .await
-        .map_err(|e| ServeError::Task(e.to_string()))?
-        .map_err(crate::vault::OpenError::Store);
+    let journal = settings.journal_bytes;
+    let store =
+        tokio::task::spawn_blocking(move || RedbStore::open(&path, min_free, cache, journal))
+            .await
+            .map_err(|e| ServeError::Task(e.to_string()))?
+            .map_err(crate::vault::OpenError::Store);
     let opened = match store {
         Ok(store) => Vault::open(
             Arc::new(store),

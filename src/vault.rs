@@ -9,6 +9,7 @@ use crate::auth::{self, Principal, Role, WebhookSecrets};
 use crate::crypto::{CryptoError, KeyId, MasterKey, RecordAad};
 use crate::error::{Field, VaultError};
 use crate::pairs::PairStatus;
+use crate::placement::ReadPlacement;
 use crate::snapshot::{self, TableId};
 use crate::store::redb::{CLIENT_TABLE, CUSTODIAN_TABLE};
 use crate::store::{
@@ -255,6 +256,8 @@ pub struct Vault {
     /// Audit events of reads become durable up to 100 ms after the read is answered, instead
     /// of before.
     deferred_read_audit: bool,
+    /// Whether store reads run inline or on the blocking pool.
+    placement: Arc<ReadPlacement>,
 }
 
 impl Vault {
@@ -328,6 +331,7 @@ impl Vault {
             limits,
             credentials,
             started: Instant::now(),
+            placement: Arc::new(ReadPlacement::new()),
             rekeying: tokio::sync::Mutex::new(()),
             deferred_read_audit: false,
         })
@@ -586,33 +590,51 @@ impl Vault {
             .await
     }
 
-    /// Reads, off the writer thread, the pages a write of this record will change (its own and
-    /// its client's pairs), so that the single writer finds them in the page cache instead of
-    /// waiting for the disk one page at a time. Only a hint: what it reads is dropped, and a
-    /// failure here is the write's to report.
+    /// While store reads wait for the disk ([`ReadPlacement`]), reads on the blocking pool the
+    /// pages a write of this record will change (its own and its client's pairs), so that the
+    /// single writer finds them in the page cache instead of waiting for the disk one page at
+    /// a time. Only a hint: what it reads is dropped, and a failure here is the write's to
+    /// report.
     async fn warm_for_write(&self, table: TableId, client_id: &str, method: &str) {
+        if !self.placement.offloading() {
+            return;
+        }
         let store = Arc::clone(&self.store);
+        let placement = Arc::clone(&self.placement);
         let (id, method) = (client_id.to_owned(), method.to_owned());
         let _ = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let _ = match table {
                 TableId::Custodian => store.custodian_share(&id, &method),
                 _ => store.client_share(&id, &method),
             };
             let _ = store.pairs(&id);
+            placement.observe(started.elapsed());
         })
         .await;
     }
 
-    /// Runs a store read on the runtime's blocking threads. A page-cache miss is a synchronous
-    /// read from the disk: there it holds up no other request, and as many reads wait on the
-    /// disk at once as there are requests (a database much larger than memory is read at the
-    /// disk's queue depth, not one read per runtime worker).
+    /// Runs a store read inline while reads find their pages in memory, and on the runtime's
+    /// blocking threads once one has waited for the disk ([`ReadPlacement`]): there a
+    /// page-cache miss holds up no other request, and as many reads wait on the disk at once
+    /// as there are requests (a database much larger than memory is read at the disk's queue
+    /// depth, not one read per runtime worker).
     async fn off_runtime<T: Send + 'static>(
         &self,
         read: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, VaultError> {
         let store = Arc::clone(&self.store);
-        match tokio::task::spawn_blocking(move || read(store.as_ref())).await {
+        let placement = Arc::clone(&self.placement);
+        let timed = move || {
+            let started = Instant::now();
+            let result = read(store.as_ref());
+            placement.observe(started.elapsed());
+            result
+        };
+        if !self.placement.offloading() {
+            return Ok(timed()?);
+        }
+        match tokio::task::spawn_blocking(timed).await {
             Ok(result) => Ok(result?),
             Err(err) => {
                 tracing::error!(error = %err, "a store read did not finish");

@@ -23,6 +23,7 @@
 //! [`redb::RedbStore`] is the embedded default.
 
 pub mod codec;
+pub mod journal;
 pub mod redb;
 
 use crate::audit::{AuditEntry, AuditEvent};

@@ -9,6 +9,7 @@
 //! operation in it.
 
 use super::codec;
+use super::journal::JournaledFile;
 use super::{
     Counts, ExportItem, MethodRecord, PairRecord, Rewrap, SealedRecord, Store, StoreError,
     TokenRecord, WriteFuture, WriteOp, WriteOutcome,
@@ -183,14 +184,34 @@ pub struct RedbStore {
 impl RedbStore {
     /// Opens (or creates) the database file and starts the writer thread. Writes are refused
     /// while less than `min_free_bytes` is free on the file's filesystem; redb's page cache
-    /// takes at most `cache_bytes`.
-    pub fn open(path: &Path, min_free_bytes: u64, cache_bytes: usize) -> Result<Self, StoreError> {
+    /// takes at most `cache_bytes`. With `journal_bytes` above zero, commits are made durable
+    /// through two journals of that size ([`super::journal`]); with zero, by fsyncing the
+    /// database file itself.
+    pub fn open(
+        path: &Path,
+        min_free_bytes: u64,
+        cache_bytes: usize,
+        journal_bytes: u64,
+    ) -> Result<Self, StoreError> {
         let file = path.to_path_buf();
         let store = Self::open_with(
             Box::new(move || {
-                Database::builder()
-                    .set_cache_size(cache_bytes)
-                    .create(&file)
+                let mut builder = Database::builder();
+                builder.set_cache_size(cache_bytes);
+                if journal_bytes == 0 {
+                    // The journals of an earlier run with them on are replayed first.
+                    JournaledFile::settle(&file)
+                        .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
+                    return builder.create(&file);
+                }
+                let backend = JournaledFile::open(&file, journal_bytes).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::WouldBlock {
+                        redb::DatabaseError::DatabaseAlreadyOpen
+                    } else {
+                        redb::DatabaseError::Storage(redb::StorageError::Io(e))
+                    }
+                })?;
+                builder.create_with_backend(backend)
             }),
             Some(path),
             min_free_bytes,
@@ -1307,13 +1328,13 @@ mod tests {
     async fn writes_are_refused_below_the_free_space_reserve_and_reads_go_on() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("reserve.redb");
-        let store = RedbStore::open(&path, 0, 1 << 20).unwrap();
+        let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
         let (op, audit) = put("kept", b"K");
         store.write(op, audit).await.unwrap();
         store.close();
         drop(store);
 
-        let store = RedbStore::open(&path, u64::MAX, 1 << 20).unwrap();
+        let store = RedbStore::open(&path, u64::MAX, 1 << 20, 1 << 20).unwrap();
         let (op, audit) = put("refused", b"R");
         let err = store.write(op, audit).await.unwrap_err();
         assert!(err.to_string().contains("below the reserve"), "{err}");

@@ -83,6 +83,8 @@ pub fn command(data_dir: &Path, args: &[String]) -> Command {
         .env_remove("NOTIFY_SOCKET")
         .env("SHAREVAULT_HTTP_LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "info")
+        // Small journals: every test daemon switches journals and checkpoints often.
+        .env("SHAREVAULT_JOURNAL_BYTES", "4194304")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
