@@ -1,29 +1,39 @@
-//! A page journal beneath redb: a commit is made durable by one sequential append.
+//! A page journal beneath redb: a commit is made durable by one sequential append, and the
+//! writer goes on with the next commit while that append is flushed.
 //!
 //! redb makes a commit durable by writing every page it changed in place and calling
 //! `sync_data` on its file. Those pages are scattered over the file, so each commit costs the
-//! disk one random write per page, and the flush waits for all of them. [`JournaledFile`] is
-//! a redb [`StorageBackend`] that keeps redb's file as it is but changes what `sync_data`
-//! means:
+//! disk one random write per page, and the writer waits for all of them before it starts the
+//! next transaction. [`JournaledFile`] is a redb [`StorageBackend`] that keeps redb's file as
+//! it is but changes what `write` and `sync_data` mean:
 //!
-//! - every `write` goes to the database file (the OS page cache) and is also appended, with
-//!   its offset, to an in-memory list of the writes since the last sync;
-//! - `sync_data` writes that list as one checksummed record at the end of the active journal
-//!   file, a preallocated file written sequentially, and fsyncs the journal: one sequential
-//!   write and one flush per commit, whatever the number of pages;
-//! - when the active journal is full, the other one takes over, and a checkpointer thread
+//! - `write` appends the page, with its offset, to the record being filled, and keeps it in
+//!   memory (the overlay) for reads; the database file is not touched yet;
+//! - `sync_data` seals that record and queues it for the journal thread, and returns: the
+//!   writer applies its next transaction while the record is written;
+//! - the journal thread appends every queued record to the active journal file (a
+//!   preallocated file written sequentially) and fsyncs it: one sequential write and one
+//!   flush for however many commits queued meanwhile. Only then are the commits in it
+//!   durable: [`JournalHandle::when_durable`] answers the waiters of each commit (nothing is
+//!   acknowledged before), and the pages are written to the database file (the OS page cache)
+//!   and leave the overlay;
+//! - when the active journal is full, the other one takes over and a checkpointer thread
 //!   fsyncs the database file; after that the full journal's records are no longer needed and
 //!   it can be reused. The database file's scattered writes reach the disk in the background,
 //!   once per checkpoint for a page rewritten by many commits, and no commit waits for them.
 //!
-//! On open, the records of both journals are replayed into the database file in the order
-//! they were written (generation, then position), the file is fsynced and the journals are
-//! cleared; only then does redb see the file. A record is replayed only if it is whole (its
-//! checksum matches) and belongs to its file's current generation, so a record torn by a
-//! crash, which redb never saw acknowledged, is ignored. After replay the file holds every
-//! write up to the last completed `sync_data`, plus possibly some later ones that the OS had
-//! already written back: exactly the state a crash leaves a plain file in, which redb's
-//! commit protocol is built to recover from.
+//! The database file therefore only ever receives pages of commits already durable in a
+//! journal, in commit order. On open, the whole records of both journals are replayed into it
+//! in the order they were written (generation, then position), the file is fsynced and the
+//! journals are cleared; only then does redb see the file, which holds exactly the state of
+//! the last durable commit. A record is replayed only if it is whole (its checksum matches)
+//! and belongs to its file's current generation, so a record torn by a crash, whose commits
+//! were never acknowledged, is ignored.
+//!
+//! Readers may see a commit before it is durable (redb publishes it when its `commit`
+//! returns). No caller is answered on the strength of such a read before the commit is
+//! durable: writes are acknowledged by the journal thread, and a read of share material waits
+//! for its own audit event, which is journaled after every commit the read could have seen.
 //!
 //! Journal files sit beside the database: `<file>.journal0` and `<file>.journal1`. The first
 //! one also carries an exclusive `flock` for as long as the database is open, so that no
@@ -42,12 +52,14 @@
 
 use redb::backends::FileBackend;
 use redb::{BackendError, StorageBackend};
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::ops::Bound;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 
 const MAGIC: &[u8; 8] = b"SVJRNL01";
@@ -56,6 +68,8 @@ const ALIGN: u64 = 4096;
 const KIND_WRITE: u8 = 1;
 const KIND_SET_LEN: u8 = 2;
 const ENTRY_HEADER: usize = 13;
+/// Sealed records waiting for the journal thread, in bytes, before `sync_data` waits.
+const MAX_QUEUED_BYTES: u64 = 64 << 20;
 
 /// The journal files of the database file at `path`.
 pub fn journal_paths(path: &Path) -> [PathBuf; 2] {
@@ -70,18 +84,59 @@ pub fn journal_paths(path: &Path) -> [PathBuf; 2] {
 /// A redb storage backend: the database file, made durable through a journal.
 pub struct JournaledFile {
     inner: Arc<Inner>,
-    checkpointer: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
+
+/// What the store keeps of the backend it hands to redb: to learn when commits are durable.
+#[derive(Clone)]
+pub struct JournalHandle(Arc<Inner>);
+
+/// Called once the commit it waits for is durable, or has failed.
+pub type Waiter = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 struct Inner {
     main: FileBackend,
     journals: [File; 2],
     /// Records are appended until the active journal would pass this length.
     capacity: u64,
-    /// Entries written since the last sync, encoded as in a record's payload.
-    pending: Mutex<Vec<u8>>,
+    /// The record being filled: its buffer (which starts with room for the header) and the
+    /// length of the file as redb sees it.
+    pending: Mutex<Pending>,
+    /// Pages written by commits not yet in the database file: (offset, write order) → page.
+    overlay: RwLock<BTreeMap<(u64, u64), Overlaid>>,
+    longest_write: AtomicU64,
+    queue: Mutex<Queue>,
+    queue_changed: Condvar,
     log: Mutex<Log>,
-    changed: Condvar,
+    log_changed: Condvar,
+}
+
+struct Pending {
+    buf: Vec<u8>,
+    /// Sequence number the record being filled will get.
+    seq: u64,
+    /// Write order, for overlapping overlay pages.
+    order: u64,
+    len: u64,
+}
+
+struct Overlaid {
+    record: u64,
+    data: Arc<[u8]>,
+}
+
+struct Queue {
+    records: VecDeque<(u64, Vec<u8>)>,
+    queued_bytes: u64,
+    /// The last sealed and the last durable record.
+    sealed: u64,
+    durable: u64,
+    waiters: Vec<(u64, Waiter)>,
+    spare: Vec<Vec<u8>>,
+    closing: bool,
+    /// A failed journal write or checkpoint: every later sync fails, until the database is
+    /// reopened (and the journals replayed).
+    failed: Option<String>,
 }
 
 struct Log {
@@ -92,14 +147,17 @@ struct Log {
     other_free: bool,
     checkpoint_due: bool,
     closing: bool,
-    /// A failed journal write or checkpoint: every later sync fails, until the database is
-    /// reopened (and the journals replayed).
     failed: Option<String>,
 }
 
-fn lock(mutex: &Mutex<Log>) -> MutexGuard<'_, Log> {
+fn guard<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn wait<'a, T>(cv: &Condvar, g: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+    cv.wait(g)
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -119,6 +177,12 @@ fn open_rw(path: &Path) -> io::Result<File> {
         .truncate(false)
         .mode(0o600)
         .open(path)
+}
+
+fn fresh_buffer(mut buf: Vec<u8>) -> Vec<u8> {
+    buf.clear();
+    buf.resize(HEADER, 0);
+    buf
 }
 
 impl JournaledFile {
@@ -154,11 +218,30 @@ impl JournaledFile {
         for journal in &journals {
             prepare(journal, capacity)?;
         }
+        let len = main.len()?;
         let inner = Arc::new(Inner {
             main,
             journals,
             capacity: capacity.max(ALIGN),
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new(Pending {
+                buf: fresh_buffer(Vec::new()),
+                seq: 1,
+                order: 0,
+                len,
+            }),
+            overlay: RwLock::new(BTreeMap::new()),
+            longest_write: AtomicU64::new(0),
+            queue: Mutex::new(Queue {
+                records: VecDeque::new(),
+                queued_bytes: 0,
+                sealed: 0,
+                durable: 0,
+                waiters: Vec::new(),
+                spare: Vec::new(),
+                closing: false,
+                failed: None,
+            }),
+            queue_changed: Condvar::new(),
             log: Mutex::new(Log {
                 active: 0,
                 generation: 1,
@@ -168,16 +251,29 @@ impl JournaledFile {
                 closing: false,
                 failed: None,
             }),
-            changed: Condvar::new(),
+            log_changed: Condvar::new(),
         });
-        let worker = Arc::clone(&inner);
-        let checkpointer = std::thread::Builder::new()
-            .name("sharevault-checkpoint".into())
-            .spawn(move || worker.run_checkpointer())?;
+        let mut threads = Vec::with_capacity(2);
+        for (name, run) in [
+            ("sharevault-journal", Inner::run_journal as fn(&Inner)),
+            ("sharevault-checkpoint", Inner::run_checkpointer),
+        ] {
+            let worker = Arc::clone(&inner);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(name.into())
+                    .spawn(move || run(&worker))?,
+            );
+        }
         Ok(Self {
             inner,
-            checkpointer: Mutex::new(Some(checkpointer)),
+            threads: Mutex::new(threads),
         })
+    }
+
+    /// The handle through which the store learns when commits are durable.
+    pub fn handle(&self) -> JournalHandle {
+        JournalHandle(Arc::clone(&self.inner))
     }
 
     /// Replays and clears the journals of the database file at `path`, if it has any, so that
@@ -188,6 +284,51 @@ impl JournaledFile {
         }
         let file = Self::open(path, 0)?;
         file.close()
+    }
+
+    /// Stops the journal thread (once it has written every sealed record) and the
+    /// checkpointer.
+    fn stop_threads(&self) {
+        guard(&self.inner.queue).closing = true;
+        self.inner.queue_changed.notify_all();
+        let threads = std::mem::take(&mut *guard(&self.threads));
+        let mut threads = threads.into_iter();
+        if let Some(journal) = threads.next()
+            && journal.join().is_err()
+        {
+            tracing::error!("the journal thread panicked");
+        }
+        guard(&self.inner.log).closing = true;
+        self.inner.log_changed.notify_all();
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!("the checkpoint thread panicked");
+            }
+        }
+    }
+}
+
+impl JournalHandle {
+    /// The sequence number of the last record sealed: every commit returned so far is in it
+    /// or in an earlier one.
+    pub fn sealed(&self) -> u64 {
+        guard(&self.0.queue).sealed
+    }
+
+    /// Calls `waiter` once record `seq` is durable (at once if it already is), or with the
+    /// failure that lost it.
+    pub fn when_durable(&self, seq: u64, waiter: Waiter) {
+        let mut queue = guard(&self.0.queue);
+        if let Some(failure) = &queue.failed {
+            let failure = failure.clone();
+            drop(queue);
+            waiter(Err(failure));
+        } else if queue.durable >= seq {
+            drop(queue);
+            waiter(Ok(()));
+        } else {
+            queue.waiters.push((seq, waiter));
+        }
     }
 }
 
@@ -269,6 +410,7 @@ fn replay(main: &FileBackend, journals: &[File; 2]) -> io::Result<usize> {
     Ok(applied)
 }
 
+/// Writes a record's entries to the database file, in order.
 fn apply(main: &FileBackend, mut payload: &[u8]) -> io::Result<()> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed journal entry");
     while !payload.is_empty() {
@@ -291,35 +433,112 @@ fn apply(main: &FileBackend, mut payload: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn push_entry(pending: &mut Vec<u8>, kind: u8, offset: u64, data: &[u8]) {
-    pending.push(kind);
-    pending.extend_from_slice(&offset.to_le_bytes());
-    pending.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    pending.extend_from_slice(data);
+fn push_entry(buf: &mut Vec<u8>, kind: u8, offset: u64, data: &[u8]) {
+    buf.push(kind);
+    buf.extend_from_slice(&offset.to_le_bytes());
+    buf.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    buf.extend_from_slice(data);
 }
 
 impl Inner {
-    fn pending(&self) -> MutexGuard<'_, Vec<u8>> {
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn failure(&self) -> Option<String> {
+        guard(&self.queue).failed.clone()
     }
 
-    /// Appends the writes since the last sync to the journal as one record, and fsyncs it.
-    fn sync(&self) -> io::Result<()> {
-        let payload = std::mem::take(&mut *self.pending());
-        if payload.is_empty() {
-            return self.failed();
+    /// Seals the record being filled and queues it for the journal thread.
+    fn seal(&self) -> io::Result<()> {
+        let mut pending = guard(&self.pending);
+        if pending.buf.len() == HEADER {
+            return self.failure().map_or(Ok(()), |f| Err(io::Error::other(f)));
         }
-        let mut log = lock(&self.log);
-        let len = padded(HEADER as u64 + payload.len() as u64);
+        let mut queue = guard(&self.queue);
+        while queue.queued_bytes > MAX_QUEUED_BYTES && queue.failed.is_none() {
+            queue = wait(&self.queue_changed, queue);
+        }
+        if let Some(failure) = &queue.failed {
+            return Err(io::Error::other(failure.clone()));
+        }
+        let spare = fresh_buffer(queue.spare.pop().unwrap_or_default());
+        let buf = std::mem::replace(&mut pending.buf, spare);
+        let seq = pending.seq;
+        pending.seq += 1;
+        queue.queued_bytes += buf.len() as u64;
+        queue.records.push_back((seq, buf));
+        queue.sealed = seq;
+        self.queue_changed.notify_all();
+        Ok(())
+    }
+
+    /// Writes queued records to the journal, makes them durable, answers their waiters and
+    /// moves their pages to the database file; until the store closes.
+    fn run_journal(&self) {
+        let mut batch = Vec::new();
+        loop {
+            let mut queue = guard(&self.queue);
+            while queue.records.is_empty() && !queue.closing {
+                queue = wait(&self.queue_changed, queue);
+            }
+            if queue.records.is_empty() || queue.failed.is_some() {
+                return;
+            }
+            batch.extend(queue.records.drain(..));
+            drop(queue);
+            let last = batch.last().map_or(0, |(seq, _)| *seq);
+            let written = self.append(&mut batch);
+            let applied = written.and_then(|()| {
+                let mut queue = guard(&self.queue);
+                queue.durable = last;
+                let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut queue.waiters)
+                    .into_iter()
+                    .partition(|(seq, _)| *seq <= last);
+                queue.waiters = waiting;
+                drop(queue);
+                for (_, waiter) in ready {
+                    waiter(Ok(()));
+                }
+                for (_, record) in &batch {
+                    apply(&self.main, &record[HEADER..])?;
+                }
+                Ok(())
+            });
+            if let Err(err) = applied {
+                tracing::error!(error = %err, "journal write failed");
+                let mut queue = guard(&self.queue);
+                queue.failed = Some(format!("journal write failed: {err}"));
+                let waiters = std::mem::take(&mut queue.waiters);
+                queue.records.clear();
+                self.queue_changed.notify_all();
+                drop(queue);
+                for (_, waiter) in waiters {
+                    waiter(Err(format!("journal write failed: {err}")));
+                }
+                return;
+            }
+            // The pages are in the database file now: readers find them there.
+            self.overlay
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .retain(|_, page| page.record > last);
+            let mut queue = guard(&self.queue);
+            for (_, record) in batch.drain(..) {
+                queue.queued_bytes -= record.len() as u64;
+                if queue.spare.len() < 4 {
+                    queue.spare.push(record);
+                }
+            }
+            self.queue_changed.notify_all();
+        }
+    }
+
+    /// Appends the records to the active journal (switching journals when it is full) and
+    /// fsyncs it.
+    fn append(&self, batch: &mut [(u64, Vec<u8>)]) -> io::Result<()> {
+        let mut log = guard(&self.log);
+        let len: u64 = batch.iter().map(|(_, r)| padded(r.len() as u64)).sum();
         if log.tail > 0 && log.tail + len > self.capacity {
             // Switch journals once the other one's records are all in the database file.
             while !log.other_free && log.failed.is_none() {
-                log = self
-                    .changed
-                    .wait(log)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                log = wait(&self.log_changed, log);
             }
             if let Some(failure) = &log.failed {
                 return Err(io::Error::other(failure.clone()));
@@ -329,48 +548,32 @@ impl Inner {
             log.tail = 0;
             log.other_free = false;
             log.checkpoint_due = true;
-            self.changed.notify_all();
+            self.log_changed.notify_all();
         }
-        if let Some(failure) = &log.failed {
-            return Err(io::Error::other(failure.clone()));
-        }
-        let mut record = Vec::with_capacity(len as usize);
-        record.extend_from_slice(MAGIC);
-        record.extend_from_slice(&log.generation.to_le_bytes());
-        record.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        record.extend_from_slice(&checksum(log.generation, &payload).to_le_bytes());
-        record.extend_from_slice(&[0; 4]);
-        record.extend_from_slice(&payload);
-        record.resize(len as usize, 0);
         let journal = &self.journals[log.active];
-        let written = journal
-            .write_all_at(&record, log.tail)
-            .and_then(|()| journal.sync_data());
-        if let Err(err) = written {
-            log.failed = Some(format!("journal write failed: {err}"));
-            self.changed.notify_all();
-            return Err(err);
+        for (_, record) in batch.iter_mut() {
+            let payload_len = (record.len() - HEADER) as u64;
+            let crc = checksum(log.generation, &record[HEADER..]);
+            record[..8].copy_from_slice(MAGIC);
+            record[8..16].copy_from_slice(&log.generation.to_le_bytes());
+            record[16..24].copy_from_slice(&payload_len.to_le_bytes());
+            record[24..28].copy_from_slice(&crc.to_le_bytes());
+            let unpadded = record.len();
+            record.resize(padded(unpadded as u64) as usize, 0);
+            let written = journal.write_all_at(record, log.tail);
+            record.truncate(unpadded);
+            written?;
+            log.tail += padded(unpadded as u64);
         }
-        log.tail += len;
-        Ok(())
-    }
-
-    fn failed(&self) -> io::Result<()> {
-        match &lock(&self.log).failed {
-            Some(failure) => Err(io::Error::other(failure.clone())),
-            None => Ok(()),
-        }
+        journal.sync_data()
     }
 
     /// Fsyncs the database file whenever a journal has been filled, then frees that journal.
     fn run_checkpointer(&self) {
-        let mut log = lock(&self.log);
+        let mut log = guard(&self.log);
         loop {
             while !log.checkpoint_due && !log.closing {
-                log = self
-                    .changed
-                    .wait(log)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                log = wait(&self.log_changed, log);
             }
             if log.closing {
                 return;
@@ -378,7 +581,7 @@ impl Inner {
             log.checkpoint_due = false;
             drop(log);
             let synced = self.main.sync_data();
-            log = lock(&self.log);
+            log = guard(&self.log);
             match synced {
                 Ok(()) => log.other_free = true,
                 Err(err) => {
@@ -386,58 +589,91 @@ impl Inner {
                     log.failed = Some(format!("checkpoint failed: {err}"));
                 }
             }
-            self.changed.notify_all();
-        }
-    }
-}
-
-impl JournaledFile {
-    fn stop_checkpointer(&self) {
-        lock(&self.inner.log).closing = true;
-        self.inner.changed.notify_all();
-        let handle = self
-            .checkpointer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(handle) = handle
-            && handle.join().is_err()
-        {
-            tracing::error!("the checkpoint thread panicked");
+            self.log_changed.notify_all();
         }
     }
 }
 
 impl StorageBackend for JournaledFile {
     fn len(&self) -> io::Result<u64> {
-        self.inner.main.len()
+        Ok(guard(&self.inner.pending).len)
     }
 
+    /// Reads the database file, with the pages of commits not yet in it laid over.
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-        self.inner.main.read(offset, out)
+        // Held across the file read, so that pages leave the overlay only before or after it.
+        let overlay = self
+            .inner
+            .overlay
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let end = offset + out.len() as u64;
+        if overlay.is_empty() {
+            return self.inner.main.read(offset, out);
+        }
+        let file_len = self.inner.main.len()?;
+        if offset < file_len {
+            let in_file = (file_len.min(end) - offset) as usize;
+            self.inner.main.read(offset, &mut out[..in_file])?;
+            out[in_file..].fill(0);
+        } else {
+            out.fill(0);
+        }
+        let from = offset.saturating_sub(self.inner.longest_write.load(Ordering::Relaxed));
+        let mut pages: Vec<_> = overlay
+            .range((from, 0)..(end, 0))
+            .filter(|((at, _), page)| at + page.data.len() as u64 > offset)
+            .collect();
+        pages.sort_by_key(|((_, order), _)| *order);
+        for ((at, _), page) in pages {
+            let start = offset.max(*at);
+            let stop = end.min(at + page.data.len() as u64);
+            out[(start - offset) as usize..(stop - offset) as usize]
+                .copy_from_slice(&page.data[(start - at) as usize..(stop - at) as usize]);
+        }
+        Ok(())
     }
 
+    /// A longer file is made at once (a longer file is harmless after a crash); a shorter one
+    /// only once the commit that shrinks it is durable.
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.main.set_len(len)?;
-        push_entry(&mut self.inner.pending(), KIND_SET_LEN, len, &[]);
+        let mut pending = guard(&self.inner.pending);
+        if len > self.inner.main.len()? {
+            self.inner.main.set_len(len)?;
+        }
+        pending.len = len;
+        push_entry(&mut pending.buf, KIND_SET_LEN, len, &[]);
         Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.inner.sync()
+        self.inner.seal()
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.inner.main.write(offset, data)?;
-        push_entry(&mut self.inner.pending(), KIND_WRITE, offset, data);
+        let mut pending = guard(&self.inner.pending);
+        push_entry(&mut pending.buf, KIND_WRITE, offset, data);
+        pending.order += 1;
+        let page = Overlaid {
+            record: pending.seq,
+            data: Arc::from(data),
+        };
+        self.inner
+            .longest_write
+            .fetch_max(data.len() as u64, Ordering::Relaxed);
+        self.inner
+            .overlay
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((offset, pending.order), page);
         Ok(())
     }
 
-    /// A clean close: the database file is fsynced, so the journals are cleared. After a
-    /// failure they are kept, for the next open to replay.
+    /// A clean close: every sealed record is written, the database file is fsynced, and the
+    /// journals are cleared. After a failure they are kept, for the next open to replay.
     fn close(&self) -> io::Result<()> {
-        self.stop_checkpointer();
-        let failed = lock(&self.inner.log).failed.is_some();
+        self.stop_threads();
+        let failed = self.inner.failure().is_some() || guard(&self.inner.log).failed.is_some();
         let mut result = Ok(());
         if !failed {
             result = self.inner.main.sync_data().and_then(|()| {
@@ -475,7 +711,7 @@ impl StorageBackend for JournaledFile {
 
 impl Drop for JournaledFile {
     fn drop(&mut self) {
-        self.stop_checkpointer();
+        self.stop_threads();
     }
 }
 
@@ -528,6 +764,38 @@ mod tests {
         assert!(read_main(&path, PAGE as u64) == page(0xB2));
         assert!(read_main(&path, 2 * PAGE as u64) == page(0), "never synced");
         reopened.close().unwrap();
+    }
+
+    #[test]
+    fn writes_are_read_back_at_once_but_reach_the_file_only_once_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let journal = JournaledFile::open(&path, 1 << 20).unwrap();
+        let handle = journal.handle();
+        journal.set_len(3 * PAGE as u64).unwrap();
+        let mut two = page(0xAA);
+        two.extend(page(0xAB));
+        journal.write(0, &two).unwrap();
+        journal.write(PAGE as u64, &page(0xBB)).unwrap();
+        // Read back across both writes, the later one over the earlier.
+        let mut out = vec![0u8; 3 * PAGE];
+        journal.read(0, &mut out).unwrap();
+        assert!(out[..PAGE] == page(0xAA)[..]);
+        assert!(out[PAGE..2 * PAGE] == page(0xBB)[..]);
+        assert!(out[2 * PAGE..] == page(0)[..]);
+        assert!(
+            read_main(&path, 0) == page(0),
+            "not in the file before it is durable"
+        );
+
+        journal.sync_data().unwrap();
+        wait_durable(&handle);
+        assert!(read_main(&path, 0) == page(0xAA));
+        assert!(read_main(&path, PAGE as u64) == page(0xBB));
+        let mut again = vec![0u8; 2 * PAGE];
+        journal.read(PAGE as u64, &mut again).unwrap();
+        assert!(again[..PAGE] == page(0xBB)[..]);
+        journal.close().unwrap();
     }
 
     #[test]
@@ -609,6 +877,13 @@ mod tests {
 
     const T: TableDefinition<u64, &[u8]> = TableDefinition::new("t");
 
+    /// Waits until every commit so far is durable, as the store does before answering.
+    fn wait_durable(journal: &JournalHandle) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        journal.when_durable(journal.sealed(), Box::new(move |r| tx.send(r).unwrap()));
+        rx.recv().unwrap().unwrap();
+    }
+
     fn commit_rows(db: &Database, rows: std::ops::Range<u64>) {
         for i in rows {
             let txn = db.begin_write().unwrap();
@@ -650,14 +925,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let open = || {
-            Database::builder()
-                .create_with_backend(JournaledFile::open(&path, 16 << 20).unwrap())
-                .unwrap()
+            let file = JournaledFile::open(&path, 16 << 20).unwrap();
+            let handle = file.handle();
+            (
+                Database::builder().create_with_backend(file).unwrap(),
+                handle,
+            )
         };
         drop(open());
         let before = std::fs::read(&path).unwrap();
-        let db = open();
+        let (db, journal) = open();
         commit_rows(&db, 0..200);
+        wait_durable(&journal);
         // The disk at the crash: the journals as written, and a database file none of whose
         // page-cache writes reached the disk (no checkpoint ran: the journal never filled).
         let crashed = dir.path().join("crashed");
@@ -672,10 +951,11 @@ mod tests {
     fn redb_reopens_after_a_crash_with_journals_switching() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let db = Database::builder()
-            .create_with_backend(JournaledFile::open(&path, 64 * 1024).unwrap())
-            .unwrap();
+        let file = JournaledFile::open(&path, 64 * 1024).unwrap();
+        let journal = file.handle();
+        let db = Database::builder().create_with_backend(file).unwrap();
         commit_rows(&db, 0..300);
+        wait_durable(&journal);
         let crashed = dir.path().join("crashed");
         copy_disk(&path, None, &crashed);
         drop(db);
