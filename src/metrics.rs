@@ -76,6 +76,9 @@ pub struct Metrics {
     pub failed_batches: AtomicU64,
     /// Requests refused because a listener had its most requests in flight.
     pub overloaded: AtomicU64,
+    /// Store reads that waited for the disk, and reads run on the blocking pool.
+    pub slow_reads: AtomicU64,
+    pub offloaded_reads: AtomicU64,
 }
 
 fn get_or_insert<K: Ord + Copy, V: Default>(map: &RwLock<BTreeMap<K, Arc<V>>>, key: K) -> Arc<V> {
@@ -186,6 +189,16 @@ impl Metrics {
                 "sharevault_overloaded_total",
                 "Requests refused at a listener's in-flight limit.",
                 self.overloaded.load(Ordering::Relaxed),
+            ),
+            (
+                "sharevault_slow_reads_total",
+                "Store reads that took longer than 500 us (they waited for the disk).",
+                self.slow_reads.load(Ordering::Relaxed),
+            ),
+            (
+                "sharevault_offloaded_reads_total",
+                "Store reads run on the blocking pool instead of inline.",
+                self.offloaded_reads.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, value) in counters {

@@ -4,19 +4,26 @@
 //! thread and back costs more than the read itself (two wake-ups and two context switches),
 //! so reads run inline on the worker that serves the request. A read that misses the page
 //! cache waits for the disk inside a synchronous `pread`, and on a runtime of two workers
-//! that would stall every other request; so as soon as one read has been slow, reads move to
-//! the blocking pool for a while ([`OFFLOAD_WINDOW`]), where many of them can wait on the
-//! disk at once, and writes read the pages they will change there first (so the single
-//! writer rarely waits on the disk). Every read taken in that mode is timed too, so a
-//! database larger than memory keeps its reads off the workers for as long as they stay
-//! slow, and a vault that fits in memory goes back to inline reads once they are fast again.
+//! that would stall every other request. So every read is timed, and when at least a tenth of
+//! the reads of a one-second window took longer than [`SLOW_READ`], reads move to the
+//! blocking pool for [`OFFLOAD_WINDOW`], where many of them can wait on the disk at once, and
+//! writes read the pages they will change there first (so the single writer rarely waits on
+//! the disk). A share, not a single read, decides: on a busy machine a read can be slow
+//! because its thread waited for a CPU. Reads taken on the pool are timed too, so a database
+//! larger than memory keeps its reads off the workers for as long as they stay slow, and a
+//! vault that fits in memory goes back to inline reads once they are fast again.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// A read that took longer than this waited for the disk.
+/// A read that took longer than this waited for the disk (or for a CPU).
 pub const SLOW_READ: Duration = Duration::from_micros(500);
-/// How long reads stay on the blocking pool after a slow one.
+/// Reads are judged over windows of this length...
+pub const WINDOW: Duration = Duration::from_secs(1);
+/// ...of at least this many reads: when this share of them (percent) was slow,
+const MIN_READS: u64 = 50;
+const SLOW_PERCENT: u64 = 10;
+/// reads stay on the blocking pool for this long.
 pub const OFFLOAD_WINDOW: Duration = Duration::from_secs(5);
 
 /// The placement of store reads; shared by every request.
@@ -25,6 +32,10 @@ pub struct ReadPlacement {
     base: Instant,
     /// Until when (milliseconds after `base`) reads run on the blocking pool.
     offload_until_ms: AtomicU64,
+    /// The current window: its start, its reads, and how many of them were slow.
+    window_ms: AtomicU64,
+    reads: AtomicU64,
+    slow: AtomicU64,
 }
 
 impl Default for ReadPlacement {
@@ -38,6 +49,9 @@ impl ReadPlacement {
         Self {
             base: Instant::now(),
             offload_until_ms: AtomicU64::new(0),
+            window_ms: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            slow: AtomicU64::new(0),
         }
     }
 
@@ -60,16 +74,35 @@ impl ReadPlacement {
     }
 
     fn observe_at(&self, now_ms: u64, took: Duration) {
-        if took <= SLOW_READ {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        if took > SLOW_READ {
+            self.slow.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::global()
+                .slow_reads
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let start = self.window_ms.load(Ordering::Relaxed);
+        if now_ms < start + WINDOW.as_millis() as u64
+            || self
+                .window_ms
+                .compare_exchange(start, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
             return;
         }
-        let until = now_ms + OFFLOAD_WINDOW.as_millis() as u64;
-        let before = self.offload_until_ms.fetch_max(until, Ordering::Relaxed);
-        if before <= now_ms {
-            tracing::debug!(
-                took_us = took.as_micros() as u64,
-                "a store read waited for the disk; reads move to the blocking pool"
-            );
+        // This read closes the window: judge it.
+        let reads = self.reads.swap(0, Ordering::Relaxed);
+        let slow = self.slow.swap(0, Ordering::Relaxed);
+        if reads >= MIN_READS && slow * 100 >= reads * SLOW_PERCENT {
+            let until = now_ms + OFFLOAD_WINDOW.as_millis() as u64;
+            let before = self.offload_until_ms.fetch_max(until, Ordering::Relaxed);
+            if before <= now_ms {
+                tracing::debug!(
+                    reads,
+                    slow,
+                    "store reads wait for the disk; they move to the blocking pool"
+                );
+            }
         }
     }
 }
@@ -83,33 +116,53 @@ mod tests {
         assert!(!ReadPlacement::new().offloading_at(0));
     }
 
-    #[test]
-    fn fast_reads_stay_inline() {
-        let p = ReadPlacement::new();
-        p.observe_at(10, Duration::from_micros(20));
-        p.observe_at(20, SLOW_READ);
-        assert!(!p.offloading_at(30));
+    fn window(p: &ReadPlacement, at: u64, fast: u64, slow: u64) {
+        for _ in 0..fast {
+            p.observe_at(at, Duration::from_micros(20));
+        }
+        for _ in 0..slow {
+            p.observe_at(at, Duration::from_millis(3));
+        }
     }
 
     #[test]
-    fn a_slow_read_moves_reads_off_the_workers_for_the_window_then_back() {
+    fn fast_reads_and_a_few_slow_ones_stay_inline() {
         let p = ReadPlacement::new();
-        let window = OFFLOAD_WINDOW.as_millis() as u64;
-        p.observe_at(1_000, Duration::from_millis(3));
-        assert!(p.offloading_at(1_000));
-        assert!(p.offloading_at(1_000 + window - 1));
-        assert!(!p.offloading_at(1_000 + window));
+        window(&p, 10, 500, 40);
+        window(&p, 1_010, 500, 40);
+        window(&p, 2_020, 1, 0);
+        assert!(!p.offloading_at(2_030));
     }
 
     #[test]
-    fn slow_reads_extend_the_window_and_an_older_one_never_shortens_it() {
+    fn a_window_of_slow_reads_moves_reads_off_the_workers_for_a_while_then_back() {
         let p = ReadPlacement::new();
-        let window = OFFLOAD_WINDOW.as_millis() as u64;
-        p.observe_at(1_000, Duration::from_millis(3));
-        p.observe_at(4_000, Duration::from_millis(3));
-        assert!(p.offloading_at(4_000 + window - 1));
-        p.observe_at(2_000, Duration::from_millis(3));
-        assert!(p.offloading_at(4_000 + window - 1));
-        assert!(!p.offloading_at(4_000 + window));
+        let off = OFFLOAD_WINDOW.as_millis() as u64;
+        window(&p, 10, 400, 100);
+        // The window is judged by the first read after it ends.
+        assert!(!p.offloading_at(900));
+        window(&p, 1_010, 1, 0);
+        assert!(p.offloading_at(1_010));
+        assert!(p.offloading_at(1_010 + off - 1));
+        assert!(!p.offloading_at(1_010 + off));
+    }
+
+    #[test]
+    fn too_few_reads_are_not_judged() {
+        let p = ReadPlacement::new();
+        window(&p, 10, 0, 10);
+        window(&p, 1_010, 1, 0);
+        assert!(!p.offloading_at(1_020));
+    }
+
+    #[test]
+    fn slow_windows_extend_the_offload() {
+        let p = ReadPlacement::new();
+        let off = OFFLOAD_WINDOW.as_millis() as u64;
+        window(&p, 10, 0, 100);
+        window(&p, 1_010, 0, 100);
+        window(&p, 2_020, 0, 1);
+        assert!(p.offloading_at(2_020 + off - 1));
+        assert!(!p.offloading_at(2_020 + off));
     }
 }

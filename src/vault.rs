@@ -634,6 +634,9 @@ impl Vault {
         if !self.placement.offloading() {
             return Ok(timed()?);
         }
+        crate::metrics::global()
+            .offloaded_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match tokio::task::spawn_blocking(timed).await {
             Ok(result) => Ok(result?),
             Err(err) => {

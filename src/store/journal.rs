@@ -1,22 +1,20 @@
-//! A page journal beneath redb: a commit is made durable by one sequential append, and the
-//! writer goes on with the next commit while that append is flushed.
+//! A page journal beneath redb: a commit is made durable by one sequential append.
 //!
 //! redb makes a commit durable by writing every page it changed in place and calling
 //! `sync_data` on its file. Those pages are scattered over the file, so each commit costs the
-//! disk one random write per page, and the writer waits for all of them before it starts the
-//! next transaction. [`JournaledFile`] is a redb [`StorageBackend`] that keeps redb's file as
-//! it is but changes what `write` and `sync_data` mean:
+//! disk one random write per page, and the writer waits for all of them. [`JournaledFile`] is
+//! a redb [`StorageBackend`] that keeps redb's file as it is but changes what `write` and
+//! `sync_data` mean:
 //!
 //! - `write` appends the page, with its offset, to the record being filled, and keeps it in
 //!   memory (the overlay) for reads; the database file is not touched yet;
-//! - `sync_data` seals that record and queues it for the journal thread, and returns: the
-//!   writer applies its next transaction while the record is written;
+//! - `sync_data` seals that record and queues it for the journal thread;
 //! - the journal thread appends every queued record to the active journal file (a
 //!   preallocated file written sequentially) and fsyncs it: one sequential write and one
-//!   flush for however many commits queued meanwhile. Only then are the commits in it
-//!   durable: [`JournalHandle::when_durable`] answers the waiters of each commit (nothing is
-//!   acknowledged before), and the pages are written to the database file (the OS page cache)
-//!   and leave the overlay;
+//!   flush per commit, whatever the number of pages. Only then is the commit durable:
+//!   [`JournalHandle::when_durable`] tells the store, which answers the commit's callers
+//!   (nothing is acknowledged before) and only then starts its next transaction. The pages
+//!   are then written to the database file (the OS page cache) and leave the overlay;
 //! - when the active journal is full, the other one takes over and a checkpointer thread
 //!   fsyncs the database file; after that the full journal's records are no longer needed and
 //!   it can be reused. The database file's scattered writes reach the disk in the background,
@@ -30,10 +28,10 @@
 //! and belongs to its file's current generation, so a record torn by a crash, whose commits
 //! were never acknowledged, is ignored.
 //!
-//! Readers may see a commit before it is durable (redb publishes it when its `commit`
-//! returns). No caller is answered on the strength of such a read before the commit is
-//! durable: writes are acknowledged by the journal thread, and a read of share material waits
-//! for its own audit event, which is journaled after every commit the read could have seen.
+//! Readers may see a commit in the moment between redb's `commit` and the record's fsync. No
+//! caller is answered on the strength of such a read before the commit is durable: writes are
+//! answered once it is, and a read of share material waits for its own audit event, which is
+//! journaled after every commit the read could have seen.
 //!
 //! Journal files sit beside the database: `<file>.journal0` and `<file>.journal1`. The first
 //! one also carries an exclusive `flock` for as long as the database is open, so that no
@@ -69,7 +67,7 @@ const KIND_WRITE: u8 = 1;
 const KIND_SET_LEN: u8 = 2;
 const ENTRY_HEADER: usize = 13;
 /// Sealed records waiting for the journal thread, in bytes, before `sync_data` waits.
-const MAX_QUEUED_BYTES: u64 = 64 << 20;
+const MAX_QUEUED_BYTES: u64 = 16 << 20;
 
 /// The journal files of the database file at `path`.
 pub fn journal_paths(path: &Path) -> [PathBuf; 2] {
