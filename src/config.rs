@@ -171,7 +171,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SHAREVAULT_CACHE_BYTES", value_name = "BYTES")]
     pub cache_bytes: Option<usize>,
     /// Size of each of the two write-ahead journals beside the database file, in bytes
-    /// [default: 134217728]; 0 turns the journal off (every commit then fsyncs the database
+    /// [default: 536870912]; 0 turns the journal off (every commit then fsyncs the database
     /// file itself, which is slower).
     #[arg(long, env = "SHAREVAULT_JOURNAL_BYTES", value_name = "BYTES")]
     pub journal_bytes: Option<u64>,
@@ -440,7 +440,7 @@ impl Config {
             journal_bytes: args
                 .journal_bytes
                 .or(file.journal_bytes)
-                .unwrap_or(128 * 1024 * 1024),
+                .unwrap_or(512 * 1024 * 1024),
             auth_failure_limit: args
                 .auth_failure_limit
                 .or(file.auth_failure_limit)

@@ -200,6 +200,45 @@ async fn restore_drill_snapshot_under_load_then_restore_elsewhere() {
     let out = restore(&snap, &target, &sandbox.keys);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
+
+    // The first vault is killed with its last commits still only in its journal, then the
+    // snapshot is restored over it: what the journal holds goes into the file moved aside,
+    // never into the restored one.
+    let mut daemon = daemon;
+    daemon
+        .webhook()
+        .await
+        .backup(with_secret(
+            backup("after-snapshot", "PASSWORD-SECP256K1", "late"),
+            &secret,
+        ))
+        .await
+        .unwrap();
+    assert!(daemon.signal("KILL").code().is_none());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sharevault"))
+        .args(["restore", "--replace", "--from"])
+        .arg(&snap)
+        .arg("--data-dir")
+        .arg(&sandbox.data_dir)
+        .arg("--master-key-file")
+        .arg(&sandbox.keys.master_key_file)
+        .env_remove("SHAREVAULT_DATA_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = sandbox.start();
+    let mut hook = again.webhook().await;
+    let late = fetch_shares(&mut hook, &secret, "after-snapshot".into()).await;
+    assert!(late.is_empty(), "the restored vault is the snapshot's");
+    let (client, share) = &before_snapshot[0];
+    assert_eq!(
+        fetch_shares(&mut hook, &secret, client.clone()).await,
+        vec![share.clone()]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
