@@ -2,7 +2,8 @@
 //!
 //! A store read that finds its pages in memory takes microseconds; handing it to another
 //! thread and back costs more than the read itself (two wake-ups and two context switches),
-//! so reads run inline on the worker that serves the request. A read that misses the page
+//! so reads run inline on the worker that serves the request (after a first window on the
+//! blocking pool, until reads are known to be fast). A read that misses the page
 //! cache waits for the disk inside a synchronous `pread`, and on a runtime of two workers
 //! that would stall every other request. So every read is timed, and when at least a tenth of
 //! the reads of a one-second window took longer than [`SLOW_READ`], reads move to the
@@ -48,7 +49,8 @@ impl ReadPlacement {
     pub fn new() -> Self {
         Self {
             base: Instant::now(),
-            offload_until_ms: AtomicU64::new(0),
+            // Until a first window has been judged, reads are not known to be fast.
+            offload_until_ms: AtomicU64::new(WINDOW.as_millis() as u64),
             window_ms: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             slow: AtomicU64::new(0),
@@ -112,8 +114,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_start_inline() {
-        assert!(!ReadPlacement::new().offloading_at(0));
+    fn reads_start_on_the_pool_until_a_window_shows_them_fast() {
+        let p = ReadPlacement::new();
+        assert!(p.offloading_at(0));
+        window(&p, 10, 100, 0);
+        window(&p, 1_010, 1, 0);
+        assert!(!p.offloading_at(1_010));
     }
 
     fn window(p: &ReadPlacement, at: u64, fast: u64, slow: u64) {
@@ -138,13 +144,14 @@ mod tests {
     fn a_window_of_slow_reads_moves_reads_off_the_workers_for_a_while_then_back() {
         let p = ReadPlacement::new();
         let off = OFFLOAD_WINDOW.as_millis() as u64;
-        window(&p, 10, 400, 100);
+        window(&p, 10, 100, 0);
+        window(&p, 1_010, 400, 100);
         // The window is judged by the first read after it ends.
-        assert!(!p.offloading_at(900));
-        window(&p, 1_010, 1, 0);
-        assert!(p.offloading_at(1_010));
-        assert!(p.offloading_at(1_010 + off - 1));
-        assert!(!p.offloading_at(1_010 + off));
+        assert!(!p.offloading_at(1_900));
+        window(&p, 2_010, 1, 0);
+        assert!(p.offloading_at(2_010));
+        assert!(p.offloading_at(2_010 + off - 1));
+        assert!(!p.offloading_at(2_010 + off));
     }
 
     #[test]
