@@ -583,7 +583,7 @@ impl Vault {
         validate::client_id(client_id)?;
         let id = client_id.to_owned();
         let read = self
-            .off_runtime(move |store| store.custodian_shares(&id))
+            .read_store(move |store| store.custodian_shares(&id))
             .await
             .and_then(|rows| self.open_custodian_shares(client_id, &rows));
         self.audited(read, entry(actor, "fetch", client_id, ""))
@@ -619,7 +619,7 @@ impl Vault {
     /// page-cache miss holds up no other request, and as many reads wait on the disk at once
     /// as there are requests (a database much larger than memory is read at the disk's queue
     /// depth, not one read per runtime worker).
-    async fn off_runtime<T: Send + 'static>(
+    async fn read_store<T: Send + 'static>(
         &self,
         read: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, VaultError> {
@@ -677,7 +677,7 @@ impl Vault {
         let method = validate::backup_method(backup_method)?;
         let (id, wanted) = (client_id.to_owned(), method.to_owned());
         let read = self
-            .off_runtime(move |store| store.custodian_share(&id, &wanted))
+            .read_store(move |store| store.custodian_share(&id, &wanted))
             .await
             .and_then(|record| {
                 record.ok_or_else(|| {
@@ -752,7 +752,7 @@ impl Vault {
         let method = validate::backup_method(backup_method)?;
         let (id, wanted) = (client_id.to_owned(), method.to_owned());
         let read = self
-            .off_runtime(move |store| {
+            .read_store(move |store| {
                 let mut found = store.client_share(&id, &wanted)?.map(|r| (false, r));
                 if found.is_none() && wanted != UNKNOWN_METHOD {
                     found = store.client_share(&id, UNKNOWN_METHOD)?.map(|r| (true, r));
@@ -813,7 +813,7 @@ impl Vault {
         validate::client_id(client_id)?;
         let id = client_id.to_owned();
         let (pairs, client_shares, custodian_shares) = self
-            .off_runtime(move |store| {
+            .read_store(move |store| {
                 Ok((
                     store.pairs(&id)?,
                     store.client_shares(&id)?,
@@ -869,7 +869,7 @@ impl Vault {
     pub async fn list_pairs(&self, client_id: &str) -> Result<Vec<PairRecord>, VaultError> {
         validate::client_id(client_id)?;
         let id = client_id.to_owned();
-        self.off_runtime(move |store| store.pairs(&id)).await
+        self.read_store(move |store| store.pairs(&id)).await
     }
 
     /// Moves pairs to `status`, all or none.

@@ -605,18 +605,12 @@ impl StorageBackend for JournaledFile {
             .overlay
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let end = offset + out.len() as u64;
+        // A longer file is made at once (`set_len`), so the file covers every page redb reads.
+        self.inner.main.read(offset, out)?;
         if overlay.is_empty() {
-            return self.inner.main.read(offset, out);
+            return Ok(());
         }
-        let file_len = self.inner.main.len()?;
-        if offset < file_len {
-            let in_file = (file_len.min(end) - offset) as usize;
-            self.inner.main.read(offset, &mut out[..in_file])?;
-            out[in_file..].fill(0);
-        } else {
-            out.fill(0);
-        }
+        let end = offset + out.len() as u64;
         let from = offset.saturating_sub(self.inner.longest_write.load(Ordering::Relaxed));
         let mut pages: Vec<_> = overlay
             .range((from, 0)..(end, 0))
