@@ -130,9 +130,11 @@ pub fn secret_text(field: Field, value: &str, max: usize) -> Result<(), VaultErr
             format!("must be at most {max} bytes"),
         ));
     }
-    if value
-        .chars()
-        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    // ASCII controls are found a byte at a time; only text with other characters needs
+    // decoding, for the C1 controls (U+0080 to U+009F).
+    let ascii_control = |b: u8| matches!(b, 0x00..=0x08 | 0x0b | 0x0c | 0x0e..=0x1f | 0x7f);
+    if value.bytes().any(ascii_control)
+        || (!value.is_ascii() && value.chars().any(|c| ('\u{80}'..='\u{9f}').contains(&c)))
     {
         return Err(VaultError::invalid(
             field,
@@ -191,6 +193,11 @@ mod tests {
     fn secret_text_limits_size_and_control_characters_without_echoing() {
         assert!(secret_text(Field::Share, "{\"a\":\n\t1}", 100).is_ok());
         let err = secret_text(Field::Share, "secret\u{0}", 100).unwrap_err();
+        for control in ['\u{1}', '\u{b}', '\u{1f}', '\u{7f}', '\u{80}', '\u{9f}'] {
+            assert!(secret_text(Field::Share, &format!("é{control}"), 100).is_err());
+            assert!(secret_text(Field::Share, &format!("a{control}"), 100).is_err());
+        }
+        assert!(secret_text(Field::Share, "é✓\u{a0}", 100).is_ok());
         assert!(!err.to_string().contains("secret"));
         assert!(secret_text(Field::CipherText, "", 100).is_err());
         let err = secret_text(Field::CipherText, &"a".repeat(101), 100).unwrap_err();

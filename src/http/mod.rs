@@ -5,6 +5,7 @@
 //! [`VaultError`] (or from the protocol problem: 413, 415, 405, 404).
 
 pub mod api;
+pub mod jsonout;
 pub mod webhook;
 
 use crate::error::{Field, VaultError};
@@ -85,6 +86,16 @@ impl IntoResponse for HttpError {
 /// A JSON answer.
 pub fn json(status: StatusCode, body: Value) -> Response {
     (status, axum::Json(body)).into_response()
+}
+
+/// A JSON answer already serialized.
+pub fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(body),
+    )
+        .into_response()
 }
 
 /// Answers 404 for any unknown path.

@@ -1,7 +1,10 @@
 //! Portal's webhook, as Portal calls it: `POST {prefix}/backup` and `POST {prefix}/backup/fetch`
 //! with `X-Webhook-Secret`, plus `GET /healthz`. Nothing else is served on this listener.
 
-use super::{HttpError, Source, json, method_not_allowed, not_found, read_object, required, text};
+use super::{
+    HttpError, Source, json, json_bytes, jsonout, method_not_allowed, not_found, read_object,
+    required, text,
+};
 use crate::config::WebhookConfig;
 use crate::error::Field;
 use crate::grpc::Ready;
@@ -166,15 +169,14 @@ async fn fetch(
         let client_id = required(&object, Field::ClientId)?;
         call.client(client_id);
         let shares = vault.fetch(client_id, "webhook").await?;
-        let mut body = json!({
-            "backupShares": shares.iter().map(|s| s.share.as_str()).collect::<Vec<_>>(),
-        });
-        if state.config.legacy_backup_share
-            && let Some(latest) = shares.iter().max_by_key(|s| s.stored_at_ms)
-        {
-            body["backupShare"] = latest.share.as_str().into();
-        }
-        Ok(json(StatusCode::OK, body))
+        let items: Vec<&str> = shares.iter().map(|s| s.share.as_str()).collect();
+        let latest = shares
+            .iter()
+            .max_by_key(|s| s.stored_at_ms)
+            .filter(|_| state.config.legacy_backup_share)
+            .map(|s| ("backupShare", s.share.as_str()));
+        let body = jsonout::object_of_strings("backupShares", &items, latest.as_slice());
+        Ok(json_bytes(StatusCode::OK, body))
     }
     .await;
     finish(call, result)
