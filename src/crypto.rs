@@ -131,6 +131,8 @@ impl RecordAad<'_> {
 /// The key that wraps every data key. Zeroized on drop; `Debug` shows only its id.
 pub struct MasterKey {
     key: Zeroizing<[u8; KEY_LEN]>,
+    /// The key's expanded AES-GCM state, made once (aes-gcm zeroizes it on drop).
+    wrap: Aes256Gcm,
     id: KeyId,
 }
 
@@ -209,7 +211,8 @@ impl MasterKey {
             return Err(CryptoError::BadMasterKey);
         }
         let id = KeyId::of(&key);
-        Ok(Self { key, id })
+        let wrap = cipher(&key);
+        Ok(Self { key, wrap, id })
     }
 
     /// A new random key, hex encoded as it is written to a key file.
@@ -234,21 +237,25 @@ impl MasterKey {
             Some(frame) => (VERSION_ZSTD, frame.as_slice()),
             None => (VERSION_PLAIN, plaintext),
         };
-        let data_key = random::<KEY_LEN>()?;
-        let wrap_nonce = random::<NONCE_LEN>()?;
-        let data_nonce = random::<NONCE_LEN>()?;
-        let wrapped = cipher(&self.key)
+        // The data key and both nonces, from one call to the system's generator.
+        let fresh = random::<{ KEY_LEN + 2 * NONCE_LEN }>()?;
+        let (data_key, nonces) = fresh.split_at(KEY_LEN);
+        let (wrap_nonce, data_nonce) = nonces.split_at(NONCE_LEN);
+        let data_key: &[u8; KEY_LEN] = data_key.try_into().map_err(|_| CryptoError::Random)?;
+        let (wrap_nonce, data_nonce) = (nonce(wrap_nonce)?, nonce(data_nonce)?);
+        let wrapped = self
+            .wrap
             .encrypt(
-                (&*wrap_nonce).into(),
+                wrap_nonce.into(),
                 Payload {
                     msg: data_key.as_ref(),
                     aad: &aad.encode(b"dek", version, Some(&self.id)),
                 },
             )
             .map_err(|_| CryptoError::Tampered)?;
-        let sealed = cipher(&data_key)
+        let sealed = cipher(data_key)
             .encrypt(
-                (&*data_nonce).into(),
+                data_nonce.into(),
                 Payload {
                     msg: payload,
                     aad: &aad.encode(b"data", version, None),
@@ -300,7 +307,8 @@ impl MasterKey {
         let data_key = self.unwrap_data_key(aad, envelope)?;
         let version = version_of(envelope)?;
         let wrap_nonce = random::<NONCE_LEN>()?;
-        let wrapped = cipher(&new.key)
+        let wrapped = new
+            .wrap
             .encrypt(
                 (&*wrap_nonce).into(),
                 Payload {
@@ -340,7 +348,7 @@ impl MasterKey {
         }
         let version = version_of(envelope)?;
         let unwrapped = Zeroizing::new(
-            cipher(&self.key)
+            self.wrap
                 .decrypt(
                     nonce(&envelope[WRAP_NONCE_AT..WRAPPED_AT])?.into(),
                     Payload {
