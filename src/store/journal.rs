@@ -8,13 +8,13 @@
 //!
 //! - `write` appends the page, with its offset, to the record being filled, and keeps it in
 //!   memory (the overlay) for reads; the database file is not touched yet;
-//! - `sync_data` seals that record and queues it for the journal thread;
-//! - the journal thread appends every queued record to the active journal file (a
-//!   preallocated file written sequentially) and fsyncs it: one sequential write and one
-//!   flush per commit, whatever the number of pages. Only then is the commit durable:
-//!   [`JournalHandle::when_durable`] tells the store, which answers the commit's callers
-//!   (nothing is acknowledged before) and only then starts its next transaction. The pages
-//!   are then written to the database file (the OS page cache) and leave the overlay;
+//! - `sync_data` seals that record, appends it to the active journal file (a preallocated
+//!   file written sequentially) and fsyncs that: one sequential write and one flush per
+//!   commit, whatever the number of pages, in the committing thread. When redb's `commit`
+//!   returns, the commit is durable, and the store answers its callers (nothing is
+//!   acknowledged before);
+//! - the journal thread then writes the record's pages to the database file (the OS page
+//!   cache), and they leave the overlay;
 //! - when the active journal is full, the other one takes over and a checkpointer thread
 //!   fsyncs the database file; after that the full journal's records are no longer needed and
 //!   it can be reused. The database file's scattered writes reach the disk in the background,
@@ -85,13 +85,6 @@ pub struct JournaledFile {
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// What the store keeps of the backend it hands to redb: to learn when commits are durable.
-#[derive(Clone)]
-pub struct JournalHandle(Arc<Inner>);
-
-/// Called once the commit it waits for is durable, or has failed.
-pub type Waiter = Box<dyn FnOnce(Result<(), String>) + Send>;
-
 struct Inner {
     main: FileBackend,
     journals: [File; 2],
@@ -124,12 +117,11 @@ struct Overlaid {
 }
 
 struct Queue {
+    /// Durable records whose pages are still to be written to the database file.
     records: VecDeque<(u64, Vec<u8>)>,
     queued_bytes: u64,
-    /// The last sealed and the last durable record.
-    sealed: u64,
-    durable: u64,
-    waiters: Vec<(u64, Waiter)>,
+    /// The last record written to the database file.
+    applied: u64,
     spare: Vec<Vec<u8>>,
     closing: bool,
     /// A failed journal write or checkpoint: every later sync fails, until the database is
@@ -144,6 +136,8 @@ struct Log {
     /// The inactive journal's records are all in the fsynced database file: it may be reused.
     other_free: bool,
     checkpoint_due: bool,
+    /// The last record of the journal the due checkpoint frees.
+    checkpoint_upto: u64,
     closing: bool,
     failed: Option<String>,
 }
@@ -232,9 +226,7 @@ impl JournaledFile {
             queue: Mutex::new(Queue {
                 records: VecDeque::new(),
                 queued_bytes: 0,
-                sealed: 0,
-                durable: 0,
-                waiters: Vec::new(),
+                applied: 0,
                 spare: Vec::new(),
                 closing: false,
                 failed: None,
@@ -246,6 +238,7 @@ impl JournaledFile {
                 tail: 0,
                 other_free: true,
                 checkpoint_due: false,
+                checkpoint_upto: 0,
                 closing: false,
                 failed: None,
             }),
@@ -253,7 +246,7 @@ impl JournaledFile {
         });
         let mut threads = Vec::with_capacity(2);
         for (name, run) in [
-            ("sharevault-journal", Inner::run_journal as fn(&Inner)),
+            ("sharevault-journal", Inner::run_apply as fn(&Inner)),
             ("sharevault-checkpoint", Inner::run_checkpointer),
         ] {
             let worker = Arc::clone(&inner);
@@ -267,11 +260,6 @@ impl JournaledFile {
             inner,
             threads: Mutex::new(threads),
         })
-    }
-
-    /// The handle through which the store learns when commits are durable.
-    pub fn handle(&self) -> JournalHandle {
-        JournalHandle(Arc::clone(&self.inner))
     }
 
     /// Replays and clears the journals of the database file at `path`, if it has any, so that
@@ -302,30 +290,6 @@ impl JournaledFile {
             if thread.join().is_err() {
                 tracing::error!("the checkpoint thread panicked");
             }
-        }
-    }
-}
-
-impl JournalHandle {
-    /// The sequence number of the last record sealed: every commit returned so far is in it
-    /// or in an earlier one.
-    pub fn sealed(&self) -> u64 {
-        guard(&self.0.queue).sealed
-    }
-
-    /// Calls `waiter` once record `seq` is durable (at once if it already is), or with the
-    /// failure that lost it.
-    pub fn when_durable(&self, seq: u64, waiter: Waiter) {
-        let mut queue = guard(&self.0.queue);
-        if let Some(failure) = &queue.failed {
-            let failure = failure.clone();
-            drop(queue);
-            waiter(Err(failure));
-        } else if queue.durable >= seq {
-            drop(queue);
-            waiter(Ok(()));
-        } else {
-            queue.waiters.push((seq, waiter));
         }
     }
 }
@@ -443,37 +407,55 @@ impl Inner {
         guard(&self.queue).failed.clone()
     }
 
-    /// Seals the record being filled and queues it for the journal thread.
+    /// Seals the record being filled, appends it to the active journal and fsyncs that: once
+    /// this returns, the commit is durable. The record then waits for the journal thread to
+    /// write its pages to the database file.
     fn seal(&self) -> io::Result<()> {
         let mut pending = guard(&self.pending);
         if pending.buf.len() == HEADER {
             return self.failure().map_or(Ok(()), |f| Err(io::Error::other(f)));
         }
-        let mut queue = guard(&self.queue);
-        while queue.queued_bytes > MAX_QUEUED_BYTES && queue.failed.is_none() {
-            queue = wait(&self.queue_changed, queue);
-        }
-        if let Some(failure) = &queue.failed {
-            return Err(io::Error::other(failure.clone()));
-        }
-        let spare = fresh_buffer(queue.spare.pop().unwrap_or_default());
-        let buf = std::mem::replace(&mut pending.buf, spare);
+        let spare = {
+            let mut queue = guard(&self.queue);
+            while queue.queued_bytes > MAX_QUEUED_BYTES && queue.failed.is_none() {
+                queue = wait(&self.queue_changed, queue);
+            }
+            if let Some(failure) = &queue.failed {
+                return Err(io::Error::other(failure.clone()));
+            }
+            queue.spare.pop().unwrap_or_default()
+        };
+        let mut record = std::mem::replace(&mut pending.buf, fresh_buffer(spare));
         let seq = pending.seq;
         pending.seq += 1;
-        queue.queued_bytes += buf.len() as u64;
-        queue.records.push_back((seq, buf));
-        queue.sealed = seq;
+        drop(pending);
+        if let Err(err) = self.append(seq, &mut record) {
+            self.fail(&err);
+            return Err(err);
+        }
+        let mut queue = guard(&self.queue);
+        queue.queued_bytes += record.len() as u64;
+        queue.records.push_back((seq, record));
         self.queue_changed.notify_all();
         Ok(())
     }
 
-    /// Writes queued records to the journal, makes them durable, answers their waiters and
-    /// moves their pages to the database file; until the store closes.
-    fn run_journal(&self) {
+    /// Fails every later commit. The journals are kept for the next open to replay.
+    fn fail(&self, err: &io::Error) {
+        tracing::error!(error = %err, "journal write failed");
+        let mut queue = guard(&self.queue);
+        queue.failed = Some(format!("journal write failed: {err}"));
+        queue.records.clear();
+        self.queue_changed.notify_all();
+    }
+
+    /// Writes the pages of durable records to the database file, in order, and drops them
+    /// from the overlay; until the store closes.
+    fn run_apply(&self) {
         let mut batch = Vec::new();
         loop {
             let mut queue = guard(&self.queue);
-            while queue.records.is_empty() && !queue.closing {
+            while queue.records.is_empty() && !queue.closing && queue.failed.is_none() {
                 queue = wait(&self.queue_changed, queue);
             }
             if queue.records.is_empty() || queue.failed.is_some() {
@@ -482,34 +464,11 @@ impl Inner {
             batch.extend(queue.records.drain(..));
             drop(queue);
             let last = batch.last().map_or(0, |(seq, _)| *seq);
-            let written = self.append(&mut batch);
-            let applied = written.and_then(|()| {
-                let mut queue = guard(&self.queue);
-                queue.durable = last;
-                let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut queue.waiters)
-                    .into_iter()
-                    .partition(|(seq, _)| *seq <= last);
-                queue.waiters = waiting;
-                drop(queue);
-                for (_, waiter) in ready {
-                    waiter(Ok(()));
-                }
-                for (_, record) in &batch {
-                    apply(&self.main, &record[HEADER..])?;
-                }
-                Ok(())
-            });
+            let applied = batch
+                .iter()
+                .try_for_each(|(_, record)| apply(&self.main, &record[HEADER..]));
             if let Err(err) = applied {
-                tracing::error!(error = %err, "journal write failed");
-                let mut queue = guard(&self.queue);
-                queue.failed = Some(format!("journal write failed: {err}"));
-                let waiters = std::mem::take(&mut queue.waiters);
-                queue.records.clear();
-                self.queue_changed.notify_all();
-                drop(queue);
-                for (_, waiter) in waiters {
-                    waiter(Err(format!("journal write failed: {err}")));
-                }
+                self.fail(&err);
                 return;
             }
             // The pages are in the database file now: readers find them there.
@@ -518,6 +477,7 @@ impl Inner {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .retain(|_, page| page.record > last);
             let mut queue = guard(&self.queue);
+            queue.applied = last;
             for (_, record) in batch.drain(..) {
                 queue.queued_bytes -= record.len() as u64;
                 if queue.spare.len() < 4 {
@@ -528,11 +488,11 @@ impl Inner {
         }
     }
 
-    /// Appends the records to the active journal (switching journals when it is full) and
+    /// Appends record `seq` to the active journal (switching journals when it is full) and
     /// fsyncs it.
-    fn append(&self, batch: &mut [(u64, Vec<u8>)]) -> io::Result<()> {
+    fn append(&self, seq: u64, record: &mut Vec<u8>) -> io::Result<()> {
         let mut log = guard(&self.log);
-        let len: u64 = batch.iter().map(|(_, r)| padded(r.len() as u64)).sum();
+        let len = padded(record.len() as u64);
         if log.tail > 0 && log.tail + len > self.capacity {
             // Switch journals once the other one's records are all in the database file.
             while !log.other_free && log.failed.is_none() {
@@ -546,23 +506,22 @@ impl Inner {
             log.tail = 0;
             log.other_free = false;
             log.checkpoint_due = true;
+            log.checkpoint_upto = seq - 1;
             self.log_changed.notify_all();
         }
         let journal = &self.journals[log.active];
-        for (_, record) in batch.iter_mut() {
-            let payload_len = (record.len() - HEADER) as u64;
-            let crc = checksum(log.generation, &record[HEADER..]);
-            record[..8].copy_from_slice(MAGIC);
-            record[8..16].copy_from_slice(&log.generation.to_le_bytes());
-            record[16..24].copy_from_slice(&payload_len.to_le_bytes());
-            record[24..28].copy_from_slice(&crc.to_le_bytes());
-            let unpadded = record.len();
-            record.resize(padded(unpadded as u64) as usize, 0);
-            let written = journal.write_all_at(record, log.tail);
-            record.truncate(unpadded);
-            written?;
-            log.tail += padded(unpadded as u64);
-        }
+        let payload_len = (record.len() - HEADER) as u64;
+        let crc = checksum(log.generation, &record[HEADER..]);
+        record[..8].copy_from_slice(MAGIC);
+        record[8..16].copy_from_slice(&log.generation.to_le_bytes());
+        record[16..24].copy_from_slice(&payload_len.to_le_bytes());
+        record[24..28].copy_from_slice(&crc.to_le_bytes());
+        let unpadded = record.len();
+        record.resize(len as usize, 0);
+        let written = journal.write_all_at(record, log.tail);
+        record.truncate(unpadded);
+        written?;
+        log.tail += len;
         journal.sync_data()
     }
 
@@ -577,8 +536,19 @@ impl Inner {
                 return;
             }
             log.checkpoint_due = false;
+            let upto = log.checkpoint_upto;
             drop(log);
-            let synced = self.main.sync_data();
+            // Every record of the full journal must be in the database file before the fsync.
+            let mut queue = guard(&self.queue);
+            while queue.applied < upto && queue.failed.is_none() {
+                queue = wait(&self.queue_changed, queue);
+            }
+            let failed = queue.failed.clone();
+            drop(queue);
+            let synced = match failed {
+                Some(failure) => Err(io::Error::other(failure)),
+                None => self.main.sync_data(),
+            };
             log = guard(&self.log);
             match synced {
                 Ok(()) => log.other_free = true,
@@ -763,7 +733,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let journal = JournaledFile::open(&path, 1 << 20).unwrap();
-        let handle = journal.handle();
         journal.set_len(3 * PAGE as u64).unwrap();
         let mut two = page(0xAA);
         two.extend(page(0xAB));
@@ -780,9 +749,19 @@ mod tests {
             "not in the file before it is durable"
         );
 
+        let before = std::fs::read(&path).unwrap();
         journal.sync_data().unwrap();
-        wait_durable(&handle);
-        // Durable now; the pages follow into the file (at the latest when the journal
+        // Durable now: a crash at this moment, with none of the file's writes on the disk,
+        // keeps the pages (the journal has them).
+        let crashed = dir.path().join("crashed");
+        copy_disk(&path, Some(&before), &crashed);
+        JournaledFile::open(&crashed, 1 << 20)
+            .unwrap()
+            .close()
+            .unwrap();
+        assert!(read_main(&crashed, 0) == page(0xAA));
+        assert!(read_main(&crashed, PAGE as u64) == page(0xBB));
+        // The pages follow into the file (at the latest when the journal
         // thread stops), and reads see them all along.
         let mut again = vec![0u8; 2 * PAGE];
         journal.read(PAGE as u64, &mut again).unwrap();
@@ -871,13 +850,6 @@ mod tests {
 
     const T: TableDefinition<u64, &[u8]> = TableDefinition::new("t");
 
-    /// Waits until every commit so far is durable, as the store does before answering.
-    fn wait_durable(journal: &JournalHandle) {
-        let (tx, rx) = std::sync::mpsc::channel();
-        journal.when_durable(journal.sealed(), Box::new(move |r| tx.send(r).unwrap()));
-        rx.recv().unwrap().unwrap();
-    }
-
     fn commit_rows(db: &Database, rows: std::ops::Range<u64>) {
         for i in rows {
             let txn = db.begin_write().unwrap();
@@ -919,18 +891,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let open = || {
-            let file = JournaledFile::open(&path, 16 << 20).unwrap();
-            let handle = file.handle();
-            (
-                Database::builder().create_with_backend(file).unwrap(),
-                handle,
-            )
+            Database::builder()
+                .create_with_backend(JournaledFile::open(&path, 16 << 20).unwrap())
+                .unwrap()
         };
         drop(open());
         let before = std::fs::read(&path).unwrap();
-        let (db, journal) = open();
+        let db = open();
         commit_rows(&db, 0..200);
-        wait_durable(&journal);
         // The disk at the crash: the journals as written, and a database file none of whose
         // page-cache writes reached the disk (no checkpoint ran: the journal never filled).
         let crashed = dir.path().join("crashed");
@@ -946,10 +914,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let file = JournaledFile::open(&path, 64 * 1024).unwrap();
-        let journal = file.handle();
         let db = Database::builder().create_with_backend(file).unwrap();
         commit_rows(&db, 0..300);
-        wait_durable(&journal);
         let crashed = dir.path().join("crashed");
         copy_disk(&path, None, &crashed);
         drop(db);

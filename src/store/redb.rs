@@ -9,7 +9,7 @@
 //! operation in it.
 
 use super::codec;
-use super::journal::{JournalHandle, JournaledFile};
+use super::journal::JournaledFile;
 use super::{
     Counts, ExportItem, MethodRecord, PairRecord, Rewrap, SealedRecord, Store, StoreError,
     TokenRecord, WriteFuture, WriteOp, WriteOutcome,
@@ -79,18 +79,14 @@ struct Job {
 }
 
 /// Opens the database: the file at a path, or, for fault-injection tests, any redb storage
-/// backend; with the handle of its journal, if it has one. Called again to reopen the database
-/// after an I/O error.
-pub type Opener =
-    Box<dyn Fn() -> Result<(Database, Option<JournalHandle>), redb::DatabaseError> + Send + Sync>;
+/// backend. Called again to reopen the database after an I/O error. A commit is durable once
+/// redb's `commit` returns (with the journal too: its `sync_data` appends and fsyncs).
+pub type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync>;
 
 /// The open database, shared by readers and the writer. After an I/O error redb refuses every
 /// further operation until the database is reopened (which repairs it); the writer does that.
 struct Shared {
     db: RwLock<Option<Arc<Database>>>,
-    /// The open database's journal: a commit is durable once its record is
-    /// ([`JournalHandle::when_durable`]); without one, once `commit` returns.
-    journal: RwLock<Option<JournalHandle>>,
     opener: Opener,
     /// The database file, to check the free space of its filesystem.
     path: Option<std::path::PathBuf>,
@@ -141,13 +137,9 @@ impl Shared {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
             match (self.opener)() {
-                Ok((db, journal)) => {
+                Ok(db) => {
                     tracing::warn!("database reopened after a failed write");
                     *slot = Some(Arc::new(db));
-                    *self
-                        .journal
-                        .write()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = journal;
                     return;
                 }
                 Err(redb::DatabaseError::DatabaseAlreadyOpen)
@@ -211,7 +203,7 @@ impl RedbStore {
                     // The journals of an earlier run with them on are replayed first.
                     JournaledFile::settle(&file)
                         .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
-                    return Ok((builder.create(&file)?, None));
+                    return builder.create(&file);
                 }
                 let backend = JournaledFile::open(&file, journal_bytes).map_err(|e| {
                     if e.kind() == std::io::ErrorKind::WouldBlock {
@@ -220,8 +212,7 @@ impl RedbStore {
                         redb::DatabaseError::Storage(redb::StorageError::Io(e))
                     }
                 })?;
-                let handle = backend.handle();
-                Ok((builder.create_with_backend(backend)?, Some(handle)))
+                builder.create_with_backend(backend)
             }),
             Some(path),
             min_free_bytes,
@@ -237,7 +228,7 @@ impl RedbStore {
         path: Option<&Path>,
         min_free_bytes: u64,
     ) -> Result<Self, StoreError> {
-        let (db, journal) = opener().map_err(backend)?;
+        let db = opener().map_err(backend)?;
         let txn = db.begin_write().map_err(backend)?;
         {
             txn.open_table(CUSTODIAN).map_err(backend)?;
@@ -257,12 +248,8 @@ impl RedbStore {
             let head = meta.get(AUDIT_HEAD).map_err(backend)?;
             head.map(|v| decode_head(v.value())).transpose()?
         };
-        if let Some(journal) = &journal {
-            durable(journal).map_err(StoreError::Backend)?;
-        }
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(db)),
-            journal: RwLock::new(journal),
             opener,
             path: path.map(Path::to_path_buf),
             min_free_bytes,
@@ -703,49 +690,16 @@ fn run_writer(shared: &Shared, mut queue: mpsc::Receiver<Job>, mut head: Head) {
     }
 }
 
-/// Waits until every commit so far is durable.
-fn durable(journal: &JournalHandle) -> Result<(), String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    journal.when_durable(
-        journal.sealed(),
-        Box::new(move |result| {
-            let _ = tx.send(result);
-        }),
-    );
-    rx.recv()
-        .map_err(|_| "the journal stopped".to_owned())
-        .and_then(|r| r)
-}
-
-/// Answers each job with its result once the commit that holds them is durable: at once
-/// without a journal (or for a commit that is not to be durable), else when the journal has
-/// flushed its record. The writer waits for that before it takes the next batch: letting it
-/// run ahead made batches smaller, and the extra commits cost more than the overlap saved.
+/// Answers each job of a committed (and, unless deferred, durable) batch with its result.
+/// The writer answers before it takes the next batch: letting it run ahead of the fsync made
+/// batches smaller, and the extra commits cost more than the overlap saved.
 fn answer(
-    shared: &Shared,
     jobs: Vec<Job>,
     results: Vec<Result<WriteOutcome, StoreError>>,
-    deferred: bool,
     started: std::time::Instant,
 ) {
-    let journal = shared
-        .journal
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    let durable = match journal {
-        Some(journal) if !deferred => durable(&journal),
-        _ => Ok(()),
-    };
-    crate::metrics::global().batch(jobs.len(), started.elapsed(), durable.is_ok());
-    if let Err(failure) = &durable {
-        tracing::error!(batch = jobs.len(), error = %failure, "a committed batch was not made durable");
-    }
+    crate::metrics::global().batch(jobs.len(), started.elapsed(), true);
     for (job, result) in jobs.into_iter().zip(results) {
-        let result = match &durable {
-            Ok(()) => result,
-            Err(failure) => Err(StoreError::Backend(failure.clone())),
-        };
         let _ = job.reply.send(result);
     }
 }
@@ -771,7 +725,7 @@ fn commit_group(shared: &Shared, jobs: Vec<Job>, head: &mut Head, started: std::
                 commit_us = started.elapsed().as_micros() as u64,
                 "committed"
             );
-            answer(shared, jobs, results, deferred, started);
+            answer(jobs, results, started);
         }
         Err(err) => {
             tracing::error!(batch = jobs.len(), error = %err, "write transaction failed");
@@ -1219,7 +1173,7 @@ mod tests {
                 fail: Arc::clone(&f),
                 sync_ms: Arc::clone(&s),
             })?;
-            Ok((db, None))
+            Ok(db)
         })
     }
 
