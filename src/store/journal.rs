@@ -26,7 +26,8 @@
 //! journals are cleared; only then does redb see the file, which holds exactly the state of
 //! the last durable commit. A record is replayed only if it is whole (its checksum matches)
 //! and belongs to its file's current generation, so a record torn by a crash, whose commits
-//! were never acknowledged, is ignored.
+//! were never acknowledged, is ignored, and so is whatever an earlier generation or an earlier
+//! run (whose generations started at another random number) left behind it.
 //!
 //! Readers may see a commit in the moment between redb's `commit` and the record's fsync. No
 //! caller is answered on the strength of such a read before the commit is durable: writes are
@@ -211,6 +212,13 @@ impl JournaledFile {
             prepare(journal, capacity)?;
         }
         let len = main.len()?;
+        // Clearing a journal erases only its first record, so records of earlier runs stay
+        // behind the ones this run writes. Each run's generations start at a fresh random
+        // number, so a scan stops at the first record of another run instead of replaying it.
+        let mut start = [0u8; 8];
+        getrandom::fill(&mut start)
+            .map_err(|e| io::Error::other(format!("the system random number generator: {e}")))?;
+        let generation = u64::from_le_bytes(start) >> 2;
         let inner = Arc::new(Inner {
             main,
             journals,
@@ -234,7 +242,7 @@ impl JournaledFile {
             queue_changed: Condvar::new(),
             log: Mutex::new(Log {
                 active: 0,
-                generation: 1,
+                generation,
                 tail: 0,
                 other_free: true,
                 checkpoint_due: false,
@@ -769,6 +777,37 @@ mod tests {
         journal.close().unwrap();
         assert!(read_main(&path, 0) == page(0xAA));
         assert!(read_main(&path, PAGE as u64) == page(0xBB));
+    }
+
+    #[test]
+    fn records_left_by_an_earlier_run_are_never_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        // An earlier run: two one-page records, then a clean close, which clears the journal
+        // without erasing the second record (at the same offset as a later run's second).
+        let journal = JournaledFile::open(&path, 1 << 20).unwrap();
+        journal.set_len(PAGE as u64).unwrap();
+        journal.write(0, &page(0x11)).unwrap();
+        journal.sync_data().unwrap();
+        journal.write(0, &page(0x22)).unwrap();
+        journal.sync_data().unwrap();
+        journal.close().unwrap();
+        drop(journal);
+        // This run: one record, then a machine crash.
+        let journal = JournaledFile::open(&path, 1 << 20).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        journal.write(0, &page(0x33)).unwrap();
+        journal.sync_data().unwrap();
+        drop(journal);
+        lose_unsynced_file_writes(&path, &before);
+        JournaledFile::open(&path, 1 << 20)
+            .unwrap()
+            .close()
+            .unwrap();
+        assert!(
+            read_main(&path, 0) == page(0x33),
+            "the stale record was replayed"
+        );
     }
 
     #[test]
