@@ -38,6 +38,8 @@ pub fn push_str(out: &mut Vec<u8>, s: &str) {
         // A word with a byte to escape, or the tail: byte by byte up to the word's end.
         let end = (at + 8).min(bytes.len());
         for (i, &b) in bytes.iter().enumerate().take(end).skip(at) {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let unicode;
             let escape: &[u8] = match b {
                 b'"' => b"\\\"",
                 b'\\' => b"\\\\",
@@ -47,13 +49,15 @@ pub fn push_str(out: &mut Vec<u8>, s: &str) {
                 0x08 => b"\\b",
                 0x0c => b"\\f",
                 0x00..=0x1f => {
-                    out.extend_from_slice(&bytes[start..i]);
-                    const HEX: &[u8; 16] = b"0123456789abcdef";
-                    out.extend_from_slice(b"\\u00");
-                    out.push(HEX[usize::from(b >> 4)]);
-                    out.push(HEX[usize::from(b & 0xf)]);
-                    start = i + 1;
-                    continue;
+                    unicode = [
+                        b'\\',
+                        b'u',
+                        b'0',
+                        b'0',
+                        HEX[usize::from(b >> 4)],
+                        HEX[usize::from(b & 0xf)],
+                    ];
+                    &unicode
                 }
                 _ => continue,
             };

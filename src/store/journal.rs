@@ -577,29 +577,38 @@ impl StorageBackend for JournaledFile {
 
     /// Reads the database file, with the pages of commits not yet in it laid over.
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-        // Held across the file read, so that pages leave the overlay only before or after it.
-        let overlay = self
-            .inner
-            .overlay
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // A longer file is made at once (`set_len`), so the file covers every page redb reads.
-        self.inner.main.read(offset, out)?;
-        if overlay.is_empty() {
-            return Ok(());
-        }
         let end = offset + out.len() as u64;
-        let from = offset.saturating_sub(self.inner.longest_write.load(Ordering::Relaxed));
-        let mut pages: Vec<_> = overlay
-            .range((from, 0)..(end, 0))
-            .filter(|((at, _), page)| at + page.data.len() as u64 > offset)
-            .collect();
-        pages.sort_by_key(|((_, order), _)| *order);
-        for ((at, _), page) in pages {
-            let start = offset.max(*at);
-            let stop = end.min(at + page.data.len() as u64);
+        // The overlay's pages over this range: (write order, offset, page). The lock is not
+        // held across the file read: a page leaves the overlay only once it is in the file,
+        // so the file read below finds what a page taken out meanwhile held.
+        let mut pages: Vec<(u64, u64, Arc<[u8]>)> = {
+            let overlay = self
+                .inner
+                .overlay
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let from = offset.saturating_sub(self.inner.longest_write.load(Ordering::Relaxed));
+            overlay
+                .range((from, 0)..(end, 0))
+                .filter(|((at, _), page)| at + page.data.len() as u64 > offset)
+                .map(|(&(at, order), page)| (order, at, Arc::clone(&page.data)))
+                .collect()
+        };
+        pages.sort_unstable_by_key(|(order, _, _)| *order);
+        // From the newest page that covers the whole range on, the file is not needed. (A
+        // longer file is made at once in `set_len`, so it covers every page redb reads.)
+        let covering = pages
+            .iter()
+            .rposition(|(_, at, data)| *at <= offset && at + data.len() as u64 >= end);
+        match covering {
+            Some(newest) => drop(pages.drain(..newest)),
+            None => self.inner.main.read(offset, out)?,
+        }
+        for (_, at, data) in pages {
+            let start = offset.max(at);
+            let stop = end.min(at + data.len() as u64);
             out[(start - offset) as usize..(stop - offset) as usize]
-                .copy_from_slice(&page.data[(start - at) as usize..(stop - at) as usize]);
+                .copy_from_slice(&data[(start - at) as usize..(stop - at) as usize]);
         }
         Ok(())
     }

@@ -690,20 +690,6 @@ fn run_writer(shared: &Shared, mut queue: mpsc::Receiver<Job>, mut head: Head) {
     }
 }
 
-/// Answers each job of a committed (and, unless deferred, durable) batch with its result.
-/// The writer answers before it takes the next batch: letting it run ahead of the fsync made
-/// batches smaller, and the extra commits cost more than the overlap saved.
-fn answer(
-    jobs: Vec<Job>,
-    results: Vec<Result<WriteOutcome, StoreError>>,
-    started: std::time::Instant,
-) {
-    crate::metrics::global().batch(jobs.len(), started.elapsed(), true);
-    for (job, result) in jobs.into_iter().zip(results) {
-        let _ = job.reply.send(result);
-    }
-}
-
 /// Commits one group of jobs and answers each.
 fn commit_group(shared: &Shared, jobs: Vec<Job>, head: &mut Head, started: std::time::Instant) {
     let deferred = all_deferred(&jobs);
@@ -714,9 +700,7 @@ fn commit_group(shared: &Shared, jobs: Vec<Job>, head: &mut Head, started: std::
             .unflushed
             .store(deferred, std::sync::atomic::Ordering::SeqCst);
     }
-    if committed.is_err() {
-        crate::metrics::global().batch(jobs.len(), started.elapsed(), false);
-    }
+    crate::metrics::global().batch(jobs.len(), started.elapsed(), committed.is_ok());
     match committed {
         Ok((results, new_head)) => {
             *head = new_head;
@@ -725,7 +709,9 @@ fn commit_group(shared: &Shared, jobs: Vec<Job>, head: &mut Head, started: std::
                 commit_us = started.elapsed().as_micros() as u64,
                 "committed"
             );
-            answer(jobs, results, started);
+            for (job, result) in jobs.into_iter().zip(results) {
+                let _ = job.reply.send(result);
+            }
         }
         Err(err) => {
             tracing::error!(batch = jobs.len(), error = %err, "write transaction failed");
@@ -1168,12 +1154,11 @@ mod tests {
                 .open(&p)
                 .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
             let inner = FileBackend::new(file)?;
-            let db = Database::builder().create_with_backend(Flaky {
+            Database::builder().create_with_backend(Flaky {
                 inner,
                 fail: Arc::clone(&f),
                 sync_ms: Arc::clone(&s),
-            })?;
-            Ok(db)
+            })
         })
     }
 
