@@ -318,34 +318,36 @@ fn prepare(journal: &File, capacity: u64) -> io::Result<()> {
     journal.sync_all()
 }
 
-/// The records of one journal: its generation and payloads, in order.
-fn scan(journal: &File) -> io::Result<Option<(u64, Vec<Vec<u8>>)>> {
+/// Reads the record at `at` into `payload`, if a whole one is there (of `generation`, if
+/// given): answers its generation and where the next record starts.
+fn read_record(
+    journal: &File,
+    at: u64,
+    generation: Option<u64>,
+    payload: &mut Vec<u8>,
+) -> io::Result<Option<(u64, u64)>> {
     let len = journal.metadata()?.len();
-    let mut records = Vec::new();
-    let mut generation = None;
-    let mut at = 0u64;
-    let mut header = [0u8; HEADER];
-    while at + HEADER as u64 <= len {
-        journal.read_exact_at(&mut header, at)?;
-        if &header[..8] != MAGIC {
-            break;
-        }
-        let field = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().unwrap_or([0; 8]));
-        let (record_gen, payload_len) = (field(8), field(16));
-        let crc = u32::from_le_bytes(header[24..28].try_into().unwrap_or([0; 4]));
-        if generation.is_some_and(|g| g != record_gen) || payload_len > len - at - HEADER as u64 {
-            break;
-        }
-        let mut payload = vec![0u8; payload_len as usize];
-        journal.read_exact_at(&mut payload, at + HEADER as u64)?;
-        if checksum(record_gen, &payload) != crc {
-            break;
-        }
-        generation = Some(record_gen);
-        records.push(payload);
-        at += padded(HEADER as u64 + payload_len);
+    if at + HEADER as u64 > len {
+        return Ok(None);
     }
-    Ok(generation.map(|g| (g, records)))
+    let mut header = [0u8; HEADER];
+    journal.read_exact_at(&mut header, at)?;
+    if &header[..8] != MAGIC {
+        return Ok(None);
+    }
+    let field = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().unwrap_or([0; 8]));
+    let (record_gen, payload_len) = (field(8), field(16));
+    let crc = u32::from_le_bytes(header[24..28].try_into().unwrap_or([0; 4]));
+    if generation.is_some_and(|g| g != record_gen) || payload_len > len - at - HEADER as u64 {
+        return Ok(None);
+    }
+    payload.clear();
+    payload.resize(payload_len as usize, 0);
+    journal.read_exact_at(payload, at + HEADER as u64)?;
+    if checksum(record_gen, payload) != crc {
+        return Ok(None);
+    }
+    Ok(Some((record_gen, at + padded(HEADER as u64 + payload_len))))
 }
 
 fn checksum(generation: u64, payload: &[u8]) -> u32 {
@@ -360,21 +362,25 @@ fn padded(len: u64) -> u64 {
     len.div_ceil(ALIGN) * ALIGN
 }
 
-/// Applies every whole record of both journals to `main`, oldest generation first. Answers
+/// Applies every whole record of both journals to `main`, oldest generation first, one
+/// record at a time (a journal can hold far more than the daemon's memory budget). Answers
 /// the number of records applied.
 fn replay(main: &FileBackend, journals: &[File; 2]) -> io::Result<usize> {
+    let mut payload = Vec::new();
     let mut found = Vec::new();
     for journal in journals {
-        if let Some(records) = scan(journal)? {
-            found.push(records);
+        if let Some((generation, _)) = read_record(journal, 0, None, &mut payload)? {
+            found.push((generation, journal));
         }
     }
     found.sort_by_key(|(generation, _)| *generation);
     let mut applied = 0;
-    for (_, records) in found {
-        for payload in records {
+    for (generation, journal) in found {
+        let mut at = 0;
+        while let Some((_, next)) = read_record(journal, at, Some(generation), &mut payload)? {
             apply(main, &payload)?;
             applied += 1;
+            at = next;
         }
     }
     Ok(applied)
@@ -876,7 +882,8 @@ mod tests {
         journal.close().unwrap();
         drop(journal);
         for path in journal_paths(&path) {
-            assert!(scan(&File::open(path).unwrap()).unwrap().is_none());
+            let first = read_record(&File::open(path).unwrap(), 0, None, &mut Vec::new());
+            assert!(first.unwrap().is_none());
         }
         assert!(read_main(&path, 0) == page(0x33));
     }
