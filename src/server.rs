@@ -140,6 +140,31 @@ fn notify(state: sd_notify::NotifyState<'_>) {
     }
 }
 
+/// How often systemd hears that the database is still being opened.
+const OPENING_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Tells systemd, until it is aborted, that the daemon is still opening the database, so
+/// that its start timeout does not kill a long open: after an unclean shutdown redb reads the
+/// whole file to rebuild its free-space map, minutes for tens of GiB.
+async fn opening_heartbeat() {
+    let started = std::time::Instant::now();
+    let mut ticks = tokio::time::interval(OPENING_HEARTBEAT);
+    loop {
+        ticks.tick().await;
+        let elapsed = started.elapsed().as_secs();
+        if elapsed > 0 {
+            tracing::info!(seconds = elapsed, "still opening the database");
+        }
+        let status = format!("opening the database ({elapsed} s)");
+        notify(sd_notify::NotifyState::Status(&status));
+        // Three heartbeats' worth: a missed one or two does not end the start.
+        let extend = 3 * OPENING_HEARTBEAT.as_micros();
+        notify(sd_notify::NotifyState::ExtendTimeoutUsec(
+            u32::try_from(extend).unwrap_or(u32::MAX),
+        ));
+    }
+}
+
 /// Runs the daemon on `listeners` until `shutdown` resolves.
 pub async fn run(
     listeners: Listeners,
@@ -201,11 +226,15 @@ pub async fn run(
     let path = settings.data_dir.join(DATABASE_FILE);
     let (min_free, cache) = (settings.min_free_disk_bytes, settings.cache_bytes);
     let journal = settings.journal_bytes;
+    let heartbeat = tokio::spawn(opening_heartbeat());
     let store =
         tokio::task::spawn_blocking(move || RedbStore::open(&path, min_free, cache, journal))
             .await
-            .map_err(|e| ServeError::Task(e.to_string()))?
-            .map_err(crate::vault::OpenError::Store);
+            .map_err(|e| ServeError::Task(e.to_string()));
+    heartbeat.abort();
+    // Wait until it has stopped, so that nothing it sends can follow READY=1.
+    let _ = heartbeat.await;
+    let store = store?.map_err(crate::vault::OpenError::Store);
     let opened = match store {
         Ok(store) => Vault::open(
             Arc::new(store),

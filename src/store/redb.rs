@@ -199,6 +199,13 @@ impl RedbStore {
             Box::new(move || {
                 let mut builder = Database::builder();
                 builder.set_cache_size(cache_bytes);
+                builder.set_repair_callback(|session| {
+                    tracing::warn!(
+                        progress = %format!("{:.0} %", session.progress() * 100.0),
+                        "repairing the database after an unclean shutdown: redb reads the whole \
+                         file to check its pages and rebuild its free-space map"
+                    );
+                });
                 if journal_bytes == 0 {
                     // The journals of an earlier run with them on are replayed first.
                     JournaledFile::settle(&file)

@@ -204,6 +204,14 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
     // replayed into the database file before redb opens it plainly. (The other kill -9 tests
     // restart with the journal on.)
     let daemon = sandbox.start_with(&["--journal-bytes", "0"]);
+    // redb was not closed: it checks the file and rebuilds its free-space map, and says so.
+    assert!(
+        daemon
+            .logs()
+            .contains("repairing the database after an unclean shutdown"),
+        "{}",
+        daemon.logs()
+    );
     let mut client = daemon.webhook().await;
     for (client_id, share) in &acked_new {
         let shares = fetch_shares(&mut client, &secret, client_id.clone()).await;

@@ -139,9 +139,30 @@ async fn health_is_serving_per_service_and_systemd_is_notified() {
     let Started::Ready(mut daemon) = Daemon::launch(cmd) else {
         panic!("start failed")
     };
+    // While the database opens, systemd hears that the start is still under way (so that a
+    // long repair after a crash does not hit its start timeout); then READY=1.
     let mut buf = [0u8; 256];
-    let n = notify.recv(&mut buf).unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    let mut before_ready = Vec::new();
+    loop {
+        let n = notify.recv(&mut buf).unwrap();
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if message.contains("READY=1") {
+            break;
+        }
+        before_ready.push(message);
+    }
+    assert!(
+        before_ready
+            .iter()
+            .any(|m| m.contains("STATUS=opening the database")),
+        "{before_ready:?}"
+    );
+    assert!(
+        before_ready
+            .iter()
+            .any(|m| m.contains("EXTEND_TIMEOUT_USEC=30000000")),
+        "{before_ready:?}"
+    );
 
     let mut health = HealthClient::new(daemon.channel().await);
     for service in [
