@@ -134,8 +134,8 @@ fn private_app(grpc: axum::Router, api: axum::Router) -> axum::Router {
     ))
 }
 
-fn notify(state: sd_notify::NotifyState<'_>) {
-    if let Err(err) = sd_notify::notify(false, &[state]) {
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(err) = sd_notify::notify(false, states) {
         tracing::warn!(error = %err, "cannot notify systemd");
     }
 }
@@ -156,12 +156,12 @@ async fn opening_heartbeat() {
             tracing::info!(seconds = elapsed, "still opening the database");
         }
         let status = format!("opening the database ({elapsed} s)");
-        notify(sd_notify::NotifyState::Status(&status));
         // Three heartbeats' worth: a missed one or two does not end the start.
-        let extend = 3 * OPENING_HEARTBEAT.as_micros();
-        notify(sd_notify::NotifyState::ExtendTimeoutUsec(
-            u32::try_from(extend).unwrap_or(u32::MAX),
-        ));
+        let extend = u32::try_from(3 * OPENING_HEARTBEAT.as_micros()).unwrap_or(u32::MAX);
+        notify(&[
+            sd_notify::NotifyState::Status(&status),
+            sd_notify::NotifyState::ExtendTimeoutUsec(extend),
+        ]);
     }
 }
 
@@ -266,7 +266,10 @@ pub async fn run(
     };
     ready.set(Arc::clone(&vault));
     set_health(&reporter, ServingStatus::Serving).await;
-    notify(sd_notify::NotifyState::Ready);
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("serving"),
+    ]);
     tracing::info!(master_key_id = %vault.key_id(), "sharevault is ready");
 
     tokio::select! {
@@ -280,7 +283,10 @@ pub async fn run(
         }
     }
     tracing::info!("shutting down: draining in-flight calls");
-    notify(sd_notify::NotifyState::Stopping);
+    notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("stopping: draining in-flight calls"),
+    ]);
     set_health(&reporter, ServingStatus::NotServing).await;
     let _ = stop_tx.send(true);
     let drained = async { while servers.join_next().await.is_some() {} };

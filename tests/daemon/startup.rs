@@ -147,6 +147,7 @@ async fn health_is_serving_per_service_and_systemd_is_notified() {
         let n = notify.recv(&mut buf).unwrap();
         let message = String::from_utf8_lossy(&buf[..n]).into_owned();
         if message.contains("READY=1") {
+            assert!(message.contains("STATUS=serving"), "{message}");
             break;
         }
         before_ready.push(message);
