@@ -202,8 +202,8 @@ impl RedbStore {
                 builder.set_repair_callback(|session| {
                     tracing::warn!(
                         progress = %format!("{:.0} %", session.progress() * 100.0),
-                        "repairing the database after an unclean shutdown: redb reads the whole \
-                         file to check its pages and rebuild its free-space map"
+                        "repairing the database, which was not closed cleanly: redb reads the \
+                         whole file to check its pages and rebuild its free-space map"
                     );
                 });
                 if journal_bytes == 0 {

@@ -208,7 +208,7 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
     assert!(
         daemon
             .logs()
-            .contains("repairing the database after an unclean shutdown"),
+            .contains("repairing the database, which was not closed cleanly"),
         "{}",
         daemon.logs()
     );
