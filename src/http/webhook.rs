@@ -172,8 +172,8 @@ async fn fetch(
         let items: Vec<&str> = shares.iter().map(|s| s.share.as_str()).collect();
         let latest = shares
             .iter()
-            .max_by_key(|s| s.stored_at_ms)
             .filter(|_| state.config.legacy_backup_share)
+            .max_by_key(|s| s.stored_at_ms)
             .map(|s| ("backupShare", s.share.as_str()));
         let body = jsonout::object_of_strings("backupShares", &items, latest.as_slice());
         Ok(json_bytes(StatusCode::OK, body))

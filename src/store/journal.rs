@@ -778,10 +778,7 @@ mod tests {
         // keeps the pages (the journal has them).
         let crashed = dir.path().join("crashed");
         copy_disk(&path, Some(&before), &crashed);
-        JournaledFile::open(&crashed, 1 << 20)
-            .unwrap()
-            .close()
-            .unwrap();
+        JournaledFile::settle(&crashed).unwrap();
         assert!(read_main(&crashed, 0) == page(0xAA));
         assert!(read_main(&crashed, PAGE as u64) == page(0xBB));
         // The pages follow into the file (at the latest when the journal
@@ -815,10 +812,7 @@ mod tests {
         journal.sync_data().unwrap();
         drop(journal);
         lose_unsynced_file_writes(&path, &before);
-        JournaledFile::open(&path, 1 << 20)
-            .unwrap()
-            .close()
-            .unwrap();
+        JournaledFile::settle(&path).unwrap();
         assert!(
             read_main(&path, 0) == page(0x33),
             "the stale record was replayed"
@@ -845,10 +839,7 @@ mod tests {
         let third = ALIGN + padded((HEADER + ENTRY_HEADER + PAGE) as u64) + HEADER as u64 + 100;
         file.write_all_at(&[0x5A], third).unwrap();
         lose_unsynced_file_writes(&path, &before);
-        JournaledFile::open(&path, 1 << 20)
-            .unwrap()
-            .close()
-            .unwrap();
+        JournaledFile::settle(&path).unwrap();
         assert!(read_main(&path, 0) == page(0x11));
         assert!(read_main(&path, PAGE as u64) == page(0));
     }
@@ -897,10 +888,7 @@ mod tests {
         assert_eq!(second.kind(), io::ErrorKind::WouldBlock);
         first.close().unwrap();
         drop(first);
-        JournaledFile::open(&path, 1 << 20)
-            .unwrap()
-            .close()
-            .unwrap();
+        JournaledFile::settle(&path).unwrap();
     }
 
     const T: TableDefinition<u64, &[u8]> = TableDefinition::new("t");
