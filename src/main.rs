@@ -50,6 +50,9 @@ enum Command {
     Restore(RestoreArgs),
     /// Start a daemon on loopback, fill it with clients, and measure its operations.
     Bench(bench::Args),
+    /// The in-memory stand-in `bench --stand-in` measures in place of the daemon.
+    #[command(hide = true)]
+    BenchStandIn(bench::standin::Args),
     /// Re-wrap every record's data key under a new master key, while the daemon serves.
     Rekey(sharevault::cli::ops::RekeyArgs),
     /// Open every record with the master key and report any that fails.
@@ -244,5 +247,6 @@ fn main() -> anyhow::Result<()> {
             command,
         ))?),
         Command::Bench(args) => bench::run(args),
+        Command::BenchStandIn(args) => bench::standin::run(args),
     }
 }

@@ -126,7 +126,7 @@ impl Daemon {
     pub fn start(workspace: &Workspace, extra_args: &[String]) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the sharevault binary")?;
         let keys = &workspace.keys_dir;
-        let mut cmd = Command::new(exe);
+        let mut cmd = Command::new(&exe);
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(&workspace.data_dir)
@@ -144,6 +144,21 @@ impl Daemon {
             .arg("--admin-token-file")
             .arg(keys.join("admin-token"))
             .args(extra_args);
+        Self::spawn(cmd)
+    }
+
+    /// Starts the in-memory stand-in (see `standin`) in place of the daemon.
+    pub fn start_stand_in(workspace: &Workspace) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the sharevault binary")?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("bench-stand-in")
+            .arg("--webhook-secret-file")
+            .arg(workspace.keys_dir.join("webhook-secret"));
+        Self::spawn(cmd)
+    }
+
+    /// Runs `cmd` and waits until it logs that it is ready, with its listeners' addresses.
+    fn spawn(mut cmd: Command) -> anyhow::Result<Self> {
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("SHAREVAULT_") {
                 cmd.env_remove(name);

@@ -5,6 +5,7 @@ mod daemon;
 mod http;
 mod load;
 mod payload;
+pub mod standin;
 
 use anyhow::{Context, bail};
 use daemon::{Daemon, Usage, Workspace};
@@ -49,12 +50,21 @@ pub struct Args {
     /// An extra flag for the daemon, e.g. `--daemon-arg=--read-audit=deferred` (repeatable).
     #[arg(long = "daemon-arg", value_name = "ARG", allow_hyphen_values = true)]
     daemon_args: Vec<String>,
+    /// Drive an in-memory stand-in instead of sharevault: same wire, same connection stack,
+    /// nothing sealed, written, fsynced or audited. Its figures are this machine's ceiling
+    /// for the load generator and HTTP stack, to set sharevault's against.
+    #[arg(long, conflicts_with_all = ["data_dir", "skip_populate", "daemon_args"])]
+    stand_in: bool,
 }
 
 /// Runs the bench; fails if the daemon could not be driven or any request failed.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let workspace = Workspace::new(args.data_dir.as_deref())?;
-    let daemon = Daemon::start(&workspace, &args.daemon_args)?;
+    let daemon = if args.stand_in {
+        Daemon::start_stand_in(&workspace)?
+    } else {
+        Daemon::start(&workspace, &args.daemon_args)?
+    };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
     let result = runtime.block_on(bench(&args, &workspace, &daemon));
     // Close the client connections before asking the daemon to stop.
@@ -88,27 +98,39 @@ async fn bench(args: &Args, workspace: &Workspace, daemon: &Daemon) -> anyhow::R
         args.clients, args.seconds, args.share_bytes
     );
     println!("machine: {}", daemon::machine());
-    println!(
-        "daemon: pid {pid}, data dir {}, gRPC {}, webhook http://{}",
-        workspace.data_dir.display(),
-        daemon.grpc_endpoint,
-        daemon.webhook_addr
-    );
+    if args.stand_in {
+        println!(
+            "stand-in (in memory, nothing durable): pid {pid}, gRPC {}, webhook http://{}",
+            daemon.grpc_endpoint, daemon.webhook_addr
+        );
+    } else {
+        println!(
+            "daemon: pid {pid}, data dir {}, gRPC {}, webhook http://{}",
+            workspace.data_dir.display(),
+            daemon.grpc_endpoint,
+            daemon.webhook_addr
+        );
+    }
 
     let mut admin = admin(daemon).await?;
-    let name = format!("bench-{pid}-{}", std::process::id());
-    let token = admin
-        .create_token(with_token(
-            CreateTokenRequest {
-                name,
-                role: Role::Eject as i32,
-            },
-            &workspace.admin_token,
-        )?)
-        .await
-        .context("CreateToken")?
-        .into_inner()
-        .token;
+    let token = if args.stand_in {
+        // The stand-in checks no token, but the bench sends one as it would to the daemon.
+        format!("svt_{}", "0".repeat(64))
+    } else {
+        let name = format!("bench-{pid}-{}", std::process::id());
+        admin
+            .create_token(with_token(
+                CreateTokenRequest {
+                    name,
+                    role: Role::Eject as i32,
+                },
+                &workspace.admin_token,
+            )?)
+            .await
+            .context("CreateToken")?
+            .into_inner()
+            .token
+    };
     let target = Arc::new(Target {
         webhook_addr: daemon.webhook_addr,
         grpc_endpoint: daemon.grpc_endpoint.clone(),
@@ -179,6 +201,12 @@ async fn bench(args: &Args, workspace: &Workspace, daemon: &Daemon) -> anyhow::R
         }
     }
 
+    if args.stand_in {
+        if failed > 0 {
+            bail!("{failed} requests failed");
+        }
+        return Ok(());
+    }
     let status = admin
         .get_status(with_token(GetStatusRequest {}, &workspace.admin_token)?)
         .await

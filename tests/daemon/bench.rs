@@ -15,8 +15,10 @@ const LABELS: [&str; 7] = [
     "webhook backup alongside",
 ];
 
-#[test]
-fn bench_runs_every_operation_without_errors() {
+/// Runs `sharevault bench` on 20 clients, 2 connections, 1 s per operation, plus `extra`;
+/// returns its output after checking that it succeeded, printed a row for every operation
+/// with requests and no errors, and removed its temp dir.
+fn bench(extra: &[&str]) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_sharevault"))
         .args([
@@ -28,6 +30,7 @@ fn bench_runs_every_operation_without_errors() {
             "--seconds",
             "1",
         ])
+        .args(extra)
         .env("TMPDIR", tmp.path())
         .env_remove("CREDENTIALS_DIRECTORY")
         .env_remove("NOTIFY_SOCKET")
@@ -51,7 +54,7 @@ fn bench_runs_every_operation_without_errors() {
             panic!("bench did not finish within 120 s");
         }
     };
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
@@ -73,13 +76,31 @@ fn bench_runs_every_operation_without_errors() {
         assert_eq!(number(4), 0.0, "{label}: errors:\n{stdout}\n{stderr}");
         assert!(number(5) > 0.0, "{label}: no throughput:\n{stdout}");
     }
-    assert!(
-        stdout.contains("160 custodian shares, 80 client shares"),
-        "{stdout}"
-    );
     assert_eq!(
         std::fs::read_dir(tmp.path()).unwrap().count(),
         0,
         "temp dir left behind"
     );
+    stdout
+}
+
+#[test]
+fn bench_runs_every_operation_without_errors() {
+    let stdout = bench(&[]);
+    assert!(
+        stdout.contains("160 custodian shares, 80 client shares"),
+        "{stdout}"
+    );
+}
+
+/// The stand-in answers every operation the way the daemon does: the bench checks each
+/// answer (a fetch must return the client's 8 shares), so a wrong answer is an error.
+#[test]
+fn bench_drives_the_in_memory_stand_in() {
+    let stdout = bench(&["--stand-in"]);
+    assert!(
+        stdout.contains("stand-in (in memory, nothing durable)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("custodian shares"), "{stdout}");
 }
