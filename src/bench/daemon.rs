@@ -126,7 +126,7 @@ impl Daemon {
     pub fn start(workspace: &Workspace, extra_args: &[String]) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the sharevault binary")?;
         let keys = &workspace.keys_dir;
-        let mut cmd = Command::new(&exe);
+        let mut cmd = Command::new(exe);
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(&workspace.data_dir)
@@ -150,7 +150,7 @@ impl Daemon {
     /// Starts the in-memory stand-in (see `standin`) in place of the daemon.
     pub fn start_stand_in(workspace: &Workspace) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the sharevault binary")?;
-        let mut cmd = Command::new(&exe);
+        let mut cmd = Command::new(exe);
         cmd.arg("bench-stand-in")
             .arg("--webhook-secret-file")
             .arg(workspace.keys_dir.join("webhook-secret"));

@@ -1,9 +1,9 @@
 //! `sharevault bench --stand-in`: a stand-in for the daemon that keeps every share in memory
 //! and answers at once. It serves the same wire (Portal's webhook and the gRPC calls the
 //! bench drives) over the same connection stack, with the same runtime, but nothing is
-//! sealed, written or fsynced and no audit event is kept. Its figures are the ceiling of this
-//! machine, HTTP stack and load generator: what sharevault would reach if the vault cost
-//! nothing.
+//! sealed, written or fsynced, no audit event is kept and no call is logged. Its figures are
+//! the ceiling of this machine, HTTP stack and load generator: what sharevault would reach if
+//! the vault cost nothing.
 
 use anyhow::Context;
 use axum::Router;
