@@ -143,30 +143,38 @@ pub struct ChainReport {
     pub problem: Option<(u64, String)>,
 }
 
-/// Checks events in order against each other and against the stored head.
-pub fn verify(
-    events: impl Iterator<Item = Result<AuditEvent, u64>>,
-    head: Option<(u64, [u8; 32])>,
-) -> ChainReport {
-    let (mut seq, mut hash) = (0u64, [0u8; 32]);
-    let mut count = 0;
-    for event in events {
+/// Checks a trail one event at a time, in order, so that a trail of any length is checked in
+/// constant memory.
+#[derive(Debug, Default)]
+pub struct ChainCheck {
+    /// The last good event's sequence number and hash (0 and zeros before the first).
+    seq: u64,
+    hash: [u8; 32],
+    events: u64,
+    problem: Option<(u64, String)>,
+}
+
+impl ChainCheck {
+    /// Checks the next event (or the sequence number of one that cannot be decoded) against
+    /// the one before it. Returns false once a problem is found; later events are ignored.
+    pub fn push(&mut self, event: Result<AuditEvent, u64>) -> bool {
+        if self.problem.is_some() {
+            return false;
+        }
         let event = match event {
             Ok(e) => e,
             Err(at) => {
-                return ChainReport {
-                    events: count,
-                    problem: Some((at, "the event cannot be decoded".into())),
-                };
+                self.problem = Some((at, "the event cannot be decoded".into()));
+                return false;
             }
         };
-        count += 1;
-        let problem = if event.seq != seq + 1 {
+        self.events += 1;
+        let problem = if event.seq != self.seq + 1 {
             Some(format!(
                 "expected event {} here: events were removed",
-                seq + 1
+                self.seq + 1
             ))
-        } else if event.prev_hash != hash {
+        } else if event.prev_hash != self.hash {
             Some("its previous hash does not match the event before it".into())
         } else if event.compute_hash() != event.hash {
             Some("its content does not match its hash: the event was edited".into())
@@ -174,27 +182,46 @@ pub fn verify(
             None
         };
         if let Some(problem) = problem {
-            return ChainReport {
-                events: count,
-                problem: Some((event.seq, problem)),
-            };
+            self.problem = Some((event.seq, problem));
+            return false;
         }
-        (seq, hash) = (event.seq, event.hash);
+        (self.seq, self.hash) = (event.seq, event.hash);
+        true
     }
-    let problem = match head {
-        Some((head_seq, head_hash)) if head_seq != seq || head_hash != hash => Some((
-            seq + 1,
-            format!(
-                "the trail ends at event {seq} but its head says {head_seq}: events were removed from the end"
-            ),
-        )),
-        None if seq != 0 => Some((seq, "the trail has events but no head".into())),
-        _ => None,
-    };
-    ChainReport {
-        events: count,
-        problem,
+
+    /// The report, once every event up to the stored `head` has been pushed (or a problem
+    /// was found).
+    pub fn finish(self, head: Option<(u64, [u8; 32])>) -> ChainReport {
+        let (seq, hash) = (self.seq, self.hash);
+        let problem = self.problem.or(match head {
+            Some((head_seq, head_hash)) if head_seq != seq || head_hash != hash => Some((
+                seq + 1,
+                format!(
+                    "the trail ends at event {seq} but its head says {head_seq}: events were removed from the end"
+                ),
+            )),
+            None if seq != 0 => Some((seq, "the trail has events but no head".into())),
+            _ => None,
+        });
+        ChainReport {
+            events: self.events,
+            problem,
+        }
     }
+}
+
+/// Checks events in order against each other and against the stored head.
+pub fn verify(
+    events: impl Iterator<Item = Result<AuditEvent, u64>>,
+    head: Option<(u64, [u8; 32])>,
+) -> ChainReport {
+    let mut check = ChainCheck::default();
+    for event in events {
+        if !check.push(event) {
+            break;
+        }
+    }
+    check.finish(head)
 }
 
 #[cfg(test)]

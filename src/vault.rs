@@ -1019,27 +1019,7 @@ impl Vault {
 
     /// Checks the whole audit chain up to its current head.
     pub fn verify_audit(&self) -> Result<ChainReport, VaultError> {
-        let head = self.store.audit_head()?;
-        let end = head.map_or(0, |h| h.0);
-        let mut events = Vec::new();
-        let mut cursor = 0;
-        while cursor < end {
-            let page = self.store.audit_events(cursor, 4096)?;
-            if page.is_empty() {
-                break;
-            }
-            for event in page {
-                cursor = match &event {
-                    Ok(e) => e.seq,
-                    Err(seq) => *seq,
-                };
-                if cursor > end {
-                    break;
-                }
-                events.push(event);
-            }
-        }
-        Ok(crate::audit::verify(events.into_iter(), head))
+        Ok(self.store.verify_audit()?)
     }
 
     // ---- keys, verification and snapshots ----

@@ -20,6 +20,9 @@ pub const DEFAULT_ADMIN_TOKEN_FILE: &str = "./sharevault-data/admin-token";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a long call's connection is pinged, and how long a ping may go unanswered.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Where the daemon is and how to authenticate to it; shared by every client command.
 #[derive(Debug, Clone, clap::Args)]
@@ -300,8 +303,22 @@ pub struct Client {
 
 impl Client {
     /// Reads the admin token, then connects (TLS included) so that an unreachable daemon is
-    /// reported before any call.
+    /// reported before any call. Each call must answer within 30 s.
     pub async fn connect(args: &ConnectArgs) -> Result<Self, CliError> {
+        Self::connect_with(args, Some(CALL_TIMEOUT)).await
+    }
+
+    /// As [`Client::connect`], for calls that take as long as the vault is large (checking
+    /// every record or the whole audit trail): no time limit on the call, but HTTP/2 pings
+    /// every 30 s, so that a daemon that died or vanished is noticed within a minute.
+    pub async fn connect_for_long_calls(args: &ConnectArgs) -> Result<Self, CliError> {
+        Self::connect_with(args, None).await
+    }
+
+    async fn connect_with(
+        args: &ConnectArgs,
+        call_timeout: Option<Duration>,
+    ) -> Result<Self, CliError> {
         let target = Target::parse(&args.connect)?;
         let token = match admin_token(args.admin_token_file.as_deref()) {
             Ok(token) => Some(token),
@@ -322,9 +339,14 @@ impl Client {
         let uri: Uri = format!("{scheme}://{authority}")
             .parse()
             .map_err(|e| CliError::Local(format!("--connect `{}`: {e}", args.connect)))?;
-        let endpoint = Endpoint::from(uri)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(CALL_TIMEOUT);
+        let mut endpoint = Endpoint::from(uri).connect_timeout(CONNECT_TIMEOUT);
+        endpoint = match call_timeout {
+            Some(limit) => endpoint.timeout(limit),
+            None => endpoint
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true),
+        };
         let connector_target = target.clone();
         let channel = endpoint
             .connect_with_connector(tower::service_fn(move |_: Uri| {

@@ -197,7 +197,7 @@ pub async fn rekey(args: RekeyArgs) -> Result<(), CliError> {
 }
 
 pub async fn verify(args: VerifyArgs) -> Result<(), CliError> {
-    let client = Client::connect(&args.connect).await?;
+    let client = Client::connect_for_long_calls(&args.connect).await?;
     let report = client
         .admin()
         .verify(client.request(pb::VerifyRequest {})?)
@@ -295,7 +295,7 @@ async fn audit_export(args: AuditExportArgs) -> Result<(), CliError> {
 }
 
 async fn audit_verify(args: VerifyArgs) -> Result<(), CliError> {
-    let client = Client::connect(&args.connect).await?;
+    let client = Client::connect_for_long_calls(&args.connect).await?;
     let report = client
         .admin()
         .verify_audit(client.request(pb::VerifyAuditRequest {})?)

@@ -26,7 +26,7 @@ pub mod codec;
 pub mod journal;
 pub mod redb;
 
-use crate::audit::{AuditEntry, AuditEvent};
+use crate::audit::{AuditEntry, AuditEvent, ChainCheck, ChainReport};
 use crate::auth::Role;
 use crate::error::VaultError;
 use crate::pairs::PairStatus;
@@ -155,6 +155,9 @@ pub enum WriteOp {
     },
 }
 
+/// Audit events read at a time when the chain is checked.
+pub const AUDIT_PAGE: usize = 4096;
+
 /// How long a deferred audit event may wait to become durable.
 pub const DEFERRED_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -279,6 +282,30 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Result<AuditEvent, u64>>, StoreError>;
     /// The last audit event's sequence number and hash.
     fn audit_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError>;
+    /// Checks the audit chain up to the head it has when the check starts, a page of events
+    /// at a time (events appended meanwhile are left for the next check).
+    fn verify_audit(&self) -> Result<ChainReport, StoreError> {
+        let head = self.audit_head()?;
+        let end = head.map_or(0, |h| h.0);
+        let mut check = ChainCheck::default();
+        let mut cursor = 0;
+        'pages: while cursor < end {
+            let page = self.audit_events(cursor, AUDIT_PAGE)?;
+            if page.is_empty() {
+                break;
+            }
+            for event in page {
+                cursor = match &event {
+                    Ok(e) => e.seq,
+                    Err(seq) => *seq,
+                };
+                if cursor > end || !check.push(event) {
+                    break 'pages;
+                }
+            }
+        }
+        Ok(check.finish(head))
+    }
     /// Up to `limit` sealed records of a share table (custodian or client) after the key
     /// `after`, in key order, as (client id, backup method, record).
     fn sealed_records(

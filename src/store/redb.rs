@@ -1332,6 +1332,55 @@ mod tests {
         store.close();
     }
 
+    /// The chain is checked a page at a time: a trail longer than a page verifies whole, and
+    /// an event edited on a later page is found and named.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_audit_chain_is_checked_across_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.redb");
+        let total = crate::store::AUDIT_PAGE as u64 * 2 + 100;
+        let store = Arc::new(RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap());
+        let mut writes = tokio::task::JoinSet::new();
+        for i in 0..total {
+            let store = Arc::clone(&store);
+            writes.spawn(async move {
+                let (_, audit) = put(&format!("reader-{i}"), b"");
+                store
+                    .write(WriteOp::AuditOnly { deferred: true }, audit)
+                    .await
+            });
+        }
+        while let Some(written) = writes.join_next().await {
+            written.unwrap().unwrap();
+        }
+        let report = store.verify_audit().unwrap();
+        assert_eq!(report.events, total);
+        assert_eq!(report.problem, None);
+        store.close();
+        drop(store);
+
+        let victim = crate::store::AUDIT_PAGE as u64 + 50;
+        {
+            let db = Database::open(&path).unwrap();
+            let write = db.begin_write().unwrap();
+            {
+                let mut table = write.open_table(AUDIT).unwrap();
+                let mut event =
+                    AuditEvent::decode(table.get(victim).unwrap().unwrap().value()).unwrap();
+                event.outcome = "denied".into();
+                table.insert(victim, event.encode().as_slice()).unwrap();
+            }
+            write.commit().unwrap();
+        }
+        let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
+        let report = store.verify_audit().unwrap();
+        let (at, problem) = report.problem.unwrap();
+        assert_eq!(at, victim);
+        assert!(problem.contains("edited"), "{problem}");
+        assert_eq!(report.events, victim);
+        store.close();
+    }
+
     #[tokio::test]
     async fn writes_are_refused_below_the_free_space_reserve_and_reads_go_on() {
         let dir = tempfile::tempdir().unwrap();
