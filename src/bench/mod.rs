@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use daemon::{Daemon, Usage, Workspace};
 use load::{Op, Outcome, Target};
 use sharevault::pb::admin_service_client::AdminServiceClient;
-use sharevault::pb::{CreateTokenRequest, GetStatusRequest, Role};
+use sharevault::pb::{CreateTokenRequest, GetStatusRequest, RevokeTokenRequest, Role};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,25 +112,59 @@ async fn bench(args: &Args, workspace: &Workspace, daemon: &Daemon) -> anyhow::R
         );
     }
 
-    let mut admin = admin(daemon).await?;
-    let token = if args.stand_in {
+    if args.stand_in {
         // The stand-in checks no token, but the bench sends one as it would to the daemon.
-        format!("svt_{}", "0".repeat(64))
-    } else {
-        let name = format!("bench-{pid}-{}", std::process::id());
-        admin
-            .create_token(with_token(
-                CreateTokenRequest {
-                    name,
-                    role: Role::Eject as i32,
-                },
-                &workspace.admin_token,
-            )?)
-            .await
-            .context("CreateToken")?
-            .into_inner()
-            .token
-    };
+        let token = format!("svt_{}", "0".repeat(64));
+        let failed = drive(args, workspace, daemon, token).await?;
+        return finish(failed);
+    }
+    // A token of its own for the run, revoked at the end whatever happened, so that runs on
+    // a kept data dir leave none behind.
+    let mut admin = admin(daemon).await?;
+    let name = format!("bench-{pid}-{}", std::process::id());
+    let token = admin
+        .create_token(with_token(
+            CreateTokenRequest {
+                name: name.clone(),
+                role: Role::Eject as i32,
+            },
+            &workspace.admin_token,
+        )?)
+        .await
+        .context("CreateToken")?
+        .into_inner()
+        .token;
+    let driven = drive(args, workspace, daemon, token).await;
+    let revoked = admin
+        .revoke_token(with_token(
+            RevokeTokenRequest { name },
+            &workspace.admin_token,
+        )?)
+        .await
+        .context("RevokeToken");
+    let failed = driven?;
+    revoked?;
+    print_vault(args, workspace, &mut admin).await?;
+    finish(failed)
+}
+
+fn finish(failed: u64) -> anyhow::Result<()> {
+    if failed > 0 {
+        bail!("{failed} requests failed");
+    }
+    Ok(())
+}
+
+/// Populates the vault (unless told not to) and runs the operations, printing a row for
+/// each; returns how many requests failed.
+async fn drive(
+    args: &Args,
+    workspace: &Workspace,
+    daemon: &Daemon,
+    token: String,
+) -> anyhow::Result<u64> {
+    let connections = usize::from(args.connections);
+    let pid = daemon.pid().to_string();
     let target = Arc::new(Target {
         webhook_addr: daemon.webhook_addr,
         grpc_endpoint: daemon.grpc_endpoint.clone(),
@@ -201,14 +235,7 @@ async fn bench(args: &Args, workspace: &Workspace, daemon: &Daemon) -> anyhow::R
         }
     }
 
-    // The stand-in has no vault to report on.
-    if !args.stand_in {
-        print_vault(args, workspace, &mut admin).await?;
-    }
-    if failed > 0 {
-        bail!("{failed} requests failed");
-    }
-    Ok(())
+    Ok(failed)
 }
 
 /// What the vault holds, and the size of its database file against the payload.
@@ -226,8 +253,12 @@ async fn print_vault(
         + status.client_shares * payload::cipher_text(0, 0).len() as u64;
     println!();
     println!(
-        "vault: {} clients addressed; {} custodian shares, {} client shares, {} share pairs",
-        args.clients, status.custodian_shares, status.client_shares, status.backup_share_pairs
+        "vault: {} clients addressed; {} custodian shares, {} client shares, {} share pairs, {} API tokens",
+        args.clients,
+        status.custodian_shares,
+        status.client_shares,
+        status.backup_share_pairs,
+        status.tokens
     );
     println!(
         "database file {:.1} MiB for {:.1} MiB of share and cipherText payload",
