@@ -118,8 +118,8 @@ async fn bench(args: &Args, workspace: &Workspace, daemon: &Daemon) -> anyhow::R
         let failed = drive(args, workspace, daemon, token).await?;
         return finish(failed);
     }
-    // A token of its own for the run, revoked at the end whatever happened, so that runs on
-    // a kept data dir leave none behind.
+    // A token of its own for the run, revoked at the end whether its requests failed or not,
+    // so that runs on a kept data dir leave none behind.
     let mut admin = admin(daemon).await?;
     let name = format!("bench-{pid}-{}", std::process::id());
     let token = admin
