@@ -6,6 +6,7 @@ use crate::pb;
 use crate::snapshot::{self, TABLES};
 use serde::Serialize;
 use std::io::{IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use tokio_stream::StreamExt;
 
@@ -91,8 +92,14 @@ pub async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
         std::process::id()
     ));
     let result = async {
-        let mut file =
-            std::fs::File::create(&temp).map_err(|e| local("cannot create", &temp, e))?;
+        // Readable by the operator only, like the data dir; never through a file or link that
+        // is already there.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(|e| local("cannot create", &temp, e))?;
         let mut stream = client
             .admin()
             .snapshot(client.request(pb::SnapshotRequest {})?)

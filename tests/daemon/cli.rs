@@ -501,6 +501,12 @@ async fn snapshot_restore_verify_audit_rekey_and_metrics_from_the_command_line()
         1,
         "no temporary file is left"
     );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&snap).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the snapshot is readable by its owner only"
+    );
     let plain = admin.run(&["snapshot", "--to", snap.to_str().unwrap()]);
     assert!(
         plain.stdout.contains("useless without it"),
