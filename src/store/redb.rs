@@ -43,6 +43,8 @@ const TOKEN_HASHES: TableDefinition<&[u8], &str> = TableDefinition::new("token_h
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const AUDIT_HEAD: &str = "audit_head";
+/// redb's page cache while a snapshot is imported.
+const IMPORT_CACHE_BYTES: usize = 32 << 20;
 
 /// The last audit event: (sequence number, hash).
 type Head = (u64, [u8; 32]);
@@ -287,7 +289,12 @@ impl RedbStore {
         path: &Path,
         records: &mut dyn Iterator<Item = Result<(TableId, Vec<u8>, Vec<u8>), StoreError>>,
     ) -> Result<u64, StoreError> {
-        let db = Database::builder().create(path).map_err(backend)?;
+        // Records arrive in key order, so each commit touches few pages: a small page cache
+        // is enough (redb's default is 1 GiB).
+        let db = Database::builder()
+            .set_cache_size(IMPORT_CACHE_BYTES)
+            .create(path)
+            .map_err(backend)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| StoreError::Backend(format!("cannot restrict the database file: {e}")))?;
         let mut written = 0u64;
