@@ -989,32 +989,15 @@ impl Vault {
         Ok(())
     }
 
-    /// Audit events after `after`, at most `limit` of them, that match `filter`.
+    /// Audit events after `after` that match `filter`, a step at a time: see
+    /// [`Store::find_audit_events`].
     pub fn audit_events(
         &self,
         after: u64,
         limit: usize,
         filter: impl Fn(&AuditEvent) -> bool,
     ) -> Result<(Vec<AuditEvent>, u64), VaultError> {
-        let mut out = Vec::new();
-        let mut cursor = after;
-        while out.len() < limit {
-            let page = self.store.audit_events(cursor, 1024)?;
-            if page.is_empty() {
-                break;
-            }
-            for event in page {
-                let event = event.map_err(|_| VaultError::Corrupt)?;
-                cursor = event.seq;
-                if filter(&event) {
-                    out.push(event);
-                    if out.len() == limit {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok((out, cursor))
+        Ok(self.store.find_audit_events(after, limit, &filter)?)
     }
 
     /// Checks the whole audit chain up to its current head.

@@ -156,17 +156,26 @@ impl AdminService for AdminApi {
         tokio::spawn(async move {
             let mut remaining = if req.limit == 0 { u64::MAX } else { req.limit };
             let mut after = req.after_seq;
-            let matches = |e: &AuditEvent| {
-                (req.client_id.is_empty() || e.client_id == req.client_id)
-                    && (req.actor.is_empty() || e.actor == req.actor)
-                    && (req.action.is_empty() || e.action == req.action)
-            };
-            while remaining > 0 {
+            let req = Arc::new(req);
+            while remaining > 0 && !tx.is_closed() {
                 let page = remaining.min(1024) as usize;
-                let (events, cursor) = match vault.audit_events(after, page, matches) {
-                    Ok(found) => found,
-                    Err(err) => {
+                let (v, r) = (Arc::clone(&vault), Arc::clone(&req));
+                // Each step reads up to `AUDIT_SCAN` events from the store: on the blocking
+                // pool, not on a worker that serves requests.
+                let found = tokio::task::spawn_blocking(move || {
+                    v.audit_events(after, page, |e| audit_matches(&r, e))
+                })
+                .await;
+                let (events, cursor) = match found {
+                    Ok(Ok(found)) => found,
+                    Ok(Err(err)) => {
                         let _ = tx.send(Err(Status::from(err))).await;
+                        return;
+                    }
+                    Err(_) => {
+                        let _ = tx
+                            .send(Err(Status::internal("the audit scan failed")))
+                            .await;
                         return;
                     }
                 };
@@ -322,6 +331,13 @@ impl AdminService for AdminApi {
         .await;
         reply(call, result)
     }
+}
+
+/// Whether an event passes a listing's filters (an empty filter passes everything).
+fn audit_matches(req: &pb::ListAuditEventsRequest, e: &AuditEvent) -> bool {
+    (req.client_id.is_empty() || e.client_id == req.client_id)
+        && (req.actor.is_empty() || e.actor == req.actor)
+        && (req.action.is_empty() || e.action == req.action)
 }
 
 fn audit_to_proto(event: AuditEvent) -> pb::AuditEvent {

@@ -157,6 +157,11 @@ pub enum WriteOp {
 
 /// Audit events read at a time when the chain is checked.
 pub const AUDIT_PAGE: usize = 4096;
+/// Audit events one [`Store::find_audit_events`] call looks at, at most.
+#[cfg(not(test))]
+pub const AUDIT_SCAN: u64 = 65_536;
+#[cfg(test)]
+pub const AUDIT_SCAN: u64 = 300;
 
 /// How long a deferred audit event may wait to become durable.
 pub const DEFERRED_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
@@ -282,6 +287,37 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Result<AuditEvent, u64>>, StoreError>;
     /// The last audit event's sequence number and hash.
     fn audit_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError>;
+    /// Audit events after `after` that match `filter`: at most `limit` of them, from at most
+    /// [`AUDIT_SCAN`] events looked at, so that a rare filter on a long trail answers in
+    /// steps. Returns them with the last sequence number looked at; the trail has ended when
+    /// that is still `after`.
+    fn find_audit_events(
+        &self,
+        after: u64,
+        limit: usize,
+        filter: &dyn Fn(&AuditEvent) -> bool,
+    ) -> Result<(Vec<AuditEvent>, u64), StoreError> {
+        let mut out = Vec::new();
+        let mut cursor = after;
+        while out.len() < limit && cursor - after < AUDIT_SCAN {
+            let want = (AUDIT_SCAN - (cursor - after)).min(AUDIT_PAGE as u64) as usize;
+            let page = self.audit_events(cursor, want)?;
+            if page.is_empty() {
+                break;
+            }
+            for event in page {
+                let event = event.map_err(|_| StoreError::Corrupt("audit event"))?;
+                cursor = event.seq;
+                if filter(&event) {
+                    out.push(event);
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok((out, cursor))
+    }
     /// Checks the audit chain up to the head it has when the check starts, a page of events
     /// at a time (events appended meanwhile are left for the next check).
     fn verify_audit(&self) -> Result<ChainReport, StoreError> {

@@ -1388,6 +1388,47 @@ mod tests {
         store.close();
     }
 
+    /// A filtered listing looks at a bounded number of events per step, and the steps,
+    /// taken until one ends where it started, find every match in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn filtered_audit_listings_step_through_a_long_trail() {
+        use crate::store::AUDIT_SCAN;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("listing.redb");
+        let store = Arc::new(RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap());
+        let total = AUDIT_SCAN * 3 + 50;
+        // One after another, so that reader-i is event i + 1.
+        for i in 0..total {
+            let (_, audit) = put(&format!("reader-{i}"), b"");
+            store
+                .write(WriteOp::AuditOnly { deferred: true }, audit)
+                .await
+                .unwrap();
+        }
+        let wanted = ["reader-5", "reader-700", "reader-949"];
+        let filter = |e: &AuditEvent| wanted.contains(&e.client_id.as_str());
+        let (mut after, mut found, mut steps) = (0, Vec::new(), 0);
+        loop {
+            let (events, cursor) = store.find_audit_events(after, 1024, &filter).unwrap();
+            assert!(cursor - after <= AUDIT_SCAN, "a step looked at too much");
+            if events.is_empty() && cursor == after {
+                break;
+            }
+            steps += 1;
+            found.extend(events.into_iter().map(|e| e.client_id));
+            after = cursor;
+        }
+        assert_eq!(found, wanted);
+        assert_eq!(steps, total.div_ceil(AUDIT_SCAN));
+        // A limit ends a step at its last match.
+        let near = |e: &AuditEvent| e.client_id.starts_with("reader-1");
+        let (events, cursor) = store.find_audit_events(0, 2, &near).unwrap();
+        let ids: Vec<&str> = events.iter().map(|e| e.client_id.as_str()).collect();
+        assert_eq!(ids, ["reader-1", "reader-10"]);
+        assert_eq!(cursor, 11);
+        store.close();
+    }
+
     #[tokio::test]
     async fn writes_are_refused_below_the_free_space_reserve_and_reads_go_on() {
         let dir = tempfile::tempdir().unwrap();
