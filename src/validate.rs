@@ -14,6 +14,9 @@ pub const MAX_PAIR_ID_LEN: usize = 128;
 pub const MAX_PAIR_IDS: usize = 64;
 /// Longest accepted token name.
 pub const MAX_TOKEN_NAME_LEN: usize = 64;
+/// Most custodian shares, and most client shares, one client may hold (one per backup
+/// method each).
+pub const MAX_METHODS_PER_CLIENT: usize = 64;
 /// The method stored when a custodian share arrives without one, as Portal does.
 pub const UNKNOWN_METHOD: &str = "UNKNOWN";
 

@@ -18,7 +18,7 @@ use crate::audit::{AuditEntry, AuditEvent};
 use crate::error::VaultError;
 use crate::pairs::PairStatus;
 use crate::snapshot::TableId;
-use crate::validate::split_curve;
+use crate::validate::{MAX_METHODS_PER_CLIENT, split_curve};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
     TableDefinition, WriteTransaction,
@@ -370,6 +370,36 @@ fn client_rows(
         rows.push((second.to_owned(), value.value().to_vec()));
     }
     Ok(rows)
+}
+
+/// Called after a record was inserted under a method its client did not hold: when that
+/// makes more than [`MAX_METHODS_PER_CLIENT`], removes it again (the table is as it was) and
+/// refuses the write. Portal has a handful of backup methods, two curves each; the limit only
+/// keeps one client's records, and so one fetch, bounded.
+fn within_method_limit(
+    table: &mut Table<'_, ClientKey<'static>, &'static [u8]>,
+    client_id: &str,
+    backup_method: &str,
+    what: &str,
+) -> Result<(), StoreError> {
+    let mut held = 0;
+    for item in table.range((client_id, "")..).map_err(backend)? {
+        let (key, _) = item.map_err(backend)?;
+        if key.value().0 != client_id || held > MAX_METHODS_PER_CLIENT {
+            break;
+        }
+        held += 1;
+    }
+    if held <= MAX_METHODS_PER_CLIENT {
+        return Ok(());
+    }
+    table.remove((client_id, backup_method)).map_err(backend)?;
+    Err(StoreError::Rejected(VaultError::FailedPrecondition(
+        format!(
+            "a client may hold at most {MAX_METHODS_PER_CLIENT} {what}, one per backup method, \
+             and this one already holds that many: reuse a method or delete the client first"
+        ),
+    )))
 }
 
 impl Store for RedbStore {
@@ -936,7 +966,7 @@ impl<'t> Tables<'t> {
         backup_method: &str,
         record: &SealedRecord,
     ) -> Result<WriteOutcome, StoreError> {
-        let old_pair = self
+        let old = self
             .custodian
             .insert(
                 (client_id, backup_method),
@@ -944,9 +974,16 @@ impl<'t> Tables<'t> {
             )
             .map_err(backend)?
             .map(|v| codec::record_pair_id(v.value()).map(|p| p.map(str::to_owned)))
-            .transpose()?
-            .flatten();
-        if let Some(old_pair) = old_pair
+            .transpose()?;
+        if old.is_none() {
+            within_method_limit(
+                &mut self.custodian,
+                client_id,
+                backup_method,
+                "custodian shares",
+            )?;
+        }
+        if let Some(old_pair) = old.flatten()
             && Some(&old_pair) != record.pair_id.as_ref()
         {
             self.pairs
@@ -972,12 +1009,17 @@ impl<'t> Tables<'t> {
         backup_method: &str,
         record: &SealedRecord,
     ) -> Result<WriteOutcome, StoreError> {
-        self.client
+        let replaced = self
+            .client
             .insert(
                 (client_id, backup_method),
                 codec::encode_record(record).as_slice(),
             )
-            .map_err(backend)?;
+            .map_err(backend)?
+            .is_some();
+        if !replaced {
+            within_method_limit(&mut self.client, client_id, backup_method, "client shares")?;
+        }
         let mut completed = Vec::new();
         for mut pair in self.pairs_of(client_id)? {
             if split_curve(&pair.backup_method).0 == backup_method {

@@ -308,3 +308,99 @@ async fn bad_input_is_refused_by_field_and_changes_nothing() {
         (1, 0, 0)
     );
 }
+
+/// A client holds at most 64 custodian shares and 64 client shares, one per backup method: a
+/// record under a 65th method is refused with FAILED_PRECONDITION and changes nothing, while
+/// the methods it holds can still be overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_holds_at_most_64_methods_of_each_kind() {
+    let sandbox = Sandbox::new(56);
+    let daemon = sandbox.start();
+    let secret = &sandbox.keys.webhook_secret;
+    let backend = create_token(
+        &daemon,
+        &sandbox.keys.admin_token,
+        "backend",
+        Role::Backend as i32,
+    )
+    .await;
+    let mut webhook = daemon.webhook().await;
+    let mut api = daemon.backup().await;
+    let backup = |method: String, share: &str| pb::BackupRequest {
+        client_id: "many-methods".into(),
+        backup_method: method,
+        share: share.into(),
+        backup_share_pair_id: None,
+    };
+    let store = |method: String, cipher_text: &str| pb::StoreClientBackupShareRequest {
+        client_id: "many-methods".into(),
+        backup_method: method,
+        cipher_text: cipher_text.into(),
+    };
+    for i in 0..64 {
+        webhook
+            .backup(with_secret(backup(format!("M{i}-SECP256K1"), "s"), secret))
+            .await
+            .unwrap();
+        api.store_client_backup_share(with_token(store(format!("M{i}"), "c"), &backend))
+            .await
+            .unwrap();
+    }
+
+    let err = webhook
+        .backup(with_secret(backup("M64-SECP256K1".into(), "s"), secret))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("at most 64"), "{}", err.message());
+    let err = api
+        .store_client_backup_share(with_token(store("M64".into(), "c"), &backend))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    // Overwriting a method the client holds still works.
+    webhook
+        .backup(with_secret(backup("M3-SECP256K1".into(), "new"), secret))
+        .await
+        .unwrap();
+    api.store_client_backup_share(with_token(store("M3".into(), "new"), &backend))
+        .await
+        .unwrap();
+
+    let shares = webhook
+        .fetch(with_secret(
+            pb::FetchRequest {
+                client_id: "many-methods".into(),
+            },
+            secret,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .backup_shares;
+    assert_eq!(shares.len(), 64, "the refused share was not kept");
+    assert_eq!(shares.iter().filter(|s| *s == "new").count(), 1);
+    let refused = api
+        .get_client_backup_share(with_token(
+            pb::GetClientBackupShareRequest {
+                client_id: "many-methods".into(),
+                backup_method: "M64".into(),
+            },
+            &backend,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    // Another client is not limited by this one.
+    webhook
+        .backup(with_secret(
+            pb::BackupRequest {
+                client_id: "another".into(),
+                ..backup("M64-SECP256K1".into(), "s")
+            },
+            secret,
+        ))
+        .await
+        .unwrap();
+}
