@@ -104,14 +104,15 @@ pub struct Counts {
 pub enum WriteOp {
     /// Stores the custodian share for (client, `METHOD-CURVE`), replacing that key only, and
     /// (re)starts its pair at `STORED_CUSTODIAN_BACKUP_SHARE`. The pair of a replaced share
-    /// with another id is removed.
+    /// with another id is removed. A share under a new key is rejected (`FailedPrecondition`)
+    /// when the client already holds [`crate::validate::MAX_METHODS_PER_CLIENT`] of them.
     PutCustodianShare {
         client_id: String,
         backup_method: String,
         record: SealedRecord,
     },
     /// Stores the client share for (client, bare method), replacing it, and completes the
-    /// pairs of that method.
+    /// pairs of that method. Limited per client as custodian shares are.
     PutClientShare {
         client_id: String,
         backup_method: String,
