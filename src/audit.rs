@@ -189,6 +189,11 @@ impl ChainCheck {
         true
     }
 
+    /// The first problem found so far, with the sequence number where it was seen.
+    pub fn problem(&self) -> Option<&(u64, String)> {
+        self.problem.as_ref()
+    }
+
     /// The report, once every event up to the stored `head` has been pushed (or a problem
     /// was found).
     pub fn finish(self, head: Option<(u64, [u8; 32])>) -> ChainReport {

@@ -7,7 +7,7 @@
 //! the new file swapped in (rename, then the directory fsynced). On any failure the new file
 //! is removed and the data dir is left exactly as it was.
 
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, ChainCheck};
 use crate::crypto::{MasterKey, RecordAad};
 use crate::secrets::DATABASE_FILE;
 use crate::snapshot::{self, RecordReader, TableId};
@@ -25,13 +25,13 @@ pub struct RestoreReport {
     pub audit_events: u64,
 }
 
-/// Checks one record; `chain` is the audit chain so far (sequence, hash).
+/// Checks one record; `chain` checks the audit events in the order they come.
 fn check_record(
     key: &MasterKey,
     table: TableId,
     k: &[u8],
     v: &[u8],
-    chain: &mut (u64, [u8; 32]),
+    chain: &mut ChainCheck,
     report: &mut RestoreReport,
     key_checked: &mut bool,
 ) -> Result<(), String> {
@@ -84,13 +84,12 @@ fn check_record(
         }
         TableId::Audit => {
             let event = AuditEvent::decode(v).ok_or_else(|| bad("is malformed"))?;
-            if event.seq != chain.0 + 1
-                || event.prev_hash != chain.1
-                || event.compute_hash() != event.hash
-            {
-                return Err(format!("the audit chain is broken at event {}", event.seq));
+            if !chain.push(Ok(event)) {
+                let (seq, problem) = chain.problem().cloned().unwrap_or_default();
+                return Err(format!(
+                    "the audit chain is broken at event {seq}: {problem}"
+                ));
             }
-            *chain = (event.seq, event.hash);
             report.audit_events += 1;
         }
     }
@@ -151,7 +150,7 @@ pub fn restore(
     let temp = data_dir.join(format!("{DATABASE_FILE}.restoring"));
     let _ = std::fs::remove_file(&temp);
     let mut report = RestoreReport::default();
-    let mut chain = (0u64, [0u8; 32]);
+    let mut chain = ChainCheck::default();
     let mut key_checked = false;
     let mut failure: Option<String> = None;
     let mut records = std::iter::from_fn(|| {
@@ -213,4 +212,64 @@ pub fn restore(
         .and_then(|d| d.sync_all())
         .map_err(|e| format!("cannot sync {}: {e}", data_dir.display()))?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::AuditEntry;
+    use sha2::{Digest, Sha256};
+
+    /// A snapshot of nothing but `events`, under `key`'s id.
+    fn snapshot_of(key: &MasterKey, events: &[AuditEvent]) -> Vec<u8> {
+        let header = snapshot::Header {
+            created_at_ms: 1,
+            key_id: key.id().to_bytes(),
+            counts: [0, 0, 0, 0, 0, 0, events.len() as u64],
+        };
+        let mut out = header.encode();
+        for e in events {
+            out.extend(snapshot::record(
+                TableId::Audit,
+                &e.seq.to_be_bytes(),
+                &e.encode(),
+            ));
+        }
+        out.extend(snapshot::end());
+        let sum = Sha256::digest(&out);
+        out.extend_from_slice(&sum);
+        out
+    }
+
+    #[test]
+    fn an_edited_audit_event_is_refused_by_its_sequence_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::from_file_contents(&[7u8; 32]).unwrap();
+        let mut events: Vec<AuditEvent> = Vec::new();
+        for _ in 0..3 {
+            let entry = AuditEntry {
+                time_ms: 1,
+                actor: "webhook".into(),
+                action: "backup",
+                client_id: "c1".into(),
+                backup_method: "PASSWORD-SECP256K1".into(),
+                outcome: None,
+            };
+            let (seq, hash) = events.last().map_or((0, [0; 32]), |e| (e.seq, e.hash));
+            events.push(AuditEvent::chain(&entry, "ok", seq, hash));
+        }
+        events[1].actor = "mallory".into();
+        let file = dir.path().join("edited.snapshot");
+        std::fs::write(&file, snapshot_of(&key, &events)).unwrap();
+        let data_dir = dir.path().join("data");
+        let err = restore(&file, &data_dir, &key, false).unwrap_err();
+        assert!(
+            err.contains("the audit chain is broken at event 2: its content does not match"),
+            "{err}"
+        );
+        assert!(
+            !data_dir.join(DATABASE_FILE).exists(),
+            "nothing was restored"
+        );
+    }
 }

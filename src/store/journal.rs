@@ -318,15 +318,15 @@ fn prepare(journal: &File, capacity: u64) -> io::Result<()> {
     journal.sync_all()
 }
 
-/// Reads the record at `at` into `payload`, if a whole one is there (of `generation`, if
-/// given): answers its generation and where the next record starts.
+/// Reads the record at `at` of a journal `len` bytes long into `payload`, if a whole one is
+/// there (of `generation`, if given): answers its generation and where the next record starts.
 fn read_record(
     journal: &File,
+    len: u64,
     at: u64,
     generation: Option<u64>,
     payload: &mut Vec<u8>,
 ) -> io::Result<Option<(u64, u64)>> {
-    let len = journal.metadata()?.len();
     if at + HEADER as u64 > len {
         return Ok(None);
     }
@@ -369,15 +369,16 @@ fn replay(main: &FileBackend, journals: &[File; 2]) -> io::Result<usize> {
     let mut payload = Vec::new();
     let mut found = Vec::new();
     for journal in journals {
-        if let Some((generation, _)) = read_record(journal, 0, None, &mut payload)? {
-            found.push((generation, journal));
+        let len = journal.metadata()?.len();
+        if let Some((generation, _)) = read_record(journal, len, 0, None, &mut payload)? {
+            found.push((generation, journal, len));
         }
     }
-    found.sort_by_key(|(generation, _)| *generation);
+    found.sort_by_key(|(generation, _, _)| *generation);
     let mut applied = 0;
-    for (generation, journal) in found {
+    for (generation, journal, len) in found {
         let mut at = 0;
-        while let Some((_, next)) = read_record(journal, at, Some(generation), &mut payload)? {
+        while let Some((_, next)) = read_record(journal, len, at, Some(generation), &mut payload)? {
             apply(main, &payload)?;
             applied += 1;
             at = next;
@@ -873,7 +874,9 @@ mod tests {
         journal.close().unwrap();
         drop(journal);
         for path in journal_paths(&path) {
-            let first = read_record(&File::open(path).unwrap(), 0, None, &mut Vec::new());
+            let file = File::open(path).unwrap();
+            let len = file.metadata().unwrap().len();
+            let first = read_record(&file, len, 0, None, &mut Vec::new());
             assert!(first.unwrap().is_none());
         }
         assert!(read_main(&path, 0) == page(0x33));

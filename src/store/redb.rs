@@ -1381,6 +1381,17 @@ mod tests {
         store.close();
     }
 
+    /// Appends the audit events of `n` reads, one after another: `reader-i` is event i + 1.
+    async fn read_events(store: &RedbStore, n: u64) {
+        for i in 0..n {
+            let (_, audit) = put(&format!("reader-{i}"), b"");
+            store
+                .write(WriteOp::AuditOnly { deferred: true }, audit)
+                .await
+                .unwrap();
+        }
+    }
+
     /// The chain is checked a page at a time: a trail longer than a page verifies whole, and
     /// an event edited on a later page is found and named.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1388,20 +1399,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.redb");
         let total = crate::store::AUDIT_PAGE as u64 * 2 + 100;
-        let store = Arc::new(RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap());
-        let mut writes = tokio::task::JoinSet::new();
-        for i in 0..total {
-            let store = Arc::clone(&store);
-            writes.spawn(async move {
-                let (_, audit) = put(&format!("reader-{i}"), b"");
-                store
-                    .write(WriteOp::AuditOnly { deferred: true }, audit)
-                    .await
-            });
-        }
-        while let Some(written) = writes.join_next().await {
-            written.unwrap().unwrap();
-        }
+        let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
+        read_events(&store, total).await;
         let report = store.verify_audit().unwrap();
         assert_eq!(report.events, total);
         assert_eq!(report.problem, None);
@@ -1437,16 +1436,9 @@ mod tests {
         use crate::store::AUDIT_SCAN;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("listing.redb");
-        let store = Arc::new(RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap());
+        let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
         let total = AUDIT_SCAN * 3 + 50;
-        // One after another, so that reader-i is event i + 1.
-        for i in 0..total {
-            let (_, audit) = put(&format!("reader-{i}"), b"");
-            store
-                .write(WriteOp::AuditOnly { deferred: true }, audit)
-                .await
-                .unwrap();
-        }
+        read_events(&store, total).await;
         let wanted = ["reader-5", "reader-700", "reader-949"];
         let filter = |e: &AuditEvent| wanted.contains(&e.client_id.as_str());
         let (mut after, mut found, mut steps) = (0, Vec::new(), 0);
