@@ -11,7 +11,8 @@ use crate::audit::{AuditEvent, ChainCheck};
 use crate::crypto::{MasterKey, RecordAad};
 use crate::secrets::DATABASE_FILE;
 use crate::snapshot::{self, RecordReader, TableId};
-use crate::store::{StoreError, codec, redb::RedbStore};
+use crate::store::{StoreError, redb::RedbStore};
+use crate::vault::codec;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
@@ -175,7 +176,13 @@ pub fn restore(
                     &mut report,
                     &mut key_checked,
                 ) {
-                    Ok(()) => Some(Ok((table, k, v))),
+                    Ok(()) => match snapshot::decode_key(table, &k) {
+                        Some(key) => Some(Ok((table, key, v))),
+                        None => {
+                            failure = Some(format!("{} record has a malformed key", table.name()));
+                            Some(Err(StoreError::Closed))
+                        }
+                    },
                     Err(message) => {
                         failure = Some(message);
                         Some(Err(StoreError::Closed))

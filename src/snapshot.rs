@@ -21,45 +21,8 @@ const END: u8 = 0xFF;
 /// Largest key or value a snapshot may carry; anything larger is corruption.
 const MAX_FIELD: u32 = 8 * 1024 * 1024;
 
-/// The tables a snapshot carries, by their byte in the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum TableId {
-    Custodian = 1,
-    Client = 2,
-    Pairs = 3,
-    Tokens = 4,
-    TokenHashes = 5,
-    Meta = 6,
-    Audit = 7,
-}
-
-pub const TABLES: [TableId; 7] = [
-    TableId::Custodian,
-    TableId::Client,
-    TableId::Pairs,
-    TableId::Tokens,
-    TableId::TokenHashes,
-    TableId::Meta,
-    TableId::Audit,
-];
-
-impl TableId {
-    pub fn from_u8(v: u8) -> Option<Self> {
-        TABLES.into_iter().find(|t| *t as u8 == v)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            TableId::Custodian => "custodian_shares",
-            TableId::Client => "client_shares",
-            TableId::Pairs => "backup_share_pairs",
-            TableId::Tokens => "tokens",
-            TableId::TokenHashes => "token_hashes",
-            TableId::Meta => "meta",
-            TableId::Audit => "audit",
-        }
-    }
-}
+pub use crate::store::{TABLES, TableId};
+use crate::store::{Key, KeyBuf, KeyKind};
 
 /// One record: its table, key and value.
 pub type Record = (TableId, Vec<u8>, Vec<u8>);
@@ -79,6 +42,29 @@ pub fn split_client_key(key: &[u8]) -> Option<(&str, &str)> {
     let client = std::str::from_utf8(key.get(2..2 + len)?).ok()?;
     let second = std::str::from_utf8(key.get(2 + len..)?).ok()?;
     Some((client, second))
+}
+
+/// Encodes a store key as the snapshot writes it.
+pub fn encode_key(key: Key<'_>) -> Vec<u8> {
+    match key {
+        Key::Client(client, second) => client_key(client, second),
+        Key::Name(name) => name.as_bytes().to_vec(),
+        Key::Bytes(bytes) => bytes.to_vec(),
+        Key::Seq(seq) => seq.to_be_bytes().to_vec(),
+    }
+}
+
+/// Decodes a snapshot key of `table` into a store key.
+pub fn decode_key(table: TableId, key: &[u8]) -> Option<KeyBuf> {
+    Some(match table.key_kind() {
+        KeyKind::Client => {
+            let (client, second) = split_client_key(key)?;
+            KeyBuf::Client(client.to_owned(), second.to_owned())
+        }
+        KeyKind::Name => KeyBuf::Name(std::str::from_utf8(key).ok()?.to_owned()),
+        KeyKind::Bytes => KeyBuf::Bytes(key.to_vec()),
+        KeyKind::Seq => KeyBuf::Seq(u64::from_be_bytes(key.try_into().ok()?)),
+    })
 }
 
 /// The header of a snapshot.

@@ -53,7 +53,7 @@ fn trailing_bytes_are_refused() {
     let trailing = read("fuzz/corpus/snapshot/trailing_after_end");
     assert!(sharevault::snapshot::parse(&trailing).is_err());
     let token = read("fuzz/corpus/record/token_trailing");
-    assert!(sharevault::store::codec::decode_token("t", &token).is_err());
+    assert!(sharevault::vault::codec::decode_token("t", &token).is_err());
     // The well-formed seeds decode.
     let valid = read("fuzz/corpus/snapshot/valid");
     assert_eq!(sharevault::snapshot::parse(&valid).unwrap().len(), 5);

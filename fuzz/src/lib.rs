@@ -10,7 +10,7 @@ use sharevault::audit::AuditEvent;
 use sharevault::error::Field;
 use sharevault::http::{parse_object, required, text};
 use sharevault::snapshot::{self, RecordReader};
-use sharevault::store::codec;
+use sharevault::vault::codec;
 use sharevault::validate;
 
 /// A byte string planted in inputs that no error message may carry.

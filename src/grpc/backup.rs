@@ -6,7 +6,7 @@ use crate::error::{Field, VaultError};
 use crate::pairs::PairStatus;
 use crate::pb::backup_service_server::BackupService;
 use crate::pb::{self, timestamp};
-use crate::store::PairRecord;
+use crate::vault::PairRecord;
 use crate::vault::{MethodView, Vault};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};

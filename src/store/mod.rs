@@ -1,228 +1,250 @@
-//! The storage boundary.
+//! The storage boundary: what a database must provide, and nothing Portal-specific.
 //!
-//! [`Store`] is everything the vault needs from a database. Its semantics, which every
-//! backend must keep:
+//! A backend stores seven tables of opaque byte values ([`TableId`]) under typed keys
+//! ([`Key`]), reads them in key order, and applies batches of write jobs in transactions.
+//! The vault's rules (the share-pair state machine, the per-client method limit, tokens, the
+//! audit chain) are write jobs written against [`Writer`] in [`crate::vault`] and
+//! [`crate::audit`]: they run unchanged over every backend.
 //!
-//! - **Durable before acknowledged.** [`Store::write`] resolves only after the operation has
-//!   been committed to stable storage; a crash after that never loses it.
-//! - **Atomic, serialised writes.** Each [`WriteOp`] is applied entirely or not at all, and
-//!   writes are applied one after another, so concurrent writes to the same key leave exactly
-//!   one value and never fail because of each other. A backend may commit several operations
-//!   in one transaction (group commit) as long as each keeps these properties; an operation
-//!   that is rejected ([`StoreError::Rejected`]) changes nothing.
-//! - **Read your writes.** A read that starts after a write resolved sees it.
-//! - **Opaque records.** Shares and cipherTexts reach the store already sealed
+//! # The contract every backend keeps
+//!
+//! - **Durable before acknowledged.** [`Store::write`] resolves `Ok` only after the
+//!   transaction holding the job has been committed to stable storage; a crash after that
+//!   never loses it. A job whose write resolved with an error was not committed.
+//! - **Serialised jobs.** Jobs run one after another against the state the previous ones
+//!   left, each seeing every change committed or applied before it, so a job's reads and
+//!   writes are one atomic step. A backend may run several jobs in one transaction (group
+//!   commit); they then commit or fail together.
+//! - **A job that fails fails its batch.** When a job's closure returns an error, the whole
+//!   transaction is abandoned and every job in it resolves with that error. (A job refused by
+//!   the vault's rules is not a failure at this level: it leaves its changes unmade, see
+//!   [`Staged`], and returns `Ok`.)
+//! - **Read your writes.** A [`Store::read`] that starts after a write resolved sees it, and
+//!   everything one reader returns comes from one consistent state.
+//! - **Ordered scans.** Keys are ordered per table: per-client keys by client id then by the
+//!   second part, names and bytes lexicographically by byte, sequence numbers numerically.
+//! - **Opaque values.** Shares and cipherTexts reach the store already sealed
 //!   ([`crate::crypto`]); a backend never sees plaintext and never needs the master key.
-//! - **Audit in the same transaction.** A write's audit entry is appended, chained
-//!   ([`crate::audit`]), in the transaction that applies the write, with the write's outcome;
-//!   a rejected write still records its entry.
-//! - **Share-pair semantics in the same transaction.** Storing a custodian share (re)starts
-//!   its pair, storing a client share completes its method's pairs, and updates are checked
-//!   with [`crate::pairs::PairStatus::check_update`] against the state they change.
+//! - **Write classes.** A job's [`WriteClass`] lets the backend refuse jobs that add data when
+//!   its disk is nearly full ([`WriteClass::AddsData`]), commit the audit events of reads ahead
+//!   of queued writes, and make a deferred read audit durable within [`DEFERRED_FLUSH`] instead
+//!   of before the write resolves.
 //!
-//! [`redb::RedbStore`] is the embedded default.
+//! [`redb::RedbStore`] is the embedded default; [`journal`] is its page journal.
 
-pub mod codec;
 pub mod journal;
 pub mod redb;
+mod staged;
 
-use crate::audit::{AuditEntry, AuditEvent, ChainCheck, ChainReport};
-use crate::auth::Role;
+pub use staged::Staged;
+
 use crate::error::VaultError;
-use crate::pairs::PairStatus;
-use crate::snapshot::TableId;
 use std::future::Future;
 use std::pin::Pin;
 
-/// A sealed share or cipherText with the little metadata kept beside it in clear.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SealedRecord {
-    pub created_at_ms: u64,
-    /// The backup share pair a custodian share belongs to (none for client shares).
-    pub pair_id: Option<String>,
-    /// The envelope from [`crate::crypto::MasterKey::seal`].
-    pub envelope: Vec<u8>,
+/// The tables every backend holds, by their byte in a snapshot. Their names are bound into
+/// record envelopes as associated data, so they never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TableId {
+    /// Custodian shares, keyed (client id, `METHOD-CURVE`).
+    Custodian = 1,
+    /// Client shares (cipherTexts), keyed (client id, method).
+    Client = 2,
+    /// Backup share pairs, keyed (client id, pair id).
+    Pairs = 3,
+    /// API tokens, keyed by name.
+    Tokens = 4,
+    /// Token names, keyed by the token's SHA-256.
+    TokenHashes = 5,
+    /// The store's own values, keyed by name.
+    Meta = 6,
+    /// The audit trail, keyed by sequence number.
+    Audit = 7,
 }
 
-impl std::fmt::Debug for SealedRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SealedRecord")
-            .field("created_at_ms", &self.created_at_ms)
-            .field("pair_id", &self.pair_id)
-            .field("envelope_len", &self.envelope.len())
-            .finish()
+/// Every table, in snapshot order.
+pub const TABLES: [TableId; 7] = [
+    TableId::Custodian,
+    TableId::Client,
+    TableId::Pairs,
+    TableId::Tokens,
+    TableId::TokenHashes,
+    TableId::Meta,
+    TableId::Audit,
+];
+
+impl TableId {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        TABLES.into_iter().find(|t| *t as u8 == v)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TableId::Custodian => "custodian_shares",
+            TableId::Client => "client_shares",
+            TableId::Pairs => "backup_share_pairs",
+            TableId::Tokens => "tokens",
+            TableId::TokenHashes => "token_hashes",
+            TableId::Meta => "meta",
+            TableId::Audit => "audit",
+        }
+    }
+
+    /// The kind of key the table is keyed by.
+    pub fn key_kind(self) -> KeyKind {
+        match self {
+            TableId::Custodian | TableId::Client | TableId::Pairs => KeyKind::Client,
+            TableId::Tokens | TableId::Meta => KeyKind::Name,
+            TableId::TokenHashes => KeyKind::Bytes,
+            TableId::Audit => KeyKind::Seq,
+        }
     }
 }
 
-/// A record together with the backup method it is stored under.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MethodRecord {
-    pub backup_method: String,
-    pub record: SealedRecord,
+/// The kinds of keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Client,
+    Name,
+    Bytes,
+    Seq,
 }
 
-/// One backup share pair.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PairRecord {
-    pub id: String,
-    /// The full `METHOD-CURVE` key of its custodian share.
-    pub backup_method: String,
-    pub status: PairStatus,
-    pub created_at_ms: u64,
-    pub updated_at_ms: u64,
+/// A key of a table; its kind must be the table's ([`TableId::key_kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key<'a> {
+    /// (client id, second part): a backup method or a pair id.
+    Client(&'a str, &'a str),
+    Name(&'a str),
+    Bytes(&'a [u8]),
+    Seq(u64),
 }
 
-/// An API token, known only by the SHA-256 hash of its secret.
-#[derive(Clone, PartialEq, Eq)]
-pub struct TokenRecord {
-    pub name: String,
-    pub role: Role,
-    pub hash: [u8; 32],
-    pub created_at_ms: u64,
+/// An owned [`Key`], ordered as the store orders keys of one table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeyBuf {
+    Client(String, String),
+    Name(String),
+    Bytes(Vec<u8>),
+    Seq(u64),
 }
 
-impl std::fmt::Debug for TokenRecord {
+impl Key<'_> {
+    pub fn kind(&self) -> KeyKind {
+        match self {
+            Key::Client(..) => KeyKind::Client,
+            Key::Name(_) => KeyKind::Name,
+            Key::Bytes(_) => KeyKind::Bytes,
+            Key::Seq(_) => KeyKind::Seq,
+        }
+    }
+
+    pub fn to_buf(&self) -> KeyBuf {
+        match *self {
+            Key::Client(c, s) => KeyBuf::Client(c.to_owned(), s.to_owned()),
+            Key::Name(n) => KeyBuf::Name(n.to_owned()),
+            Key::Bytes(b) => KeyBuf::Bytes(b.to_vec()),
+            Key::Seq(s) => KeyBuf::Seq(s),
+        }
+    }
+}
+
+impl KeyBuf {
+    pub fn as_key(&self) -> Key<'_> {
+        match self {
+            KeyBuf::Client(c, s) => Key::Client(c, s),
+            KeyBuf::Name(n) => Key::Name(n),
+            KeyBuf::Bytes(b) => Key::Bytes(b),
+            KeyBuf::Seq(s) => Key::Seq(*s),
+        }
+    }
+}
+
+/// Which keys a scan visits, in key order.
+#[derive(Debug, Clone, Copy)]
+pub enum Range<'a> {
+    /// Every key of one client (per-client tables only).
+    Client(&'a str),
+    /// Every key after the given one, or every key.
+    After(Option<Key<'a>>),
+}
+
+impl Range<'_> {
+    /// Whether `key` lies in the range.
+    pub fn contains(&self, key: &KeyBuf) -> bool {
+        match (self, key) {
+            (Range::Client(c), KeyBuf::Client(kc, _)) => kc == c,
+            (Range::Client(_), _) => false,
+            (Range::After(None), _) => true,
+            (Range::After(Some(after)), key) => key > &after.to_buf(),
+        }
+    }
+}
+
+/// Called for each row of a scan with its key and value; returns whether to go on.
+pub type Visit<'v> = dyn FnMut(Key<'_>, &[u8]) -> Result<bool, StoreError> + 'v;
+
+/// Reads from one consistent state of the store.
+pub trait Reader {
+    fn get(&self, table: TableId, key: Key<'_>) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Visits the rows of `range` in key order until `visit` returns `false`.
+    fn scan(&self, table: TableId, range: Range<'_>, visit: &mut Visit<'_>)
+    -> Result<(), StoreError>;
+    /// The number of rows in a table.
+    fn len(&self, table: TableId) -> Result<u64, StoreError>;
+}
+
+/// Reads and changes the state inside a write transaction.
+pub trait Writer: Reader {
+    fn put(&mut self, table: TableId, key: Key<'_>, value: &[u8]) -> Result<(), StoreError>;
+    /// Removes a row; returns whether there was one.
+    fn delete(&mut self, table: TableId, key: Key<'_>) -> Result<bool, StoreError>;
+}
+
+/// What a write job does, for the backend's scheduling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteClass {
+    /// Stores new data: refused below the free-space reserve.
+    AddsData,
+    /// Changes or removes data; allowed below the reserve, so that deletions go on.
+    Changes,
+    /// Only the audit event of a read of share material: committed ahead of queued writes.
+    /// With `deferred`, it may become durable up to [`DEFERRED_FLUSH`] after the write
+    /// resolves (it is visible at once); otherwise it is durable when it resolves.
+    ReadAudit { deferred: bool },
+}
+
+/// The body of a write job. It may be run more than once (a backend may retry a transaction
+/// that conflicted), each time against the state as it then is.
+pub type Apply = Box<dyn FnMut(&mut dyn Writer) -> Result<(), StoreError> + Send>;
+
+/// One write job.
+pub struct WriteJob {
+    pub class: WriteClass,
+    pub apply: Apply,
+}
+
+impl std::fmt::Debug for WriteJob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenRecord")
-            .field("name", &self.name)
-            .field("role", &self.role)
+        f.debug_struct("WriteJob")
+            .field("class", &self.class)
             .finish_non_exhaustive()
     }
 }
 
-/// Numbers of records per table.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub custodian_shares: u64,
-    pub client_shares: u64,
-    pub backup_share_pairs: u64,
-    pub tokens: u64,
-}
-
-/// One atomic write.
-#[derive(Debug)]
-pub enum WriteOp {
-    /// Stores the custodian share for (client, `METHOD-CURVE`), replacing that key only, and
-    /// (re)starts its pair at `STORED_CUSTODIAN_BACKUP_SHARE`. The pair of a replaced share
-    /// with another id is removed. A share under a new key is rejected (`FailedPrecondition`)
-    /// when the client already holds [`crate::validate::MAX_METHODS_PER_CLIENT`] of them.
-    PutCustodianShare {
-        client_id: String,
-        backup_method: String,
-        record: SealedRecord,
-    },
-    /// Stores the client share for (client, bare method), replacing it, and completes the
-    /// pairs of that method. Limited per client as custodian shares are.
-    PutClientShare {
-        client_id: String,
-        backup_method: String,
-        record: SealedRecord,
-    },
-    /// Deletes a client share; the method's completed pairs fall back to
-    /// `STORED_CLIENT_BACKUP_SHARE_KEY`.
-    DeleteClientShare {
-        client_id: String,
-        backup_method: String,
-        now_ms: u64,
-    },
-    /// Moves pairs to `status`, all or none.
-    UpdatePairs {
-        client_id: String,
-        ids: Vec<String>,
-        status: PairStatus,
-        now_ms: u64,
-    },
-    /// Erases every record of a client.
-    DeleteClient {
-        client_id: String,
-    },
-    CreateToken(TokenRecord),
-    RevokeToken {
-        name: String,
-    },
-    /// Sets and removes metadata values of the store itself, together.
-    Meta {
-        set: Vec<(String, Vec<u8>)>,
-        remove: Vec<String>,
-    },
-    /// Replaces sealed records whose stored bytes are still `expected` (a record written in
-    /// the meantime is left alone). Used to re-wrap data keys under a new master key.
-    Rewrap(Vec<Rewrap>),
-    /// Changes nothing but the audit trail: the entry of a read of share material. With
-    /// `deferred`, the store may make it durable up to [`DEFERRED_FLUSH`] after it resolves
-    /// (it is visible at once); otherwise it is durable when it resolves, like any write.
-    AuditOnly {
-        deferred: bool,
-    },
-}
-
-/// Audit events read at a time when the chain is checked.
-pub const AUDIT_PAGE: usize = 4096;
-/// Audit events one [`Store::find_audit_events`] call looks at, at most.
-#[cfg(not(test))]
-pub const AUDIT_SCAN: u64 = 65_536;
-#[cfg(test)]
-pub const AUDIT_SCAN: u64 = 300;
-
 /// How long a deferred audit event may wait to become durable.
 pub const DEFERRED_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
 
-impl WriteOp {
-    /// Whether the operation stores new data (refused when the disk is nearly full).
-    pub fn adds_data(&self) -> bool {
-        matches!(
-            self,
-            WriteOp::PutCustodianShare { .. }
-                | WriteOp::PutClientShare { .. }
-                | WriteOp::CreateToken(_)
-                | WriteOp::Rewrap(_)
-                | WriteOp::Meta { .. }
-        )
-    }
-}
-
-/// A sealed share record with its client id and backup method.
-pub type SealedRow = (String, String, SealedRecord);
-
-/// One record to re-wrap.
-#[derive(Debug)]
-pub struct Rewrap {
-    /// [`TableId::Custodian`] or [`TableId::Client`].
-    pub table: TableId,
-    pub client_id: String,
-    pub backup_method: String,
-    pub expected: SealedRecord,
-    pub replacement: SealedRecord,
-}
-
-/// One step of an export: the counts first, then every record.
+/// One step of an export: the counts first, then every row.
 pub enum ExportItem<'a> {
     Counts([u64; 7]),
-    Record(TableId, &'a [u8], &'a [u8]),
-}
-
-/// What a write did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriteOutcome {
-    Done,
-    /// Pairs that a stored client share completed.
-    PairsCompleted(Vec<String>),
-    /// Whether there was something to delete.
-    Deleted(bool),
-    ClientDeleted {
-        custodian_shares: u64,
-        client_shares: u64,
-        backup_share_pairs: u64,
-    },
+    Record(TableId, Key<'a>, &'a [u8]),
 }
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The operation was refused by the vault's rules and changed nothing.
-    #[error(transparent)]
-    Rejected(VaultError),
-    /// A stored record could not be decoded.
+    /// A stored value could not be decoded.
     #[error("malformed record in {0}")]
     Corrupt(&'static str),
     /// The backend failed (I/O, disk full, ...); the write was not committed.
@@ -236,7 +258,6 @@ pub enum StoreError {
 impl From<StoreError> for VaultError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::Rejected(e) => e,
             StoreError::Corrupt(table) => {
                 tracing::error!(table, "stored record is malformed");
                 VaultError::Corrupt
@@ -251,115 +272,42 @@ impl From<StoreError> for VaultError {
 }
 
 /// The future of a write: resolves once the write is durable.
-pub type WriteFuture = Pin<Box<dyn Future<Output = Result<WriteOutcome, StoreError>> + Send>>;
+pub type WriteFuture = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
 
-/// Everything the vault needs from a database; see the module documentation for the
-/// semantics every implementation keeps.
+/// A database; see the module documentation for the contract every implementation keeps.
 pub trait Store: Send + Sync + 'static {
-    /// Applies one write atomically, with its audit entry if given; resolves after it is
-    /// durable.
-    fn write(&self, op: WriteOp, audit: Option<AuditEntry>) -> WriteFuture;
-    /// Every custodian share of a client, ordered by backup method.
-    fn custodian_shares(&self, client_id: &str) -> Result<Vec<MethodRecord>, StoreError>;
-    fn custodian_share(
-        &self,
-        client_id: &str,
-        backup_method: &str,
-    ) -> Result<Option<SealedRecord>, StoreError>;
-    /// Every client share of a client, ordered by backup method.
-    fn client_shares(&self, client_id: &str) -> Result<Vec<MethodRecord>, StoreError>;
-    fn client_share(
-        &self,
-        client_id: &str,
-        backup_method: &str,
-    ) -> Result<Option<SealedRecord>, StoreError>;
-    /// Every backup share pair of a client, ordered by id.
-    fn pairs(&self, client_id: &str) -> Result<Vec<PairRecord>, StoreError>;
-    fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError>;
-    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
-    fn counts(&self) -> Result<Counts, StoreError>;
-    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Up to `limit` audit events with a sequence number above `after`, in order. An event
-    /// that cannot be decoded is reported by its sequence number.
-    fn audit_events(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<Result<AuditEvent, u64>>, StoreError>;
-    /// The last audit event's sequence number and hash.
-    fn audit_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError>;
-    /// Audit events after `after` that match `filter`: at most `limit` of them, from at most
-    /// [`AUDIT_SCAN`] events looked at, so that a rare filter on a long trail answers in
-    /// steps. Returns them with the last sequence number looked at; the trail has ended when
-    /// that is still `after`.
-    fn find_audit_events(
-        &self,
-        after: u64,
-        limit: usize,
-        filter: &dyn Fn(&AuditEvent) -> bool,
-    ) -> Result<(Vec<AuditEvent>, u64), StoreError> {
-        let mut out = Vec::new();
-        let mut cursor = after;
-        while out.len() < limit && cursor - after < AUDIT_SCAN {
-            let want = (AUDIT_SCAN - (cursor - after)).min(AUDIT_PAGE as u64) as usize;
-            let page = self.audit_events(cursor, want)?;
-            if page.is_empty() {
-                break;
-            }
-            for event in page {
-                let event = event.map_err(|_| StoreError::Corrupt("audit event"))?;
-                cursor = event.seq;
-                if filter(&event) {
-                    out.push(event);
-                    if out.len() == limit {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok((out, cursor))
-    }
-    /// Checks the audit chain up to the head it has when the check starts, a page of events
-    /// at a time (events appended meanwhile are left for the next check).
-    fn verify_audit(&self) -> Result<ChainReport, StoreError> {
-        let head = self.audit_head()?;
-        let end = head.map_or(0, |h| h.0);
-        let mut check = ChainCheck::default();
-        let mut cursor = 0;
-        'pages: while cursor < end {
-            let page = self.audit_events(cursor, AUDIT_PAGE)?;
-            if page.is_empty() {
-                break;
-            }
-            for event in page {
-                cursor = match &event {
-                    Ok(e) => e.seq,
-                    Err(seq) => *seq,
-                };
-                if cursor > end || !check.push(event) {
-                    break 'pages;
-                }
-            }
-        }
-        Ok(check.finish(head))
-    }
-    /// Up to `limit` sealed records of a share table (custodian or client) after the key
-    /// `after`, in key order, as (client id, backup method, record).
-    fn sealed_records(
-        &self,
-        table: TableId,
-        after: Option<(&str, &str)>,
-        limit: usize,
-    ) -> Result<Vec<SealedRow>, StoreError>;
-    /// Visits the counts and then every record of every table from one consistent read
-    /// (see [`crate::snapshot`] for the key encoding).
+    /// Queues a write job; resolves after the transaction that ran it is durable.
+    fn write(&self, job: WriteJob) -> WriteFuture;
+    /// A reader over the current committed state.
+    fn read(&self) -> Result<Box<dyn Reader + '_>, StoreError>;
+    /// Visits the row counts and then every row of every table, in [`TABLES`] order and key
+    /// order, from one consistent state.
     fn export(
         &self,
         visit: &mut dyn FnMut(ExportItem<'_>) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        let reader = self.read()?;
+        let mut counts = [0u64; 7];
+        for (count, table) in counts.iter_mut().zip(TABLES) {
+            *count = reader.len(table)?;
+        }
+        visit(ExportItem::Counts(counts))?;
+        for table in TABLES {
+            reader.scan(table, Range::After(None), &mut |key, value| {
+                visit(ExportItem::Record(table, key, value))?;
+                Ok(true)
+            })?;
+        }
+        Ok(())
+    }
     /// Bytes the store occupies on disk, if it knows.
     fn size_bytes(&self) -> Option<u64>;
     /// Finishes queued writes and closes the store; later writes fail with
     /// [`StoreError::Closed`].
     fn close(&self);
+}
+
+/// The wrong kind of key for a table: a bug in the caller, reported as a backend failure.
+pub fn wrong_key(table: TableId) -> StoreError {
+    StoreError::Backend(format!("a key of the wrong kind for table {}", table.name()))
 }

@@ -1,24 +1,21 @@
 //! The embedded default store: one redb file, written by a single group-commit writer.
 //!
-//! Writers hand their operation to one thread that blocks for the first queued operation,
-//! takes whatever else is queued (up to [`MAX_BATCH`]), applies them all in one write
-//! transaction and commits it with `Durability::Immediate` (fsync) before answering every
-//! waiter. A lone write never waits for a batch to fill; under load one fsync carries many
-//! writes. An operation rejected by the vault's rules changes nothing and does not affect the
-//! others in its batch; a backend failure aborts the whole transaction and fails every
-//! operation in it.
+//! Writers hand their job to one thread that blocks for the first queued job, takes whatever
+//! else is queued (up to [`MAX_BATCH`]), runs them all in one write transaction and commits it
+//! with `Durability::Immediate` before answering every waiter. A lone write never waits for a
+//! batch to fill; under load one fsync carries many writes. A job that fails (a backend
+//! error) aborts the whole transaction and fails every job in it; the database is then
+//! reopened, which repairs it.
+//!
+//! Each [`TableId`] is a typed redb table: per-client tables are keyed by the tuple
+//! `(client id, second part)`, names by `&str`, token hashes by bytes (their value is the
+//! token's name as `&str`), the audit trail by `u64`.
 
-use super::codec;
 use super::journal::JournaledFile;
 use super::{
-    Counts, ExportItem, MethodRecord, PairRecord, Rewrap, SealedRecord, Store, StoreError,
-    TokenRecord, WriteFuture, WriteOp, WriteOutcome,
+    Key, Range, Reader, Store, StoreError, TableId, Visit, WriteClass, WriteFuture, WriteJob,
+    Writer, wrong_key,
 };
-use crate::audit::{AuditEntry, AuditEvent};
-use crate::error::VaultError;
-use crate::pairs::PairStatus;
-use crate::snapshot::TableId;
-use crate::validate::{MAX_METHODS_PER_CLIENT, split_curve};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
     TableDefinition, WriteTransaction,
@@ -30,54 +27,399 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
 
-/// The most operations committed in one transaction.
+/// The most jobs committed in one transaction.
 pub const MAX_BATCH: usize = 256;
 const QUEUE_DEPTH: usize = 4096;
 
 type ClientKey<'a> = (&'a str, &'a str);
-const CUSTODIAN: TableDefinition<ClientKey, &[u8]> = TableDefinition::new("custodian_shares");
-const CLIENT: TableDefinition<ClientKey, &[u8]> = TableDefinition::new("client_shares");
-const PAIRS: TableDefinition<ClientKey, &[u8]> = TableDefinition::new("backup_share_pairs");
-const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+type ClientDef = TableDefinition<'static, ClientKey<'static>, &'static [u8]>;
+type NameDef = TableDefinition<'static, &'static str, &'static [u8]>;
+const CUSTODIAN: ClientDef = TableDefinition::new("custodian_shares");
+const CLIENT: ClientDef = TableDefinition::new("client_shares");
+const PAIRS: ClientDef = TableDefinition::new("backup_share_pairs");
+const TOKENS: NameDef = TableDefinition::new("tokens");
 const TOKEN_HASHES: TableDefinition<&[u8], &str> = TableDefinition::new("token_hashes");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const META: NameDef = TableDefinition::new("meta");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
-const AUDIT_HEAD: &str = "audit_head";
 /// redb's page cache while a snapshot is imported.
 const IMPORT_CACHE_BYTES: usize = 32 << 20;
-
-/// The last audit event: (sequence number, hash).
-type Head = (u64, [u8; 32]);
-
-fn decode_head(bytes: &[u8]) -> Result<Head, StoreError> {
-    if bytes.len() != 40 {
-        return Err(StoreError::Corrupt("audit head"));
-    }
-    let mut seq = [0u8; 8];
-    seq.copy_from_slice(&bytes[..8]);
-    let mut hash = [0u8; 32];
-    hash.copy_from_slice(&bytes[8..]);
-    Ok((u64::from_be_bytes(seq), hash))
-}
-
-fn encode_head(head: &Head) -> Vec<u8> {
-    let mut out = head.0.to_be_bytes().to_vec();
-    out.extend_from_slice(&head.1);
-    out
-}
-
-/// Table names as bound into record envelopes.
-pub const CUSTODIAN_TABLE: &str = "custodian_shares";
-pub const CLIENT_TABLE: &str = "client_shares";
 
 fn backend(err: impl Into<redb::Error>) -> StoreError {
     StoreError::Backend(err.into().to_string())
 }
 
+fn client_def(table: TableId) -> Result<ClientDef, StoreError> {
+    match table {
+        TableId::Custodian => Ok(CUSTODIAN),
+        TableId::Client => Ok(CLIENT),
+        TableId::Pairs => Ok(PAIRS),
+        _ => Err(wrong_key(table)),
+    }
+}
+
+fn name_def(table: TableId) -> Result<NameDef, StoreError> {
+    match table {
+        TableId::Tokens => Ok(TOKENS),
+        TableId::Meta => Ok(META),
+        _ => Err(wrong_key(table)),
+    }
+}
+
+fn expect_table(table: TableId, wanted: TableId) -> Result<(), StoreError> {
+    if table == wanted {
+        Ok(())
+    } else {
+        Err(wrong_key(table))
+    }
+}
+
+fn token_name(value: &[u8]) -> Result<&str, StoreError> {
+    std::str::from_utf8(value).map_err(|_| StoreError::Corrupt("token hash"))
+}
+
+// ---- reads over any redb table, read-only or inside the write transaction ----
+
+fn get_client(
+    t: &impl ReadableTable<ClientKey<'static>, &'static [u8]>,
+    client: &str,
+    second: &str,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(t.get((client, second))
+        .map_err(backend)?
+        .map(|v| v.value().to_vec()))
+}
+
+fn scan_client(
+    t: &impl ReadableTable<ClientKey<'static>, &'static [u8]>,
+    table: TableId,
+    range: Range<'_>,
+    visit: &mut Visit<'_>,
+) -> Result<(), StoreError> {
+    let (rows, only) = match range {
+        Range::Client(client) => (t.range((client, "")..), Some(client)),
+        Range::After(None) => (t.range::<ClientKey>(..), None),
+        Range::After(Some(Key::Client(c, s))) => (
+            t.range::<ClientKey>((Bound::Excluded((c, s)), Bound::Unbounded)),
+            None,
+        ),
+        Range::After(Some(_)) => return Err(wrong_key(table)),
+    };
+    for item in rows.map_err(backend)? {
+        let (key, value) = item.map_err(backend)?;
+        let (client, second) = key.value();
+        if only.is_some_and(|c| c != client) || !visit(Key::Client(client, second), value.value())?
+        {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn get_name(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    name: &str,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(t.get(name).map_err(backend)?.map(|v| v.value().to_vec()))
+}
+
+fn scan_name(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    table: TableId,
+    range: Range<'_>,
+    visit: &mut Visit<'_>,
+) -> Result<(), StoreError> {
+    let rows = match range {
+        Range::After(None) => t.range::<&str>(..),
+        Range::After(Some(Key::Name(n))) => t.range::<&str>((Bound::Excluded(n), Bound::Unbounded)),
+        _ => return Err(wrong_key(table)),
+    };
+    for item in rows.map_err(backend)? {
+        let (key, value) = item.map_err(backend)?;
+        if !visit(Key::Name(key.value()), value.value())? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn get_hash(
+    t: &impl ReadableTable<&'static [u8], &'static str>,
+    hash: &[u8],
+) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(t.get(hash)
+        .map_err(backend)?
+        .map(|v| v.value().as_bytes().to_vec()))
+}
+
+fn scan_hash(
+    t: &impl ReadableTable<&'static [u8], &'static str>,
+    range: Range<'_>,
+    visit: &mut Visit<'_>,
+) -> Result<(), StoreError> {
+    let rows = match range {
+        Range::After(None) => t.range::<&[u8]>(..),
+        Range::After(Some(Key::Bytes(b))) => {
+            t.range::<&[u8]>((Bound::Excluded(b), Bound::Unbounded))
+        }
+        _ => return Err(wrong_key(TableId::TokenHashes)),
+    };
+    for item in rows.map_err(backend)? {
+        let (key, value) = item.map_err(backend)?;
+        if !visit(Key::Bytes(key.value()), value.value().as_bytes())? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn get_seq(
+    t: &impl ReadableTable<u64, &'static [u8]>,
+    seq: u64,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(t.get(seq).map_err(backend)?.map(|v| v.value().to_vec()))
+}
+
+fn scan_seq(
+    t: &impl ReadableTable<u64, &'static [u8]>,
+    range: Range<'_>,
+    visit: &mut Visit<'_>,
+) -> Result<(), StoreError> {
+    let rows = match range {
+        Range::After(None) => t.range::<u64>(..),
+        Range::After(Some(Key::Seq(s))) => t.range::<u64>((Bound::Excluded(s), Bound::Unbounded)),
+        _ => return Err(wrong_key(TableId::Audit)),
+    };
+    for item in rows.map_err(backend)? {
+        let (key, value) = item.map_err(backend)?;
+        if !visit(Key::Seq(key.value()), value.value())? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// A read transaction; tables are opened as they are read.
+struct RedbReader {
+    txn: redb::ReadTransaction,
+}
+
+impl Reader for RedbReader {
+    fn get(&self, table: TableId, key: Key<'_>) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = &self.txn;
+        match key {
+            Key::Client(c, s) => get_client(&txn.open_table(client_def(table)?).map_err(backend)?, c, s),
+            Key::Name(n) => get_name(&txn.open_table(name_def(table)?).map_err(backend)?, n),
+            Key::Bytes(b) => {
+                expect_table(table, TableId::TokenHashes)?;
+                get_hash(&txn.open_table(TOKEN_HASHES).map_err(backend)?, b)
+            }
+            Key::Seq(s) => {
+                expect_table(table, TableId::Audit)?;
+                get_seq(&txn.open_table(AUDIT).map_err(backend)?, s)
+            }
+        }
+    }
+
+    fn scan(
+        &self,
+        table: TableId,
+        range: Range<'_>,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), StoreError> {
+        let txn = &self.txn;
+        match table {
+            TableId::Custodian | TableId::Client | TableId::Pairs => scan_client(
+                &txn.open_table(client_def(table)?).map_err(backend)?,
+                table,
+                range,
+                visit,
+            ),
+            TableId::Tokens | TableId::Meta => scan_name(
+                &txn.open_table(name_def(table)?).map_err(backend)?,
+                table,
+                range,
+                visit,
+            ),
+            TableId::TokenHashes => {
+                scan_hash(&txn.open_table(TOKEN_HASHES).map_err(backend)?, range, visit)
+            }
+            TableId::Audit => scan_seq(&txn.open_table(AUDIT).map_err(backend)?, range, visit),
+        }
+    }
+
+    fn len(&self, table: TableId) -> Result<u64, StoreError> {
+        let txn = &self.txn;
+        match table {
+            TableId::Custodian | TableId::Client | TableId::Pairs => {
+                txn.open_table(client_def(table)?).map_err(backend)?.len()
+            }
+            TableId::Tokens | TableId::Meta => {
+                txn.open_table(name_def(table)?).map_err(backend)?.len()
+            }
+            TableId::TokenHashes => txn.open_table(TOKEN_HASHES).map_err(backend)?.len(),
+            TableId::Audit => txn.open_table(AUDIT).map_err(backend)?.len(),
+        }
+        .map_err(backend)
+    }
+}
+
+/// The tables of a write transaction.
+struct Tables<'t> {
+    custodian: Table<'t, ClientKey<'static>, &'static [u8]>,
+    client: Table<'t, ClientKey<'static>, &'static [u8]>,
+    pairs: Table<'t, ClientKey<'static>, &'static [u8]>,
+    tokens: Table<'t, &'static str, &'static [u8]>,
+    token_hashes: Table<'t, &'static [u8], &'static str>,
+    meta: Table<'t, &'static str, &'static [u8]>,
+    audit: Table<'t, u64, &'static [u8]>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            custodian: txn.open_table(CUSTODIAN).map_err(backend)?,
+            client: txn.open_table(CLIENT).map_err(backend)?,
+            pairs: txn.open_table(PAIRS).map_err(backend)?,
+            tokens: txn.open_table(TOKENS).map_err(backend)?,
+            token_hashes: txn.open_table(TOKEN_HASHES).map_err(backend)?,
+            meta: txn.open_table(META).map_err(backend)?,
+            audit: txn.open_table(AUDIT).map_err(backend)?,
+        })
+    }
+
+    fn per_client(
+        &mut self,
+        table: TableId,
+    ) -> Result<&mut Table<'t, ClientKey<'static>, &'static [u8]>, StoreError> {
+        match table {
+            TableId::Custodian => Ok(&mut self.custodian),
+            TableId::Client => Ok(&mut self.client),
+            TableId::Pairs => Ok(&mut self.pairs),
+            _ => Err(wrong_key(table)),
+        }
+    }
+
+    fn named(
+        &mut self,
+        table: TableId,
+    ) -> Result<&mut Table<'t, &'static str, &'static [u8]>, StoreError> {
+        match table {
+            TableId::Tokens => Ok(&mut self.tokens),
+            TableId::Meta => Ok(&mut self.meta),
+            _ => Err(wrong_key(table)),
+        }
+    }
+
+    fn per_client_ref(
+        &self,
+        table: TableId,
+    ) -> Result<&Table<'t, ClientKey<'static>, &'static [u8]>, StoreError> {
+        match table {
+            TableId::Custodian => Ok(&self.custodian),
+            TableId::Client => Ok(&self.client),
+            TableId::Pairs => Ok(&self.pairs),
+            _ => Err(wrong_key(table)),
+        }
+    }
+
+    fn named_ref(&self, table: TableId) -> Result<&Table<'t, &'static str, &'static [u8]>, StoreError> {
+        match table {
+            TableId::Tokens => Ok(&self.tokens),
+            TableId::Meta => Ok(&self.meta),
+            _ => Err(wrong_key(table)),
+        }
+    }
+}
+
+impl Reader for Tables<'_> {
+    fn get(&self, table: TableId, key: Key<'_>) -> Result<Option<Vec<u8>>, StoreError> {
+        match key {
+            Key::Client(c, s) => get_client(self.per_client_ref(table)?, c, s),
+            Key::Name(n) => get_name(self.named_ref(table)?, n),
+            Key::Bytes(b) => {
+                expect_table(table, TableId::TokenHashes)?;
+                get_hash(&self.token_hashes, b)
+            }
+            Key::Seq(s) => {
+                expect_table(table, TableId::Audit)?;
+                get_seq(&self.audit, s)
+            }
+        }
+    }
+
+    fn scan(
+        &self,
+        table: TableId,
+        range: Range<'_>,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), StoreError> {
+        match table {
+            TableId::Custodian | TableId::Client | TableId::Pairs => {
+                scan_client(self.per_client_ref(table)?, table, range, visit)
+            }
+            TableId::Tokens | TableId::Meta => {
+                scan_name(self.named_ref(table)?, table, range, visit)
+            }
+            TableId::TokenHashes => scan_hash(&self.token_hashes, range, visit),
+            TableId::Audit => scan_seq(&self.audit, range, visit),
+        }
+    }
+
+    fn len(&self, table: TableId) -> Result<u64, StoreError> {
+        match table {
+            TableId::Custodian | TableId::Client | TableId::Pairs => {
+                self.per_client_ref(table)?.len()
+            }
+            TableId::Tokens | TableId::Meta => self.named_ref(table)?.len(),
+            TableId::TokenHashes => self.token_hashes.len(),
+            TableId::Audit => self.audit.len(),
+        }
+        .map_err(backend)
+    }
+}
+
+impl Writer for Tables<'_> {
+    fn put(&mut self, table: TableId, key: Key<'_>, value: &[u8]) -> Result<(), StoreError> {
+        match key {
+            Key::Client(c, s) => {
+                self.per_client(table)?.insert((c, s), value).map_err(backend)?;
+            }
+            Key::Name(n) => {
+                self.named(table)?.insert(n, value).map_err(backend)?;
+            }
+            Key::Bytes(b) => {
+                expect_table(table, TableId::TokenHashes)?;
+                self.token_hashes
+                    .insert(b, token_name(value)?)
+                    .map_err(backend)?;
+            }
+            Key::Seq(s) => {
+                expect_table(table, TableId::Audit)?;
+                self.audit.insert(s, value).map_err(backend)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, table: TableId, key: Key<'_>) -> Result<bool, StoreError> {
+        Ok(match key {
+            Key::Client(c, s) => self.per_client(table)?.remove((c, s)).map_err(backend)?.is_some(),
+            Key::Name(n) => self.named(table)?.remove(n).map_err(backend)?.is_some(),
+            Key::Bytes(b) => {
+                expect_table(table, TableId::TokenHashes)?;
+                self.token_hashes.remove(b).map_err(backend)?.is_some()
+            }
+            Key::Seq(s) => {
+                expect_table(table, TableId::Audit)?;
+                self.audit.remove(s).map_err(backend)?.is_some()
+            }
+        })
+    }
+}
+
 struct Job {
-    op: WriteOp,
-    audit: Option<AuditEntry>,
-    reply: oneshot::Sender<Result<WriteOutcome, StoreError>>,
+    job: WriteJob,
+    reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
 /// Opens the database: the file at a path, or, for fault-injection tests, any redb storage
@@ -176,6 +518,7 @@ impl Shared {
     }
 }
 
+
 /// The redb-backed [`Store`].
 pub struct RedbStore {
     shared: Arc<Shared>,
@@ -251,12 +594,6 @@ impl RedbStore {
         txn.commit().map_err(backend)?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let head = {
-            let txn = db.begin_read().map_err(backend)?;
-            let meta = txn.open_table(META).map_err(backend)?;
-            let head = meta.get(AUDIT_HEAD).map_err(backend)?;
-            head.map(|v| decode_head(v.value())).transpose()?
-        };
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(db)),
             opener,
@@ -274,7 +611,7 @@ impl RedbStore {
         let writer_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("sharevault-writer".into())
-            .spawn(move || run_writer(&writer_shared, rx, head.unwrap_or((0, [0; 32]))))
+            .spawn(move || run_writer(&writer_shared, rx))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             shared,
@@ -284,13 +621,13 @@ impl RedbStore {
         })
     }
 
-    /// Writes `records` (already verified) into a new database file at `path`, in batches.
+    /// Writes `rows` (already verified) into a new database file at `path`, in batches.
     pub fn import(
         path: &Path,
-        records: &mut dyn Iterator<Item = Result<(TableId, Vec<u8>, Vec<u8>), StoreError>>,
+        rows: &mut dyn Iterator<Item = Result<(TableId, super::KeyBuf, Vec<u8>), StoreError>>,
     ) -> Result<u64, StoreError> {
-        // Records arrive in key order, so each commit touches few pages: a small page cache
-        // is enough (redb's default is 1 GiB).
+        // Rows arrive in key order, so each commit touches few pages: a small page cache is
+        // enough (redb's default is 1 GiB).
         let db = Database::builder()
             .set_cache_size(IMPORT_CACHE_BYTES)
             .create(path)
@@ -298,112 +635,31 @@ impl RedbStore {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| StoreError::Backend(format!("cannot restrict the database file: {e}")))?;
         let mut written = 0u64;
-        let mut records = records.peekable();
+        let mut rows = rows.peekable();
         loop {
             let txn = db.begin_write().map_err(backend)?;
             {
                 let mut t = Tables::open(&txn)?;
                 let mut in_batch = 0;
                 while in_batch < 10_000 {
-                    let Some(record) = records.next() else { break };
-                    let (table, key, value) = record?;
-                    t.import(table, &key, &value)?;
+                    let Some(row) = rows.next() else { break };
+                    let (table, key, value) = row?;
+                    t.put(table, key.as_key(), &value)?;
                     in_batch += 1;
                     written += 1;
                 }
             }
             txn.commit().map_err(backend)?;
-            if records.peek().is_none() {
+            if rows.peek().is_none() {
                 break;
             }
         }
         Ok(written)
     }
-
-    fn read(&self) -> Result<redb::ReadTransaction, StoreError> {
-        self.shared.current()?.begin_read().map_err(backend)
-    }
-
-    fn records_of(
-        &self,
-        def: TableDefinition<ClientKey, &[u8]>,
-        client_id: &str,
-    ) -> Result<Vec<MethodRecord>, StoreError> {
-        let txn = self.read()?;
-        let table = txn.open_table(def).map_err(backend)?;
-        client_rows(&table, client_id)?
-            .into_iter()
-            .map(|(method, bytes)| {
-                Ok(MethodRecord {
-                    backup_method: method,
-                    record: codec::decode_record(&bytes)?,
-                })
-            })
-            .collect()
-    }
-
-    fn record(
-        &self,
-        def: TableDefinition<ClientKey, &[u8]>,
-        client_id: &str,
-        backup_method: &str,
-    ) -> Result<Option<SealedRecord>, StoreError> {
-        let txn = self.read()?;
-        let table = txn.open_table(def).map_err(backend)?;
-        let value = table.get((client_id, backup_method)).map_err(backend)?;
-        value.map(|v| codec::decode_record(v.value())).transpose()
-    }
-}
-
-/// Rows of one client, as (second key part, value bytes).
-fn client_rows(
-    table: &impl ReadableTable<ClientKey<'static>, &'static [u8]>,
-    client_id: &str,
-) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-    let mut rows = Vec::new();
-    for item in table.range((client_id, "")..).map_err(backend)? {
-        let (key, value) = item.map_err(backend)?;
-        let (client, second) = key.value();
-        if client != client_id {
-            break;
-        }
-        rows.push((second.to_owned(), value.value().to_vec()));
-    }
-    Ok(rows)
-}
-
-/// Called after a record was inserted under a method its client did not hold: when that
-/// makes more than [`MAX_METHODS_PER_CLIENT`], removes it again (the table is as it was) and
-/// refuses the write. Portal has a handful of backup methods, two curves each; the limit only
-/// keeps one client's records, and so one fetch, bounded.
-fn within_method_limit(
-    table: &mut Table<'_, ClientKey<'static>, &'static [u8]>,
-    client_id: &str,
-    backup_method: &str,
-    what: &str,
-) -> Result<(), StoreError> {
-    let mut held = 0;
-    for item in table.range((client_id, "")..).map_err(backend)? {
-        let (key, _) = item.map_err(backend)?;
-        if key.value().0 != client_id || held > MAX_METHODS_PER_CLIENT {
-            break;
-        }
-        held += 1;
-    }
-    if held <= MAX_METHODS_PER_CLIENT {
-        return Ok(());
-    }
-    table.remove((client_id, backup_method)).map_err(backend)?;
-    Err(StoreError::Rejected(VaultError::FailedPrecondition(
-        format!(
-            "a client may hold at most {MAX_METHODS_PER_CLIENT} {what}, one per backup method, \
-             and this one already holds that many: reuse a method or delete the client first"
-        ),
-    )))
 }
 
 impl Store for RedbStore {
-    fn write(&self, op: WriteOp, audit: Option<AuditEntry>) -> WriteFuture {
+    fn write(&self, job: WriteJob) -> WriteFuture {
         let queue = self
             .queue
             .read()
@@ -411,221 +667,18 @@ impl Store for RedbStore {
             .clone();
         Box::pin(async move {
             let queue = queue.ok_or(StoreError::Closed)?;
-            let (tx, rx) = oneshot::channel();
-            let job = Job {
-                op,
-                audit,
-                reply: tx,
-            };
-            queue.send(job).await.map_err(|_| StoreError::Closed)?;
-            rx.await.map_err(|_| StoreError::Closed)?
+            let (reply, answer) = oneshot::channel();
+            queue
+                .send(Job { job, reply })
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            answer.await.map_err(|_| StoreError::Closed)?
         })
     }
 
-    fn custodian_shares(&self, client_id: &str) -> Result<Vec<MethodRecord>, StoreError> {
-        self.records_of(CUSTODIAN, client_id)
-    }
-
-    fn custodian_share(
-        &self,
-        client_id: &str,
-        backup_method: &str,
-    ) -> Result<Option<SealedRecord>, StoreError> {
-        self.record(CUSTODIAN, client_id, backup_method)
-    }
-
-    fn client_shares(&self, client_id: &str) -> Result<Vec<MethodRecord>, StoreError> {
-        self.records_of(CLIENT, client_id)
-    }
-
-    fn client_share(
-        &self,
-        client_id: &str,
-        backup_method: &str,
-    ) -> Result<Option<SealedRecord>, StoreError> {
-        self.record(CLIENT, client_id, backup_method)
-    }
-
-    fn pairs(&self, client_id: &str) -> Result<Vec<PairRecord>, StoreError> {
-        let txn = self.read()?;
-        let table = txn.open_table(PAIRS).map_err(backend)?;
-        client_rows(&table, client_id)?
-            .into_iter()
-            .map(|(id, bytes)| codec::decode_pair(&id, &bytes))
-            .collect()
-    }
-
-    fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
-        let txn = self.read()?;
-        let hashes = txn.open_table(TOKEN_HASHES).map_err(backend)?;
-        let Some(name) = hashes.get(hash.as_slice()).map_err(backend)? else {
-            return Ok(None);
-        };
-        let tokens = txn.open_table(TOKENS).map_err(backend)?;
-        let value = tokens.get(name.value()).map_err(backend)?;
-        value
-            .map(|v| codec::decode_token(name.value(), v.value()))
-            .transpose()
-    }
-
-    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        let txn = self.read()?;
-        let table = txn.open_table(TOKENS).map_err(backend)?;
-        let mut out = Vec::new();
-        for item in table.iter().map_err(backend)? {
-            let (name, value) = item.map_err(backend)?;
-            out.push(codec::decode_token(name.value(), value.value())?);
-        }
-        Ok(out)
-    }
-
-    fn counts(&self) -> Result<Counts, StoreError> {
-        let txn = self.read()?;
-        let len = |def: TableDefinition<ClientKey, &[u8]>| -> Result<u64, StoreError> {
-            txn.open_table(def).map_err(backend)?.len().map_err(backend)
-        };
-        Ok(Counts {
-            custodian_shares: len(CUSTODIAN)?,
-            client_shares: len(CLIENT)?,
-            backup_share_pairs: len(PAIRS)?,
-            tokens: txn
-                .open_table(TOKENS)
-                .map_err(backend)?
-                .len()
-                .map_err(backend)?,
-        })
-    }
-
-    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.read()?;
-        let table = txn.open_table(META).map_err(backend)?;
-        Ok(table
-            .get(name)
-            .map_err(backend)?
-            .map(|v| v.value().to_vec()))
-    }
-
-    fn audit_events(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<Result<AuditEvent, u64>>, StoreError> {
-        let txn = self.read()?;
-        let table = txn.open_table(AUDIT).map_err(backend)?;
-        let mut out = Vec::new();
-        for item in table
-            .range(after.saturating_add(1)..)
-            .map_err(backend)?
-            .take(limit)
-        {
-            let (seq, value) = item.map_err(backend)?;
-            out.push(AuditEvent::decode(value.value()).ok_or(seq.value()));
-        }
-        Ok(out)
-    }
-
-    fn audit_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
-        self.meta(AUDIT_HEAD)?.map(|v| decode_head(&v)).transpose()
-    }
-
-    fn sealed_records(
-        &self,
-        table: TableId,
-        after: Option<(&str, &str)>,
-        limit: usize,
-    ) -> Result<Vec<super::SealedRow>, StoreError> {
-        let def = match table {
-            TableId::Custodian => CUSTODIAN,
-            TableId::Client => CLIENT,
-            _ => return Ok(Vec::new()),
-        };
-        let txn = self.read()?;
-        let table = txn.open_table(def).map_err(backend)?;
-        let range = match after {
-            Some(key) => table.range::<ClientKey>((Bound::Excluded(key), Bound::Unbounded)),
-            None => table.range::<ClientKey>(..),
-        }
-        .map_err(backend)?;
-        let mut out = Vec::new();
-        for item in range.take(limit) {
-            let (key, value) = item.map_err(backend)?;
-            let (client, method) = key.value();
-            out.push((
-                client.to_owned(),
-                method.to_owned(),
-                codec::decode_record(value.value())?,
-            ));
-        }
-        Ok(out)
-    }
-
-    fn export(
-        &self,
-        visit: &mut dyn FnMut(ExportItem<'_>) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        let txn = self.read()?;
-        let client_tables = [
-            (
-                TableId::Custodian,
-                txn.open_table(CUSTODIAN).map_err(backend)?,
-            ),
-            (TableId::Client, txn.open_table(CLIENT).map_err(backend)?),
-            (TableId::Pairs, txn.open_table(PAIRS).map_err(backend)?),
-        ];
-        let tokens = txn.open_table(TOKENS).map_err(backend)?;
-        let hashes = txn.open_table(TOKEN_HASHES).map_err(backend)?;
-        let meta = txn.open_table(META).map_err(backend)?;
-        let audit = txn.open_table(AUDIT).map_err(backend)?;
-        let mut counts = [0u64; 7];
-        for (i, (_, table)) in client_tables.iter().enumerate() {
-            counts[i] = table.len().map_err(backend)?;
-        }
-        counts[3] = tokens.len().map_err(backend)?;
-        counts[4] = hashes.len().map_err(backend)?;
-        counts[5] = meta.len().map_err(backend)?;
-        counts[6] = audit.len().map_err(backend)?;
-        visit(ExportItem::Counts(counts))?;
-        for (id, table) in &client_tables {
-            for item in table.iter().map_err(backend)? {
-                let (key, value) = item.map_err(backend)?;
-                let (client, second) = key.value();
-                let key = crate::snapshot::client_key(client, second);
-                visit(ExportItem::Record(*id, &key, value.value()))?;
-            }
-        }
-        for item in tokens.iter().map_err(backend)? {
-            let (key, value) = item.map_err(backend)?;
-            visit(ExportItem::Record(
-                TableId::Tokens,
-                key.value().as_bytes(),
-                value.value(),
-            ))?;
-        }
-        for item in hashes.iter().map_err(backend)? {
-            let (key, value) = item.map_err(backend)?;
-            visit(ExportItem::Record(
-                TableId::TokenHashes,
-                key.value(),
-                value.value().as_bytes(),
-            ))?;
-        }
-        for item in meta.iter().map_err(backend)? {
-            let (key, value) = item.map_err(backend)?;
-            visit(ExportItem::Record(
-                TableId::Meta,
-                key.value().as_bytes(),
-                value.value(),
-            ))?;
-        }
-        for item in audit.iter().map_err(backend)? {
-            let (key, value) = item.map_err(backend)?;
-            visit(ExportItem::Record(
-                TableId::Audit,
-                &key.value().to_be_bytes(),
-                value.value(),
-            ))?;
-        }
-        Ok(())
+    fn read(&self) -> Result<Box<dyn Reader + '_>, StoreError> {
+        let txn = self.shared.current()?.begin_read().map_err(backend)?;
+        Ok(Box::new(RedbReader { txn }))
     }
 
     fn size_bytes(&self) -> Option<u64> {
@@ -670,6 +723,15 @@ impl Drop for RedbStore {
     }
 }
 
+fn is_read_audit(job: &Job) -> bool {
+    matches!(job.job.class, WriteClass::ReadAudit { .. })
+}
+
+fn all_deferred(jobs: &[Job]) -> bool {
+    jobs.iter()
+        .all(|j| j.job.class == WriteClass::ReadAudit { deferred: true })
+}
+
 /// Makes deferred audit events durable within [`super::DEFERRED_FLUSH`]: when one is waiting,
 /// it queues an empty durable write, whose commit carries them to disk.
 fn run_flusher(shared: &Shared, queue: &mpsc::Sender<Job>) {
@@ -679,8 +741,10 @@ fn run_flusher(shared: &Shared, queue: &mpsc::Sender<Job>) {
         if shared.unflushed.swap(false, Ordering::SeqCst) {
             let (reply, _) = oneshot::channel();
             let flush = Job {
-                op: WriteOp::AuditOnly { deferred: false },
-                audit: None,
+                job: WriteJob {
+                    class: WriteClass::ReadAudit { deferred: false },
+                    apply: Box::new(|_| Ok(())),
+                },
                 reply,
             };
             if queue.blocking_send(flush).is_err() {
@@ -690,7 +754,7 @@ fn run_flusher(shared: &Shared, queue: &mpsc::Sender<Job>) {
     }
 }
 
-fn run_writer(shared: &Shared, mut queue: mpsc::Receiver<Job>, mut head: Head) {
+fn run_writer(shared: &Shared, mut queue: mpsc::Receiver<Job>) {
     while let Some(first) = queue.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -700,11 +764,12 @@ fn run_writer(shared: &Shared, mut queue: mpsc::Receiver<Job>, mut head: Head) {
             }
         }
         let started = std::time::Instant::now();
-        // Below the free-space reserve, writes that add data are refused; audit events of
+        // Below the free-space reserve, jobs that add data are refused; audit events of
         // reads, deletions and status updates still go through, so that reads keep working.
         if let Err(low) = shared.check_space() {
-            let (allowed, refused): (Vec<Job>, Vec<Job>) =
-                jobs.into_iter().partition(|job| !job.op.adds_data());
+            let (refused, allowed): (Vec<Job>, Vec<Job>) = jobs
+                .into_iter()
+                .partition(|job| job.job.class == WriteClass::AddsData);
             for job in refused {
                 let _ = job.reply.send(Err(StoreError::Backend(low.to_string())));
             }
@@ -716,12 +781,10 @@ fn run_writer(shared: &Shared, mut queue: mpsc::Receiver<Job>, mut head: Head) {
         // Reads of share material wait for their audit events: those go first, in a commit
         // of their own, so that recovery traffic never waits for a burst of writes to be
         // applied (only for the commit already under way).
-        let (reads, writes): (Vec<Job>, Vec<Job>) = jobs
-            .into_iter()
-            .partition(|job| matches!(job.op, WriteOp::AuditOnly { .. }));
+        let (reads, writes): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(is_read_audit);
         for group in [reads, writes] {
             if !group.is_empty() {
-                commit_group(shared, group, &mut head, started);
+                commit_group(shared, group, started);
             }
         }
     }
@@ -735,9 +798,9 @@ fn run_writer(shared: &Shared, mut queue: mpsc::Receiver<Job>, mut head: Head) {
 }
 
 /// Commits one group of jobs and answers each.
-fn commit_group(shared: &Shared, jobs: Vec<Job>, head: &mut Head, started: std::time::Instant) {
+fn commit_group(shared: &Shared, mut jobs: Vec<Job>, started: std::time::Instant) {
     let deferred = all_deferred(&jobs);
-    let committed = commit_or_reopen(shared, &jobs, *head);
+    let committed = commit_or_reopen(shared, &mut jobs);
     if committed.is_ok() {
         // A durable commit also makes every earlier deferred one durable.
         shared
@@ -746,15 +809,14 @@ fn commit_group(shared: &Shared, jobs: Vec<Job>, head: &mut Head, started: std::
     }
     crate::metrics::global().batch(jobs.len(), started.elapsed(), committed.is_ok());
     match committed {
-        Ok((results, new_head)) => {
-            *head = new_head;
+        Ok(()) => {
             tracing::debug!(
                 batch = jobs.len(),
                 commit_us = started.elapsed().as_micros() as u64,
                 "committed"
             );
-            for (job, result) in jobs.into_iter().zip(results) {
-                let _ = job.reply.send(result);
+            for job in jobs {
+                let _ = job.reply.send(Ok(()));
             }
         }
         Err(err) => {
@@ -766,16 +828,9 @@ fn commit_group(shared: &Shared, jobs: Vec<Job>, head: &mut Head, started: std::
     }
 }
 
-type BatchResult = (Vec<Result<WriteOutcome, StoreError>>, Head);
-
-fn all_deferred(jobs: &[Job]) -> bool {
-    jobs.iter()
-        .all(|j| matches!(j.op, WriteOp::AuditOnly { deferred: true }))
-}
-
 /// Commits a batch; after a failure the database is reopened (and repaired) so that the next
 /// batch, and reads, can go on.
-fn commit_or_reopen(shared: &Shared, jobs: &[Job], head: Head) -> Result<BatchResult, StoreError> {
+fn commit_or_reopen(shared: &Shared, jobs: &mut [Job]) -> Result<(), StoreError> {
     let db = match shared.current() {
         Ok(db) => db,
         Err(_) => {
@@ -783,7 +838,7 @@ fn commit_or_reopen(shared: &Shared, jobs: &[Job], head: Head) -> Result<BatchRe
             shared.current()?
         }
     };
-    let committed = commit_batch(&db, jobs, head);
+    let committed = commit_batch(&db, jobs);
     if committed.is_err() {
         drop(db);
         shared.reopen();
@@ -791,9 +846,8 @@ fn commit_or_reopen(shared: &Shared, jobs: &[Job], head: Head) -> Result<BatchRe
     committed
 }
 
-/// Applies every job, and appends its audit event, in one transaction. The outer error means
-/// nothing was committed (and the audit head stays where it was).
-fn commit_batch(db: &Database, jobs: &[Job], mut head: Head) -> Result<BatchResult, StoreError> {
+/// Runs every job in one transaction and commits it. An error means nothing was committed.
+fn commit_batch(db: &Database, jobs: &mut [Job]) -> Result<(), StoreError> {
     let mut txn = db.begin_write().map_err(backend)?;
     // A batch of nothing but deferred audit events commits without an fsync; the next
     // durable commit (a write, or the flusher's within DEFERRED_FLUSH) makes it durable.
@@ -804,383 +858,23 @@ fn commit_batch(db: &Database, jobs: &[Job], mut head: Head) -> Result<BatchResu
     };
     txn.set_durability(durability)
         .map_err(|e| StoreError::Backend(e.to_string()))?;
-    let mut results = Vec::with_capacity(jobs.len());
     {
         let mut tables = Tables::open(&txn)?;
-        let start = head;
-        for job in jobs {
-            let result = tables.apply(&job.op);
-            if let Err(StoreError::Backend(detail)) = &result {
-                return Err(StoreError::Backend(detail.clone()));
-            }
-            if let Some(entry) = &job.audit {
-                let outcome = match (&entry.outcome, &result) {
-                    (Some(outcome), _) => outcome.as_str(),
-                    (None, Ok(_)) => "ok",
-                    (None, Err(StoreError::Rejected(e))) => e.outcome(),
-                    (None, Err(_)) => "error",
-                };
-                let event = AuditEvent::chain(entry, outcome, head.0, head.1);
-                tables
-                    .audit
-                    .insert(event.seq, event.encode().as_slice())
-                    .map_err(backend)?;
-                head = (event.seq, event.hash);
-            }
-            results.push(result);
-        }
-        if head != start {
-            tables
-                .meta
-                .insert(AUDIT_HEAD, encode_head(&head).as_slice())
-                .map_err(backend)?;
+        for job in jobs.iter_mut() {
+            (job.job.apply)(&mut tables)?;
         }
     }
-    txn.commit().map_err(backend)?;
-    Ok((results, head))
-}
-
-struct Tables<'t> {
-    custodian: Table<'t, ClientKey<'static>, &'static [u8]>,
-    client: Table<'t, ClientKey<'static>, &'static [u8]>,
-    pairs: Table<'t, ClientKey<'static>, &'static [u8]>,
-    tokens: Table<'t, &'static str, &'static [u8]>,
-    token_hashes: Table<'t, &'static [u8], &'static str>,
-    meta: Table<'t, &'static str, &'static [u8]>,
-    audit: Table<'t, u64, &'static [u8]>,
-}
-
-impl<'t> Tables<'t> {
-    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
-        Ok(Self {
-            custodian: txn.open_table(CUSTODIAN).map_err(backend)?,
-            client: txn.open_table(CLIENT).map_err(backend)?,
-            pairs: txn.open_table(PAIRS).map_err(backend)?,
-            tokens: txn.open_table(TOKENS).map_err(backend)?,
-            token_hashes: txn.open_table(TOKEN_HASHES).map_err(backend)?,
-            meta: txn.open_table(META).map_err(backend)?,
-            audit: txn.open_table(AUDIT).map_err(backend)?,
-        })
-    }
-
-    fn import(&mut self, table: TableId, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        let bad = || StoreError::Corrupt("snapshot key");
-        let text = |b: &[u8]| std::str::from_utf8(b).map(str::to_owned).map_err(|_| bad());
-        match table {
-            TableId::Custodian | TableId::Client | TableId::Pairs => {
-                let (client, second) = crate::snapshot::split_client_key(key).ok_or_else(bad)?;
-                let t = match table {
-                    TableId::Custodian => &mut self.custodian,
-                    TableId::Client => &mut self.client,
-                    _ => &mut self.pairs,
-                };
-                t.insert((client, second), value).map_err(backend)?;
-            }
-            TableId::Tokens => {
-                self.tokens
-                    .insert(text(key)?.as_str(), value)
-                    .map_err(backend)?;
-            }
-            TableId::TokenHashes => {
-                self.token_hashes
-                    .insert(key, text(value)?.as_str())
-                    .map_err(backend)?;
-            }
-            TableId::Meta => {
-                self.meta
-                    .insert(text(key)?.as_str(), value)
-                    .map_err(backend)?;
-            }
-            TableId::Audit => {
-                let seq = u64::from_be_bytes(key.try_into().map_err(|_| bad())?);
-                self.audit.insert(seq, value).map_err(backend)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Applies one operation. Every check happens before the first change, so a rejected
-    /// operation leaves the transaction as it found it.
-    fn apply(&mut self, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
-        match op {
-            WriteOp::PutCustodianShare {
-                client_id,
-                backup_method,
-                record,
-            } => self.put_custodian(client_id, backup_method, record),
-            WriteOp::PutClientShare {
-                client_id,
-                backup_method,
-                record,
-            } => self.put_client(client_id, backup_method, record),
-            WriteOp::DeleteClientShare {
-                client_id,
-                backup_method,
-                now_ms,
-            } => self.delete_client_share(client_id, backup_method, *now_ms),
-            WriteOp::UpdatePairs {
-                client_id,
-                ids,
-                status,
-                now_ms,
-            } => self.update_pairs(client_id, ids, *status, *now_ms),
-            WriteOp::DeleteClient { client_id } => self.delete_client(client_id),
-            WriteOp::CreateToken(token) => self.create_token(token),
-            WriteOp::RevokeToken { name } => self.revoke_token(name),
-            WriteOp::AuditOnly { .. } => Ok(WriteOutcome::Done),
-            WriteOp::Meta { set, remove } => {
-                for (name, value) in set {
-                    self.meta
-                        .insert(name.as_str(), value.as_slice())
-                        .map_err(backend)?;
-                }
-                for name in remove {
-                    self.meta.remove(name.as_str()).map_err(backend)?;
-                }
-                Ok(WriteOutcome::Done)
-            }
-            WriteOp::Rewrap(items) => self.rewrap(items),
-        }
-    }
-
-    fn pairs_of(&self, client_id: &str) -> Result<Vec<PairRecord>, StoreError> {
-        client_rows(&self.pairs, client_id)?
-            .into_iter()
-            .map(|(id, bytes)| codec::decode_pair(&id, &bytes))
-            .collect()
-    }
-
-    fn put_pair(&mut self, client_id: &str, pair: &PairRecord) -> Result<(), StoreError> {
-        self.pairs
-            .insert(
-                (client_id, pair.id.as_str()),
-                codec::encode_pair(pair).as_slice(),
-            )
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    fn put_custodian(
-        &mut self,
-        client_id: &str,
-        backup_method: &str,
-        record: &SealedRecord,
-    ) -> Result<WriteOutcome, StoreError> {
-        let old = self
-            .custodian
-            .insert(
-                (client_id, backup_method),
-                codec::encode_record(record).as_slice(),
-            )
-            .map_err(backend)?
-            .map(|v| codec::record_pair_id(v.value()).map(|p| p.map(str::to_owned)))
-            .transpose()?;
-        if old.is_none() {
-            within_method_limit(
-                &mut self.custodian,
-                client_id,
-                backup_method,
-                "custodian shares",
-            )?;
-        }
-        if let Some(old_pair) = old.flatten()
-            && Some(&old_pair) != record.pair_id.as_ref()
-        {
-            self.pairs
-                .remove((client_id, old_pair.as_str()))
-                .map_err(backend)?;
-        }
-        if let Some(id) = &record.pair_id {
-            let pair = PairRecord {
-                id: id.clone(),
-                backup_method: backup_method.to_owned(),
-                status: PairStatus::StoredCustodianBackupShare,
-                created_at_ms: record.created_at_ms,
-                updated_at_ms: record.created_at_ms,
-            };
-            self.put_pair(client_id, &pair)?;
-        }
-        Ok(WriteOutcome::Done)
-    }
-
-    fn put_client(
-        &mut self,
-        client_id: &str,
-        backup_method: &str,
-        record: &SealedRecord,
-    ) -> Result<WriteOutcome, StoreError> {
-        let replaced = self
-            .client
-            .insert(
-                (client_id, backup_method),
-                codec::encode_record(record).as_slice(),
-            )
-            .map_err(backend)?
-            .is_some();
-        if !replaced {
-            within_method_limit(&mut self.client, client_id, backup_method, "client shares")?;
-        }
-        let mut completed = Vec::new();
-        for mut pair in self.pairs_of(client_id)? {
-            if split_curve(&pair.backup_method).0 == backup_method {
-                if pair.status != PairStatus::StoredClientBackupShare {
-                    pair.status = PairStatus::StoredClientBackupShare;
-                    pair.updated_at_ms = record.created_at_ms;
-                    self.put_pair(client_id, &pair)?;
-                }
-                completed.push(pair.id);
-            }
-        }
-        Ok(WriteOutcome::PairsCompleted(completed))
-    }
-
-    fn delete_client_share(
-        &mut self,
-        client_id: &str,
-        backup_method: &str,
-        now_ms: u64,
-    ) -> Result<WriteOutcome, StoreError> {
-        let removed = self
-            .client
-            .remove((client_id, backup_method))
-            .map_err(backend)?
-            .is_some();
-        if removed {
-            for mut pair in self.pairs_of(client_id)? {
-                if split_curve(&pair.backup_method).0 == backup_method
-                    && pair.status == PairStatus::StoredClientBackupShare
-                {
-                    pair.status = PairStatus::StoredClientBackupShareKey;
-                    pair.updated_at_ms = now_ms;
-                    self.put_pair(client_id, &pair)?;
-                }
-            }
-        }
-        Ok(WriteOutcome::Deleted(removed))
-    }
-
-    fn update_pairs(
-        &mut self,
-        client_id: &str,
-        ids: &[String],
-        status: PairStatus,
-        now_ms: u64,
-    ) -> Result<WriteOutcome, StoreError> {
-        let mut changed = Vec::with_capacity(ids.len());
-        for id in ids {
-            let pair = self
-                .pairs
-                .get((client_id, id.as_str()))
-                .map_err(backend)?
-                .map(|v| codec::decode_pair(id, v.value()))
-                .transpose()?
-                .ok_or_else(|| {
-                    StoreError::Rejected(VaultError::NotFound(format!(
-                        "no backup share pair {id} for this client"
-                    )))
-                })?;
-            let method = split_curve(&pair.backup_method).0;
-            let held = self
-                .client
-                .get((client_id, method))
-                .map_err(backend)?
-                .is_some();
-            pair.status
-                .check_update(status, held)
-                .map_err(StoreError::Rejected)?;
-            changed.push(pair);
-        }
-        for mut pair in changed {
-            if pair.status != status {
-                pair.status = status;
-                pair.updated_at_ms = now_ms;
-                self.put_pair(client_id, &pair)?;
-            }
-        }
-        Ok(WriteOutcome::Done)
-    }
-
-    fn delete_client(&mut self, client_id: &str) -> Result<WriteOutcome, StoreError> {
-        let mut counts = [0u64; 3];
-        for (i, table) in [&mut self.custodian, &mut self.client, &mut self.pairs]
-            .into_iter()
-            .enumerate()
-        {
-            for (second, _) in client_rows(table, client_id)? {
-                table
-                    .remove((client_id, second.as_str()))
-                    .map_err(backend)?;
-                counts[i] += 1;
-            }
-        }
-        Ok(WriteOutcome::ClientDeleted {
-            custodian_shares: counts[0],
-            client_shares: counts[1],
-            backup_share_pairs: counts[2],
-        })
-    }
-
-    fn create_token(&mut self, token: &TokenRecord) -> Result<WriteOutcome, StoreError> {
-        if self
-            .tokens
-            .get(token.name.as_str())
-            .map_err(backend)?
-            .is_some()
-        {
-            return Err(StoreError::Rejected(VaultError::AlreadyExists(format!(
-                "a token named {} already exists",
-                token.name
-            ))));
-        }
-        let value = codec::encode_token(token.role, token.created_at_ms, &token.hash);
-        self.tokens
-            .insert(token.name.as_str(), value.as_slice())
-            .map_err(backend)?;
-        self.token_hashes
-            .insert(token.hash.as_slice(), token.name.as_str())
-            .map_err(backend)?;
-        Ok(WriteOutcome::Done)
-    }
-
-    fn rewrap(&mut self, items: &[Rewrap]) -> Result<WriteOutcome, StoreError> {
-        for item in items {
-            let table = match item.table {
-                TableId::Custodian => &mut self.custodian,
-                TableId::Client => &mut self.client,
-                _ => continue,
-            };
-            let key = (item.client_id.as_str(), item.backup_method.as_str());
-            let current = table.get(key).map_err(backend)?.map(|v| v.value().to_vec());
-            if current.as_deref() == Some(codec::encode_record(&item.expected).as_slice()) {
-                table
-                    .insert(key, codec::encode_record(&item.replacement).as_slice())
-                    .map_err(backend)?;
-            }
-        }
-        Ok(WriteOutcome::Done)
-    }
-
-    fn revoke_token(&mut self, name: &str) -> Result<WriteOutcome, StoreError> {
-        let token = self
-            .tokens
-            .get(name)
-            .map_err(backend)?
-            .map(|v| codec::decode_token(name, v.value()))
-            .transpose()?
-            .ok_or_else(|| {
-                StoreError::Rejected(VaultError::NotFound(format!("no token named {name}")))
-            })?;
-        self.tokens.remove(name).map_err(backend)?;
-        self.token_hashes
-            .remove(token.hash.as_slice())
-            .map_err(backend)?;
-        Ok(WriteOutcome::Done)
-    }
+    txn.commit().map_err(backend)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::{self, AuditEntry, AuditEvent};
+    use crate::error::VaultError;
+    use crate::vault::records;
+    use crate::vault::rules::{self, WriteOp};
+    use crate::vault::SealedRecord;
     use redb::backends::FileBackend;
     use redb::{BackendError, StorageBackend};
     use std::ops::Bound;
@@ -1305,17 +999,21 @@ mod tests {
         let fail = Arc::new(AtomicBool::new(false));
         let sync_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let opener = flaky_opener(&dir.path().join("slow.redb"), &fail, &sync_ms);
-        let store = RedbStore::open_with(opener, None, 0).unwrap();
+        let store = Arc::new(RedbStore::open_with(opener, None, 0).unwrap());
+        let spawn = |op: WriteOp, audit: Option<AuditEntry>| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { rules::write(store.as_ref(), op, audit).await })
+        };
 
         // A slow disk holds the writer in its first commit while the others queue up.
         sync_ms.store(300, Ordering::SeqCst);
         let (op, audit) = put("first", b"A");
-        let first = tokio::spawn(store.write(op, audit));
+        let first = spawn(op, audit);
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let (op, audit) = put("queued-write", b"B");
-        let write = tokio::spawn(store.write(op, audit));
+        let write = spawn(op, audit);
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        let read = tokio::spawn(store.write(
+        let read = spawn(
             WriteOp::AuditOnly { deferred: false },
             Some(AuditEntry {
                 time_ms: 2,
@@ -1325,14 +1023,13 @@ mod tests {
                 backup_method: String::new(),
                 outcome: Some("ok".into()),
             }),
-        ));
+        );
         for task in [first, write, read] {
             task.await.unwrap().unwrap();
         }
         sync_ms.store(0, Ordering::SeqCst);
 
-        let order: Vec<String> = store
-            .audit_events(0, 10)
+        let order: Vec<String> = audit::events(&*store.read().unwrap(), 0, 10)
             .unwrap()
             .into_iter()
             .map(|e| e.unwrap().client_id)
@@ -1348,35 +1045,49 @@ mod tests {
         let sync_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let store = RedbStore::open_with(flaky_opener(&path, &fail, &sync_ms), None, 0).unwrap();
         let (op, audit) = put("acked-before", b"A");
-        store.write(op, audit).await.unwrap();
+        rules::write(&store, op, audit).await.unwrap();
 
         fail.store(true, Ordering::SeqCst);
         let (op, audit) = put("during-failure", b"B");
-        let err = store.write(op, audit).await.unwrap_err();
-        assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+        let err = rules::write(&store, op, audit).await.unwrap_err();
+        assert!(matches!(err, VaultError::Unavailable), "{err:?}");
 
         fail.store(false, Ordering::SeqCst);
         let (op, audit) = put("after-recovery", b"C");
-        store.write(op, audit).await.unwrap();
+        rules::write(&store, op, audit).await.unwrap();
 
-        let held = |c: &str| store.custodian_share(c, "PASSWORD-SECP256K1").unwrap();
+        let held = |c: &str| {
+            records::share(
+                &*store.read().unwrap(),
+                TableId::Custodian,
+                c,
+                "PASSWORD-SECP256K1",
+            )
+            .unwrap()
+        };
         assert_eq!(held("acked-before").unwrap().envelope, b"A");
         assert!(
             held("during-failure").is_none(),
             "nothing of the failed write is visible"
         );
         assert_eq!(held("after-recovery").unwrap().envelope, b"C");
-        assert!(store.pairs("during-failure").unwrap().is_empty());
+        assert!(
+            records::pairs(&*store.read().unwrap(), "during-failure")
+                .unwrap()
+                .is_empty()
+        );
 
         // The audit trail chains the two committed writes and nothing else.
-        let events: Vec<_> = store
-            .audit_events(0, 10)
+        let events: Vec<_> = audit::events(&*store.read().unwrap(), 0, 10)
             .unwrap()
             .into_iter()
             .map(Result::unwrap)
             .collect();
         assert_eq!(events.len(), 2);
-        let report = crate::audit::verify(events.into_iter().map(Ok), store.audit_head().unwrap());
+        let report = audit::verify(
+            events.into_iter().map(Ok),
+            audit::head(&*store.read().unwrap()).unwrap(),
+        );
         assert_eq!(report.problem, None);
         store.close();
     }
@@ -1385,8 +1096,7 @@ mod tests {
     async fn read_events(store: &RedbStore, n: u64) {
         for i in 0..n {
             let (_, audit) = put(&format!("reader-{i}"), b"");
-            store
-                .write(WriteOp::AuditOnly { deferred: true }, audit)
+            rules::write(store, WriteOp::AuditOnly { deferred: true }, audit)
                 .await
                 .unwrap();
         }
@@ -1398,16 +1108,16 @@ mod tests {
     async fn the_audit_chain_is_checked_across_pages() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.redb");
-        let total = crate::store::AUDIT_PAGE as u64 * 2 + 100;
+        let total = audit::PAGE as u64 * 2 + 100;
         let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
         read_events(&store, total).await;
-        let report = store.verify_audit().unwrap();
+        let report = audit::verify_trail(&store).unwrap();
         assert_eq!(report.events, total);
         assert_eq!(report.problem, None);
         store.close();
         drop(store);
 
-        let victim = crate::store::AUDIT_PAGE as u64 + 50;
+        let victim = audit::PAGE as u64 + 50;
         {
             let db = Database::open(&path).unwrap();
             let write = db.begin_write().unwrap();
@@ -1421,7 +1131,7 @@ mod tests {
             write.commit().unwrap();
         }
         let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
-        let report = store.verify_audit().unwrap();
+        let report = audit::verify_trail(&store).unwrap();
         let (at, problem) = report.problem.unwrap();
         assert_eq!(at, victim);
         assert!(problem.contains("edited"), "{problem}");
@@ -1433,7 +1143,7 @@ mod tests {
     /// taken until one ends where it started, find every match in order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn filtered_audit_listings_step_through_a_long_trail() {
-        use crate::store::AUDIT_SCAN;
+        use crate::audit::SCAN as AUDIT_SCAN;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("listing.redb");
         let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
@@ -1443,7 +1153,7 @@ mod tests {
         let filter = |e: &AuditEvent| wanted.contains(&e.client_id.as_str());
         let (mut after, mut found, mut steps) = (0, Vec::new(), 0);
         loop {
-            let (events, cursor) = store.find_audit_events(after, 1024, &filter).unwrap();
+            let (events, cursor) = audit::find(&store, after, 1024, &filter).unwrap();
             assert!(cursor - after <= AUDIT_SCAN, "a step looked at too much");
             if events.is_empty() && cursor == after {
                 break;
@@ -1456,7 +1166,7 @@ mod tests {
         assert_eq!(steps, total.div_ceil(AUDIT_SCAN));
         // A limit ends a step at its last match.
         let near = |e: &AuditEvent| e.client_id.starts_with("reader-1");
-        let (events, cursor) = store.find_audit_events(0, 2, &near).unwrap();
+        let (events, cursor) = audit::find(&store, 0, 2, &near).unwrap();
         let ids: Vec<&str> = events.iter().map(|e| e.client_id.as_str()).collect();
         assert_eq!(ids, ["reader-1", "reader-10"]);
         assert_eq!(cursor, 11);
@@ -1469,25 +1179,41 @@ mod tests {
         let path = dir.path().join("reserve.redb");
         let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
         let (op, audit) = put("kept", b"K");
-        store.write(op, audit).await.unwrap();
+        rules::write(&store, op, audit).await.unwrap();
         store.close();
         drop(store);
 
         let store = RedbStore::open(&path, u64::MAX, 1 << 20, 1 << 20).unwrap();
-        let (op, audit) = put("refused", b"R");
-        let err = store.write(op, audit).await.unwrap_err();
+        let refused = WriteJob {
+            class: WriteClass::AddsData,
+            apply: Box::new(|w| {
+                w.put(
+                    TableId::Custodian,
+                    Key::Client("refused", "PASSWORD-SECP256K1"),
+                    b"R",
+                )
+            }),
+        };
+        let err = store.write(refused).await.unwrap_err();
         assert!(err.to_string().contains("below the reserve"), "{err}");
-        assert!(
-            store
-                .custodian_share("kept", "PASSWORD-SECP256K1")
-                .unwrap()
-                .is_some()
-        );
-        assert!(
-            store
-                .custodian_share("refused", "PASSWORD-SECP256K1")
-                .unwrap()
-                .is_none()
-        );
+        let (op, audit) = put("also-refused", b"R");
+        assert!(matches!(
+            rules::write(&store, op, audit).await,
+            Err(VaultError::Unavailable)
+        ));
+        // Deletions still go through below the reserve.
+        let delete = WriteOp::DeleteClient {
+            client_id: "kept".into(),
+        };
+        rules::write(&store, delete, None).await.unwrap();
+        let r = store.read().unwrap();
+        for client in ["kept", "refused", "also-refused"] {
+            assert!(
+                records::share(&*r, TableId::Custodian, client, "PASSWORD-SECP256K1")
+                    .unwrap()
+                    .is_none(),
+                "{client}"
+            );
+        }
     }
 }

@@ -6,18 +6,19 @@
 //!
 //! Integers are big-endian; strings are UTF-8.
 
-use super::{PairRecord, SealedRecord, StoreError};
+use super::records::{PairRecord, SealedRecord, TokenRecord};
+use crate::store::StoreError;
 use crate::auth::Role;
 use crate::pairs::PairStatus;
 
 const VERSION: u8 = 1;
 
-struct Reader<'a> {
+struct Bytes<'a> {
     bytes: &'a [u8],
     what: &'static str,
 }
 
-impl<'a> Reader<'a> {
+impl<'a> Bytes<'a> {
     fn new(bytes: &'a [u8], what: &'static str) -> Result<Self, StoreError> {
         let mut r = Self { bytes, what };
         if r.take(1)?[0] != VERSION {
@@ -71,7 +72,7 @@ pub fn encode_record(record: &SealedRecord) -> Vec<u8> {
 }
 
 pub fn decode_record(bytes: &[u8]) -> Result<SealedRecord, StoreError> {
-    let mut r = Reader::new(bytes, "share record")?;
+    let mut r = Bytes::new(bytes, "share record")?;
     let created_at_ms = r.u64()?;
     let pair_len = usize::from(r.u16()?);
     let pair = r.str(pair_len)?;
@@ -84,7 +85,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<SealedRecord, StoreError> {
 
 /// The pair id of an encoded share record, without copying its envelope.
 pub fn record_pair_id(bytes: &[u8]) -> Result<Option<&str>, StoreError> {
-    let mut r = Reader::new(bytes, "share record")?;
+    let mut r = Bytes::new(bytes, "share record")?;
     r.u64()?;
     let pair_len = usize::from(r.u16()?);
     let pair = r.str(pair_len)?;
@@ -102,7 +103,7 @@ pub fn encode_pair(pair: &PairRecord) -> Vec<u8> {
 }
 
 pub fn decode_pair(id: &str, bytes: &[u8]) -> Result<PairRecord, StoreError> {
-    let mut r = Reader::new(bytes, "share pair record")?;
+    let mut r = Bytes::new(bytes, "share pair record")?;
     let status = PairStatus::from_u8(r.u8()?).ok_or(StoreError::Corrupt("share pair record"))?;
     let created_at_ms = r.u64()?;
     let updated_at_ms = r.u64()?;
@@ -128,8 +129,8 @@ pub fn encode_token(role: Role, created_at_ms: u64, hash: &[u8; 32]) -> Vec<u8> 
     out
 }
 
-pub fn decode_token(name: &str, bytes: &[u8]) -> Result<crate::store::TokenRecord, StoreError> {
-    let mut r = Reader::new(bytes, "token record")?;
+pub fn decode_token(name: &str, bytes: &[u8]) -> Result<TokenRecord, StoreError> {
+    let mut r = Bytes::new(bytes, "token record")?;
     let role = Role::from_u8(r.u8()?).ok_or(StoreError::Corrupt("token record"))?;
     let created_at_ms = r.u64()?;
     let mut hash = [0u8; 32];
@@ -137,7 +138,7 @@ pub fn decode_token(name: &str, bytes: &[u8]) -> Result<crate::store::TokenRecor
     if !r.rest().is_empty() {
         return Err(StoreError::Corrupt("token record"));
     }
-    Ok(crate::store::TokenRecord {
+    Ok(TokenRecord {
         name: name.to_owned(),
         role,
         hash,

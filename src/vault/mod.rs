@@ -4,18 +4,21 @@
 //! and drives the store. The gRPC services (and any other front end) only translate
 //! messages to and from these calls.
 
+pub mod codec;
+pub mod records;
+pub mod rules;
+
+pub use records::{Counts, MethodRecord, PairRecord, SealedRecord, SealedRow, TokenRecord};
+pub use rules::{Rewrap, WriteOp, WriteOutcome};
+
 use crate::audit::{AuditEntry, AuditEvent, ChainReport};
 use crate::auth::{self, Principal, Role, WebhookSecrets};
 use crate::crypto::{CryptoError, KeyId, MasterKey, RecordAad};
 use crate::error::{Field, VaultError};
 use crate::pairs::PairStatus;
 use crate::placement::ReadPlacement;
-use crate::snapshot::{self, TableId};
-use crate::store::redb::{CLIENT_TABLE, CUSTODIAN_TABLE};
-use crate::store::{
-    Counts, ExportItem, MethodRecord, PairRecord, Rewrap, SealedRecord, Store, StoreError,
-    TokenRecord, WriteOp, WriteOutcome,
-};
+use crate::snapshot;
+use crate::store::{ExportItem, Reader, Store, StoreError, TableId};
 use crate::validate::{self, Limits, UNKNOWN_METHOD, split_curve};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -55,6 +58,8 @@ pub enum OpenError {
          (sharevault restore)"
     )]
     Store(StoreError),
+    #[error("cannot record the master key check in the database: {0}")]
+    Write(VaultError),
 }
 
 /// Everything about a credential check that the vault needs.
@@ -137,8 +142,9 @@ impl<'a> Pages<'a> {
         }
     }
 
-    fn next(&mut self) -> Result<Option<Vec<crate::store::SealedRow>>, StoreError> {
-        let page = self.store.sealed_records(
+    fn next(&mut self) -> Result<Option<Vec<SealedRow>>, StoreError> {
+        let page = records::sealed_records(
+            &*self.store.read()?,
             self.table,
             self.after.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
             self.size,
@@ -271,8 +277,14 @@ impl Vault {
         limits: Limits,
         credentials: Credentials,
     ) -> Result<Self, OpenError> {
-        let target = store.meta(REKEY_TARGET).map_err(OpenError::Store)?;
-        match store.meta(KEY_CHECK).map_err(OpenError::Store)? {
+        let (target, check) = {
+            let r = store.read().map_err(OpenError::Store)?;
+            (
+                records::meta(&*r, REKEY_TARGET).map_err(OpenError::Store)?,
+                records::meta(&*r, KEY_CHECK).map_err(OpenError::Store)?,
+            )
+        };
+        match check {
             Some(check) => match check_opens(&key, &KEY_CHECK_AAD, &check) {
                 Ok(()) => {
                     if let Some(target) = &target {
@@ -310,16 +322,16 @@ impl Vault {
                 let check = key
                     .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT)
                     .map_err(OpenError::KeyCheck)?;
-                store
-                    .write(
-                        WriteOp::Meta {
-                            set: vec![(KEY_CHECK.into(), check)],
-                            remove: Vec::new(),
-                        },
-                        None,
-                    )
-                    .await
-                    .map_err(OpenError::Store)?;
+                rules::write(
+                    store.as_ref(),
+                    WriteOp::Meta {
+                        set: vec![(KEY_CHECK.into(), check)],
+                        remove: Vec::new(),
+                    },
+                    None,
+                )
+                .await
+                .map_err(OpenError::Write)?;
             }
         }
         Ok(Self {
@@ -343,6 +355,15 @@ impl Vault {
     pub fn with_deferred_read_audit(mut self, deferred: bool) -> Self {
         self.deferred_read_audit = deferred;
         self
+    }
+
+    /// Applies `op` durably, with its audit event.
+    async fn write(
+        &self,
+        op: WriteOp,
+        audit: Option<AuditEntry>,
+    ) -> Result<WriteOutcome, VaultError> {
+        rules::write(self.store.as_ref(), op, audit).await
     }
 
     fn primary(&self) -> Arc<MasterKey> {
@@ -445,7 +466,7 @@ impl Vault {
                 role: Role::Admin,
             }
         } else {
-            match self.store.token_by_hash(&hash)? {
+            match records::token_by_hash(&*self.store.read()?, &hash)? {
                 Some(record) => Principal {
                     name: record.name,
                     role: record.role,
@@ -497,7 +518,7 @@ impl Vault {
             }),
         };
         let aad = RecordAad {
-            table: CUSTODIAN_TABLE,
+            table: TableId::Custodian.name(),
             client_id: input.client_id,
             backup_method: method,
         };
@@ -507,7 +528,7 @@ impl Vault {
             .map_err(crypto_failure)?;
         self.warm_for_write(TableId::Custodian, input.client_id, method)
             .await;
-        self.store
+        self
             .write(
                 WriteOp::PutCustodianShare {
                     client_id: input.client_id.to_owned(),
@@ -563,7 +584,7 @@ impl Vault {
             Ok(_) => "ok".to_owned(),
             Err(err) => err.outcome().to_owned(),
         });
-        self.store
+        self
             .write(
                 WriteOp::AuditOnly {
                     deferred: self.deferred_read_audit,
@@ -583,7 +604,7 @@ impl Vault {
         validate::client_id(client_id)?;
         let id = client_id.to_owned();
         let read = self
-            .read_store(move |store| store.custodian_shares(&id))
+            .read_store(move |store| records::shares(store, TableId::Custodian, &id))
             .await
             .and_then(|rows| self.open_custodian_shares(client_id, &rows));
         self.audited(read, entry(actor, "fetch", client_id, ""))
@@ -604,11 +625,10 @@ impl Vault {
         let (id, method) = (client_id.to_owned(), method.to_owned());
         let _ = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let _ = match table {
-                TableId::Custodian => store.custodian_share(&id, &method),
-                _ => store.client_share(&id, &method),
-            };
-            let _ = store.pairs(&id);
+            if let Ok(r) = store.read() {
+                let _ = records::share(&*r, table, &id, &method);
+                let _ = records::pairs(&*r, &id);
+            }
             placement.observe(started.elapsed());
         })
         .await;
@@ -621,13 +641,13 @@ impl Vault {
     /// depth, not one read per runtime worker).
     async fn read_store<T: Send + 'static>(
         &self,
-        read: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+        read: impl FnOnce(&dyn Reader) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, VaultError> {
         let store = Arc::clone(&self.store);
         let placement = Arc::clone(&self.placement);
         let timed = move || {
             let started = Instant::now();
-            let result = read(store.as_ref());
+            let result = store.read().and_then(|r| read(&*r));
             placement.observe(started.elapsed());
             result
         };
@@ -655,7 +675,7 @@ impl Vault {
             .map(|m| {
                 Ok(FetchedShare {
                     share: self.open_record(
-                        CUSTODIAN_TABLE,
+                        TableId::Custodian.name(),
                         client_id,
                         &m.backup_method,
                         &m.record,
@@ -677,7 +697,7 @@ impl Vault {
         let method = validate::backup_method(backup_method)?;
         let (id, wanted) = (client_id.to_owned(), method.to_owned());
         let read = self
-            .read_store(move |store| store.custodian_share(&id, &wanted))
+            .read_store(move |store| records::share(store, TableId::Custodian, &id, &wanted))
             .await
             .and_then(|record| {
                 record.ok_or_else(|| {
@@ -686,7 +706,7 @@ impl Vault {
                     )
                 })
             })
-            .and_then(|record| self.open_record(CUSTODIAN_TABLE, client_id, method, &record));
+            .and_then(|record| self.open_record(TableId::Custodian.name(), client_id, method, &record));
         self.audited(read, entry(actor, "get_custodian_share", client_id, method))
             .await
     }
@@ -709,7 +729,7 @@ impl Vault {
             self.limits.max_cipher_text_bytes,
         )?;
         let aad = RecordAad {
-            table: CLIENT_TABLE,
+            table: TableId::Client.name(),
             client_id,
             backup_method: method,
         };
@@ -720,7 +740,6 @@ impl Vault {
         self.warm_for_write(TableId::Client, client_id, method)
             .await;
         let outcome = self
-            .store
             .write(
                 WriteOp::PutClientShare {
                     client_id: client_id.to_owned(),
@@ -753,9 +772,9 @@ impl Vault {
         let (id, wanted) = (client_id.to_owned(), method.to_owned());
         let read = self
             .read_store(move |store| {
-                let mut found = store.client_share(&id, &wanted)?.map(|r| (false, r));
+                let mut found = records::share(store, TableId::Client, &id, &wanted)?.map(|r| (false, r));
                 if found.is_none() && wanted != UNKNOWN_METHOD {
-                    found = store.client_share(&id, UNKNOWN_METHOD)?.map(|r| (true, r));
+                    found = records::share(store, TableId::Client, &id, UNKNOWN_METHOD)?.map(|r| (true, r));
                 }
                 Ok(found)
             })
@@ -778,7 +797,7 @@ impl Vault {
         })?;
         Ok(ClientShare {
             backup_method: method.to_owned(),
-            cipher_text: self.open_record(CLIENT_TABLE, client_id, method, &record)?,
+            cipher_text: self.open_record(TableId::Client.name(), client_id, method, &record)?,
             created_at_ms: record.created_at_ms,
         })
     }
@@ -793,7 +812,6 @@ impl Vault {
         validate::client_id(client_id)?;
         let method = validate::backup_method(backup_method)?;
         let outcome = self
-            .store
             .write(
                 WriteOp::DeleteClientShare {
                     client_id: client_id.to_owned(),
@@ -815,9 +833,9 @@ impl Vault {
         let (pairs, client_shares, custodian_shares) = self
             .read_store(move |store| {
                 Ok((
-                    store.pairs(&id)?,
-                    store.client_shares(&id)?,
-                    store.custodian_shares(&id)?,
+                    records::pairs(store, &id)?,
+                    records::shares(store, TableId::Client, &id)?,
+                    records::shares(store, TableId::Custodian, &id)?,
                 ))
             })
             .await?;
@@ -869,7 +887,7 @@ impl Vault {
     pub async fn list_pairs(&self, client_id: &str) -> Result<Vec<PairRecord>, VaultError> {
         validate::client_id(client_id)?;
         let id = client_id.to_owned();
-        self.read_store(move |store| store.pairs(&id)).await
+        self.read_store(move |store| records::pairs(store, &id)).await
     }
 
     /// Moves pairs to `status`, all or none.
@@ -896,7 +914,7 @@ impl Vault {
         for id in ids {
             validate::pair_id(Field::BackupSharePairIds, id)?;
         }
-        self.store
+        self
             .write(
                 WriteOp::UpdatePairs {
                     client_id: client_id.to_owned(),
@@ -918,7 +936,6 @@ impl Vault {
     ) -> Result<(u64, u64, u64), VaultError> {
         validate::client_id(client_id)?;
         match self
-            .store
             .write(
                 WriteOp::DeleteClient {
                     client_id: client_id.to_owned(),
@@ -953,7 +970,7 @@ impl Vault {
             ));
         }
         let token = auth::generate_token().map_err(crypto_failure)?;
-        self.store
+        self
             .write(
                 WriteOp::CreateToken(TokenRecord {
                     name: name.to_owned(),
@@ -973,12 +990,12 @@ impl Vault {
     }
 
     pub fn list_tokens(&self) -> Result<Vec<TokenRecord>, VaultError> {
-        Ok(self.store.tokens()?)
+        Ok(records::tokens(&*self.store.read()?)?)
     }
 
     pub async fn revoke_token(&self, name: &str, actor: &str) -> Result<(), VaultError> {
         validate::token_name(name)?;
-        self.store
+        self
             .write(
                 WriteOp::RevokeToken {
                     name: name.to_owned(),
@@ -990,19 +1007,19 @@ impl Vault {
     }
 
     /// Audit events after `after` that match `filter`, a step at a time: see
-    /// [`Store::find_audit_events`].
+    /// [`crate::audit::find`].
     pub fn audit_events(
         &self,
         after: u64,
         limit: usize,
         filter: impl Fn(&AuditEvent) -> bool,
     ) -> Result<(Vec<AuditEvent>, u64), VaultError> {
-        Ok(self.store.find_audit_events(after, limit, &filter)?)
+        Ok(crate::audit::find(self.store.as_ref(), after, limit, &filter)?)
     }
 
     /// Checks the whole audit chain up to its current head.
     pub fn verify_audit(&self) -> Result<ChainReport, VaultError> {
-        Ok(self.store.verify_audit()?)
+        Ok(crate::audit::verify_trail(self.store.as_ref())?)
     }
 
     // ---- keys, verification and snapshots ----
@@ -1024,7 +1041,7 @@ impl Vault {
         let target = new
             .seal(&REKEY_TARGET_AAD, KEY_CHECK_PLAINTEXT)
             .map_err(crypto_failure)?;
-        self.store
+        self
             .write(
                 WriteOp::Meta {
                     set: vec![(REKEY_TARGET.into(), target)],
@@ -1041,7 +1058,7 @@ impl Vault {
                 keys.older.push(old);
             }
         }
-        let counts = self.store.counts()?;
+        let counts = records::counts(&*self.store.read()?)?;
         let total = counts.custodian_shares + counts.client_shares;
         // Sweep until a sweep finds nothing under another key: a write sealed just before the
         // switch may land after its page was re-wrapped, and the next sweep catches it.
@@ -1059,7 +1076,7 @@ impl Vault {
         let check = new
             .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT)
             .map_err(crypto_failure)?;
-        self.store
+        self
             .write(
                 WriteOp::Meta {
                     set: vec![(KEY_CHECK.into(), check)],
@@ -1082,8 +1099,8 @@ impl Vault {
     ) -> Result<u64, VaultError> {
         let (mut done, mut stale) = (0u64, 0u64);
         for (table, name) in [
-            (TableId::Custodian, CUSTODIAN_TABLE),
-            (TableId::Client, CLIENT_TABLE),
+            (TableId::Custodian, TableId::Custodian.name()),
+            (TableId::Client, TableId::Client.name()),
         ] {
             let mut pages = Pages::new(self.store.as_ref(), table, 512);
             while let Some(page) = pages.next()? {
@@ -1121,7 +1138,7 @@ impl Vault {
                 }
                 stale += batch.len() as u64;
                 if !batch.is_empty() {
-                    self.store.write(WriteOp::Rewrap(batch), None).await?;
+                    self.write(WriteOp::Rewrap(batch), None).await?;
                 }
                 if report {
                     progress(done.min(total), total);
@@ -1135,8 +1152,8 @@ impl Vault {
     pub fn verify_records(&self) -> Result<VerifyReport, VaultError> {
         let mut report = VerifyReport::default();
         for (table, name) in [
-            (TableId::Custodian, CUSTODIAN_TABLE),
-            (TableId::Client, CLIENT_TABLE),
+            (TableId::Custodian, TableId::Custodian.name()),
+            (TableId::Client, TableId::Client.name()),
         ] {
             let mut pages = Pages::new(self.store.as_ref(), table, 1024);
             while let Some(page) = pages.next()? {
@@ -1196,7 +1213,11 @@ impl Vault {
                 emit(&header.encode(), &mut buf, &mut sum)
             }
             ExportItem::Record(table, key, value) => {
-                emit(&snapshot::record(table, key, value), &mut buf, &mut sum)
+                emit(
+                    &snapshot::record(table, &snapshot::encode_key(key), value),
+                    &mut buf,
+                    &mut sum,
+                )
             }
         })?;
         emit(&snapshot::end(), &mut buf, &mut sum)?;
@@ -1207,7 +1228,7 @@ impl Vault {
 
     /// Records an administrative action in the audit trail.
     pub async fn record_admin(&self, actor: &str, action: &'static str) -> Result<(), VaultError> {
-        self.store
+        self
             .write(
                 WriteOp::AuditOnly { deferred: false },
                 Some(entry(actor, action, "", "")),
@@ -1218,7 +1239,7 @@ impl Vault {
 
     pub fn status(&self) -> Result<VaultStatus, VaultError> {
         Ok(VaultStatus {
-            counts: self.store.counts()?,
+            counts: records::counts(&*self.store.read()?)?,
             database_bytes: self.store.size_bytes(),
             key_id: self.key_id(),
             uptime_secs: self.started.elapsed().as_secs(),

@@ -1,0 +1,214 @@
+//! The vault's records and how they are read from any store.
+//!
+//! Values are encoded by [`super::codec`]; keys follow [`TableId::key_kind`].
+
+use super::codec;
+use crate::auth::Role;
+use crate::pairs::PairStatus;
+use crate::store::{Key, Range, Reader, StoreError, TableId};
+
+/// A sealed share or cipherText with the little metadata kept beside it in clear.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedRecord {
+    pub created_at_ms: u64,
+    /// The backup share pair a custodian share belongs to (none for client shares).
+    pub pair_id: Option<String>,
+    /// The envelope from [`crate::crypto::MasterKey::seal`].
+    pub envelope: Vec<u8>,
+}
+
+impl std::fmt::Debug for SealedRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedRecord")
+            .field("created_at_ms", &self.created_at_ms)
+            .field("pair_id", &self.pair_id)
+            .field("envelope_len", &self.envelope.len())
+            .finish()
+    }
+}
+
+/// A record together with the backup method it is stored under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MethodRecord {
+    pub backup_method: String,
+    pub record: SealedRecord,
+}
+
+/// One backup share pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairRecord {
+    pub id: String,
+    /// The full `METHOD-CURVE` key of its custodian share.
+    pub backup_method: String,
+    pub status: PairStatus,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+/// An API token, known only by the SHA-256 hash of its secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub name: String,
+    pub role: Role,
+    pub hash: [u8; 32],
+    pub created_at_ms: u64,
+}
+
+impl std::fmt::Debug for TokenRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRecord")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Numbers of records per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub custodian_shares: u64,
+    pub client_shares: u64,
+    pub backup_share_pairs: u64,
+    pub tokens: u64,
+}
+
+/// A sealed share record with its client id and backup method.
+pub type SealedRow = (String, String, SealedRecord);
+
+/// Every row of one client in a per-client table, as (second key part, value).
+pub fn client_rows(
+    r: &(impl Reader + ?Sized),
+    table: TableId,
+    client_id: &str,
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let mut rows = Vec::new();
+    r.scan(table, Range::Client(client_id), &mut |key, value| {
+        if let Key::Client(_, second) = key {
+            rows.push((second.to_owned(), value.to_vec()));
+        }
+        Ok(true)
+    })?;
+    Ok(rows)
+}
+
+/// Every share of a client in `table` (custodian or client), ordered by backup method.
+pub fn shares(
+    r: &(impl Reader + ?Sized),
+    table: TableId,
+    client_id: &str,
+) -> Result<Vec<MethodRecord>, StoreError> {
+    let mut out = Vec::new();
+    r.scan(table, Range::Client(client_id), &mut |key, value| {
+        if let Key::Client(_, method) = key {
+            out.push(MethodRecord {
+                backup_method: method.to_owned(),
+                record: codec::decode_record(value)?,
+            });
+        }
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+/// One share of a client in `table` (custodian or client).
+pub fn share(
+    r: &(impl Reader + ?Sized),
+    table: TableId,
+    client_id: &str,
+    backup_method: &str,
+) -> Result<Option<SealedRecord>, StoreError> {
+    r.get(table, Key::Client(client_id, backup_method))?
+        .map(|v| codec::decode_record(&v))
+        .transpose()
+}
+
+/// Every backup share pair of a client, ordered by id.
+pub fn pairs(r: &(impl Reader + ?Sized), client_id: &str) -> Result<Vec<PairRecord>, StoreError> {
+    client_rows(r, TableId::Pairs, client_id)?
+        .into_iter()
+        .map(|(id, bytes)| codec::decode_pair(&id, &bytes))
+        .collect()
+}
+
+/// One backup share pair.
+pub fn pair(
+    r: &(impl Reader + ?Sized),
+    client_id: &str,
+    id: &str,
+) -> Result<Option<PairRecord>, StoreError> {
+    r.get(TableId::Pairs, Key::Client(client_id, id))?
+        .map(|v| codec::decode_pair(id, &v))
+        .transpose()
+}
+
+/// A token by name.
+pub fn token(r: &(impl Reader + ?Sized), name: &str) -> Result<Option<TokenRecord>, StoreError> {
+    r.get(TableId::Tokens, Key::Name(name))?
+        .map(|v| codec::decode_token(name, &v))
+        .transpose()
+}
+
+/// The token whose secret hashes to `hash`.
+pub fn token_by_hash(
+    r: &(impl Reader + ?Sized),
+    hash: &[u8; 32],
+) -> Result<Option<TokenRecord>, StoreError> {
+    let Some(name) = r.get(TableId::TokenHashes, Key::Bytes(hash))? else {
+        return Ok(None);
+    };
+    let name = std::str::from_utf8(&name).map_err(|_| StoreError::Corrupt("token hash"))?;
+    token(r, name)
+}
+
+/// Every token, ordered by name.
+pub fn tokens(r: &(impl Reader + ?Sized)) -> Result<Vec<TokenRecord>, StoreError> {
+    let mut out = Vec::new();
+    r.scan(TableId::Tokens, Range::After(None), &mut |key, value| {
+        if let Key::Name(name) = key {
+            out.push(codec::decode_token(name, value)?);
+        }
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+/// The number of records per table.
+pub fn counts(r: &(impl Reader + ?Sized)) -> Result<Counts, StoreError> {
+    Ok(Counts {
+        custodian_shares: r.len(TableId::Custodian)?,
+        client_shares: r.len(TableId::Client)?,
+        backup_share_pairs: r.len(TableId::Pairs)?,
+        tokens: r.len(TableId::Tokens)?,
+    })
+}
+
+/// A value of the meta table.
+pub fn meta(r: &(impl Reader + ?Sized), name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    r.get(TableId::Meta, Key::Name(name))
+}
+
+/// Up to `limit` sealed records of a share table (custodian or client) after the key `after`,
+/// in key order, as (client id, backup method, record).
+pub fn sealed_records(
+    r: &(impl Reader + ?Sized),
+    table: TableId,
+    after: Option<(&str, &str)>,
+    limit: usize,
+) -> Result<Vec<SealedRow>, StoreError> {
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    let after = after.map(|(c, m)| Key::Client(c, m));
+    r.scan(table, Range::After(after), &mut |key, value| {
+        if let Key::Client(client, method) = key {
+            out.push((
+                client.to_owned(),
+                method.to_owned(),
+                codec::decode_record(value)?,
+            ));
+        }
+        Ok(out.len() < limit)
+    })?;
+    Ok(out)
+}
