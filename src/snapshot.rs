@@ -21,8 +21,8 @@ const END: u8 = 0xFF;
 /// Largest key or value a snapshot may carry; anything larger is corruption.
 const MAX_FIELD: u32 = 8 * 1024 * 1024;
 
-pub use crate::store::{TABLES, TableId};
 use crate::store::{Key, KeyBuf, KeyKind};
+pub use crate::store::{TABLES, TableId};
 
 /// One record: its table, key and value.
 pub type Record = (TableId, Vec<u8>, Vec<u8>);

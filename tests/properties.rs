@@ -13,9 +13,9 @@ use sharevault::error::{Field, VaultError};
 use sharevault::http::{parse_object, required, text};
 use sharevault::pairs::PairStatus;
 use sharevault::snapshot::{self, Header, RecordReader, TABLES, TableId};
+use sharevault::validate;
 use sharevault::vault::codec;
 use sharevault::vault::{PairRecord, SealedRecord};
-use sharevault::validate;
 
 const CASES: u32 = 128;
 

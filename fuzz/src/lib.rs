@@ -10,8 +10,8 @@ use sharevault::audit::AuditEvent;
 use sharevault::error::Field;
 use sharevault::http::{parse_object, required, text};
 use sharevault::snapshot::{self, RecordReader};
-use sharevault::vault::codec;
 use sharevault::validate;
+use sharevault::vault::codec;
 
 /// A byte string planted in inputs that no error message may carry.
 pub const MARKER: &[u8] = b"PLANTED";

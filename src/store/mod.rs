@@ -188,8 +188,12 @@ pub type Visit<'v> = dyn FnMut(Key<'_>, &[u8]) -> Result<bool, StoreError> + 'v;
 pub trait Reader {
     fn get(&self, table: TableId, key: Key<'_>) -> Result<Option<Vec<u8>>, StoreError>;
     /// Visits the rows of `range` in key order until `visit` returns `false`.
-    fn scan(&self, table: TableId, range: Range<'_>, visit: &mut Visit<'_>)
-    -> Result<(), StoreError>;
+    fn scan(
+        &self,
+        table: TableId,
+        range: Range<'_>,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), StoreError>;
     /// The number of rows in a table.
     fn len(&self, table: TableId) -> Result<u64, StoreError>;
 }
@@ -309,5 +313,8 @@ pub trait Store: Send + Sync + 'static {
 
 /// The wrong kind of key for a table: a bug in the caller, reported as a backend failure.
 pub fn wrong_key(table: TableId) -> StoreError {
-    StoreError::Backend(format!("a key of the wrong kind for table {}", table.name()))
+    StoreError::Backend(format!(
+        "a key of the wrong kind for table {}",
+        table.name()
+    ))
 }

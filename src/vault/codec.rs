@@ -7,9 +7,9 @@
 //! Integers are big-endian; strings are UTF-8.
 
 use super::records::{PairRecord, SealedRecord, TokenRecord};
-use crate::store::StoreError;
 use crate::auth::Role;
 use crate::pairs::PairStatus;
+use crate::store::StoreError;
 
 const VERSION: u8 = 1;
 

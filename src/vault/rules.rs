@@ -10,9 +10,7 @@ use super::records::{self, PairRecord, SealedRecord, TokenRecord};
 use crate::audit::{self, AuditEntry};
 use crate::error::VaultError;
 use crate::pairs::PairStatus;
-use crate::store::{
-    Key, Staged, Store, StoreError, TableId, WriteClass, WriteJob, Writer,
-};
+use crate::store::{Key, Staged, Store, StoreError, TableId, WriteClass, WriteJob, Writer};
 use crate::validate::{MAX_METHODS_PER_CLIENT, split_curve};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -50,9 +48,13 @@ pub enum WriteOp {
         now_ms: u64,
     },
     /// Erases every record of a client.
-    DeleteClient { client_id: String },
+    DeleteClient {
+        client_id: String,
+    },
     CreateToken(TokenRecord),
-    RevokeToken { name: String },
+    RevokeToken {
+        name: String,
+    },
     /// Sets and removes values of the meta table, together.
     Meta {
         set: Vec<(String, Vec<u8>)>,
@@ -64,7 +66,9 @@ pub enum WriteOp {
     /// Changes nothing but the audit trail: the entry of a read of share material. With
     /// `deferred`, it may become durable up to [`crate::store::DEFERRED_FLUSH`] after it
     /// resolves (it is visible at once); otherwise it is durable when it resolves.
-    AuditOnly { deferred: bool },
+    AuditOnly {
+        deferred: bool,
+    },
 }
 
 /// One record to re-wrap.
@@ -226,10 +230,14 @@ fn within_method_limit(
     what: &str,
 ) -> Result<(), Failure> {
     let mut held = 0;
-    w.scan(table, crate::store::Range::Client(client_id), &mut |_, _| {
-        held += 1;
-        Ok(held < MAX_METHODS_PER_CLIENT)
-    })?;
+    w.scan(
+        table,
+        crate::store::Range::Client(client_id),
+        &mut |_, _| {
+            held += 1;
+            Ok(held < MAX_METHODS_PER_CLIENT)
+        },
+    )?;
     if held < MAX_METHODS_PER_CLIENT {
         return Ok(());
     }
@@ -357,9 +365,10 @@ fn update_pairs(
 
 fn delete_client(w: &mut dyn Writer, client_id: &str) -> Applied {
     let mut counts = [0u64; 3];
-    for (count, table) in counts
-        .iter_mut()
-        .zip([TableId::Custodian, TableId::Client, TableId::Pairs])
+    for (count, table) in
+        counts
+            .iter_mut()
+            .zip([TableId::Custodian, TableId::Client, TableId::Pairs])
     {
         for (second, _) in records::client_rows(w, table, client_id)? {
             w.delete(table, Key::Client(client_id, &second))?;
@@ -391,9 +400,8 @@ fn create_token(w: &mut dyn Writer, token: &TokenRecord) -> Applied {
 }
 
 fn revoke_token(w: &mut dyn Writer, name: &str) -> Applied {
-    let token = records::token(w, name)?.ok_or_else(|| {
-        Failure::Refused(VaultError::NotFound(format!("no token named {name}")))
-    })?;
+    let token = records::token(w, name)?
+        .ok_or_else(|| Failure::Refused(VaultError::NotFound(format!("no token named {name}"))))?;
     w.delete(TableId::Tokens, Key::Name(name))?;
     w.delete(TableId::TokenHashes, Key::Bytes(&token.hash))?;
     Ok(WriteOutcome::Done)

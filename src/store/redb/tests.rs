@@ -1,0 +1,348 @@
+//! The redb store: group commit, failed commits, the free-space reserve, the audit trail.
+
+use super::*;
+use crate::audit::{self, AuditEntry, AuditEvent};
+use crate::error::VaultError;
+use crate::store::{Key, WriteClass};
+use crate::vault::SealedRecord;
+use crate::vault::records;
+use crate::vault::rules::{self, WriteOp};
+use redb::backends::FileBackend;
+use redb::{BackendError, StorageBackend};
+use redb::{Database, ReadableTable};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tables::AUDIT;
+
+/// A file backend whose writes fail with "no space left on device" while `fail` is set, and
+/// whose syncs take `sync_ms` longer.
+#[derive(Debug)]
+struct Flaky {
+    inner: FileBackend,
+    fail: Arc<AtomicBool>,
+    sync_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn flaky_opener(
+    path: &Path,
+    fail: &Arc<AtomicBool>,
+    sync_ms: &Arc<std::sync::atomic::AtomicU64>,
+) -> Opener {
+    let (p, f, s) = (path.to_owned(), Arc::clone(fail), Arc::clone(sync_ms));
+    Box::new(move || {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&p)
+            .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
+        let inner = FileBackend::new(file)?;
+        Database::builder().create_with_backend(Flaky {
+            inner,
+            fail: Arc::clone(&f),
+            sync_ms: Arc::clone(&s),
+        })
+    })
+}
+
+impl Flaky {
+    fn check(&self) -> std::io::Result<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            Err(std::io::Error::from_raw_os_error(28))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl StorageBackend for Flaky {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        std::thread::sleep(std::time::Duration::from_millis(
+            self.sync_ms.load(Ordering::SeqCst),
+        ));
+        self.check()?;
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.write(offset, data)
+    }
+    fn close(&self) -> std::io::Result<()> {
+        self.inner.close()
+    }
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, BackendError> {
+        self.inner.try_lock_shared_range(start, end)
+    }
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.unlock_range(start, end)
+    }
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.query_lock_range(start, end)
+    }
+}
+
+fn put(client: &str, share: &[u8]) -> (WriteOp, Option<AuditEntry>) {
+    (
+        WriteOp::PutCustodianShare {
+            client_id: client.into(),
+            backup_method: "PASSWORD-SECP256K1".into(),
+            record: SealedRecord {
+                created_at_ms: 1,
+                pair_id: Some(format!("pair-{client}")),
+                envelope: share.to_vec(),
+            },
+        },
+        Some(AuditEntry {
+            time_ms: 1,
+            actor: "webhook".into(),
+            action: "backup",
+            client_id: client.into(),
+            backup_method: "PASSWORD-SECP256K1".into(),
+            outcome: None,
+        }),
+    )
+}
+
+/// A read's audit event queued behind a write commits before it: a fetch waits for the
+/// commit under way, not for the writes queued beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_events_of_reads_commit_ahead_of_queued_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let fail = Arc::new(AtomicBool::new(false));
+    let sync_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let opener = flaky_opener(&dir.path().join("slow.redb"), &fail, &sync_ms);
+    let store = Arc::new(RedbStore::open_with(opener, None, 0).unwrap());
+    let spawn = |op: WriteOp, audit: Option<AuditEntry>| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { rules::write(store.as_ref(), op, audit).await })
+    };
+
+    // A slow disk holds the writer in its first commit while the others queue up.
+    sync_ms.store(300, Ordering::SeqCst);
+    let (op, audit) = put("first", b"A");
+    let first = spawn(op, audit);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (op, audit) = put("queued-write", b"B");
+    let write = spawn(op, audit);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let read = spawn(
+        WriteOp::AuditOnly { deferred: false },
+        Some(AuditEntry {
+            time_ms: 2,
+            actor: "webhook".into(),
+            action: "fetch",
+            client_id: "reader".into(),
+            backup_method: String::new(),
+            outcome: Some("ok".into()),
+        }),
+    );
+    for task in [first, write, read] {
+        task.await.unwrap().unwrap();
+    }
+    sync_ms.store(0, Ordering::SeqCst);
+
+    let order: Vec<String> = audit::events(&*store.read().unwrap(), 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.unwrap().client_id)
+        .collect();
+    assert_eq!(order, ["first", "reader", "queued-write"]);
+}
+
+#[tokio::test]
+async fn a_failed_commit_changes_nothing_and_writes_resume_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flaky.redb");
+    let fail = Arc::new(AtomicBool::new(false));
+    let sync_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let store = RedbStore::open_with(flaky_opener(&path, &fail, &sync_ms), None, 0).unwrap();
+    let (op, audit) = put("acked-before", b"A");
+    rules::write(&store, op, audit).await.unwrap();
+
+    fail.store(true, Ordering::SeqCst);
+    let (op, audit) = put("during-failure", b"B");
+    let err = rules::write(&store, op, audit).await.unwrap_err();
+    assert!(matches!(err, VaultError::Unavailable), "{err:?}");
+
+    fail.store(false, Ordering::SeqCst);
+    let (op, audit) = put("after-recovery", b"C");
+    rules::write(&store, op, audit).await.unwrap();
+
+    let held = |c: &str| {
+        records::share(
+            &*store.read().unwrap(),
+            TableId::Custodian,
+            c,
+            "PASSWORD-SECP256K1",
+        )
+        .unwrap()
+    };
+    assert_eq!(held("acked-before").unwrap().envelope, b"A");
+    assert!(
+        held("during-failure").is_none(),
+        "nothing of the failed write is visible"
+    );
+    assert_eq!(held("after-recovery").unwrap().envelope, b"C");
+    assert!(
+        records::pairs(&*store.read().unwrap(), "during-failure")
+            .unwrap()
+            .is_empty()
+    );
+
+    // The audit trail chains the two committed writes and nothing else.
+    let events: Vec<_> = audit::events(&*store.read().unwrap(), 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(events.len(), 2);
+    let report = audit::verify(
+        events.into_iter().map(Ok),
+        audit::head(&*store.read().unwrap()).unwrap(),
+    );
+    assert_eq!(report.problem, None);
+    store.close();
+}
+
+/// Appends the audit events of `n` reads, one after another: `reader-i` is event i + 1.
+async fn read_events(store: &RedbStore, n: u64) {
+    for i in 0..n {
+        let (_, audit) = put(&format!("reader-{i}"), b"");
+        rules::write(store, WriteOp::AuditOnly { deferred: true }, audit)
+            .await
+            .unwrap();
+    }
+}
+
+/// The chain is checked a page at a time: a trail longer than a page verifies whole, and
+/// an event edited on a later page is found and named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_chain_is_checked_across_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.redb");
+    let total = audit::PAGE as u64 * 2 + 100;
+    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
+    read_events(&store, total).await;
+    let report = audit::verify_trail(&store).unwrap();
+    assert_eq!(report.events, total);
+    assert_eq!(report.problem, None);
+    store.close();
+    drop(store);
+
+    let victim = audit::PAGE as u64 + 50;
+    {
+        let db = Database::open(&path).unwrap();
+        let write = db.begin_write().unwrap();
+        {
+            let mut table = write.open_table(AUDIT).unwrap();
+            let mut event =
+                AuditEvent::decode(table.get(victim).unwrap().unwrap().value()).unwrap();
+            event.outcome = "denied".into();
+            table.insert(victim, event.encode().as_slice()).unwrap();
+        }
+        write.commit().unwrap();
+    }
+    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
+    let report = audit::verify_trail(&store).unwrap();
+    let (at, problem) = report.problem.unwrap();
+    assert_eq!(at, victim);
+    assert!(problem.contains("edited"), "{problem}");
+    assert_eq!(report.events, victim);
+    store.close();
+}
+
+/// A filtered listing looks at a bounded number of events per step, and the steps,
+/// taken until one ends where it started, find every match in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_audit_listings_step_through_a_long_trail() {
+    use crate::audit::SCAN as AUDIT_SCAN;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("listing.redb");
+    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
+    let total = AUDIT_SCAN * 3 + 50;
+    read_events(&store, total).await;
+    let wanted = ["reader-5", "reader-700", "reader-949"];
+    let filter = |e: &AuditEvent| wanted.contains(&e.client_id.as_str());
+    let (mut after, mut found, mut steps) = (0, Vec::new(), 0);
+    loop {
+        let (events, cursor) = audit::find(&store, after, 1024, &filter).unwrap();
+        assert!(cursor - after <= AUDIT_SCAN, "a step looked at too much");
+        if events.is_empty() && cursor == after {
+            break;
+        }
+        steps += 1;
+        found.extend(events.into_iter().map(|e| e.client_id));
+        after = cursor;
+    }
+    assert_eq!(found, wanted);
+    assert_eq!(steps, total.div_ceil(AUDIT_SCAN));
+    // A limit ends a step at its last match.
+    let near = |e: &AuditEvent| e.client_id.starts_with("reader-1");
+    let (events, cursor) = audit::find(&store, 0, 2, &near).unwrap();
+    let ids: Vec<&str> = events.iter().map(|e| e.client_id.as_str()).collect();
+    assert_eq!(ids, ["reader-1", "reader-10"]);
+    assert_eq!(cursor, 11);
+    store.close();
+}
+
+#[tokio::test]
+async fn writes_are_refused_below_the_free_space_reserve_and_reads_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reserve.redb");
+    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
+    let (op, audit) = put("kept", b"K");
+    rules::write(&store, op, audit).await.unwrap();
+    store.close();
+    drop(store);
+
+    let store = RedbStore::open(&path, u64::MAX, 1 << 20, 1 << 20).unwrap();
+    let refused = WriteJob {
+        class: WriteClass::AddsData,
+        apply: Box::new(|w| {
+            w.put(
+                TableId::Custodian,
+                Key::Client("refused", "PASSWORD-SECP256K1"),
+                b"R",
+            )
+        }),
+    };
+    let err = store.write(refused).await.unwrap_err();
+    assert!(err.to_string().contains("below the reserve"), "{err}");
+    let (op, audit) = put("also-refused", b"R");
+    assert!(matches!(
+        rules::write(&store, op, audit).await,
+        Err(VaultError::Unavailable)
+    ));
+    // Deletions still go through below the reserve.
+    let delete = WriteOp::DeleteClient {
+        client_id: "kept".into(),
+    };
+    rules::write(&store, delete, None).await.unwrap();
+    let r = store.read().unwrap();
+    for client in ["kept", "refused", "also-refused"] {
+        assert!(
+            records::share(&*r, TableId::Custodian, client, "PASSWORD-SECP256K1")
+                .unwrap()
+                .is_none(),
+            "{client}"
+        );
+    }
+}

@@ -1,0 +1,112 @@
+//! Who may call: webhook secrets, the admin token and API tokens, with failed attempts
+//! counted per source and per credential.
+
+use super::{Vault, records};
+use crate::auth::{self, Principal, Role, WebhookSecrets};
+use crate::error::VaultError;
+use std::net::IpAddr;
+
+/// Everything about a credential check that the vault needs.
+pub struct Credentials {
+    pub webhook: WebhookSecrets,
+    /// SHA-256 of the admin token.
+    pub admin_token: [u8; 32],
+    /// Failed authentications, per source address and per credential.
+    pub failures: auth::FailureLimiter,
+}
+
+impl Vault {
+    /// Refuses a caller whose address or credential failed too often.
+    fn not_limited(&self, keys: &[auth::FailureKey]) -> Result<(), VaultError> {
+        self.credentials
+            .failures
+            .check(keys)
+            .map_err(|retry_after_secs| VaultError::RateLimited { retry_after_secs })
+    }
+
+    fn failed(&self, keys: &[auth::FailureKey], err: VaultError) -> VaultError {
+        self.credentials.failures.fail(keys);
+        err
+    }
+
+    /// Checks the webhook secret presented by `source`.
+    pub fn verify_webhook_secret(
+        &self,
+        presented: Option<&[u8]>,
+        source: Option<IpAddr>,
+    ) -> Result<(), VaultError> {
+        let keys: Vec<_> = source
+            .map(auth::FailureKey::Source)
+            .into_iter()
+            .chain(presented.map(auth::FailureKey::credential))
+            .collect();
+        self.not_limited(&keys)?;
+        match presented {
+            None => Err(self.failed(
+                &keys,
+                VaultError::Unauthenticated("the webhook secret is missing"),
+            )),
+            Some(secret) if self.credentials.webhook.verify(secret) => Ok(()),
+            Some(_) => Err(self.failed(
+                &keys,
+                VaultError::Unauthenticated("the webhook secret is wrong"),
+            )),
+        }
+    }
+
+    /// Authenticates an `authorization` header value presented by `source` and checks that
+    /// its role allows `needed`.
+    pub fn authorize(
+        &self,
+        authorization: Option<&str>,
+        needed: Role,
+        source: Option<IpAddr>,
+    ) -> Result<Principal, VaultError> {
+        let keys: Vec<_> = source
+            .map(auth::FailureKey::Source)
+            .into_iter()
+            .chain(authorization.map(|a| auth::FailureKey::credential(a.as_bytes())))
+            .collect();
+        self.not_limited(&keys)?;
+        let Some(header) = authorization else {
+            return Err(self.failed(
+                &keys,
+                VaultError::Unauthenticated("a bearer token is required"),
+            ));
+        };
+        let Some(token) = auth::bearer(header) else {
+            return Err(self.failed(
+                &keys,
+                VaultError::Unauthenticated("the authorization header must be `Bearer <token>`"),
+            ));
+        };
+        let hash = auth::digest(token.as_bytes());
+        let principal = if auth::digests_equal(&hash, &self.credentials.admin_token) {
+            Principal {
+                name: "admin".into(),
+                role: Role::Admin,
+            }
+        } else {
+            match records::token_by_hash(&*self.store.read()?, &hash)? {
+                Some(record) => Principal {
+                    name: record.name,
+                    role: record.role,
+                },
+                None => {
+                    return Err(
+                        self.failed(&keys, VaultError::Unauthenticated("the token is not valid"))
+                    );
+                }
+            }
+        };
+        if principal.role.allows(needed) {
+            Ok(principal)
+        } else {
+            Err(VaultError::PermissionDenied(match needed {
+                Role::Backend => "this token's role may not use the BackupService",
+                Role::Eject => "reading a custodian backup share needs a token with the eject role",
+                Role::Admin => "this call needs the admin token or a token with the admin role",
+            }))
+        }
+    }
+}

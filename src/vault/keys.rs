@@ -1,0 +1,215 @@
+//! The master key: rotation (re-wrapping every data key) and verification of every record.
+
+use super::rules::{Rewrap, WriteOp};
+use super::{
+    KEY_CHECK, KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT, REKEY_TARGET, REKEY_TARGET_AAD, Vault,
+    crypto_failure, entry, records,
+};
+use crate::crypto::{MasterKey, RecordAad};
+use crate::error::VaultError;
+use crate::store::{Store, StoreError, TableId};
+use records::{SealedRecord, SealedRow};
+use std::sync::{Arc, PoisonError};
+
+/// Every sealed record of a share table, a page at a time, in key order.
+struct Pages<'a> {
+    store: &'a dyn Store,
+    table: TableId,
+    after: Option<(String, String)>,
+    size: usize,
+}
+
+impl<'a> Pages<'a> {
+    fn new(store: &'a dyn Store, table: TableId, size: usize) -> Self {
+        Self {
+            store,
+            table,
+            after: None,
+            size,
+        }
+    }
+
+    fn next(&mut self) -> Result<Option<Vec<SealedRow>>, StoreError> {
+        let page = records::sealed_records(
+            &*self.store.read()?,
+            self.table,
+            self.after.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
+            self.size,
+        )?;
+        let Some(last) = page.last() else {
+            return Ok(None);
+        };
+        self.after = Some((last.0.clone(), last.1.clone()));
+        Ok(Some(page))
+    }
+}
+
+/// What [`Vault::verify_records`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub custodian_shares: u64,
+    pub client_shares: u64,
+    pub failed: u64,
+    /// `table/client/method: reason`, for the first 100 failures.
+    pub failures: Vec<String>,
+}
+
+impl Vault {
+    /// Re-wraps every record's data key under `new`, while serving: new writes are sealed
+    /// under `new` from the start; records are re-wrapped page by page (a record rewritten
+    /// meanwhile is left as written). Resumable: records already under `new` are skipped, and
+    /// the rotation is recorded so that an interrupted one is noticed at start. When it
+    /// finishes, the data dir's key check is sealed under `new` and the old key is no longer
+    /// needed. `progress` is told (done, total) after each page; answers the total.
+    pub async fn rekey(
+        &self,
+        new: MasterKey,
+        actor: &str,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<u64, VaultError> {
+        let _one_at_a_time = self.rekeying.lock().await;
+        let new = Arc::new(new);
+        let target = new
+            .seal(&REKEY_TARGET_AAD, KEY_CHECK_PLAINTEXT)
+            .map_err(crypto_failure)?;
+        self.write(
+            WriteOp::Meta {
+                set: vec![(REKEY_TARGET.into(), target)],
+                remove: Vec::new(),
+            },
+            Some(entry(actor, "rekey_start", "", &new.id().to_string())),
+        )
+        .await?;
+        {
+            let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+            if keys.primary.id() != new.id() {
+                let old = std::mem::replace(&mut keys.primary, Arc::clone(&new));
+                keys.older.retain(|k| k.id() != new.id());
+                keys.older.push(old);
+            }
+        }
+        let counts = records::counts(&*self.store.read()?)?;
+        let total = counts.custodian_shares + counts.client_shares;
+        // Sweep until a sweep finds nothing under another key: a write sealed just before the
+        // switch may land after its page was re-wrapped, and the next sweep catches it.
+        for sweep in 0.. {
+            let stale = self
+                .rewrap_sweep(&new, sweep == 0, total, &mut progress)
+                .await?;
+            if stale == 0 {
+                break;
+            }
+            if sweep == 8 {
+                return Err(VaultError::Unavailable);
+            }
+        }
+        let check = new
+            .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT)
+            .map_err(crypto_failure)?;
+        self.write(
+            WriteOp::Meta {
+                set: vec![(KEY_CHECK.into(), check)],
+                remove: vec![REKEY_TARGET.into()],
+            },
+            Some(entry(actor, "rekey_finish", "", &new.id().to_string())),
+        )
+        .await?;
+        progress(total, total);
+        Ok(total)
+    }
+
+    /// Re-wraps every record not yet under `new`; answers how many it found.
+    async fn rewrap_sweep(
+        &self,
+        new: &MasterKey,
+        report: bool,
+        total: u64,
+        progress: &mut impl FnMut(u64, u64),
+    ) -> Result<u64, VaultError> {
+        let (mut done, mut stale) = (0u64, 0u64);
+        for (table, name) in [
+            (TableId::Custodian, TableId::Custodian.name()),
+            (TableId::Client, TableId::Client.name()),
+        ] {
+            let mut pages = Pages::new(self.store.as_ref(), table, 512);
+            while let Some(page) = pages.next()? {
+                done += page.len() as u64;
+                let mut batch = Vec::new();
+                for (client_id, backup_method, record) in page {
+                    let current = MasterKey::envelope_key_id(&record.envelope)
+                        .map_err(|_| VaultError::Corrupt)?;
+                    if current == new.id() {
+                        continue;
+                    }
+                    let aad = RecordAad {
+                        table: name,
+                        client_id: &client_id,
+                        backup_method: &backup_method,
+                    };
+                    let envelope = self
+                        .key_for(&record.envelope)
+                        .and_then(|old| old.rewrap(&aad, &record.envelope, new))
+                        .map_err(|err| {
+                            tracing::error!(table = name, client = %client_id, %backup_method, error = %err, "cannot re-wrap a record");
+                            crypto_failure(err)
+                        })?;
+                    let replacement = SealedRecord {
+                        envelope,
+                        ..record.clone()
+                    };
+                    batch.push(Rewrap {
+                        table,
+                        client_id,
+                        backup_method,
+                        expected: record,
+                        replacement,
+                    });
+                }
+                stale += batch.len() as u64;
+                if !batch.is_empty() {
+                    self.write(WriteOp::Rewrap(batch), None).await?;
+                }
+                if report {
+                    progress(done.min(total), total);
+                }
+            }
+        }
+        Ok(stale)
+    }
+
+    /// Opens every share and cipherText; answers the counts per table and what failed.
+    pub fn verify_records(&self) -> Result<VerifyReport, VaultError> {
+        let mut report = VerifyReport::default();
+        for (table, name) in [
+            (TableId::Custodian, TableId::Custodian.name()),
+            (TableId::Client, TableId::Client.name()),
+        ] {
+            let mut pages = Pages::new(self.store.as_ref(), table, 1024);
+            while let Some(page) = pages.next()? {
+                for (client_id, backup_method, record) in page {
+                    let aad = RecordAad {
+                        table: name,
+                        client_id: &client_id,
+                        backup_method: &backup_method,
+                    };
+                    let opened = self
+                        .key_for(&record.envelope)
+                        .and_then(|key| key.open(&aad, &record.envelope));
+                    match table {
+                        TableId::Custodian => report.custodian_shares += 1,
+                        _ => report.client_shares += 1,
+                    }
+                    if let Err(err) = opened {
+                        report.failed += 1;
+                        if report.failures.len() < 100 {
+                            report
+                                .failures
+                                .push(format!("{name}/{client_id}/{backup_method}: {err}"));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,273 @@
+//! Custodian shares (the webhook) and client shares (cipherTexts): sealed on the way in,
+//! opened on the way out, every read of share material audited before it is answered.
+
+use super::records::{self, MethodRecord, SealedRecord};
+use super::rules::{WriteOp, WriteOutcome};
+use super::{Vault, crypto_failure, entry, now_ms};
+use crate::crypto::RecordAad;
+use crate::error::{Field, VaultError};
+use crate::store::TableId;
+use crate::validate::{self, UNKNOWN_METHOD};
+use zeroize::Zeroizing;
+
+/// A custodian share as the webhook delivers it.
+pub struct BackupInput<'a> {
+    pub client_id: &'a str,
+    pub backup_method: &'a str,
+    pub share: &'a str,
+    pub backup_share_pair_id: Option<&'a str>,
+}
+
+/// A custodian share as read back.
+pub struct FetchedShare {
+    pub share: Zeroizing<String>,
+    pub stored_at_ms: u64,
+}
+
+/// A client share as read back.
+pub struct ClientShare {
+    pub backup_method: String,
+    pub cipher_text: Zeroizing<String>,
+    pub created_at_ms: u64,
+}
+
+/// The `backupSharePairId` a share's JSON carries, if any.
+fn embedded_pair_id(share: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "backupSharePairId")]
+        id: Option<String>,
+    }
+    serde_json::from_str::<Probe>(share).ok()?.id
+}
+
+impl Vault {
+    /// Stores a custodian share durably. Returns the id of the pair it started, if any.
+    pub async fn backup(
+        &self,
+        input: BackupInput<'_>,
+        actor: &str,
+    ) -> Result<Option<String>, VaultError> {
+        validate::client_id(input.client_id)?;
+        let method = validate::backup_method(input.backup_method)?;
+        validate::secret_text(Field::Share, input.share, self.limits.max_share_bytes)?;
+        let pair_id = match input.backup_share_pair_id.filter(|id| !id.is_empty()) {
+            Some(id) => {
+                validate::pair_id(Field::BackupSharePairId, id)?;
+                Some(id.to_owned())
+            }
+            None => embedded_pair_id(input.share).filter(|id| {
+                let ok = validate::pair_id(Field::BackupSharePairId, id).is_ok();
+                if !ok {
+                    tracing::warn!(
+                        client = input.client_id,
+                        "the share's backupSharePairId is not a valid id; storing the share \
+                         without a pair"
+                    );
+                }
+                ok
+            }),
+        };
+        let aad = RecordAad {
+            table: TableId::Custodian.name(),
+            client_id: input.client_id,
+            backup_method: method,
+        };
+        let envelope = self
+            .primary()
+            .seal(&aad, input.share.as_bytes())
+            .map_err(crypto_failure)?;
+        self.warm_for_write(TableId::Custodian, input.client_id, method)
+            .await;
+        self.write(
+            WriteOp::PutCustodianShare {
+                client_id: input.client_id.to_owned(),
+                backup_method: method.to_owned(),
+                record: SealedRecord {
+                    created_at_ms: now_ms(),
+                    pair_id: pair_id.clone(),
+                    envelope,
+                },
+            },
+            Some(entry(actor, "backup", input.client_id, method)),
+        )
+        .await?;
+        Ok(pair_id)
+    }
+
+    /// Every custodian share of a client, byte for byte, ordered by backup method.
+    pub async fn fetch(
+        &self,
+        client_id: &str,
+        actor: &str,
+    ) -> Result<Vec<FetchedShare>, VaultError> {
+        validate::client_id(client_id)?;
+        let id = client_id.to_owned();
+        let read = self
+            .read_store(move |store| records::shares(store, TableId::Custodian, &id))
+            .await
+            .and_then(|rows| self.open_custodian_shares(client_id, &rows));
+        self.audited(read, entry(actor, "fetch", client_id, ""))
+            .await
+    }
+
+    fn open_custodian_shares(
+        &self,
+        client_id: &str,
+        rows: &[MethodRecord],
+    ) -> Result<Vec<FetchedShare>, VaultError> {
+        rows.iter()
+            .map(|m| {
+                Ok(FetchedShare {
+                    share: self.open_record(
+                        TableId::Custodian.name(),
+                        client_id,
+                        &m.backup_method,
+                        &m.record,
+                    )?,
+                    stored_at_ms: m.record.created_at_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// One custodian share, for eject (the caller must hold the eject role).
+    pub async fn custodian_share(
+        &self,
+        client_id: &str,
+        backup_method: &str,
+        actor: &str,
+    ) -> Result<Zeroizing<String>, VaultError> {
+        validate::client_id(client_id)?;
+        let method = validate::backup_method(backup_method)?;
+        let (id, wanted) = (client_id.to_owned(), method.to_owned());
+        let read = self
+            .read_store(move |store| records::share(store, TableId::Custodian, &id, &wanted))
+            .await
+            .and_then(|record| {
+                record.ok_or_else(|| {
+                    VaultError::NotFound(
+                        "no custodian backup share is held for this client and method".into(),
+                    )
+                })
+            })
+            .and_then(|record| {
+                self.open_record(TableId::Custodian.name(), client_id, method, &record)
+            });
+        self.audited(read, entry(actor, "get_custodian_share", client_id, method))
+            .await
+    }
+
+    /// Stores a client share durably; returns the pairs it completed.
+    pub async fn store_client_share(
+        &self,
+        client_id: &str,
+        backup_method: &str,
+        cipher_text: &str,
+        actor: &str,
+    ) -> Result<Vec<String>, VaultError> {
+        validate::client_id(client_id)?;
+        let method = validate::backup_method(backup_method)?;
+        validate::secret_text(
+            Field::CipherText,
+            cipher_text,
+            self.limits.max_cipher_text_bytes,
+        )?;
+        let aad = RecordAad {
+            table: TableId::Client.name(),
+            client_id,
+            backup_method: method,
+        };
+        let envelope = self
+            .primary()
+            .seal(&aad, cipher_text.as_bytes())
+            .map_err(crypto_failure)?;
+        self.warm_for_write(TableId::Client, client_id, method)
+            .await;
+        let outcome = self
+            .write(
+                WriteOp::PutClientShare {
+                    client_id: client_id.to_owned(),
+                    backup_method: method.to_owned(),
+                    record: SealedRecord {
+                        created_at_ms: now_ms(),
+                        pair_id: None,
+                        envelope,
+                    },
+                },
+                Some(entry(actor, "store_client_share", client_id, method)),
+            )
+            .await?;
+        Ok(match outcome {
+            WriteOutcome::PairsCompleted(ids) => ids,
+            _ => Vec::new(),
+        })
+    }
+
+    /// The client share for a method. Like Portal's example server, a share stored under the
+    /// legacy method `UNKNOWN` answers when the method itself has none.
+    pub async fn client_share(
+        &self,
+        client_id: &str,
+        backup_method: &str,
+        actor: &str,
+    ) -> Result<ClientShare, VaultError> {
+        validate::client_id(client_id)?;
+        let method = validate::backup_method(backup_method)?;
+        let (id, wanted) = (client_id.to_owned(), method.to_owned());
+        let read = self
+            .read_store(move |store| {
+                let mut found =
+                    records::share(store, TableId::Client, &id, &wanted)?.map(|r| (false, r));
+                if found.is_none() && wanted != UNKNOWN_METHOD {
+                    found = records::share(store, TableId::Client, &id, UNKNOWN_METHOD)?
+                        .map(|r| (true, r));
+                }
+                Ok(found)
+            })
+            .await
+            .and_then(|found| self.open_client_share(client_id, method, found));
+        self.audited(read, entry(actor, "get_client_share", client_id, method))
+            .await
+    }
+
+    /// Opens the client share found for `method` (or, with `true`, under the legacy method).
+    fn open_client_share(
+        &self,
+        client_id: &str,
+        method: &str,
+        found: Option<(bool, SealedRecord)>,
+    ) -> Result<ClientShare, VaultError> {
+        let found = found.map(|(legacy, r)| (if legacy { UNKNOWN_METHOD } else { method }, r));
+        let (method, record) = found.ok_or_else(|| {
+            VaultError::NotFound("no client backup share is held for this client and method".into())
+        })?;
+        Ok(ClientShare {
+            backup_method: method.to_owned(),
+            cipher_text: self.open_record(TableId::Client.name(), client_id, method, &record)?,
+            created_at_ms: record.created_at_ms,
+        })
+    }
+
+    /// Deletes a client share; answers whether there was one.
+    pub async fn delete_client_share(
+        &self,
+        client_id: &str,
+        backup_method: &str,
+        actor: &str,
+    ) -> Result<bool, VaultError> {
+        validate::client_id(client_id)?;
+        let method = validate::backup_method(backup_method)?;
+        let outcome = self
+            .write(
+                WriteOp::DeleteClientShare {
+                    client_id: client_id.to_owned(),
+                    backup_method: method.to_owned(),
+                    now_ms: now_ms(),
+                },
+                Some(entry(actor, "delete_client_share", client_id, method)),
+            )
+            .await?;
+        Ok(outcome == WriteOutcome::Deleted(true))
+    }
+}
