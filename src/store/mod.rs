@@ -32,6 +32,8 @@
 //!
 //! [`redb::RedbStore`] is the embedded default; [`journal`] is its page journal.
 
+#[cfg(test)]
+pub mod conformance;
 pub mod journal;
 pub mod redb;
 mod staged;

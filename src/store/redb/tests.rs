@@ -14,6 +14,27 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tables::AUDIT;
 
+/// Runs a conformance test of the store contract on a fresh journaled redb store.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let dir = tempfile::tempdir().unwrap();
+            let store = RedbStore::open(&dir.path().join("c.redb"), 0, 1 << 20, 1 << 20).unwrap();
+            crate::store::conformance::$name(&store).await;
+            store.close();
+        }
+    )*};
+}
+
+conformance!(
+    keys_are_ordered_and_ranges_are_exact,
+    writes_replace_delete_and_readers_are_consistent,
+    a_failed_job_changes_nothing,
+    staged_changes_are_kept_or_dropped_whole,
+    exports_visit_every_row_in_order,
+);
+
 /// A file backend whose writes fail with "no space left on device" while `fail` is set, and
 /// whose syncs take `sync_ms` longer.
 #[derive(Debug)]
