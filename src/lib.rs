@@ -29,6 +29,7 @@ pub mod crypto;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod integrity;
 pub mod metrics;
 pub mod net;
 pub mod observe;

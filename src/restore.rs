@@ -1,19 +1,28 @@
 //! Offline restore of a snapshot into a data dir.
 //!
-//! The snapshot's checksum is verified first, then every record is checked while it is
-//! written into a new database file beside the live one: shares and cipherTexts must open
-//! with the master key under their own table, client and method; pairs, tokens and audit
-//! events must decode, and the audit chain must be intact. Only when everything passed is
-//! the new file swapped in (rename, then the directory fsynced). On any failure the new file
-//! is removed and the data dir is left exactly as it was.
+//! Nothing in the data dir is touched until the snapshot is authenticated: the integrity key in
+//! its header is opened with the master key, and the HMAC over the whole file is checked. Then
+//! the data dir is locked for the whole restore (the lock a running daemon holds), and every
+//! record is checked while it is written into a new database file beside the live one: shares
+//! and cipherTexts must open with the master key under their own table, client and method;
+//! pairs, tokens and audit events must decode, every token's hash entry must name a token
+//! that carries that hash, and the audit chain must be intact. The bytes imported are
+//! authenticated again as they are read, so a file changed after the first check is refused.
+//! Only when everything passed is the new file swapped in (rename, then the directory
+//! fsynced). On any failure the new file is removed and the live vault is left exactly as it
+//! was, byte for byte.
 
 use crate::audit::{AuditEvent, ChainCheck};
 use crate::crypto::{MasterKey, RecordAad};
+use crate::integrity::{INTEGRITY_KEY, IntegrityKey};
 use crate::secrets::DATABASE_FILE;
-use crate::snapshot::{self, RecordReader, TableId};
+use crate::snapshot::{self, RecordReader, SnapshotError, TRAILER, TableId, Tee, Trailer};
+use crate::store::journal::{JournaledFile, journal_paths};
 use crate::store::{StoreError, codec, redb::RedbStore};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// What a restore wrote.
@@ -25,15 +34,35 @@ pub struct RestoreReport {
     pub audit_events: u64,
 }
 
-/// Checks one record; `chain` checks the audit events in the order they come.
+/// How a restore may proceed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RestoreOptions {
+    /// Replace a vault already in the data dir (it is kept beside, renamed).
+    pub replace: bool,
+    /// Accept a format 1 snapshot, whose plain checksum proves nothing against an attacker.
+    pub accept_unauthenticated: bool,
+}
+
+/// What the records checked so far have shown.
+#[derive(Default)]
+struct Checks {
+    chain: ChainCheck,
+    key_checked: bool,
+    /// The integrity key record, if the snapshot holds one.
+    integrity_key: Option<Vec<u8>>,
+    /// Each token's hash, by name.
+    tokens: HashMap<String, [u8; 32]>,
+    token_hashes: u64,
+}
+
+/// Checks one record.
 fn check_record(
     key: &MasterKey,
     table: TableId,
     k: &[u8],
     v: &[u8],
-    chain: &mut ChainCheck,
+    checks: &mut Checks,
     report: &mut RestoreReport,
-    key_checked: &mut bool,
 ) -> Result<(), String> {
     let bad = |what: &str| format!("{} record {what}", table.name());
     match table {
@@ -64,12 +93,22 @@ fn check_record(
         }
         TableId::Tokens => {
             let name = std::str::from_utf8(k).map_err(|_| bad("has a malformed key"))?;
-            codec::decode_token(name, v).map_err(|_| bad("is malformed"))?;
+            let token = codec::decode_token(name, v).map_err(|_| bad("is malformed"))?;
+            checks.tokens.insert(token.name, token.hash);
         }
         TableId::TokenHashes => {
-            if k.len() != 32 || std::str::from_utf8(v).is_err() {
-                return Err(bad("is malformed"));
+            let name = std::str::from_utf8(v).map_err(|_| bad("is malformed"))?;
+            // Tokens come before their hashes: each hash must be the one its token carries.
+            match checks.tokens.get(name) {
+                Some(hash) if hash.as_slice() == k => {}
+                _ => {
+                    return Err(format!(
+                        "token_hashes record for token {name:?} does not match a token with \
+                         that hash"
+                    ));
+                }
             }
+            checks.token_hashes += 1;
         }
         TableId::Meta => {
             if k == b"key_check" {
@@ -79,13 +118,15 @@ fn check_record(
                         key.id()
                     )
                 })?;
-                *key_checked = true;
+                checks.key_checked = true;
+            } else if k == INTEGRITY_KEY.as_bytes() {
+                checks.integrity_key = Some(v.to_vec());
             }
         }
         TableId::Audit => {
             let event = AuditEvent::decode(v).ok_or_else(|| bad("is malformed"))?;
-            if !chain.push(Ok(event)) {
-                let (seq, problem) = chain.problem().cloned().unwrap_or_default();
+            if !checks.chain.push(Ok(event)) {
+                let (seq, problem) = checks.chain.problem().cloned().unwrap_or_default();
                 return Err(format!(
                     "the audit chain is broken at event {seq}: {problem}"
                 ));
@@ -97,62 +138,108 @@ fn check_record(
     Ok(())
 }
 
+/// The lock a running daemon holds on its data dir (an exclusive `flock` on the database's
+/// first journal), taken without waiting. Answers the locked file and whether it was created.
+fn lock(live: &Path, data_dir: &Path) -> Result<(File, bool), String> {
+    let [journal, _] = journal_paths(live);
+    let created = !journal.exists();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&journal)
+        .map_err(|e| format!("cannot lock {}: {e}", data_dir.display()))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok((file, created)),
+        Err(err) => {
+            if created {
+                let _ = std::fs::remove_file(&journal);
+            }
+            if err == rustix::io::Errno::WOULDBLOCK {
+                Err(format!(
+                    "the vault in {} is in use: stop the daemon before restoring",
+                    data_dir.display()
+                ))
+            } else {
+                Err(format!("cannot lock {}: {err}", data_dir.display()))
+            }
+        }
+    }
+}
+
 /// Restores the snapshot at `from` into `data_dir` (which must not be in use). An existing
-/// vault there is replaced only if `replace` is set; it is kept beside as
-/// `sharevault.redb.replaced-<unix ms>`.
+/// vault there is replaced only if `options.replace` is set; it is kept beside as
+/// `sharevault.redb.replaced-<unix ms>`, with what its journals held replayed into it.
 pub fn restore(
     from: &Path,
     data_dir: &Path,
     key: &MasterKey,
-    replace: bool,
+    options: RestoreOptions,
 ) -> Result<RestoreReport, String> {
-    crate::secrets::prepare_data_dir(data_dir)?;
-    let live = data_dir.join(DATABASE_FILE);
-    if live.exists() {
-        // What the journals hold is replayed into the file before it is moved aside; a
-        // running daemon holds the journal's lock.
-        match crate::store::journal::JournaledFile::settle(&live) {
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(format!(
-                    "the vault in {} is in use: stop the daemon before restoring",
-                    data_dir.display()
-                ));
-            }
-            Err(err) => return Err(format!("cannot replay the vault's journal: {err}")),
-            Ok(()) => {}
-        }
-        match redb::Database::open(&live) {
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(format!(
-                    "the vault in {} is in use: stop the daemon before restoring",
-                    data_dir.display()
-                ));
-            }
-            _ if !replace => {
-                return Err(format!(
-                    "{} already holds a vault; pass --replace to swap it for the snapshot \
-                     (the current file is kept beside it)",
-                    data_dir.display()
-                ));
-            }
-            _ => {}
-        }
-    }
+    let refused = |message: String| format!("restore refused, nothing was changed: {message}");
     let open = || File::open(from).map_err(|e| format!("cannot open {}: {e}", from.display()));
     let len = open()?
         .metadata()
         .map_err(|e| format!("cannot read {}: {e}", from.display()))?
         .len();
-    snapshot::verify_checksum(BufReader::new(open()?), len).map_err(|e| e.to_string())?;
-    let mut reader = RecordReader::new(BufReader::new(open()?).take(len.saturating_sub(32)))
-        .map_err(|e| e.to_string())?;
+    let body = len.saturating_sub(TRAILER);
 
+    // 1. Authenticate the whole file before anything else.
+    let header = RecordReader::new(BufReader::new(open()?).take(body))
+        .map_err(|e| refused(e.to_string()))?
+        .header;
+    let integrity = match header.version {
+        1 if options.accept_unauthenticated => None,
+        1 => return Err(refused(SnapshotError::Unauthenticated.to_string())),
+        _ => Some(
+            IntegrityKey::open(key, &header.sealed_integrity_key).map_err(|e| {
+                refused(format!(
+                    "the snapshot's integrity key does not open with master key {}: {e}",
+                    key.id()
+                ))
+            })?,
+        ),
+    };
+    let trailer = || match &integrity {
+        Some(integrity) => Trailer::Mac(Box::new(integrity.snapshot_mac())),
+        None => Trailer::sha256(),
+    };
+    snapshot::verify_trailer(BufReader::new(open()?), len, trailer())
+        .map_err(|e| refused(e.to_string()))?;
+
+    // 2. Lock the data dir for the rest of the restore.
+    crate::secrets::prepare_data_dir(data_dir)?;
+    let live = data_dir.join(DATABASE_FILE);
+    let (lock, lock_created) = lock(&live, data_dir)?;
+    let [journal0, journal1] = journal_paths(&live);
+    let unlock = |lock: File| {
+        drop(lock);
+        if lock_created {
+            let _ = std::fs::remove_file(&journal0);
+        }
+    };
+    if live.exists() && !options.replace {
+        unlock(lock);
+        return Err(format!(
+            "{} already holds a vault; pass --replace to swap it for the snapshot \
+             (the current file is kept beside it)",
+            data_dir.display()
+        ));
+    }
+
+    // 3. Check every record while importing it, authenticating the same bytes again.
     let temp = data_dir.join(format!("{DATABASE_FILE}.restoring"));
     let _ = std::fs::remove_file(&temp);
     let mut report = RestoreReport::default();
-    let mut chain = ChainCheck::default();
-    let mut key_checked = false;
+    let mut checks = Checks::default();
     let mut failure: Option<String> = None;
+    let input = Tee {
+        input: BufReader::new(open()?).take(body),
+        trailer: trailer(),
+    };
+    let mut reader = RecordReader::new(input).map_err(|e| refused(e.to_string()))?;
     let mut records = std::iter::from_fn(|| {
         if failure.is_some() {
             return None;
@@ -166,15 +253,7 @@ pub fn restore(
                 }
             },
             Ok(Some((table, k, v))) => {
-                match check_record(
-                    key,
-                    table,
-                    &k,
-                    &v,
-                    &mut chain,
-                    &mut report,
-                    &mut key_checked,
-                ) {
+                match check_record(key, table, &k, &v, &mut checks, &mut report) {
                     Ok(()) => Some(Ok((table, k, v))),
                     Err(message) => {
                         failure = Some(message);
@@ -189,28 +268,77 @@ pub fn restore(
         }
     });
     let imported = RedbStore::import(&temp, &mut records);
+    drop(records);
+    let Tee { input, trailer } = reader.into_inner();
+    let mut sum = [0u8; TRAILER as usize];
+    let same_bytes = input
+        .into_inner()
+        .read_exact(&mut sum)
+        .is_ok_and(|()| trailer.matches(&sum));
     let outcome = match (imported, failure) {
         (_, Some(message)) => Err(message),
         (Err(err), None) => Err(format!("cannot write the restored database: {err}")),
-        (Ok(_), None) if !key_checked => Err("the snapshot has no key check record".into()),
+        (Ok(_), None) if !same_bytes => {
+            Err("the snapshot file changed while it was restored".into())
+        }
+        (Ok(_), None) if !checks.key_checked => Err("the snapshot has no key check record".into()),
+        (Ok(_), None) if checks.token_hashes != checks.tokens.len() as u64 => {
+            Err("a token has no token_hashes record".into())
+        }
+        (Ok(_), None)
+            if integrity.is_some()
+                && checks.integrity_key.as_deref() != Some(&header.sealed_integrity_key[..]) =>
+        {
+            Err("the snapshot's integrity key record does not match its header".into())
+        }
         (Ok(_), None) => Ok(()),
     };
     if let Err(message) = outcome {
         let _ = std::fs::remove_file(&temp);
-        return Err(format!("restore refused, nothing was changed: {message}"));
+        unlock(lock);
+        return Err(refused(message));
     }
-    if live.exists() {
-        let aside = data_dir.join(format!(
+
+    // 4. Swap the new file in. The replaced file takes its journals with it, so that what they
+    // hold is never replayed into the restored vault; the lock is held until the end.
+    let aside = live.exists().then(|| {
+        data_dir.join(format!(
             "{DATABASE_FILE}.replaced-{}",
             crate::vault::now_ms()
-        ));
-        std::fs::rename(&live, &aside)
+        ))
+    });
+    let journals_aside = aside.as_deref().map(journal_paths);
+    let move_journal = |from: &Path, to: Option<&Path>| -> Result<(), String> {
+        let moved = match to {
+            Some(to) => std::fs::rename(from, to),
+            None => std::fs::remove_file(from),
+        };
+        match moved {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(format!("cannot move the old vault's journal aside: {e}"))
+            }
+            _ => Ok(()),
+        }
+    };
+    if let Some(aside) = &aside {
+        std::fs::rename(&live, aside)
             .map_err(|e| format!("cannot move the old vault aside: {e}"))?;
     }
+    move_journal(&journal1, journals_aside.as_ref().map(|j| j[1].as_path()))?;
     std::fs::rename(&temp, &live).map_err(|e| format!("cannot swap the restored vault in: {e}"))?;
+    move_journal(&journal0, journals_aside.as_ref().map(|j| j[0].as_path()))?;
     File::open(data_dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| format!("cannot sync {}: {e}", data_dir.display()))?;
+    drop(lock);
+    // What the replaced vault's journals held goes into its file, so that it stands alone.
+    if let (Some(aside), Some(journals)) = (&aside, &journals_aside)
+        && JournaledFile::settle(aside).is_ok()
+    {
+        for journal in journals {
+            let _ = std::fs::remove_file(journal);
+        }
+    }
     Ok(report)
 }
 
@@ -218,13 +346,15 @@ pub fn restore(
 mod tests {
     use super::*;
     use crate::audit::AuditEntry;
-    use sha2::{Digest, Sha256};
 
     /// A snapshot of nothing but `events`, under `key`'s id.
     fn snapshot_of(key: &MasterKey, events: &[AuditEvent]) -> Vec<u8> {
+        let (integrity, sealed) = IntegrityKey::generate(key).unwrap();
         let header = snapshot::Header {
+            version: 2,
             created_at_ms: 1,
             key_id: key.id().to_bytes(),
+            sealed_integrity_key: sealed,
             counts: [0, 0, 0, 0, 0, 0, events.len() as u64],
         };
         let mut out = header.encode();
@@ -236,8 +366,9 @@ mod tests {
             ));
         }
         out.extend(snapshot::end());
-        let sum = Sha256::digest(&out);
-        out.extend_from_slice(&sum);
+        let mut mac = Trailer::Mac(Box::new(integrity.snapshot_mac()));
+        mac.update(&out);
+        out.extend_from_slice(&mac.finish());
         out
     }
 
@@ -262,7 +393,7 @@ mod tests {
         let file = dir.path().join("edited.snapshot");
         std::fs::write(&file, snapshot_of(&key, &events)).unwrap();
         let data_dir = dir.path().join("data");
-        let err = restore(&file, &data_dir, &key, false).unwrap_err();
+        let err = restore(&file, &data_dir, &key, RestoreOptions::default()).unwrap_err();
         assert!(
             err.contains("the audit chain is broken at event 2: its content does not match"),
             "{err}"

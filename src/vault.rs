@@ -8,6 +8,7 @@ use crate::audit::{AuditEntry, AuditEvent, ChainReport};
 use crate::auth::{self, Principal, Role, WebhookSecrets};
 use crate::crypto::{CryptoError, KeyId, MasterKey, RecordAad};
 use crate::error::{Field, VaultError};
+use crate::integrity::{INTEGRITY_KEY, IntegrityKey};
 use crate::pairs::PairStatus;
 use crate::placement::ReadPlacement;
 use crate::snapshot::{self, TableId};
@@ -49,6 +50,11 @@ pub enum OpenError {
         "the data dir's key check record is damaged ({0}); restore the data dir from a snapshot"
     )]
     KeyCheck(CryptoError),
+    #[error(
+        "the data dir's integrity key record is damaged ({0}); restore the data dir from a \
+         snapshot"
+    )]
+    IntegrityKey(CryptoError),
     #[error(
         "cannot open the database: {0}. If another sharevault runs on this data dir, stop it; if \
          the file is damaged, move the data dir aside and restore the last snapshot \
@@ -253,6 +259,8 @@ pub struct Vault {
     credentials: Credentials,
     started: Instant,
     rekeying: tokio::sync::Mutex<()>,
+    /// The key behind the snapshot and audit MACs (see [`crate::integrity`]).
+    integrity: IntegrityKey,
     /// Audit events of reads become durable up to 100 ms after the read is answered, instead
     /// of before.
     deferred_read_audit: bool,
@@ -322,12 +330,36 @@ impl Vault {
                     .map_err(OpenError::Store)?;
             }
         }
+        let keys = Keyring {
+            primary: Arc::new(key),
+            older: older.into_iter().map(Arc::new).collect(),
+        };
+        let integrity = match store.meta(INTEGRITY_KEY).map_err(OpenError::Store)? {
+            Some(sealed) => keys
+                .for_envelope(&sealed)
+                .and_then(|key| IntegrityKey::open(&key, &sealed))
+                .map_err(OpenError::IntegrityKey)?,
+            None => {
+                // A new vault, or one made by a version without an integrity key.
+                let (integrity, sealed) =
+                    IntegrityKey::generate(&keys.primary).map_err(OpenError::IntegrityKey)?;
+                store
+                    .write(
+                        WriteOp::Meta {
+                            set: vec![(INTEGRITY_KEY.into(), sealed)],
+                            remove: Vec::new(),
+                        },
+                        None,
+                    )
+                    .await
+                    .map_err(OpenError::Store)?;
+                integrity
+            }
+        };
         Ok(Self {
             store,
-            keys: RwLock::new(Keyring {
-                primary: Arc::new(key),
-                older: older.into_iter().map(Arc::new).collect(),
-            }),
+            keys: RwLock::new(keys),
+            integrity,
             limits,
             credentials,
             started: Instant::now(),
@@ -1059,10 +1091,11 @@ impl Vault {
         let check = new
             .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT)
             .map_err(crypto_failure)?;
+        let integrity = self.integrity.seal(&new).map_err(crypto_failure)?;
         self.store
             .write(
                 WriteOp::Meta {
-                    set: vec![(KEY_CHECK.into(), check)],
+                    set: vec![(KEY_CHECK.into(), check), (INTEGRITY_KEY.into(), integrity)],
                     remove: vec![REKEY_TARGET.into()],
                 },
                 Some(entry(actor, "rekey_finish", "", &new.id().to_string())),
@@ -1168,17 +1201,32 @@ impl Vault {
     }
 
     /// Writes a snapshot of the whole vault from one read transaction, in chunks handed to
-    /// `sink` (see [`crate::snapshot`] for the format).
+    /// `sink` (see [`crate::snapshot`] for the format). Refused while a master key rotation is
+    /// unfinished: its records would be under two keys.
     pub fn snapshot(
         &self,
         sink: &mut dyn FnMut(Vec<u8>) -> Result<(), StoreError>,
     ) -> Result<(), VaultError> {
         const CHUNK: usize = 256 * 1024;
+        let rotating = || {
+            VaultError::FailedPrecondition(
+                "a master key rotation is unfinished: run `sharevault rekey` to finish it, \
+                 then take the snapshot"
+                    .into(),
+            )
+        };
+        if self.store.meta(REKEY_TARGET)?.is_some() {
+            return Err(rotating());
+        }
+        let sealed = self.store.meta(INTEGRITY_KEY)?.ok_or(VaultError::Corrupt)?;
         let key_id = self.key_id().to_bytes();
-        let mut sum = snapshot::Checksummer::default();
+        let mut mac = snapshot::Trailer::Mac(Box::new(self.integrity.snapshot_mac()));
         let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
-        let mut emit = |bytes: &[u8], buf: &mut Vec<u8>, sum: &mut snapshot::Checksummer| {
-            sum.update(bytes);
+        // Set when the export shows a rotation, or an integrity key re-wrapped since `sealed`
+        // was read: the snapshot is abandoned.
+        let mut changed: Option<VaultError> = None;
+        let mut emit = |bytes: &[u8], buf: &mut Vec<u8>, mac: &mut snapshot::Trailer| {
+            mac.update(bytes);
             buf.extend_from_slice(bytes);
             if buf.len() >= CHUNK {
                 sink(std::mem::take(buf))
@@ -1186,21 +1234,40 @@ impl Vault {
                 Ok(())
             }
         };
-        self.store.export(&mut |item| match item {
+        let exported = self.store.export(&mut |item| match item {
             ExportItem::Counts(counts) => {
                 let header = snapshot::Header {
+                    version: 2,
                     created_at_ms: now_ms(),
                     key_id,
+                    sealed_integrity_key: sealed.clone(),
                     counts,
                 };
-                emit(&header.encode(), &mut buf, &mut sum)
+                emit(&header.encode(), &mut buf, &mut mac)
+            }
+            ExportItem::Record(TableId::Meta, key, value)
+                if key == REKEY_TARGET.as_bytes()
+                    || (key == INTEGRITY_KEY.as_bytes() && value != sealed.as_slice()) =>
+            {
+                changed = Some(if key == REKEY_TARGET.as_bytes() {
+                    rotating()
+                } else {
+                    VaultError::FailedPrecondition(
+                        "the master key changed while the snapshot was taken; take it again".into(),
+                    )
+                });
+                Err(StoreError::Closed)
             }
             ExportItem::Record(table, key, value) => {
-                emit(&snapshot::record(table, key, value), &mut buf, &mut sum)
+                emit(&snapshot::record(table, key, value), &mut buf, &mut mac)
             }
-        })?;
-        emit(&snapshot::end(), &mut buf, &mut sum)?;
-        buf.extend_from_slice(&sum.finish());
+        });
+        if let Some(err) = changed {
+            return Err(err);
+        }
+        exported?;
+        emit(&snapshot::end(), &mut buf, &mut mac)?;
+        buf.extend_from_slice(&mac.finish());
         sink(buf)?;
         Ok(())
     }

@@ -591,8 +591,10 @@ fn snapshot_file(created_at_ms: u64, key_id: [u8; 8], records: &[snapshot::Recor
         counts[*table as usize - 1] += 1;
     }
     let mut out = Header {
+        version: 2,
         created_at_ms,
         key_id,
+        sealed_integrity_key: vec![9; 117],
         counts,
     }
     .encode();
@@ -603,8 +605,16 @@ fn snapshot_file(created_at_ms: u64, key_id: [u8; 8], records: &[snapshot::Recor
     with_checksum(out)
 }
 
+/// The MAC of a snapshot under a fixed key.
+fn mac() -> snapshot::Trailer {
+    use hmac::Mac;
+    snapshot::Trailer::Mac(Box::new(
+        sharevault::integrity::HmacSha256::new_from_slice(b"property key").unwrap(),
+    ))
+}
+
 fn with_checksum(mut body: Vec<u8>) -> Vec<u8> {
-    let mut sum = snapshot::Checksummer::default();
+    let mut sum = mac();
     sum.update(&body);
     body.extend_from_slice(&sum.finish());
     body
@@ -630,7 +640,7 @@ proptest! {
         records in snapshot_records(),
     ) {
         let file = snapshot_file(created_at_ms, key_id, &records);
-        prop_assert_eq!(snapshot::parse(&file).unwrap(), records.clone());
+        prop_assert_eq!(snapshot::parse(&file, mac()).unwrap(), records.clone());
         let reader = RecordReader::new(&file[..file.len() - 32]).unwrap();
         prop_assert_eq!(reader.header.created_at_ms, created_at_ms);
         prop_assert_eq!(reader.header.key_id, key_id);
@@ -647,8 +657,8 @@ proptest! {
         let file = snapshot_file(1, [2; 8], &records);
         let mut flipped = file.clone();
         flipped[at.index(file.len())] ^= mask;
-        prop_assert!(snapshot::parse(&flipped).is_err());
-        prop_assert!(snapshot::parse(&file[..cut.index(file.len())]).is_err());
+        prop_assert!(snapshot::parse(&flipped, mac()).is_err());
+        prop_assert!(snapshot::parse(&file[..cut.index(file.len())], mac()).is_err());
     }
 
     /// Arbitrary bytes, and arbitrary bytes behind a valid magic and before a valid checksum
@@ -660,19 +670,19 @@ proptest! {
         at in any::<prop::sample::Index>(),
         byte in any::<u8>(),
     ) {
-        let _ = snapshot::parse(&bytes);
+        let _ = snapshot::parse(&bytes, mac());
         let _ = drain(&bytes[..]);
         let mut framed = snapshot::MAGIC.to_vec();
         framed.extend_from_slice(&bytes);
         let _ = drain(&framed[..]);
-        let _ = snapshot::parse(&with_checksum(framed));
+        let _ = snapshot::parse(&with_checksum(framed), mac());
 
         // A structural edit with a recomputed checksum: refused or parsed, never a panic.
         let file = snapshot_file(3, [4; 8], &records);
         let mut body = file[..file.len() - 32].to_vec();
         let i = at.index(body.len());
         body[i] = byte;
-        let _ = snapshot::parse(&with_checksum(body));
+        let _ = snapshot::parse(&with_checksum(body), mac());
     }
 
     #[test]

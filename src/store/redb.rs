@@ -463,9 +463,16 @@ impl Store for RedbStore {
         };
         let tokens = txn.open_table(TOKENS).map_err(backend)?;
         let value = tokens.get(name.value()).map_err(backend)?;
-        value
+        let record = value
             .map(|v| codec::decode_token(name.value(), v.value()))
-            .transpose()
+            .transpose()?;
+        // The token found must carry the hash it was found by: a hash entry planted beside
+        // another token's record grants nothing.
+        match record {
+            Some(record) if crate::auth::digests_equal(&record.hash, hash) => Ok(Some(record)),
+            Some(_) => Err(StoreError::Corrupt("token hash entry")),
+            None => Ok(None),
+        }
     }
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
