@@ -241,6 +241,126 @@ async fn restore_drill_snapshot_under_load_then_restore_elsewhere() {
     );
 }
 
+/// Every file of a directory and its bytes.
+fn dir_bytes(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `snapshot` with an admin token record (and its hash entry) added, the counts fixed, and a
+/// plain SHA-256 in place of the trailer: what someone who can write the backup storage, but
+/// does not hold the master key, can make.
+fn plant_admin_token(snapshot: &[u8], token: &str) -> Vec<u8> {
+    use sha2::Digest;
+    use sharevault::snapshot::{RecordReader, TableId};
+    let mut reader = RecordReader::new(&snapshot[..snapshot.len() - 32]).unwrap();
+    let mut records = Vec::new();
+    while let Some(record) = reader.next_record().unwrap() {
+        records.push(record);
+    }
+    let hash: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+    records.push((
+        TableId::Tokens,
+        b"mallory".to_vec(),
+        sharevault::store::codec::encode_token(sharevault::auth::Role::Admin, 1, &hash),
+    ));
+    records.push((TableId::TokenHashes, hash.to_vec(), b"mallory".to_vec()));
+    records.sort_by_key(|(table, _, _)| *table);
+    let mut header = reader.header.clone();
+    header.counts[TableId::Tokens as usize - 1] += 1;
+    header.counts[TableId::TokenHashes as usize - 1] += 1;
+    let mut out = header.encode();
+    for (table, key, value) in &records {
+        out.extend(sharevault::snapshot::record(*table, key, value));
+    }
+    out.extend(sharevault::snapshot::end());
+    let sum = sha2::Sha256::digest(&out);
+    out.extend_from_slice(&sum);
+    out
+}
+
+/// A snapshot altered by someone without the master key (an admin token planted, its checksum
+/// recomputed) is refused, and so are truncated and flipped ones; none of them changes a byte
+/// of the stopped vault it was to replace, nor leaves anything in a new data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_snapshot_is_refused_and_changes_nothing() {
+    let sandbox = Sandbox::new(52);
+    let mut daemon = sandbox.start();
+    let admin = sandbox.keys.admin_token.clone();
+    create_token(&daemon, &admin, "backend", Role::Backend as i32).await;
+    daemon
+        .webhook()
+        .await
+        .backup(with_secret(
+            backup("c1", "PASSWORD-SECP256K1", "{\"s\":1}"),
+            &sandbox.keys.webhook_secret,
+        ))
+        .await
+        .unwrap();
+    let snap = sandbox.tmp.path().join("vault.snapshot");
+    snapshot_to(&daemon, &admin, &snap).await;
+    assert!(daemon.signal("TERM").success());
+    let bytes = std::fs::read(&snap).unwrap();
+    let before = dir_bytes(&sandbox.data_dir);
+    let fresh = sandbox.tmp.path().join("fresh");
+
+    let planted = plant_admin_token(&bytes, "mallory-knows-this-token");
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 0x01;
+    for (name, damaged, expected) in [
+        ("planted", planted, "MAC does not match"),
+        ("flipped", flipped, "MAC does not match"),
+        ("truncated", bytes[..bytes.len() - 40].to_vec(), "truncated"),
+    ] {
+        let path = sandbox.tmp.path().join(name);
+        std::fs::write(&path, damaged).unwrap();
+        for (data_dir, replace) in [(&sandbox.data_dir, true), (&fresh, false)] {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sharevault"));
+            cmd.args(["restore", "--from"])
+                .arg(&path)
+                .arg("--data-dir")
+                .arg(data_dir)
+                .arg("--master-key-file")
+                .arg(&sandbox.keys.master_key_file)
+                .env_remove("SHAREVAULT_DATA_DIR");
+            if replace {
+                cmd.arg("--replace");
+            }
+            let out = cmd.output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{name} was restored");
+            assert!(stderr.contains(expected), "{name}: {stderr}");
+            assert!(stderr.contains("nothing was changed"), "{name}: {stderr}");
+        }
+        assert!(
+            dir_bytes(&sandbox.data_dir) == before,
+            "{name}: the live data dir changed"
+        );
+        assert!(!fresh.exists(), "{name}: a new data dir was made");
+    }
+
+    // The vault still serves, and the planted token is not valid there.
+    let daemon = sandbox.start();
+    let err = daemon
+        .admin()
+        .await
+        .list_tokens(with_token(
+            pb::ListTokensRequest {},
+            "mallory-knows-this-token",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rekey_while_serving_then_the_old_key_is_refused() {
     let sandbox = Sandbox::new(52);
