@@ -266,6 +266,17 @@ impl AdminService for AdminApi {
         let call = Call::new("AdminService", "Rekey");
         let result = async {
             let (vault, who) = self.authorize(&request)?;
+            // A key that crossed a network in clear is refused, so that it never seals anything.
+            let transport = request.extensions().get::<crate::net::Transport>().copied();
+            let peer = crate::net::Peer(super::source(&request));
+            if !transport.is_some_and(|t| t.may_carry_keys(peer)) {
+                return Err(VaultError::FailedPrecondition(
+                    "a rekey carries the new master key: send it over TLS or the local admin \
+                     socket, not plain TCP from another host; this key travelled in clear, \
+                     so generate another one"
+                        .into(),
+                ));
+            }
             let raw = Zeroizing::new(request.get_ref().new_master_key.clone());
             if raw.len() != crate::crypto::KEY_LEN {
                 return Err(VaultError::invalid(Field::NewMasterKey, "must be 32 bytes"));
