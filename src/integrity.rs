@@ -7,7 +7,7 @@
 //! one per use (`info` strings below), and used with HMAC-SHA256.
 
 use crate::crypto::{CryptoError, KEY_LEN, MasterKey, RecordAad};
-use hmac::{Hmac, Mac};
+use hmac::Hmac;
 use sha2::Sha256;
 use std::fmt;
 use zeroize::Zeroizing;
@@ -75,20 +75,16 @@ impl IntegrityKey {
         self.derive(SNAPSHOT_INFO)
     }
 
-    /// A fresh MAC for one audit event's chain link.
-    pub fn audit_mac(&self) -> HmacSha256 {
-        self.derive(AUDIT_INFO)
+    /// The key audit events are chained with.
+    pub fn audit_key(&self) -> crate::audit::AuditKey {
+        crate::audit::AuditKey(self.derive(AUDIT_INFO))
     }
-}
-
-/// Checks a MAC in constant time.
-pub fn mac_matches(mac: HmacSha256, expected: &[u8]) -> bool {
-    mac.verify_slice(expected).is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hmac::Mac;
 
     #[test]
     fn the_key_round_trips_and_its_uses_are_separated() {
@@ -97,7 +93,7 @@ mod tests {
         let opened = IntegrityKey::open(&master, &sealed).unwrap();
         let tag = |mac: HmacSha256| mac.chain_update(b"x").finalize().into_bytes();
         assert_eq!(tag(key.snapshot_mac()), tag(opened.snapshot_mac()));
-        assert_ne!(tag(key.snapshot_mac()), tag(key.audit_mac()));
+        assert_ne!(tag(key.snapshot_mac()), tag(key.audit_key().0));
         let other = MasterKey::from_file_contents(&[4u8; 32]).unwrap();
         assert!(IntegrityKey::open(&other, &sealed).is_err());
         assert_eq!(format!("{key:?}"), "IntegrityKey(***)");

@@ -12,7 +12,7 @@
 //! fsynced). On any failure the new file is removed and the live vault is left exactly as it
 //! was, byte for byte.
 
-use crate::audit::{AuditEvent, ChainCheck};
+use crate::audit::{Anchor, AuditEvent, ChainCheck};
 use crate::crypto::{MasterKey, RecordAad};
 use crate::integrity::{INTEGRITY_KEY, IntegrityKey};
 use crate::secrets::DATABASE_FILE;
@@ -46,8 +46,13 @@ pub struct RestoreOptions {
 /// What the records checked so far have shown.
 #[derive(Default)]
 struct Checks {
-    chain: ChainCheck,
-    key_checked: bool,
+    /// The audit chain's check, made at the first event (the meta table, with the anchor,
+    /// comes before the audit table).
+    chain: Option<ChainCheck>,
+    /// The key check's version, once seen (2: the vault has an integrity key).
+    key_check: Option<u8>,
+    /// The audit trail's anchor, if the snapshot holds one.
+    anchor: Option<Vec<u8>>,
     /// The integrity key record, if the snapshot holds one.
     integrity_key: Option<Vec<u8>>,
     /// Each token's hash, by name.
@@ -58,6 +63,7 @@ struct Checks {
 /// Checks one record.
 fn check_record(
     key: &MasterKey,
+    integrity: Option<&IntegrityKey>,
     table: TableId,
     k: &[u8],
     v: &[u8],
@@ -112,21 +118,38 @@ fn check_record(
         }
         TableId::Meta => {
             if k == b"key_check" {
-                crate::vault::verify_key_check(key, v).map_err(|e| {
+                let version = crate::vault::verify_key_check(key, v).map_err(|e| {
                     format!(
                         "the snapshot was not sealed with this master key (id {}): {e}",
                         key.id()
                     )
                 })?;
-                checks.key_checked = true;
+                checks.key_check = Some(version);
             } else if k == INTEGRITY_KEY.as_bytes() {
                 checks.integrity_key = Some(v.to_vec());
+            } else if k == Anchor::META.as_bytes() {
+                checks.anchor = Some(v.to_vec());
             }
         }
         TableId::Audit => {
             let event = AuditEvent::decode(v).ok_or_else(|| bad("is malformed"))?;
-            if !checks.chain.push(Ok(event)) {
-                let (seq, problem) = checks.chain.problem().cloned().unwrap_or_default();
+            let chain = checks.chain.get_or_insert_with(|| match integrity {
+                // A format 1 snapshot: a trail from before the audit MAC.
+                None => ChainCheck::plain(),
+                Some(integrity) => {
+                    let key = integrity.audit_key();
+                    match checks
+                        .anchor
+                        .as_deref()
+                        .and_then(|a| Anchor::decode(&key, a))
+                    {
+                        Some(keyed_from) => ChainCheck::new(Some(key), keyed_from),
+                        None => ChainCheck::failed("its anchor is missing or altered".into()),
+                    }
+                }
+            });
+            if !chain.push(Ok(event)) {
+                let (seq, problem) = chain.problem().cloned().unwrap_or_default();
                 return Err(format!(
                     "the audit chain is broken at event {seq}: {problem}"
                 ));
@@ -253,7 +276,15 @@ pub fn restore(
                 }
             },
             Ok(Some((table, k, v))) => {
-                match check_record(key, table, &k, &v, &mut checks, &mut report) {
+                match check_record(
+                    key,
+                    integrity.as_ref(),
+                    table,
+                    &k,
+                    &v,
+                    &mut checks,
+                    &mut report,
+                ) {
                     Ok(()) => Some(Ok((table, k, v))),
                     Err(message) => {
                         failure = Some(message);
@@ -281,7 +312,14 @@ pub fn restore(
         (Ok(_), None) if !same_bytes => {
             Err("the snapshot file changed while it was restored".into())
         }
-        (Ok(_), None) if !checks.key_checked => Err("the snapshot has no key check record".into()),
+        (Ok(_), None) if checks.key_check.is_none() => {
+            Err("the snapshot has no key check record".into())
+        }
+        (Ok(_), None) if integrity.is_none() && checks.key_check != Some(1) => Err(
+            "the snapshot is in format 1 but its vault has an integrity key: it was converted \
+             from an authenticated one"
+                .into(),
+        ),
         (Ok(_), None) if checks.token_hashes != checks.tokens.len() as u64 => {
             Err("a token has no token_hashes record".into())
         }
@@ -347,17 +385,26 @@ mod tests {
     use super::*;
     use crate::audit::AuditEntry;
 
-    /// A snapshot of nothing but `events`, under `key`'s id.
-    fn snapshot_of(key: &MasterKey, events: &[AuditEvent]) -> Vec<u8> {
-        let (integrity, sealed) = IntegrityKey::generate(key).unwrap();
+    /// A snapshot of nothing but `events` (keyed from the first) and their anchor, under
+    /// `key`'s id.
+    fn snapshot_of(
+        key: &MasterKey,
+        (integrity, sealed): &(IntegrityKey, Vec<u8>),
+        events: &[AuditEvent],
+    ) -> Vec<u8> {
         let header = snapshot::Header {
             version: 2,
             created_at_ms: 1,
             key_id: key.id().to_bytes(),
-            sealed_integrity_key: sealed,
-            counts: [0, 0, 0, 0, 0, 0, events.len() as u64],
+            sealed_integrity_key: sealed.clone(),
+            counts: [0, 0, 0, 0, 0, 1, events.len() as u64],
         };
         let mut out = header.encode();
+        out.extend(snapshot::record(
+            TableId::Meta,
+            Anchor::META.as_bytes(),
+            &Anchor::encode(&integrity.audit_key(), 1),
+        ));
         for e in events {
             out.extend(snapshot::record(
                 TableId::Audit,
@@ -376,6 +423,8 @@ mod tests {
     fn an_edited_audit_event_is_refused_by_its_sequence_number() {
         let dir = tempfile::tempdir().unwrap();
         let key = MasterKey::from_file_contents(&[7u8; 32]).unwrap();
+        let integrity = IntegrityKey::generate(&key).unwrap();
+        let audit_key = integrity.0.audit_key();
         let mut events: Vec<AuditEvent> = Vec::new();
         for _ in 0..3 {
             let entry = AuditEntry {
@@ -387,11 +436,11 @@ mod tests {
                 outcome: None,
             };
             let (seq, hash) = events.last().map_or((0, [0; 32]), |e| (e.seq, e.hash));
-            events.push(AuditEvent::chain(&entry, "ok", seq, hash));
+            events.push(AuditEvent::chain(&entry, "ok", seq, hash, Some(&audit_key)));
         }
         events[1].actor = "mallory".into();
         let file = dir.path().join("edited.snapshot");
-        std::fs::write(&file, snapshot_of(&key, &events)).unwrap();
+        std::fs::write(&file, snapshot_of(&key, &integrity, &events)).unwrap();
         let data_dir = dir.path().join("data");
         let err = restore(&file, &data_dir, &key, RestoreOptions::default()).unwrap_err();
         assert!(

@@ -4,7 +4,7 @@
 //! and drives the store. The gRPC services (and any other front end) only translate
 //! messages to and from these calls.
 
-use crate::audit::{AuditEntry, AuditEvent, ChainReport};
+use crate::audit::{Anchor, AuditEntry, AuditEvent, ChainCheck, ChainReport};
 use crate::auth::{self, Principal, Role, WebhookSecrets};
 use crate::crypto::{CryptoError, KeyId, MasterKey, RecordAad};
 use crate::error::{Field, VaultError};
@@ -26,6 +26,9 @@ use zeroize::Zeroizing;
 
 const KEY_CHECK: &str = "key_check";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"sharevault master key check v1";
+/// The key check of a vault that has an integrity key: its integrity key record cannot be
+/// removed (to start a new, plain audit trail) without the vault noticing.
+const KEY_CHECK_PLAINTEXT_V2: &[u8] = b"sharevault master key check v2: integrity key";
 const KEY_CHECK_AAD: RecordAad<'static> = RecordAad {
     table: "meta",
     client_id: "",
@@ -55,6 +58,11 @@ pub enum OpenError {
          snapshot"
     )]
     IntegrityKey(CryptoError),
+    #[error(
+        "the data dir's integrity key record is missing, though its key check says it has one: \
+         the database was altered; restore the data dir from a snapshot"
+    )]
+    IntegrityKeyMissing,
     #[error(
         "cannot open the database: {0}. If another sharevault runs on this data dir, stop it; if \
          the file is damaged, move the data dir aside and restore the last snapshot \
@@ -238,17 +246,23 @@ impl Keyring {
     }
 }
 
-/// Checks that `key` opens a data dir's key check record.
-pub fn verify_key_check(key: &MasterKey, check: &[u8]) -> Result<(), CryptoError> {
-    check_opens(key, &KEY_CHECK_AAD, check)
+/// Checks that `key` opens a data dir's key check record; answers its version: 2 if the vault
+/// has an integrity key, 1 if it was made before integrity keys existed.
+pub fn verify_key_check(key: &MasterKey, check: &[u8]) -> Result<u8, CryptoError> {
+    check_version(key, &KEY_CHECK_AAD, check)
 }
 
-fn check_opens(key: &MasterKey, aad: &RecordAad<'_>, check: &[u8]) -> Result<(), CryptoError> {
+fn check_version(key: &MasterKey, aad: &RecordAad<'_>, check: &[u8]) -> Result<u8, CryptoError> {
     match key.open(aad, check) {
-        Ok(plain) if plain.as_slice() == KEY_CHECK_PLAINTEXT => Ok(()),
+        Ok(plain) if plain.as_slice() == KEY_CHECK_PLAINTEXT => Ok(1),
+        Ok(plain) if plain.as_slice() == KEY_CHECK_PLAINTEXT_V2 => Ok(2),
         Ok(_) => Err(CryptoError::Tampered),
         Err(err) => Err(err),
     }
+}
+
+fn check_opens(key: &MasterKey, aad: &RecordAad<'_>, check: &[u8]) -> Result<(), CryptoError> {
+    check_version(key, aad, check).map(|_| ())
 }
 
 /// The vault.
@@ -280,6 +294,7 @@ impl Vault {
         credentials: Credentials,
     ) -> Result<Self, OpenError> {
         let target = store.meta(REKEY_TARGET).map_err(OpenError::Store)?;
+        let mut fresh = false;
         match store.meta(KEY_CHECK).map_err(OpenError::Store)? {
             Some(check) => match check_opens(&key, &KEY_CHECK_AAD, &check) {
                 Ok(()) => {
@@ -315,8 +330,9 @@ impl Vault {
                 Err(err) => return Err(OpenError::KeyCheck(err)),
             },
             None => {
+                fresh = true;
                 let check = key
-                    .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT)
+                    .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT_V2)
                     .map_err(OpenError::KeyCheck)?;
                 store
                     .write(
@@ -334,25 +350,53 @@ impl Vault {
             primary: Arc::new(key),
             older: older.into_iter().map(Arc::new).collect(),
         };
+        // The key check, under whichever known key seals it, and its version.
+        let check = store
+            .meta(KEY_CHECK)
+            .map_err(OpenError::Store)?
+            .ok_or(OpenError::KeyCheck(CryptoError::Malformed))?;
+        let check_key = keys.for_envelope(&check).map_err(OpenError::KeyCheck)?;
+        let check_version =
+            check_version(&check_key, &KEY_CHECK_AAD, &check).map_err(OpenError::KeyCheck)?;
         let integrity = match store.meta(INTEGRITY_KEY).map_err(OpenError::Store)? {
-            Some(sealed) => keys
-                .for_envelope(&sealed)
-                .and_then(|key| IntegrityKey::open(&key, &sealed))
-                .map_err(OpenError::IntegrityKey)?,
+            Some(sealed) => {
+                let integrity = keys
+                    .for_envelope(&sealed)
+                    .and_then(|key| IntegrityKey::open(&key, &sealed))
+                    .map_err(OpenError::IntegrityKey)?;
+                store.set_audit_key(integrity.audit_key());
+                integrity
+            }
+            None if check_version >= 2 && !fresh => return Err(OpenError::IntegrityKeyMissing),
             None => {
-                // A new vault, or one made by a version without an integrity key.
+                // A new vault, or one made before integrity keys existed: its audit events
+                // are keyed from the next one on, which the anchor records; the key check
+                // then says that the vault has an integrity key.
                 let (integrity, sealed) =
                     IntegrityKey::generate(&keys.primary).map_err(OpenError::IntegrityKey)?;
+                let audit_key = integrity.audit_key();
+                let next = store
+                    .audit_head()
+                    .map_err(OpenError::Store)?
+                    .map_or(1, |(seq, _)| seq + 1);
+                let check = check_key
+                    .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT_V2)
+                    .map_err(OpenError::KeyCheck)?;
                 store
                     .write(
                         WriteOp::Meta {
-                            set: vec![(INTEGRITY_KEY.into(), sealed)],
+                            set: vec![
+                                (INTEGRITY_KEY.into(), sealed),
+                                (Anchor::META.into(), Anchor::encode(&audit_key, next)),
+                                (KEY_CHECK.into(), check),
+                            ],
                             remove: Vec::new(),
                         },
                         None,
                     )
                     .await
                     .map_err(OpenError::Store)?;
+                store.set_audit_key(audit_key);
                 integrity
             }
         };
@@ -1034,7 +1078,15 @@ impl Vault {
 
     /// Checks the whole audit chain up to its current head.
     pub fn verify_audit(&self) -> Result<ChainReport, VaultError> {
-        Ok(self.store.verify_audit()?)
+        let key = self.integrity.audit_key();
+        let check = match self.store.meta(Anchor::META)? {
+            Some(anchor) => match Anchor::decode(&key, &anchor) {
+                Some(keyed_from) => ChainCheck::new(Some(key), keyed_from),
+                None => ChainCheck::failed("the audit trail's anchor was altered".into()),
+            },
+            None => ChainCheck::failed("the audit trail's anchor is missing".into()),
+        };
+        Ok(self.store.verify_audit(check)?)
     }
 
     // ---- keys, verification and snapshots ----
@@ -1089,7 +1141,7 @@ impl Vault {
             }
         }
         let check = new
-            .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT)
+            .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT_V2)
             .map_err(crypto_failure)?;
         let integrity = self.integrity.seal(&new).map_err(crypto_failure)?;
         self.store

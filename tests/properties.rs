@@ -549,18 +549,26 @@ proptest! {
                 outcome: None,
             };
             let (seq, hash) = events.last().map_or((0, [0; 32]), |e| (e.seq, e.hash));
-            events.push(AuditEvent::chain(&entry, "ok", seq, hash));
+            events.push(AuditEvent::chain(&entry, "ok", seq, hash, None));
         }
         let last = events.last().unwrap();
         let head = Some((last.seq, last.hash));
-        let intact = sharevault::audit::verify(events.iter().cloned().map(Ok), head);
+        let intact = sharevault::audit::verify(
+            sharevault::audit::ChainCheck::plain(),
+            events.iter().cloned().map(Ok),
+            head,
+        );
         prop_assert_eq!(intact.problem, None);
         prop_assert_eq!(intact.events, events.len() as u64);
 
         let at = victim.index(events.len());
         let mut edited = events.clone();
         edited[at].client_id.push('!');
-        let report = sharevault::audit::verify(edited.into_iter().map(Ok), head);
+        let report = sharevault::audit::verify(
+            sharevault::audit::ChainCheck::plain(),
+            edited.into_iter().map(Ok),
+            head,
+        );
         prop_assert_eq!(report.problem.map(|p| p.0), Some(at as u64 + 1));
     }
 }

@@ -26,7 +26,7 @@ pub mod codec;
 pub mod journal;
 pub mod redb;
 
-use crate::audit::{AuditEntry, AuditEvent, ChainCheck, ChainReport};
+use crate::audit::{AuditEntry, AuditEvent, AuditKey, ChainCheck, ChainReport};
 use crate::auth::Role;
 use crate::error::VaultError;
 use crate::pairs::PairStatus;
@@ -259,6 +259,9 @@ pub trait Store: Send + Sync + 'static {
     /// Applies one write atomically, with its audit entry if given; resolves after it is
     /// durable.
     fn write(&self, op: WriteOp, audit: Option<AuditEntry>) -> WriteFuture;
+    /// The key every audit event appended from now on is chained with (see [`crate::audit`]);
+    /// set once, before the first audited write. Until then events are chained plain.
+    fn set_audit_key(&self, key: AuditKey);
     /// Every custodian share of a client, ordered by backup method.
     fn custodian_shares(&self, client_id: &str) -> Result<Vec<MethodRecord>, StoreError>;
     fn custodian_share(
@@ -319,12 +322,11 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok((out, cursor))
     }
-    /// Checks the audit chain up to the head it has when the check starts, a page of events
-    /// at a time (events appended meanwhile are left for the next check).
-    fn verify_audit(&self) -> Result<ChainReport, StoreError> {
+    /// Checks the audit chain with `check` up to the head it has when the check starts, a
+    /// page of events at a time (events appended meanwhile are left for the next check).
+    fn verify_audit(&self, mut check: ChainCheck) -> Result<ChainReport, StoreError> {
         let head = self.audit_head()?;
         let end = head.map_or(0, |h| h.0);
-        let mut check = ChainCheck::default();
         let mut cursor = 0;
         'pages: while cursor < end {
             let page = self.audit_events(cursor, AUDIT_PAGE)?;

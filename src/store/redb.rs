@@ -99,6 +99,8 @@ struct Shared {
     unflushed: std::sync::atomic::AtomicBool,
     /// The store is closing: the flusher stops.
     closing: std::sync::atomic::AtomicBool,
+    /// The key audit events are chained with, once the vault has set it.
+    audit_key: std::sync::OnceLock<crate::audit::AuditKey>,
 }
 
 impl Shared {
@@ -264,6 +266,7 @@ impl RedbStore {
             min_free_bytes,
             unflushed: std::sync::atomic::AtomicBool::new(false),
             closing: std::sync::atomic::AtomicBool::new(false),
+            audit_key: std::sync::OnceLock::new(),
         });
         let flusher_shared = Arc::clone(&shared);
         let flusher_queue = tx.clone();
@@ -403,6 +406,10 @@ fn within_method_limit(
 }
 
 impl Store for RedbStore {
+    fn set_audit_key(&self, key: crate::audit::AuditKey) {
+        let _ = self.shared.audit_key.set(key);
+    }
+
     fn write(&self, op: WriteOp, audit: Option<AuditEntry>) -> WriteFuture {
         let queue = self
             .queue
@@ -790,7 +797,7 @@ fn commit_or_reopen(shared: &Shared, jobs: &[Job], head: Head) -> Result<BatchRe
             shared.current()?
         }
     };
-    let committed = commit_batch(&db, jobs, head);
+    let committed = commit_batch(&db, jobs, head, shared.audit_key.get());
     if committed.is_err() {
         drop(db);
         shared.reopen();
@@ -800,7 +807,12 @@ fn commit_or_reopen(shared: &Shared, jobs: &[Job], head: Head) -> Result<BatchRe
 
 /// Applies every job, and appends its audit event, in one transaction. The outer error means
 /// nothing was committed (and the audit head stays where it was).
-fn commit_batch(db: &Database, jobs: &[Job], mut head: Head) -> Result<BatchResult, StoreError> {
+fn commit_batch(
+    db: &Database,
+    jobs: &[Job],
+    mut head: Head,
+    key: Option<&crate::audit::AuditKey>,
+) -> Result<BatchResult, StoreError> {
     let mut txn = db.begin_write().map_err(backend)?;
     // A batch of nothing but deferred audit events commits without an fsync; the next
     // durable commit (a write, or the flusher's within DEFERRED_FLUSH) makes it durable.
@@ -827,7 +839,7 @@ fn commit_batch(db: &Database, jobs: &[Job], mut head: Head) -> Result<BatchResu
                     (None, Err(StoreError::Rejected(e))) => e.outcome(),
                     (None, Err(_)) => "error",
                 };
-                let event = AuditEvent::chain(entry, outcome, head.0, head.1);
+                let event = AuditEvent::chain(entry, outcome, head.0, head.1, key);
                 tables
                     .audit
                     .insert(event.seq, event.encode().as_slice())
@@ -1383,7 +1395,11 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(events.len(), 2);
-        let report = crate::audit::verify(events.into_iter().map(Ok), store.audit_head().unwrap());
+        let report = crate::audit::verify(
+            crate::audit::ChainCheck::plain(),
+            events.into_iter().map(Ok),
+            store.audit_head().unwrap(),
+        );
         assert_eq!(report.problem, None);
         store.close();
     }
@@ -1408,7 +1424,9 @@ mod tests {
         let total = crate::store::AUDIT_PAGE as u64 * 2 + 100;
         let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
         read_events(&store, total).await;
-        let report = store.verify_audit().unwrap();
+        let report = store
+            .verify_audit(crate::audit::ChainCheck::plain())
+            .unwrap();
         assert_eq!(report.events, total);
         assert_eq!(report.problem, None);
         store.close();
@@ -1428,7 +1446,9 @@ mod tests {
             write.commit().unwrap();
         }
         let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
-        let report = store.verify_audit().unwrap();
+        let report = store
+            .verify_audit(crate::audit::ChainCheck::plain())
+            .unwrap();
         let (at, problem) = report.problem.unwrap();
         assert_eq!(at, victim);
         assert!(problem.contains("edited"), "{problem}");

@@ -4,7 +4,8 @@
 use crate::harness::{
     Daemon, Keys, Sandbox, Started, command, create_token, fetch_shares, with_secret, with_token,
 };
-use redb::{ReadableDatabase, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use sharevault::audit::AuditEvent;
 use sharevault::pb::{self, Role};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -487,6 +488,45 @@ fn hex_decode(s: &str) -> Vec<u8> {
 }
 
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Rewrites the audit trail of a stopped vault from event `from` on, and its head, as someone
+/// with the database file but no key can: `edit` each event, then chain it with a plain
+/// SHA-256 (event format 1).
+fn rewrite_trail(database: &std::path::Path, from: u64, edit: impl Fn(&mut AuditEvent)) {
+    let db = redb::Database::open(database).unwrap();
+    let write = db.begin_write().unwrap();
+    {
+        let mut table = write.open_table(AUDIT).unwrap();
+        let mut events: Vec<AuditEvent> = table
+            .iter()
+            .unwrap()
+            .map(|item| AuditEvent::decode(item.unwrap().1.value()).unwrap())
+            .collect();
+        let mut prev = [0u8; 32];
+        for event in &mut events {
+            if event.seq >= from {
+                edit(event);
+                event.version = 1;
+                event.prev_hash = prev;
+                event.hash = event.compute_hash(None).unwrap();
+            }
+            prev = event.hash;
+        }
+        for event in &events {
+            table.insert(event.seq, event.encode().as_slice()).unwrap();
+        }
+        let last = events.last().unwrap();
+        let mut head = last.seq.to_be_bytes().to_vec();
+        head.extend_from_slice(&last.hash);
+        write
+            .open_table(META)
+            .unwrap()
+            .insert("audit_head", head.as_slice())
+            .unwrap();
+    }
+    write.commit().unwrap();
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_write_and_share_read_is_audited_and_tampering_is_detected() {
@@ -638,11 +678,112 @@ async fn every_write_and_share_read_is_audited_and_tampering_is_detected() {
             .unwrap();
         write.commit().unwrap();
     }
-    let daemon = sandbox.start();
+    let mut daemon = sandbox.start();
     let report = daemon.verify_audit(&admin).await;
     assert!(!report.ok);
     assert_eq!(report.first_bad_seq, victim);
     assert!(report.problem.contains("edited"), "{}", report.problem);
+    assert!(daemon.signal("TERM").success());
+
+    // Rewrite the trail from there on together with its head, as someone with the database
+    // file but not the master key can: detected too, at the first rewritten event.
+    rewrite_trail(&sandbox.database(), victim, |event| {
+        if event.seq == victim {
+            event.actor = "someone-else".into();
+        }
+    });
+    let daemon = sandbox.start();
+    let report = daemon.verify_audit(&admin).await;
+    assert!(!report.ok, "{report:?}");
+    assert_eq!(report.first_bad_seq, victim);
+    assert!(report.problem.contains("rewritten"), "{}", report.problem);
+}
+
+/// A vault made before the audit MAC (plain SHA-256 trail, version 1 key check, no integrity
+/// key) opens, verifies, and keys its new events; removing the integrity key of a vault that
+/// has one, to start a plain trail, is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_from_before_the_audit_mac_opens_and_keys_its_new_events() {
+    let sandbox = Sandbox::new(57);
+    let secret = sandbox.keys.webhook_secret.clone();
+    let admin = sandbox.keys.admin_token.clone();
+    let mut daemon = sandbox.start();
+    let mut hook = daemon.webhook().await;
+    for client in ["old-1", "old-2"] {
+        hook.backup(with_secret(
+            backup(client, "PASSWORD-SECP256K1", "s"),
+            &secret,
+        ))
+        .await
+        .unwrap();
+    }
+    drop(hook);
+    assert!(daemon.signal("TERM").success());
+
+    // The integrity key alone removed: the key check says there was one.
+    let remove_meta = |names: &[&str]| {
+        let db = redb::Database::open(sandbox.database()).unwrap();
+        let write = db.begin_write().unwrap();
+        {
+            let mut meta = write.open_table(META).unwrap();
+            for name in names {
+                meta.remove(*name).unwrap();
+            }
+        }
+        write.commit().unwrap();
+    };
+    remove_meta(&["integrity_key"]);
+    match Daemon::launch(command(&sandbox.data_dir, &Daemon::tcp_args(&sandbox.keys))) {
+        Started::Exited { logs, .. } => {
+            assert!(logs.contains("integrity key record is missing"), "{logs}")
+        }
+        Started::Ready(_) => panic!("a vault without its integrity key must be refused"),
+    }
+
+    // Made old: plain trail, version 1 key check, no integrity key nor anchor.
+    remove_meta(&["audit_keyed_from"]);
+    rewrite_trail(&sandbox.database(), 1, |_| {});
+    {
+        let key = sharevault::secrets::read_master_key(&sandbox.keys.master_key_file).unwrap();
+        let check = key
+            .seal(
+                &sharevault::crypto::RecordAad {
+                    table: "meta",
+                    client_id: "",
+                    backup_method: "key_check",
+                },
+                b"sharevault master key check v1",
+            )
+            .unwrap();
+        let db = redb::Database::open(sandbox.database()).unwrap();
+        let write = db.begin_write().unwrap();
+        write
+            .open_table(META)
+            .unwrap()
+            .insert("key_check", check.as_slice())
+            .unwrap();
+        write.commit().unwrap();
+    }
+
+    let mut daemon = sandbox.start();
+    let before = daemon.verify_audit(&admin).await;
+    assert!(before.ok && before.events >= 2, "{before:?}");
+    let mut hook = daemon.webhook().await;
+    let shares = fetch_shares(&mut hook, &secret, "old-1".into()).await;
+    assert_eq!(shares, vec!["s".to_string()]);
+    drop(hook);
+    let after = daemon.verify_audit(&admin).await;
+    assert!(after.ok && after.events > before.events, "{after:?}");
+    assert!(daemon.signal("TERM").success());
+
+    // The events written since are keyed: rewriting one of them plain is detected, while the
+    // plain events before the upgrade still verify.
+    let first_new = before.events + 1;
+    rewrite_trail(&sandbox.database(), first_new, |_| {});
+    let daemon = sandbox.start();
+    let report = daemon.verify_audit(&admin).await;
+    assert!(!report.ok, "{report:?}");
+    assert_eq!(report.first_bad_seq, first_new, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
