@@ -1517,4 +1517,43 @@ mod tests {
                 .is_none()
         );
     }
+
+    /// A hash entry planted beside another token's record authenticates nobody: the record
+    /// found must carry the hash it was found by.
+    #[tokio::test]
+    async fn a_token_found_by_hash_must_carry_that_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.redb");
+        let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
+        let token = crate::store::TokenRecord {
+            name: "ops".into(),
+            role: crate::auth::Role::Admin,
+            hash: [1; 32],
+            created_at_ms: 1,
+        };
+        store
+            .write(WriteOp::CreateToken(token), None)
+            .await
+            .unwrap();
+        assert_eq!(store.token_by_hash(&[1; 32]).unwrap().unwrap().name, "ops");
+        store.close();
+        drop(store);
+        {
+            let db = Database::open(&path).unwrap();
+            let write = db.begin_write().unwrap();
+            write
+                .open_table(TOKEN_HASHES)
+                .unwrap()
+                .insert([2u8; 32].as_slice(), "ops")
+                .unwrap();
+            write.commit().unwrap();
+        }
+        let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
+        assert!(matches!(
+            store.token_by_hash(&[2; 32]),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert_eq!(store.token_by_hash(&[1; 32]).unwrap().unwrap().name, "ops");
+        store.close();
+    }
 }
