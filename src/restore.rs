@@ -299,7 +299,6 @@ pub fn restore(
         }
     });
     let imported = RedbStore::import(&temp, &mut records);
-    drop(records);
     let Tee { input, trailer } = reader.into_inner();
     let mut sum = [0u8; TRAILER as usize];
     let same_bytes = input

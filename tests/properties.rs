@@ -487,11 +487,16 @@ fn audit_event() -> impl Strategy<Value = AuditEvent> {
             "\\PC{0,70}",
             "[a-z_]{0,20}",
         ],
-        (any::<[u8; 32]>(), any::<[u8; 32]>()),
+        (any::<[u8; 32]>(), any::<[u8; 32]>(), 1u8..=2),
     )
         .prop_map(
-            |((seq, time_ms), [actor, action, client_id, backup_method, outcome], (prev, hash))| {
+            |(
+                (seq, time_ms),
+                [actor, action, client_id, backup_method, outcome],
+                (prev, hash, version),
+            )| {
                 AuditEvent {
+                    version,
                     seq,
                     time_ms,
                     actor,
