@@ -372,8 +372,10 @@ impl Vault {
                 // A new vault, or one made before integrity keys existed: its audit events
                 // are keyed from the next one on, which the anchor records; the key check
                 // then says that the vault has an integrity key.
+                // Sealed under the key the key check is under, so that whichever key the
+                // data dir starts with next (during an unfinished rotation) opens both.
                 let (integrity, sealed) =
-                    IntegrityKey::generate(&keys.primary).map_err(OpenError::IntegrityKey)?;
+                    IntegrityKey::generate(&check_key).map_err(OpenError::IntegrityKey)?;
                 let audit_key = integrity.audit_key();
                 let next = store
                     .audit_head()
