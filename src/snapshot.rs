@@ -284,7 +284,7 @@ impl<R: Read> Read for Tee<R> {
 }
 
 /// Reads a snapshot's header and records, in order, checking structure and counts. It does
-/// not check the checksum (see [`verify_checksum`]) nor open records (restore does, with the
+/// not check the trailer (see [`verify_trailer`]) nor open records (restore does, with the
 /// master key).
 pub struct RecordReader<R> {
     input: R,
@@ -356,7 +356,7 @@ impl<R: Read> RecordReader<R> {
         self.input
     }
 
-    /// Checks that nothing follows the end marker (the checksum is not part of the input).
+    /// Checks that nothing follows the end marker (the trailer is not part of the input).
     pub fn finish(&mut self) -> Result<(), SnapshotError> {
         let mut extra = [0u8; 1];
         match self.input.read(&mut extra) {
