@@ -2,12 +2,22 @@
 //! same transaction as the write (or committed before a read's answer is sent), and
 //! hash-chained so that a removed or edited event is detected.
 //!
-//! Each event's hash is `SHA-256(previous hash | encoded event without its hash)`; the first
-//! event's previous hash is 32 zero bytes. The store also keeps the head (last sequence number
-//! and hash), so that events cut from the end are detected too. Events never hold payloads:
-//! time, actor, action, client, method and outcome only.
+//! Each event's hash is `HMAC-SHA256(audit key, previous hash | encoded event without its
+//! hash)` (event format 2), with the audit key derived from the vault's integrity key (see
+//! [`crate::integrity`]), so that someone who can write the database file or a snapshot but
+//! holds no master key cannot rewrite events and their chain together. The first event's
+//! previous hash is 32 zero bytes. The store also keeps the head (last sequence number and
+//! hash), so that events cut from the end are detected too. Events never hold payloads: time,
+//! actor, action, client, method and outcome only.
+//!
+//! Trails written before the audit MAC existed are chained with a plain SHA-256 (event
+//! format 1). Such a vault, once opened by this version, records the sequence number of its
+//! first keyed event in a MAC-protected anchor ([`Anchor`]): events from there on must be
+//! keyed, and events before it may be plain.
 
+use crate::integrity::HmacSha256;
 use crate::store::{Key, Range, Reader, Store, StoreError, TableId, Writer};
+use hmac::Mac;
 use sha2::{Digest, Sha256};
 
 /// What the caller records; the store assigns the sequence number and the chain.
@@ -26,6 +36,8 @@ pub struct AuditEntry {
 /// A stored event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEvent {
+    /// 2 (keyed) for events this version writes; 1 for older ones.
+    pub version: u8,
     pub seq: u64,
     pub time_ms: u64,
     pub actor: String,
@@ -37,7 +49,50 @@ pub struct AuditEvent {
     pub hash: [u8; 32],
 }
 
-const VERSION: u8 = 1;
+/// Event format 1: chained with a plain SHA-256.
+const VERSION_PLAIN: u8 = 1;
+/// Event format 2: chained with HMAC-SHA256 under the audit key.
+const VERSION_KEYED: u8 = 2;
+
+/// The audit MAC's key (an HMAC state keyed with the derived audit key). `Debug` shows
+/// nothing of it.
+#[derive(Clone)]
+pub struct AuditKey(pub(crate) HmacSha256);
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKey(***)")
+    }
+}
+
+/// Where a trail's keyed events start, and a MAC of that under the audit key, so that it
+/// cannot be moved without the key: `seq u64 | HMAC(audit key, "audit keyed from" | seq)`.
+pub struct Anchor;
+
+impl Anchor {
+    /// The meta record that holds the anchor.
+    pub const META: &'static str = "audit_keyed_from";
+
+    fn tag(key: &AuditKey, seq: u64) -> HmacSha256 {
+        key.0
+            .clone()
+            .chain_update(b"audit keyed from")
+            .chain_update(seq.to_be_bytes())
+    }
+
+    pub fn encode(key: &AuditKey, seq: u64) -> Vec<u8> {
+        let mut out = seq.to_be_bytes().to_vec();
+        out.extend_from_slice(&Self::tag(key, seq).finalize().into_bytes());
+        out
+    }
+
+    /// The first keyed sequence number, if `bytes` is an anchor made with `key`.
+    pub fn decode(key: &AuditKey, bytes: &[u8]) -> Option<u64> {
+        let seq = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        Self::tag(key, seq).verify_slice(bytes.get(8..)?).ok()?;
+        Some(seq)
+    }
+}
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u16).to_be_bytes());
@@ -45,9 +100,21 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 impl AuditEvent {
-    /// Chains `entry` after `(prev_seq, prev_hash)`.
-    pub fn chain(entry: &AuditEntry, outcome: &str, prev_seq: u64, prev_hash: [u8; 32]) -> Self {
+    /// Chains `entry` after `(prev_seq, prev_hash)`, with the audit MAC under `key` (or, with
+    /// no key, a plain SHA-256, as before the MAC existed).
+    pub fn chain(
+        entry: &AuditEntry,
+        outcome: &str,
+        prev_seq: u64,
+        prev_hash: [u8; 32],
+        key: Option<&AuditKey>,
+    ) -> Self {
         let mut event = AuditEvent {
+            version: if key.is_some() {
+                VERSION_KEYED
+            } else {
+                VERSION_PLAIN
+            },
             seq: prev_seq + 1,
             time_ms: entry.time_ms,
             actor: entry.actor.clone(),
@@ -58,13 +125,18 @@ impl AuditEvent {
             prev_hash,
             hash: [0; 32],
         };
-        event.hash = event.compute_hash();
+        event.hash = event.compute_hash(key).unwrap_or_default();
         event
+    }
+
+    /// Whether the event is chained with the audit MAC.
+    pub fn keyed(&self) -> bool {
+        self.version == VERSION_KEYED
     }
 
     fn body(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.client_id.len());
-        out.push(VERSION);
+        out.push(self.version);
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.time_ms.to_be_bytes());
         for s in [
@@ -79,13 +151,28 @@ impl AuditEvent {
         out
     }
 
-    /// The hash this event should carry.
-    pub fn compute_hash(&self) -> [u8; 32] {
-        Sha256::new()
-            .chain_update(self.prev_hash)
-            .chain_update(self.body())
-            .finalize()
-            .into()
+    /// The hash this event should carry: its MAC under `key` for a keyed event (`None`
+    /// without a key), its SHA-256 for a plain one.
+    pub fn compute_hash(&self, key: Option<&AuditKey>) -> Option<[u8; 32]> {
+        if self.keyed() {
+            Some(
+                key?.0
+                    .clone()
+                    .chain_update(self.prev_hash)
+                    .chain_update(self.body())
+                    .finalize()
+                    .into_bytes()
+                    .into(),
+            )
+        } else {
+            Some(
+                Sha256::new()
+                    .chain_update(self.prev_hash)
+                    .chain_update(self.body())
+                    .finalize()
+                    .into(),
+            )
+        }
     }
 
     /// `body | prev_hash | hash`.
@@ -106,7 +193,8 @@ impl AuditEvent {
             rest = tail;
             Some(head)
         };
-        if take(1)? != [VERSION] {
+        let version = take(1)?[0];
+        if version != VERSION_PLAIN && version != VERSION_KEYED {
             return None;
         }
         let seq = u64::from_be_bytes(take(8)?.try_into().ok()?);
@@ -123,6 +211,7 @@ impl AuditEvent {
         }
         let mut s = strings.into_iter();
         Some(AuditEvent {
+            version,
             seq,
             time_ms,
             actor: s.next()?,
@@ -146,16 +235,56 @@ pub struct ChainReport {
 
 /// Checks a trail one event at a time, in order, so that a trail of any length is checked in
 /// constant memory.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ChainCheck {
     /// The last good event's sequence number and hash (0 and zeros before the first).
     seq: u64,
     hash: [u8; 32],
     events: u64,
     problem: Option<(u64, String)>,
+    key: Option<AuditKey>,
+    /// Events from this sequence number on must be keyed (`u64::MAX`: none need be).
+    keyed_from: u64,
+}
+
+impl Default for ChainCheck {
+    /// A check of a trail with no keyed events.
+    fn default() -> Self {
+        Self {
+            seq: 0,
+            hash: [0; 32],
+            events: 0,
+            problem: None,
+            key: None,
+            keyed_from: u64::MAX,
+        }
+    }
 }
 
 impl ChainCheck {
+    /// A check of a trail whose events from `keyed_from` on are keyed under `key`. Without a
+    /// key (a trail from before the audit MAC), every event must be plain.
+    pub fn new(key: Option<AuditKey>, keyed_from: u64) -> Self {
+        Self {
+            keyed_from: if key.is_some() { keyed_from } else { u64::MAX },
+            key,
+            ..Self::default()
+        }
+    }
+
+    /// A check of a trail with no keyed events.
+    pub fn plain() -> Self {
+        Self::new(None, u64::MAX)
+    }
+
+    /// A check that finds `problem` before any event (a missing or altered anchor).
+    pub fn failed(problem: String) -> Self {
+        Self {
+            problem: Some((0, problem)),
+            ..Self::default()
+        }
+    }
+
     /// Checks the next event (or the sequence number of one that cannot be decoded) against
     /// the one before it. Returns false once a problem is found; later events are ignored.
     pub fn push(&mut self, event: Result<AuditEvent, u64>) -> bool {
@@ -177,7 +306,14 @@ impl ChainCheck {
             ))
         } else if event.prev_hash != self.hash {
             Some("its previous hash does not match the event before it".into())
-        } else if event.compute_hash() != event.hash {
+        } else if event.seq >= self.keyed_from && !event.keyed() {
+            Some("it is not keyed where the trail is: the event was rewritten".into())
+        } else if event.seq < self.keyed_from && event.keyed() {
+            Some("it is keyed before the trail's keyed events start: the trail was altered".into())
+        } else if !event
+            .compute_hash(self.key.as_ref())
+            .is_some_and(|hash| crate::auth::digests_equal(&hash, &event.hash))
+        {
             Some("its content does not match its hash: the event was edited".into())
         } else {
             None
@@ -218,10 +354,10 @@ impl ChainCheck {
 
 /// Checks events in order against each other and against the stored head.
 pub fn verify(
+    mut check: ChainCheck,
     events: impl Iterator<Item = Result<AuditEvent, u64>>,
     head: Option<(u64, [u8; 32])>,
 ) -> ChainReport {
-    let mut check = ChainCheck::default();
     for event in events {
         if !check.push(event) {
             break;
@@ -269,10 +405,16 @@ pub fn head(r: &(impl Reader + ?Sized)) -> Result<Option<Head>, StoreError> {
         .transpose()
 }
 
-/// Appends `entry` with `outcome` to the trail, in the transaction of `w`.
-pub fn append(w: &mut dyn Writer, entry: &AuditEntry, outcome: &str) -> Result<(), StoreError> {
+/// Appends `entry` with `outcome` to the trail, in the transaction of `w`, chained with the
+/// audit MAC under `key` (or plain, without one).
+pub fn append(
+    w: &mut dyn Writer,
+    entry: &AuditEntry,
+    outcome: &str,
+    key: Option<&AuditKey>,
+) -> Result<(), StoreError> {
     let (seq, hash) = head(w)?.unwrap_or((0, [0; 32]));
-    let event = AuditEvent::chain(entry, outcome, seq, hash);
+    let event = AuditEvent::chain(entry, outcome, seq, hash, key);
     w.put(TableId::Audit, Key::Seq(event.seq), &event.encode())?;
     w.put(
         TableId::Meta,
@@ -338,12 +480,11 @@ pub fn find(
     Ok((out, cursor))
 }
 
-/// Checks the chain up to the head it has when the check starts, a page of events at a time
-/// (events appended meanwhile are left for the next check).
-pub fn verify_trail(store: &dyn Store) -> Result<ChainReport, StoreError> {
+/// Checks the chain with `check` up to the head it has when the check starts, a page of
+/// events at a time (events appended meanwhile are left for the next check).
+pub fn verify_trail(store: &dyn Store, mut check: ChainCheck) -> Result<ChainReport, StoreError> {
     let head = head(&*store.read()?)?;
     let end = head.map_or(0, |h| h.0);
-    let mut check = ChainCheck::default();
     let mut cursor = 0;
     'pages: while cursor < end {
         let page = events(&*store.read()?, cursor, PAGE)?;
@@ -378,17 +519,99 @@ mod tests {
         }
     }
 
-    fn trail(n: usize) -> Vec<AuditEvent> {
+    fn key(byte: u8) -> AuditKey {
+        AuditKey(<HmacSha256 as Mac>::new_from_slice(&[byte; 32]).unwrap())
+    }
+
+    /// `n` events, keyed from `keyed_from` on.
+    fn trail_keyed_from(n: usize, keyed_from: u64) -> Vec<AuditEvent> {
+        let key = key(1);
         let mut out: Vec<AuditEvent> = Vec::new();
         for _ in 0..n {
             let (seq, hash) = out.last().map_or((0, [0; 32]), |e| (e.seq, e.hash));
-            out.push(AuditEvent::chain(&entry("backup"), "ok", seq, hash));
+            let key = (seq + 1 >= keyed_from).then_some(&key);
+            out.push(AuditEvent::chain(&entry("backup"), "ok", seq, hash, key));
         }
         out
     }
 
+    fn trail(n: usize) -> Vec<AuditEvent> {
+        trail_keyed_from(n, 1)
+    }
+
     fn check(events: &[AuditEvent], head: Option<(u64, [u8; 32])>) -> ChainReport {
-        verify(events.iter().cloned().map(Ok), head)
+        verify(
+            ChainCheck::new(Some(key(1)), 1),
+            events.iter().cloned().map(Ok),
+            head,
+        )
+    }
+
+    /// Rewrites `events` from index `from` on, and answers the head, as someone who can write
+    /// the database but has no key can: plain SHA-256 links.
+    fn rechain_plain(events: &mut [AuditEvent], from: usize) -> Option<(u64, [u8; 32])> {
+        for i in from..events.len() {
+            events[i].version = VERSION_PLAIN;
+            if i > 0 {
+                events[i].prev_hash = events[i - 1].hash;
+            }
+            events[i].hash = events[i].compute_hash(None).unwrap();
+        }
+        events.last().map(|e| (e.seq, e.hash))
+    }
+
+    #[test]
+    fn a_trail_rewritten_with_its_head_is_detected() {
+        let events = trail(5);
+        let mut rewritten = events.clone();
+        rewritten[2].actor = "mallory".into();
+        let head = rechain_plain(&mut rewritten, 2);
+        let report = check(&rewritten, head);
+        assert_eq!(report.problem.as_ref().map(|p| p.0), Some(3), "{report:?}");
+        assert!(report.problem.unwrap().1.contains("rewritten"));
+        // Rechained with another key (as with a forged one): detected too.
+        let mut forged = events.clone();
+        forged[2].actor = "mallory".into();
+        for i in 2..forged.len() {
+            forged[i].prev_hash = forged[i - 1].hash;
+            forged[i].hash = forged[i].compute_hash(Some(&key(2))).unwrap();
+        }
+        let head = forged.last().map(|e| (e.seq, e.hash));
+        assert_eq!(check(&forged, head).problem.unwrap().0, 3);
+    }
+
+    #[test]
+    fn an_upgraded_trail_verifies_plain_before_its_anchor_and_keyed_after() {
+        let events = trail_keyed_from(6, 4);
+        assert!(!events[2].keyed() && events[3].keyed());
+        let head = events.last().map(|e| (e.seq, e.hash));
+        let report = verify(
+            ChainCheck::new(Some(key(1)), 4),
+            events.iter().cloned().map(Ok),
+            head,
+        );
+        assert_eq!(report.problem, None);
+        // Moving the anchor further does not let plain events in.
+        let mut rewritten = events.clone();
+        let head = rechain_plain(&mut rewritten, 3);
+        let report = verify(
+            ChainCheck::new(Some(key(1)), 4),
+            rewritten.iter().cloned().map(Ok),
+            head,
+        );
+        assert_eq!(report.problem.unwrap().0, 4);
+        // The anchor itself only decodes under its key.
+        let anchor = Anchor::encode(&key(1), 4);
+        assert_eq!(Anchor::decode(&key(1), &anchor), Some(4));
+        assert_eq!(Anchor::decode(&key(2), &anchor), None);
+        let mut moved = anchor.clone();
+        moved[7] = 9;
+        assert_eq!(Anchor::decode(&key(1), &moved), None);
+        // A plain trail checks without a key.
+        let plain = trail_keyed_from(3, u64::MAX);
+        let head = plain.last().map(|e| (e.seq, e.hash));
+        let report = verify(ChainCheck::plain(), plain.iter().cloned().map(Ok), head);
+        assert_eq!(report.problem, None);
     }
 
     #[test]
@@ -428,7 +651,7 @@ mod tests {
         );
         let mut rehashed = events.clone();
         rehashed[2].actor = "mallory".into();
-        rehashed[2].hash = rehashed[2].compute_hash();
+        rehashed[2].hash = rehashed[2].compute_hash(Some(&key(1))).unwrap();
         assert_eq!(check(&rehashed, head).problem.unwrap().0, 4);
     }
 }

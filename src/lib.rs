@@ -16,7 +16,8 @@
 //!   redb implementation with group commit over a write-ahead page journal; [`audit`] is the hash-chained trail written in
 //!   the same transactions.
 //! - [`snapshot`] and [`restore`]: the snapshot format, and offline restore after verifying
-//!   every record.
+//!   the snapshot's MAC and every record; [`integrity`]: the key behind the snapshot and audit
+//!   MACs, sealed under the master key.
 //! - [`cli`]: the operator's commands that talk to a running daemon.
 //! - [`config`] and [`secrets`]: settings, and the master key, webhook secrets and admin token.
 //! - [`error`]: the errors callers see and their mapping to gRPC codes.
@@ -29,6 +30,7 @@ pub mod crypto;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod integrity;
 pub mod metrics;
 pub mod net;
 pub mod observe;

@@ -83,6 +83,10 @@ struct RestoreArgs {
     /// Replace a vault already in the data dir (it is kept beside, renamed).
     #[arg(long)]
     replace: bool,
+    /// Accept a snapshot written before snapshots were authenticated (format 1): its checksum
+    /// proves only that it is not damaged, not that nobody altered it.
+    #[arg(long)]
+    accept_unauthenticated_snapshot: bool,
 }
 
 fn init_logging(format: LogFormat) {
@@ -215,9 +219,16 @@ fn main() -> anyhow::Result<()> {
         Command::Restore(args) => {
             let key = sharevault::secrets::read_master_key(&args.master_key_file)
                 .map_err(anyhow::Error::msg)?;
-            let report =
-                sharevault::restore::restore(&args.from, &args.data_dir, &key, args.replace)
-                    .map_err(anyhow::Error::msg)?;
+            let report = sharevault::restore::restore(
+                &args.from,
+                &args.data_dir,
+                &key,
+                sharevault::restore::RestoreOptions {
+                    replace: args.replace,
+                    accept_unauthenticated: args.accept_unauthenticated_snapshot,
+                },
+            )
+            .map_err(anyhow::Error::msg)?;
             println!(
                 "restored {} records into {}: {} custodian shares, {} client shares, {} audit events; master key id {}",
                 report.records,

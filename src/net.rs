@@ -60,6 +60,30 @@ impl Listener {
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub Option<IpAddr>);
 
+/// How a connection reached the daemon; inserted into every request's extensions beside
+/// [`Peer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A Unix socket: never leaves the host.
+    Unix,
+    /// TLS, over TCP or a Unix socket.
+    Tls,
+    /// Plain TCP: readable by anyone on the path.
+    Tcp,
+}
+
+impl Transport {
+    /// Whether a request from `peer` over this transport may carry key material: over TLS or a
+    /// Unix socket, or over plain TCP from a loopback address (which never leaves the host);
+    /// never over plain TCP from another address.
+    pub fn may_carry_keys(self, peer: Peer) -> bool {
+        match self {
+            Transport::Unix | Transport::Tls => true,
+            Transport::Tcp => peer.0.is_some_and(|ip| ip.is_loopback()),
+        }
+    }
+}
+
 /// Marks requests that came through the local admin socket from the daemon's own user or
 /// root (checked with the socket's peer credentials).
 #[derive(Debug, Clone, Copy)]
@@ -147,11 +171,17 @@ impl Connections {
             builder,
             local_admin,
         } = self.clone();
+        let transport = match (&tls, peer.0) {
+            (Some(_), _) => Transport::Tls,
+            (None, None) => Transport::Unix,
+            (None, Some(_)) => Transport::Tcp,
+        };
         tokio::spawn(async move {
             let _permit = permit;
             let service =
                 tower::ServiceExt::map_request(app, move |mut req: axum::http::Request<_>| {
                     req.extensions_mut().insert(peer);
+                    req.extensions_mut().insert(transport);
                     if local_admin {
                         req.extensions_mut().insert(LocalAdmin);
                     }
@@ -295,5 +325,23 @@ fn canonical(addr: SocketAddr) -> IpAddr {
             .map(IpAddr::V4)
             .unwrap_or(IpAddr::V6(v6)),
         ip => ip,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_material_travels_only_over_tls_a_unix_socket_or_loopback() {
+        let remote = Peer(Some("192.0.2.7".parse().unwrap()));
+        let loopback = Peer(Some("127.0.0.1".parse().unwrap()));
+        let loopback6 = Peer(Some("::1".parse().unwrap()));
+        assert!(!Transport::Tcp.may_carry_keys(remote));
+        assert!(!Transport::Tcp.may_carry_keys(Peer(Some("10.0.0.2".parse().unwrap()))));
+        assert!(Transport::Tcp.may_carry_keys(loopback));
+        assert!(Transport::Tcp.may_carry_keys(loopback6));
+        assert!(Transport::Tls.may_carry_keys(remote));
+        assert!(Transport::Unix.may_carry_keys(Peer(None)));
     }
 }

@@ -1,20 +1,29 @@
 //! Offline restore of a snapshot into a data dir.
 //!
-//! The snapshot's checksum is verified first, then every record is checked while it is
-//! written into a new database file beside the live one: shares and cipherTexts must open
-//! with the master key under their own table, client and method; pairs, tokens and audit
-//! events must decode, and the audit chain must be intact. Only when everything passed is
-//! the new file swapped in (rename, then the directory fsynced). On any failure the new file
-//! is removed and the data dir is left exactly as it was.
+//! Nothing in the data dir is touched until the snapshot is authenticated: the integrity key in
+//! its header is opened with the master key, and the HMAC over the whole file is checked. Then
+//! the data dir is locked for the whole restore (the lock a running daemon holds), and every
+//! record is checked while it is written into a new database file beside the live one: shares
+//! and cipherTexts must open with the master key under their own table, client and method;
+//! pairs, tokens and audit events must decode, every token's hash entry must name a token
+//! that carries that hash, and the audit chain must be intact. The bytes imported are
+//! authenticated again as they are read, so a file changed after the first check is refused.
+//! Only when everything passed is the new file swapped in (rename, then the directory
+//! fsynced). On any failure the new file is removed and the live vault is left exactly as it
+//! was, byte for byte.
 
-use crate::audit::{AuditEvent, ChainCheck};
+use crate::audit::{Anchor, AuditEvent, ChainCheck};
 use crate::crypto::{MasterKey, RecordAad};
+use crate::integrity::{INTEGRITY_KEY, IntegrityKey};
 use crate::secrets::DATABASE_FILE;
-use crate::snapshot::{self, RecordReader, TableId};
+use crate::snapshot::{self, RecordReader, SnapshotError, TRAILER, TableId, Tee, Trailer};
+use crate::store::journal::{JournaledFile, journal_paths};
 use crate::store::{StoreError, redb::RedbStore};
 use crate::vault::codec;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// What a restore wrote.
@@ -26,15 +35,41 @@ pub struct RestoreReport {
     pub audit_events: u64,
 }
 
-/// Checks one record; `chain` checks the audit events in the order they come.
+/// How a restore may proceed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RestoreOptions {
+    /// Replace a vault already in the data dir (it is kept beside, renamed).
+    pub replace: bool,
+    /// Accept a format 1 snapshot, whose plain checksum proves nothing against an attacker.
+    pub accept_unauthenticated: bool,
+}
+
+/// What the records checked so far have shown.
+#[derive(Default)]
+struct Checks {
+    /// The audit chain's check, made at the first event (the meta table, with the anchor,
+    /// comes before the audit table).
+    chain: Option<ChainCheck>,
+    /// The key check's version, once seen (2: the vault has an integrity key).
+    key_check: Option<u8>,
+    /// The audit trail's anchor, if the snapshot holds one.
+    anchor: Option<Vec<u8>>,
+    /// The integrity key record, if the snapshot holds one.
+    integrity_key: Option<Vec<u8>>,
+    /// Each token's hash, by name.
+    tokens: HashMap<String, [u8; 32]>,
+    token_hashes: u64,
+}
+
+/// Checks one record.
 fn check_record(
     key: &MasterKey,
+    integrity: Option<&IntegrityKey>,
     table: TableId,
     k: &[u8],
     v: &[u8],
-    chain: &mut ChainCheck,
+    checks: &mut Checks,
     report: &mut RestoreReport,
-    key_checked: &mut bool,
 ) -> Result<(), String> {
     let bad = |what: &str| format!("{} record {what}", table.name());
     match table {
@@ -65,26 +100,55 @@ fn check_record(
         }
         TableId::Tokens => {
             let name = std::str::from_utf8(k).map_err(|_| bad("has a malformed key"))?;
-            codec::decode_token(name, v).map_err(|_| bad("is malformed"))?;
+            let token = codec::decode_token(name, v).map_err(|_| bad("is malformed"))?;
+            checks.tokens.insert(token.name, token.hash);
         }
         TableId::TokenHashes => {
-            if k.len() != 32 || std::str::from_utf8(v).is_err() {
-                return Err(bad("is malformed"));
+            let name = std::str::from_utf8(v).map_err(|_| bad("is malformed"))?;
+            // Tokens come before their hashes: each hash must be the one its token carries.
+            match checks.tokens.get(name) {
+                Some(hash) if hash.as_slice() == k => {}
+                _ => {
+                    return Err(format!(
+                        "token_hashes record for token {name:?} does not match a token with \
+                         that hash"
+                    ));
+                }
             }
+            checks.token_hashes += 1;
         }
         TableId::Meta => {
             if k == b"key_check" {
-                crate::vault::verify_key_check(key, v).map_err(|e| {
+                let version = crate::vault::verify_key_check(key, v).map_err(|e| {
                     format!(
                         "the snapshot was not sealed with this master key (id {}): {e}",
                         key.id()
                     )
                 })?;
-                *key_checked = true;
+                checks.key_check = Some(version);
+            } else if k == INTEGRITY_KEY.as_bytes() {
+                checks.integrity_key = Some(v.to_vec());
+            } else if k == Anchor::META.as_bytes() {
+                checks.anchor = Some(v.to_vec());
             }
         }
         TableId::Audit => {
             let event = AuditEvent::decode(v).ok_or_else(|| bad("is malformed"))?;
+            let chain = checks.chain.get_or_insert_with(|| match integrity {
+                // A format 1 snapshot: a trail from before the audit MAC.
+                None => ChainCheck::plain(),
+                Some(integrity) => {
+                    let key = integrity.audit_key();
+                    match checks
+                        .anchor
+                        .as_deref()
+                        .and_then(|a| Anchor::decode(&key, a))
+                    {
+                        Some(keyed_from) => ChainCheck::new(Some(key), keyed_from),
+                        None => ChainCheck::failed("its anchor is missing or altered".into()),
+                    }
+                }
+            });
             if !chain.push(Ok(event)) {
                 let (seq, problem) = chain.problem().cloned().unwrap_or_default();
                 return Err(format!(
@@ -98,62 +162,108 @@ fn check_record(
     Ok(())
 }
 
+/// The lock a running daemon holds on its data dir (an exclusive `flock` on the database's
+/// first journal), taken without waiting. Answers the locked file and whether it was created.
+fn lock(live: &Path, data_dir: &Path) -> Result<(File, bool), String> {
+    let [journal, _] = journal_paths(live);
+    let created = !journal.exists();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&journal)
+        .map_err(|e| format!("cannot lock {}: {e}", data_dir.display()))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok((file, created)),
+        Err(err) => {
+            if created {
+                let _ = std::fs::remove_file(&journal);
+            }
+            if err == rustix::io::Errno::WOULDBLOCK {
+                Err(format!(
+                    "the vault in {} is in use: stop the daemon before restoring",
+                    data_dir.display()
+                ))
+            } else {
+                Err(format!("cannot lock {}: {err}", data_dir.display()))
+            }
+        }
+    }
+}
+
 /// Restores the snapshot at `from` into `data_dir` (which must not be in use). An existing
-/// vault there is replaced only if `replace` is set; it is kept beside as
-/// `sharevault.redb.replaced-<unix ms>`.
+/// vault there is replaced only if `options.replace` is set; it is kept beside as
+/// `sharevault.redb.replaced-<unix ms>`, with what its journals held replayed into it.
 pub fn restore(
     from: &Path,
     data_dir: &Path,
     key: &MasterKey,
-    replace: bool,
+    options: RestoreOptions,
 ) -> Result<RestoreReport, String> {
-    crate::secrets::prepare_data_dir(data_dir)?;
-    let live = data_dir.join(DATABASE_FILE);
-    if live.exists() {
-        // What the journals hold is replayed into the file before it is moved aside; a
-        // running daemon holds the journal's lock.
-        match crate::store::journal::JournaledFile::settle(&live) {
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(format!(
-                    "the vault in {} is in use: stop the daemon before restoring",
-                    data_dir.display()
-                ));
-            }
-            Err(err) => return Err(format!("cannot replay the vault's journal: {err}")),
-            Ok(()) => {}
-        }
-        match redb::Database::open(&live) {
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(format!(
-                    "the vault in {} is in use: stop the daemon before restoring",
-                    data_dir.display()
-                ));
-            }
-            _ if !replace => {
-                return Err(format!(
-                    "{} already holds a vault; pass --replace to swap it for the snapshot \
-                     (the current file is kept beside it)",
-                    data_dir.display()
-                ));
-            }
-            _ => {}
-        }
-    }
+    let refused = |message: String| format!("restore refused, nothing was changed: {message}");
     let open = || File::open(from).map_err(|e| format!("cannot open {}: {e}", from.display()));
     let len = open()?
         .metadata()
         .map_err(|e| format!("cannot read {}: {e}", from.display()))?
         .len();
-    snapshot::verify_checksum(BufReader::new(open()?), len).map_err(|e| e.to_string())?;
-    let mut reader = RecordReader::new(BufReader::new(open()?).take(len.saturating_sub(32)))
-        .map_err(|e| e.to_string())?;
+    let body = len.saturating_sub(TRAILER);
 
+    // 1. Authenticate the whole file before anything else.
+    let header = RecordReader::new(BufReader::new(open()?).take(body))
+        .map_err(|e| refused(e.to_string()))?
+        .header;
+    let integrity = match header.version {
+        1 if options.accept_unauthenticated => None,
+        1 => return Err(refused(SnapshotError::Unauthenticated.to_string())),
+        _ => Some(
+            IntegrityKey::open(key, &header.sealed_integrity_key).map_err(|e| {
+                refused(format!(
+                    "the snapshot's integrity key does not open with master key {}: {e}",
+                    key.id()
+                ))
+            })?,
+        ),
+    };
+    let trailer = || match &integrity {
+        Some(integrity) => Trailer::Mac(Box::new(integrity.snapshot_mac())),
+        None => Trailer::sha256(),
+    };
+    snapshot::verify_trailer(BufReader::new(open()?), len, trailer())
+        .map_err(|e| refused(e.to_string()))?;
+
+    // 2. Lock the data dir for the rest of the restore.
+    crate::secrets::prepare_data_dir(data_dir)?;
+    let live = data_dir.join(DATABASE_FILE);
+    let (lock, lock_created) = lock(&live, data_dir)?;
+    let [journal0, journal1] = journal_paths(&live);
+    let unlock = |lock: File| {
+        drop(lock);
+        if lock_created {
+            let _ = std::fs::remove_file(&journal0);
+        }
+    };
+    if live.exists() && !options.replace {
+        unlock(lock);
+        return Err(format!(
+            "{} already holds a vault; pass --replace to swap it for the snapshot \
+             (the current file is kept beside it)",
+            data_dir.display()
+        ));
+    }
+
+    // 3. Check every record while importing it, authenticating the same bytes again.
     let temp = data_dir.join(format!("{DATABASE_FILE}.restoring"));
     let _ = std::fs::remove_file(&temp);
     let mut report = RestoreReport::default();
-    let mut chain = ChainCheck::default();
-    let mut key_checked = false;
+    let mut checks = Checks::default();
     let mut failure: Option<String> = None;
+    let input = Tee {
+        input: BufReader::new(open()?).take(body),
+        trailer: trailer(),
+    };
+    let mut reader = RecordReader::new(input).map_err(|e| refused(e.to_string()))?;
     let mut records = std::iter::from_fn(|| {
         if failure.is_some() {
             return None;
@@ -169,12 +279,12 @@ pub fn restore(
             Ok(Some((table, k, v))) => {
                 match check_record(
                     key,
+                    integrity.as_ref(),
                     table,
                     &k,
                     &v,
-                    &mut chain,
+                    &mut checks,
                     &mut report,
-                    &mut key_checked,
                 ) {
                     Ok(()) => match snapshot::decode_key(table, &k) {
                         Some(key) => Some(Ok((table, key, v))),
@@ -196,28 +306,86 @@ pub fn restore(
         }
     });
     let imported = RedbStore::import(&temp, &mut records);
+    let Tee { input, trailer } = reader.into_inner();
+    let mut sum = [0u8; TRAILER as usize];
+    let same_bytes = input
+        .into_inner()
+        .read_exact(&mut sum)
+        .is_ok_and(|()| trailer.matches(&sum));
     let outcome = match (imported, failure) {
         (_, Some(message)) => Err(message),
         (Err(err), None) => Err(format!("cannot write the restored database: {err}")),
-        (Ok(_), None) if !key_checked => Err("the snapshot has no key check record".into()),
+        (Ok(_), None) if !same_bytes => {
+            Err("the snapshot file changed while it was restored".into())
+        }
+        (Ok(_), None) if checks.key_check.is_none() => {
+            Err("the snapshot has no key check record".into())
+        }
+        (Ok(_), None) if integrity.is_none() && checks.key_check != Some(1) => Err(
+            "the snapshot is in format 1 but its vault has an integrity key: it was converted \
+             from an authenticated one"
+                .into(),
+        ),
+        (Ok(_), None) if checks.token_hashes != checks.tokens.len() as u64 => {
+            Err("a token has no token_hashes record".into())
+        }
+        (Ok(_), None)
+            if integrity.is_some()
+                && checks.integrity_key.as_deref() != Some(&header.sealed_integrity_key[..]) =>
+        {
+            Err("the snapshot's integrity key record does not match its header".into())
+        }
+        (Ok(_), None) if integrity.is_some() && checks.anchor.is_none() => {
+            Err("the snapshot has no audit anchor record".into())
+        }
         (Ok(_), None) => Ok(()),
     };
     if let Err(message) = outcome {
         let _ = std::fs::remove_file(&temp);
-        return Err(format!("restore refused, nothing was changed: {message}"));
+        unlock(lock);
+        return Err(refused(message));
     }
-    if live.exists() {
-        let aside = data_dir.join(format!(
+
+    // 4. Swap the new file in. The replaced file takes its journals with it, so that what they
+    // hold is never replayed into the restored vault; the lock is held until the end.
+    let aside = live.exists().then(|| {
+        data_dir.join(format!(
             "{DATABASE_FILE}.replaced-{}",
             crate::vault::now_ms()
-        ));
-        std::fs::rename(&live, &aside)
+        ))
+    });
+    let journals_aside = aside.as_deref().map(journal_paths);
+    let move_journal = |from: &Path, to: Option<&Path>| -> Result<(), String> {
+        let moved = match to {
+            Some(to) => std::fs::rename(from, to),
+            None => std::fs::remove_file(from),
+        };
+        match moved {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(format!("cannot move the old vault's journal aside: {e}"))
+            }
+            _ => Ok(()),
+        }
+    };
+    if let Some(aside) = &aside {
+        std::fs::rename(&live, aside)
             .map_err(|e| format!("cannot move the old vault aside: {e}"))?;
     }
+    move_journal(&journal1, journals_aside.as_ref().map(|j| j[1].as_path()))?;
     std::fs::rename(&temp, &live).map_err(|e| format!("cannot swap the restored vault in: {e}"))?;
+    move_journal(&journal0, journals_aside.as_ref().map(|j| j[0].as_path()))?;
     File::open(data_dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| format!("cannot sync {}: {e}", data_dir.display()))?;
+    drop(lock);
+    // What the replaced vault's journals held goes into its file, so that it stands alone.
+    if let (Some(aside), Some(journals)) = (&aside, &journals_aside)
+        && JournaledFile::settle(aside).is_ok()
+    {
+        for journal in journals {
+            let _ = std::fs::remove_file(journal);
+        }
+    }
     Ok(report)
 }
 
@@ -225,16 +393,27 @@ pub fn restore(
 mod tests {
     use super::*;
     use crate::audit::AuditEntry;
-    use sha2::{Digest, Sha256};
 
-    /// A snapshot of nothing but `events`, under `key`'s id.
-    fn snapshot_of(key: &MasterKey, events: &[AuditEvent]) -> Vec<u8> {
+    /// A snapshot of nothing but `events` (keyed from the first) and their anchor, under
+    /// `key`'s id.
+    fn snapshot_of(
+        key: &MasterKey,
+        (integrity, sealed): &(IntegrityKey, Vec<u8>),
+        events: &[AuditEvent],
+    ) -> Vec<u8> {
         let header = snapshot::Header {
+            version: 2,
             created_at_ms: 1,
             key_id: key.id().to_bytes(),
-            counts: [0, 0, 0, 0, 0, 0, events.len() as u64],
+            sealed_integrity_key: sealed.clone(),
+            counts: [0, 0, 0, 0, 0, 1, events.len() as u64],
         };
         let mut out = header.encode();
+        out.extend(snapshot::record(
+            TableId::Meta,
+            Anchor::META.as_bytes(),
+            &Anchor::encode(&integrity.audit_key(), 1),
+        ));
         for e in events {
             out.extend(snapshot::record(
                 TableId::Audit,
@@ -243,8 +422,9 @@ mod tests {
             ));
         }
         out.extend(snapshot::end());
-        let sum = Sha256::digest(&out);
-        out.extend_from_slice(&sum);
+        let mut mac = Trailer::Mac(Box::new(integrity.snapshot_mac()));
+        mac.update(&out);
+        out.extend_from_slice(&mac.finish());
         out
     }
 
@@ -252,6 +432,8 @@ mod tests {
     fn an_edited_audit_event_is_refused_by_its_sequence_number() {
         let dir = tempfile::tempdir().unwrap();
         let key = MasterKey::from_file_contents(&[7u8; 32]).unwrap();
+        let integrity = IntegrityKey::generate(&key).unwrap();
+        let audit_key = integrity.0.audit_key();
         let mut events: Vec<AuditEvent> = Vec::new();
         for _ in 0..3 {
             let entry = AuditEntry {
@@ -263,13 +445,13 @@ mod tests {
                 outcome: None,
             };
             let (seq, hash) = events.last().map_or((0, [0; 32]), |e| (e.seq, e.hash));
-            events.push(AuditEvent::chain(&entry, "ok", seq, hash));
+            events.push(AuditEvent::chain(&entry, "ok", seq, hash, Some(&audit_key)));
         }
         events[1].actor = "mallory".into();
         let file = dir.path().join("edited.snapshot");
-        std::fs::write(&file, snapshot_of(&key, &events)).unwrap();
+        std::fs::write(&file, snapshot_of(&key, &integrity, &events)).unwrap();
         let data_dir = dir.path().join("data");
-        let err = restore(&file, &data_dir, &key, false).unwrap_err();
+        let err = restore(&file, &data_dir, &key, RestoreOptions::default()).unwrap_err();
         assert!(
             err.contains("the audit chain is broken at event 2: its content does not match"),
             "{err}"
@@ -278,5 +460,144 @@ mod tests {
             !data_dir.join(DATABASE_FILE).exists(),
             "nothing was restored"
         );
+    }
+
+    /// A snapshot file of `records` in format `version`: MAC'd under `integrity` (format 2) or
+    /// with a plain SHA-256 (format 1).
+    fn file_of(
+        key: &MasterKey,
+        integrity: Option<&(IntegrityKey, Vec<u8>)>,
+        mut records: Vec<snapshot::Record>,
+    ) -> Vec<u8> {
+        records.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let mut counts = [0u64; 7];
+        for (table, _, _) in &records {
+            counts[*table as usize - 1] += 1;
+        }
+        let header = snapshot::Header {
+            version: if integrity.is_some() { 2 } else { 1 },
+            created_at_ms: 1,
+            key_id: key.id().to_bytes(),
+            sealed_integrity_key: integrity.map(|i| i.1.clone()).unwrap_or_default(),
+            counts,
+        };
+        let mut out = header.encode();
+        for (table, k, v) in &records {
+            out.extend(snapshot::record(*table, k, v));
+        }
+        out.extend(snapshot::end());
+        let mut trailer = match integrity {
+            Some((integrity, _)) => Trailer::Mac(Box::new(integrity.snapshot_mac())),
+            None => Trailer::sha256(),
+        };
+        trailer.update(&out);
+        out.extend_from_slice(&trailer.finish());
+        out
+    }
+
+    fn key_check(key: &MasterKey, plaintext: &[u8]) -> snapshot::Record {
+        let aad = RecordAad {
+            table: "meta",
+            client_id: "",
+            backup_method: "key_check",
+        };
+        (
+            TableId::Meta,
+            b"key_check".to_vec(),
+            key.seal(&aad, plaintext).unwrap(),
+        )
+    }
+
+    fn token(name: &str, hash: [u8; 32]) -> snapshot::Record {
+        (
+            TableId::Tokens,
+            name.as_bytes().to_vec(),
+            codec::encode_token(crate::auth::Role::Admin, 1, &hash),
+        )
+    }
+
+    #[test]
+    fn a_format_1_snapshot_needs_the_flag_and_its_own_kind_of_vault() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::from_file_contents(&[8u8; 32]).unwrap();
+        let old = dir.path().join("old.snapshot");
+        let records = vec![key_check(&key, b"sharevault master key check v1")];
+        std::fs::write(&old, file_of(&key, None, records)).unwrap();
+        let data_dir = dir.path().join("data");
+        let err = restore(&old, &data_dir, &key, RestoreOptions::default()).unwrap_err();
+        assert!(
+            err.contains("format 1") && err.contains("--accept-unauthenticated-snapshot"),
+            "{err}"
+        );
+        assert!(!data_dir.exists(), "nothing was made");
+        let accept = RestoreOptions {
+            replace: false,
+            accept_unauthenticated: true,
+        };
+        restore(&old, &data_dir, &key, accept).unwrap();
+        assert!(data_dir.join(DATABASE_FILE).exists());
+
+        // A vault with an integrity key, made to look like format 1: refused even so.
+        let converted = dir.path().join("converted.snapshot");
+        let records = vec![key_check(
+            &key,
+            b"sharevault master key check v2: integrity key",
+        )];
+        std::fs::write(&converted, file_of(&key, None, records)).unwrap();
+        let err = restore(&converted, &dir.path().join("other"), &key, accept).unwrap_err();
+        assert!(err.contains("converted"), "{err}");
+    }
+
+    /// Every token hash entry must name a token carrying that hash, and every token must have
+    /// its entry, even in a snapshot whose MAC is good.
+    #[test]
+    fn token_hash_entries_must_match_their_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::from_file_contents(&[9u8; 32]).unwrap();
+        let integrity = IntegrityKey::generate(&key).unwrap();
+        let base = || {
+            vec![
+                key_check(&key, b"sharevault master key check v2: integrity key"),
+                (
+                    TableId::Meta,
+                    INTEGRITY_KEY.as_bytes().to_vec(),
+                    integrity.1.clone(),
+                ),
+                token("ops", [1; 32]),
+                (
+                    TableId::Meta,
+                    Anchor::META.as_bytes().to_vec(),
+                    Anchor::encode(&integrity.0.audit_key(), 1),
+                ),
+            ]
+        };
+        let planted = (TableId::TokenHashes, vec![2u8; 32], b"ops".to_vec());
+        let genuine = (TableId::TokenHashes, vec![1u8; 32], b"ops".to_vec());
+        for (name, extra, expected) in [
+            (
+                "planted",
+                vec![genuine.clone(), planted],
+                Some("does not match"),
+            ),
+            ("missing", vec![], Some("has no token_hashes record")),
+            ("intact", vec![genuine], None),
+        ] {
+            let file = dir.path().join(name);
+            let mut records = base();
+            records.extend(extra);
+            std::fs::write(&file, file_of(&key, Some(&integrity), records)).unwrap();
+            let data_dir = dir.path().join(format!("data-{name}"));
+            let result = restore(&file, &data_dir, &key, RestoreOptions::default());
+            match expected {
+                Some(expected) => {
+                    let err = result.unwrap_err();
+                    assert!(err.contains(expected), "{name}: {err}");
+                    assert!(!data_dir.join(DATABASE_FILE).exists(), "{name}");
+                }
+                None => {
+                    result.unwrap();
+                }
+            }
+        }
     }
 }

@@ -51,10 +51,17 @@ fn snapshot_corpus() {
 fn trailing_bytes_are_refused() {
     let read = |p: &str| std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(p)).unwrap();
     let trailing = read("fuzz/corpus/snapshot/trailing_after_end");
-    assert!(sharevault::snapshot::parse(&trailing).is_err());
+    assert!(
+        sharevault::snapshot::parse(&trailing, sharevault::snapshot::Trailer::sha256()).is_err()
+    );
     let token = read("fuzz/corpus/record/token_trailing");
     assert!(sharevault::vault::codec::decode_token("t", &token).is_err());
     // The well-formed seeds decode.
     let valid = read("fuzz/corpus/snapshot/valid");
-    assert_eq!(sharevault::snapshot::parse(&valid).unwrap().len(), 5);
+    assert_eq!(
+        sharevault::snapshot::parse(&valid, sharevault::snapshot::Trailer::sha256())
+            .unwrap()
+            .len(),
+        5
+    );
 }

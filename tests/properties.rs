@@ -487,11 +487,16 @@ fn audit_event() -> impl Strategy<Value = AuditEvent> {
             "\\PC{0,70}",
             "[a-z_]{0,20}",
         ],
-        (any::<[u8; 32]>(), any::<[u8; 32]>()),
+        (any::<[u8; 32]>(), any::<[u8; 32]>(), 1u8..=2),
     )
         .prop_map(
-            |((seq, time_ms), [actor, action, client_id, backup_method, outcome], (prev, hash))| {
+            |(
+                (seq, time_ms),
+                [actor, action, client_id, backup_method, outcome],
+                (prev, hash, version),
+            )| {
                 AuditEvent {
+                    version,
                     seq,
                     time_ms,
                     actor,
@@ -549,18 +554,26 @@ proptest! {
                 outcome: None,
             };
             let (seq, hash) = events.last().map_or((0, [0; 32]), |e| (e.seq, e.hash));
-            events.push(AuditEvent::chain(&entry, "ok", seq, hash));
+            events.push(AuditEvent::chain(&entry, "ok", seq, hash, None));
         }
         let last = events.last().unwrap();
         let head = Some((last.seq, last.hash));
-        let intact = sharevault::audit::verify(events.iter().cloned().map(Ok), head);
+        let intact = sharevault::audit::verify(
+            sharevault::audit::ChainCheck::plain(),
+            events.iter().cloned().map(Ok),
+            head,
+        );
         prop_assert_eq!(intact.problem, None);
         prop_assert_eq!(intact.events, events.len() as u64);
 
         let at = victim.index(events.len());
         let mut edited = events.clone();
         edited[at].client_id.push('!');
-        let report = sharevault::audit::verify(edited.into_iter().map(Ok), head);
+        let report = sharevault::audit::verify(
+            sharevault::audit::ChainCheck::plain(),
+            edited.into_iter().map(Ok),
+            head,
+        );
         prop_assert_eq!(report.problem.map(|p| p.0), Some(at as u64 + 1));
     }
 }
@@ -591,8 +604,10 @@ fn snapshot_file(created_at_ms: u64, key_id: [u8; 8], records: &[snapshot::Recor
         counts[*table as usize - 1] += 1;
     }
     let mut out = Header {
+        version: 2,
         created_at_ms,
         key_id,
+        sealed_integrity_key: vec![9; 117],
         counts,
     }
     .encode();
@@ -603,8 +618,16 @@ fn snapshot_file(created_at_ms: u64, key_id: [u8; 8], records: &[snapshot::Recor
     with_checksum(out)
 }
 
+/// The MAC of a snapshot under a fixed key.
+fn mac() -> snapshot::Trailer {
+    use hmac::Mac;
+    snapshot::Trailer::Mac(Box::new(
+        sharevault::integrity::HmacSha256::new_from_slice(b"property key").unwrap(),
+    ))
+}
+
 fn with_checksum(mut body: Vec<u8>) -> Vec<u8> {
-    let mut sum = snapshot::Checksummer::default();
+    let mut sum = mac();
     sum.update(&body);
     body.extend_from_slice(&sum.finish());
     body
@@ -630,7 +653,7 @@ proptest! {
         records in snapshot_records(),
     ) {
         let file = snapshot_file(created_at_ms, key_id, &records);
-        prop_assert_eq!(snapshot::parse(&file).unwrap(), records.clone());
+        prop_assert_eq!(snapshot::parse(&file, mac()).unwrap(), records.clone());
         let reader = RecordReader::new(&file[..file.len() - 32]).unwrap();
         prop_assert_eq!(reader.header.created_at_ms, created_at_ms);
         prop_assert_eq!(reader.header.key_id, key_id);
@@ -647,8 +670,8 @@ proptest! {
         let file = snapshot_file(1, [2; 8], &records);
         let mut flipped = file.clone();
         flipped[at.index(file.len())] ^= mask;
-        prop_assert!(snapshot::parse(&flipped).is_err());
-        prop_assert!(snapshot::parse(&file[..cut.index(file.len())]).is_err());
+        prop_assert!(snapshot::parse(&flipped, mac()).is_err());
+        prop_assert!(snapshot::parse(&file[..cut.index(file.len())], mac()).is_err());
     }
 
     /// Arbitrary bytes, and arbitrary bytes behind a valid magic and before a valid checksum
@@ -660,19 +683,19 @@ proptest! {
         at in any::<prop::sample::Index>(),
         byte in any::<u8>(),
     ) {
-        let _ = snapshot::parse(&bytes);
+        let _ = snapshot::parse(&bytes, mac());
         let _ = drain(&bytes[..]);
         let mut framed = snapshot::MAGIC.to_vec();
         framed.extend_from_slice(&bytes);
         let _ = drain(&framed[..]);
-        let _ = snapshot::parse(&with_checksum(framed));
+        let _ = snapshot::parse(&with_checksum(framed), mac());
 
         // A structural edit with a recomputed checksum: refused or parsed, never a panic.
         let file = snapshot_file(3, [4; 8], &records);
         let mut body = file[..file.len() - 32].to_vec();
         let i = at.index(body.len());
         body[i] = byte;
-        let _ = snapshot::parse(&with_checksum(body));
+        let _ = snapshot::parse(&with_checksum(body), mac());
     }
 
     #[test]

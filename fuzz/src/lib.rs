@@ -125,15 +125,18 @@ pub fn audit_event(data: &[u8]) {
 /// Snapshot files, as given and with a valid checksum appended so that the structure behind
 /// the checksum is parsed too; and the streaming reader on the same bytes.
 pub fn snapshot(data: &[u8]) {
-    let _ = snapshot::parse(data);
+    let _ = snapshot::parse(data, snapshot::Trailer::sha256());
     drain(data);
     let mut checked = data.to_vec();
-    let mut sum = snapshot::Checksummer::default();
+    let mut sum = snapshot::Trailer::sha256();
     sum.update(data);
     checked.extend_from_slice(&sum.finish());
-    if let Ok(records) = snapshot::parse(&checked) {
+    if let Ok(records) = snapshot::parse(&checked, snapshot::Trailer::sha256()) {
         // An accepted snapshot is its header, the records it declares and the end marker.
-        let mut rebuilt = data[..snapshot::MAGIC.len() + 8 + 8 + 7 * 8].to_vec();
+        let Ok(reader) = RecordReader::new(data) else {
+            unreachable!("an accepted snapshot has a header")
+        };
+        let mut rebuilt = reader.header.encode();
         for (table, key, value) in &records {
             rebuilt.extend(snapshot::record(*table, key, value));
         }

@@ -116,14 +116,10 @@ pub async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
         file.sync_all()
             .map_err(|e| local("cannot sync", &temp, e))?;
         drop(file);
+        // Whole and well formed; its MAC needs the master key, and restore checks it.
         let check = std::fs::File::open(&temp).map_err(|e| local("cannot read", &temp, e))?;
-        snapshot::verify_checksum(std::io::BufReader::new(check), bytes)
+        let header = snapshot::check_structure(std::io::BufReader::new(check), bytes)
             .map_err(|e| CliError::Local(format!("the received snapshot is damaged: {e}")))?;
-        let header = snapshot::RecordReader::new(std::io::BufReader::new(
-            std::fs::File::open(&temp).map_err(|e| local("cannot read", &temp, e))?,
-        ))
-        .map_err(|e| CliError::Local(e.to_string()))?
-        .header;
         std::fs::rename(&temp, &args.to).map_err(|e| local("cannot rename to", &args.to, e))?;
         std::fs::File::open(&dir)
             .and_then(|d| d.sync_all())

@@ -265,6 +265,18 @@ impl AdminService for AdminApi {
     ) -> Result<Response<Self::RekeyStream>, Status> {
         let call = Call::new("AdminService", "Rekey");
         let result = async {
+            // A key that crossed a network in clear is refused before anything else, so that
+            // it never seals anything.
+            let transport = request.extensions().get::<crate::net::Transport>().copied();
+            let peer = crate::net::Peer(super::source(&request));
+            if !transport.is_some_and(|t| t.may_carry_keys(peer)) {
+                return Err(VaultError::FailedPrecondition(
+                    "a rekey carries the new master key: send it over TLS or the local admin \
+                     socket, not plain TCP from another host; this key travelled in clear, \
+                     so generate another one"
+                        .into(),
+                ));
+            }
             let (vault, who) = self.authorize(&request)?;
             let raw = Zeroizing::new(request.get_ref().new_master_key.clone());
             if raw.len() != crate::crypto::KEY_LEN {
@@ -351,5 +363,49 @@ fn audit_to_proto(event: AuditEvent) -> pb::AuditEvent {
         outcome: event.outcome,
         hash: hex::encode(event.hash),
         prev_hash: hex::encode(event.prev_hash),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::{Peer, Transport};
+
+    /// What a rekey request over `transport` from `peer` is answered, before the vault is
+    /// open: NOT_READY (UNAVAILABLE) once the transport is accepted.
+    async fn rekey_over(transport: Transport, peer: Peer) -> tonic::Code {
+        let api = AdminApi {
+            ready: Ready::default(),
+        };
+        let mut request = Request::new(pb::RekeyRequest {
+            new_master_key: vec![7; 32],
+        });
+        request.extensions_mut().insert(transport);
+        request.extensions_mut().insert(peer);
+        match api.rekey(request).await {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rekey_over_plain_tcp_from_another_host_is_refused() {
+        let remote = Peer(Some("192.0.2.7".parse().unwrap()));
+        let loopback = Peer(Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            rekey_over(Transport::Tcp, remote).await,
+            tonic::Code::FailedPrecondition
+        );
+        for (transport, peer) in [
+            (Transport::Tcp, loopback),
+            (Transport::Tls, remote),
+            (Transport::Unix, Peer(None)),
+        ] {
+            assert_eq!(
+                rekey_over(transport, peer).await,
+                tonic::Code::Unavailable,
+                "{transport:?}"
+            );
+        }
     }
 }

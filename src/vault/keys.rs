@@ -2,11 +2,12 @@
 
 use super::rules::{Rewrap, WriteOp};
 use super::{
-    KEY_CHECK, KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT, REKEY_TARGET, REKEY_TARGET_AAD, Vault,
-    crypto_failure, entry, records,
+    KEY_CHECK, KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT, KEY_CHECK_PLAINTEXT_V2, REKEY_TARGET,
+    REKEY_TARGET_AAD, Vault, crypto_failure, entry, records,
 };
 use crate::crypto::{MasterKey, RecordAad};
 use crate::error::VaultError;
+use crate::integrity::INTEGRITY_KEY;
 use crate::store::{Store, StoreError, TableId};
 use records::{SealedRecord, SealedRow};
 use std::sync::{Arc, PoisonError};
@@ -104,11 +105,12 @@ impl Vault {
             }
         }
         let check = new
-            .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT)
+            .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT_V2)
             .map_err(crypto_failure)?;
+        let integrity = self.integrity.seal(&new).map_err(crypto_failure)?;
         self.write(
             WriteOp::Meta {
-                set: vec![(KEY_CHECK.into(), check)],
+                set: vec![(KEY_CHECK.into(), check), (INTEGRITY_KEY.into(), integrity)],
                 remove: vec![REKEY_TARGET.into()],
             },
             Some(entry(actor, "rekey_finish", "", &new.id().to_string())),

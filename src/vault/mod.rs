@@ -21,12 +21,13 @@ pub use shares::{BackupInput, ClientShare, FetchedShare};
 pub use records::{Counts, MethodRecord, PairRecord, SealedRecord, SealedRow, TokenRecord};
 pub use rules::{Rewrap, WriteOp, WriteOutcome};
 
-use crate::audit::{AuditEntry, AuditEvent, ChainReport};
+use crate::audit::{Anchor, AuditEntry, AuditEvent, AuditKey, ChainCheck, ChainReport};
 use crate::crypto::{CryptoError, KeyId, MasterKey, RecordAad};
 use crate::error::VaultError;
+use crate::integrity::{INTEGRITY_KEY, IntegrityKey};
 use crate::placement::ReadPlacement;
 use crate::snapshot;
-use crate::store::{ExportItem, Reader, Store, StoreError, TableId};
+use crate::store::{ExportItem, Key, Reader, Store, StoreError, TableId};
 use crate::validate::Limits;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -34,6 +35,9 @@ use zeroize::Zeroizing;
 
 const KEY_CHECK: &str = "key_check";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"sharevault master key check v1";
+/// The key check of a vault that has an integrity key: its integrity key record cannot be
+/// removed (to start a new, plain audit trail) without the vault noticing.
+const KEY_CHECK_PLAINTEXT_V2: &[u8] = b"sharevault master key check v2: integrity key";
 const KEY_CHECK_AAD: RecordAad<'static> = RecordAad {
     table: "meta",
     client_id: "",
@@ -58,6 +62,16 @@ pub enum OpenError {
         "the data dir's key check record is damaged ({0}); restore the data dir from a snapshot"
     )]
     KeyCheck(CryptoError),
+    #[error(
+        "the data dir's integrity key record is damaged ({0}); restore the data dir from a \
+         snapshot"
+    )]
+    IntegrityKey(CryptoError),
+    #[error(
+        "the data dir's integrity key record is missing, though its key check says it has one: \
+         the database was altered; restore the data dir from a snapshot"
+    )]
+    IntegrityKeyMissing,
     #[error(
         "cannot open the database: {0}. If another sharevault runs on this data dir, stop it; if \
          the file is damaged, move the data dir aside and restore the last snapshot \
@@ -129,17 +143,23 @@ impl Keyring {
     }
 }
 
-/// Checks that `key` opens a data dir's key check record.
-pub fn verify_key_check(key: &MasterKey, check: &[u8]) -> Result<(), CryptoError> {
-    check_opens(key, &KEY_CHECK_AAD, check)
+/// Checks that `key` opens a data dir's key check record; answers its version: 2 if the vault
+/// has an integrity key, 1 if it was made before integrity keys existed.
+pub fn verify_key_check(key: &MasterKey, check: &[u8]) -> Result<u8, CryptoError> {
+    check_version(key, &KEY_CHECK_AAD, check)
 }
 
-fn check_opens(key: &MasterKey, aad: &RecordAad<'_>, check: &[u8]) -> Result<(), CryptoError> {
+fn check_version(key: &MasterKey, aad: &RecordAad<'_>, check: &[u8]) -> Result<u8, CryptoError> {
     match key.open(aad, check) {
-        Ok(plain) if plain.as_slice() == KEY_CHECK_PLAINTEXT => Ok(()),
+        Ok(plain) if plain.as_slice() == KEY_CHECK_PLAINTEXT => Ok(1),
+        Ok(plain) if plain.as_slice() == KEY_CHECK_PLAINTEXT_V2 => Ok(2),
         Ok(_) => Err(CryptoError::Tampered),
         Err(err) => Err(err),
     }
+}
+
+fn check_opens(key: &MasterKey, aad: &RecordAad<'_>, check: &[u8]) -> Result<(), CryptoError> {
+    check_version(key, aad, check).map(|_| ())
 }
 
 /// The vault.
@@ -150,6 +170,10 @@ pub struct Vault {
     credentials: Credentials,
     started: Instant,
     rekeying: tokio::sync::Mutex<()>,
+    /// The key behind the snapshot and audit MACs (see [`crate::integrity`]).
+    integrity: IntegrityKey,
+    /// The audit MAC's key, derived from `integrity`.
+    audit_key: AuditKey,
     /// Audit events of reads become durable up to 100 ms after the read is answered, instead
     /// of before.
     deferred_read_audit: bool,
@@ -168,14 +192,13 @@ impl Vault {
         limits: Limits,
         credentials: Credentials,
     ) -> Result<Self, OpenError> {
-        let (target, check) = {
+        let meta = |name: &str| -> Result<Option<Vec<u8>>, OpenError> {
             let r = store.read().map_err(OpenError::Store)?;
-            (
-                records::meta(&*r, REKEY_TARGET).map_err(OpenError::Store)?,
-                records::meta(&*r, KEY_CHECK).map_err(OpenError::Store)?,
-            )
+            records::meta(&*r, name).map_err(OpenError::Store)
         };
-        match check {
+        let target = meta(REKEY_TARGET)?;
+        let mut fresh = false;
+        match meta(KEY_CHECK)? {
             Some(check) => match check_opens(&key, &KEY_CHECK_AAD, &check) {
                 Ok(()) => {
                     if let Some(target) = &target {
@@ -210,8 +233,9 @@ impl Vault {
                 Err(err) => return Err(OpenError::KeyCheck(err)),
             },
             None => {
+                fresh = true;
                 let check = key
-                    .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT)
+                    .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT_V2)
                     .map_err(OpenError::KeyCheck)?;
                 rules::write(
                     store.as_ref(),
@@ -220,17 +244,68 @@ impl Vault {
                         remove: Vec::new(),
                     },
                     None,
+                    None,
                 )
                 .await
                 .map_err(OpenError::Write)?;
             }
         }
+        let keys = Keyring {
+            primary: Arc::new(key),
+            older: older.into_iter().map(Arc::new).collect(),
+        };
+        // The key check, under whichever known key seals it, and its version.
+        let check = meta(KEY_CHECK)?.ok_or(OpenError::KeyCheck(CryptoError::Malformed))?;
+        let check_key = keys.for_envelope(&check).map_err(OpenError::KeyCheck)?;
+        let check_version =
+            check_version(&check_key, &KEY_CHECK_AAD, &check).map_err(OpenError::KeyCheck)?;
+        let integrity = match meta(INTEGRITY_KEY)? {
+            Some(sealed) => keys
+                .for_envelope(&sealed)
+                .and_then(|key| IntegrityKey::open(&key, &sealed))
+                .map_err(OpenError::IntegrityKey)?,
+            None if check_version >= 2 && !fresh => return Err(OpenError::IntegrityKeyMissing),
+            None => {
+                // A new vault, or one made before integrity keys existed: its audit events
+                // are keyed from the next one on, which the anchor records; the key check
+                // then says that the vault has an integrity key.
+                // Sealed under the key the key check is under, so that whichever key the
+                // data dir starts with next (during an unfinished rotation) opens both.
+                let (integrity, sealed) =
+                    IntegrityKey::generate(&check_key).map_err(OpenError::IntegrityKey)?;
+                let audit_key = integrity.audit_key();
+                let next = {
+                    let r = store.read().map_err(OpenError::Store)?;
+                    crate::audit::head(&*r)
+                        .map_err(OpenError::Store)?
+                        .map_or(1, |(seq, _)| seq + 1)
+                };
+                let check = check_key
+                    .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT_V2)
+                    .map_err(OpenError::KeyCheck)?;
+                rules::write(
+                    store.as_ref(),
+                    WriteOp::Meta {
+                        set: vec![
+                            (INTEGRITY_KEY.into(), sealed),
+                            (Anchor::META.into(), Anchor::encode(&audit_key, next)),
+                            (KEY_CHECK.into(), check),
+                        ],
+                        remove: Vec::new(),
+                    },
+                    None,
+                    None,
+                )
+                .await
+                .map_err(OpenError::Write)?;
+                integrity
+            }
+        };
         Ok(Self {
             store,
-            keys: RwLock::new(Keyring {
-                primary: Arc::new(key),
-                older: older.into_iter().map(Arc::new).collect(),
-            }),
+            keys: RwLock::new(keys),
+            audit_key: integrity.audit_key(),
+            integrity,
             limits,
             credentials,
             started: Instant::now(),
@@ -254,7 +329,7 @@ impl Vault {
         op: WriteOp,
         audit: Option<AuditEntry>,
     ) -> Result<WriteOutcome, VaultError> {
-        rules::write(self.store.as_ref(), op, audit).await
+        rules::write(self.store.as_ref(), op, audit, Some(&self.audit_key)).await
     }
 
     fn primary(&self) -> Arc<MasterKey> {
@@ -406,21 +481,46 @@ impl Vault {
 
     /// Checks the whole audit chain up to its current head.
     pub fn verify_audit(&self) -> Result<ChainReport, VaultError> {
-        Ok(crate::audit::verify_trail(self.store.as_ref())?)
+        let key = self.audit_key.clone();
+        let anchor = records::meta(&*self.store.read()?, Anchor::META)?;
+        let check = match anchor {
+            Some(anchor) => match Anchor::decode(&key, &anchor) {
+                Some(keyed_from) => ChainCheck::new(Some(key), keyed_from),
+                None => ChainCheck::failed("the audit trail's anchor was altered".into()),
+            },
+            None => ChainCheck::failed("the audit trail's anchor is missing".into()),
+        };
+        Ok(crate::audit::verify_trail(self.store.as_ref(), check)?)
     }
 
     /// Writes a snapshot of the whole vault from one read transaction, in chunks handed to
-    /// `sink` (see [`crate::snapshot`] for the format).
+    /// `sink` (see [`crate::snapshot`] for the format). Refused while a master key rotation is
+    /// unfinished: its records would be under two keys.
     pub fn snapshot(
         &self,
         sink: &mut dyn FnMut(Vec<u8>) -> Result<(), StoreError>,
     ) -> Result<(), VaultError> {
         const CHUNK: usize = 256 * 1024;
+        let rotating = || {
+            VaultError::FailedPrecondition(
+                "a master key rotation is unfinished: run `sharevault rekey` to finish it, \
+                 then take the snapshot"
+                    .into(),
+            )
+        };
+        if records::meta(&*self.store.read()?, REKEY_TARGET)?.is_some() {
+            return Err(rotating());
+        }
+        let sealed =
+            records::meta(&*self.store.read()?, INTEGRITY_KEY)?.ok_or(VaultError::Corrupt)?;
         let key_id = self.key_id().to_bytes();
-        let mut sum = snapshot::Checksummer::default();
+        let mut mac = snapshot::Trailer::Mac(Box::new(self.integrity.snapshot_mac()));
         let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
-        let mut emit = |bytes: &[u8], buf: &mut Vec<u8>, sum: &mut snapshot::Checksummer| {
-            sum.update(bytes);
+        // Set when the export shows a rotation, or an integrity key re-wrapped since `sealed`
+        // was read: the snapshot is abandoned.
+        let mut changed: Option<VaultError> = None;
+        let mut emit = |bytes: &[u8], buf: &mut Vec<u8>, mac: &mut snapshot::Trailer| {
+            mac.update(bytes);
             buf.extend_from_slice(bytes);
             if buf.len() >= CHUNK {
                 sink(std::mem::take(buf))
@@ -428,23 +528,42 @@ impl Vault {
                 Ok(())
             }
         };
-        self.store.export(&mut |item| match item {
+        let exported = self.store.export(&mut |item| match item {
             ExportItem::Counts(counts) => {
                 let header = snapshot::Header {
+                    version: 2,
                     created_at_ms: now_ms(),
                     key_id,
+                    sealed_integrity_key: sealed.clone(),
                     counts,
                 };
-                emit(&header.encode(), &mut buf, &mut sum)
+                emit(&header.encode(), &mut buf, &mut mac)
+            }
+            ExportItem::Record(TableId::Meta, Key::Name(name), value)
+                if name == REKEY_TARGET
+                    || (name == INTEGRITY_KEY && value != sealed.as_slice()) =>
+            {
+                changed = Some(if name == REKEY_TARGET {
+                    rotating()
+                } else {
+                    VaultError::FailedPrecondition(
+                        "the master key changed while the snapshot was taken; take it again".into(),
+                    )
+                });
+                Err(StoreError::Closed)
             }
             ExportItem::Record(table, key, value) => emit(
                 &snapshot::record(table, &snapshot::encode_key(key), value),
                 &mut buf,
-                &mut sum,
+                &mut mac,
             ),
-        })?;
-        emit(&snapshot::end(), &mut buf, &mut sum)?;
-        buf.extend_from_slice(&sum.finish());
+        });
+        if let Some(err) = changed {
+            return Err(err);
+        }
+        exported?;
+        emit(&snapshot::end(), &mut buf, &mut mac)?;
+        buf.extend_from_slice(&mac.finish());
         sink(buf)?;
         Ok(())
     }

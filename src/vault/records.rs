@@ -157,7 +157,13 @@ pub fn token_by_hash(
         return Ok(None);
     };
     let name = std::str::from_utf8(&name).map_err(|_| StoreError::Corrupt("token hash"))?;
-    token(r, name)
+    // The token found must carry the hash it was found by: a hash entry planted beside
+    // another token's record grants nothing.
+    match token(r, name)? {
+        Some(record) if crate::auth::digests_equal(&record.hash, hash) => Ok(Some(record)),
+        Some(_) => Err(StoreError::Corrupt("token hash entry")),
+        None => Ok(None),
+    }
 }
 
 /// Every token, ordered by name.

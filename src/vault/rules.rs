@@ -7,7 +7,7 @@
 
 use super::codec;
 use super::records::{self, PairRecord, SealedRecord, TokenRecord};
-use crate::audit::{self, AuditEntry};
+use crate::audit::{self, AuditEntry, AuditKey};
 use crate::error::VaultError;
 use crate::pairs::PairStatus;
 use crate::store::{Key, Staged, Store, StoreError, TableId, WriteClass, WriteJob, Writer};
@@ -132,13 +132,16 @@ impl From<StoreError> for Failure {
 
 type Applied = Result<WriteOutcome, Failure>;
 
-/// Applies `op` durably with its audit event, on any store.
+/// Applies `op` durably with its audit event (chained under `key`, or plain without one), on
+/// any store.
 pub async fn write(
     store: &dyn Store,
     op: WriteOp,
     audit: Option<AuditEntry>,
+    key: Option<&AuditKey>,
 ) -> Result<WriteOutcome, VaultError> {
     let slot = Arc::new(Mutex::new(None));
+    let audit = audit.map(|entry| (entry, key.cloned()));
     store.write(job(op, audit, Arc::clone(&slot))).await?;
     let result = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
     result.unwrap_or(Err(VaultError::Internal))
@@ -148,7 +151,7 @@ pub async fn write(
 /// succeeded, appends its audit event with the outcome, and leaves the result in `slot`.
 fn job(
     op: WriteOp,
-    audit: Option<AuditEntry>,
+    audit: Option<(AuditEntry, Option<AuditKey>)>,
     slot: Arc<Mutex<Option<Result<WriteOutcome, VaultError>>>>,
 ) -> WriteJob {
     WriteJob {
@@ -166,13 +169,13 @@ fn job(
                 }
                 Err(Failure::Store(err)) => return Err(err),
             };
-            if let Some(entry) = &audit {
+            if let Some((entry, key)) = &audit {
                 let outcome = match (&entry.outcome, &result) {
                     (Some(outcome), _) => outcome.as_str(),
                     (None, Ok(_)) => "ok",
                     (None, Err(e)) => e.outcome(),
                 };
-                audit::append(w, entry, outcome)?;
+                audit::append(w, entry, outcome, key.as_ref())?;
             }
             *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
             Ok(())

@@ -638,6 +638,20 @@ async fn the_local_admin_socket_needs_no_token_for_the_daemons_own_user() {
         &[],
     );
     assert!(run.ok, "{}", run.stderr);
+    // A rotation, which carries the new master key, may come over the socket.
+    let new_keys = crate::harness::Keys::new(&sandbox.tmp.path().join("new-keys"), 50);
+    let run = sharevault(
+        sandbox.tmp.path(),
+        &[
+            "rekey",
+            "--new-master-key-file",
+            new_keys.master_key_file.to_str().unwrap(),
+            "--connect",
+            &connect,
+        ],
+        &[],
+    );
+    assert!(run.ok, "{}", run.stderr);
     // The same call without a token on the TCP listener is refused.
     let tcp = daemon.endpoint.trim_start_matches("http://").to_owned();
     let run = sharevault(sandbox.tmp.path(), &["status", "--connect", &tcp], &[]);

@@ -204,6 +204,21 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_a_restart()
     drop(mount);
 }
 
+/// A whole snapshot from the admin API, or the error that ended it.
+async fn snapshot_bytes(daemon: &Daemon, admin: &str) -> Result<Vec<u8>, tonic::Status> {
+    let mut stream = daemon
+        .admin()
+        .await
+        .snapshot(with_token(pb::SnapshotRequest {}, admin))
+        .await?
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        bytes.extend_from_slice(&chunk?.data);
+    }
+    Ok(bytes)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_snapshot_and_during_a_rotation_loses_nothing() {
     let sandbox = Sandbox::new(71);
@@ -249,14 +264,43 @@ async fn kill_9_during_a_snapshot_and_during_a_rotation_loses_nothing() {
     assert!(!daemon.signal("KILL").success());
     drop(progress);
 
-    // It starts again with the old key, says the rotation is unfinished, and finishes it.
+    // It starts again with the old key, says the rotation is unfinished, refuses a snapshot
+    // (its records are under two keys), and finishes it.
     let daemon = sandbox.start();
     assert!(
         daemon.logs().contains("rotation was interrupted"),
         "{}",
         daemon.logs()
     );
+    let refused = snapshot_bytes(&daemon, &admin).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("rotation is unfinished"),
+        "{refused:?}"
+    );
     assert!(daemon.rekey(&admin, &raw).await.finished);
+    // Once finished, a snapshot restores with the new key alone.
+    let file = sandbox.tmp.path().join("after-rotation.snapshot");
+    std::fs::write(&file, snapshot_bytes(&daemon, &admin).await.unwrap()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sharevault"))
+        .args(["restore", "--from"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(sandbox.tmp.path().join("restored"))
+        .arg("--master-key-file")
+        .arg(&new_keys.master_key_file)
+        .env_remove("SHAREVAULT_DATA_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = daemon.verify(&admin).await;
     assert_eq!(
         (report.custodian_shares, report.failed),

@@ -4,7 +4,8 @@
 use crate::harness::{
     Daemon, Keys, Sandbox, Started, command, create_token, fetch_shares, with_secret, with_token,
 };
-use redb::{ReadableDatabase, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use sharevault::audit::AuditEvent;
 use sharevault::pb::{self, Role};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -241,6 +242,126 @@ async fn restore_drill_snapshot_under_load_then_restore_elsewhere() {
     );
 }
 
+/// Every file of a directory and its bytes.
+fn dir_bytes(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `snapshot` with an admin token record (and its hash entry) added, the counts fixed, and a
+/// plain SHA-256 in place of the trailer: what someone who can write the backup storage, but
+/// does not hold the master key, can make.
+fn plant_admin_token(snapshot: &[u8], token: &str) -> Vec<u8> {
+    use sha2::Digest;
+    use sharevault::snapshot::{RecordReader, TableId};
+    let mut reader = RecordReader::new(&snapshot[..snapshot.len() - 32]).unwrap();
+    let mut records = Vec::new();
+    while let Some(record) = reader.next_record().unwrap() {
+        records.push(record);
+    }
+    let hash: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+    records.push((
+        TableId::Tokens,
+        b"mallory".to_vec(),
+        sharevault::vault::codec::encode_token(sharevault::auth::Role::Admin, 1, &hash),
+    ));
+    records.push((TableId::TokenHashes, hash.to_vec(), b"mallory".to_vec()));
+    records.sort_by_key(|(table, _, _)| *table);
+    let mut header = reader.header.clone();
+    header.counts[TableId::Tokens as usize - 1] += 1;
+    header.counts[TableId::TokenHashes as usize - 1] += 1;
+    let mut out = header.encode();
+    for (table, key, value) in &records {
+        out.extend(sharevault::snapshot::record(*table, key, value));
+    }
+    out.extend(sharevault::snapshot::end());
+    let sum = sha2::Sha256::digest(&out);
+    out.extend_from_slice(&sum);
+    out
+}
+
+/// A snapshot altered by someone without the master key (an admin token planted, its checksum
+/// recomputed) is refused, and so are truncated and flipped ones; none of them changes a byte
+/// of the stopped vault it was to replace, nor leaves anything in a new data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_snapshot_is_refused_and_changes_nothing() {
+    let sandbox = Sandbox::new(52);
+    let mut daemon = sandbox.start();
+    let admin = sandbox.keys.admin_token.clone();
+    create_token(&daemon, &admin, "backend", Role::Backend as i32).await;
+    daemon
+        .webhook()
+        .await
+        .backup(with_secret(
+            backup("c1", "PASSWORD-SECP256K1", "{\"s\":1}"),
+            &sandbox.keys.webhook_secret,
+        ))
+        .await
+        .unwrap();
+    let snap = sandbox.tmp.path().join("vault.snapshot");
+    snapshot_to(&daemon, &admin, &snap).await;
+    assert!(daemon.signal("TERM").success());
+    let bytes = std::fs::read(&snap).unwrap();
+    let before = dir_bytes(&sandbox.data_dir);
+    let fresh = sandbox.tmp.path().join("fresh");
+
+    let planted = plant_admin_token(&bytes, "mallory-knows-this-token");
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 0x01;
+    for (name, damaged, expected) in [
+        ("planted", planted, "MAC does not match"),
+        ("flipped", flipped, "MAC does not match"),
+        ("truncated", bytes[..bytes.len() - 40].to_vec(), "truncated"),
+    ] {
+        let path = sandbox.tmp.path().join(name);
+        std::fs::write(&path, damaged).unwrap();
+        for (data_dir, replace) in [(&sandbox.data_dir, true), (&fresh, false)] {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sharevault"));
+            cmd.args(["restore", "--from"])
+                .arg(&path)
+                .arg("--data-dir")
+                .arg(data_dir)
+                .arg("--master-key-file")
+                .arg(&sandbox.keys.master_key_file)
+                .env_remove("SHAREVAULT_DATA_DIR");
+            if replace {
+                cmd.arg("--replace");
+            }
+            let out = cmd.output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{name} was restored");
+            assert!(stderr.contains(expected), "{name}: {stderr}");
+            assert!(stderr.contains("nothing was changed"), "{name}: {stderr}");
+        }
+        assert!(
+            dir_bytes(&sandbox.data_dir) == before,
+            "{name}: the live data dir changed"
+        );
+        assert!(!fresh.exists(), "{name}: a new data dir was made");
+    }
+
+    // The vault still serves, and the planted token is not valid there.
+    let daemon = sandbox.start();
+    let err = daemon
+        .admin()
+        .await
+        .list_tokens(with_token(
+            pb::ListTokensRequest {},
+            "mallory-knows-this-token",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rekey_while_serving_then_the_old_key_is_refused() {
     let sandbox = Sandbox::new(52);
@@ -367,6 +488,45 @@ fn hex_decode(s: &str) -> Vec<u8> {
 }
 
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Rewrites the audit trail of a stopped vault from event `from` on, and its head, as someone
+/// with the database file but no key can: `edit` each event, then chain it with a plain
+/// SHA-256 (event format 1).
+fn rewrite_trail(database: &std::path::Path, from: u64, edit: impl Fn(&mut AuditEvent)) {
+    let db = redb::Database::open(database).unwrap();
+    let write = db.begin_write().unwrap();
+    {
+        let mut table = write.open_table(AUDIT).unwrap();
+        let mut events: Vec<AuditEvent> = table
+            .iter()
+            .unwrap()
+            .map(|item| AuditEvent::decode(item.unwrap().1.value()).unwrap())
+            .collect();
+        let mut prev = [0u8; 32];
+        for event in &mut events {
+            if event.seq >= from {
+                edit(event);
+                event.version = 1;
+                event.prev_hash = prev;
+                event.hash = event.compute_hash(None).unwrap();
+            }
+            prev = event.hash;
+        }
+        for event in &events {
+            table.insert(event.seq, event.encode().as_slice()).unwrap();
+        }
+        let last = events.last().unwrap();
+        let mut head = last.seq.to_be_bytes().to_vec();
+        head.extend_from_slice(&last.hash);
+        write
+            .open_table(META)
+            .unwrap()
+            .insert("audit_head", head.as_slice())
+            .unwrap();
+    }
+    write.commit().unwrap();
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_write_and_share_read_is_audited_and_tampering_is_detected() {
@@ -518,11 +678,112 @@ async fn every_write_and_share_read_is_audited_and_tampering_is_detected() {
             .unwrap();
         write.commit().unwrap();
     }
-    let daemon = sandbox.start();
+    let mut daemon = sandbox.start();
     let report = daemon.verify_audit(&admin).await;
     assert!(!report.ok);
     assert_eq!(report.first_bad_seq, victim);
     assert!(report.problem.contains("edited"), "{}", report.problem);
+    assert!(daemon.signal("TERM").success());
+
+    // Rewrite the trail from there on together with its head, as someone with the database
+    // file but not the master key can: detected too, at the first rewritten event.
+    rewrite_trail(&sandbox.database(), victim, |event| {
+        if event.seq == victim {
+            event.actor = "someone-else".into();
+        }
+    });
+    let daemon = sandbox.start();
+    let report = daemon.verify_audit(&admin).await;
+    assert!(!report.ok, "{report:?}");
+    assert_eq!(report.first_bad_seq, victim);
+    assert!(report.problem.contains("rewritten"), "{}", report.problem);
+}
+
+/// A vault made before the audit MAC (plain SHA-256 trail, version 1 key check, no integrity
+/// key) opens, verifies, and keys its new events; removing the integrity key of a vault that
+/// has one, to start a plain trail, is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_from_before_the_audit_mac_opens_and_keys_its_new_events() {
+    let sandbox = Sandbox::new(57);
+    let secret = sandbox.keys.webhook_secret.clone();
+    let admin = sandbox.keys.admin_token.clone();
+    let mut daemon = sandbox.start();
+    let mut hook = daemon.webhook().await;
+    for client in ["old-1", "old-2"] {
+        hook.backup(with_secret(
+            backup(client, "PASSWORD-SECP256K1", "s"),
+            &secret,
+        ))
+        .await
+        .unwrap();
+    }
+    drop(hook);
+    assert!(daemon.signal("TERM").success());
+
+    // The integrity key alone removed: the key check says there was one.
+    let remove_meta = |names: &[&str]| {
+        let db = redb::Database::open(sandbox.database()).unwrap();
+        let write = db.begin_write().unwrap();
+        {
+            let mut meta = write.open_table(META).unwrap();
+            for name in names {
+                meta.remove(*name).unwrap();
+            }
+        }
+        write.commit().unwrap();
+    };
+    remove_meta(&["integrity_key"]);
+    match Daemon::launch(command(&sandbox.data_dir, &Daemon::tcp_args(&sandbox.keys))) {
+        Started::Exited { logs, .. } => {
+            assert!(logs.contains("integrity key record is missing"), "{logs}")
+        }
+        Started::Ready(_) => panic!("a vault without its integrity key must be refused"),
+    }
+
+    // Made old: plain trail, version 1 key check, no integrity key nor anchor.
+    remove_meta(&["audit_keyed_from"]);
+    rewrite_trail(&sandbox.database(), 1, |_| {});
+    {
+        let key = sharevault::secrets::read_master_key(&sandbox.keys.master_key_file).unwrap();
+        let check = key
+            .seal(
+                &sharevault::crypto::RecordAad {
+                    table: "meta",
+                    client_id: "",
+                    backup_method: "key_check",
+                },
+                b"sharevault master key check v1",
+            )
+            .unwrap();
+        let db = redb::Database::open(sandbox.database()).unwrap();
+        let write = db.begin_write().unwrap();
+        write
+            .open_table(META)
+            .unwrap()
+            .insert("key_check", check.as_slice())
+            .unwrap();
+        write.commit().unwrap();
+    }
+
+    let mut daemon = sandbox.start();
+    let before = daemon.verify_audit(&admin).await;
+    assert!(before.ok && before.events >= 2, "{before:?}");
+    let mut hook = daemon.webhook().await;
+    let shares = fetch_shares(&mut hook, &secret, "old-1".into()).await;
+    assert_eq!(shares, vec!["s".to_string()]);
+    drop(hook);
+    let after = daemon.verify_audit(&admin).await;
+    assert!(after.ok && after.events > before.events, "{after:?}");
+    assert!(daemon.signal("TERM").success());
+
+    // The events written since are keyed: rewriting one of them plain is detected, while the
+    // plain events before the upgrade still verify.
+    let first_new = before.events + 1;
+    rewrite_trail(&sandbox.database(), first_new, |_| {});
+    let daemon = sandbox.start();
+    let report = daemon.verify_audit(&admin).await;
+    assert!(!report.ok, "{report:?}");
+    assert_eq!(report.first_bad_seq, first_new, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ const CUSTODIAN: ClientDef = TableDefinition::new("custodian_shares");
 const CLIENT: ClientDef = TableDefinition::new("client_shares");
 const PAIRS: ClientDef = TableDefinition::new("backup_share_pairs");
 const TOKENS: NameDef = TableDefinition::new("tokens");
-const TOKEN_HASHES: TableDefinition<&[u8], &str> = TableDefinition::new("token_hashes");
+pub(super) const TOKEN_HASHES: TableDefinition<&[u8], &str> = TableDefinition::new("token_hashes");
 const META: NameDef = TableDefinition::new("meta");
 pub(super) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 

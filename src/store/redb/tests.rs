@@ -153,7 +153,7 @@ async fn audit_events_of_reads_commit_ahead_of_queued_writes() {
     let store = Arc::new(RedbStore::open_with(opener, None, 0).unwrap());
     let spawn = |op: WriteOp, audit: Option<AuditEntry>| {
         let store = Arc::clone(&store);
-        tokio::spawn(async move { rules::write(store.as_ref(), op, audit).await })
+        tokio::spawn(async move { rules::write(store.as_ref(), op, audit, None).await })
     };
 
     // A slow disk holds the writer in its first commit while the others queue up.
@@ -196,16 +196,16 @@ async fn a_failed_commit_changes_nothing_and_writes_resume_without_a_restart() {
     let sync_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let store = RedbStore::open_with(flaky_opener(&path, &fail, &sync_ms), None, 0).unwrap();
     let (op, audit) = put("acked-before", b"A");
-    rules::write(&store, op, audit).await.unwrap();
+    rules::write(&store, op, audit, None).await.unwrap();
 
     fail.store(true, Ordering::SeqCst);
     let (op, audit) = put("during-failure", b"B");
-    let err = rules::write(&store, op, audit).await.unwrap_err();
+    let err = rules::write(&store, op, audit, None).await.unwrap_err();
     assert!(matches!(err, VaultError::Unavailable), "{err:?}");
 
     fail.store(false, Ordering::SeqCst);
     let (op, audit) = put("after-recovery", b"C");
-    rules::write(&store, op, audit).await.unwrap();
+    rules::write(&store, op, audit, None).await.unwrap();
 
     let held = |c: &str| {
         records::share(
@@ -236,6 +236,7 @@ async fn a_failed_commit_changes_nothing_and_writes_resume_without_a_restart() {
         .collect();
     assert_eq!(events.len(), 2);
     let report = audit::verify(
+        audit::ChainCheck::plain(),
         events.into_iter().map(Ok),
         audit::head(&*store.read().unwrap()).unwrap(),
     );
@@ -247,7 +248,7 @@ async fn a_failed_commit_changes_nothing_and_writes_resume_without_a_restart() {
 async fn read_events(store: &RedbStore, n: u64) {
     for i in 0..n {
         let (_, audit) = put(&format!("reader-{i}"), b"");
-        rules::write(store, WriteOp::AuditOnly { deferred: true }, audit)
+        rules::write(store, WriteOp::AuditOnly { deferred: true }, audit, None)
             .await
             .unwrap();
     }
@@ -262,7 +263,7 @@ async fn the_audit_chain_is_checked_across_pages() {
     let total = audit::PAGE as u64 * 2 + 100;
     let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
     read_events(&store, total).await;
-    let report = audit::verify_trail(&store).unwrap();
+    let report = audit::verify_trail(&store, audit::ChainCheck::plain()).unwrap();
     assert_eq!(report.events, total);
     assert_eq!(report.problem, None);
     store.close();
@@ -282,7 +283,7 @@ async fn the_audit_chain_is_checked_across_pages() {
         write.commit().unwrap();
     }
     let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
-    let report = audit::verify_trail(&store).unwrap();
+    let report = audit::verify_trail(&store, audit::ChainCheck::plain()).unwrap();
     let (at, problem) = report.problem.unwrap();
     assert_eq!(at, victim);
     assert!(problem.contains("edited"), "{problem}");
@@ -330,7 +331,7 @@ async fn writes_are_refused_below_the_free_space_reserve_and_reads_go_on() {
     let path = dir.path().join("reserve.redb");
     let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
     let (op, audit) = put("kept", b"K");
-    rules::write(&store, op, audit).await.unwrap();
+    rules::write(&store, op, audit, None).await.unwrap();
     store.close();
     drop(store);
 
@@ -349,14 +350,14 @@ async fn writes_are_refused_below_the_free_space_reserve_and_reads_go_on() {
     assert!(err.to_string().contains("below the reserve"), "{err}");
     let (op, audit) = put("also-refused", b"R");
     assert!(matches!(
-        rules::write(&store, op, audit).await,
+        rules::write(&store, op, audit, None).await,
         Err(VaultError::Unavailable)
     ));
     // Deletions still go through below the reserve.
     let delete = WriteOp::DeleteClient {
         client_id: "kept".into(),
     };
-    rules::write(&store, delete, None).await.unwrap();
+    rules::write(&store, delete, None, None).await.unwrap();
     let r = store.read().unwrap();
     for client in ["kept", "refused", "also-refused"] {
         assert!(
@@ -366,4 +367,41 @@ async fn writes_are_refused_below_the_free_space_reserve_and_reads_go_on() {
             "{client}"
         );
     }
+}
+
+/// A hash entry planted beside another token's record authenticates nobody: the record found
+/// must carry the hash it was found by.
+#[tokio::test]
+async fn a_token_found_by_hash_must_carry_that_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.redb");
+    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
+    let token = crate::vault::TokenRecord {
+        name: "ops".into(),
+        role: crate::auth::Role::Admin,
+        hash: [1; 32],
+        created_at_ms: 1,
+    };
+    rules::write(&store, WriteOp::CreateToken(token), None, None)
+        .await
+        .unwrap();
+    let found = |hash: [u8; 32]| records::token_by_hash(&*store.read().unwrap(), &hash);
+    assert_eq!(found([1; 32]).unwrap().unwrap().name, "ops");
+    store.close();
+    drop(store);
+    {
+        let db = Database::open(&path).unwrap();
+        let write = db.begin_write().unwrap();
+        write
+            .open_table(tables::TOKEN_HASHES)
+            .unwrap()
+            .insert([2u8; 32].as_slice(), "ops")
+            .unwrap();
+        write.commit().unwrap();
+    }
+    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
+    let found = |hash: [u8; 32]| records::token_by_hash(&*store.read().unwrap(), &hash);
+    assert!(matches!(found([2; 32]), Err(StoreError::Corrupt(_))));
+    assert_eq!(found([1; 32]).unwrap().unwrap().name, "ops");
+    store.close();
 }
