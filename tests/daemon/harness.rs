@@ -370,6 +370,12 @@ impl Sandbox {
     pub fn database(&self) -> PathBuf {
         self.data_dir.join("sharevault.redb")
     }
+
+    /// A token named "backend" with the backend role, created by this sandbox's admin.
+    pub async fn backend_token(&self, daemon: &Daemon) -> String {
+        let role = sharevault::pb::Role::Backend as i32;
+        create_token(daemon, &self.keys.admin_token, "backend", role).await
+    }
 }
 
 /// Creates a token with `role` (a `sharevault.v1.Role` value) through the admin API.
