@@ -1,10 +1,10 @@
 //! Portal's flow end to end: custodian shares for every method and curve, client shares,
 //! fetches, replacement and the share-pair status model.
 
-use crate::harness::{Daemon, Sandbox, create_token, fetch_shares, with_secret, with_token};
+use crate::harness::{Daemon, Sandbox, fetch_shares, with_secret, with_token};
 use sharevault::pb::backup_service_client::BackupServiceClient;
 use sharevault::pb::webhook_service_client::WebhookServiceClient;
-use sharevault::pb::{self, BackupSharePairStatus, Role};
+use sharevault::pb::{self, BackupSharePairStatus};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -41,9 +41,7 @@ impl Flow {
     async fn start() -> Self {
         let sandbox = Sandbox::new(1);
         let daemon = sandbox.start();
-        let admin = &sandbox.keys.admin_token;
-        let backend = create_token(&daemon, admin, "backend", Role::Backend as i32).await;
-        let eject = create_token(&daemon, admin, "eject", Role::Eject as i32).await;
+        let (backend, eject) = sandbox.backend_and_eject_tokens(&daemon).await;
         Self {
             webhook: daemon.webhook().await,
             api: daemon.backup().await,

@@ -376,6 +376,14 @@ impl Sandbox {
         let role = sharevault::pb::Role::Backend as i32;
         create_token(daemon, &self.keys.admin_token, "backend", role).await
     }
+
+    /// Tokens named "backend" and "eject" with those roles, created in that order.
+    pub async fn backend_and_eject_tokens(&self, daemon: &Daemon) -> (String, String) {
+        let backend = self.backend_token(daemon).await;
+        let role = sharevault::pb::Role::Eject as i32;
+        let eject = create_token(daemon, &self.keys.admin_token, "eject", role).await;
+        (backend, eject)
+    }
 }
 
 /// Creates a token with `role` (a `sharevault.v1.Role` value) through the admin API.
