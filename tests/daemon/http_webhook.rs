@@ -184,18 +184,15 @@ type Case<'a> = (
     &'a str,
 );
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_error_code_and_nothing_stored() {
-    let sandbox = Sandbox::new(22);
-    let daemon = sandbox.start_with(&["--max-request-bytes", "4096", "--max-share-bytes", "1000"]);
-    let http = webhook(&daemon);
-    let secret = sandbox.keys.webhook_secret.as_str();
+/// Every refusal of the webhook, with a daemon started with `--max-request-bytes 4096` and
+/// `--max-share-bytes 1000`; `secret` is its webhook secret.
+fn error_cases(secret: &str) -> Vec<Case<'_>> {
     let good = json!({"clientId": "victim", "backupMethod": "PASSWORD-SECP256K1", "share": "SECRET-SHARE"});
     let json_ct = ("content-type", "application/json");
     let with_secret = ("x-webhook-secret", secret);
     let good_bytes = good.to_string();
 
-    let cases: Vec<Case> = vec![
+    vec![
         (
             401,
             "POST",
@@ -360,8 +357,16 @@ async fn every_error_code_and_nothing_stored() {
             good_bytes.clone().into_bytes(),
             "no such route",
         ),
-    ];
-    for (status, method, path, headers, body, message) in &cases {
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_code_and_nothing_stored() {
+    let sandbox = Sandbox::new(22);
+    let daemon = sandbox.start_with(&["--max-request-bytes", "4096", "--max-share-bytes", "1000"]);
+    let http = webhook(&daemon);
+    let secret = sandbox.keys.webhook_secret.as_str();
+    for (status, method, path, headers, body, message) in &error_cases(secret) {
         let reply = http.send(method, path, headers, Some(body)).await;
         assert_eq!(
             reply.status,
@@ -379,7 +384,7 @@ async fn every_error_code_and_nothing_stored() {
     let fetched = http
         .post_json(
             "/backup/fetch",
-            &[with_secret],
+            &[("x-webhook-secret", secret)],
             &json!({"clientId": "victim"}),
         )
         .await;
