@@ -1,11 +1,12 @@
 //! Durability: restarts, concurrent writers to one key, and kill -9 under write load.
 
-use crate::harness::{Sandbox, fetch_shares, with_secret};
+use crate::harness::{Daemon, Sandbox, fetch_shares, with_secret};
 use sharevault::pb;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tonic::transport::Channel;
 
 fn backup(client: &str, method: &str, share: &str) -> pb::BackupRequest {
     pb::BackupRequest {
@@ -117,84 +118,131 @@ async fn concurrent_writers_to_one_key_leave_exactly_one_value() {
     );
 }
 
-/// Writers under load; the daemon is killed with SIGKILL mid-stream. Every write that was
-/// acknowledged must be there, intact, after a restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_under_write_load_loses_no_acknowledged_write() {
-    const WRITERS: usize = 16;
-    const MAX_WRITES_PER_WRITER: usize = 2_000;
-    let sandbox = Sandbox::new(8);
-    let secret = sandbox.keys.webhook_secret.clone();
-    let mut daemon = sandbox.start();
-    let channel = daemon.channel().await;
+/// What the writers under load had acknowledged, and when to stop.
+#[derive(Default)]
+struct Load {
+    /// `(client, share)` of every new key acknowledged.
+    acked_new: Mutex<Vec<(String, String)>>,
+    /// The last version each overwriting writer had acknowledged.
+    acked_version: Mutex<HashMap<usize, u64>>,
+    count: AtomicUsize,
+    stop: AtomicBool,
+}
 
-    // Half the writers add new keys; the other half overwrite one key each with rising
-    // versions, so a lost or stale overwrite shows too.
-    let acked_new: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let acked_version: Arc<Mutex<HashMap<usize, u64>>> = Arc::default();
-    let count = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for writer in 0..WRITERS {
-        let mut client = pb::webhook_service_client::WebhookServiceClient::new(channel.clone());
-        let (secret, acked_new, acked_version, count, stop) = (
-            secret.clone(),
-            Arc::clone(&acked_new),
-            Arc::clone(&acked_version),
-            Arc::clone(&count),
-            Arc::clone(&stop),
-        );
-        tasks.push(tokio::spawn(async move {
-            for i in 0..MAX_WRITES_PER_WRITER {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let (client_id, method, share) = if writer % 2 == 0 {
-                    (
-                        format!("crash-{writer}-{i}"),
-                        "PASSWORD-SECP256K1".to_string(),
-                        format!("share-{writer}-{i}"),
-                    )
+const MAX_WRITES_PER_WRITER: usize = 2_000;
+
+/// Even writers add new keys; odd writers overwrite one key each with rising versions, so a
+/// lost or stale overwrite shows too. Each stops at its first failed or timed-out write.
+async fn write(writer: usize, channel: Channel, secret: String, load: Arc<Load>) {
+    let mut client = pb::webhook_service_client::WebhookServiceClient::new(channel);
+    let adds_new_keys = writer.is_multiple_of(2);
+    for i in 0..MAX_WRITES_PER_WRITER {
+        if load.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let (client_id, method, share) = if adds_new_keys {
+            (
+                format!("crash-{writer}-{i}"),
+                "PASSWORD-SECP256K1".to_string(),
+                format!("share-{writer}-{i}"),
+            )
+        } else {
+            (
+                "crash-overwrite".to_string(),
+                format!("M{writer}-ED25519"),
+                format!("{writer}:{i}"),
+            )
+        };
+        let sent = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.backup(with_secret(backup(&client_id, &method, &share), &secret)),
+        )
+        .await;
+        match sent {
+            Ok(Ok(_)) => {
+                if adds_new_keys {
+                    load.acked_new.lock().unwrap().push((client_id, share));
                 } else {
-                    (
-                        "crash-overwrite".to_string(),
-                        format!("M{writer}-ED25519"),
-                        format!("{writer}:{i}"),
-                    )
-                };
-                let sent = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    client.backup(with_secret(backup(&client_id, &method, &share), &secret)),
-                )
-                .await;
-                match sent {
-                    Ok(Ok(_)) => {
-                        if writer % 2 == 0 {
-                            acked_new.lock().unwrap().push((client_id, share));
-                        } else {
-                            acked_version.lock().unwrap().insert(writer, i as u64);
-                        }
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => break,
+                    load.acked_version.lock().unwrap().insert(writer, i as u64);
                 }
+                load.count.fetch_add(1, Ordering::Relaxed);
             }
-        }));
+            _ => break,
+        }
     }
+}
+
+/// Runs the writers against `daemon`, kills it with SIGKILL once 400 writes are acknowledged
+/// (or after a minute), and answers what was acknowledged.
+async fn write_until_killed(mut daemon: Daemon, secret: &str) -> Load {
+    const WRITERS: usize = 16;
+    let channel = daemon.channel().await;
+    let load = Arc::new(Load::default());
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let (channel, secret) = (channel.clone(), secret.to_owned());
+            tokio::spawn(write(writer, channel, secret, Arc::clone(&load)))
+        })
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while count.load(Ordering::Relaxed) < 400 && Instant::now() < deadline {
+    while load.count.load(Ordering::Relaxed) < 400 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let status = daemon.signal("KILL");
-    stop.store(true, Ordering::Relaxed);
+    load.stop.store(true, Ordering::Relaxed);
     assert!(!status.success());
     for task in tasks {
         task.await.unwrap();
     }
     drop(channel);
     drop(daemon);
-    let acked_new = acked_new.lock().unwrap().clone();
-    let acked_version = acked_version.lock().unwrap().clone();
+    Arc::into_inner(load).expect("the writers are done")
+}
+
+/// Every acknowledged new key holds its share, and every overwritten key holds at least the
+/// version acknowledged last, one share per method.
+async fn acknowledged_writes_are_intact(
+    daemon: &Daemon,
+    secret: &str,
+    acked_new: &[(String, String)],
+    acked_version: &HashMap<usize, u64>,
+) {
+    let mut client = daemon.webhook().await;
+    for (client_id, share) in acked_new {
+        let shares = fetch_shares(&mut client, secret, client_id.clone()).await;
+        assert_eq!(
+            shares,
+            vec![share.clone()],
+            "acknowledged write of {client_id} lost"
+        );
+    }
+    let overwritten = fetch_shares(&mut client, secret, "crash-overwrite".into()).await;
+    let stored: HashMap<usize, u64> = overwritten
+        .iter()
+        .map(|share| {
+            let (writer, version) = share.split_once(':').expect("an overwrite share");
+            (writer.parse().unwrap(), version.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(stored.len(), overwritten.len(), "one share per method");
+    for (writer, version) in acked_version {
+        let found = stored.get(writer).copied();
+        assert!(
+            found.is_some_and(|f| f >= *version),
+            "writer {writer}: acknowledged version {version}, found {found:?}"
+        );
+    }
+}
+
+/// Writers under load; the daemon is killed with SIGKILL mid-stream. Every write that was
+/// acknowledged must be there, intact, after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_write_load_loses_no_acknowledged_write() {
+    let sandbox = Sandbox::new(8);
+    let secret = sandbox.keys.webhook_secret.clone();
+    let load = write_until_killed(sandbox.start(), &secret).await;
+    let acked_new = load.acked_new.into_inner().unwrap();
+    let acked_version = load.acked_version.into_inner().unwrap();
     assert!(
         acked_new.len() + acked_version.len() > 0,
         "the load made progress before the kill"
@@ -212,31 +260,7 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
         "{}",
         daemon.logs()
     );
-    let mut client = daemon.webhook().await;
-    for (client_id, share) in &acked_new {
-        let shares = fetch_shares(&mut client, &secret, client_id.clone()).await;
-        assert_eq!(
-            shares,
-            vec![share.clone()],
-            "acknowledged write of {client_id} lost"
-        );
-    }
-    let overwritten = fetch_shares(&mut client, &secret, "crash-overwrite".into()).await;
-    let stored: HashMap<usize, u64> = overwritten
-        .iter()
-        .map(|share| {
-            let (writer, version) = share.split_once(':').expect("an overwrite share");
-            (writer.parse().unwrap(), version.parse().unwrap())
-        })
-        .collect();
-    assert_eq!(stored.len(), overwritten.len(), "one share per method");
-    for (writer, version) in &acked_version {
-        let found = stored.get(writer).copied();
-        assert!(
-            found.is_some_and(|f| f >= *version),
-            "writer {writer}: acknowledged version {version}, found {found:?}"
-        );
-    }
+    acknowledged_writes_are_intact(&daemon, &secret, &acked_new, &acked_version).await;
     eprintln!(
         "crash test: {} new keys and {} overwrite streams acknowledged before SIGKILL, all intact",
         acked_new.len(),

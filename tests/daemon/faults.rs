@@ -2,7 +2,7 @@
 //! damaged database file.
 
 use crate::harness::{Daemon, Keys, Sandbox, Started, command, with_secret, with_token};
-use crate::http_client::Http;
+use crate::http_client::{Http, Reply};
 use serde_json::json;
 use sharevault::pb;
 use std::path::{Path, PathBuf};
@@ -85,34 +85,52 @@ async fn fill_until_refused(
     (acked, None)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_a_restart() {
-    let sandbox = Sandbox::new(70);
-    let mount = Tmpfs::mount(&sandbox.tmp.path().join("small-disk"), "48m");
-    let data_dir = mount.0.join("data");
-    let ballast = mount.0.join("ballast");
-    std::fs::write(&ballast, vec![0u8; 12 << 20]).unwrap();
-    let mut args = Daemon::tcp_args(&sandbox.keys);
-    args.extend(["--min-free-disk-bytes".into(), (8u64 << 20).to_string()]);
-    let Started::Ready(mut daemon) = Daemon::launch(command(&data_dir, &args)) else {
-        panic!("start failed")
+/// Starts the daemon on `data_dir` with `--min-free-disk-bytes min_free`; `what` names the
+/// start in the panic if it fails.
+fn start_with_reserve(data_dir: &Path, keys: &Keys, min_free: String, what: &str) -> Daemon {
+    let mut args = Daemon::tcp_args(keys);
+    args.extend(["--min-free-disk-bytes".into(), min_free]);
+    let Started::Ready(daemon) = Daemon::launch(command(data_dir, &args)) else {
+        panic!("{what} failed")
     };
-    let http = Http::plain(daemon.webhook_addr.as_deref().unwrap());
-    let secret = sandbox.keys.webhook_secret.clone();
+    daemon
+}
 
-    // Phase 1: the reserve refuses writes before the disk is full; reads go on.
-    let (acked, refusal) = fill_until_refused(&http, &secret, "reserve").await;
+fn webhook_http(daemon: &Daemon) -> Http {
+    Http::plain(daemon.webhook_addr.as_deref().unwrap())
+}
+
+async fn fetch(http: &Http, secret: &str, client: &str) -> Reply {
+    http.post_json(
+        "/backup/fetch",
+        &[("x-webhook-secret", secret)],
+        &json!({"clientId": client}),
+    )
+    .await
+}
+
+async fn post_backup(http: &Http, secret: &str, client: &str, share: &str) -> Reply {
+    http.post_json(
+        "/backup",
+        &[("x-webhook-secret", secret)],
+        &json!({"clientId": client, "share": share}),
+    )
+    .await
+}
+
+/// Phase 1: the reserve refuses writes (over HTTP and gRPC) before the disk is full, and reads
+/// go on. Answers what was acknowledged.
+async fn the_reserve_refuses_writes_and_keeps_reads(
+    daemon: &Daemon,
+    secret: &str,
+) -> Vec<(String, String)> {
+    let http = webhook_http(daemon);
+    let (acked, refusal) = fill_until_refused(&http, secret, "reserve").await;
     let refusal = refusal.expect("the disk filled up within the bounded loop");
     assert_eq!(refusal["error"]["code"], "unavailable");
     assert!(acked.len() > 10, "wrote {} shares first", acked.len());
     for (client, share) in acked.iter().step_by(7) {
-        let reply = http
-            .post_json(
-                "/backup/fetch",
-                &[("x-webhook-secret", &secret)],
-                &json!({"clientId": client}),
-            )
-            .await;
+        let reply = fetch(&http, secret, client).await;
         assert_eq!(reply.status, 200, "reads keep working");
         assert_eq!(reply.json()["backupShares"], json!([share]));
     }
@@ -126,50 +144,31 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_a_restart()
                 share: "s".into(),
                 backup_share_pair_id: None,
             },
-            &secret,
+            secret,
         ))
         .await
         .unwrap_err();
     assert_eq!(grpc_refused.code(), tonic::Code::Unavailable);
+    acked
+}
 
-    // Space comes back: writes resume, no restart.
-    std::fs::remove_file(&ballast).unwrap();
-    let reply = http
-        .post_json(
-            "/backup",
-            &[("x-webhook-secret", &secret)],
-            &json!({"clientId": "after-space", "share": "back"}),
-        )
-        .await;
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+/// The write that resumes once space is back after the database hit the full disk.
+const RESUMED: (&str, &str) = ("resumed", "again");
 
-    // Phase 2: without a reserve the database itself hits the full disk; the failed commits
-    // are refused, nothing acknowledged is lost, and writes resume once space is back.
-    assert!(daemon.signal("TERM").success());
-    std::fs::write(&ballast, vec![0u8; 4 << 20]).unwrap();
-    let mut args = Daemon::tcp_args(&sandbox.keys);
-    args.extend(["--min-free-disk-bytes".into(), "0".into()]);
-    let Started::Ready(mut daemon) = Daemon::launch(command(&data_dir, &args)) else {
-        panic!("restart failed")
-    };
-    let http = Http::plain(daemon.webhook_addr.as_deref().unwrap());
-    let (acked2, refusal) = fill_until_refused(&http, &secret, "enospc").await;
+/// Phase 2: without a reserve the database itself hits the full disk; the failed commits are
+/// refused, and writes resume once `ballast` is gone. Answers what was acknowledged before.
+async fn a_full_database_refuses_commits_until_space_is_back(
+    daemon: &Daemon,
+    secret: &str,
+    ballast: &Path,
+) -> Vec<(String, String)> {
+    let http = webhook_http(daemon);
+    let (acked, refusal) = fill_until_refused(&http, secret, "enospc").await;
     assert!(refusal.is_some(), "the disk filled up");
-    std::fs::remove_file(&ballast).unwrap();
+    std::fs::remove_file(ballast).unwrap();
     let mut resumed = false;
     for _ in 0..50 {
-        let reply = http
-            .post_json(
-                "/backup",
-                &[("x-webhook-secret", &secret)],
-                &json!({"clientId": "resumed", "share": "again"}),
-            )
-            .await;
+        let reply = post_backup(&http, secret, RESUMED.0, RESUMED.1).await;
         if reply.status == 200 {
             resumed = true;
             break;
@@ -177,28 +176,47 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_a_restart()
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(resumed, "writes resume once space is back");
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_a_restart() {
+    let sandbox = Sandbox::new(70);
+    let mount = Tmpfs::mount(&sandbox.tmp.path().join("small-disk"), "48m");
+    let data_dir = mount.0.join("data");
+    let ballast = mount.0.join("ballast");
+    let secret = sandbox.keys.webhook_secret.clone();
+    std::fs::write(&ballast, vec![0u8; 12 << 20]).unwrap();
+    let reserve = (8u64 << 20).to_string();
+    let mut daemon = start_with_reserve(&data_dir, &sandbox.keys, reserve, "start");
+    let acked = the_reserve_refuses_writes_and_keeps_reads(&daemon, &secret).await;
+
+    // Space comes back: writes resume, no restart.
+    std::fs::remove_file(&ballast).unwrap();
+    let reply = post_backup(&webhook_http(&daemon), &secret, "after-space", "back").await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+
+    assert!(daemon.signal("TERM").success());
+    std::fs::write(&ballast, vec![0u8; 4 << 20]).unwrap();
+    let mut daemon = start_with_reserve(&data_dir, &sandbox.keys, "0".into(), "restart");
+    let acked2 =
+        a_full_database_refuses_commits_until_space_is_back(&daemon, &secret, &ballast).await;
     assert!(daemon.signal("TERM").success());
 
     // Everything acknowledged, in both phases, is there after a restart.
+    let resumed = (RESUMED.0.to_string(), RESUMED.1.to_string());
     let daemon = Daemon::start(&data_dir, &sandbox.keys);
-    let http = Http::plain(daemon.webhook_addr.as_deref().unwrap());
-    let admin = sandbox.keys.admin_token.clone();
-    for (client, share) in acked
-        .iter()
-        .chain(&acked2)
-        .step_by(3)
-        .chain([&("resumed".to_string(), "again".to_string())])
-    {
-        let reply = http
-            .post_json(
-                "/backup/fetch",
-                &[("x-webhook-secret", &secret)],
-                &json!({"clientId": client}),
-            )
-            .await;
+    let http = webhook_http(&daemon);
+    for (client, share) in acked.iter().chain(&acked2).step_by(3).chain([&resumed]) {
+        let reply = fetch(&http, &secret, client).await;
         assert_eq!(reply.json()["backupShares"], json!([share]), "{client}");
     }
-    let report = daemon.verify(&admin).await;
+    let report = daemon.verify(&sandbox.keys.admin_token).await;
     assert_eq!(report.failed, 0);
     drop(daemon);
     drop(mount);

@@ -1,9 +1,12 @@
 //! Portal's flow end to end: custodian shares for every method and curve, client shares,
 //! fetches, replacement and the share-pair status model.
 
-use crate::harness::{Sandbox, create_token, fetch_shares, with_secret, with_token};
-use sharevault::pb::{self, BackupSharePairStatus, Role};
+use crate::harness::{Daemon, Sandbox, fetch_shares, with_secret, with_token};
+use sharevault::pb::backup_service_client::BackupServiceClient;
+use sharevault::pb::webhook_service_client::WebhookServiceClient;
+use sharevault::pb::{self, BackupSharePairStatus};
 use tonic::Code;
+use tonic::transport::Channel;
 
 pub const METHODS: [&str; 4] = ["GDRIVE", "ICLOUD", "PASSWORD", "PASSKEY"];
 pub const CURVES: [&str; 2] = ["SECP256K1", "ED25519"];
@@ -21,37 +24,153 @@ pub fn pair_id(client: &str, method: &str, curve: &str, version: u32) -> String 
     format!("pair-{client}-{method}-{curve}-{version}")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn portal_flow_stores_fetches_replaces_and_completes_pairs() {
-    let sandbox = Sandbox::new(1);
-    let daemon = sandbox.start();
-    let secret = &sandbox.keys.webhook_secret;
-    let mut webhook = daemon.webhook().await;
-    let client = "clxportal0001";
+/// One client's way through Portal's flow on one daemon: the webhook as Portal calls it, and
+/// the backup service as the company's backend (and an eject tool) call it.
+struct Flow {
+    /// Runs while the flow lasts; dropped (killed) before the sandbox's files go.
+    _daemon: Daemon,
+    webhook: WebhookServiceClient<Channel>,
+    api: BackupServiceClient<Channel>,
+    backend: String,
+    eject: String,
+    client: &'static str,
+    sandbox: Sandbox,
+}
 
-    // Portal backs up every method and curve, and checks each write at once.
+impl Flow {
+    async fn start() -> Self {
+        let sandbox = Sandbox::new(1);
+        let daemon = sandbox.start();
+        let (backend, eject) = sandbox.backend_and_eject_tokens(&daemon).await;
+        Self {
+            webhook: daemon.webhook().await,
+            api: daemon.backup().await,
+            _daemon: daemon,
+            backend,
+            eject,
+            client: "clxportal0001",
+            sandbox,
+        }
+    }
+
+    /// Portal's `Backup` call; it must succeed.
+    async fn backup(
+        &mut self,
+        client: &str,
+        method: &str,
+        share: &str,
+        pair: Option<&str>,
+    ) -> pb::BackupResponse {
+        self.webhook
+            .backup(with_secret(
+                pb::BackupRequest {
+                    client_id: client.into(),
+                    backup_method: method.into(),
+                    share: share.into(),
+                    backup_share_pair_id: pair.map(str::to_owned),
+                },
+                &self.sandbox.keys.webhook_secret,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Portal's `Fetch` call for `client`.
+    async fn fetch(&mut self, client: &str) -> Vec<String> {
+        let secret = &self.sandbox.keys.webhook_secret;
+        fetch_shares(&mut self.webhook, secret, client.into()).await
+    }
+
+    /// The ids of the flow's pairs of `method`, one per curve, at `version`.
+    fn pair_ids(&self, method: &str, version: u32) -> Vec<String> {
+        CURVES
+            .iter()
+            .map(|c| pair_id(self.client, method, c, version))
+            .collect()
+    }
+
+    async fn pairs(&mut self) -> Vec<pb::BackupSharePair> {
+        self.api
+            .list_backup_share_pairs(with_token(
+                pb::ListBackupSharePairsRequest {
+                    client_id: self.client.into(),
+                },
+                &self.backend,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .backup_share_pairs
+    }
+
+    async fn update_pairs(
+        &mut self,
+        ids: Vec<String>,
+        status: BackupSharePairStatus,
+    ) -> Result<tonic::Response<pb::UpdateBackupSharePairsResponse>, tonic::Status> {
+        self.api
+            .update_backup_share_pairs(with_token(
+                pb::UpdateBackupSharePairsRequest {
+                    client_id: self.client.into(),
+                    backup_share_pair_ids: ids,
+                    status: status as i32,
+                },
+                &self.backend,
+            ))
+            .await
+    }
+
+    async fn client_share(
+        &mut self,
+        method: &str,
+    ) -> Result<pb::GetClientBackupShareResponse, tonic::Status> {
+        self.api
+            .get_client_backup_share(with_token(
+                pb::GetClientBackupShareRequest {
+                    client_id: self.client.into(),
+                    backup_method: method.into(),
+                },
+                &self.backend,
+            ))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn custodian_share(
+        &mut self,
+        method: &str,
+        token: &str,
+    ) -> Result<pb::GetCustodianBackupShareResponse, tonic::Status> {
+        self.api
+            .get_custodian_backup_share(with_token(
+                pb::GetCustodianBackupShareRequest {
+                    client_id: self.client.into(),
+                    backup_method: method.into(),
+                },
+                token,
+            ))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
+
+/// Portal backs up every method and curve and checks each write at once; the recovery fetch
+/// returns every share byte for byte, and an unknown client has none.
+async fn backs_up_every_method_and_curve(flow: &mut Flow) {
+    let client = flow.client;
     let mut expected = Vec::new();
     for method in METHODS {
         for curve in CURVES {
             let share = portal_share(client, method, curve, 1);
-            let reply = webhook
-                .backup(with_secret(
-                    pb::BackupRequest {
-                        client_id: client.into(),
-                        backup_method: format!("{method}-{curve}"),
-                        share: share.clone(),
-                        backup_share_pair_id: None,
-                    },
-                    secret,
-                ))
-                .await
-                .unwrap()
-                .into_inner();
+            let reply = flow
+                .backup(client, &format!("{method}-{curve}"), &share, None)
+                .await;
             assert_eq!(
                 reply.backup_share_pair_id,
                 pair_id(client, method, curve, 1)
             );
-            let fetched = fetch_shares(&mut webhook, secret, client.into()).await;
+            let fetched = flow.fetch(client).await;
             assert!(
                 fetched.contains(&share),
                 "immediate fetch must see the write"
@@ -59,7 +178,7 @@ async fn portal_flow_stores_fetches_replaces_and_completes_pairs() {
             expected.push(share);
         }
     }
-    let mut fetched = fetch_shares(&mut webhook, secret, client.into()).await;
+    let mut fetched = flow.fetch(client).await;
     fetched.sort();
     expected.sort();
     assert_eq!(
@@ -68,171 +187,106 @@ async fn portal_flow_stores_fetches_replaces_and_completes_pairs() {
     );
 
     // An unknown client has no shares.
-    let none = webhook
-        .fetch(with_secret(
-            pb::FetchRequest {
-                client_id: "nobody".into(),
-            },
-            secret,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(none.backup_shares.is_empty());
+    assert!(flow.fetch("nobody").await.is_empty());
+}
 
-    let admin = &sandbox.keys.admin_token;
-    let backend = create_token(&daemon, admin, "backend", Role::Backend as i32).await;
-    let eject = create_token(&daemon, admin, "eject", Role::Eject as i32).await;
-    let mut api = daemon.backup().await;
-
-    // Every pair starts at STORED_CUSTODIAN_BACKUP_SHARE.
-    let pairs = api
-        .list_backup_share_pairs(with_token(
-            pb::ListBackupSharePairsRequest {
-                client_id: client.into(),
-            },
-            &backend,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .backup_share_pairs;
+/// Every pair starts at STORED_CUSTODIAN_BACKUP_SHARE; completing one before its client share
+/// is stored is refused; storing each method's client share completes that method's pairs.
+async fn client_shares_complete_the_pairs(flow: &mut Flow) {
+    let pairs = flow.pairs().await;
     assert_eq!(pairs.len(), 8);
     assert!(pairs.iter().all(|p| p.internal_status
         == BackupSharePairStatus::StoredCustodianBackupShare as i32
         && p.status == "incomplete"));
 
     // The SDK saved the keys of PASSWORD's pairs.
-    let password_pairs: Vec<String> = CURVES
-        .iter()
-        .map(|c| pair_id(client, "PASSWORD", c, 1))
-        .collect();
-    api.update_backup_share_pairs(with_token(
-        pb::UpdateBackupSharePairsRequest {
-            client_id: client.into(),
-            backup_share_pair_ids: password_pairs.clone(),
-            status: BackupSharePairStatus::StoredClientBackupShareKey as i32,
-        },
-        &backend,
-    ))
+    let password_pairs = flow.pair_ids("PASSWORD", 1);
+    flow.update_pairs(
+        password_pairs.clone(),
+        BackupSharePairStatus::StoredClientBackupShareKey,
+    )
     .await
     .unwrap();
     // Completing before the client share is stored is refused, and changes nothing.
-    let early = api
-        .update_backup_share_pairs(with_token(
-            pb::UpdateBackupSharePairsRequest {
-                client_id: client.into(),
-                backup_share_pair_ids: password_pairs.clone(),
-                status: BackupSharePairStatus::StoredClientBackupShare as i32,
-            },
-            &backend,
-        ))
+    let early = flow
+        .update_pairs(
+            password_pairs,
+            BackupSharePairStatus::StoredClientBackupShare,
+        )
         .await
         .unwrap_err();
     assert_eq!(early.code(), Code::FailedPrecondition);
 
     // The company stores the client share of every method; each completes its pairs.
     for method in METHODS {
-        let completed = api
+        let completed = flow
+            .api
             .store_client_backup_share(with_token(
                 pb::StoreClientBackupShareRequest {
-                    client_id: client.into(),
+                    client_id: flow.client.into(),
                     backup_method: method.into(),
                     cipher_text: format!("cipher-{method}-v1"),
                 },
-                &backend,
+                &flow.backend,
             ))
             .await
             .unwrap()
             .into_inner()
             .completed_backup_share_pair_ids;
-        let mut want: Vec<String> = CURVES
-            .iter()
-            .map(|c| pair_id(client, method, c, 1))
-            .collect();
+        let mut want = flow.pair_ids(method, 1);
         want.sort();
         assert_eq!(completed, want);
     }
-    let pairs = api
-        .list_backup_share_pairs(with_token(
-            pb::ListBackupSharePairsRequest {
-                client_id: client.into(),
-            },
-            &backend,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .backup_share_pairs;
+    let pairs = flow.pairs().await;
     assert!(pairs.iter().all(|p| p.status == "completed"), "{pairs:?}");
+}
 
-    // Moving a pair back is illegal.
-    let back = api
-        .update_backup_share_pairs(with_token(
-            pb::UpdateBackupSharePairsRequest {
-                client_id: client.into(),
-                backup_share_pair_ids: password_pairs.clone(),
-                status: BackupSharePairStatus::StoredCustodianBackupShare as i32,
-            },
-            &backend,
-        ))
+/// A completed pair cannot move back, an unknown pair is not found, and the client share
+/// reads back exactly.
+async fn completed_pairs_stay_completed(flow: &mut Flow) {
+    let back = flow
+        .update_pairs(
+            flow.pair_ids("PASSWORD", 1),
+            BackupSharePairStatus::StoredCustodianBackupShare,
+        )
         .await
         .unwrap_err();
     assert_eq!(back.code(), Code::FailedPrecondition);
-    let unknown = api
-        .update_backup_share_pairs(with_token(
-            pb::UpdateBackupSharePairsRequest {
-                client_id: client.into(),
-                backup_share_pair_ids: vec!["no-such-pair".into()],
-                status: BackupSharePairStatus::StoredClientBackupShareKey as i32,
-            },
-            &backend,
-        ))
+    let unknown = flow
+        .update_pairs(
+            vec!["no-such-pair".into()],
+            BackupSharePairStatus::StoredClientBackupShareKey,
+        )
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
 
     // The client share reads back exactly.
-    let got = api
-        .get_client_backup_share(with_token(
-            pb::GetClientBackupShareRequest {
-                client_id: client.into(),
-                backup_method: "PASSKEY".into(),
-            },
-            &backend,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let got = flow.client_share("PASSKEY").await.unwrap();
     assert_eq!(got.cipher_text, "cipher-PASSKEY-v1");
     assert!(got.created_at.is_some());
+}
 
-    // A new PASSWORD-ED25519 share replaces that key only and restarts its pair.
+/// A new PASSWORD-ED25519 share replaces that key only and restarts its pair, which replaces
+/// the old one. Answers the new share.
+async fn a_new_share_replaces_one_key_and_restarts_its_pair(flow: &mut Flow) -> String {
+    let client = flow.client;
     let replacement = portal_share(client, "PASSWORD", "ED25519", 2);
-    webhook
-        .backup(with_secret(
-            pb::BackupRequest {
-                client_id: client.into(),
-                backup_method: "PASSWORD-ED25519".into(),
-                share: replacement.clone(),
-                backup_share_pair_id: None,
-            },
-            secret,
-        ))
-        .await
-        .unwrap();
-    let fetched = fetch_shares(&mut webhook, secret, client.into()).await;
+    flow.backup(client, "PASSWORD-ED25519", &replacement, None)
+        .await;
+    let fetched = flow.fetch(client).await;
     assert_eq!(fetched.len(), 8);
     assert!(fetched.contains(&replacement));
     assert!(!fetched.contains(&portal_share(client, "PASSWORD", "ED25519", 1)));
     assert!(fetched.contains(&portal_share(client, "PASSWORD", "SECP256K1", 1)));
 
-    let view = api
+    let view = flow
+        .api
         .list_backups(with_token(
             pb::ListBackupsRequest {
                 client_id: client.into(),
             },
-            &backend,
+            &flow.backend,
         ))
         .await
         .unwrap()
@@ -260,109 +314,70 @@ async fn portal_flow_stores_fetches_replaces_and_completes_pairs() {
     assert_eq!(gdrive.custodian_shares.len(), 2);
 
     // The old pair is gone, the new one is listed.
-    let ids: Vec<String> = api
-        .list_backup_share_pairs(with_token(
-            pb::ListBackupSharePairsRequest {
-                client_id: client.into(),
-            },
-            &backend,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .backup_share_pairs
-        .into_iter()
-        .map(|p| p.id)
-        .collect();
+    let ids: Vec<String> = flow.pairs().await.into_iter().map(|p| p.id).collect();
     assert!(ids.contains(&pair_id(client, "PASSWORD", "ED25519", 2)));
     assert!(!ids.contains(&pair_id(client, "PASSWORD", "ED25519", 1)));
+    replacement
+}
 
-    // Eject: only the eject role reads a custodian share.
-    let ejected = api
-        .get_custodian_backup_share(with_token(
-            pb::GetCustodianBackupShareRequest {
-                client_id: client.into(),
-                backup_method: "PASSWORD-ED25519".into(),
-            },
-            &eject,
-        ))
+/// Eject: only the eject role reads a custodian share, and it reads the latest.
+async fn only_the_eject_role_reads_a_custodian_share(flow: &mut Flow, latest: &str) {
+    let eject = flow.eject.clone();
+    let ejected = flow
+        .custodian_share("PASSWORD-ED25519", &eject)
         .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(ejected.share, replacement);
-    let denied = api
-        .get_custodian_backup_share(with_token(
-            pb::GetCustodianBackupShareRequest {
-                client_id: client.into(),
-                backup_method: "PASSWORD-ED25519".into(),
-            },
-            &backend,
-        ))
+        .unwrap();
+    assert_eq!(ejected.share, latest);
+    let backend = flow.backend.clone();
+    let denied = flow
+        .custodian_share("PASSWORD-ED25519", &backend)
         .await
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
+}
 
-    // Deleting a client share reopens its method's pairs.
-    let deleted = api
+/// Deleting a client share reopens its method's pairs.
+async fn deleting_a_client_share_reopens_its_pairs(flow: &mut Flow) {
+    let deleted = flow
+        .api
         .delete_client_backup_share(with_token(
             pb::DeleteClientBackupShareRequest {
-                client_id: client.into(),
+                client_id: flow.client.into(),
                 backup_method: "GDRIVE".into(),
             },
-            &backend,
+            &flow.backend,
         ))
         .await
         .unwrap()
         .into_inner();
     assert!(deleted.deleted);
-    let missing = api
-        .get_client_backup_share(with_token(
-            pb::GetClientBackupShareRequest {
-                client_id: client.into(),
-                backup_method: "GDRIVE".into(),
-            },
-            &backend,
-        ))
-        .await
-        .unwrap_err();
+    let missing = flow.client_share("GDRIVE").await.unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
-    let pairs = api
-        .list_backup_share_pairs(with_token(
-            pb::ListBackupSharePairsRequest {
-                client_id: client.into(),
-            },
-            &backend,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .backup_share_pairs;
+    let pairs = flow.pairs().await;
     for p in pairs.iter().filter(|p| p.backup_method == "GDRIVE") {
         assert_eq!(
             p.internal_status,
             BackupSharePairStatus::StoredClientBackupShareKey as i32
         );
     }
+}
 
-    // Erasing the client leaves nothing, and other clients untouched.
-    webhook
-        .backup(with_secret(
-            pb::BackupRequest {
-                client_id: "other-client".into(),
-                backup_method: "PASSWORD-SECP256K1".into(),
-                share: "other share".into(),
-                backup_share_pair_id: Some("other-pair".into()),
-            },
-            secret,
-        ))
-        .await
-        .unwrap();
-    let erased = api
+/// Erasing the client leaves nothing of it, and other clients untouched.
+async fn erasing_the_client_leaves_nothing_and_others_untouched(flow: &mut Flow) {
+    flow.backup(
+        "other-client",
+        "PASSWORD-SECP256K1",
+        "other share",
+        Some("other-pair"),
+    )
+    .await;
+    let erased = flow
+        .api
         .delete_client(with_token(
             pb::DeleteClientRequest {
-                client_id: client.into(),
+                client_id: flow.client.into(),
             },
-            &backend,
+            &flow.backend,
         ))
         .await
         .unwrap()
@@ -375,28 +390,24 @@ async fn portal_flow_stores_fetches_replaces_and_completes_pairs() {
         ),
         (8, 3, 8)
     );
-    let after = webhook
-        .fetch(with_secret(
-            pb::FetchRequest {
-                client_id: client.into(),
-            },
-            secret,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(after.backup_shares.is_empty());
-    let other = webhook
-        .fetch(with_secret(
-            pb::FetchRequest {
-                client_id: "other-client".into(),
-            },
-            secret,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(other.backup_shares, vec!["other share".to_string()]);
+    assert!(flow.fetch(flow.client).await.is_empty());
+    assert_eq!(
+        flow.fetch("other-client").await,
+        vec!["other share".to_string()]
+    );
+}
+
+/// Each step starts from the state the one before it left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_flow_stores_fetches_replaces_and_completes_pairs() {
+    let mut flow = Flow::start().await;
+    backs_up_every_method_and_curve(&mut flow).await;
+    client_shares_complete_the_pairs(&mut flow).await;
+    completed_pairs_stay_completed(&mut flow).await;
+    let latest = a_new_share_replaces_one_key_and_restarts_its_pair(&mut flow).await;
+    only_the_eject_role_reads_a_custodian_share(&mut flow, &latest).await;
+    deleting_a_client_share_reopens_its_pairs(&mut flow).await;
+    erasing_the_client_leaves_nothing_and_others_untouched(&mut flow).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,13 +429,7 @@ async fn legacy_unknown_method_is_stored_and_used_as_fallback() {
         ))
         .await
         .unwrap();
-    let backend = create_token(
-        &daemon,
-        &sandbox.keys.admin_token,
-        "backend",
-        Role::Backend as i32,
-    )
-    .await;
+    let backend = sandbox.backend_token(&daemon).await;
     let mut api = daemon.backup().await;
     let view = api
         .list_backups(with_token(

@@ -370,6 +370,20 @@ impl Sandbox {
     pub fn database(&self) -> PathBuf {
         self.data_dir.join("sharevault.redb")
     }
+
+    /// A token named "backend" with the backend role, created by this sandbox's admin.
+    pub async fn backend_token(&self, daemon: &Daemon) -> String {
+        let role = sharevault::pb::Role::Backend as i32;
+        create_token(daemon, &self.keys.admin_token, "backend", role).await
+    }
+
+    /// Tokens named "backend" and "eject" with those roles, created in that order.
+    pub async fn backend_and_eject_tokens(&self, daemon: &Daemon) -> (String, String) {
+        let backend = self.backend_token(daemon).await;
+        let role = sharevault::pb::Role::Eject as i32;
+        let eject = create_token(daemon, &self.keys.admin_token, "eject", role).await;
+        (backend, eject)
+    }
 }
 
 /// Creates a token with `role` (a `sharevault.v1.Role` value) through the admin API.

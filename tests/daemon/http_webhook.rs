@@ -2,7 +2,7 @@
 
 use crate::flow::{CURVES, METHODS, portal_share};
 use crate::harness::Sandbox;
-use crate::http_client::{Http, TestCert};
+use crate::http_client::{Http, Reply, TestCert};
 use serde_json::json;
 
 const PREFIX: &str = "/portal/webhook";
@@ -16,24 +16,46 @@ fn webhook(daemon: &crate::harness::Daemon) -> Http {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn portal_sequence_over_http() {
-    let sandbox = Sandbox::new(20);
-    let daemon = sandbox.start_with(&["--webhook-path-prefix", PREFIX]);
-    let http = webhook(&daemon);
-    let secret = sandbox.keys.webhook_secret.as_str();
-    let auth = [("x-webhook-secret", secret), ("accept", "application/json")];
-    let client = "clxhttp0001";
+/// Portal's calls to the webhook under [`PREFIX`], with the secret.
+struct Portal<'a> {
+    http: Http,
+    secret: &'a str,
+}
 
+impl Portal<'_> {
+    /// POSTs `body` as JSON to `PREFIX` + `route`.
+    async fn post(&self, route: &str, body: serde_json::Value) -> Reply {
+        let auth = [
+            ("x-webhook-secret", self.secret),
+            ("accept", "application/json"),
+        ];
+        self.http
+            .post_json(&format!("{PREFIX}{route}"), &auth, &body)
+            .await
+    }
+
+    async fn fetch(&self, client: &str) -> Reply {
+        self.post("/backup/fetch", json!({"clientId": client}))
+            .await
+    }
+
+    /// The raw share strings a fetch answers (not re-serialised JSON).
+    async fn shares(&self, client: &str) -> Vec<String> {
+        serde_json::from_value(self.fetch(client).await.json()["backupShares"].clone()).unwrap()
+    }
+}
+
+/// Portal backs up every method and curve and checks each write at once; recovery answers
+/// every share, byte for byte.
+async fn backs_up_every_method_and_curve_over_http(portal: &Portal<'_>, client: &str) {
     let mut expected = Vec::new();
     for method in METHODS {
         for curve in CURVES {
             let share = portal_share(client, method, curve, 1);
-            let reply = http
-                .post_json(
-                    &format!("{PREFIX}/backup"),
-                    &auth,
-                    &json!({"clientId": client, "backupMethod": format!("{method}-{curve}"), "share": share}),
+            let reply = portal
+                .post(
+                    "/backup",
+                    json!({"clientId": client, "backupMethod": format!("{method}-{curve}"), "share": share}),
                 )
                 .await;
             assert_eq!(
@@ -47,13 +69,7 @@ async fn portal_sequence_over_http() {
                 json!(crate::flow::pair_id(client, method, curve, 1))
             );
             // Portal's immediate check.
-            let fetched = http
-                .post_json(
-                    &format!("{PREFIX}/backup/fetch"),
-                    &auth,
-                    &json!({"clientId": client}),
-                )
-                .await;
+            let fetched = portal.fetch(client).await;
             assert_eq!(fetched.status, 200);
             let shares = fetched.json()["backupShares"].clone();
             assert!(shares.as_array().unwrap().contains(&json!(share)));
@@ -66,67 +82,55 @@ async fn portal_sequence_over_http() {
     }
 
     // Recovery: every share, byte for byte (compare raw strings, not re-serialised JSON).
-    let fetched = http
-        .post_json(
-            &format!("{PREFIX}/backup/fetch"),
-            &auth,
-            &json!({"clientId": client}),
-        )
-        .await;
-    let mut shares: Vec<String> =
-        serde_json::from_value(fetched.json()["backupShares"].clone()).unwrap();
+    let mut shares = portal.shares(client).await;
     shares.sort();
     expected.sort();
     assert_eq!(shares, expected);
+}
 
-    // Replacement touches one key only.
+/// Replacement touches one key only.
+async fn a_replacement_touches_one_key_over_http(portal: &Portal<'_>, client: &str) {
     let replacement = portal_share(client, "GDRIVE", "ED25519", 2);
-    let reply = http
-        .post_json(
-            &format!("{PREFIX}/backup"),
-            &auth,
-            &json!({"clientId": client, "backupMethod": "GDRIVE-ED25519", "share": replacement}),
+    let reply = portal
+        .post(
+            "/backup",
+            json!({"clientId": client, "backupMethod": "GDRIVE-ED25519", "share": replacement}),
         )
         .await;
     assert_eq!(reply.status, 200);
-    let shares: Vec<String> = serde_json::from_value(
-        http.post_json(
-            &format!("{PREFIX}/backup/fetch"),
-            &auth,
-            &json!({"clientId": client}),
-        )
-        .await
-        .json()["backupShares"]
-            .clone(),
-    )
-    .unwrap();
+    let shares = portal.shares(client).await;
     assert_eq!(shares.len(), 8);
     assert!(shares.contains(&replacement));
     assert!(!shares.contains(&portal_share(client, "GDRIVE", "ED25519", 1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_sequence_over_http() {
+    let sandbox = Sandbox::new(20);
+    let daemon = sandbox.start_with(&["--webhook-path-prefix", PREFIX]);
+    let secret = sandbox.keys.webhook_secret.as_str();
+    let portal = Portal {
+        http: webhook(&daemon),
+        secret,
+    };
+    let client = "clxhttp0001";
+    backs_up_every_method_and_curve_over_http(&portal, client).await;
+    a_replacement_touches_one_key_over_http(&portal, client).await;
 
     // An unknown client has none; a missing method is stored as UNKNOWN.
-    let unknown = http
-        .post_json(
-            &format!("{PREFIX}/backup/fetch"),
-            &auth,
-            &json!({"clientId": "nobody"}),
-        )
-        .await;
+    let unknown = portal.fetch("nobody").await;
     assert_eq!(
         (unknown.status, unknown.json()),
         (200, json!({"backupShares": []}))
     );
-    let legacy = http
-        .post_json(
-            &format!("{PREFIX}/backup"),
-            &auth,
-            &json!({"clientId": "old-sdk", "share": "s"}),
-        )
+    let legacy = portal
+        .post("/backup", json!({"clientId": "old-sdk", "share": "s"}))
         .await;
     assert_eq!(legacy.status, 200);
 
     // The webhook's own health route.
-    assert_eq!(http.send("GET", "/healthz", &[], None).await.status, 200);
+    let health = portal.http.send("GET", "/healthz", &[], None).await;
+    assert_eq!(health.status, 200);
 
     // Request bodies and shares never reach the logs.
     let logs = daemon.logs();
@@ -180,18 +184,15 @@ type Case<'a> = (
     &'a str,
 );
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_error_code_and_nothing_stored() {
-    let sandbox = Sandbox::new(22);
-    let daemon = sandbox.start_with(&["--max-request-bytes", "4096", "--max-share-bytes", "1000"]);
-    let http = webhook(&daemon);
-    let secret = sandbox.keys.webhook_secret.as_str();
+/// Every refusal of the webhook, with a daemon started with `--max-request-bytes 4096` and
+/// `--max-share-bytes 1000`; `secret` is its webhook secret.
+fn error_cases(secret: &str) -> Vec<Case<'_>> {
     let good = json!({"clientId": "victim", "backupMethod": "PASSWORD-SECP256K1", "share": "SECRET-SHARE"});
     let json_ct = ("content-type", "application/json");
     let with_secret = ("x-webhook-secret", secret);
     let good_bytes = good.to_string();
 
-    let cases: Vec<Case> = vec![
+    vec![
         (
             401,
             "POST",
@@ -356,8 +357,16 @@ async fn every_error_code_and_nothing_stored() {
             good_bytes.clone().into_bytes(),
             "no such route",
         ),
-    ];
-    for (status, method, path, headers, body, message) in &cases {
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_code_and_nothing_stored() {
+    let sandbox = Sandbox::new(22);
+    let daemon = sandbox.start_with(&["--max-request-bytes", "4096", "--max-share-bytes", "1000"]);
+    let http = webhook(&daemon);
+    let secret = sandbox.keys.webhook_secret.as_str();
+    for (status, method, path, headers, body, message) in &error_cases(secret) {
         let reply = http.send(method, path, headers, Some(body)).await;
         assert_eq!(
             reply.status,
@@ -375,7 +384,7 @@ async fn every_error_code_and_nothing_stored() {
     let fetched = http
         .post_json(
             "/backup/fetch",
-            &[with_secret],
+            &[("x-webhook-secret", secret)],
             &json!({"clientId": "victim"}),
         )
         .await;

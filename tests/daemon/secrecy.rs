@@ -3,8 +3,12 @@
 
 use crate::harness::{Sandbox, create_token, with_secret, with_token};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use sharevault::pb::backup_service_client::BackupServiceClient;
+use sharevault::pb::webhook_service_client::WebhookServiceClient;
 use sharevault::pb::{self, Role};
+use std::path::Path;
 use tonic::Code;
+use tonic::transport::Channel;
 
 const SHARE_MARKER: &str = "PLANTED-SHARE-7f3a9c";
 const CIPHER_MARKER: &str = "PLANTED-CIPHER-41d2e8";
@@ -15,15 +19,11 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|w| w == needle.as_bytes())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn planted_secrets_never_reach_the_disk_or_the_logs() {
-    let sandbox = Sandbox::new(14);
-    let mut daemon = sandbox.start();
-    let secret = &sandbox.keys.webhook_secret;
-    let admin = &sandbox.keys.admin_token;
-    let token = create_token(&daemon, admin, "eject", Role::Eject as i32).await;
-    let mut webhook = daemon.webhook().await;
-    let mut api = daemon.backup().await;
+type Webhook = WebhookServiceClient<Channel>;
+type Api = BackupServiceClient<Channel>;
+
+/// Plants a marked custodian share of each curve and a marked client share.
+async fn plant(webhook: &mut Webhook, api: &mut Api, secret: &str, token: &str) {
     for method in ["PASSWORD-SECP256K1", "PASSWORD-ED25519"] {
         webhook
             .backup(with_secret(
@@ -46,11 +46,19 @@ async fn planted_secrets_never_reach_the_disk_or_the_logs() {
             backup_method: "PASSWORD".into(),
             cipher_text: CIPHER_MARKER.into(),
         },
-        &token,
+        token,
     ))
     .await
     .unwrap();
-    // Read everything back, and fail a few calls on purpose, so that every path logs.
+}
+
+/// Reads everything back, and fails a few calls on purpose, so that every path logs.
+async fn read_back_and_fail_on_purpose(
+    webhook: &mut Webhook,
+    api: &mut Api,
+    secret: &str,
+    token: &str,
+) {
     webhook
         .fetch(with_secret(
             pb::FetchRequest {
@@ -65,7 +73,7 @@ async fn planted_secrets_never_reach_the_disk_or_the_logs() {
             client_id: "planted".into(),
             backup_method: "PASSWORD".into(),
         },
-        &token,
+        token,
     ))
     .await
     .unwrap();
@@ -75,7 +83,7 @@ async fn planted_secrets_never_reach_the_disk_or_the_logs() {
                 client_id: "planted".into(),
                 backup_method: "PASSWORD-SECP256K1".into(),
             },
-            &token,
+            token,
         ))
         .await
         .unwrap()
@@ -103,41 +111,57 @@ async fn planted_secrets_never_reach_the_disk_or_the_logs() {
         ))
         .await
         .unwrap_err();
-    drop((webhook, api));
-    assert!(daemon.signal("TERM").success());
+}
 
-    let logs = daemon.logs();
+/// The calls were logged, and neither a planted value nor the master key was.
+fn assert_not_in_logs(logs: &str, planted: &[&str], master_key_file: &Path) {
     assert!(
         logs.contains("method=\"Fetch\""),
         "calls are logged: {logs}"
     );
-    for planted in [
+    for planted in planted {
+        assert!(!logs.contains(planted), "a secret reached the logs");
+    }
+    let master_key = std::fs::read_to_string(master_key_file).unwrap();
+    assert!(!logs.contains(master_key.trim()));
+}
+
+/// No file of the data dir holds a planted value in clear (and there are bytes to scan).
+fn assert_not_on_disk(data_dir: &Path, planted: &[&str]) {
+    let mut scanned = 0;
+    for entry in std::fs::read_dir(data_dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        scanned += bytes.len();
+        for planted in planted {
+            assert!(!contains(&bytes, planted), "a secret is on disk in clear");
+        }
+    }
+    assert!(scanned > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_secrets_never_reach_the_disk_or_the_logs() {
+    let sandbox = Sandbox::new(14);
+    let mut daemon = sandbox.start();
+    let secret = &sandbox.keys.webhook_secret;
+    let admin = &sandbox.keys.admin_token;
+    let token = create_token(&daemon, admin, "eject", Role::Eject as i32).await;
+    let mut webhook = daemon.webhook().await;
+    let mut api = daemon.backup().await;
+    plant(&mut webhook, &mut api, secret, &token).await;
+    read_back_and_fail_on_purpose(&mut webhook, &mut api, secret, &token).await;
+    drop((webhook, api));
+    assert!(daemon.signal("TERM").success());
+
+    let planted = [
         SHARE_MARKER,
         CIPHER_MARKER,
         token.as_str(),
         secret.as_str(),
         admin.as_str(),
-    ] {
-        assert!(!logs.contains(planted), "a secret reached the logs");
-    }
-    let master_key = std::fs::read_to_string(&sandbox.keys.master_key_file).unwrap();
-    assert!(!logs.contains(master_key.trim()));
-
-    let mut scanned = 0;
-    for entry in std::fs::read_dir(&sandbox.data_dir).unwrap() {
-        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-        scanned += bytes.len();
-        for planted in [
-            SHARE_MARKER,
-            CIPHER_MARKER,
-            token.as_str(),
-            secret.as_str(),
-            admin.as_str(),
-        ] {
-            assert!(!contains(&bytes, planted), "a secret is on disk in clear");
-        }
-    }
-    assert!(scanned > 0);
+    ];
+    assert_not_in_logs(&daemon.logs(), &planted, &sandbox.keys.master_key_file);
+    assert_not_on_disk(&sandbox.data_dir, &planted);
 }
 
 const CUSTODIAN: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("custodian_shares");

@@ -1,128 +1,99 @@
 //! Bad input gets INVALID_ARGUMENT naming the field, never echoes the value, and changes
 //! nothing.
 
-use crate::harness::{Sandbox, create_token, with_secret, with_token};
-use sharevault::pb::{self, Role};
+use crate::harness::{Sandbox, with_secret, with_token};
+use sharevault::pb;
+use sharevault::pb::backup_service_client::BackupServiceClient;
+use sharevault::pb::webhook_service_client::WebhookServiceClient;
 use tonic::Code;
+use tonic::transport::Channel;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_is_refused_by_field_and_changes_nothing() {
-    let sandbox = Sandbox::new(5);
-    let daemon = sandbox.start();
-    let secret = &sandbox.keys.webhook_secret;
-    let backend = create_token(
-        &daemon,
-        &sandbox.keys.admin_token,
-        "backend",
-        Role::Backend as i32,
-    )
-    .await;
-    let mut webhook = daemon.webhook().await;
-    let mut api = daemon.backup().await;
+fn backup(client: &str, method: &str, share: &str, pair: Option<&str>) -> pb::BackupRequest {
+    pb::BackupRequest {
+        client_id: client.into(),
+        backup_method: method.into(),
+        share: share.into(),
+        backup_share_pair_id: pair.map(str::to_owned),
+    }
+}
 
+/// Webhook backups refused, each with the field its message names.
+fn bad_backups() -> Vec<(&'static str, pb::BackupRequest)> {
     let big_share = "S".repeat(64 * 1024 + 1);
-    let backups: Vec<(&str, pb::BackupRequest)> = vec![
-        (
-            "client_id",
-            pb::BackupRequest {
-                client_id: String::new(),
-                backup_method: "PASSWORD-SECP256K1".into(),
-                share: "s".into(),
-                backup_share_pair_id: None,
-            },
-        ),
-        (
-            "client_id",
-            pb::BackupRequest {
-                client_id: "has space".into(),
-                backup_method: "PASSWORD-SECP256K1".into(),
-                share: "s".into(),
-                backup_share_pair_id: None,
-            },
-        ),
-        (
-            "client_id",
-            pb::BackupRequest {
-                client_id: "c".repeat(129),
-                backup_method: "PASSWORD-SECP256K1".into(),
-                share: "s".into(),
-                backup_share_pair_id: None,
-            },
-        ),
-        (
-            "client_id",
-            pb::BackupRequest {
-                client_id: "bad/../path".into(),
-                backup_method: "PASSWORD".into(),
-                share: "s".into(),
-                backup_share_pair_id: None,
-            },
-        ),
+    let (method, long_client) = ("PASSWORD-SECP256K1", "c".repeat(129));
+    vec![
+        ("client_id", backup("", method, "s", None)),
+        ("client_id", backup("has space", method, "s", None)),
+        ("client_id", backup(&long_client, method, "s", None)),
+        ("client_id", backup("bad/../path", "PASSWORD", "s", None)),
+        ("backup_method", backup("victim", "PASS WORD", "s", None)),
         (
             "backup_method",
-            pb::BackupRequest {
-                client_id: "victim".into(),
-                backup_method: "PASS WORD".into(),
-                share: "s".into(),
-                backup_share_pair_id: None,
-            },
+            backup("victim", &"M".repeat(65), "s", None),
         ),
-        (
-            "backup_method",
-            pb::BackupRequest {
-                client_id: "victim".into(),
-                backup_method: "M".repeat(65),
-                share: "s".into(),
-                backup_share_pair_id: None,
-            },
-        ),
-        (
-            "backup_method",
-            pb::BackupRequest {
-                client_id: "victim".into(),
-                backup_method: "PASSWORD\n".into(),
-                share: "s".into(),
-                backup_share_pair_id: None,
-            },
-        ),
+        ("backup_method", backup("victim", "PASSWORD\n", "s", None)),
+        ("share", backup("victim", method, "", None)),
+        ("share", backup("victim", method, &big_share, None)),
         (
             "share",
-            pb::BackupRequest {
-                client_id: "victim".into(),
-                backup_method: "PASSWORD-SECP256K1".into(),
-                share: String::new(),
-                backup_share_pair_id: None,
-            },
-        ),
-        (
-            "share",
-            pb::BackupRequest {
-                client_id: "victim".into(),
-                backup_method: "PASSWORD-SECP256K1".into(),
-                share: big_share.clone(),
-                backup_share_pair_id: None,
-            },
-        ),
-        (
-            "share",
-            pb::BackupRequest {
-                client_id: "victim".into(),
-                backup_method: "PASSWORD-SECP256K1".into(),
-                share: "SECRET-PAYLOAD\u{1}".into(),
-                backup_share_pair_id: None,
-            },
+            backup("victim", method, "SECRET-PAYLOAD\u{1}", None),
         ),
         (
             "backup_share_pair_id",
-            pb::BackupRequest {
-                client_id: "victim".into(),
-                backup_method: "PASSWORD-SECP256K1".into(),
-                share: "s".into(),
-                backup_share_pair_id: Some("pair id with spaces".into()),
-            },
+            backup("victim", method, "s", Some("pair id with spaces")),
         ),
-    ];
-    for (field, request) in backups {
+    ]
+}
+
+fn store(client: &str, method: &str, cipher_text: &str) -> pb::StoreClientBackupShareRequest {
+    pb::StoreClientBackupShareRequest {
+        client_id: client.into(),
+        backup_method: method.into(),
+        cipher_text: cipher_text.into(),
+    }
+}
+
+/// Client shares refused, each with the field its message names.
+fn bad_client_shares() -> Vec<(&'static str, pb::StoreClientBackupShareRequest)> {
+    vec![
+        ("client_id", store("é", "PASSWORD", "c")),
+        ("backup_method", store("victim", "PASS/WORD", "c")),
+        ("cipher_text", store("victim", "PASSWORD", "")),
+        (
+            "cipher_text",
+            store("victim", "PASSWORD", &"C".repeat(64 * 1024 + 1)),
+        ),
+        (
+            "cipher_text",
+            store("victim", "PASSWORD", "SECRET-CIPHER\u{0}"),
+        ),
+    ]
+}
+
+fn update(ids: Vec<String>, status: i32) -> pb::UpdateBackupSharePairsRequest {
+    pb::UpdateBackupSharePairsRequest {
+        client_id: "victim".into(),
+        backup_share_pair_ids: ids,
+        status,
+    }
+}
+
+/// Pair updates refused, each with the field its message names.
+fn bad_pair_updates() -> Vec<(&'static str, pb::UpdateBackupSharePairsRequest)> {
+    vec![
+        ("backup_share_pair_ids", update(vec![], 2)),
+        ("backup_share_pair_ids", update(vec!["bad id".into()], 2)),
+        (
+            "backup_share_pair_ids",
+            update((0..65).map(|i| format!("p{i}")).collect(), 2),
+        ),
+        ("status", update(vec!["p".into()], 0)),
+        ("status", update(vec!["p".into()], 42)),
+    ]
+}
+
+async fn refuses_bad_backups(webhook: &mut WebhookServiceClient<Channel>, secret: &str) {
+    for (field, request) in bad_backups() {
         let err = webhook
             .backup(with_secret(request, secret))
             .await
@@ -135,52 +106,12 @@ async fn bad_input_is_refused_by_field_and_changes_nothing() {
         );
         assert!(!err.message().contains("SECRET-PAYLOAD") && !err.message().contains("SSSS"));
     }
+}
 
-    let client_shares: Vec<(&str, pb::StoreClientBackupShareRequest)> = vec![
-        (
-            "client_id",
-            pb::StoreClientBackupShareRequest {
-                client_id: "é".into(),
-                backup_method: "PASSWORD".into(),
-                cipher_text: "c".into(),
-            },
-        ),
-        (
-            "backup_method",
-            pb::StoreClientBackupShareRequest {
-                client_id: "victim".into(),
-                backup_method: "PASS/WORD".into(),
-                cipher_text: "c".into(),
-            },
-        ),
-        (
-            "cipher_text",
-            pb::StoreClientBackupShareRequest {
-                client_id: "victim".into(),
-                backup_method: "PASSWORD".into(),
-                cipher_text: String::new(),
-            },
-        ),
-        (
-            "cipher_text",
-            pb::StoreClientBackupShareRequest {
-                client_id: "victim".into(),
-                backup_method: "PASSWORD".into(),
-                cipher_text: "C".repeat(64 * 1024 + 1),
-            },
-        ),
-        (
-            "cipher_text",
-            pb::StoreClientBackupShareRequest {
-                client_id: "victim".into(),
-                backup_method: "PASSWORD".into(),
-                cipher_text: "SECRET-CIPHER\u{0}".into(),
-            },
-        ),
-    ];
-    for (field, request) in client_shares {
+async fn refuses_bad_backend_calls(api: &mut BackupServiceClient<Channel>, backend: &str) {
+    for (field, request) in bad_client_shares() {
         let err = api
-            .store_client_backup_share(with_token(request, &backend))
+            .store_client_backup_share(with_token(request, backend))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{field}");
@@ -191,52 +122,9 @@ async fn bad_input_is_refused_by_field_and_changes_nothing() {
         );
         assert!(!err.message().contains("SECRET-CIPHER"));
     }
-
-    let updates: Vec<(&str, pb::UpdateBackupSharePairsRequest)> = vec![
-        (
-            "backup_share_pair_ids",
-            pb::UpdateBackupSharePairsRequest {
-                client_id: "victim".into(),
-                backup_share_pair_ids: vec![],
-                status: 2,
-            },
-        ),
-        (
-            "backup_share_pair_ids",
-            pb::UpdateBackupSharePairsRequest {
-                client_id: "victim".into(),
-                backup_share_pair_ids: vec!["bad id".into()],
-                status: 2,
-            },
-        ),
-        (
-            "backup_share_pair_ids",
-            pb::UpdateBackupSharePairsRequest {
-                client_id: "victim".into(),
-                backup_share_pair_ids: (0..65).map(|i| format!("p{i}")).collect(),
-                status: 2,
-            },
-        ),
-        (
-            "status",
-            pb::UpdateBackupSharePairsRequest {
-                client_id: "victim".into(),
-                backup_share_pair_ids: vec!["p".into()],
-                status: 0,
-            },
-        ),
-        (
-            "status",
-            pb::UpdateBackupSharePairsRequest {
-                client_id: "victim".into(),
-                backup_share_pair_ids: vec!["p".into()],
-                status: 42,
-            },
-        ),
-    ];
-    for (field, request) in updates {
+    for (field, request) in bad_pair_updates() {
         let err = api
-            .update_backup_share_pairs(with_token(request, &backend))
+            .update_backup_share_pairs(with_token(request, backend))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{field}");
@@ -255,21 +143,28 @@ async fn bad_input_is_refused_by_field_and_changes_nothing() {
                 client_id: request.client_id,
                 backup_method: request.backup_method,
             },
-            &backend,
+            backend,
         ));
         assert_eq!(err.await.unwrap_err().code(), Code::InvalidArgument);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_by_field_and_changes_nothing() {
+    let sandbox = Sandbox::new(5);
+    let daemon = sandbox.start();
+    let mut webhook = daemon.webhook().await;
+    let secret = &sandbox.keys.webhook_secret;
+    refuses_bad_backups(&mut webhook, secret).await;
+    let backend = sandbox.backend_token(&daemon).await;
+    let mut api = daemon.backup().await;
+    refuses_bad_backend_calls(&mut api, &backend).await;
 
     // The limit is exact: the largest accepted share is stored byte for byte.
     let max_share = "S".repeat(64 * 1024);
     webhook
         .backup(with_secret(
-            pb::BackupRequest {
-                client_id: "edge".into(),
-                backup_method: "PASSWORD-SECP256K1".into(),
-                share: max_share.clone(),
-                backup_share_pair_id: None,
-            },
+            backup("edge", "PASSWORD-SECP256K1", &max_share, None),
             secret,
         ))
         .await
@@ -317,13 +212,7 @@ async fn a_client_holds_at_most_64_methods_of_each_kind() {
     let sandbox = Sandbox::new(56);
     let daemon = sandbox.start();
     let secret = &sandbox.keys.webhook_secret;
-    let backend = create_token(
-        &daemon,
-        &sandbox.keys.admin_token,
-        "backend",
-        Role::Backend as i32,
-    )
-    .await;
+    let backend = sandbox.backend_token(&daemon).await;
     let mut webhook = daemon.webhook().await;
     let mut api = daemon.backup().await;
     let backup = |method: String, share: &str| pb::BackupRequest {
