@@ -37,7 +37,6 @@ pub mod observe;
 pub mod pairs;
 pub mod pb;
 pub mod placement;
-pub mod restore;
 pub mod secrets;
 pub mod server;
 pub mod snapshot;

@@ -47,7 +47,7 @@ enum Command {
     /// Write a consistent snapshot of a running daemon's vault to a file.
     Snapshot(sharevault::cli::ops::SnapshotArgs),
     /// Restore a snapshot into a data dir (with the daemon stopped, or into a new data dir).
-    Restore(RestoreArgs),
+    Restore(sharevault::cli::restore::RestoreArgs),
     /// Start a daemon on loopback, fill it with clients, and measure its operations.
     Bench(bench::Args),
     /// The in-memory stand-in `bench --stand-in` measures in place of the daemon.
@@ -62,31 +62,6 @@ enum Command {
         #[command(subcommand)]
         command: sharevault::cli::ops::AuditCommand,
     },
-}
-
-#[derive(clap::Args)]
-struct RestoreArgs {
-    /// The snapshot file.
-    #[arg(long, value_name = "FILE")]
-    from: std::path::PathBuf,
-    /// The data dir to restore into.
-    #[arg(
-        long,
-        env = "SHAREVAULT_DATA_DIR",
-        default_value = "./sharevault-data",
-        value_name = "DIR"
-    )]
-    data_dir: std::path::PathBuf,
-    /// The master key the snapshot was sealed with.
-    #[arg(long, env = "SHAREVAULT_MASTER_KEY_FILE", value_name = "FILE")]
-    master_key_file: std::path::PathBuf,
-    /// Replace a vault already in the data dir (it is kept beside, renamed).
-    #[arg(long)]
-    replace: bool,
-    /// Accept a snapshot written before snapshots were authenticated (format 1): its checksum
-    /// proves only that it is not damaged, not that nobody altered it.
-    #[arg(long)]
-    accept_unauthenticated_snapshot: bool,
 }
 
 fn init_logging(format: LogFormat) {
@@ -216,30 +191,7 @@ fn main() -> anyhow::Result<()> {
         Command::Audit { command } => Ok(sharevault::cli::block_on(sharevault::cli::ops::audit(
             command,
         ))?),
-        Command::Restore(args) => {
-            let key = sharevault::secrets::read_master_key(&args.master_key_file)
-                .map_err(anyhow::Error::msg)?;
-            let report = sharevault::restore::restore(
-                &args.from,
-                &args.data_dir,
-                &key,
-                sharevault::restore::RestoreOptions {
-                    replace: args.replace,
-                    accept_unauthenticated: args.accept_unauthenticated_snapshot,
-                },
-            )
-            .map_err(anyhow::Error::msg)?;
-            println!(
-                "restored {} records into {}: {} custodian shares, {} client shares, {} audit events; master key id {}",
-                report.records,
-                args.data_dir.display(),
-                report.custodian_shares,
-                report.client_shares,
-                report.audit_events,
-                key.id()
-            );
-            Ok(())
-        }
+        Command::Restore(args) => Ok(sharevault::cli::restore::run(args)?),
         Command::CheckConfig(args) => {
             let config = Config::load(&args.serve).map_err(anyhow::Error::msg)?;
             init_logging(config.log_format);

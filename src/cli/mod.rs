@@ -9,6 +9,7 @@
 pub mod check_config;
 pub mod client;
 pub mod ops;
+pub mod restore;
 pub mod status;
 mod table;
 pub mod token;

@@ -233,7 +233,7 @@ impl AdminService for AdminApi {
             let writer = Arc::clone(&vault);
             let sender = tx.clone();
             let written = tokio::task::spawn_blocking(move || {
-                writer.snapshot(&mut |data| {
+                crate::snapshot::write(&writer, &mut |data| {
                     sender
                         .blocking_send(Ok(pb::SnapshotChunk { data }))
                         .map_err(|_| StoreError::Closed)

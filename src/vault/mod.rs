@@ -26,8 +26,7 @@ use crate::crypto::{CryptoError, KeyId, MasterKey, RecordAad};
 use crate::error::VaultError;
 use crate::integrity::{INTEGRITY_KEY, IntegrityKey};
 use crate::placement::ReadPlacement;
-use crate::snapshot;
-use crate::store::{ExportItem, Key, Reader, Store, StoreError, TableId};
+use crate::store::{Reader, Store, StoreError, TableId};
 use crate::validate::Limits;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -43,7 +42,7 @@ const KEY_CHECK_AAD: RecordAad<'static> = RecordAad {
     client_id: "",
     backup_method: KEY_CHECK,
 };
-const REKEY_TARGET: &str = "rekey_target";
+pub(crate) const REKEY_TARGET: &str = "rekey_target";
 const REKEY_TARGET_AAD: RecordAad<'static> = RecordAad {
     table: "meta",
     client_id: "",
@@ -323,6 +322,16 @@ impl Vault {
         self
     }
 
+    /// The store under the vault.
+    pub(crate) fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// The key behind the snapshot and audit MACs.
+    pub(crate) fn integrity(&self) -> &IntegrityKey {
+        &self.integrity
+    }
+
     /// Applies `op` durably, with its audit event.
     async fn write(
         &self,
@@ -491,81 +500,6 @@ impl Vault {
             None => ChainCheck::failed("the audit trail's anchor is missing".into()),
         };
         Ok(crate::audit::verify_trail(self.store.as_ref(), check)?)
-    }
-
-    /// Writes a snapshot of the whole vault from one read transaction, in chunks handed to
-    /// `sink` (see [`crate::snapshot`] for the format). Refused while a master key rotation is
-    /// unfinished: its records would be under two keys.
-    pub fn snapshot(
-        &self,
-        sink: &mut dyn FnMut(Vec<u8>) -> Result<(), StoreError>,
-    ) -> Result<(), VaultError> {
-        const CHUNK: usize = 256 * 1024;
-        let rotating = || {
-            VaultError::FailedPrecondition(
-                "a master key rotation is unfinished: run `sharevault rekey` to finish it, \
-                 then take the snapshot"
-                    .into(),
-            )
-        };
-        if records::meta(&*self.store.read()?, REKEY_TARGET)?.is_some() {
-            return Err(rotating());
-        }
-        let sealed =
-            records::meta(&*self.store.read()?, INTEGRITY_KEY)?.ok_or(VaultError::Corrupt)?;
-        let key_id = self.key_id().to_bytes();
-        let mut mac = snapshot::Trailer::Mac(Box::new(self.integrity.snapshot_mac()));
-        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
-        // Set when the export shows a rotation, or an integrity key re-wrapped since `sealed`
-        // was read: the snapshot is abandoned.
-        let mut changed: Option<VaultError> = None;
-        let mut emit = |bytes: &[u8], buf: &mut Vec<u8>, mac: &mut snapshot::Trailer| {
-            mac.update(bytes);
-            buf.extend_from_slice(bytes);
-            if buf.len() >= CHUNK {
-                sink(std::mem::take(buf))
-            } else {
-                Ok(())
-            }
-        };
-        let exported = self.store.export(&mut |item| match item {
-            ExportItem::Counts(counts) => {
-                let header = snapshot::Header {
-                    version: 2,
-                    created_at_ms: now_ms(),
-                    key_id,
-                    sealed_integrity_key: sealed.clone(),
-                    counts,
-                };
-                emit(&header.encode(), &mut buf, &mut mac)
-            }
-            ExportItem::Record(TableId::Meta, Key::Name(name), value)
-                if name == REKEY_TARGET
-                    || (name == INTEGRITY_KEY && value != sealed.as_slice()) =>
-            {
-                changed = Some(if name == REKEY_TARGET {
-                    rotating()
-                } else {
-                    VaultError::FailedPrecondition(
-                        "the master key changed while the snapshot was taken; take it again".into(),
-                    )
-                });
-                Err(StoreError::Closed)
-            }
-            ExportItem::Record(table, key, value) => emit(
-                &snapshot::record(table, &snapshot::encode_key(key), value),
-                &mut buf,
-                &mut mac,
-            ),
-        });
-        if let Some(err) = changed {
-            return Err(err);
-        }
-        exported?;
-        emit(&snapshot::end(), &mut buf, &mut mac)?;
-        buf.extend_from_slice(&mac.finish());
-        sink(buf)?;
-        Ok(())
     }
 
     /// Records an administrative action in the audit trail.

@@ -1,0 +1,54 @@
+//! `sharevault restore`: a snapshot into a data dir, offline (see [`crate::snapshot::restore`]).
+
+use super::CliError;
+use crate::snapshot::restore::{RestoreOptions, restore};
+
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    /// The snapshot file.
+    #[arg(long, value_name = "FILE")]
+    pub from: std::path::PathBuf,
+    /// The data dir to restore into.
+    #[arg(
+        long,
+        env = "SHAREVAULT_DATA_DIR",
+        default_value = "./sharevault-data",
+        value_name = "DIR"
+    )]
+    pub data_dir: std::path::PathBuf,
+    /// The master key the snapshot was sealed with.
+    #[arg(long, env = "SHAREVAULT_MASTER_KEY_FILE", value_name = "FILE")]
+    pub master_key_file: std::path::PathBuf,
+    /// Replace a vault already in the data dir (it is kept beside, renamed).
+    #[arg(long)]
+    pub replace: bool,
+    /// Accept a snapshot written before snapshots were authenticated (format 1): its checksum
+    /// proves only that it is not damaged, not that nobody altered it.
+    #[arg(long)]
+    pub accept_unauthenticated_snapshot: bool,
+}
+
+/// Restores, then prints what was restored.
+pub fn run(args: RestoreArgs) -> Result<(), CliError> {
+    let key = crate::secrets::read_master_key(&args.master_key_file).map_err(CliError::Local)?;
+    let report = restore(
+        &args.from,
+        &args.data_dir,
+        &key,
+        RestoreOptions {
+            replace: args.replace,
+            accept_unauthenticated: args.accept_unauthenticated_snapshot,
+        },
+    )
+    .map_err(CliError::Local)?;
+    super::print(&format!(
+        "restored {} records into {}: {} custodian shares, {} client shares, {} audit events; \
+         master key id {}\n",
+        report.records,
+        args.data_dir.display(),
+        report.custodian_shares,
+        report.client_shares,
+        report.audit_events,
+        key.id()
+    ))
+}

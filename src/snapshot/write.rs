@@ -1,0 +1,79 @@
+//! Writing a snapshot of a running vault.
+
+use super::{Header, Trailer, encode_key, end, record};
+use crate::error::VaultError;
+use crate::integrity::INTEGRITY_KEY;
+use crate::store::{ExportItem, Key, StoreError, TableId};
+use crate::vault::{REKEY_TARGET, Vault, now_ms, records};
+
+/// Writes a snapshot of the whole vault from one read transaction, in chunks handed to
+/// `sink` (see [`crate::snapshot`] for the format). Refused while a master key rotation is
+/// unfinished: its records would be under two keys.
+pub fn write(
+    vault: &Vault,
+    sink: &mut dyn FnMut(Vec<u8>) -> Result<(), StoreError>,
+) -> Result<(), VaultError> {
+    const CHUNK: usize = 256 * 1024;
+    let rotating = || {
+        VaultError::FailedPrecondition(
+            "a master key rotation is unfinished: run `sharevault rekey` to finish it, \
+             then take the snapshot"
+                .into(),
+        )
+    };
+    if records::meta(&*vault.store().read()?, REKEY_TARGET)?.is_some() {
+        return Err(rotating());
+    }
+    let sealed =
+        records::meta(&*vault.store().read()?, INTEGRITY_KEY)?.ok_or(VaultError::Corrupt)?;
+    let key_id = vault.key_id().to_bytes();
+    let mut mac = Trailer::Mac(Box::new(vault.integrity().snapshot_mac()));
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+    // Set when the export shows a rotation, or an integrity key re-wrapped since `sealed`
+    // was read: the snapshot is abandoned.
+    let mut changed: Option<VaultError> = None;
+    let mut emit = |bytes: &[u8], buf: &mut Vec<u8>, mac: &mut Trailer| {
+        mac.update(bytes);
+        buf.extend_from_slice(bytes);
+        if buf.len() >= CHUNK {
+            sink(std::mem::take(buf))
+        } else {
+            Ok(())
+        }
+    };
+    let exported = vault.store().export(&mut |item| match item {
+        ExportItem::Counts(counts) => {
+            let header = Header {
+                version: 2,
+                created_at_ms: now_ms(),
+                key_id,
+                sealed_integrity_key: sealed.clone(),
+                counts,
+            };
+            emit(&header.encode(), &mut buf, &mut mac)
+        }
+        ExportItem::Record(TableId::Meta, Key::Name(name), value)
+            if name == REKEY_TARGET || (name == INTEGRITY_KEY && value != sealed.as_slice()) =>
+        {
+            changed = Some(if name == REKEY_TARGET {
+                rotating()
+            } else {
+                VaultError::FailedPrecondition(
+                    "the master key changed while the snapshot was taken; take it again".into(),
+                )
+            });
+            Err(StoreError::Closed)
+        }
+        ExportItem::Record(table, key, value) => {
+            emit(&record(table, &encode_key(key), value), &mut buf, &mut mac)
+        }
+    });
+    if let Some(err) = changed {
+        return Err(err);
+    }
+    exported?;
+    emit(&end(), &mut buf, &mut mac)?;
+    buf.extend_from_slice(&mac.finish());
+    sink(buf)?;
+    Ok(())
+}
