@@ -3,6 +3,7 @@
 //! Everything is validated before any port is bound. Secrets are referenced by file path only.
 
 use crate::validate::Limits;
+use crate::validate::MAX_SECRET_LIMIT;
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
@@ -297,9 +298,6 @@ fn path_prefix(value: Option<String>) -> Result<String, String> {
     }
     Ok(prefix.to_owned())
 }
-
-/// The most a share or cipherText limit may be raised to.
-pub const MAX_SECRET_LIMIT: usize = 1024 * 1024;
 
 impl Config {
     /// Merges defaults, the config file, the environment and flags, then validates.

@@ -39,7 +39,7 @@ const VERSION_ZSTD: u8 = 2;
 const ZSTD_LEVEL: i32 = 1;
 /// The largest plaintext an envelope may hold (the largest share or cipherText the daemon
 /// can be configured to accept); a frame that would inflate past it is refused.
-pub const MAX_PAYLOAD: usize = crate::config::MAX_SECRET_LIMIT;
+pub const MAX_PAYLOAD: usize = crate::validate::MAX_SECRET_LIMIT;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const KEY_ID_LEN: usize = 8;

@@ -17,6 +17,8 @@ pub const MAX_TOKEN_NAME_LEN: usize = 64;
 /// Most custodian shares, and most client shares, one client may hold (one per backup
 /// method each).
 pub const MAX_METHODS_PER_CLIENT: usize = 64;
+/// The most a share or cipherText limit may be raised to.
+pub const MAX_SECRET_LIMIT: usize = 1024 * 1024;
 /// The method stored when a custodian share arrives without one, as Portal does.
 pub const UNKNOWN_METHOD: &str = "UNKNOWN";
 
