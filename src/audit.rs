@@ -15,6 +15,7 @@
 //! first keyed event in a MAC-protected anchor ([`Anchor`]): events from there on must be
 //! keyed, and events before it may be plain.
 
+pub use crate::integrity::AuditKey;
 use crate::integrity::HmacSha256;
 use crate::store::{Key, Range, Reader, Store, StoreError, TableId, Writer};
 use hmac::Mac;
@@ -53,17 +54,6 @@ pub struct AuditEvent {
 const VERSION_PLAIN: u8 = 1;
 /// Event format 2: chained with HMAC-SHA256 under the audit key.
 const VERSION_KEYED: u8 = 2;
-
-/// The audit MAC's key (an HMAC state keyed with the derived audit key). `Debug` shows
-/// nothing of it.
-#[derive(Clone)]
-pub struct AuditKey(pub(crate) HmacSha256);
-
-impl std::fmt::Debug for AuditKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AuditKey(***)")
-    }
-}
 
 /// Where a trail's keyed events start, and a MAC of that under the audit key, so that it
 /// cannot be moved without the key: `seq u64 | HMAC(audit key, "audit keyed from" | seq)`.

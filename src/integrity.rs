@@ -26,6 +26,17 @@ const AUDIT_INFO: &[u8] = b"sharevault audit mac v1";
 /// An HMAC-SHA256 in progress.
 pub type HmacSha256 = Hmac<Sha256>;
 
+/// The audit MAC's key (an HMAC state keyed with the derived audit key). `Debug` shows
+/// nothing of it.
+#[derive(Clone)]
+pub struct AuditKey(pub(crate) HmacSha256);
+
+impl fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuditKey(***)")
+    }
+}
+
 /// The integrity key, opened. Zeroized on drop; `Debug` shows nothing of it.
 #[derive(Clone)]
 pub struct IntegrityKey(Zeroizing<[u8; KEY_LEN]>);
@@ -76,8 +87,8 @@ impl IntegrityKey {
     }
 
     /// The key audit events are chained with.
-    pub fn audit_key(&self) -> crate::audit::AuditKey {
-        crate::audit::AuditKey(self.derive(AUDIT_INFO))
+    pub fn audit_key(&self) -> AuditKey {
+        AuditKey(self.derive(AUDIT_INFO))
     }
 }
 

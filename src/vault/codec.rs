@@ -1,4 +1,4 @@
-//! The byte layout of stored values. Every value starts with a format version byte.
+//! The vault's stored values and their byte layout. Every value starts with a format version byte.
 //!
 //! - share (custodian or client): `1 | created_at_ms u64 | pair_id_len u16 | pair_id | envelope`
 //! - pair: `1 | status u8 | created_at_ms u64 | updated_at_ms u64 | backup_method`
@@ -6,10 +6,58 @@
 //!
 //! Integers are big-endian; strings are UTF-8.
 
-use super::records::{PairRecord, SealedRecord, TokenRecord};
 use crate::auth::Role;
 use crate::pairs::PairStatus;
 use crate::store::StoreError;
+
+/// A sealed share or cipherText with the little metadata kept beside it in clear.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedRecord {
+    pub created_at_ms: u64,
+    /// The backup share pair a custodian share belongs to (none for client shares).
+    pub pair_id: Option<String>,
+    /// The envelope from [`crate::crypto::MasterKey::seal`].
+    pub envelope: Vec<u8>,
+}
+
+impl std::fmt::Debug for SealedRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedRecord")
+            .field("created_at_ms", &self.created_at_ms)
+            .field("pair_id", &self.pair_id)
+            .field("envelope_len", &self.envelope.len())
+            .finish()
+    }
+}
+
+/// One backup share pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairRecord {
+    pub id: String,
+    /// The full `METHOD-CURVE` key of its custodian share.
+    pub backup_method: String,
+    pub status: PairStatus,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+/// An API token, known only by the SHA-256 hash of its secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub name: String,
+    pub role: Role,
+    pub hash: [u8; 32],
+    pub created_at_ms: u64,
+}
+
+impl std::fmt::Debug for TokenRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRecord")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
 
 const VERSION: u8 = 1;
 

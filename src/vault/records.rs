@@ -3,64 +3,14 @@
 //! Values are encoded by [`super::codec`]; keys follow [`TableId::key_kind`].
 
 use super::codec;
-use crate::auth::Role;
-use crate::pairs::PairStatus;
+pub use super::codec::{PairRecord, SealedRecord, TokenRecord};
 use crate::store::{Key, Range, Reader, StoreError, TableId};
-
-/// A sealed share or cipherText with the little metadata kept beside it in clear.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SealedRecord {
-    pub created_at_ms: u64,
-    /// The backup share pair a custodian share belongs to (none for client shares).
-    pub pair_id: Option<String>,
-    /// The envelope from [`crate::crypto::MasterKey::seal`].
-    pub envelope: Vec<u8>,
-}
-
-impl std::fmt::Debug for SealedRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SealedRecord")
-            .field("created_at_ms", &self.created_at_ms)
-            .field("pair_id", &self.pair_id)
-            .field("envelope_len", &self.envelope.len())
-            .finish()
-    }
-}
 
 /// A record together with the backup method it is stored under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MethodRecord {
     pub backup_method: String,
     pub record: SealedRecord,
-}
-
-/// One backup share pair.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PairRecord {
-    pub id: String,
-    /// The full `METHOD-CURVE` key of its custodian share.
-    pub backup_method: String,
-    pub status: PairStatus,
-    pub created_at_ms: u64,
-    pub updated_at_ms: u64,
-}
-
-/// An API token, known only by the SHA-256 hash of its secret.
-#[derive(Clone, PartialEq, Eq)]
-pub struct TokenRecord {
-    pub name: String,
-    pub role: Role,
-    pub hash: [u8; 32],
-    pub created_at_ms: u64,
-}
-
-impl std::fmt::Debug for TokenRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenRecord")
-            .field("name", &self.name)
-            .field("role", &self.role)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Numbers of records per table.
