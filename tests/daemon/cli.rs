@@ -466,29 +466,9 @@ async fn the_cli_speaks_tls_with_a_private_ca() {
         .failed_with("no certificate found");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshot_restore_verify_audit_rekey_and_metrics_from_the_command_line() {
-    let sandbox = Sandbox::new(46);
-    let daemon = sandbox.start();
-    let admin = Admin::new(&sandbox, &daemon);
-    backup(
-        &daemon,
-        &sandbox,
-        "ops-client",
-        "PASSWORD-SECP256K1",
-        "pair-ops",
-    )
-    .await;
-    backup(
-        &daemon,
-        &sandbox,
-        "ops-client",
-        "PASSWORD-ED25519",
-        "pair-ops-2",
-    )
-    .await;
-
-    // An online snapshot, written atomically.
+/// An online snapshot of the two custodian shares, written atomically and readable by its
+/// owner only, restores into a new data dir.
+fn snapshot_and_restore_from_the_command_line(sandbox: &Sandbox, admin: &Admin) {
     let dir = sandbox.tmp.path().join("backups");
     std::fs::create_dir_all(&dir).unwrap();
     let snap = dir.join("vault.snapshot");
@@ -532,8 +512,11 @@ async fn snapshot_restore_verify_audit_rekey_and_metrics_from_the_command_line()
     );
     assert!(run.ok, "{}", run.stderr);
     assert!(run.stdout.contains("2 custodian shares"), "{}", run.stdout);
+}
 
-    // Every record opens.
+/// Every record opens, and the audit trail exports as JSON lines (the two backups of
+/// "ops-client") and its chain verifies.
+fn verify_and_audit_from_the_command_line(admin: &Admin) {
     let run = admin.run(&["verify", "--json"]);
     assert!(run.ok, "{}", run.stderr);
     assert_eq!(
@@ -544,7 +527,6 @@ async fn snapshot_restore_verify_audit_rekey_and_metrics_from_the_command_line()
         (Some(2), Some(0))
     );
 
-    // The audit trail, as JSON lines, and its chain.
     let run = admin.run(&["audit", "export", "--client-id", "ops-client"]);
     assert!(run.ok, "{}", run.stderr);
     let actions: Vec<String> = run
@@ -565,8 +547,10 @@ async fn snapshot_restore_verify_audit_rekey_and_metrics_from_the_command_line()
         run.stdout,
         run.stderr
     );
+}
 
-    // A rotation through the CLI; status then reports the new key.
+/// A rotation through the CLI; status then reports the new key, and every record opens.
+fn rekey_from_the_command_line(sandbox: &Sandbox, admin: &Admin) {
     let new_keys = crate::harness::Keys::new(&sandbox.tmp.path().join("new-keys"), 48);
     let run = admin.run(&[
         "rekey",
@@ -583,8 +567,11 @@ async fn snapshot_restore_verify_audit_rekey_and_metrics_from_the_command_line()
         "{}",
         run.stdout
     );
+}
 
-    // Metrics count the calls made above, with no client id or share in them.
+/// Metrics count the calls made before (two backups, two snapshots), with no client id or
+/// share in them.
+async fn metrics_count_the_calls_made(daemon: &Daemon) {
     let metrics = crate::http_client::Http::plain(&daemon.endpoint)
         .send("GET", "/metrics", &[], None)
         .await;
@@ -603,6 +590,36 @@ async fn snapshot_restore_verify_audit_rekey_and_metrics_from_the_command_line()
     assert!(text.contains("sharevault_commit_duration_seconds_count"));
     assert!(text.contains("sharevault_database_bytes"));
     assert!(!text.contains("ops-client") && !text.contains("pair-ops"));
+}
+
+/// Snapshot and restore, verify, the audit trail, a rotation and the metrics, in that order
+/// against one daemon holding two custodian shares of "ops-client": the metrics count the
+/// calls of the steps before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_restore_verify_audit_rekey_and_metrics_from_the_command_line() {
+    let sandbox = Sandbox::new(46);
+    let daemon = sandbox.start();
+    let admin = Admin::new(&sandbox, &daemon);
+    backup(
+        &daemon,
+        &sandbox,
+        "ops-client",
+        "PASSWORD-SECP256K1",
+        "pair-ops",
+    )
+    .await;
+    backup(
+        &daemon,
+        &sandbox,
+        "ops-client",
+        "PASSWORD-ED25519",
+        "pair-ops-2",
+    )
+    .await;
+    snapshot_and_restore_from_the_command_line(&sandbox, &admin);
+    verify_and_audit_from_the_command_line(&admin);
+    rekey_from_the_command_line(&sandbox, &admin);
+    metrics_count_the_calls_made(&daemon).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

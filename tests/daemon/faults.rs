@@ -1,7 +1,10 @@
 //! Faults: a filesystem that fills up, crashes during a snapshot and a rotation, and a
 //! damaged database file.
 
-use crate::harness::{Daemon, Keys, Sandbox, Started, command, with_secret, with_token};
+use crate::harness::{
+    Daemon, Keys, Sandbox, Started, command, fetch_shares, restore_command, succeeds, with_secret,
+    with_token,
+};
 use crate::http_client::{Http, Reply};
 use serde_json::json;
 use sharevault::pb;
@@ -237,12 +240,8 @@ async fn snapshot_bytes(daemon: &Daemon, admin: &str) -> Result<Vec<u8>, tonic::
     Ok(bytes)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_during_a_snapshot_and_during_a_rotation_loses_nothing() {
-    let sandbox = Sandbox::new(71);
-    let secret = sandbox.keys.webhook_secret.clone();
-    let admin = sandbox.keys.admin_token.clone();
-    let mut daemon = sandbox.start();
+/// Stores 3,000 users `cN`, each with an ICLOUD custodian share `share-N`.
+async fn store_shares(daemon: &Daemon, secret: &str) {
     let mut hook = daemon.webhook().await;
     for i in 0..3_000 {
         hook.backup(with_secret(
@@ -252,45 +251,49 @@ async fn kill_9_during_a_snapshot_and_during_a_rotation_loses_nothing() {
                 share: format!("share-{i}"),
                 backup_share_pair_id: None,
             },
-            &secret,
+            secret,
         ))
         .await
         .unwrap();
     }
-    // Killed while a snapshot streams.
+}
+
+/// Kills `daemon` with SIGKILL once a snapshot has started streaming.
+async fn kill_while_a_snapshot_streams(mut daemon: Daemon, admin: &str) {
     let mut snapshot = daemon
         .admin()
         .await
-        .snapshot(with_token(pb::SnapshotRequest {}, &admin))
+        .snapshot(with_token(pb::SnapshotRequest {}, admin))
         .await
         .unwrap()
         .into_inner();
     let _first = snapshot.next().await;
     assert!(!daemon.signal("KILL").success());
-    drop((snapshot, hook));
+}
 
-    // Killed while a rotation runs.
-    let mut daemon = sandbox.start();
-    let new_keys = Keys::new(&sandbox.tmp.path().join("new"), 72);
-    let raw = sharevault::secrets::read_master_key(&new_keys.master_key_file)
-        .unwrap()
-        .to_raw()
-        .to_vec();
-    let mut progress = daemon.rekey_stream(&admin, &raw).await;
+/// Kills `daemon` with SIGKILL once a rotation to `raw` has reported its first, unfinished,
+/// step.
+async fn kill_while_a_rotation_runs(mut daemon: Daemon, admin: &str, raw: &[u8]) {
+    let mut progress = daemon.rekey_stream(admin, raw).await;
     let first = progress.next().await.unwrap().unwrap();
     assert!(!first.finished);
     assert!(!daemon.signal("KILL").success());
-    drop(progress);
+}
 
-    // It starts again with the old key, says the rotation is unfinished, refuses a snapshot
-    // (its records are under two keys), and finishes it.
-    let daemon = sandbox.start();
+/// Started again with the old key after a rotation to `raw` was killed, `daemon` says the
+/// rotation is unfinished, refuses a snapshot (its records are under two keys), and finishes
+/// it.
+async fn the_interrupted_rotation_is_reported_and_finished(
+    daemon: &Daemon,
+    admin: &str,
+    raw: &[u8],
+) {
     assert!(
         daemon.logs().contains("rotation was interrupted"),
         "{}",
         daemon.logs()
     );
-    let refused = snapshot_bytes(&daemon, &admin).await.unwrap_err();
+    let refused = snapshot_bytes(daemon, admin).await.unwrap_err();
     assert_eq!(
         refused.code(),
         tonic::Code::FailedPrecondition,
@@ -300,26 +303,13 @@ async fn kill_9_during_a_snapshot_and_during_a_rotation_loses_nothing() {
         refused.message().contains("rotation is unfinished"),
         "{refused:?}"
     );
-    assert!(daemon.rekey(&admin, &raw).await.finished);
-    // Once finished, a snapshot restores with the new key alone.
-    let file = sandbox.tmp.path().join("after-rotation.snapshot");
-    std::fs::write(&file, snapshot_bytes(&daemon, &admin).await.unwrap()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sharevault"))
-        .args(["restore", "--from"])
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(sandbox.tmp.path().join("restored"))
-        .arg("--master-key-file")
-        .arg(&new_keys.master_key_file)
-        .env_remove("SHAREVAULT_DATA_DIR")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = daemon.verify(&admin).await;
+    assert!(daemon.rekey(admin, raw).await.finished);
+}
+
+/// Every one of the 3,000 shares opens and a sample of them is served; the audit trail
+/// verifies.
+async fn nothing_is_lost(daemon: &Daemon, admin: &str, secret: &str) {
+    let report = daemon.verify(admin).await;
     assert_eq!(
         (report.custodian_shares, report.failed),
         (3_000, 0),
@@ -328,21 +318,43 @@ async fn kill_9_during_a_snapshot_and_during_a_rotation_loses_nothing() {
     );
     let mut hook = daemon.webhook().await;
     for i in (0..3_000).step_by(97) {
-        let shares = hook
-            .fetch(with_secret(
-                pb::FetchRequest {
-                    client_id: format!("c{i}"),
-                },
-                &secret,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .backup_shares;
+        let shares = fetch_shares(&mut hook, secret, format!("c{i}")).await;
         assert_eq!(shares, vec![format!("share-{i}")]);
     }
-    let audit = daemon.verify_audit(&admin).await;
+    let audit = daemon.verify_audit(admin).await;
     assert!(audit.ok, "{audit:?}");
+}
+
+/// A vault killed while a snapshot streams, then while a rotation runs, starts again, finishes
+/// the rotation, makes a snapshot that restores with the new key alone, and has lost nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_snapshot_and_during_a_rotation_loses_nothing() {
+    let sandbox = Sandbox::new(71);
+    let secret = sandbox.keys.webhook_secret.clone();
+    let admin = sandbox.keys.admin_token.clone();
+    let daemon = sandbox.start();
+    store_shares(&daemon, &secret).await;
+    kill_while_a_snapshot_streams(daemon, &admin).await;
+
+    let new_keys = Keys::new(&sandbox.tmp.path().join("new"), 72);
+    let raw = sharevault::secrets::read_master_key(&new_keys.master_key_file)
+        .unwrap()
+        .to_raw()
+        .to_vec();
+    kill_while_a_rotation_runs(sandbox.start(), &admin, &raw).await;
+
+    let daemon = sandbox.start();
+    the_interrupted_rotation_is_reported_and_finished(&daemon, &admin, &raw).await;
+    // Once finished, a snapshot restores with the new key alone.
+    let file = sandbox.tmp.path().join("after-rotation.snapshot");
+    std::fs::write(&file, snapshot_bytes(&daemon, &admin).await.unwrap()).unwrap();
+    let restored = sandbox.tmp.path().join("restored");
+    succeeds(&mut restore_command(
+        &file,
+        &restored,
+        &new_keys.master_key_file,
+    ));
+    nothing_is_lost(&daemon, &admin, &secret).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -334,6 +334,31 @@ pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     request
 }
 
+/// `sharevault restore --from SNAPSHOT --data-dir DATA_DIR --master-key-file KEY`, ready to
+/// run, with no data dir inherited from the environment.
+pub fn restore_command(snapshot: &Path, data_dir: &Path, master_key_file: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sharevault"));
+    cmd.args(["restore", "--from"])
+        .arg(snapshot)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--master-key-file")
+        .arg(master_key_file)
+        .env_remove("SHAREVAULT_DATA_DIR");
+    cmd
+}
+
+/// Runs `cmd` to its end; it must succeed, else the test fails with its stderr.
+pub fn succeeds(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A temp dir with a private data dir and test keys inside.
 pub struct Sandbox {
     pub tmp: tempfile::TempDir,

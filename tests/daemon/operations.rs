@@ -2,7 +2,8 @@
 //! record verification and the audit trail.
 
 use crate::harness::{
-    Daemon, Keys, Sandbox, Started, command, create_token, fetch_shares, with_secret, with_token,
+    Daemon, Keys, Sandbox, Started, command, create_token, fetch_shares, restore_command, succeeds,
+    with_secret, with_token,
 };
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use sharevault::audit::AuditEvent;
@@ -37,64 +38,85 @@ async fn snapshot_to(daemon: &Daemon, admin: &str, path: &std::path::Path) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// Runs `sharevault restore` of `snapshot` into `data_dir` under `keys`' master key.
 fn restore(
     snapshot: &std::path::Path,
     data_dir: &std::path::Path,
     keys: &Keys,
 ) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_sharevault"))
-        .args(["restore", "--from"])
-        .arg(snapshot)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--master-key-file")
-        .arg(&keys.master_key_file)
-        .env_remove("SHAREVAULT_DATA_DIR")
+    restore_command(snapshot, data_dir, &keys.master_key_file)
         .output()
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restore_drill_snapshot_under_load_then_restore_elsewhere() {
-    let sandbox = Sandbox::new(50);
-    let daemon = sandbox.start();
-    let secret = sandbox.keys.webhook_secret.clone();
-    let admin = sandbox.keys.admin_token.clone();
-    let channel = daemon.channel().await;
-    let backend = create_token(&daemon, &admin, "backend", Role::Backend as i32).await;
-    let mut hook = pb::webhook_service_client::WebhookServiceClient::new(channel.clone());
-    let mut api = pb::backup_service_client::BackupServiceClient::new(channel.clone());
+/// A request to store `cipher_text` as the client share of `(client, method)`.
+fn client_share(
+    client: &str,
+    method: &str,
+    cipher_text: &str,
+) -> pb::StoreClientBackupShareRequest {
+    pb::StoreClientBackupShareRequest {
+        client_id: client.into(),
+        backup_method: method.into(),
+        cipher_text: cipher_text.into(),
+    }
+}
+
+/// The client share `daemon` serves for `(client, method)` to `token`; it must be there.
+async fn client_cipher_text(daemon: &Daemon, token: &str, client: &str, method: &str) -> String {
+    daemon
+        .backup()
+        .await
+        .get_client_backup_share(with_token(
+            pb::GetClientBackupShareRequest {
+                client_id: client.into(),
+                backup_method: method.into(),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .cipher_text
+}
+
+/// A `(client, share)` the webhook acknowledged.
+type Acked = Vec<(String, String)>;
+
+/// Stores 40 users `fill-N`, each with a PASSWORD custodian share (pair `pN`) and client share
+/// `ct-N`.
+async fn fill(daemon: &Daemon, secret: &str, backend: &str) {
+    let mut hook = daemon.webhook().await;
+    let mut api = daemon.backup().await;
     for i in 0..40 {
+        let client = format!("fill-{i}");
+        let share = format!("{{\"backupSharePairId\":\"p{i}\",\"s\":{i}}}");
         hook.backup(with_secret(
-            backup(
-                &format!("fill-{i}"),
-                "PASSWORD-SECP256K1",
-                &format!("{{\"backupSharePairId\":\"p{i}\",\"s\":{i}}}"),
-            ),
-            &secret,
+            backup(&client, "PASSWORD-SECP256K1", &share),
+            secret,
         ))
         .await
         .unwrap();
         api.store_client_backup_share(with_token(
-            pb::StoreClientBackupShareRequest {
-                client_id: format!("fill-{i}"),
-                backup_method: "PASSWORD".into(),
-                cipher_text: format!("ct-{i}"),
-            },
-            &backend,
+            client_share(&client, "PASSWORD", &format!("ct-{i}")),
+            backend,
         ))
         .await
         .unwrap();
     }
+}
 
-    // Writers keep going while the snapshot is taken.
-    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+/// Takes a snapshot into `snap` while four writers keep writing; answers what they had
+/// acknowledged before it started, which must not be empty.
+async fn snapshot_under_load(daemon: &Daemon, sandbox: &Sandbox, snap: &std::path::Path) -> Acked {
+    let hook = daemon.webhook().await;
+    let acked: Arc<Mutex<Acked>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..4 {
         let (mut hook, secret, acked, stop) = (
             hook.clone(),
-            secret.clone(),
+            sandbox.keys.webhook_secret.clone(),
             Arc::clone(&acked),
             Arc::clone(&stop),
         );
@@ -119,18 +141,24 @@ async fn restore_drill_snapshot_under_load_then_restore_elsewhere() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before_snapshot = acked.lock().unwrap().clone();
-    let snap = sandbox.tmp.path().join("vault.snapshot");
-    snapshot_to(&daemon, &admin, &snap).await;
+    snapshot_to(daemon, &sandbox.keys.admin_token, snap).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();
     }
     assert!(!before_snapshot.is_empty());
+    before_snapshot
+}
 
-    // A corrupt or cut snapshot is refused and leaves nothing behind.
-    let bytes = std::fs::read(&snap).unwrap();
-    let target = sandbox.tmp.path().join("restored");
+/// A corrupt or cut copy of `snap` is refused and leaves nothing in `target`; so is `snap`
+/// itself under the wrong master key.
+fn damaged_snapshots_and_the_wrong_key_are_refused(
+    sandbox: &Sandbox,
+    snap: &std::path::Path,
+    target: &std::path::Path,
+) {
+    let bytes = std::fs::read(snap).unwrap();
     for (name, damaged) in [
         ("truncated", bytes[..bytes.len() / 2].to_vec()),
         ("flipped", {
@@ -142,7 +170,7 @@ async fn restore_drill_snapshot_under_load_then_restore_elsewhere() {
     ] {
         let path = sandbox.tmp.path().join(name);
         std::fs::write(&path, damaged).unwrap();
-        let out = restore(&path, &target, &sandbox.keys);
+        let out = restore(&path, target, &sandbox.keys);
         assert!(!out.status.success(), "{name}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -154,22 +182,31 @@ async fn restore_drill_snapshot_under_load_then_restore_elsewhere() {
             "{name}: nothing swapped in"
         );
     }
-    // The wrong master key is refused too.
     let other = Keys::new(&sandbox.tmp.path().join("other"), 51);
-    let out = restore(&snap, &target, &other);
+    let out = restore(snap, target, &other);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not open"));
+}
 
-    // The good snapshot restores, and a daemon on another port serves it.
-    let out = restore(&snap, &target, &sandbox.keys);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// The good snapshot restores into `target`, and a daemon on another port than `first` serves
+/// every share acknowledged before it, the fill's shares and its backend token; restoring
+/// over that running vault is refused.
+async fn the_snapshot_restores_elsewhere(
+    sandbox: &Sandbox,
+    first: &Daemon,
+    snap: &std::path::Path,
+    target: &std::path::Path,
+    before_snapshot: &Acked,
+    backend: &str,
+) {
+    let out = succeeds(&mut restore_command(
+        snap,
+        target,
+        &sandbox.keys.master_key_file,
+    ));
     assert!(String::from_utf8_lossy(&out.stdout).contains("restored"));
-    let restored = Daemon::start(&target, &sandbox.keys);
-    assert_ne!(restored.endpoint, daemon.endpoint);
+    let restored = Daemon::start(target, &sandbox.keys);
+    assert_ne!(restored.endpoint, first.endpoint);
     let mut hook = restored.webhook().await;
     for (client, share) in before_snapshot.iter().chain(
         [(
@@ -178,68 +215,76 @@ async fn restore_drill_snapshot_under_load_then_restore_elsewhere() {
         )]
         .iter(),
     ) {
-        let shares = fetch_shares(&mut hook, &secret, client.clone()).await;
+        let shares = fetch_shares(&mut hook, &sandbox.keys.webhook_secret, client.clone()).await;
         assert_eq!(shares, vec![share.clone()], "{client}");
     }
     // Tokens and client shares came along.
-    let got = restored
-        .backup()
-        .await
-        .get_client_backup_share(with_token(
-            pb::GetClientBackupShareRequest {
-                client_id: "fill-3".into(),
-                backup_method: "PASSWORD".into(),
-            },
-            &backend,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(got.cipher_text, "ct-3");
+    let got = client_cipher_text(&restored, backend, "fill-3", "PASSWORD").await;
+    assert_eq!(got, "ct-3");
 
     // Restoring over a running vault is refused.
-    let out = restore(&snap, &target, &sandbox.keys);
+    let out = restore(snap, target, &sandbox.keys);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
+}
 
-    // The first vault is killed with its last commits still only in its journal, then the
-    // snapshot is restored over it: what the journal holds goes into the file moved aside,
-    // never into the restored one.
-    let mut daemon = daemon;
+/// The first vault is killed with its last commits still only in its journal, then `snap` is
+/// restored over it: what the journal holds goes into the file moved aside, never into the
+/// restored one.
+async fn the_snapshot_replaces_a_killed_vault(
+    sandbox: &Sandbox,
+    mut daemon: Daemon,
+    snap: &std::path::Path,
+    before_snapshot: &Acked,
+) {
+    let secret = &sandbox.keys.webhook_secret;
     daemon
         .webhook()
         .await
         .backup(with_secret(
             backup("after-snapshot", "PASSWORD-SECP256K1", "late"),
-            &secret,
+            secret,
         ))
         .await
         .unwrap();
     assert!(daemon.signal("KILL").code().is_none());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sharevault"))
-        .args(["restore", "--replace", "--from"])
-        .arg(&snap)
-        .arg("--data-dir")
-        .arg(&sandbox.data_dir)
-        .arg("--master-key-file")
-        .arg(&sandbox.keys.master_key_file)
-        .env_remove("SHAREVAULT_DATA_DIR")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        restore_command(snap, &sandbox.data_dir, &sandbox.keys.master_key_file).arg("--replace"),
     );
     let again = sandbox.start();
     let mut hook = again.webhook().await;
-    let late = fetch_shares(&mut hook, &secret, "after-snapshot".into()).await;
+    let late = fetch_shares(&mut hook, secret, "after-snapshot".into()).await;
     assert!(late.is_empty(), "the restored vault is the snapshot's");
     let (client, share) = &before_snapshot[0];
     assert_eq!(
-        fetch_shares(&mut hook, &secret, client.clone()).await,
+        fetch_shares(&mut hook, secret, client.clone()).await,
         vec![share.clone()]
     );
+}
+
+/// The restore drill: a snapshot taken while writers keep writing; damaged copies of it and
+/// the wrong key are refused; it restores into a new data dir that another daemon serves; and
+/// it replaces the first vault once that is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_drill_snapshot_under_load_then_restore_elsewhere() {
+    let sandbox = Sandbox::new(50);
+    let daemon = sandbox.start();
+    let backend = sandbox.backend_token(&daemon).await;
+    fill(&daemon, &sandbox.keys.webhook_secret, &backend).await;
+    let snap = sandbox.tmp.path().join("vault.snapshot");
+    let before_snapshot = snapshot_under_load(&daemon, &sandbox, &snap).await;
+    let target = sandbox.tmp.path().join("restored");
+    damaged_snapshots_and_the_wrong_key_are_refused(&sandbox, &snap, &target);
+    the_snapshot_restores_elsewhere(
+        &sandbox,
+        &daemon,
+        &snap,
+        &target,
+        &before_snapshot,
+        &backend,
+    )
+    .await;
+    the_snapshot_replaces_a_killed_vault(&sandbox, daemon, &snap, &before_snapshot).await;
 }
 
 /// Every file of a directory and its bytes.
@@ -362,44 +407,38 @@ async fn a_tampered_snapshot_is_refused_and_changes_nothing() {
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rekey_while_serving_then_the_old_key_is_refused() {
-    let sandbox = Sandbox::new(52);
-    let mut daemon = sandbox.start();
-    let secret = sandbox.keys.webhook_secret.clone();
-    let admin = sandbox.keys.admin_token.clone();
-    let backend = create_token(&daemon, &admin, "backend", Role::Backend as i32).await;
-    let channel = daemon.channel().await;
-    let mut hook = pb::webhook_service_client::WebhookServiceClient::new(channel.clone());
-    let mut api = pb::backup_service_client::BackupServiceClient::new(channel.clone());
+/// Stores 600 users `cN`, each with a PASSKEY custodian share `share-N`, and client shares
+/// `ct-N` for the first 100 of them.
+async fn store_passkey_shares(daemon: &Daemon, secret: &str, backend: &str) {
+    let mut hook = daemon.webhook().await;
+    let mut api = daemon.backup().await;
     for i in 0..600 {
         hook.backup(with_secret(
             backup(&format!("c{i}"), "PASSKEY-SECP256K1", &format!("share-{i}")),
-            &secret,
+            secret,
         ))
         .await
         .unwrap();
     }
     for i in 0..100 {
         api.store_client_backup_share(with_token(
-            pb::StoreClientBackupShareRequest {
-                client_id: format!("c{i}"),
-                backup_method: "PASSKEY".into(),
-                cipher_text: format!("ct-{i}"),
-            },
-            &backend,
+            client_share(&format!("c{i}"), "PASSKEY", &format!("ct-{i}")),
+            backend,
         ))
         .await
         .unwrap();
     }
+}
 
-    // Rotate while a writer keeps writing.
-    let new_keys = Keys::new(&sandbox.tmp.path().join("new-keys"), 53);
-    let new_key_hex = std::fs::read_to_string(&new_keys.master_key_file).unwrap();
-    let raw = hex_decode(new_key_hex.trim());
+/// Rotates to `raw` while a writer keeps writing `during-N`; the rotation covers every record
+/// and running it again is a no-op, after which every record opens under the new key. Answers
+/// the new key's id.
+async fn rekey_under_a_writer(daemon: &Daemon, sandbox: &Sandbox, raw: &[u8]) -> String {
+    let admin = &sandbox.keys.admin_token;
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
-        let (mut hook, secret, stop) = (hook.clone(), secret.clone(), Arc::clone(&stop));
+        let (mut hook, secret) = (daemon.webhook().await, sandbox.keys.webhook_secret.clone());
+        let stop = Arc::clone(&stop);
         tokio::spawn(async move {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) && n < 10_000 {
@@ -418,7 +457,7 @@ async fn rekey_while_serving_then_the_old_key_is_refused() {
             n
         })
     };
-    let last = daemon.rekey(&admin, &raw).await;
+    let last = daemon.rekey(admin, raw).await;
     assert!(
         last.finished && last.done == last.total && last.total >= 700,
         "{last:?}"
@@ -427,12 +466,58 @@ async fn rekey_while_serving_then_the_old_key_is_refused() {
     let during = writer.await.unwrap();
 
     // Running it again is a no-op that finishes at once (resumable).
-    daemon.rekey(&admin, &raw).await;
-    let report = daemon.verify(&admin).await;
+    daemon.rekey(admin, raw).await;
+    let report = daemon.verify(admin).await;
     assert_eq!(report.failed, 0, "{:?}", report.failures);
     assert_eq!(report.custodian_shares, 600 + during);
     assert_eq!(report.master_key_id, last.new_master_key_id);
-    drop((hook, api, channel));
+    last.new_master_key_id
+}
+
+/// With `new_keys`' master key, a daemon serves every record, including those written during
+/// the rotation, and reports the new key's id.
+async fn the_new_key_serves_every_record(
+    sandbox: &Sandbox,
+    new_keys: &Keys,
+    backend: &str,
+    new_master_key_id: &str,
+) {
+    let secret = &sandbox.keys.webhook_secret;
+    let keys = Keys {
+        dir: sandbox.keys.dir.clone(),
+        master_key_file: new_keys.master_key_file.clone(),
+        webhook_secret: secret.clone(),
+        admin_token: sandbox.keys.admin_token.clone(),
+    };
+    let daemon = Daemon::start(&sandbox.data_dir, &keys);
+    let mut hook = daemon.webhook().await;
+    for (client, share) in [
+        ("c0", "share-0"),
+        ("c599", "share-599"),
+        ("during-0", "d-0"),
+    ] {
+        let shares = fetch_shares(&mut hook, secret, client.into()).await;
+        assert_eq!(shares, vec![share.to_string()]);
+    }
+    let got = client_cipher_text(&daemon, backend, "c42", "PASSKEY").await;
+    assert_eq!(got, "ct-42");
+    let status = daemon.status(&sandbox.keys.admin_token).await;
+    assert_eq!(status.master_key_id, new_master_key_id);
+}
+
+/// A master key rotation while a writer keeps writing covers every record; afterwards the old
+/// key no longer opens the vault and the new one serves everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekey_while_serving_then_the_old_key_is_refused() {
+    let sandbox = Sandbox::new(52);
+    let mut daemon = sandbox.start();
+    let backend = sandbox.backend_token(&daemon).await;
+    store_passkey_shares(&daemon, &sandbox.keys.webhook_secret, &backend).await;
+
+    let new_keys = Keys::new(&sandbox.tmp.path().join("new-keys"), 53);
+    let new_key_hex = std::fs::read_to_string(&new_keys.master_key_file).unwrap();
+    let raw = hex_decode(new_key_hex.trim());
+    let new_master_key_id = rekey_under_a_writer(&daemon, &sandbox, &raw).await;
     assert!(daemon.signal("TERM").success());
 
     // The old key no longer opens the vault.
@@ -445,39 +530,7 @@ async fn rekey_while_serving_then_the_old_key_is_refused() {
         "{logs}"
     );
 
-    // The new key serves every record, including those written during the rotation.
-    let keys = Keys {
-        dir: sandbox.keys.dir.clone(),
-        master_key_file: new_keys.master_key_file.clone(),
-        webhook_secret: secret.clone(),
-        admin_token: admin.clone(),
-    };
-    let daemon = Daemon::start(&sandbox.data_dir, &keys);
-    let mut hook = daemon.webhook().await;
-    for (client, share) in [
-        ("c0", "share-0"),
-        ("c599", "share-599"),
-        ("during-0", "d-0"),
-    ] {
-        let shares = fetch_shares(&mut hook, &secret, client.into()).await;
-        assert_eq!(shares, vec![share.to_string()]);
-    }
-    let got = daemon
-        .backup()
-        .await
-        .get_client_backup_share(with_token(
-            pb::GetClientBackupShareRequest {
-                client_id: "c42".into(),
-                backup_method: "PASSKEY".into(),
-            },
-            &backend,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(got.cipher_text, "ct-42");
-    let status = daemon.status(&admin).await;
-    assert_eq!(status.master_key_id, last.new_master_key_id);
+    the_new_key_serves_every_record(&sandbox, &new_keys, &backend, &new_master_key_id).await;
 }
 
 fn hex_decode(s: &str) -> Vec<u8> {
@@ -528,18 +581,14 @@ fn rewrite_trail(database: &std::path::Path, from: u64, edit: impl Fn(&mut Audit
     write.commit().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_write_and_share_read_is_audited_and_tampering_is_detected() {
-    let sandbox = Sandbox::new(54);
-    let mut daemon = sandbox.start();
-    let secret = sandbox.keys.webhook_secret.clone();
-    let admin = sandbox.keys.admin_token.clone();
-    let eject = create_token(&daemon, &admin, "ops-eject", Role::Eject as i32).await;
+/// As `eject` (a token named "ops-eject"), and as the webhook: writes and reads one user "aud"'s
+/// custodian and client shares, then asks for a client share that is not there.
+async fn audited_calls(daemon: &Daemon, secret: &str, eject: &str) {
     let mut hook = daemon.webhook().await;
     let mut api = daemon.backup().await;
     hook.backup(with_secret(
         backup("aud", "PASSWORD-SECP256K1", "AUDIT-SECRET-SHARE"),
-        &secret,
+        secret,
     ))
     .await
     .unwrap();
@@ -547,35 +596,23 @@ async fn every_write_and_share_read_is_audited_and_tampering_is_detected() {
         pb::FetchRequest {
             client_id: "aud".into(),
         },
-        &secret,
+        secret,
     ))
     .await
     .unwrap();
     api.store_client_backup_share(with_token(
-        pb::StoreClientBackupShareRequest {
-            client_id: "aud".into(),
-            backup_method: "PASSWORD".into(),
-            cipher_text: "AUDIT-SECRET-CT".into(),
-        },
-        &eject,
+        client_share("aud", "PASSWORD", "AUDIT-SECRET-CT"),
+        eject,
     ))
     .await
     .unwrap();
-    api.get_client_backup_share(with_token(
-        pb::GetClientBackupShareRequest {
-            client_id: "aud".into(),
-            backup_method: "PASSWORD".into(),
-        },
-        &eject,
-    ))
-    .await
-    .unwrap();
+    client_cipher_text(daemon, eject, "aud", "PASSWORD").await;
     api.get_custodian_backup_share(with_token(
         pb::GetCustodianBackupShareRequest {
             client_id: "aud".into(),
             backup_method: "PASSWORD-SECP256K1".into(),
         },
-        &eject,
+        eject,
     ))
     .await
     .unwrap();
@@ -585,30 +622,44 @@ async fn every_write_and_share_read_is_audited_and_tampering_is_detected() {
                 client_id: "nobody".into(),
                 backup_method: "PASSWORD".into(),
             },
-            &eject,
+            eject,
         ))
         .await
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
+}
 
-    let list = |req: pb::ListAuditEventsRequest| {
-        let admin = admin.clone();
-        let daemon = &daemon;
-        async move {
-            let mut stream = daemon
-                .admin()
-                .await
-                .list_audit_events(with_token(req, &admin))
-                .await
-                .unwrap()
-                .into_inner();
-            let mut out = Vec::new();
-            while let Some(e) = stream.next().await {
-                out.push(e.unwrap());
-            }
-            out
-        }
-    };
+/// The audit events `ListAuditEvents` answers for `request`.
+async fn audit_events(
+    daemon: &Daemon,
+    admin: &str,
+    request: pb::ListAuditEventsRequest,
+) -> Vec<pb::AuditEvent> {
+    let mut stream = daemon
+        .admin()
+        .await
+        .list_audit_events(with_token(request, admin))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(e) = stream.next().await {
+        out.push(e.unwrap());
+    }
+    out
+}
+
+/// Every write and every share read, by whom and with what outcome, is in the audit trail,
+/// which can be filtered and limited, carries no payload, and verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_and_share_read_is_audited() {
+    let sandbox = Sandbox::new(54);
+    let daemon = sandbox.start();
+    let admin = sandbox.keys.admin_token.clone();
+    let eject = create_token(&daemon, &admin, "ops-eject", Role::Eject as i32).await;
+    audited_calls(&daemon, &sandbox.keys.webhook_secret, &eject).await;
+
+    let list = |request| audit_events(&daemon, &admin, request);
     let events = list(pb::ListAuditEventsRequest {
         client_id: "aud".into(),
         ..Default::default()
@@ -649,35 +700,51 @@ async fn every_write_and_share_read_is_audited_and_tampering_is_detected() {
     );
     let report = daemon.verify_audit(&admin).await;
     assert!(report.ok && report.events == all.len() as u64, "{report:?}");
-    drop((hook, api));
+}
+
+/// Overwrites the first "ops-eject" in the stored bytes of audit event `seq` with
+/// "ops-ejecT", in place, as someone with the database file might.
+fn edit_event_in_place(database: &std::path::Path, seq: u64) {
+    let db = redb::Database::open(database).unwrap();
+    let mut bytes = {
+        let read = db.begin_read().unwrap();
+        let table = read.open_table(AUDIT).unwrap();
+        table.get(seq).unwrap().unwrap().value().to_vec()
+    };
+    let pos = bytes
+        .windows(b"ops-eject".len())
+        .position(|w| w == b"ops-eject")
+        .unwrap();
+    bytes[pos..pos + 9].copy_from_slice(b"ops-ejecT");
+    let write = db.begin_write().unwrap();
+    write
+        .open_table(AUDIT)
+        .unwrap()
+        .insert(seq, bytes.as_slice())
+        .unwrap();
+    write.commit().unwrap();
+}
+
+/// An audit event edited in place is detected; so is the trail rewritten from there on
+/// together with its head, as someone with the database file but not the master key can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_or_rewritten_audit_trail_is_detected() {
+    let sandbox = Sandbox::new(58);
+    let mut daemon = sandbox.start();
+    let admin = sandbox.keys.admin_token.clone();
+    let eject = create_token(&daemon, &admin, "ops-eject", Role::Eject as i32).await;
+    audited_calls(&daemon, &sandbox.keys.webhook_secret, &eject).await;
+    let all = audit_events(&daemon, &admin, pb::ListAuditEventsRequest::default()).await;
+    let report = daemon.verify_audit(&admin).await;
+    assert!(report.ok && report.events == all.len() as u64, "{report:?}");
     assert!(daemon.signal("TERM").success());
 
-    // Edit one event in place (as someone with the database file might): detected.
     let victim = all
         .iter()
         .find(|e| e.action == "get_custodian_share")
         .unwrap()
         .seq;
-    {
-        let db = redb::Database::open(sandbox.database()).unwrap();
-        let mut bytes = {
-            let read = db.begin_read().unwrap();
-            let table = read.open_table(AUDIT).unwrap();
-            table.get(victim).unwrap().unwrap().value().to_vec()
-        };
-        let pos = bytes
-            .windows(b"ops-eject".len())
-            .position(|w| w == b"ops-eject")
-            .unwrap();
-        bytes[pos..pos + 9].copy_from_slice(b"ops-ejecT");
-        let write = db.begin_write().unwrap();
-        write
-            .open_table(AUDIT)
-            .unwrap()
-            .insert(victim, bytes.as_slice())
-            .unwrap();
-        write.commit().unwrap();
-    }
+    edit_event_in_place(&sandbox.database(), victim);
     let mut daemon = sandbox.start();
     let report = daemon.verify_audit(&admin).await;
     assert!(!report.ok);
@@ -685,8 +752,6 @@ async fn every_write_and_share_read_is_audited_and_tampering_is_detected() {
     assert!(report.problem.contains("edited"), "{}", report.problem);
     assert!(daemon.signal("TERM").success());
 
-    // Rewrite the trail from there on together with its head, as someone with the database
-    // file but not the master key can: detected too, at the first rewritten event.
     rewrite_trail(&sandbox.database(), victim, |event| {
         if event.seq == victim {
             event.actor = "someone-else".into();
