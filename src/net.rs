@@ -60,6 +60,27 @@ impl Listener {
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub Option<IpAddr>);
 
+/// What per-source limits count by: an IPv4 address, or the /64 network of an IPv6 address
+/// (one host is usually handed a whole /64, so counting its single addresses would be no
+/// limit at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceKey {
+    V4(std::net::Ipv4Addr),
+    V6Network(u64),
+}
+
+impl SourceKey {
+    pub fn of(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(v4) => SourceKey::V4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => SourceKey::V4(v4),
+                None => SourceKey::V6Network((u128::from(v6) >> 64) as u64),
+            },
+        }
+    }
+}
+
 /// Marks requests that came through the local admin socket from the daemon's own user or
 /// root (checked with the socket's peer credentials).
 #[derive(Debug, Clone, Copy)]

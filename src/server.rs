@@ -119,9 +119,14 @@ fn grpc_router(
 }
 
 /// The private listener's app: gRPC requests (told apart by their content type) go to the
-/// gRPC services, everything else to the JSON API.
-fn private_app(grpc: axum::Router, api: axum::Router) -> axum::Router {
-    axum::Router::new().fallback_service(tower::service_fn(
+/// gRPC services, everything else to the JSON API. Both attribute requests to their source
+/// as the webhook does, believing `X-Forwarded-For` only from `proxies`.
+fn private_app(
+    grpc: axum::Router,
+    api: axum::Router,
+    proxies: Arc<Vec<ipnet::IpNet>>,
+) -> axum::Router {
+    let app = axum::Router::new().fallback_service(tower::service_fn(
         move |request: axum::extract::Request| {
             let is_grpc = request
                 .headers()
@@ -131,7 +136,10 @@ fn private_app(grpc: axum::Router, api: axum::Router) -> axum::Router {
             let target = if is_grpc { grpc.clone() } else { api.clone() };
             tower::ServiceExt::oneshot(target, request)
         },
-    ))
+    ));
+    app.layer(axum::middleware::from_fn(move |req, next| {
+        crate::http::attribute_source(Arc::clone(&proxies), req, next)
+    }))
 }
 
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
@@ -181,6 +189,7 @@ pub async fn run(
             settings.max_request_bytes,
             settings.request_timeout,
         ),
+        Arc::new(settings.webhook.trusted_proxies.clone()),
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
