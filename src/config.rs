@@ -571,6 +571,15 @@ mod tests {
                 request_timeout_seconds: Some(0),
                 ..ServeArgs::default()
             },
+            ServeArgs {
+                max_connections: Some(100),
+                max_connections_per_source: Some(101),
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                connection_idle_seconds: Some(0),
+                ..ServeArgs::default()
+            },
         ] {
             assert!(Config::load(&bad).is_err(), "{bad:?}");
         }
