@@ -407,15 +407,15 @@ impl Config {
             .or(file.max_connections)
             .unwrap_or(1024)
             .max(1);
-        let max_connections_per_source = args
+        // More than max_connections means no limit per source.
+        let max_connections_per_source = match args
             .max_connections_per_source
             .or(file.max_connections_per_source)
-            .unwrap_or((max_connections / 4).max(1));
-        if !(1..=max_connections).contains(&max_connections_per_source) {
-            return Err(format!(
-                "max_connections_per_source must be between 1 and max_connections ({max_connections})"
-            ));
-        }
+        {
+            Some(0) => return Err("max_connections_per_source must be at least 1".into()),
+            Some(n) => n.min(max_connections),
+            None => (max_connections / 4).max(1),
+        };
         let connection_idle = args
             .connection_idle_seconds
             .or(file.connection_idle_seconds)
@@ -572,8 +572,7 @@ mod tests {
                 ..ServeArgs::default()
             },
             ServeArgs {
-                max_connections: Some(100),
-                max_connections_per_source: Some(101),
+                max_connections_per_source: Some(0),
                 ..ServeArgs::default()
             },
             ServeArgs {

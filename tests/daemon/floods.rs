@@ -286,7 +286,15 @@ async fn stalled_upload(addr: &str, secret: &str) -> tokio::net::TcpStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_on_the_public_listener_does_not_starve_the_private_one() {
     let sandbox = Sandbox::new(81);
-    let daemon = sandbox.start_with(&["--max-in-flight", "4", "--max-connections", "6"]);
+    // Every connection here comes from 127.0.0.1: let one source take the whole listener.
+    let daemon = sandbox.start_with(&[
+        "--max-in-flight",
+        "4",
+        "--max-connections",
+        "6",
+        "--max-connections-per-source",
+        "6",
+    ]);
     let hook = daemon.webhook_addr.clone().unwrap();
     let secret = sandbox.keys.webhook_secret.clone();
 
