@@ -206,13 +206,18 @@ mod tests {
 /// What a failed authentication is counted against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailureKey {
-    /// The caller's address.
-    Source(std::net::IpAddr),
+    /// The caller's address: an IPv4 address, or the /64 network of an IPv6 address (one
+    /// host usually holds a whole /64).
+    Source(crate::net::SourceKey),
     /// The credential presented (a prefix of its SHA-256), wherever it comes from.
     Credential([u8; 8]),
 }
 
 impl FailureKey {
+    pub fn source(addr: std::net::IpAddr) -> Self {
+        FailureKey::Source(crate::net::SourceKey::of(addr))
+    }
+
     pub fn credential(presented: &[u8]) -> Self {
         let mut prefix = [0u8; 8];
         prefix.copy_from_slice(&digest(presented)[..8]);
@@ -220,78 +225,99 @@ impl FailureKey {
     }
 }
 
-/// Limits failed authentications: once a source address or a credential has failed `limit`
-/// times within `window`, further attempts with it are refused, without being checked, until
-/// the window has passed. Successful callers are never counted.
+/// What a failed authentication by `source` with `presented` is counted against.
+pub fn failure_keys(source: Option<std::net::IpAddr>, presented: Option<&[u8]>) -> Vec<FailureKey> {
+    source
+        .map(FailureKey::source)
+        .into_iter()
+        .chain(presented.map(FailureKey::credential))
+        .collect()
+}
+
+/// The most sources, and separately the most credentials, whose failures are remembered;
+/// beyond it the least recently failed one is forgotten. About 64 bytes each.
+pub const MAX_TRACKED: usize = 65_536;
+
+/// When a key's window began, and how many failures it has seen since.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    since: std::time::Instant,
+    failures: u32,
+}
+
+type Counts = std::sync::Mutex<lru::LruCache<FailureKey, Window, std::hash::RandomState>>;
+
+/// Counts failed authentications. Once a source address or a credential has failed `limit`
+/// times within `window`, its further *failures* are answered "rate limited" (429 /
+/// RESOURCE_EXHAUSTED) until the window has passed. A valid credential is never refused,
+/// whatever its source or anyone else did: only failures are counted, and only failures are
+/// ever limited. Memory is bounded (at most [`MAX_TRACKED`] sources and as many
+/// credentials, least recently failed forgotten first) and every operation is O(1).
 pub struct FailureLimiter {
     limit: u32,
     window: std::time::Duration,
-    counts: std::sync::Mutex<std::collections::HashMap<FailureKey, (std::time::Instant, u32)>>,
+    /// Sources and credentials apart, so that a flood of guessed credentials cannot push
+    /// out the count of the source guessing them.
+    sources: Counts,
+    credentials: Counts,
 }
-
-/// The most keys tracked; beyond it expired entries are dropped, then the oldest.
-const MAX_TRACKED: usize = 100_000;
 
 impl FailureLimiter {
     pub fn new(limit: u32, window: std::time::Duration) -> Self {
+        Self::with_capacity(limit, window, MAX_TRACKED)
+    }
+
+    fn with_capacity(limit: u32, window: std::time::Duration, capacity: usize) -> Self {
+        let capacity = std::num::NonZeroUsize::new(capacity).unwrap_or(std::num::NonZeroUsize::MIN);
+        let counts = || {
+            std::sync::Mutex::new(lru::LruCache::with_hasher(
+                capacity,
+                std::hash::RandomState::new(),
+            ))
+        };
         Self {
             limit,
             window,
-            counts: std::sync::Mutex::default(),
+            sources: counts(),
+            credentials: counts(),
         }
     }
 
-    /// `Err(seconds to wait)` if any key is over its limit.
-    pub fn check(&self, keys: &[FailureKey]) -> Result<(), u64> {
+    /// Counts a failure against every key. `Err(seconds to wait)` if any of them had already
+    /// failed `limit` times within the window: the failure is then to be answered "rate
+    /// limited" rather than "unauthenticated".
+    pub fn fail(&self, keys: &[FailureKey]) -> Result<(), u64> {
         if self.limit == 0 {
             return Ok(());
         }
         let now = std::time::Instant::now();
-        let counts = self
-            .counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut wait = None;
         for key in keys {
-            if let Some((since, n)) = counts.get(key)
-                && *n >= self.limit
-                && now.duration_since(*since) < self.window
-            {
-                let left = self.window - now.duration_since(*since);
-                return Err(left.as_secs().max(1));
+            let counts = match key {
+                FailureKey::Source(_) => &self.sources,
+                FailureKey::Credential(_) => &self.credentials,
+            };
+            let mut counts = counts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let entry = counts.get_or_insert_mut(*key, || Window {
+                since: now,
+                failures: 0,
+            });
+            let elapsed = now.duration_since(entry.since);
+            if elapsed >= self.window {
+                *entry = Window {
+                    since: now,
+                    failures: 0,
+                };
             }
-        }
-        Ok(())
-    }
-
-    /// Counts a failure against every key.
-    pub fn fail(&self, keys: &[FailureKey]) {
-        if self.limit == 0 {
-            return;
-        }
-        let now = std::time::Instant::now();
-        let mut counts = self
-            .counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if counts.len() >= MAX_TRACKED {
-            let window = self.window;
-            counts.retain(|_, (since, _)| now.duration_since(*since) < window);
-            if counts.len() >= MAX_TRACKED
-                && let Some(oldest) = counts
-                    .iter()
-                    .min_by_key(|(_, (since, _))| *since)
-                    .map(|(k, _)| *k)
-            {
-                counts.remove(&oldest);
+            if entry.failures >= self.limit {
+                let left = self.window.saturating_sub(elapsed).as_secs().max(1);
+                wait = Some(wait.map_or(left, |w: u64| w.max(left)));
             }
+            entry.failures = entry.failures.saturating_add(1);
         }
-        for key in keys {
-            let entry = counts.entry(*key).or_insert((now, 0));
-            if now.duration_since(entry.0) >= self.window {
-                *entry = (now, 0);
-            }
-            entry.1 += 1;
-        }
+        wait.map_or(Ok(()), Err)
     }
 }
 
@@ -300,29 +326,60 @@ mod limiter_tests {
     use super::*;
     use std::time::Duration;
 
+    fn source(addr: &str) -> FailureKey {
+        FailureKey::source(addr.parse().unwrap())
+    }
+
     #[test]
-    fn failures_over_the_limit_are_refused_per_key_until_the_window_passes() {
+    fn failures_over_the_limit_are_limited_per_key_until_the_window_passes() {
         let limiter = FailureLimiter::new(3, Duration::from_millis(200));
-        let attacker = FailureKey::Source("203.0.113.9".parse().unwrap());
-        let other = FailureKey::Source("198.51.100.1".parse().unwrap());
+        let attacker = source("203.0.113.9");
+        let other = source("198.51.100.1");
         for _ in 0..3 {
-            assert!(limiter.check(&[attacker]).is_ok());
-            limiter.fail(&[attacker]);
+            assert!(limiter.fail(&[attacker]).is_ok());
         }
-        assert_eq!(limiter.check(&[attacker]), Err(1));
+        assert_eq!(limiter.fail(&[attacker]), Err(1));
         assert!(
-            limiter.check(&[other]).is_ok(),
+            limiter.fail(&[other]).is_ok(),
             "other sources are unaffected"
         );
         std::thread::sleep(Duration::from_millis(250));
-        assert!(limiter.check(&[attacker]).is_ok());
+        assert!(limiter.fail(&[attacker]).is_ok());
         let token = FailureKey::credential(b"svt_guess");
         assert_eq!(token, FailureKey::credential(b"svt_guess"));
         assert_ne!(token, FailureKey::credential(b"svt_other"));
-        assert!(
-            FailureLimiter::new(0, Duration::from_secs(1))
-                .check(&[attacker])
-                .is_ok()
-        );
+        let off = FailureLimiter::new(0, Duration::from_secs(1));
+        for _ in 0..10 {
+            assert!(off.fail(&[attacker]).is_ok());
+        }
+    }
+
+    #[test]
+    fn an_ipv6_host_is_counted_by_its_64_network() {
+        let limiter = FailureLimiter::new(2, Duration::from_secs(60));
+        assert!(limiter.fail(&[source("2001:db8:1:2::1")]).is_ok());
+        assert!(limiter.fail(&[source("2001:db8:1:2:ffff::7")]).is_ok());
+        assert!(limiter.fail(&[source("2001:db8:1:2::9")]).is_err());
+        assert!(limiter.fail(&[source("2001:db8:1:3::1")]).is_ok());
+    }
+
+    #[test]
+    fn memory_stays_bounded_under_a_flood_of_distinct_sources_and_credentials() {
+        let limiter = FailureLimiter::with_capacity(1, Duration::from_secs(60), 1000);
+        let guesser = source("192.0.2.1");
+        assert!(limiter.fail(&[guesser]).is_ok());
+        assert!(limiter.fail(&[guesser]).is_err());
+        // A flood of distinct credentials does not push out the guessing source's count.
+        for n in 0..5000u32 {
+            let _ = limiter.fail(&[FailureKey::credential(&n.to_le_bytes())]);
+        }
+        assert!(limiter.fail(&[guesser]).is_err());
+        for n in 0..5000u32 {
+            let v6: std::net::Ipv6Addr = (0x2001_0db8_u128 << 96 | u128::from(n) << 64).into();
+            let _ = limiter.fail(&[FailureKey::source(v6.into())]);
+        }
+        let len = |c: &Counts| c.lock().unwrap().len();
+        assert_eq!(len(&limiter.sources), 1000);
+        assert_eq!(len(&limiter.credentials), 1000);
     }
 }

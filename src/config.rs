@@ -160,6 +160,18 @@ pub struct ServeArgs {
     /// Most open connections per listener [default: 1024].
     #[arg(long, env = "SHAREVAULT_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Most open connections per source address (IPv6: per /64) on each listener; more are
+    /// closed at once. Trusted proxies are exempt [default: a quarter of max_connections].
+    #[arg(long, env = "SHAREVAULT_MAX_CONNECTIONS_PER_SOURCE", value_name = "N")]
+    pub max_connections_per_source: Option<usize>,
+    /// Seconds a connection may stay open with no request in it before it is closed
+    /// (HTTP/2 GOAWAY) [default: 60].
+    #[arg(
+        long,
+        env = "SHAREVAULT_CONNECTION_IDLE_SECONDS",
+        value_name = "SECONDS"
+    )]
+    pub connection_idle_seconds: Option<u64>,
     /// Most requests in flight per listener; more are answered 503 at once [default: 256].
     #[arg(long, env = "SHAREVAULT_MAX_IN_FLIGHT", value_name = "N")]
     pub max_in_flight: Option<usize>,
@@ -229,7 +241,11 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenerLimits {
     pub max_connections: usize,
+    /// Open connections one source (an IPv4 address, an IPv6 /64) may hold.
+    pub max_connections_per_source: usize,
     pub max_in_flight: usize,
+    /// How long a connection may stay open with no request in it.
+    pub connection_idle: Duration,
 }
 
 /// A PEM certificate chain and its private key.
@@ -384,6 +400,37 @@ impl Config {
             }
             other => other,
         };
+        let max_connections = args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(1024)
+            .max(1);
+        // More than max_connections means no limit per source.
+        let max_connections_per_source = match args
+            .max_connections_per_source
+            .or(file.max_connections_per_source)
+        {
+            Some(0) => return Err("max_connections_per_source must be at least 1".into()),
+            Some(n) => n.min(max_connections),
+            None => (max_connections / 4).max(1),
+        };
+        let connection_idle = args
+            .connection_idle_seconds
+            .or(file.connection_idle_seconds)
+            .unwrap_or(60);
+        if !(1..=3600).contains(&connection_idle) {
+            return Err("connection_idle_seconds must be between 1 and 3600".into());
+        }
+        let limits_per_listener = ListenerLimits {
+            max_connections,
+            max_connections_per_source,
+            max_in_flight: args
+                .max_in_flight
+                .or(file.max_in_flight)
+                .unwrap_or(256)
+                .max(1),
+            connection_idle: Duration::from_secs(connection_idle),
+        };
         Ok(Self {
             admin_socket,
             http_listen,
@@ -449,18 +496,7 @@ impl Config {
                     .unwrap_or(60)
                     .max(1),
             ),
-            limits_per_listener: ListenerLimits {
-                max_connections: args
-                    .max_connections
-                    .or(file.max_connections)
-                    .unwrap_or(1024)
-                    .max(1),
-                max_in_flight: args
-                    .max_in_flight
-                    .or(file.max_in_flight)
-                    .unwrap_or(256)
-                    .max(1),
-            },
+            limits_per_listener,
             log_format: args
                 .log_format
                 .or(file.log_format)
@@ -531,6 +567,14 @@ mod tests {
             },
             ServeArgs {
                 request_timeout_seconds: Some(0),
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                max_connections_per_source: Some(0),
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                connection_idle_seconds: Some(0),
                 ..ServeArgs::default()
             },
         ] {

@@ -5,7 +5,6 @@ use crate::config::ListenAddr;
 use axum::response::IntoResponse;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -84,6 +83,27 @@ impl Transport {
     }
 }
 
+/// What per-source limits count by: an IPv4 address, or the /64 network of an IPv6 address
+/// (one host is usually handed a whole /64, so counting its single addresses would be no
+/// limit at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceKey {
+    V4(std::net::Ipv4Addr),
+    V6Network(u64),
+}
+
+impl SourceKey {
+    pub fn of(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(v4) => SourceKey::V4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => SourceKey::V4(v4),
+                None => SourceKey::V6Network((u128::from(v6) >> 64) as u64),
+            },
+        }
+    }
+}
+
 /// Marks requests that came through the local admin socket from the daemon's own user or
 /// root (checked with the socket's peer credentials).
 #[derive(Debug, Clone, Copy)]
@@ -152,24 +172,27 @@ struct Connections {
     tls: Option<TlsAcceptor>,
     builder: auto::Builder<TokioExecutor>,
     local_admin: bool,
+    idle_timeout: Duration,
+}
+
+/// What a connection task holds while it runs: its place under the listener's connection
+/// limit and under its source's.
+struct Held {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _source: Option<SourceSlot>,
 }
 
 impl Connections {
-    fn spawn<IO>(
-        &self,
-        io: IO,
-        peer: Peer,
-        graceful: &GracefulShutdown,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) where
+    fn spawn<IO>(&self, io: IO, peer: Peer, stop: tokio::sync::watch::Receiver<bool>, held: Held)
+    where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let watcher = graceful.watcher();
         let Connections {
             app,
             tls,
             builder,
             local_admin,
+            idle_timeout,
         } = self.clone();
         let transport = match (&tls, peer.0) {
             (Some(_), _) => Transport::Tls,
@@ -177,21 +200,36 @@ impl Connections {
             (None, Some(_)) => Transport::Tcp,
         };
         tokio::spawn(async move {
-            let _permit = permit;
-            let service =
-                tower::ServiceExt::map_request(app, move |mut req: axum::http::Request<_>| {
-                    req.extensions_mut().insert(peer);
-                    req.extensions_mut().insert(transport);
-                    if local_admin {
-                        req.extensions_mut().insert(LocalAdmin);
-                    }
-                    req
-                });
+            let _held = held;
+            let (activity, watched) = tokio::sync::watch::channel(Activity::default());
+            let activity = Arc::new(activity);
+            let service = tower::service_fn(move |mut req: axum::http::Request<_>| {
+                req.extensions_mut().insert(peer);
+                req.extensions_mut().insert(transport);
+                if local_admin {
+                    req.extensions_mut().insert(LocalAdmin);
+                }
+                let open = Open::new(&activity);
+                let call = tower::ServiceExt::oneshot(app.clone(), req);
+                async move {
+                    let response = call.await?;
+                    // The request stays open until its answer has been sent (or dropped).
+                    Ok::<_, std::convert::Infallible>(response.map(move |body| {
+                        axum::body::Body::new(http_body_util::BodyExt::map_frame(
+                            body,
+                            move |frame| {
+                                let _open = &open;
+                                frame
+                            },
+                        ))
+                    }))
+                }
+            });
             let service = TowerToHyperService::new(service);
             match tls {
                 None => {
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    drive(conn, stop, watched, idle_timeout).await;
                 }
                 Some(acceptor) => {
                     let stream =
@@ -208,26 +246,163 @@ impl Connections {
                         };
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    drive(conn, stop, watched, idle_timeout).await;
                 }
             }
         });
     }
 }
 
+/// The requests of one connection: how many are open, and how many have ever started.
+#[derive(Debug, Default, Clone, Copy)]
+struct Activity {
+    open: usize,
+    started: u64,
+}
+
+/// One open request of a connection; closes it when dropped.
+struct Open(Arc<tokio::sync::watch::Sender<Activity>>);
+
+impl Open {
+    fn new(activity: &Arc<tokio::sync::watch::Sender<Activity>>) -> Self {
+        activity.send_modify(|a| {
+            a.open += 1;
+            a.started += 1;
+        });
+        Open(Arc::clone(activity))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.send_modify(|a| a.open = a.open.saturating_sub(1));
+    }
+}
+
+/// Resolves once the connection has had no open request for `limit`.
+async fn idle_for(mut activity: tokio::sync::watch::Receiver<Activity>, limit: Duration) {
+    loop {
+        let Ok(quiet) = activity.wait_for(|a| a.open == 0).await.map(|a| *a) else {
+            return std::future::pending().await;
+        };
+        let busy = activity.wait_for(|a| a.open > 0 || a.started != quiet.started);
+        if tokio::time::timeout(limit, busy).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves `conn` until it ends. It is shut down gracefully (HTTP/2 GOAWAY, or closed between
+/// HTTP/1.1 requests) when the listener stops, or once it has had no open request for
+/// `idle_timeout`; an idle connection that has not finished closing 10 s later is dropped.
+async fn drive<C>(
+    conn: C,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    activity: tokio::sync::watch::Receiver<Activity>,
+    idle_timeout: Duration,
+) where
+    C: std::future::Future + GracefulShutdownOf,
+{
+    let mut conn = std::pin::pin!(conn);
+    let idle = idle_for(activity, idle_timeout);
+    let mut idle = std::pin::pin!(idle);
+    let stopping = tokio::select! {
+        _ = conn.as_mut() => return,
+        () = stopped(&mut stop) => true,
+        () = &mut idle => false,
+    };
+    conn.as_mut().shut_down();
+    if stopping {
+        let _ = conn.await;
+    } else {
+        tracing::debug!("closing an idle connection");
+        let _ = tokio::time::timeout(HEADER_TIMEOUT, conn).await;
+    }
+}
+
+/// A connection that can be asked to finish gracefully.
+trait GracefulShutdownOf {
+    fn shut_down(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, B> GracefulShutdownOf for auto::UpgradeableConnection<'_, I, S, TokioExecutor>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn shut_down(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Open connections per source, so that one address cannot take a listener's whole
+/// connection limit.
+struct PerSource {
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<SourceKey, usize>>,
+}
+
+/// A connection's place under its source's limit; given back when dropped.
+struct SourceSlot {
+    owner: Arc<PerSource>,
+    key: SourceKey,
+}
+
+impl PerSource {
+    /// A place for one more connection from `key`, unless it already has `max` open.
+    fn admit(self: &Arc<Self>, key: SourceKey) -> Option<SourceSlot> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(key).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            owner: Arc::clone(self),
+            key,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .owner
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// Accepts connections on `listener` and serves `app` on each until `stop` turns true; then
 /// stops accepting and waits for open connections to finish their requests. With
 /// `local_admin`, the listener is the local admin socket: only the daemon's own user and root
-/// may connect, and their requests are marked [`LocalAdmin`].
+/// may connect, and their requests are marked [`LocalAdmin`]. A source (an IPv4 address or an
+/// IPv6 /64) holds at most `limits.max_connections_per_source` connections; more are closed
+/// at once, except from the `trusted_proxies`.
 pub async fn serve(
     listener: Listener,
     app: App,
     tls: Option<TlsAcceptor>,
     local_admin: bool,
     limits: crate::config::ListenerLimits,
+    trusted_proxies: Arc<Vec<ipnet::IpNet>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight));
     let served = Connections {
         app: app.layer(axum::middleware::from_fn(move |req, next| {
@@ -236,8 +411,14 @@ pub async fn serve(
         tls,
         builder: builder(),
         local_admin,
+        idle_timeout: limits.connection_idle,
     };
     let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let per_source = Arc::new(PerSource {
+        max: limits.max_connections_per_source,
+        open: std::sync::Mutex::default(),
+    });
+    let mut refused_sources: u64 = 0;
     loop {
         // At the connection limit, stop accepting until a connection closes: new clients wait
         // in the kernel's backlog rather than taking memory here.
@@ -252,9 +433,25 @@ pub async fn serve(
             () = stopped(&mut stop) => break,
             accepted = accept(&listener) => match accepted {
                 Ok(Accepted::Tcp(stream, addr)) => {
+                    let ip = canonical(addr);
+                    let source = if trusted_proxies.iter().any(|p| p.contains(&ip)) {
+                        None
+                    } else {
+                        match per_source.admit(SourceKey::of(ip)) {
+                            Some(slot) => Some(slot),
+                            None => {
+                                // Closed at once; logged once per thousand, not per connection.
+                                if refused_sources.is_multiple_of(1000) {
+                                    tracing::warn!(source = %ip, "a source is at its connection limit; closing its new connections");
+                                }
+                                refused_sources += 1;
+                                continue;
+                            }
+                        }
+                    };
                     let _ = stream.set_nodelay(true);
-                    let peer = Peer(Some(canonical(addr)));
-                    served.spawn(stream, peer, &graceful, permit);
+                    let held = Held { _permit: permit, _source: source };
+                    served.spawn(stream, Peer(Some(ip)), stop.clone(), held);
                 }
                 Ok(Accepted::Unix(stream)) => {
                     if local_admin && !local_admin_allowed(&stream) {
@@ -264,7 +461,8 @@ pub async fn serve(
                         );
                         continue;
                     }
-                    served.spawn(stream, Peer(None), &graceful, permit);
+                    let held = Held { _permit: permit, _source: None };
+                    served.spawn(stream, Peer(None), stop.clone(), held);
                 }
                 Err(err) => {
                     // Typically EMFILE: back off instead of spinning.
@@ -278,7 +476,9 @@ pub async fn serve(
         let _ = std::fs::remove_file(path);
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Every connection holds a permit until it has finished: wait until all are back.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = connections.acquire_many(all).await;
 }
 
 /// Answers 503 at once when the listener already has its most requests in flight.

@@ -77,12 +77,23 @@ async fn set_health(reporter: &tonic_health::server::HealthReporter, status: Ser
     }
 }
 
+/// The largest gRPC message decoded: the largest share or cipherText, and room for the
+/// bounded fields beside it (ids, methods, up to 64 pair ids). Larger messages are refused
+/// (OUT_OF_RANGE) before anything is decoded.
+fn max_grpc_message(limits: &Limits) -> usize {
+    limits.max_share_bytes.max(limits.max_cipher_text_bytes) + 16 * 1024
+}
+
 fn grpc_router(
     ready: &Ready,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
+    limits: &Limits,
+    timeout: Duration,
 ) -> Result<axum::Router, ServeError> {
+    let max = max_grpc_message(limits);
+    let health = health.max_decoding_message_size(max);
     // Reflection describes our services, health and reflection itself, in both versions
     // (grpcurl 1.8 speaks only v1alpha).
     let reflection = || {
@@ -97,31 +108,91 @@ fn grpc_router(
     };
     let v1 = reflection()
         .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+        .map_err(|e| ServeError::Reflection(e.to_string()))?
+        .max_decoding_message_size(max);
     let v1alpha = reflection()
         .build_v1alpha()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+        .map_err(|e| ServeError::Reflection(e.to_string()))?
+        .max_decoding_message_size(max);
     let mut routes = tonic::service::Routes::builder();
     routes
         .add_service(health)
         .add_service(v1)
         .add_service(v1alpha)
-        .add_service(WebhookServiceServer::new(WebhookApi {
-            ready: ready.clone(),
-        }))
-        .add_service(BackupServiceServer::new(BackupApi {
-            ready: ready.clone(),
-        }))
-        .add_service(AdminServiceServer::new(AdminApi {
-            ready: ready.clone(),
-        }));
-    Ok(routes.routes().prepare().into_axum_router())
+        .add_service(
+            WebhookServiceServer::new(WebhookApi {
+                ready: ready.clone(),
+            })
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            BackupServiceServer::new(BackupApi {
+                ready: ready.clone(),
+            })
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            AdminServiceServer::new(AdminApi {
+                ready: ready.clone(),
+            })
+            .max_decoding_message_size(max),
+        );
+    Ok(routes
+        .routes()
+        .prepare()
+        .into_axum_router()
+        .layer(axum::middleware::from_fn(move |req, next| {
+            grpc_deadline(timeout, max, req, next)
+        })))
+}
+
+/// Calls that may rightly run for minutes: they check the whole vault or its audit trail.
+const LONG_CALLS: [&str; 2] = [
+    "/sharevault.v1.AdminService/Verify",
+    "/sharevault.v1.AdminService/VerifyAudit",
+];
+
+/// Gives every gRPC call `timeout` to be answered (a streamed answer: to start), else
+/// DEADLINE_EXCEEDED, so that a client sending its request slowly, or never finishing it,
+/// does not hold its place for ever. The [`LONG_CALLS`] get `timeout` to send their request,
+/// and as long as their work takes.
+async fn grpc_deadline(
+    timeout: Duration,
+    max: usize,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let late = || {
+        tonic::Status::deadline_exceeded("the call took too long; try again")
+            .into_http::<axum::body::Body>()
+    };
+    if !LONG_CALLS.contains(&request.uri().path()) {
+        return tokio::time::timeout(timeout, next.run(request))
+            .await
+            .unwrap_or_else(|_| late());
+    }
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, max.saturating_add(5))).await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(parts, bytes.into()))
+                .await
+        }
+        Ok(Err(_)) => {
+            tonic::Status::out_of_range("the request is too large").into_http::<axum::body::Body>()
+        }
+        Err(_) => late(),
+    }
 }
 
 /// The private listener's app: gRPC requests (told apart by their content type) go to the
-/// gRPC services, everything else to the JSON API.
-fn private_app(grpc: axum::Router, api: axum::Router) -> axum::Router {
-    axum::Router::new().fallback_service(tower::service_fn(
+/// gRPC services, everything else to the JSON API. Both attribute requests to their source
+/// as the webhook does, believing `X-Forwarded-For` only from `proxies`.
+fn private_app(
+    grpc: axum::Router,
+    api: axum::Router,
+    proxies: Arc<Vec<ipnet::IpNet>>,
+) -> axum::Router {
+    let app = axum::Router::new().fallback_service(tower::service_fn(
         move |request: axum::extract::Request| {
             let is_grpc = request
                 .headers()
@@ -131,7 +202,10 @@ fn private_app(grpc: axum::Router, api: axum::Router) -> axum::Router {
             let target = if is_grpc { grpc.clone() } else { api.clone() };
             tower::ServiceExt::oneshot(target, request)
         },
-    ))
+    ));
+    app.layer(axum::middleware::from_fn(move |req, next| {
+        crate::http::attribute_source(Arc::clone(&proxies), req, next)
+    }))
 }
 
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
@@ -174,13 +248,15 @@ pub async fn run(
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
     let ready = Ready::default();
+    let proxies = Arc::new(settings.webhook.trusted_proxies.clone());
     let private = private_app(
-        grpc_router(&ready, health)?,
+        grpc_router(&ready, health, &settings.limits, settings.request_timeout)?,
         crate::http::api::router(
             ready.clone(),
             settings.max_request_bytes,
             settings.request_timeout,
         ),
+        Arc::clone(&proxies),
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -194,6 +270,7 @@ pub async fn run(
             None,
             true,
             settings.listener_limits,
+            Arc::clone(&proxies),
             stop_rx.clone(),
         ));
     }
@@ -203,6 +280,7 @@ pub async fn run(
         listeners.grpc_tls,
         false,
         settings.listener_limits,
+        Arc::clone(&proxies),
         stop_rx.clone(),
     ));
     if let Some(http) = listeners.http {
@@ -219,6 +297,7 @@ pub async fn run(
             listeners.http_tls,
             false,
             settings.listener_limits,
+            proxies,
             stop_rx,
         ));
     }

@@ -137,6 +137,8 @@ impl Daemon {
                 "127.0.0.1:0",
             ])
             .args(["--log-format", "text"])
+            // Every bench connection comes from 127.0.0.1: no limit per source.
+            .env("SHAREVAULT_MAX_CONNECTIONS_PER_SOURCE", "65536")
             .arg("--master-key-file")
             .arg(keys.join("master-key"))
             .arg("--webhook-secret-file")

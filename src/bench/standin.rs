@@ -79,7 +79,9 @@ async fn serve(shared: Shared) -> anyhow::Result<()> {
 
     let limits = ListenerLimits {
         max_connections: 1024,
+        max_connections_per_source: 1024,
         max_in_flight: 1024,
+        connection_idle: std::time::Duration::from_secs(60),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let servers = [
@@ -89,9 +91,18 @@ async fn serve(shared: Shared) -> anyhow::Result<()> {
             None,
             false,
             limits,
+            std::sync::Arc::default(),
             stop_rx.clone(),
         )),
-        tokio::spawn(net::serve(http, webhook_app, None, false, limits, stop_rx)),
+        tokio::spawn(net::serve(
+            http,
+            webhook_app,
+            None,
+            false,
+            limits,
+            std::sync::Arc::default(),
+            stop_rx,
+        )),
     ];
     eprintln!("sharevault is ready (stand-in)");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

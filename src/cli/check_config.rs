@@ -48,6 +48,10 @@ struct Effective {
     max_request_bytes: usize,
     max_share_bytes: usize,
     max_cipher_text_bytes: usize,
+    max_connections: usize,
+    max_connections_per_source: usize,
+    max_in_flight: usize,
+    connection_idle_seconds: u64,
     shutdown_grace_seconds: u64,
     log_format: &'static str,
     master_key_file: String,
@@ -79,6 +83,10 @@ fn effective(config: &Config, master_key_id: &str) -> Effective {
         max_request_bytes: config.max_request_bytes,
         max_share_bytes: config.limits.max_share_bytes,
         max_cipher_text_bytes: config.limits.max_cipher_text_bytes,
+        max_connections: config.limits_per_listener.max_connections,
+        max_connections_per_source: config.limits_per_listener.max_connections_per_source,
+        max_in_flight: config.limits_per_listener.max_in_flight,
+        connection_idle_seconds: config.limits_per_listener.connection_idle.as_secs(),
         shutdown_grace_seconds: config.shutdown_grace.as_secs(),
         log_format: match config.log_format {
             LogFormat::Text => "text",
@@ -154,5 +162,8 @@ mod tests {
         assert_eq!(value["grpc_listen"], "127.0.0.1:7450");
         assert_eq!(value["webhook_allow_cidrs"][0], "10.0.0.0/8");
         assert_eq!(value["log_format"], "text");
+        assert_eq!(value["max_connections"], 1024);
+        assert_eq!(value["max_connections_per_source"], 256);
+        assert_eq!(value["connection_idle_seconds"], 60);
     }
 }

@@ -31,12 +31,16 @@ pub(crate) fn reply<T>(call: Call, result: Result<T, VaultError>) -> Result<Resp
     result.map(Response::new).map_err(Status::from)
 }
 
-/// The caller's address, as the listener saw it.
+/// The address the call is attributed to: the peer, or behind a trusted proxy the client its
+/// `X-Forwarded-For` names (see [`crate::http::Source`]).
 pub(crate) fn source<T>(request: &Request<T>) -> Option<std::net::IpAddr> {
-    request
-        .extensions()
-        .get::<crate::net::Peer>()
-        .and_then(|p| p.0)
+    match request.extensions().get::<crate::http::Source>() {
+        Some(source) => source.0,
+        None => request
+            .extensions()
+            .get::<crate::net::Peer>()
+            .and_then(|p| p.0),
+    }
 }
 
 /// The value of a metadata entry, if present and printable.

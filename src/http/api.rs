@@ -99,9 +99,6 @@ pub fn router(ready: Ready, max_body: usize, timeout: Duration) -> Router {
         .layer(middleware::from_fn(move |req, next| {
             super::with_timeout(timeout, req, next)
         }))
-        .layer(middleware::from_fn(|req, next| {
-            super::attribute_source(Arc::default(), req, next)
-        }))
         .with_state(ApiState { ready, max_body })
 }
 

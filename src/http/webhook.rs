@@ -65,29 +65,36 @@ pub fn router(ready: Ready, config: WebhookConfig, max_body: usize, timeout: Dur
 }
 
 /// The address a request is attributed to: the peer, or, when the peer is a trusted proxy,
-/// the last address in `X-Forwarded-For` that is not itself a trusted proxy.
+/// the nearest address in `X-Forwarded-For` that is not itself a trusted proxy. The header is
+/// read from its end (each proxy appends the address it received from), so what a client
+/// wrote at its start never counts for more than the client's own address. A hop that cannot
+/// be read ends the walk at the nearest trusted address met: the request is then counted
+/// against that proxy rather than against no one.
 pub(super) fn source(
     peer: Option<IpAddr>,
     headers: &HeaderMap,
     proxies: &[IpNet],
 ) -> Option<IpAddr> {
     let peer = peer?;
-    if !proxies.iter().any(|p| p.contains(&peer)) {
+    let trusted = |ip: &IpAddr| proxies.iter().any(|p| p.contains(ip));
+    if !trusted(&peer) {
         return Some(peer);
     }
-    let mut hops: Vec<IpAddr> = Vec::new();
-    for value in headers.get_all("x-forwarded-for") {
-        let value = value.to_str().ok()?;
-        for hop in value.split(',') {
-            hops.push(hop.trim().parse().ok()?);
+    let mut nearest = peer;
+    let values: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
+    for value in values.into_iter().rev() {
+        let Ok(value) = value.to_str() else {
+            return Some(nearest);
+        };
+        for hop in value.rsplit(',') {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) if trusted(&ip) => nearest = ip,
+                Ok(ip) => return Some(ip),
+                Err(_) => return Some(nearest),
+            }
         }
     }
-    Some(
-        hops.into_iter()
-            .rev()
-            .find(|hop| !proxies.iter().any(|p| p.contains(hop)))
-            .unwrap_or(peer),
-    )
+    Some(nearest)
 }
 
 async fn allow_list(State(state): State<WebhookState>, request: Request, next: Next) -> Response {
@@ -97,7 +104,11 @@ async fn allow_list(State(state): State<WebhookState>, request: Request, next: N
     }
     let peer = request.extensions().get::<Peer>().and_then(|p| p.0);
     let from = request.extensions().get::<Source>().and_then(|s| s.0);
-    if from.is_some_and(|ip| allow.iter().any(|net| net.contains(&ip))) {
+    // Behind a proxy whose `X-Forwarded-For` could not name the client, the client is unknown.
+    let proxies = &state.config.trusted_proxies;
+    let unknown = from.is_some_and(|ip| proxies.iter().any(|p| p.contains(&ip)))
+        && request.headers().contains_key("x-forwarded-for");
+    if !unknown && from.is_some_and(|ip| allow.iter().any(|net| net.contains(&ip))) {
         next.run(request).await
     } else {
         tracing::warn!(
@@ -221,8 +232,39 @@ mod tests {
         assert_eq!(source(Some(proxy), &headers, &proxies), Some(portal));
         assert_eq!(source(Some(stranger), &headers, &proxies), Some(stranger));
         assert_eq!(source(Some(stranger), &headers, &[]), Some(stranger));
-        headers.insert("x-forwarded-for", "not an address".parse().unwrap());
-        assert_eq!(source(Some(proxy), &headers, &proxies), None);
         assert_eq!(source(None, &HeaderMap::new(), &proxies), None);
+    }
+
+    #[test]
+    fn an_unreadable_forwarded_hop_never_turns_attribution_off() {
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy: IpAddr = "10.0.0.5".parse().unwrap();
+        let client: IpAddr = "203.0.113.9".parse().unwrap();
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-forwarded-for", value.parse().unwrap());
+            headers
+        };
+        // What the client wrote before its own address, which the proxy appended, is ignored.
+        assert_eq!(
+            source(Some(proxy), &with("garbage, 203.0.113.9"), &proxies),
+            Some(client)
+        );
+        // A hop written by a trusted proxy that cannot be read: counted against the nearest
+        // trusted proxy.
+        assert_eq!(
+            source(Some(proxy), &with("unknown, 10.0.0.7"), &proxies),
+            Some("10.0.0.7".parse().unwrap())
+        );
+        assert_eq!(
+            source(Some(proxy), &with("not an address"), &proxies),
+            Some(proxy)
+        );
+        let mut bytes = HeaderMap::new();
+        bytes.insert(
+            "x-forwarded-for",
+            axum::http::HeaderValue::from_bytes(b"\xff").unwrap(),
+        );
+        assert_eq!(source(Some(proxy), &bytes, &proxies), Some(proxy));
     }
 }

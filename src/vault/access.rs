@@ -16,17 +16,15 @@ pub struct Credentials {
 }
 
 impl Vault {
-    /// Refuses a caller whose address or credential failed too often.
-    fn not_limited(&self, keys: &[auth::FailureKey]) -> Result<(), VaultError> {
-        self.credentials
-            .failures
-            .check(keys)
-            .map_err(|retry_after_secs| VaultError::RateLimited { retry_after_secs })
-    }
-
+    /// Counts a failed authentication against `keys`: `err`, or "rate limited" once any of
+    /// them has failed too often. Only failures are ever limited, so a caller with a valid
+    /// credential is always served, whatever its source (a shared egress address, or
+    /// 127.0.0.1 in a sidecar deployment) or anyone else did.
     fn failed(&self, keys: &[auth::FailureKey], err: VaultError) -> VaultError {
-        self.credentials.failures.fail(keys);
-        err
+        match self.credentials.failures.fail(keys) {
+            Ok(()) => err,
+            Err(retry_after_secs) => VaultError::RateLimited { retry_after_secs },
+        }
     }
 
     /// Checks the webhook secret presented by `source`.
@@ -35,20 +33,14 @@ impl Vault {
         presented: Option<&[u8]>,
         source: Option<IpAddr>,
     ) -> Result<(), VaultError> {
-        let keys: Vec<_> = source
-            .map(auth::FailureKey::Source)
-            .into_iter()
-            .chain(presented.map(auth::FailureKey::credential))
-            .collect();
-        self.not_limited(&keys)?;
         match presented {
+            Some(secret) if self.credentials.webhook.verify(secret) => Ok(()),
             None => Err(self.failed(
-                &keys,
+                &auth::failure_keys(source, None),
                 VaultError::Unauthenticated("the webhook secret is missing"),
             )),
-            Some(secret) if self.credentials.webhook.verify(secret) => Ok(()),
-            Some(_) => Err(self.failed(
-                &keys,
+            Some(secret) => Err(self.failed(
+                &auth::failure_keys(source, Some(secret)),
                 VaultError::Unauthenticated("the webhook secret is wrong"),
             )),
         }
@@ -62,21 +54,16 @@ impl Vault {
         needed: Role,
         source: Option<IpAddr>,
     ) -> Result<Principal, VaultError> {
-        let keys: Vec<_> = source
-            .map(auth::FailureKey::Source)
-            .into_iter()
-            .chain(authorization.map(|a| auth::FailureKey::credential(a.as_bytes())))
-            .collect();
-        self.not_limited(&keys)?;
+        let keys = || auth::failure_keys(source, authorization.map(str::as_bytes));
         let Some(header) = authorization else {
             return Err(self.failed(
-                &keys,
+                &keys(),
                 VaultError::Unauthenticated("a bearer token is required"),
             ));
         };
         let Some(token) = auth::bearer(header) else {
             return Err(self.failed(
-                &keys,
+                &keys(),
                 VaultError::Unauthenticated("the authorization header must be `Bearer <token>`"),
             ));
         };
@@ -93,9 +80,10 @@ impl Vault {
                     role: record.role,
                 },
                 None => {
-                    return Err(
-                        self.failed(&keys, VaultError::Unauthenticated("the token is not valid"))
-                    );
+                    return Err(self.failed(
+                        &keys(),
+                        VaultError::Unauthenticated("the token is not valid"),
+                    ));
                 }
             }
         };

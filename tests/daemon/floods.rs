@@ -1,7 +1,7 @@
 //! Floods and slow clients: failed-authentication limits, per-listener limits, slow-loris
 //! connections and memory under a flood of maximum-size requests.
 
-use crate::harness::{Sandbox, with_secret, with_token};
+use crate::harness::{Sandbox, create_token, with_secret, with_token};
 use crate::http_client::Http;
 use serde_json::json;
 use sharevault::pb;
@@ -47,11 +47,11 @@ async fn failed_authentications_are_limited_per_source_and_per_credential() {
         .parse()
         .unwrap();
     assert!((1..=30).contains(&retry), "{retry}");
-    // While limited, even the right secret is not checked from that source.
+    // Only failures are limited: the right secret is served from that source all the same.
     let right = attacker
         .post_json("/backup", &[("x-webhook-secret", secret)], &body)
         .await;
-    assert_eq!(right.status, 429);
+    assert_eq!(right.status, 200);
 
     // Successful traffic from elsewhere is unaffected.
     let portal = Http::from_source(&hook, "127.0.0.3");
@@ -100,6 +100,179 @@ async fn failed_authentications_are_limited_per_source_and_per_credential() {
     daemon.status(&sandbox.keys.admin_token).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_credential_is_served_after_a_thousand_failures_from_its_source() {
+    // A sidecar deployment: every caller, right or wrong, comes from 127.0.0.1.
+    let sandbox = Sandbox::new(84);
+    let daemon = sandbox.start();
+    let admin_token = sandbox.keys.admin_token.as_str();
+    let secret = sandbox.keys.webhook_secret.as_str();
+    let hook = Http::plain(&daemon.webhook_addr.clone().unwrap());
+    let api = Http::plain(&daemon.endpoint);
+    let backend = create_token(&daemon, admin_token, "backend", pb::Role::Backend as i32).await;
+    let stale = create_token(&daemon, admin_token, "stale", pb::Role::Backend as i32).await;
+    daemon
+        .admin()
+        .await
+        .revoke_token(with_token(
+            pb::RevokeTokenRequest {
+                name: "stale".into(),
+            },
+            admin_token,
+        ))
+        .await
+        .unwrap();
+    let body = json!({"clientId": "sidecar", "share": "s"});
+    let mut webhook = daemon.webhook().await;
+    let mut grpc = daemon.backup().await;
+    let list = || pb::ListBackupsRequest {
+        client_id: "sidecar".into(),
+    };
+
+    // 1,000 failures: wrong secrets, a revoked token, no token, over HTTP and gRPC.
+    let mut statuses = std::collections::BTreeMap::new();
+    for i in 0..250 {
+        let wrong = format!("wrong-secret-number-{i}-0123456789");
+        let reply = hook
+            .post_json("/backup", &[("x-webhook-secret", &wrong)], &body)
+            .await;
+        *statuses.entry(reply.status.to_string()).or_insert(0) += 1;
+        let bearer = format!("Bearer {stale}");
+        let reply = api
+            .send(
+                "GET",
+                "/v1/clients/sidecar/backups",
+                &[("authorization", &bearer)],
+                None,
+            )
+            .await;
+        *statuses.entry(reply.status.to_string()).or_insert(0) += 1;
+        let err = webhook
+            .backup(with_secret(
+                pb::BackupRequest {
+                    client_id: "sidecar".into(),
+                    backup_method: "PASSWORD-SECP256K1".into(),
+                    share: "s".into(),
+                    backup_share_pair_id: None,
+                },
+                &wrong,
+            ))
+            .await
+            .unwrap_err();
+        *statuses.entry(format!("{:?}", err.code())).or_insert(0) += 1;
+        let err = grpc
+            .list_backups(tonic::Request::new(list()))
+            .await
+            .unwrap_err();
+        *statuses.entry(format!("{:?}", err.code())).or_insert(0) += 1;
+    }
+    // The first 20 are answered as failures, the rest as rate limited.
+    assert_eq!(statuses.values().sum::<i32>(), 1000, "{statuses:?}");
+    assert!(
+        statuses["429"] + statuses["ResourceExhausted"] >= 980,
+        "{statuses:?}"
+    );
+
+    // The right secret and the right tokens are served at once, over HTTP and gRPC.
+    let ok = hook
+        .post_json("/backup", &[("x-webhook-secret", secret)], &body)
+        .await;
+    assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+    let fetched = hook
+        .post_json(
+            "/backup/fetch",
+            &[("x-webhook-secret", secret)],
+            &json!({"clientId": "sidecar"}),
+        )
+        .await;
+    assert_eq!(fetched.status, 200);
+    assert_eq!(fetched.json()["backupShares"], json!(["s"]));
+    let bearer = format!("Bearer {backend}");
+    let listed = api
+        .send(
+            "GET",
+            "/v1/clients/sidecar/backups",
+            &[("authorization", &bearer)],
+            None,
+        )
+        .await;
+    assert_eq!(listed.status, 200);
+    let shares = webhook
+        .fetch(with_secret(
+            pb::FetchRequest {
+                client_id: "sidecar".into(),
+            },
+            secret,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .backup_shares;
+    assert_eq!(shares, ["s"]);
+    grpc.list_backups(with_token(list(), &backend))
+        .await
+        .unwrap();
+    daemon.status(admin_token).await;
+
+    // Failures from that source are still refused without being served.
+    let err = grpc
+        .list_backups(with_token(list(), &stale))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_private_listener_attributes_failures_behind_a_trusted_proxy() {
+    let sandbox = Sandbox::new(85);
+    let daemon = sandbox.start_with(&[
+        "--auth-failure-limit",
+        "3",
+        "--trusted-proxies",
+        "127.0.0.0/8",
+    ]);
+    let api = Http::plain(&daemon.endpoint);
+    let mut grpc = daemon.backup().await;
+    // Each attempt presents a different token, so only its source can limit it.
+    let mut n = 0;
+    let mut fail_from = async |forwarded: &str| {
+        n += 1;
+        let bearer = format!("Bearer svt_guess-{n}");
+        api.send(
+            "GET",
+            "/v1/clients/c/backups",
+            &[("authorization", &bearer), ("x-forwarded-for", forwarded)],
+            None,
+        )
+        .await
+        .status
+    };
+    // A client that writes garbage before its address is still counted by its address.
+    for _ in 0..3 {
+        assert_eq!(fail_from("garbage, 198.51.100.7").await, 401);
+    }
+    assert_eq!(fail_from("198.51.100.7").await, 429);
+    // Another client behind the same proxy is not.
+    assert_eq!(fail_from("198.51.100.8").await, 401);
+    // gRPC is attributed the same way.
+    let mut request = tonic::Request::new(pb::ListBackupsRequest {
+        client_id: "c".into(),
+    });
+    request
+        .metadata_mut()
+        .insert("x-forwarded-for", "198.51.100.7".parse().unwrap());
+    let err = grpc.list_backups(request).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    let mut request = tonic::Request::new(pb::ListBackupsRequest {
+        client_id: "c".into(),
+    });
+    request
+        .metadata_mut()
+        .insert("x-forwarded-for", "198.51.100.9".parse().unwrap());
+    let err = grpc.list_backups(request).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+}
+
 /// Starts a request whose body never finishes: it holds its connection and its in-flight slot.
 async fn stalled_upload(addr: &str, secret: &str) -> tokio::net::TcpStream {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -113,7 +286,15 @@ async fn stalled_upload(addr: &str, secret: &str) -> tokio::net::TcpStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_on_the_public_listener_does_not_starve_the_private_one() {
     let sandbox = Sandbox::new(81);
-    let daemon = sandbox.start_with(&["--max-in-flight", "4", "--max-connections", "6"]);
+    // Every connection here comes from 127.0.0.1: let one source take the whole listener.
+    let daemon = sandbox.start_with(&[
+        "--max-in-flight",
+        "4",
+        "--max-connections",
+        "6",
+        "--max-connections-per-source",
+        "6",
+    ]);
     let hook = daemon.webhook_addr.clone().unwrap();
     let secret = sandbox.keys.webhook_secret.clone();
 
