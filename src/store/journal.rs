@@ -49,20 +49,26 @@
 //! | 4    | zero |
 //! | n    | payload: entries `kind u8 \| offset u64 \| length u32 \| data`; kind 1 writes `data` at `offset`, kind 2 sets the file length to `offset` |
 
+use super::disk::Disk;
 use redb::backends::FileBackend;
 use redb::{BackendError, StorageBackend};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::ops::Bound;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 
-const MAGIC: &[u8; 8] = b"SVJRNL01";
+const MAGIC: &[u8; 8] = b"SVJRNL02";
+/// The format of earlier versions (no header checksum), still replayed on open.
+const MAGIC_V1: &[u8; 8] = b"SVJRNL01";
 const HEADER: usize = 32;
+/// The largest record payload: a commit larger than this fails (and a header claiming more is
+/// not a record).
+pub const MAX_RECORD: u64 = 1 << 30;
 const ALIGN: u64 = 4096;
 const KIND_WRITE: u8 = 1;
 const KIND_SET_LEN: u8 = 2;
@@ -87,8 +93,11 @@ pub struct JournaledFile {
 }
 
 struct Inner {
-    main: FileBackend,
-    journals: [File; 2],
+    main: Box<dyn Disk>,
+    journals: [Box<dyn Disk>; 2],
+    /// The real files' locks: `journal0`'s flock, and redb's range locks on the database file.
+    /// None over a simulated disk.
+    locks: Option<Locks>,
     /// Records are appended until the active journal would pass this length.
     capacity: u64,
     /// The record being filled: its buffer (which starts with room for the header) and the
@@ -101,6 +110,11 @@ struct Inner {
     queue_changed: Condvar,
     log: Mutex<Log>,
     log_changed: Condvar,
+}
+
+struct Locks {
+    journal0: File,
+    main: FileBackend,
 }
 
 struct Pending {
@@ -198,18 +212,40 @@ impl JournaledFile {
             }
             Err(err) => return Err(err.into()),
         }
-        let main = FileBackend::new(open_rw(path)?)
-            .map_err(|e| io::Error::other(format!("cannot open the database file: {e}")))?;
-        let replayed = replay(&main, &journals)?;
+        let main = open_rw(path)?;
+        let locks = Locks {
+            journal0: journals[0].try_clone()?,
+            main: FileBackend::new(main.try_clone()?)
+                .map_err(|e| io::Error::other(format!("cannot open the database file: {e}")))?,
+        };
+        let [first, second] = journals;
+        Self::open_disks(
+            Box::new(main),
+            [Box::new(first), Box::new(second)],
+            capacity,
+            Some(locks),
+        )
+    }
+
+    /// Opens the database file `main` with its journals, replaying what they hold.
+    fn open_disks(
+        main: Box<dyn Disk>,
+        journals: [Box<dyn Disk>; 2],
+        capacity: u64,
+        locks: Option<Locks>,
+    ) -> io::Result<Self> {
+        let (replayed, oldest_first) = replay(main.as_ref(), &journals)?;
         if replayed > 0 {
             tracing::info!(
                 records = replayed,
                 "journal replayed into the database file"
             );
         }
-        main.sync_data()?;
-        for journal in &journals {
-            prepare(journal, capacity)?;
+        main.sync()?;
+        // Oldest first: if this stops half-way, what is left is the newest records, whose
+        // replay over the synced file is harmless; the older ones alone would undo them.
+        for i in oldest_first {
+            prepare(journals[i].as_ref(), capacity)?;
         }
         let len = main.len()?;
         // Clearing a journal erases only its first record, so records of earlier runs stay
@@ -222,6 +258,7 @@ impl JournaledFile {
         let inner = Arc::new(Inner {
             main,
             journals,
+            locks,
             capacity: capacity.max(ALIGN),
             pending: Mutex::new(Pending {
                 buf: fresh_buffer(Vec::new()),
@@ -270,6 +307,13 @@ impl JournaledFile {
         })
     }
 
+    /// Opens the database over a simulated disk: file 0 is the database file, 1 and 2 its
+    /// journals.
+    #[cfg(test)]
+    pub(crate) fn open_sim(disk: &super::disk_sim::SimDisk, capacity: u64) -> io::Result<Self> {
+        Self::open_disks(disk.file(0), [disk.file(1), disk.file(2)], capacity, None)
+    }
+
     /// Replays and clears the journals of the database file at `path`, if it has any, so that
     /// the file alone holds the database (before it is moved, copied or replaced offline).
     pub fn settle(path: &Path) -> io::Result<()> {
@@ -305,49 +349,63 @@ impl JournaledFile {
 /// Clears a journal (no record survives in it) and makes it at least `capacity` long, written
 /// with zeros, so that records later overwrite allocated blocks and their fsync carries no
 /// file-size change.
-fn prepare(journal: &File, capacity: u64) -> io::Result<()> {
-    let len = journal.metadata()?.len();
+fn prepare(journal: &dyn Disk, capacity: u64) -> io::Result<()> {
+    let len = journal.len()?;
     let zeros = vec![0u8; 1 << 20];
-    journal.write_all_at(&zeros[..ALIGN as usize], 0)?;
+    journal.write_at(&zeros[..ALIGN as usize], 0)?;
     let mut at = len.max(ALIGN);
     while at < capacity {
         let n = (capacity - at).min(zeros.len() as u64);
-        journal.write_all_at(&zeros[..n as usize], at)?;
+        journal.write_at(&zeros[..n as usize], at)?;
         at += n;
     }
-    journal.sync_all()
+    journal.sync()
 }
 
 /// Reads the record at `at` of a journal `len` bytes long into `payload`, if a whole one is
-/// there (of `generation`, if given): answers its generation and where the next record starts.
+/// there (of `generation`, if given, and in the format of `magic`, if given): answers its
+/// magic, its generation and where the next record starts. The header's own checksum is
+/// checked before its length is trusted, so a garbage length never sizes a read.
 fn read_record(
-    journal: &File,
+    journal: &dyn Disk,
     len: u64,
     at: u64,
-    generation: Option<u64>,
+    expect: Option<(&'static [u8; 8], u64)>,
     payload: &mut Vec<u8>,
-) -> io::Result<Option<(u64, u64)>> {
+) -> io::Result<Option<(&'static [u8; 8], u64, u64)>> {
     if at + HEADER as u64 > len {
         return Ok(None);
     }
     let mut header = [0u8; HEADER];
-    journal.read_exact_at(&mut header, at)?;
-    if &header[..8] != MAGIC {
+    journal.read_at(&mut header, at)?;
+    let magic = match &header[..8] {
+        m if m == MAGIC => MAGIC,
+        m if m == MAGIC_V1 => MAGIC_V1,
+        _ => return Ok(None),
+    };
+    let field = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().unwrap_or([0; 8]));
+    let word = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().unwrap_or([0; 4]));
+    let (record_gen, payload_len, crc) = (field(8), field(16), word(24));
+    if magic == MAGIC && header_checksum(&header) != word(28) {
         return Ok(None);
     }
-    let field = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().unwrap_or([0; 8]));
-    let (record_gen, payload_len) = (field(8), field(16));
-    let crc = u32::from_le_bytes(header[24..28].try_into().unwrap_or([0; 4]));
-    if generation.is_some_and(|g| g != record_gen) || payload_len > len - at - HEADER as u64 {
+    if expect.is_some_and(|(m, g)| m != magic || g != record_gen)
+        || payload_len > len - at - HEADER as u64
+        || (magic == MAGIC && payload_len > MAX_RECORD)
+    {
         return Ok(None);
     }
     payload.clear();
     payload.resize(payload_len as usize, 0);
-    journal.read_exact_at(payload, at + HEADER as u64)?;
+    journal.read_at(payload, at + HEADER as u64)?;
     if checksum(record_gen, payload) != crc {
         return Ok(None);
     }
-    Ok(Some((record_gen, at + padded(HEADER as u64 + payload_len))))
+    Ok(Some((
+        magic,
+        record_gen,
+        at + padded(HEADER as u64 + payload_len),
+    )))
 }
 
 fn checksum(generation: u64, payload: &[u8]) -> u32 {
@@ -358,37 +416,52 @@ fn checksum(generation: u64, payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
+/// The checksum of a header's first 28 bytes, kept in its last 4.
+fn header_checksum(header: &[u8]) -> u32 {
+    crc32fast::hash(&header[..HEADER - 4])
+}
+
 fn padded(len: u64) -> u64 {
     len.div_ceil(ALIGN) * ALIGN
 }
 
 /// Applies every whole record of both journals to `main`, oldest generation first, one
 /// record at a time (a journal can hold far more than the daemon's memory budget). Answers
-/// the number of records applied.
-fn replay(main: &FileBackend, journals: &[File; 2]) -> io::Result<usize> {
+/// the number of records applied, and the journals from oldest to newest (those without a
+/// record first).
+fn replay(main: &dyn Disk, journals: &[Box<dyn Disk>; 2]) -> io::Result<(usize, Vec<usize>)> {
     let mut payload = Vec::new();
     let mut found = Vec::new();
-    for journal in journals {
-        let len = journal.metadata()?.len();
-        if let Some((generation, _)) = read_record(journal, len, 0, None, &mut payload)? {
-            found.push((generation, journal, len));
+    let mut empty = Vec::new();
+    for (i, journal) in journals.iter().enumerate() {
+        let len = journal.len()?;
+        match read_record(journal.as_ref(), len, 0, None, &mut payload)? {
+            Some((magic, generation, _)) => found.push((generation, i, magic, len)),
+            None => empty.push(i),
         }
     }
-    found.sort_by_key(|(generation, _, _)| *generation);
+    found.sort_by_key(|(generation, ..)| *generation);
     let mut applied = 0;
-    for (generation, journal, len) in found {
+    for &(generation, i, magic, len) in &found {
+        if magic == MAGIC_V1 {
+            tracing::warn!("replaying a journal of the earlier format SVJRNL01");
+        }
+        let journal = journals[i].as_ref();
         let mut at = 0;
-        while let Some((_, next)) = read_record(journal, len, at, Some(generation), &mut payload)? {
+        while let Some((_, _, next)) =
+            read_record(journal, len, at, Some((magic, generation)), &mut payload)?
+        {
             apply(main, &payload)?;
             applied += 1;
             at = next;
         }
     }
-    Ok(applied)
+    empty.extend(found.iter().map(|(_, i, ..)| *i));
+    Ok((applied, empty))
 }
 
 /// Writes a record's entries to the database file, in order.
-fn apply(main: &FileBackend, mut payload: &[u8]) -> io::Result<()> {
+fn apply(main: &dyn Disk, mut payload: &[u8]) -> io::Result<()> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed journal entry");
     while !payload.is_empty() {
         if payload.len() < ENTRY_HEADER {
@@ -401,7 +474,7 @@ fn apply(main: &FileBackend, mut payload: &[u8]) -> io::Result<()> {
             .get(ENTRY_HEADER..ENTRY_HEADER + len)
             .ok_or_else(bad)?;
         match kind {
-            KIND_WRITE => main.write(offset, data)?,
+            KIND_WRITE => main.write_at(data, offset)?,
             KIND_SET_LEN => main.set_len(offset)?,
             _ => return Err(bad()),
         }
@@ -444,7 +517,14 @@ impl Inner {
         let seq = pending.seq;
         pending.seq += 1;
         drop(pending);
-        if let Err(err) = self.append(seq, &mut record) {
+        let appended = if (record.len() - HEADER) as u64 > MAX_RECORD {
+            Err(io::Error::other(format!(
+                "a commit of more than {MAX_RECORD} bytes of pages"
+            )))
+        } else {
+            self.append(seq, &mut record)
+        };
+        if let Err(err) = appended {
             self.fail(&err);
             return Err(err);
         }
@@ -481,7 +561,7 @@ impl Inner {
             let last = batch.last().map_or(0, |(seq, _)| *seq);
             let applied = batch
                 .iter()
-                .try_for_each(|(_, record)| apply(&self.main, &record[HEADER..]));
+                .try_for_each(|(_, record)| apply(self.main.as_ref(), &record[HEADER..]));
             if let Err(err) = applied {
                 self.fail(&err);
                 return;
@@ -531,13 +611,15 @@ impl Inner {
         record[8..16].copy_from_slice(&log.generation.to_le_bytes());
         record[16..24].copy_from_slice(&payload_len.to_le_bytes());
         record[24..28].copy_from_slice(&crc.to_le_bytes());
+        let header_crc = header_checksum(record);
+        record[28..32].copy_from_slice(&header_crc.to_le_bytes());
         let unpadded = record.len();
         record.resize(len as usize, 0);
-        let written = journal.write_all_at(record, log.tail);
+        let written = journal.write_at(record, log.tail);
         record.truncate(unpadded);
         written?;
         log.tail += len;
-        journal.sync_data()
+        journal.sync()
     }
 
     /// Fsyncs the database file whenever a journal has been filled, then frees that journal.
@@ -562,15 +644,19 @@ impl Inner {
             drop(queue);
             let synced = match failed {
                 Some(failure) => Err(io::Error::other(failure)),
-                None => self.main.sync_data(),
+                None => self.main.sync(),
             };
+            if let Err(err) = &synced {
+                // After a failed fsync the kernel may have dropped the file's dirty pages, so
+                // the file can no longer be read for what it was written: every later commit
+                // fails at once, and the reopen replays both journals into the file.
+                tracing::error!(error = %err, "checkpoint of the database file failed");
+                self.fail(&io::Error::other(format!("checkpoint failed: {err}")));
+            }
             log = guard(&self.log);
             match synced {
                 Ok(()) => log.other_free = true,
-                Err(err) => {
-                    tracing::error!(error = %err, "checkpoint of the database file failed");
-                    log.failed = Some(format!("checkpoint failed: {err}"));
-                }
+                Err(err) => log.failed = Some(format!("checkpoint failed: {err}")),
             }
             self.log_changed.notify_all();
         }
@@ -609,7 +695,7 @@ impl StorageBackend for JournaledFile {
             .rposition(|(_, at, data)| *at <= offset && at + data.len() as u64 >= end);
         match covering {
             Some(newest) => drop(pages.drain(..newest)),
-            None => self.inner.main.read(offset, out)?,
+            None => self.inner.main.read_at(out, offset)?,
         }
         for (_, at, data) in pages {
             let start = offset.max(at);
@@ -662,20 +748,27 @@ impl StorageBackend for JournaledFile {
         let failed = self.inner.failure().is_some() || guard(&self.inner.log).failed.is_some();
         let mut result = Ok(());
         if !failed {
-            result = self.inner.main.sync_data().and_then(|()| {
-                for journal in &self.inner.journals {
-                    journal.write_all_at(&[0u8; ALIGN as usize], 0)?;
-                    journal.sync_data()?;
+            // The inactive journal holds the older records: it is cleared first, so that a
+            // crash between the two clears leaves only the newest records, which the next open
+            // replays over the synced file harmlessly (the older ones alone would undo them).
+            let active = guard(&self.inner.log).active;
+            result = self.inner.main.sync().and_then(|()| {
+                for i in [active ^ 1, active] {
+                    self.inner.journals[i].write_at(&[0u8; ALIGN as usize], 0)?;
+                    self.inner.journals[i].sync()?;
                 }
                 Ok(())
             });
         }
-        let _ = rustix::fs::flock(&self.inner.journals[0], rustix::fs::FlockOperation::Unlock);
-        self.inner.main.close().and(result)
+        if let Some(locks) = &self.inner.locks {
+            let _ = rustix::fs::flock(&locks.journal0, rustix::fs::FlockOperation::Unlock);
+            result = locks.main.close().and(result);
+        }
+        result
     }
 
     fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.inner.main.try_lock_range(start, end)
+        self.main_locks()?.try_lock_range(start, end)
     }
 
     fn try_lock_shared_range(
@@ -683,15 +776,26 @@ impl StorageBackend for JournaledFile {
         start: Bound<u64>,
         end: Bound<u64>,
     ) -> Result<bool, BackendError> {
-        self.inner.main.try_lock_shared_range(start, end)
+        self.main_locks()?.try_lock_shared_range(start, end)
     }
 
     fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.inner.main.unlock_range(start, end)
+        self.main_locks()?.unlock_range(start, end)
     }
 
     fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.inner.main.query_lock_range(start, end)
+        self.main_locks()?.query_lock_range(start, end)
+    }
+}
+
+impl JournaledFile {
+    /// redb's range locks on the database file (unsupported over a simulated disk).
+    fn main_locks(&self) -> Result<&FileBackend, BackendError> {
+        self.inner
+            .locks
+            .as_ref()
+            .map(|l| &l.main)
+            .ok_or(BackendError::Unsupported)
     }
 }
 
@@ -702,9 +806,13 @@ impl Drop for JournaledFile {
 }
 
 #[cfg(test)]
+mod crash_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use redb::{Database, ReadableDatabase, TableDefinition};
+    use std::os::unix::fs::FileExt;
 
     const PAGE: usize = 4096;
 

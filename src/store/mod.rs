@@ -23,6 +23,9 @@
 //! [`redb::RedbStore`] is the embedded default.
 
 pub mod codec;
+pub mod disk;
+#[cfg(test)]
+mod disk_sim;
 pub mod journal;
 pub mod redb;
 
