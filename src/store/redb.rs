@@ -274,7 +274,7 @@ impl RedbStore {
         let writer_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("sharevault-writer".into())
-            .spawn(move || run_writer(&writer_shared, rx, head.unwrap_or((0, [0; 32]))))
+            .spawn(move || run_writer(&writer_shared, rx, Some(head.unwrap_or((0, [0; 32])))))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             shared,
@@ -690,7 +690,9 @@ fn run_flusher(shared: &Shared, queue: &mpsc::Sender<Job>) {
     }
 }
 
-fn run_writer(shared: &Shared, mut queue: mpsc::Receiver<Job>, mut head: Head) {
+/// `head` is the audit head as last committed; None when it must be read from the database
+/// again (after a reopen, which may have replayed a commit whose fsync reported a failure).
+fn run_writer(shared: &Shared, mut queue: mpsc::Receiver<Job>, mut head: Option<Head>) {
     while let Some(first) = queue.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -735,9 +737,14 @@ fn run_writer(shared: &Shared, mut queue: mpsc::Receiver<Job>, mut head: Head) {
 }
 
 /// Commits one group of jobs and answers each.
-fn commit_group(shared: &Shared, jobs: Vec<Job>, head: &mut Head, started: std::time::Instant) {
+fn commit_group(
+    shared: &Shared,
+    jobs: Vec<Job>,
+    head: &mut Option<Head>,
+    started: std::time::Instant,
+) {
     let deferred = all_deferred(&jobs);
-    let committed = commit_or_reopen(shared, &jobs, *head);
+    let committed = commit_or_reopen(shared, &jobs, head);
     if committed.is_ok() {
         // A durable commit also makes every earlier deferred one durable.
         shared
@@ -746,8 +753,7 @@ fn commit_group(shared: &Shared, jobs: Vec<Job>, head: &mut Head, started: std::
     }
     crate::metrics::global().batch(jobs.len(), started.elapsed(), committed.is_ok());
     match committed {
-        Ok((results, new_head)) => {
-            *head = new_head;
+        Ok(results) => {
             tracing::debug!(
                 batch = jobs.len(),
                 commit_us = started.elapsed().as_micros() as u64,
@@ -774,21 +780,48 @@ fn all_deferred(jobs: &[Job]) -> bool {
 }
 
 /// Commits a batch; after a failure the database is reopened (and repaired) so that the next
-/// batch, and reads, can go on.
-fn commit_or_reopen(shared: &Shared, jobs: &[Job], head: Head) -> Result<BatchResult, StoreError> {
+/// batch, and reads, can go on. A failed commit may still have reached the disk (its fsync
+/// failed after the data was written), so after a reopen the audit head is read again from
+/// the database rather than kept from memory.
+fn commit_or_reopen(
+    shared: &Shared,
+    jobs: &[Job],
+    head: &mut Option<Head>,
+) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
     let db = match shared.current() {
         Ok(db) => db,
         Err(_) => {
+            *head = None;
             shared.reopen();
             shared.current()?
         }
     };
-    let committed = commit_batch(&db, jobs, head);
-    if committed.is_err() {
-        drop(db);
-        shared.reopen();
+    let start = match *head {
+        Some(start) => start,
+        None => {
+            let txn = db.begin_read().map_err(backend)?;
+            let meta = txn.open_table(META).map_err(backend)?;
+            let stored = meta.get(AUDIT_HEAD).map_err(backend)?;
+            let start = stored
+                .map(|v| decode_head(v.value()))
+                .transpose()?
+                .unwrap_or((0, [0; 32]));
+            *head = Some(start);
+            start
+        }
+    };
+    match commit_batch(&db, jobs, start) {
+        Ok((results, new_head)) => {
+            *head = Some(new_head);
+            Ok(results)
+        }
+        Err(err) => {
+            drop(db);
+            *head = None;
+            shared.reopen();
+            Err(err)
+        }
     }
-    committed
 }
 
 /// Applies every job, and appends its audit event, in one transaction. The outer error means
@@ -1193,6 +1226,9 @@ mod tests {
         inner: FileBackend,
         fail: Arc<AtomicBool>,
         sync_ms: Arc<std::sync::atomic::AtomicU64>,
+        /// Syncs, then reports a failure: the commit is on disk but its writer is told
+        /// otherwise.
+        sync_then_fail: Arc<AtomicBool>,
     }
 
     fn flaky_opener(
@@ -1200,7 +1236,17 @@ mod tests {
         fail: &Arc<AtomicBool>,
         sync_ms: &Arc<std::sync::atomic::AtomicU64>,
     ) -> Opener {
+        flaky_opener_with(path, fail, sync_ms, &Arc::new(AtomicBool::new(false)))
+    }
+
+    fn flaky_opener_with(
+        path: &Path,
+        fail: &Arc<AtomicBool>,
+        sync_ms: &Arc<std::sync::atomic::AtomicU64>,
+        sync_then_fail: &Arc<AtomicBool>,
+    ) -> Opener {
         let (p, f, s) = (path.to_owned(), Arc::clone(fail), Arc::clone(sync_ms));
+        let lying = Arc::clone(sync_then_fail);
         Box::new(move || {
             let file = std::fs::OpenOptions::new()
                 .read(true)
@@ -1214,6 +1260,7 @@ mod tests {
                 inner,
                 fail: Arc::clone(&f),
                 sync_ms: Arc::clone(&s),
+                sync_then_fail: Arc::clone(&lying),
             })
         })
     }
@@ -1244,7 +1291,11 @@ mod tests {
                 self.sync_ms.load(Ordering::SeqCst),
             ));
             self.check()?;
-            self.inner.sync_data()
+            self.inner.sync_data()?;
+            if self.sync_then_fail.swap(false, Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(5));
+            }
+            Ok(())
         }
         fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
             self.check()?;
@@ -1376,6 +1427,47 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(events.len(), 2);
+        let report = crate::audit::verify(events.into_iter().map(Ok), store.audit_head().unwrap());
+        assert_eq!(report.problem, None);
+        store.close();
+    }
+
+    /// A commit whose fsync reported a failure after the data reached the disk is found by
+    /// the reopen: the writer then continues the audit chain from the database's head, not
+    /// from the one it kept in memory (which would give the next event the same number and
+    /// overwrite the recovered write's event).
+    #[tokio::test]
+    async fn after_a_reopen_the_audit_chain_continues_from_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lying.redb");
+        let fail = Arc::new(AtomicBool::new(false));
+        let sync_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let lying = Arc::new(AtomicBool::new(false));
+        let opener = flaky_opener_with(&path, &fail, &sync_ms, &lying);
+        let store = RedbStore::open_with(opener, None, 0).unwrap();
+        let (op, audit) = put("first", b"A");
+        store.write(op, audit).await.unwrap();
+
+        lying.store(true, Ordering::SeqCst);
+        let (op, audit) = put("fsync-failed", b"B");
+        assert!(store.write(op, audit).await.is_err());
+        let (op, audit) = put("third", b"C");
+        store.write(op, audit).await.unwrap();
+
+        let held = |c: &str| store.custodian_share(c, "PASSWORD-SECP256K1").unwrap();
+        assert_eq!(
+            held("fsync-failed").map(|r| r.envelope),
+            Some(b"B".to_vec()),
+            "the write whose fsync failed after the fact is on disk"
+        );
+        let events: Vec<_> = store
+            .audit_events(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let clients: Vec<&str> = events.iter().map(|e| e.client_id.as_str()).collect();
+        assert_eq!(clients, ["first", "fsync-failed", "third"]);
         let report = crate::audit::verify(events.into_iter().map(Ok), store.audit_head().unwrap());
         assert_eq!(report.problem, None);
         store.close();
