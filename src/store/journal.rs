@@ -65,7 +65,14 @@ use std::thread::JoinHandle;
 const MAGIC: &[u8; 8] = b"SVJRNL02";
 /// The format of earlier versions (no header checksum), still replayed on open.
 const MAGIC_V1: &[u8; 8] = b"SVJRNL01";
-const HEADER: usize = 32;
+const HEADER: usize = 48;
+const HEADER_V1: usize = 32;
+/// Where the database file keeps its identity: the end of its first 4 KiB, which redb 4.5
+/// never writes (its header is the first 320 bytes of a page of its own). A fresh random
+/// identity is written at every open, once the journals are cleared; every record carries it.
+const ID_AT: u64 = 4096 - 64;
+const ID_LEN: usize = 64;
+const ID_MAGIC: &[u8; 8] = b"SVDBID01";
 /// The largest record payload: a commit larger than this fails (and a header claiming more is
 /// not a record).
 pub const MAX_RECORD: u64 = 1 << 30;
@@ -98,6 +105,8 @@ struct Inner {
     /// The real files' locks: `journal0`'s flock, and redb's range locks on the database file.
     /// None over a simulated disk.
     locks: Option<Locks>,
+    /// The database file's identity, in every record.
+    id: [u8; 16],
     /// Records are appended until the active journal would pass this length.
     capacity: u64,
     /// The record being filled: its buffer (which starts with room for the header) and the
@@ -247,7 +256,20 @@ impl JournaledFile {
         for i in oldest_first {
             prepare(journals[i].as_ref(), capacity)?;
         }
-        let len = main.len()?;
+        // A fresh identity, now that no record of the last one is left: journals written from
+        // here on are replayed into this file only, as it is from now on.
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id)
+            .map_err(|e| io::Error::other(format!("the system random number generator: {e}")))?;
+        let fresh = main.len()? == 0;
+        write_identity(main.as_ref(), &id)?;
+        main.sync()?;
+        // A new file holds nothing but the identity: redb sees it empty, and creates it.
+        let len = if fresh || holds_only_identity(main.as_ref())? {
+            0
+        } else {
+            main.len()?
+        };
         // Clearing a journal erases only its first record, so records of earlier runs stay
         // behind the ones this run writes. Each run's generations start at a fresh random
         // number, so a scan stops at the first record of another run instead of replaying it.
@@ -259,6 +281,7 @@ impl JournaledFile {
             main,
             journals,
             locks,
+            id,
             capacity: capacity.max(ALIGN),
             pending: Mutex::new(Pending {
                 buf: fresh_buffer(Vec::new()),
@@ -321,7 +344,14 @@ impl JournaledFile {
             return Ok(());
         }
         let file = Self::open(path, 0)?;
-        file.close()
+        let fresh = guard(&file.inner.pending).len == 0;
+        file.close()?;
+        drop(file);
+        if fresh {
+            // Nothing but the identity: left empty, as redb expects a file it is to create.
+            open_rw(path)?.set_len(0)?;
+        }
+        Ok(())
     }
 
     /// Stops the journal thread (once it has written every sealed record) and the
@@ -362,50 +392,107 @@ fn prepare(journal: &dyn Disk, capacity: u64) -> io::Result<()> {
     journal.sync()
 }
 
+/// A whole record's header, as [`read_record`] finds it.
+struct Found {
+    magic: &'static [u8; 8],
+    /// The identity of the database file it was written for (none in the earlier format).
+    id: Option<[u8; 16]>,
+    generation: u64,
+    /// Where the next record starts.
+    next: u64,
+}
+
 /// Reads the record at `at` of a journal `len` bytes long into `payload`, if a whole one is
-/// there (of `generation`, if given, and in the format of `magic`, if given): answers its
-/// magic, its generation and where the next record starts. The header's own checksum is
-/// checked before its length is trusted, so a garbage length never sizes a read.
+/// there (in the format of `magic` and of `generation`, if given). The header's own checksum
+/// is checked before its length is trusted, so a garbage length never sizes a read.
 fn read_record(
     journal: &dyn Disk,
     len: u64,
     at: u64,
     expect: Option<(&'static [u8; 8], u64)>,
     payload: &mut Vec<u8>,
-) -> io::Result<Option<(&'static [u8; 8], u64, u64)>> {
-    if at + HEADER as u64 > len {
+) -> io::Result<Option<Found>> {
+    if at + HEADER_V1 as u64 > len {
         return Ok(None);
     }
     let mut header = [0u8; HEADER];
-    journal.read_at(&mut header, at)?;
-    let magic = match &header[..8] {
-        m if m == MAGIC => MAGIC,
-        m if m == MAGIC_V1 => MAGIC_V1,
-        _ => return Ok(None),
-    };
+    let size = HEADER.min((len - at) as usize);
+    journal.read_at(&mut header[..size], at)?;
     let field = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().unwrap_or([0; 8]));
     let word = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().unwrap_or([0; 4]));
-    let (record_gen, payload_len, crc) = (field(8), field(16), word(24));
-    if magic == MAGIC && header_checksum(&header) != word(28) {
-        return Ok(None);
-    }
-    if expect.is_some_and(|(m, g)| m != magic || g != record_gen)
-        || payload_len > len - at - HEADER as u64
+    let (magic, id, generation, payload_len, crc, header_len) = match &header[..8] {
+        m if m == MAGIC && size == HEADER => {
+            if header_checksum(&header) != word(44) {
+                return Ok(None);
+            }
+            let id: [u8; 16] = header[8..24].try_into().unwrap_or([0; 16]);
+            (MAGIC, Some(id), field(24), field(32), word(40), HEADER)
+        }
+        m if m == MAGIC_V1 => (MAGIC_V1, None, field(8), field(16), word(24), HEADER_V1),
+        _ => return Ok(None),
+    };
+    if expect.is_some_and(|(m, g)| m != magic || g != generation)
+        || payload_len > len - at - header_len as u64
         || (magic == MAGIC && payload_len > MAX_RECORD)
     {
         return Ok(None);
     }
     payload.clear();
     payload.resize(payload_len as usize, 0);
-    journal.read_at(payload, at + HEADER as u64)?;
-    if checksum(record_gen, payload) != crc {
+    journal.read_at(payload, at + header_len as u64)?;
+    if checksum(generation, payload) != crc {
         return Ok(None);
     }
-    Ok(Some((
+    Ok(Some(Found {
         magic,
-        record_gen,
-        at + padded(HEADER as u64 + payload_len),
-    )))
+        id,
+        generation,
+        next: at + padded(header_len as u64 + payload_len),
+    }))
+}
+
+/// The identity kept in the database file, if it has one.
+fn read_identity(main: &dyn Disk) -> io::Result<Option<[u8; 16]>> {
+    if main.len()? < ID_AT + ID_LEN as u64 {
+        return Ok(None);
+    }
+    let mut block = [0u8; ID_LEN];
+    main.read_at(&mut block, ID_AT)?;
+    if &block[..8] != ID_MAGIC || crc32fast::hash(&block[..24]).to_le_bytes() != block[24..28] {
+        return Ok(None);
+    }
+    Ok(Some(block[8..24].try_into().unwrap_or([0; 16])))
+}
+
+fn write_identity(main: &dyn Disk, id: &[u8; 16]) -> io::Result<()> {
+    let mut block = [0u8; ID_LEN];
+    block[..8].copy_from_slice(ID_MAGIC);
+    block[8..24].copy_from_slice(id);
+    let crc = crc32fast::hash(&block[..24]);
+    block[24..28].copy_from_slice(&crc.to_le_bytes());
+    main.write_at(&block, ID_AT)
+}
+
+/// Whether the file is 4 KiB of zeros but for its identity (created, but not yet by redb).
+fn holds_only_identity(main: &dyn Disk) -> io::Result<bool> {
+    if main.len()? != ID_AT + ID_LEN as u64 {
+        return Ok(false);
+    }
+    let mut first = vec![0u8; ID_AT as usize];
+    main.read_at(&mut first, 0)?;
+    Ok(first.iter().all(|b| *b == 0))
+}
+
+/// The journals hold records written for another database file, or for this one as it was
+/// before a later open: replaying them would corrupt it.
+fn foreign_journal() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "the journals beside the database file were written for another database file (or \
+         an earlier copy of this one), and are not replayed into it; move the .journal0 and \
+         .journal1 files away to open the file as it is, or put back the database file they \
+         belong to",
+    )
 }
 
 fn checksum(generation: u64, payload: &[u8]) -> u32 {
@@ -430,13 +517,20 @@ fn padded(len: u64) -> u64 {
 /// the number of records applied, and the journals from oldest to newest (those without a
 /// record first).
 fn replay(main: &dyn Disk, journals: &[Box<dyn Disk>; 2]) -> io::Result<(usize, Vec<usize>)> {
+    let file_id = read_identity(main)?;
     let mut payload = Vec::new();
     let mut found = Vec::new();
     let mut empty = Vec::new();
     for (i, journal) in journals.iter().enumerate() {
         let len = journal.len()?;
         match read_record(journal.as_ref(), len, 0, None, &mut payload)? {
-            Some((magic, generation, _)) => found.push((generation, i, magic, len)),
+            Some(first) => {
+                // Checked for both journals before anything is applied.
+                if first.id.is_some() && first.id != file_id {
+                    return Err(foreign_journal());
+                }
+                found.push((first.generation, i, first.magic, len));
+            }
             None => empty.push(i),
         }
     }
@@ -448,12 +542,15 @@ fn replay(main: &dyn Disk, journals: &[Box<dyn Disk>; 2]) -> io::Result<(usize, 
         }
         let journal = journals[i].as_ref();
         let mut at = 0;
-        while let Some((_, _, next)) =
+        while let Some(record) =
             read_record(journal, len, at, Some((magic, generation)), &mut payload)?
         {
+            if record.id.is_some() && record.id != file_id {
+                return Err(foreign_journal());
+            }
             apply(main, &payload)?;
             applied += 1;
-            at = next;
+            at = record.next;
         }
     }
     empty.extend(found.iter().map(|(_, i, ..)| *i));
@@ -608,11 +705,12 @@ impl Inner {
         let payload_len = (record.len() - HEADER) as u64;
         let crc = checksum(log.generation, &record[HEADER..]);
         record[..8].copy_from_slice(MAGIC);
-        record[8..16].copy_from_slice(&log.generation.to_le_bytes());
-        record[16..24].copy_from_slice(&payload_len.to_le_bytes());
-        record[24..28].copy_from_slice(&crc.to_le_bytes());
+        record[8..24].copy_from_slice(&self.id);
+        record[24..32].copy_from_slice(&log.generation.to_le_bytes());
+        record[32..40].copy_from_slice(&payload_len.to_le_bytes());
+        record[40..44].copy_from_slice(&crc.to_le_bytes());
         let header_crc = header_checksum(record);
-        record[28..32].copy_from_slice(&header_crc.to_le_bytes());
+        record[44..48].copy_from_slice(&header_crc.to_le_bytes());
         let unpadded = record.len();
         record.resize(len as usize, 0);
         let written = journal.write_at(record, log.tail);
@@ -723,6 +821,11 @@ impl StorageBackend for JournaledFile {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if offset < ID_AT + ID_LEN as u64 && offset + data.len() as u64 > ID_AT {
+            return Err(io::Error::other(
+                "redb wrote over the bytes that keep the database file's identity",
+            ));
+        }
         let mut pending = guard(&self.inner.pending);
         push_entry(&mut pending.buf, KIND_WRITE, offset, data);
         pending.order += 1;
@@ -815,6 +918,8 @@ mod tests {
     use std::os::unix::fs::FileExt;
 
     const PAGE: usize = 4096;
+    /// Page 0 holds the file's identity: the tests write from page 1 on.
+    const BASE: u64 = PAGE as u64;
 
     fn page(byte: u8) -> Vec<u8> {
         vec![byte; PAGE]
@@ -838,25 +943,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let journal = JournaledFile::open(&path, 1 << 20).unwrap();
-        journal.set_len(3 * PAGE as u64).unwrap();
+        journal.set_len(BASE + 3 * PAGE as u64).unwrap();
         journal.sync_data().unwrap();
         let before = std::fs::read(&path).unwrap();
-        journal.write(0, &page(0xA1)).unwrap();
+        journal.write(BASE, &page(0xA1)).unwrap();
         journal.sync_data().unwrap();
-        journal.write(PAGE as u64, &page(0xB2)).unwrap();
-        journal.write(0, &page(0xA3)).unwrap();
+        journal.write(BASE + PAGE as u64, &page(0xB2)).unwrap();
+        journal.write(BASE, &page(0xA3)).unwrap();
         journal.sync_data().unwrap();
-        journal.write(2 * PAGE as u64, &page(0xC4)).unwrap();
+        journal.write(BASE + 2 * PAGE as u64, &page(0xC4)).unwrap();
         drop(journal); // a crash: no clean close
 
         lose_unsynced_file_writes(&path, &before);
         let reopened = JournaledFile::open(&path, 1 << 20).unwrap();
         assert!(
-            read_main(&path, 0) == page(0xA3),
+            read_main(&path, BASE) == page(0xA3),
             "the last synced write wins"
         );
-        assert!(read_main(&path, PAGE as u64) == page(0xB2));
-        assert!(read_main(&path, 2 * PAGE as u64) == page(0), "never synced");
+        assert!(read_main(&path, BASE + PAGE as u64) == page(0xB2));
+        assert!(
+            read_main(&path, BASE + 2 * PAGE as u64) == page(0),
+            "never synced"
+        );
         reopened.close().unwrap();
     }
 
@@ -865,19 +973,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let journal = JournaledFile::open(&path, 1 << 20).unwrap();
-        journal.set_len(3 * PAGE as u64).unwrap();
+        journal.set_len(BASE + 3 * PAGE as u64).unwrap();
         let mut two = page(0xAA);
         two.extend(page(0xAB));
-        journal.write(0, &two).unwrap();
-        journal.write(PAGE as u64, &page(0xBB)).unwrap();
+        journal.write(BASE, &two).unwrap();
+        journal.write(BASE + PAGE as u64, &page(0xBB)).unwrap();
         // Read back across both writes, the later one over the earlier.
         let mut out = vec![0u8; 3 * PAGE];
-        journal.read(0, &mut out).unwrap();
+        journal.read(BASE, &mut out).unwrap();
         assert!(out[..PAGE] == page(0xAA)[..]);
         assert!(out[PAGE..2 * PAGE] == page(0xBB)[..]);
         assert!(out[2 * PAGE..] == page(0)[..]);
         assert!(
-            read_main(&path, 0) == page(0),
+            read_main(&path, BASE) == page(0),
             "not in the file before it is durable"
         );
 
@@ -888,16 +996,16 @@ mod tests {
         let crashed = dir.path().join("crashed");
         copy_disk(&path, Some(&before), &crashed);
         JournaledFile::settle(&crashed).unwrap();
-        assert!(read_main(&crashed, 0) == page(0xAA));
-        assert!(read_main(&crashed, PAGE as u64) == page(0xBB));
+        assert!(read_main(&crashed, BASE) == page(0xAA));
+        assert!(read_main(&crashed, BASE + PAGE as u64) == page(0xBB));
         // The pages follow into the file (at the latest when the journal
         // thread stops), and reads see them all along.
         let mut again = vec![0u8; 2 * PAGE];
-        journal.read(PAGE as u64, &mut again).unwrap();
+        journal.read(BASE + PAGE as u64, &mut again).unwrap();
         assert!(again[..PAGE] == page(0xBB)[..]);
         journal.close().unwrap();
-        assert!(read_main(&path, 0) == page(0xAA));
-        assert!(read_main(&path, PAGE as u64) == page(0xBB));
+        assert!(read_main(&path, BASE) == page(0xAA));
+        assert!(read_main(&path, BASE + PAGE as u64) == page(0xBB));
     }
 
     #[test]
@@ -907,23 +1015,23 @@ mod tests {
         // An earlier run: two one-page records, then a clean close, which clears the journal
         // without erasing the second record (at the same offset as a later run's second).
         let journal = JournaledFile::open(&path, 1 << 20).unwrap();
-        journal.set_len(PAGE as u64).unwrap();
-        journal.write(0, &page(0x11)).unwrap();
+        journal.set_len(BASE + PAGE as u64).unwrap();
+        journal.write(BASE, &page(0x11)).unwrap();
         journal.sync_data().unwrap();
-        journal.write(0, &page(0x22)).unwrap();
+        journal.write(BASE, &page(0x22)).unwrap();
         journal.sync_data().unwrap();
         journal.close().unwrap();
         drop(journal);
         // This run: one record, then a machine crash.
         let journal = JournaledFile::open(&path, 1 << 20).unwrap();
         let before = std::fs::read(&path).unwrap();
-        journal.write(0, &page(0x33)).unwrap();
+        journal.write(BASE, &page(0x33)).unwrap();
         journal.sync_data().unwrap();
         drop(journal);
         lose_unsynced_file_writes(&path, &before);
         JournaledFile::settle(&path).unwrap();
         assert!(
-            read_main(&path, 0) == page(0x33),
+            read_main(&path, BASE) == page(0x33),
             "the stale record was replayed"
         );
     }
@@ -933,12 +1041,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let journal = JournaledFile::open(&path, 1 << 20).unwrap();
-        journal.set_len(2 * PAGE as u64).unwrap();
+        journal.set_len(BASE + 2 * PAGE as u64).unwrap();
         journal.sync_data().unwrap();
         let before = std::fs::read(&path).unwrap();
-        journal.write(0, &page(0x11)).unwrap();
+        journal.write(BASE, &page(0x11)).unwrap();
         journal.sync_data().unwrap();
-        journal.write(PAGE as u64, &page(0x22)).unwrap();
+        journal.write(BASE + PAGE as u64, &page(0x22)).unwrap();
         journal.sync_data().unwrap();
         drop(journal);
 
@@ -949,8 +1057,8 @@ mod tests {
         file.write_all_at(&[0x5A], third).unwrap();
         lose_unsynced_file_writes(&path, &before);
         JournaledFile::settle(&path).unwrap();
-        assert!(read_main(&path, 0) == page(0x11));
-        assert!(read_main(&path, PAGE as u64) == page(0));
+        assert!(read_main(&path, BASE) == page(0x11));
+        assert!(read_main(&path, BASE + PAGE as u64) == page(0));
     }
 
     #[test]
@@ -959,17 +1067,17 @@ mod tests {
         let path = dir.path().join("db");
         // Every record fills a journal: each sync switches to the other one.
         let journal = JournaledFile::open(&path, ALIGN).unwrap();
-        journal.set_len(PAGE as u64).unwrap();
+        journal.set_len(BASE + PAGE as u64).unwrap();
         journal.sync_data().unwrap();
         let before = std::fs::read(&path).unwrap();
         for byte in 1..=9u8 {
-            journal.write(0, &page(byte)).unwrap();
+            journal.write(BASE, &page(byte)).unwrap();
             journal.sync_data().unwrap();
         }
         drop(journal);
         lose_unsynced_file_writes(&path, &before);
         JournaledFile::open(&path, ALIGN).unwrap().close().unwrap();
-        assert!(read_main(&path, 0) == page(9));
+        assert!(read_main(&path, BASE) == page(9));
     }
 
     #[test]
@@ -977,7 +1085,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let journal = JournaledFile::open(&path, 1 << 20).unwrap();
-        journal.write(0, &page(0x33)).unwrap();
+        journal.write(BASE, &page(0x33)).unwrap();
         journal.sync_data().unwrap();
         journal.close().unwrap();
         drop(journal);
@@ -987,7 +1095,7 @@ mod tests {
             let first = read_record(&file, len, 0, None, &mut Vec::new());
             assert!(first.unwrap().is_none());
         }
-        assert!(read_main(&path, 0) == page(0x33));
+        assert!(read_main(&path, BASE) == page(0x33));
     }
 
     #[test]
@@ -1050,8 +1158,9 @@ mod tests {
                 .unwrap()
         };
         drop(open());
-        let before = std::fs::read(&path).unwrap();
         let db = open();
+        // The file as the open left it (fsynced, with its identity), before any commit.
+        let before = std::fs::read(&path).unwrap();
         commit_rows(&db, 0..200);
         // The disk at the crash: the journals as written, and a database file none of whose
         // page-cache writes reached the disk (no checkpoint ran: the journal never filled).

@@ -34,7 +34,8 @@ const RUNS: [&[Commit]; 2] = [
     &[&[(2, 7)], &[(0, 8), (1, 8)]],
 ];
 
-/// The database file after the first `k` commits of the workload.
+/// The database file (from its second page on: the first holds its identity) after the
+/// first `k` commits of the workload.
 fn model(k: usize) -> Vec<u8> {
     let mut file = vec![0u8; (PAGES * PAGE) as usize];
     for (page, byte) in RUNS
@@ -56,10 +57,10 @@ fn journal_workload(disk: &SimDisk) -> usize {
     let _ = (|| -> io::Result<()> {
         for run in RUNS {
             let journal = JournaledFile::open_sim(disk, SMALL)?;
-            journal.set_len(PAGES * PAGE)?;
+            journal.set_len((PAGES + 1) * PAGE)?;
             for commit in run {
                 for (page, byte) in commit.iter() {
-                    journal.write(page * PAGE, &vec![*byte; PAGE as usize])?;
+                    journal.write((page + 1) * PAGE, &vec![*byte; PAGE as usize])?;
                 }
                 journal.sync_data()?;
                 acked += 1;
@@ -77,8 +78,8 @@ fn recover(image: Vec<Vec<u8>>) -> Vec<u8> {
     let journal = JournaledFile::open_sim(&disk, SMALL).expect("reopens after the crash");
     let mut file = disk.contents().swap_remove(0);
     journal.close().expect("closes cleanly");
-    file.resize(file.len().max((PAGES * PAGE) as usize), 0);
-    file
+    file.resize(file.len().max(((PAGES + 1) * PAGE) as usize), 0);
+    file.split_off(PAGE as usize)
 }
 
 fn check_journal_crash(crash_at: u64, survivors: Survivors) -> bool {
@@ -129,11 +130,11 @@ fn every_crash_point_of_the_journal_keeps_every_acknowledged_commit_and_nothing_
 fn a_crash_between_the_clears_of_a_clean_close_leaves_no_stale_records() {
     let disk = SimDisk::new(vec![Vec::new(); 3], None);
     let journal = JournaledFile::open_sim(&disk, SMALL).unwrap();
-    journal.set_len(PAGES * PAGE).unwrap();
+    journal.set_len((PAGES + 1) * PAGE).unwrap();
     for commit in RUNS[0] {
         for (page, byte) in commit.iter() {
             journal
-                .write(page * PAGE, &vec![*byte; PAGE as usize])
+                .write((page + 1) * PAGE, &vec![*byte; PAGE as usize])
                 .unwrap();
         }
         journal.sync_data().unwrap();
@@ -158,12 +159,13 @@ fn a_crash_between_the_clears_of_a_clean_close_leaves_no_stale_records() {
 #[test]
 fn a_failed_checkpoint_fails_the_next_commit_and_a_reopen_recovers_everything() {
     let disk = SimDisk::new(vec![Vec::new(); 3], None);
-    // The database file's first fsync is the open's; the second is the first checkpoint.
-    disk.fail_sync(0, 2);
+    // The database file is fsynced twice by the open (after the replay, and with its new
+    // identity); the third fsync is the first checkpoint.
+    disk.fail_sync(0, 3);
     let journal = JournaledFile::open_sim(&disk, SMALL).unwrap();
-    journal.set_len(PAGES * PAGE).unwrap();
+    journal.set_len((PAGES + 1) * PAGE).unwrap();
     let commit = |page: u64, byte: u8| {
-        journal.write(page * PAGE, &vec![byte; PAGE as usize])?;
+        journal.write((page + 1) * PAGE, &vec![byte; PAGE as usize])?;
         journal.sync_data()
     };
     commit(0, 1).unwrap();
@@ -180,7 +182,8 @@ fn a_failed_checkpoint_fails_the_next_commit_and_a_reopen_recovers_everything() 
     );
     drop(journal);
     let reopened = JournaledFile::open_sim(&disk, SMALL).unwrap();
-    let mut expected = vec![1u8; PAGE as usize];
+    let mut expected = disk.contents()[0][..PAGE as usize].to_vec();
+    expected.extend(vec![1u8; PAGE as usize]);
     expected.extend(vec![2u8; PAGE as usize]);
     expected.extend(vec![3u8; PAGE as usize]);
     assert!(disk.contents()[0] == expected);
@@ -193,8 +196,8 @@ fn a_failed_checkpoint_fails_the_next_commit_and_a_reopen_recovers_everything() 
 fn a_garbage_record_length_is_refused_before_the_payload_is_read() {
     let mut journal = vec![0u8; 1 << 20];
     journal[..8].copy_from_slice(MAGIC);
-    journal[8..16].copy_from_slice(&7u64.to_le_bytes());
-    journal[16..24].copy_from_slice(&((1u64 << 20) - 64).to_le_bytes());
+    journal[24..32].copy_from_slice(&7u64.to_le_bytes());
+    journal[32..40].copy_from_slice(&((1u64 << 20) - 64).to_le_bytes());
     let disk = SimDisk::new(vec![Vec::new(), journal, Vec::new()], None);
     let file = JournaledFile::open_sim(&disk, SMALL).unwrap();
     assert!(
@@ -210,18 +213,71 @@ fn a_garbage_record_length_is_refused_before_the_payload_is_read() {
 #[test]
 fn a_journal_of_the_earlier_format_is_replayed() {
     let mut payload = Vec::new();
-    push_entry(&mut payload, KIND_SET_LEN, PAGE, &[]);
-    push_entry(&mut payload, KIND_WRITE, 0, &[0x5A; PAGE as usize]);
+    push_entry(&mut payload, KIND_SET_LEN, 2 * PAGE, &[]);
+    push_entry(&mut payload, KIND_WRITE, PAGE, &[0x5A; PAGE as usize]);
     let mut journal = vec![0u8; SMALL as usize];
     journal[..8].copy_from_slice(MAGIC_V1);
     journal[8..16].copy_from_slice(&41u64.to_le_bytes());
     journal[16..24].copy_from_slice(&(payload.len() as u64).to_le_bytes());
     journal[24..28].copy_from_slice(&checksum(41, &payload).to_le_bytes());
-    journal[HEADER..HEADER + payload.len()].copy_from_slice(&payload);
+    journal[HEADER_V1..HEADER_V1 + payload.len()].copy_from_slice(&payload);
     let disk = SimDisk::new(vec![Vec::new(), Vec::new(), journal], None);
     let file = JournaledFile::open_sim(&disk, SMALL).unwrap();
-    assert!(disk.contents()[0] == vec![0x5A; PAGE as usize]);
+    assert!(disk.contents()[0][PAGE as usize..] == vec![0x5A; PAGE as usize]);
     file.close().unwrap();
+}
+
+/// Runs one commit (a page of `byte` at page 1) and stops without a clean close: answers the
+/// disk as a crash left it, everything written kept.
+fn crashed_after_a_commit(main: Vec<u8>, byte: u8) -> Vec<Vec<u8>> {
+    let disk = SimDisk::new(vec![main, Vec::new(), Vec::new()], None);
+    let journal = JournaledFile::open_sim(&disk, SMALL).unwrap();
+    journal.set_len(2 * PAGE).unwrap();
+    journal.write(PAGE, &vec![byte; PAGE as usize]).unwrap();
+    journal.sync_data().unwrap();
+    drop(journal);
+    disk.crash_image(Survivors::None)
+}
+
+fn refused(files: Vec<Vec<u8>>) {
+    let disk = SimDisk::new(files.clone(), None);
+    let err = JournaledFile::open_sim(&disk, SMALL).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    assert!(err.to_string().contains("another database file"), "{err}");
+    assert!(disk.contents() == files, "a refused open changes nothing");
+}
+
+/// A database file put beside the journals of another (moved, restored, copied in) is not
+/// given their records.
+#[test]
+fn journals_written_for_another_database_file_are_refused() {
+    let [_, j0, j1] = <[Vec<u8>; 3]>::try_from(crashed_after_a_commit(Vec::new(), 0xA1)).unwrap();
+    let other = crashed_after_a_commit(Vec::new(), 0xB2).swap_remove(0);
+    refused(vec![other, j0, j1]);
+}
+
+/// Nor is an earlier copy of the same database file: each open gives the file a new identity.
+#[test]
+fn journals_are_refused_for_an_earlier_copy_of_the_file() {
+    let disk = SimDisk::new(vec![Vec::new(); 3], None);
+    let journal = JournaledFile::open_sim(&disk, SMALL).unwrap();
+    journal.set_len(2 * PAGE).unwrap();
+    journal.write(PAGE, &vec![1; PAGE as usize]).unwrap();
+    journal.sync_data().unwrap();
+    journal.close().unwrap();
+    let earlier = disk.contents().swap_remove(0);
+    let [_, j0, j1] = <[Vec<u8>; 3]>::try_from(crashed_after_a_commit(earlier.clone(), 2)).unwrap();
+    refused(vec![earlier, j0, j1]);
+}
+
+#[test]
+fn a_write_over_the_identity_is_refused() {
+    let disk = SimDisk::new(vec![Vec::new(); 3], None);
+    let journal = JournaledFile::open_sim(&disk, SMALL).unwrap();
+    journal.set_len(2 * PAGE).unwrap();
+    assert!(journal.write(0, &[7; 320]).is_ok(), "redb's header");
+    assert!(journal.write(0, &vec![7; PAGE as usize]).is_err());
+    journal.close().unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
