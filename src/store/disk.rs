@@ -18,7 +18,7 @@ pub trait Disk: Send + Sync + 'static {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes every write and length change so far durable (`fdatasync`).
     fn sync(&self) -> io::Result<()>;
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
 }
 
 impl Disk for File {
@@ -38,7 +38,7 @@ impl Disk for File {
         self.sync_data()
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.metadata()?.len())
     }
 }

@@ -262,7 +262,7 @@ impl Disk for SimFileHandle {
         Ok(())
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.state().files[self.index].volatile.len() as u64)
     }
 }

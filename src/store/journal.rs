@@ -261,14 +261,14 @@ impl JournaledFile {
         let mut id = [0u8; 16];
         getrandom::fill(&mut id)
             .map_err(|e| io::Error::other(format!("the system random number generator: {e}")))?;
-        let fresh = main.len()? == 0;
+        let fresh = main.size()? == 0;
         write_identity(main.as_ref(), &id)?;
         main.sync()?;
         // A new file holds nothing but the identity: redb sees it empty, and creates it.
         let len = if fresh || holds_only_identity(main.as_ref())? {
             0
         } else {
-            main.len()?
+            main.size()?
         };
         // Clearing a journal erases only its first record, so records of earlier runs stay
         // behind the ones this run writes. Each run's generations start at a fresh random
@@ -380,7 +380,7 @@ impl JournaledFile {
 /// with zeros, so that records later overwrite allocated blocks and their fsync carries no
 /// file-size change.
 fn prepare(journal: &dyn Disk, capacity: u64) -> io::Result<()> {
-    let len = journal.len()?;
+    let len = journal.size()?;
     let zeros = vec![0u8; 1 << 20];
     journal.write_at(&zeros[..ALIGN as usize], 0)?;
     let mut at = len.max(ALIGN);
@@ -453,7 +453,7 @@ fn read_record(
 
 /// The identity kept in the database file, if it has one.
 fn read_identity(main: &dyn Disk) -> io::Result<Option<[u8; 16]>> {
-    if main.len()? < ID_AT + ID_LEN as u64 {
+    if main.size()? < ID_AT + ID_LEN as u64 {
         return Ok(None);
     }
     let mut block = [0u8; ID_LEN];
@@ -475,7 +475,7 @@ fn write_identity(main: &dyn Disk, id: &[u8; 16]) -> io::Result<()> {
 
 /// Whether the file is 4 KiB of zeros but for its identity (created, but not yet by redb).
 fn holds_only_identity(main: &dyn Disk) -> io::Result<bool> {
-    if main.len()? != ID_AT + ID_LEN as u64 {
+    if main.size()? != ID_AT + ID_LEN as u64 {
         return Ok(false);
     }
     let mut first = vec![0u8; ID_AT as usize];
@@ -522,7 +522,7 @@ fn replay(main: &dyn Disk, journals: &[Box<dyn Disk>; 2]) -> io::Result<(usize, 
     let mut found = Vec::new();
     let mut empty = Vec::new();
     for (i, journal) in journals.iter().enumerate() {
-        let len = journal.len()?;
+        let len = journal.size()?;
         match read_record(journal.as_ref(), len, 0, None, &mut payload)? {
             Some(first) => {
                 // Checked for both journals before anything is applied.
@@ -808,7 +808,7 @@ impl StorageBackend for JournaledFile {
     /// only once the commit that shrinks it is durable.
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut pending = guard(&self.inner.pending);
-        if len > self.inner.main.len()? {
+        if len > self.inner.main.size()? {
             self.inner.main.set_len(len)?;
         }
         pending.len = len;
