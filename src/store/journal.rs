@@ -22,12 +22,25 @@
 //!
 //! The database file therefore only ever receives pages of commits already durable in a
 //! journal, in commit order. On open, the whole records of both journals are replayed into it
-//! in the order they were written (generation, then position), the file is fsynced and the
-//! journals are cleared; only then does redb see the file, which holds exactly the state of
-//! the last durable commit. A record is replayed only if it is whole (its checksum matches)
-//! and belongs to its file's current generation, so a record torn by a crash, whose commits
-//! were never acknowledged, is ignored, and so is whatever an earlier generation or an earlier
-//! run (whose generations started at another random number) left behind it.
+//! in the order they were written (generation, then position), the file is fsynced, the
+//! journals are cleared (the older one first: a crash between the two clears leaves the
+//! newest records, whose replay is harmless, never the older ones alone, which would undo
+//! them), and the file gets a fresh identity; only then does redb see the file, which holds
+//! exactly the state of the last durable commit. A record is replayed only if it is whole (its
+//! header's checksum, then its payload's, match) and belongs to its file's current generation,
+//! so a record torn by a crash, whose commits were never acknowledged, is ignored, and so is
+//! whatever an earlier generation or an earlier run (whose generations started at another
+//! random number) left behind it. A record written for another database file, or for an
+//! earlier copy of this one (its identity differs), fails the open: it is never replayed, and
+//! never ignored. A clean close clears the journals in the same order.
+//!
+//! A failed fsync of the database file (a checkpoint) fails every later commit at once: the
+//! kernel may have dropped the file's unwritten pages, so it can no longer be read for what
+//! was written to it; the store reopens the database, which replays both journals into it.
+//!
+//! The database file's identity (`SVDBID01`, 16 random bytes, CRC-32) is kept in the last 64
+//! bytes of its first 4 KiB: redb 4.5 keeps its header in the first 320 bytes of a page of its
+//! own and never writes the rest, and a write there fails rather than lose the identity.
 //!
 //! Readers may see a commit in the moment between redb's `commit` and the record's fsync. No
 //! caller is answered on the strength of such a read before the commit is durable: writes are
@@ -42,12 +55,16 @@
 //!
 //! | size | field |
 //! |------|-------|
-//! | 8    | magic `SVJRNL01` |
+//! | 8    | magic `SVJRNL02` |
+//! | 16   | identity of the database file |
 //! | 8    | generation |
-//! | 8    | payload length |
+//! | 8    | payload length (at most 1 GiB) |
 //! | 4    | CRC-32 of generation, payload length and payload |
-//! | 4    | zero |
+//! | 4    | CRC-32 of the 44 bytes before |
 //! | n    | payload: entries `kind u8 \| offset u64 \| length u32 \| data`; kind 1 writes `data` at `offset`, kind 2 sets the file length to `offset` |
+//!
+//! Journals of the earlier format `SVJRNL01` (a 32-byte header: magic, generation, length,
+//! payload CRC, zero; no identity) are still replayed, once, by the first open.
 
 use super::disk::Disk;
 use redb::backends::FileBackend;
