@@ -57,6 +57,12 @@ struct State {
     /// (file, n): the n-th sync of that file (counting from 1) fails and drops the file's
     /// unsynced changes, as Linux may after a failed fsync.
     fail_sync: Option<(usize, u64)>,
+    /// The failed sync's unsynced changes stay readable until [`SimDisk::evict_lost`] (the
+    /// kernel evicts the pages later), instead of vanishing at once.
+    defer_loss: bool,
+    /// A file whose failed sync lost changes not yet evicted, and whether that sync ran on
+    /// the journal's checkpoint thread (whose caller learns of it later).
+    lost: Option<(usize, bool)>,
     syncs: Vec<u64>,
     largest_read: usize,
     /// Crash at the change after the next sync of file 1 or 2.
@@ -95,6 +101,8 @@ impl SimDisk {
                 crashed: false,
                 last: None,
                 fail_sync: None,
+                defer_loss: false,
+                lost: None,
                 syncs: vec![0; n],
                 largest_read: 0,
                 crash_after_journal_sync: false,
@@ -117,6 +125,30 @@ impl SimDisk {
 
     pub fn fail_sync(&self, file: usize, nth: u64) {
         self.state().fail_sync = Some((file, nth));
+    }
+
+    /// Like [`Self::fail_sync`], but what the failed sync loses stays readable until
+    /// [`Self::evict_lost`].
+    pub fn fail_sync_deferred(&self, file: usize, nth: u64) {
+        let mut state = self.state();
+        state.fail_sync = Some((file, nth));
+        state.defer_loss = true;
+    }
+
+    /// Whether a failed sync lost changes that are still readable: Some(true) when that sync
+    /// was a checkpoint's.
+    pub fn lost(&self) -> Option<bool> {
+        self.state().lost.map(|(_, checkpoint)| checkpoint)
+    }
+
+    /// The pages a failed sync lost are evicted: reads find the synced contents.
+    pub fn evict_lost(&self) {
+        let mut state = self.state();
+        if let Some((i, _)) = state.lost.take() {
+            let file = &mut state.files[i];
+            file.volatile = file.durable.clone();
+            file.unsynced.clear();
+        }
     }
 
     pub fn crash_after_next_sync_of_a_journal(&self) {
@@ -248,12 +280,19 @@ impl Disk for SimFileHandle {
         state.syncs[self.index] += 1;
         let nth = state.syncs[self.index];
         let fails = state.fail_sync == Some((self.index, nth));
-        let file = &mut state.files[self.index];
         if fails {
-            file.volatile = file.durable.clone();
-            file.unsynced.clear();
+            let checkpoint = std::thread::current().name() == Some("sharevault-checkpoint");
+            state.lost = Some((self.index, checkpoint));
+            if !state.defer_loss {
+                drop(state);
+                SimDisk {
+                    state: Arc::clone(&self.state),
+                }
+                .evict_lost();
+            }
             return Err(io::Error::other("simulated fsync failure"));
         }
+        let file = &mut state.files[self.index];
         file.durable = file.volatile.clone();
         file.unsynced.clear();
         if state.crash_after_journal_sync && self.index > 0 {

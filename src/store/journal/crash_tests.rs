@@ -322,11 +322,18 @@ fn redb_models(ops: &[Op]) -> Vec<State> {
 }
 
 fn open_db(disk: &SimDisk, capacity: u64) -> Result<Database, redb::Error> {
+    open_db_watched(disk, capacity).map(|(db, _)| db)
+}
+
+/// Opens redb over the journal, and answers the journal's state too, to watch its failures.
+fn open_db_watched(disk: &SimDisk, capacity: u64) -> Result<(Database, Arc<Inner>), redb::Error> {
     let file = JournaledFile::open_sim(disk, capacity).map_err(redb::StorageError::Io)?;
+    let inner = Arc::clone(&file.inner);
     // No page cache: redb reads every page through the journal (overlay, then file).
-    Ok(Database::builder()
+    let db = Database::builder()
         .set_cache_size(0)
-        .create_with_backend(file)?)
+        .create_with_backend(file)?;
+    Ok((db, inner))
 }
 
 /// Answers whether the database was created, and how many commits were acknowledged.
@@ -447,7 +454,9 @@ proptest! {
 
 /// Runs `ops` as the store's writer does: a failed commit drops the database and opens it
 /// again (which replays the journals). Once the database is created, the `nth` fsync of
-/// `file` from then on fails. Answers the table as the acknowledged commits left it.
+/// `file` from then on fails, and what it lost is evicted (reads find the old contents) as
+/// soon as the journal has taken note of the failure, before the next commit. Answers the
+/// table as the acknowledged commits left it.
 fn redb_workload_with_failures(
     disk: &SimDisk,
     ops: &[Op],
@@ -456,13 +465,20 @@ fn redb_workload_with_failures(
 ) -> State {
     let mut model = State::new();
     let mut acked = 0;
-    let reopen = || open_db(disk, capacity).or_else(|_| open_db(disk, capacity));
-    let mut db = reopen().expect("opens");
-    disk.fail_sync(file, disk.syncs(file) + nth);
+    let reopen = || open_db_watched(disk, capacity).or_else(|_| open_db_watched(disk, capacity));
+    let (mut db, mut inner) = reopen().expect("opens");
+    disk.fail_sync_deferred(file, disk.syncs(file) + nth);
     for op in ops {
+        if let Some(checkpoint) = disk.lost() {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while checkpoint && inner.failure().is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            disk.evict_lost();
+        }
         let Op::Commit(changes) = op else {
             drop(db);
-            db = reopen().expect("reopens");
+            (db, inner) = reopen().expect("reopens");
             continue;
         };
         let committed = (|| -> Result<(), redb::Error> {
@@ -492,7 +508,8 @@ fn redb_workload_with_failures(
             }
             Err(_) => {
                 drop(db);
-                db = reopen().expect("reopens after a failed commit");
+                disk.evict_lost();
+                (db, inner) = reopen().expect("reopens after a failed commit");
             }
         }
     }
