@@ -141,13 +141,17 @@ impl SimDisk {
         self.state().lost.map(|(_, checkpoint)| checkpoint)
     }
 
-    /// The pages a failed sync lost are evicted: reads find the synced contents.
+    /// The pages a failed sync lost are evicted: reads find the synced contents, with the
+    /// changes made since the failure.
     pub fn evict_lost(&self) {
         let mut state = self.state();
         if let Some((i, _)) = state.lost.take() {
             let file = &mut state.files[i];
-            file.volatile = file.durable.clone();
-            file.unsynced.clear();
+            let mut bytes = file.durable.clone();
+            for change in &file.unsynced {
+                apply(&mut bytes, change);
+            }
+            file.volatile = bytes;
         }
     }
 
@@ -281,8 +285,11 @@ impl Disk for SimFileHandle {
         let nth = state.syncs[self.index];
         let fails = state.fail_sync == Some((self.index, nth));
         if fails {
+            // The changes not yet synced are lost: marked clean, a later sync does not write
+            // them, and once evicted they read as the synced contents.
             let checkpoint = std::thread::current().name() == Some("sharevault-checkpoint");
             state.lost = Some((self.index, checkpoint));
+            state.files[self.index].unsynced.clear();
             if !state.defer_loss {
                 drop(state);
                 SimDisk {
@@ -293,8 +300,9 @@ impl Disk for SimFileHandle {
             return Err(io::Error::other("simulated fsync failure"));
         }
         let file = &mut state.files[self.index];
-        file.durable = file.volatile.clone();
-        file.unsynced.clear();
+        for change in std::mem::take(&mut file.unsynced) {
+            apply(&mut file.durable, &change);
+        }
         if state.crash_after_journal_sync && self.index > 0 {
             state.crash_at = Some(state.changes + 1);
         }
