@@ -34,9 +34,11 @@
 //! earlier copy of this one (its identity differs), fails the open: it is never replayed, and
 //! never ignored. A clean close clears the journals in the same order.
 //!
-//! A failed fsync of the database file (a checkpoint) fails every later commit at once: the
-//! kernel may have dropped the file's unwritten pages, so it can no longer be read for what
-//! was written to it; the store reopens the database, which replays both journals into it.
+//! A failed fsync of the database file (a checkpoint) fails every later commit, and every
+//! read of the file, at once: the kernel may have dropped the file's unwritten pages, so it
+//! can no longer be read for what was written to it, and a later fsync may succeed without
+//! writing them, so the journals are kept; the store reopens the database, which replays both
+//! journals into it.
 //!
 //! The database file's identity (`SVDBID01`, 16 random bytes, CRC-32) is kept in the last 64
 //! bytes of its first 4 KiB: redb 4.5 keeps its header in the first 320 bytes of a page of its
@@ -75,7 +77,7 @@ use std::io;
 use std::ops::Bound;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 
@@ -132,6 +134,9 @@ struct Inner {
     /// Pages written by commits not yet in the database file: (offset, write order) → page.
     overlay: RwLock<BTreeMap<(u64, u64), Overlaid>>,
     longest_write: AtomicU64,
+    /// The database file failed a write or a sync: it may have lost pages, so it is not read
+    /// again until the database is reopened (and the journals replayed into it).
+    main_lost: AtomicBool,
     queue: Mutex<Queue>,
     queue_changed: Condvar,
     log: Mutex<Log>,
@@ -308,6 +313,7 @@ impl JournaledFile {
             }),
             overlay: RwLock::new(BTreeMap::new()),
             longest_write: AtomicU64::new(0),
+            main_lost: AtomicBool::new(false),
             queue: Mutex::new(Queue {
                 records: VecDeque::new(),
                 queued_bytes: 0,
@@ -677,6 +683,7 @@ impl Inner {
                 .iter()
                 .try_for_each(|(_, record)| apply(self.main.as_ref(), &record[HEADER..]));
             if let Err(err) = applied {
+                self.main_lost.store(true, Ordering::SeqCst);
                 self.fail(&err);
                 return;
             }
@@ -766,6 +773,7 @@ impl Inner {
                 // the file can no longer be read for what it was written: every later commit
                 // fails at once, and the reopen replays both journals into the file.
                 tracing::error!(error = %err, "checkpoint of the database file failed");
+                self.main_lost.store(true, Ordering::SeqCst);
                 self.fail(&io::Error::other(format!("checkpoint failed: {err}")));
             }
             log = guard(&self.log);
@@ -785,6 +793,11 @@ impl StorageBackend for JournaledFile {
 
     /// Reads the database file, with the pages of commits not yet in it laid over.
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        if self.inner.main_lost.load(Ordering::Relaxed) {
+            return Err(io::Error::other(
+                "the database file failed to sync and is not read until it is reopened",
+            ));
+        }
         let end = offset + out.len() as u64;
         // The overlay's pages over this range: (write order, offset, page). The lock is not
         // held across the file read: a page leaves the overlay only once it is in the file,
@@ -865,7 +878,11 @@ impl StorageBackend for JournaledFile {
     /// journals are cleared. After a failure they are kept, for the next open to replay.
     fn close(&self) -> io::Result<()> {
         self.stop_threads();
-        let failed = self.inner.failure().is_some() || guard(&self.inner.log).failed.is_some();
+        // After a failed sync of the database file, a later one may succeed without writing
+        // the pages the failed one lost: the journals are kept for the next open to replay.
+        let failed = self.inner.main_lost.load(Ordering::SeqCst)
+            || self.inner.failure().is_some()
+            || guard(&self.inner.log).failed.is_some();
         let mut result = Ok(());
         if !failed {
             // The inactive journal holds the older records: it is cleared first, so that a
