@@ -22,12 +22,27 @@
 //!
 //! The database file therefore only ever receives pages of commits already durable in a
 //! journal, in commit order. On open, the whole records of both journals are replayed into it
-//! in the order they were written (generation, then position), the file is fsynced and the
-//! journals are cleared; only then does redb see the file, which holds exactly the state of
-//! the last durable commit. A record is replayed only if it is whole (its checksum matches)
-//! and belongs to its file's current generation, so a record torn by a crash, whose commits
-//! were never acknowledged, is ignored, and so is whatever an earlier generation or an earlier
-//! run (whose generations started at another random number) left behind it.
+//! in the order they were written (generation, then position), the file is fsynced, the
+//! journals are cleared (the older one first: a crash between the two clears leaves the
+//! newest records, whose replay is harmless, never the older ones alone, which would undo
+//! them), and the file gets a fresh identity; only then does redb see the file, which holds
+//! exactly the state of the last durable commit. A record is replayed only if it is whole (its
+//! header's checksum, then its payload's, match) and belongs to its file's current generation,
+//! so a record torn by a crash, whose commits were never acknowledged, is ignored, and so is
+//! whatever an earlier generation or an earlier run (whose generations started at another
+//! random number) left behind it. A record written for another database file, or for an
+//! earlier copy of this one (its identity differs), fails the open: it is never replayed, and
+//! never ignored. A clean close clears the journals in the same order.
+//!
+//! A failed fsync of the database file (a checkpoint) fails every later commit, and every
+//! read of the file, at once: the kernel may have dropped the file's unwritten pages, so it
+//! can no longer be read for what was written to it, and a later fsync may succeed without
+//! writing them, so the journals are kept; the store reopens the database, which replays both
+//! journals into it.
+//!
+//! The database file's identity (`SVDBID01`, 16 random bytes, CRC-32) is kept in the last 64
+//! bytes of its first 4 KiB: redb 4.5 keeps its header in the first 320 bytes of a page of its
+//! own and never writes the rest, and a write there fails rather than lose the identity.
 //!
 //! Readers may see a commit in the moment between redb's `commit` and the record's fsync. No
 //! caller is answered on the strength of such a read before the commit is durable: writes are
@@ -42,27 +57,44 @@
 //!
 //! | size | field |
 //! |------|-------|
-//! | 8    | magic `SVJRNL01` |
+//! | 8    | magic `SVJRNL02` |
+//! | 16   | identity of the database file |
 //! | 8    | generation |
-//! | 8    | payload length |
+//! | 8    | payload length (at most 1 GiB) |
 //! | 4    | CRC-32 of generation, payload length and payload |
-//! | 4    | zero |
+//! | 4    | CRC-32 of the 44 bytes before |
 //! | n    | payload: entries `kind u8 \| offset u64 \| length u32 \| data`; kind 1 writes `data` at `offset`, kind 2 sets the file length to `offset` |
+//!
+//! Journals of the earlier format `SVJRNL01` (a 32-byte header: magic, generation, length,
+//! payload CRC, zero; no identity) are still replayed, once, by the first open.
 
+use super::disk::Disk;
 use redb::backends::FileBackend;
 use redb::{BackendError, StorageBackend};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::ops::Bound;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 
-const MAGIC: &[u8; 8] = b"SVJRNL01";
-const HEADER: usize = 32;
+const MAGIC: &[u8; 8] = b"SVJRNL02";
+/// The format of earlier versions (no header checksum), still replayed on open.
+const MAGIC_V1: &[u8; 8] = b"SVJRNL01";
+const HEADER: usize = 48;
+const HEADER_V1: usize = 32;
+/// Where the database file keeps its identity: the end of its first 4 KiB, which redb 4.5
+/// never writes (its header is the first 320 bytes of a page of its own). A fresh random
+/// identity is written at every open, once the journals are cleared; every record carries it.
+const ID_AT: u64 = 4096 - 64;
+const ID_LEN: usize = 64;
+const ID_MAGIC: &[u8; 8] = b"SVDBID01";
+/// The largest record payload: a commit larger than this fails (and a header claiming more is
+/// not a record).
+pub const MAX_RECORD: u64 = 1 << 30;
 const ALIGN: u64 = 4096;
 const KIND_WRITE: u8 = 1;
 const KIND_SET_LEN: u8 = 2;
@@ -87,8 +119,13 @@ pub struct JournaledFile {
 }
 
 struct Inner {
-    main: FileBackend,
-    journals: [File; 2],
+    main: Box<dyn Disk>,
+    journals: [Box<dyn Disk>; 2],
+    /// The real files' locks: `journal0`'s flock, and redb's range locks on the database file.
+    /// None over a simulated disk.
+    locks: Option<Locks>,
+    /// The database file's identity, in every record.
+    id: [u8; 16],
     /// Records are appended until the active journal would pass this length.
     capacity: u64,
     /// The record being filled: its buffer (which starts with room for the header) and the
@@ -97,10 +134,18 @@ struct Inner {
     /// Pages written by commits not yet in the database file: (offset, write order) → page.
     overlay: RwLock<BTreeMap<(u64, u64), Overlaid>>,
     longest_write: AtomicU64,
+    /// The database file failed a write or a sync: it may have lost pages, so it is not read
+    /// again until the database is reopened (and the journals replayed into it).
+    main_lost: AtomicBool,
     queue: Mutex<Queue>,
     queue_changed: Condvar,
     log: Mutex<Log>,
     log_changed: Condvar,
+}
+
+struct Locks {
+    journal0: File,
+    main: FileBackend,
 }
 
 struct Pending {
@@ -198,20 +243,55 @@ impl JournaledFile {
             }
             Err(err) => return Err(err.into()),
         }
-        let main = FileBackend::new(open_rw(path)?)
-            .map_err(|e| io::Error::other(format!("cannot open the database file: {e}")))?;
-        let replayed = replay(&main, &journals)?;
+        let main = open_rw(path)?;
+        let locks = Locks {
+            journal0: journals[0].try_clone()?,
+            main: FileBackend::new(main.try_clone()?)
+                .map_err(|e| io::Error::other(format!("cannot open the database file: {e}")))?,
+        };
+        let [first, second] = journals;
+        Self::open_disks(
+            Box::new(main),
+            [Box::new(first), Box::new(second)],
+            capacity,
+            Some(locks),
+        )
+    }
+
+    /// Opens the database file `main` with its journals, replaying what they hold.
+    fn open_disks(
+        main: Box<dyn Disk>,
+        journals: [Box<dyn Disk>; 2],
+        capacity: u64,
+        locks: Option<Locks>,
+    ) -> io::Result<Self> {
+        let (replayed, oldest_first) = replay(main.as_ref(), &journals)?;
         if replayed > 0 {
             tracing::info!(
                 records = replayed,
                 "journal replayed into the database file"
             );
         }
-        main.sync_data()?;
-        for journal in &journals {
-            prepare(journal, capacity)?;
+        main.sync()?;
+        // Oldest first: if this stops half-way, what is left is the newest records, whose
+        // replay over the synced file is harmless; the older ones alone would undo them.
+        for i in oldest_first {
+            prepare(journals[i].as_ref(), capacity)?;
         }
-        let len = main.len()?;
+        // A fresh identity, now that no record of the last one is left: journals written from
+        // here on are replayed into this file only, as it is from now on.
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id)
+            .map_err(|e| io::Error::other(format!("the system random number generator: {e}")))?;
+        let fresh = main.size()? == 0;
+        write_identity(main.as_ref(), &id)?;
+        main.sync()?;
+        // A new file holds nothing but the identity: redb sees it empty, and creates it.
+        let len = if fresh || holds_only_identity(main.as_ref())? {
+            0
+        } else {
+            main.size()?
+        };
         // Clearing a journal erases only its first record, so records of earlier runs stay
         // behind the ones this run writes. Each run's generations start at a fresh random
         // number, so a scan stops at the first record of another run instead of replaying it.
@@ -222,6 +302,8 @@ impl JournaledFile {
         let inner = Arc::new(Inner {
             main,
             journals,
+            locks,
+            id,
             capacity: capacity.max(ALIGN),
             pending: Mutex::new(Pending {
                 buf: fresh_buffer(Vec::new()),
@@ -231,6 +313,7 @@ impl JournaledFile {
             }),
             overlay: RwLock::new(BTreeMap::new()),
             longest_write: AtomicU64::new(0),
+            main_lost: AtomicBool::new(false),
             queue: Mutex::new(Queue {
                 records: VecDeque::new(),
                 queued_bytes: 0,
@@ -270,6 +353,13 @@ impl JournaledFile {
         })
     }
 
+    /// Opens the database over a simulated disk: file 0 is the database file, 1 and 2 its
+    /// journals.
+    #[cfg(test)]
+    pub(crate) fn open_sim(disk: &super::disk_sim::SimDisk, capacity: u64) -> io::Result<Self> {
+        Self::open_disks(disk.file(0), [disk.file(1), disk.file(2)], capacity, None)
+    }
+
     /// Replays and clears the journals of the database file at `path`, if it has any, so that
     /// the file alone holds the database (before it is moved, copied or replaced offline).
     pub fn settle(path: &Path) -> io::Result<()> {
@@ -277,7 +367,14 @@ impl JournaledFile {
             return Ok(());
         }
         let file = Self::open(path, 0)?;
-        file.close()
+        let fresh = guard(&file.inner.pending).len == 0;
+        file.close()?;
+        drop(file);
+        if fresh {
+            // Nothing but the identity: left empty, as redb expects a file it is to create.
+            open_rw(path)?.set_len(0)?;
+        }
+        Ok(())
     }
 
     /// Stops the journal thread (once it has written every sealed record) and the
@@ -305,49 +402,120 @@ impl JournaledFile {
 /// Clears a journal (no record survives in it) and makes it at least `capacity` long, written
 /// with zeros, so that records later overwrite allocated blocks and their fsync carries no
 /// file-size change.
-fn prepare(journal: &File, capacity: u64) -> io::Result<()> {
-    let len = journal.metadata()?.len();
+fn prepare(journal: &dyn Disk, capacity: u64) -> io::Result<()> {
+    let len = journal.size()?;
     let zeros = vec![0u8; 1 << 20];
-    journal.write_all_at(&zeros[..ALIGN as usize], 0)?;
+    journal.write_at(&zeros[..ALIGN as usize], 0)?;
     let mut at = len.max(ALIGN);
     while at < capacity {
         let n = (capacity - at).min(zeros.len() as u64);
-        journal.write_all_at(&zeros[..n as usize], at)?;
+        journal.write_at(&zeros[..n as usize], at)?;
         at += n;
     }
-    journal.sync_all()
+    journal.sync()
+}
+
+/// A whole record's header, as [`read_record`] finds it.
+struct Found {
+    magic: &'static [u8; 8],
+    /// The identity of the database file it was written for (none in the earlier format).
+    id: Option<[u8; 16]>,
+    generation: u64,
+    /// Where the next record starts.
+    next: u64,
 }
 
 /// Reads the record at `at` of a journal `len` bytes long into `payload`, if a whole one is
-/// there (of `generation`, if given): answers its generation and where the next record starts.
+/// there (in the format of `magic` and of `generation`, if given). The header's own checksum
+/// is checked before its length is trusted, so a garbage length never sizes a read.
 fn read_record(
-    journal: &File,
+    journal: &dyn Disk,
     len: u64,
     at: u64,
-    generation: Option<u64>,
+    expect: Option<(&'static [u8; 8], u64)>,
     payload: &mut Vec<u8>,
-) -> io::Result<Option<(u64, u64)>> {
-    if at + HEADER as u64 > len {
+) -> io::Result<Option<Found>> {
+    if at + HEADER_V1 as u64 > len {
         return Ok(None);
     }
     let mut header = [0u8; HEADER];
-    journal.read_exact_at(&mut header, at)?;
-    if &header[..8] != MAGIC {
-        return Ok(None);
-    }
+    let size = HEADER.min((len - at) as usize);
+    journal.read_at(&mut header[..size], at)?;
     let field = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().unwrap_or([0; 8]));
-    let (record_gen, payload_len) = (field(8), field(16));
-    let crc = u32::from_le_bytes(header[24..28].try_into().unwrap_or([0; 4]));
-    if generation.is_some_and(|g| g != record_gen) || payload_len > len - at - HEADER as u64 {
+    let word = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().unwrap_or([0; 4]));
+    let (magic, id, generation, payload_len, crc, header_len) = match &header[..8] {
+        m if m == MAGIC && size == HEADER => {
+            if header_checksum(&header) != word(44) {
+                return Ok(None);
+            }
+            let id: [u8; 16] = header[8..24].try_into().unwrap_or([0; 16]);
+            (MAGIC, Some(id), field(24), field(32), word(40), HEADER)
+        }
+        m if m == MAGIC_V1 => (MAGIC_V1, None, field(8), field(16), word(24), HEADER_V1),
+        _ => return Ok(None),
+    };
+    if expect.is_some_and(|(m, g)| m != magic || g != generation)
+        || payload_len > len - at - header_len as u64
+        || (magic == MAGIC && payload_len > MAX_RECORD)
+    {
         return Ok(None);
     }
     payload.clear();
     payload.resize(payload_len as usize, 0);
-    journal.read_exact_at(payload, at + HEADER as u64)?;
-    if checksum(record_gen, payload) != crc {
+    journal.read_at(payload, at + header_len as u64)?;
+    if checksum(generation, payload) != crc {
         return Ok(None);
     }
-    Ok(Some((record_gen, at + padded(HEADER as u64 + payload_len))))
+    Ok(Some(Found {
+        magic,
+        id,
+        generation,
+        next: at + padded(header_len as u64 + payload_len),
+    }))
+}
+
+/// The identity kept in the database file, if it has one.
+fn read_identity(main: &dyn Disk) -> io::Result<Option<[u8; 16]>> {
+    if main.size()? < ID_AT + ID_LEN as u64 {
+        return Ok(None);
+    }
+    let mut block = [0u8; ID_LEN];
+    main.read_at(&mut block, ID_AT)?;
+    if &block[..8] != ID_MAGIC || crc32fast::hash(&block[..24]).to_le_bytes() != block[24..28] {
+        return Ok(None);
+    }
+    Ok(Some(block[8..24].try_into().unwrap_or([0; 16])))
+}
+
+fn write_identity(main: &dyn Disk, id: &[u8; 16]) -> io::Result<()> {
+    let mut block = [0u8; ID_LEN];
+    block[..8].copy_from_slice(ID_MAGIC);
+    block[8..24].copy_from_slice(id);
+    let crc = crc32fast::hash(&block[..24]);
+    block[24..28].copy_from_slice(&crc.to_le_bytes());
+    main.write_at(&block, ID_AT)
+}
+
+/// Whether the file is 4 KiB of zeros but for its identity (created, but not yet by redb).
+fn holds_only_identity(main: &dyn Disk) -> io::Result<bool> {
+    if main.size()? != ID_AT + ID_LEN as u64 {
+        return Ok(false);
+    }
+    let mut first = vec![0u8; ID_AT as usize];
+    main.read_at(&mut first, 0)?;
+    Ok(first.iter().all(|b| *b == 0))
+}
+
+/// The journals hold records written for another database file, or for this one as it was
+/// before a later open: replaying them would corrupt it.
+fn foreign_journal() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "the journals beside the database file were written for another database file (or \
+         an earlier copy of this one), and are not replayed into it; move the .journal0 and \
+         .journal1 files away to open the file as it is, or put back the database file they \
+         belong to",
+    )
 }
 
 fn checksum(generation: u64, payload: &[u8]) -> u32 {
@@ -358,37 +526,62 @@ fn checksum(generation: u64, payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
+/// The checksum of a header's first 28 bytes, kept in its last 4.
+fn header_checksum(header: &[u8]) -> u32 {
+    crc32fast::hash(&header[..HEADER - 4])
+}
+
 fn padded(len: u64) -> u64 {
     len.div_ceil(ALIGN) * ALIGN
 }
 
 /// Applies every whole record of both journals to `main`, oldest generation first, one
 /// record at a time (a journal can hold far more than the daemon's memory budget). Answers
-/// the number of records applied.
-fn replay(main: &FileBackend, journals: &[File; 2]) -> io::Result<usize> {
+/// the number of records applied, and the journals from oldest to newest (those without a
+/// record first).
+fn replay(main: &dyn Disk, journals: &[Box<dyn Disk>; 2]) -> io::Result<(usize, Vec<usize>)> {
+    let file_id = read_identity(main)?;
     let mut payload = Vec::new();
     let mut found = Vec::new();
-    for journal in journals {
-        let len = journal.metadata()?.len();
-        if let Some((generation, _)) = read_record(journal, len, 0, None, &mut payload)? {
-            found.push((generation, journal, len));
+    let mut empty = Vec::new();
+    for (i, journal) in journals.iter().enumerate() {
+        let len = journal.size()?;
+        match read_record(journal.as_ref(), len, 0, None, &mut payload)? {
+            Some(first) => {
+                // Checked for both journals before anything is applied.
+                if first.id.is_some() && first.id != file_id {
+                    return Err(foreign_journal());
+                }
+                found.push((first.generation, i, first.magic, len));
+            }
+            None => empty.push(i),
         }
     }
-    found.sort_by_key(|(generation, _, _)| *generation);
+    found.sort_by_key(|(generation, ..)| *generation);
     let mut applied = 0;
-    for (generation, journal, len) in found {
+    for &(generation, i, magic, len) in &found {
+        if magic == MAGIC_V1 {
+            tracing::warn!("replaying a journal of the earlier format SVJRNL01");
+        }
+        let journal = journals[i].as_ref();
         let mut at = 0;
-        while let Some((_, next)) = read_record(journal, len, at, Some(generation), &mut payload)? {
+        while let Some(record) =
+            read_record(journal, len, at, Some((magic, generation)), &mut payload)?
+        {
+            if record.id.is_some() && record.id != file_id {
+                return Err(foreign_journal());
+            }
             apply(main, &payload)?;
             applied += 1;
-            at = next;
+            at = record.next;
         }
     }
-    Ok(applied)
+    empty.extend(found.iter().map(|(_, i, ..)| *i));
+    Ok((applied, empty))
 }
 
 /// Writes a record's entries to the database file, in order.
-fn apply(main: &FileBackend, mut payload: &[u8]) -> io::Result<()> {
+fn apply(main: &dyn Disk, mut payload: &[u8]) -> io::Result<()> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed journal entry");
     while !payload.is_empty() {
         if payload.len() < ENTRY_HEADER {
@@ -401,7 +594,7 @@ fn apply(main: &FileBackend, mut payload: &[u8]) -> io::Result<()> {
             .get(ENTRY_HEADER..ENTRY_HEADER + len)
             .ok_or_else(bad)?;
         match kind {
-            KIND_WRITE => main.write(offset, data)?,
+            KIND_WRITE => main.write_at(data, offset)?,
             KIND_SET_LEN => main.set_len(offset)?,
             _ => return Err(bad()),
         }
@@ -444,7 +637,14 @@ impl Inner {
         let seq = pending.seq;
         pending.seq += 1;
         drop(pending);
-        if let Err(err) = self.append(seq, &mut record) {
+        let appended = if (record.len() - HEADER) as u64 > MAX_RECORD {
+            Err(io::Error::other(format!(
+                "a commit of more than {MAX_RECORD} bytes of pages"
+            )))
+        } else {
+            self.append(seq, &mut record)
+        };
+        if let Err(err) = appended {
             self.fail(&err);
             return Err(err);
         }
@@ -481,8 +681,9 @@ impl Inner {
             let last = batch.last().map_or(0, |(seq, _)| *seq);
             let applied = batch
                 .iter()
-                .try_for_each(|(_, record)| apply(&self.main, &record[HEADER..]));
+                .try_for_each(|(_, record)| apply(self.main.as_ref(), &record[HEADER..]));
             if let Err(err) = applied {
+                self.main_lost.store(true, Ordering::SeqCst);
                 self.fail(&err);
                 return;
             }
@@ -528,16 +729,19 @@ impl Inner {
         let payload_len = (record.len() - HEADER) as u64;
         let crc = checksum(log.generation, &record[HEADER..]);
         record[..8].copy_from_slice(MAGIC);
-        record[8..16].copy_from_slice(&log.generation.to_le_bytes());
-        record[16..24].copy_from_slice(&payload_len.to_le_bytes());
-        record[24..28].copy_from_slice(&crc.to_le_bytes());
+        record[8..24].copy_from_slice(&self.id);
+        record[24..32].copy_from_slice(&log.generation.to_le_bytes());
+        record[32..40].copy_from_slice(&payload_len.to_le_bytes());
+        record[40..44].copy_from_slice(&crc.to_le_bytes());
+        let header_crc = header_checksum(record);
+        record[44..48].copy_from_slice(&header_crc.to_le_bytes());
         let unpadded = record.len();
         record.resize(len as usize, 0);
-        let written = journal.write_all_at(record, log.tail);
+        let written = journal.write_at(record, log.tail);
         record.truncate(unpadded);
         written?;
         log.tail += len;
-        journal.sync_data()
+        journal.sync()
     }
 
     /// Fsyncs the database file whenever a journal has been filled, then frees that journal.
@@ -562,15 +766,20 @@ impl Inner {
             drop(queue);
             let synced = match failed {
                 Some(failure) => Err(io::Error::other(failure)),
-                None => self.main.sync_data(),
+                None => self.main.sync(),
             };
+            if let Err(err) = &synced {
+                // After a failed fsync the kernel may have dropped the file's dirty pages, so
+                // the file can no longer be read for what it was written: every later commit
+                // fails at once, and the reopen replays both journals into the file.
+                tracing::error!(error = %err, "checkpoint of the database file failed");
+                self.main_lost.store(true, Ordering::SeqCst);
+                self.fail(&io::Error::other(format!("checkpoint failed: {err}")));
+            }
             log = guard(&self.log);
             match synced {
                 Ok(()) => log.other_free = true,
-                Err(err) => {
-                    tracing::error!(error = %err, "checkpoint of the database file failed");
-                    log.failed = Some(format!("checkpoint failed: {err}"));
-                }
+                Err(err) => log.failed = Some(format!("checkpoint failed: {err}")),
             }
             self.log_changed.notify_all();
         }
@@ -584,6 +793,11 @@ impl StorageBackend for JournaledFile {
 
     /// Reads the database file, with the pages of commits not yet in it laid over.
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        if self.inner.main_lost.load(Ordering::Relaxed) {
+            return Err(io::Error::other(
+                "the database file failed to sync and is not read until it is reopened",
+            ));
+        }
         let end = offset + out.len() as u64;
         // The overlay's pages over this range: (write order, offset, page). The lock is not
         // held across the file read: a page leaves the overlay only once it is in the file,
@@ -609,7 +823,7 @@ impl StorageBackend for JournaledFile {
             .rposition(|(_, at, data)| *at <= offset && at + data.len() as u64 >= end);
         match covering {
             Some(newest) => drop(pages.drain(..newest)),
-            None => self.inner.main.read(offset, out)?,
+            None => self.inner.main.read_at(out, offset)?,
         }
         for (_, at, data) in pages {
             let start = offset.max(at);
@@ -624,7 +838,7 @@ impl StorageBackend for JournaledFile {
     /// only once the commit that shrinks it is durable.
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut pending = guard(&self.inner.pending);
-        if len > self.inner.main.len()? {
+        if len > self.inner.main.size()? {
             self.inner.main.set_len(len)?;
         }
         pending.len = len;
@@ -637,6 +851,11 @@ impl StorageBackend for JournaledFile {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if offset < ID_AT + ID_LEN as u64 && offset + data.len() as u64 > ID_AT {
+            return Err(io::Error::other(
+                "redb wrote over the bytes that keep the database file's identity",
+            ));
+        }
         let mut pending = guard(&self.inner.pending);
         push_entry(&mut pending.buf, KIND_WRITE, offset, data);
         pending.order += 1;
@@ -659,23 +878,34 @@ impl StorageBackend for JournaledFile {
     /// journals are cleared. After a failure they are kept, for the next open to replay.
     fn close(&self) -> io::Result<()> {
         self.stop_threads();
-        let failed = self.inner.failure().is_some() || guard(&self.inner.log).failed.is_some();
+        // After a failed sync of the database file, a later one may succeed without writing
+        // the pages the failed one lost: the journals are kept for the next open to replay.
+        let failed = self.inner.main_lost.load(Ordering::SeqCst)
+            || self.inner.failure().is_some()
+            || guard(&self.inner.log).failed.is_some();
         let mut result = Ok(());
         if !failed {
-            result = self.inner.main.sync_data().and_then(|()| {
-                for journal in &self.inner.journals {
-                    journal.write_all_at(&[0u8; ALIGN as usize], 0)?;
-                    journal.sync_data()?;
+            // The inactive journal holds the older records: it is cleared first, so that a
+            // crash between the two clears leaves only the newest records, which the next open
+            // replays over the synced file harmlessly (the older ones alone would undo them).
+            let active = guard(&self.inner.log).active;
+            result = self.inner.main.sync().and_then(|()| {
+                for i in [active ^ 1, active] {
+                    self.inner.journals[i].write_at(&[0u8; ALIGN as usize], 0)?;
+                    self.inner.journals[i].sync()?;
                 }
                 Ok(())
             });
         }
-        let _ = rustix::fs::flock(&self.inner.journals[0], rustix::fs::FlockOperation::Unlock);
-        self.inner.main.close().and(result)
+        if let Some(locks) = &self.inner.locks {
+            let _ = rustix::fs::flock(&locks.journal0, rustix::fs::FlockOperation::Unlock);
+            result = locks.main.close().and(result);
+        }
+        result
     }
 
     fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.inner.main.try_lock_range(start, end)
+        self.main_locks()?.try_lock_range(start, end)
     }
 
     fn try_lock_shared_range(
@@ -683,15 +913,26 @@ impl StorageBackend for JournaledFile {
         start: Bound<u64>,
         end: Bound<u64>,
     ) -> Result<bool, BackendError> {
-        self.inner.main.try_lock_shared_range(start, end)
+        self.main_locks()?.try_lock_shared_range(start, end)
     }
 
     fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.inner.main.unlock_range(start, end)
+        self.main_locks()?.unlock_range(start, end)
     }
 
     fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.inner.main.query_lock_range(start, end)
+        self.main_locks()?.query_lock_range(start, end)
+    }
+}
+
+impl JournaledFile {
+    /// redb's range locks on the database file (unsupported over a simulated disk).
+    fn main_locks(&self) -> Result<&FileBackend, BackendError> {
+        self.inner
+            .locks
+            .as_ref()
+            .map(|l| &l.main)
+            .ok_or(BackendError::Unsupported)
     }
 }
 
@@ -702,11 +943,17 @@ impl Drop for JournaledFile {
 }
 
 #[cfg(test)]
+mod crash_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use redb::{Database, ReadableDatabase, TableDefinition};
+    use std::os::unix::fs::FileExt;
 
     const PAGE: usize = 4096;
+    /// Page 0 holds the file's identity: the tests write from page 1 on.
+    const BASE: u64 = PAGE as u64;
 
     fn page(byte: u8) -> Vec<u8> {
         vec![byte; PAGE]
@@ -730,25 +977,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let journal = JournaledFile::open(&path, 1 << 20).unwrap();
-        journal.set_len(3 * PAGE as u64).unwrap();
+        journal.set_len(BASE + 3 * PAGE as u64).unwrap();
         journal.sync_data().unwrap();
         let before = std::fs::read(&path).unwrap();
-        journal.write(0, &page(0xA1)).unwrap();
+        journal.write(BASE, &page(0xA1)).unwrap();
         journal.sync_data().unwrap();
-        journal.write(PAGE as u64, &page(0xB2)).unwrap();
-        journal.write(0, &page(0xA3)).unwrap();
+        journal.write(BASE + PAGE as u64, &page(0xB2)).unwrap();
+        journal.write(BASE, &page(0xA3)).unwrap();
         journal.sync_data().unwrap();
-        journal.write(2 * PAGE as u64, &page(0xC4)).unwrap();
+        journal.write(BASE + 2 * PAGE as u64, &page(0xC4)).unwrap();
         drop(journal); // a crash: no clean close
 
         lose_unsynced_file_writes(&path, &before);
         let reopened = JournaledFile::open(&path, 1 << 20).unwrap();
         assert!(
-            read_main(&path, 0) == page(0xA3),
+            read_main(&path, BASE) == page(0xA3),
             "the last synced write wins"
         );
-        assert!(read_main(&path, PAGE as u64) == page(0xB2));
-        assert!(read_main(&path, 2 * PAGE as u64) == page(0), "never synced");
+        assert!(read_main(&path, BASE + PAGE as u64) == page(0xB2));
+        assert!(
+            read_main(&path, BASE + 2 * PAGE as u64) == page(0),
+            "never synced"
+        );
         reopened.close().unwrap();
     }
 
@@ -757,19 +1007,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let journal = JournaledFile::open(&path, 1 << 20).unwrap();
-        journal.set_len(3 * PAGE as u64).unwrap();
+        journal.set_len(BASE + 3 * PAGE as u64).unwrap();
         let mut two = page(0xAA);
         two.extend(page(0xAB));
-        journal.write(0, &two).unwrap();
-        journal.write(PAGE as u64, &page(0xBB)).unwrap();
+        journal.write(BASE, &two).unwrap();
+        journal.write(BASE + PAGE as u64, &page(0xBB)).unwrap();
         // Read back across both writes, the later one over the earlier.
         let mut out = vec![0u8; 3 * PAGE];
-        journal.read(0, &mut out).unwrap();
+        journal.read(BASE, &mut out).unwrap();
         assert!(out[..PAGE] == page(0xAA)[..]);
         assert!(out[PAGE..2 * PAGE] == page(0xBB)[..]);
         assert!(out[2 * PAGE..] == page(0)[..]);
         assert!(
-            read_main(&path, 0) == page(0),
+            read_main(&path, BASE) == page(0),
             "not in the file before it is durable"
         );
 
@@ -780,16 +1030,16 @@ mod tests {
         let crashed = dir.path().join("crashed");
         copy_disk(&path, Some(&before), &crashed);
         JournaledFile::settle(&crashed).unwrap();
-        assert!(read_main(&crashed, 0) == page(0xAA));
-        assert!(read_main(&crashed, PAGE as u64) == page(0xBB));
+        assert!(read_main(&crashed, BASE) == page(0xAA));
+        assert!(read_main(&crashed, BASE + PAGE as u64) == page(0xBB));
         // The pages follow into the file (at the latest when the journal
         // thread stops), and reads see them all along.
         let mut again = vec![0u8; 2 * PAGE];
-        journal.read(PAGE as u64, &mut again).unwrap();
+        journal.read(BASE + PAGE as u64, &mut again).unwrap();
         assert!(again[..PAGE] == page(0xBB)[..]);
         journal.close().unwrap();
-        assert!(read_main(&path, 0) == page(0xAA));
-        assert!(read_main(&path, PAGE as u64) == page(0xBB));
+        assert!(read_main(&path, BASE) == page(0xAA));
+        assert!(read_main(&path, BASE + PAGE as u64) == page(0xBB));
     }
 
     #[test]
@@ -799,23 +1049,23 @@ mod tests {
         // An earlier run: two one-page records, then a clean close, which clears the journal
         // without erasing the second record (at the same offset as a later run's second).
         let journal = JournaledFile::open(&path, 1 << 20).unwrap();
-        journal.set_len(PAGE as u64).unwrap();
-        journal.write(0, &page(0x11)).unwrap();
+        journal.set_len(BASE + PAGE as u64).unwrap();
+        journal.write(BASE, &page(0x11)).unwrap();
         journal.sync_data().unwrap();
-        journal.write(0, &page(0x22)).unwrap();
+        journal.write(BASE, &page(0x22)).unwrap();
         journal.sync_data().unwrap();
         journal.close().unwrap();
         drop(journal);
         // This run: one record, then a machine crash.
         let journal = JournaledFile::open(&path, 1 << 20).unwrap();
         let before = std::fs::read(&path).unwrap();
-        journal.write(0, &page(0x33)).unwrap();
+        journal.write(BASE, &page(0x33)).unwrap();
         journal.sync_data().unwrap();
         drop(journal);
         lose_unsynced_file_writes(&path, &before);
         JournaledFile::settle(&path).unwrap();
         assert!(
-            read_main(&path, 0) == page(0x33),
+            read_main(&path, BASE) == page(0x33),
             "the stale record was replayed"
         );
     }
@@ -825,12 +1075,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let journal = JournaledFile::open(&path, 1 << 20).unwrap();
-        journal.set_len(2 * PAGE as u64).unwrap();
+        journal.set_len(BASE + 2 * PAGE as u64).unwrap();
         journal.sync_data().unwrap();
         let before = std::fs::read(&path).unwrap();
-        journal.write(0, &page(0x11)).unwrap();
+        journal.write(BASE, &page(0x11)).unwrap();
         journal.sync_data().unwrap();
-        journal.write(PAGE as u64, &page(0x22)).unwrap();
+        journal.write(BASE + PAGE as u64, &page(0x22)).unwrap();
         journal.sync_data().unwrap();
         drop(journal);
 
@@ -841,8 +1091,8 @@ mod tests {
         file.write_all_at(&[0x5A], third).unwrap();
         lose_unsynced_file_writes(&path, &before);
         JournaledFile::settle(&path).unwrap();
-        assert!(read_main(&path, 0) == page(0x11));
-        assert!(read_main(&path, PAGE as u64) == page(0));
+        assert!(read_main(&path, BASE) == page(0x11));
+        assert!(read_main(&path, BASE + PAGE as u64) == page(0));
     }
 
     #[test]
@@ -851,17 +1101,17 @@ mod tests {
         let path = dir.path().join("db");
         // Every record fills a journal: each sync switches to the other one.
         let journal = JournaledFile::open(&path, ALIGN).unwrap();
-        journal.set_len(PAGE as u64).unwrap();
+        journal.set_len(BASE + PAGE as u64).unwrap();
         journal.sync_data().unwrap();
         let before = std::fs::read(&path).unwrap();
         for byte in 1..=9u8 {
-            journal.write(0, &page(byte)).unwrap();
+            journal.write(BASE, &page(byte)).unwrap();
             journal.sync_data().unwrap();
         }
         drop(journal);
         lose_unsynced_file_writes(&path, &before);
         JournaledFile::open(&path, ALIGN).unwrap().close().unwrap();
-        assert!(read_main(&path, 0) == page(9));
+        assert!(read_main(&path, BASE) == page(9));
     }
 
     #[test]
@@ -869,7 +1119,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let journal = JournaledFile::open(&path, 1 << 20).unwrap();
-        journal.write(0, &page(0x33)).unwrap();
+        journal.write(BASE, &page(0x33)).unwrap();
         journal.sync_data().unwrap();
         journal.close().unwrap();
         drop(journal);
@@ -879,7 +1129,7 @@ mod tests {
             let first = read_record(&file, len, 0, None, &mut Vec::new());
             assert!(first.unwrap().is_none());
         }
-        assert!(read_main(&path, 0) == page(0x33));
+        assert!(read_main(&path, BASE) == page(0x33));
     }
 
     #[test]
@@ -942,8 +1192,9 @@ mod tests {
                 .unwrap()
         };
         drop(open());
-        let before = std::fs::read(&path).unwrap();
         let db = open();
+        // The file as the open left it (fsynced, with its identity), before any commit.
+        let before = std::fs::read(&path).unwrap();
         commit_rows(&db, 0..200);
         // The disk at the crash: the journals as written, and a database file none of whose
         // page-cache writes reached the disk (no checkpoint ran: the journal never filled).

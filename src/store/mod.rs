@@ -34,6 +34,9 @@
 
 #[cfg(test)]
 pub mod conformance;
+pub mod disk;
+#[cfg(test)]
+mod disk_sim;
 pub mod journal;
 pub mod redb;
 mod staged;

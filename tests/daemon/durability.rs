@@ -267,3 +267,61 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
         acked_version.len()
     );
 }
+
+/// The journals a SIGKILL left are not replayed into another database file put in its place
+/// (a restored or moved file): the start stops with an error that says so, and changes
+/// neither the file nor the journals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journals_of_another_database_file_stop_the_start_and_change_nothing() {
+    let other = Sandbox::new(90);
+    let mut daemon = other.start();
+    let secret = other.keys.webhook_secret.clone();
+    let mut webhook = daemon.webhook().await;
+    webhook
+        .backup(with_secret(
+            backup("elsewhere", "PASSWORD-SECP256K1", "share-b"),
+            &secret,
+        ))
+        .await
+        .unwrap();
+    drop(webhook);
+    assert!(daemon.signal("TERM").success());
+
+    let sandbox = Sandbox::new(91);
+    let mut daemon = sandbox.start();
+    let secret = sandbox.keys.webhook_secret.clone();
+    let mut webhook = daemon.webhook().await;
+    webhook
+        .backup(with_secret(
+            backup("acked", "PASSWORD-SECP256K1", "share-a"),
+            &secret,
+        ))
+        .await
+        .unwrap();
+    drop(webhook);
+    daemon.signal("KILL");
+    std::fs::copy(other.database(), sandbox.database()).unwrap();
+    let files = |s: &Sandbox| {
+        [
+            "sharevault.redb",
+            "sharevault.redb.journal0",
+            "sharevault.redb.journal1",
+        ]
+        .map(|name| std::fs::read(s.data_dir.join(name)).unwrap())
+    };
+    let before = files(&sandbox);
+
+    let started = crate::harness::Daemon::launch(crate::harness::command(
+        &sandbox.data_dir,
+        &crate::harness::Daemon::tcp_args(&sandbox.keys),
+    ));
+    let crate::harness::Started::Exited { status, logs } = started else {
+        panic!("the daemon started over another database's journals");
+    };
+    assert!(!status.success());
+    assert!(logs.contains("written for another database file"), "{logs}");
+    assert!(
+        files(&sandbox) == before,
+        "the refused start changed the files"
+    );
+}

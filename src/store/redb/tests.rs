@@ -42,6 +42,8 @@ struct Flaky {
     inner: FileBackend,
     fail: Arc<AtomicBool>,
     sync_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Syncs, then reports a failure: the commit is on disk but its writer is told otherwise.
+    sync_then_fail: Arc<AtomicBool>,
 }
 
 fn flaky_opener(
@@ -49,7 +51,17 @@ fn flaky_opener(
     fail: &Arc<AtomicBool>,
     sync_ms: &Arc<std::sync::atomic::AtomicU64>,
 ) -> Opener {
+    flaky_opener_with(path, fail, sync_ms, &Arc::new(AtomicBool::new(false)))
+}
+
+fn flaky_opener_with(
+    path: &Path,
+    fail: &Arc<AtomicBool>,
+    sync_ms: &Arc<std::sync::atomic::AtomicU64>,
+    sync_then_fail: &Arc<AtomicBool>,
+) -> Opener {
     let (p, f, s) = (path.to_owned(), Arc::clone(fail), Arc::clone(sync_ms));
+    let lying = Arc::clone(sync_then_fail);
     Box::new(move || {
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -63,6 +75,7 @@ fn flaky_opener(
             inner,
             fail: Arc::clone(&f),
             sync_ms: Arc::clone(&s),
+            sync_then_fail: Arc::clone(&lying),
         })
     })
 }
@@ -93,7 +106,11 @@ impl StorageBackend for Flaky {
             self.sync_ms.load(Ordering::SeqCst),
         ));
         self.check()?;
-        self.inner.sync_data()
+        self.inner.sync_data()?;
+        if self.sync_then_fail.swap(false, Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(5));
+        }
+        Ok(())
     }
     fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         self.check()?;
@@ -403,5 +420,57 @@ async fn a_token_found_by_hash_must_carry_that_hash() {
     let found = |hash: [u8; 32]| records::token_by_hash(&*store.read().unwrap(), &hash);
     assert!(matches!(found([2; 32]), Err(StoreError::Corrupt(_))));
     assert_eq!(found([1; 32]).unwrap().unwrap().name, "ops");
+    store.close();
+}
+
+/// A commit whose fsync reported a failure after the data reached the disk is found by the
+/// reopen: the audit chain then continues from the database's head (which every job reads in
+/// its own transaction), so the next event neither repeats a number nor overwrites the
+/// recovered write's event.
+#[tokio::test]
+async fn after_a_reopen_the_audit_chain_continues_from_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lying.redb");
+    let fail = Arc::new(AtomicBool::new(false));
+    let sync_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let lying = Arc::new(AtomicBool::new(false));
+    let opener = flaky_opener_with(&path, &fail, &sync_ms, &lying);
+    let store = RedbStore::open_with(opener, None, 0).unwrap();
+    let (op, audit) = put("first", b"A");
+    rules::write(&store, op, audit, None).await.unwrap();
+
+    lying.store(true, Ordering::SeqCst);
+    let (op, audit) = put("fsync-failed", b"B");
+    assert!(rules::write(&store, op, audit, None).await.is_err());
+    let (op, audit) = put("third", b"C");
+    rules::write(&store, op, audit, None).await.unwrap();
+
+    let r = store.read().unwrap();
+    assert_eq!(
+        records::share(
+            &*r,
+            TableId::Custodian,
+            "fsync-failed",
+            "PASSWORD-SECP256K1"
+        )
+        .unwrap()
+        .map(|r| r.envelope),
+        Some(b"B".to_vec()),
+        "the write whose fsync failed after the fact is on disk"
+    );
+    let events: Vec<_> = audit::events(&*r, 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let clients: Vec<&str> = events.iter().map(|e| e.client_id.as_str()).collect();
+    assert_eq!(clients, ["first", "fsync-failed", "third"]);
+    let report = audit::verify(
+        audit::ChainCheck::plain(),
+        events.into_iter().map(Ok),
+        audit::head(&*r).unwrap(),
+    );
+    assert_eq!(report.problem, None);
+    drop(r);
     store.close();
 }
