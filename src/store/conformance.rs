@@ -223,7 +223,10 @@ pub async fn staged_changes_are_kept_or_dropped_whole(store: &dyn Store) {
         (client("c", "p1"), b"1".to_vec()),
         (client("c", "p2"), b"2".to_vec()),
     ];
-    assert_eq!(seen.lock().unwrap().as_slice(), std::slice::from_ref(&expected));
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        std::slice::from_ref(&expected)
+    );
     let r = store.read().unwrap();
     assert_eq!(rows(&*r, TableId::Pairs, Range::Client("c")), expected);
 }

@@ -384,7 +384,77 @@ fn a_daemon_that_is_not_running_is_reported_as_such() {
         ],
         &[],
     )
-    .failed_with("expected HOST:PORT or unix:/path");
+    .failed_with(
+        "--connect `localhost`: not an address with a port; expected HOST:PORT, \
+         http://HOST:PORT, https://HOST:PORT or unix:/path/to.sock",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_takes_an_http_url_as_vault_addr_and_etcdctl_do() {
+    let sandbox = Sandbox::new(48);
+    let daemon = sandbox.start();
+    let admin = Admin::new(&sandbox, &daemon);
+    for url in [
+        format!("http://{}", admin.connect),
+        format!("http://{}/", admin.connect),
+    ] {
+        let status = Admin {
+            connect: url.clone(),
+            ..Admin::new(&sandbox, &daemon)
+        }
+        .run(&["status", "--json"])
+        .json();
+        assert_eq!(status["health"], "SERVING", "{url}");
+    }
+    // An address with another scheme or a path is refused, naming the forms that work.
+    for bad in ["grpc://127.0.0.1:7450", "http://127.0.0.1:7450/v1/status"] {
+        Admin {
+            connect: bad.to_owned(),
+            ..Admin::new(&sandbox, &daemon)
+        }
+        .run(&["status"])
+        .failed_with("expected HOST:PORT, http://HOST:PORT, https://HOST:PORT or unix:/path");
+    }
+}
+
+#[test]
+fn errors_print_on_one_line_without_a_backtrace_unless_debug_asks() {
+    let sandbox = Sandbox::new(49);
+    let token_file = sandbox.keys.dir.join("admin-token").display().to_string();
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let status = [
+        "status",
+        "--connect",
+        &addr,
+        "--admin-token-file",
+        &token_file,
+    ];
+    // Even with RUST_BACKTRACE=1 in the environment, one line.
+    let run = sharevault(sandbox.tmp.path(), &status, &[("RUST_BACKTRACE", "1")]);
+    run.failed_with("is the daemon running?");
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.starts_with("error: cannot connect to "),
+        "{}",
+        run.stderr
+    );
+
+    // --debug (or RUST_LOG) asks for the backtrace RUST_BACKTRACE captured.
+    let mut debug = status.to_vec();
+    debug.push("--debug");
+    let run = sharevault(sandbox.tmp.path(), &debug, &[("RUST_BACKTRACE", "1")]);
+    run.failed_with("Stack backtrace:");
+    let run = sharevault(
+        sandbox.tmp.path(),
+        &status,
+        &[("RUST_BACKTRACE", "1"), ("RUST_LOG", "debug")],
+    );
+    run.failed_with("Stack backtrace:");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -460,6 +530,38 @@ async fn the_cli_speaks_tls_with_a_private_ca() {
         .failed_with("certificate not valid for name \"vault.example.com\"");
     // Plaintext to a TLS listener does not get through, and the error suggests TLS.
     admin.run(&["status"]).failed_with("pass --ca-file");
+    // https:// is TLS too; the certificate must then carry the address's host (127.0.0.1).
+    let https = Admin {
+        connect: format!("https://{}", admin.connect),
+        ..Admin::new(&sandbox, &daemon)
+    };
+    let status = https
+        .run(&["status", "--json", "--ca-file", &cert_file])
+        .json();
+    assert_eq!(status["health"], "SERVING");
+    // Without --ca-file, https:// trusts the system's roots: not the test CA, unless the
+    // system's trust store (SSL_CERT_FILE) holds it.
+    let run = https.run(&["status"]);
+    run.failed_with("invalid peer certificate");
+    run.failed_with("check --ca-file");
+    let mut args = vec!["status", "--json", "--connect", &https.connect];
+    args.extend(["--admin-token-file", &https.token_file]);
+    let trusted = sharevault(
+        sandbox.tmp.path(),
+        &args,
+        &[
+            ("SSL_CERT_FILE", &cert_file),
+            ("SSL_CERT_DIR", "/nonexistent"),
+        ],
+    );
+    assert_eq!(trusted.json()["health"], "SERVING");
+    // http:// is plaintext, which --ca-file contradicts.
+    Admin {
+        connect: format!("http://{}", admin.connect),
+        ..Admin::new(&sandbox, &daemon)
+    }
+    .run(&["status", "--ca-file", &cert_file])
+    .failed_with("is plaintext: with --ca-file, use https://");
     // A CA file without a certificate is refused before connecting.
     admin
         .run(&["status", "--ca-file", &key_file])
