@@ -162,8 +162,14 @@ fn package_files(dir: &std::path::Path) -> anyhow::Result<()> {
     for sub in [&completions, &man] {
         std::fs::create_dir_all(sub).with_context(|| format!("cannot create {}", sub.display()))?;
     }
+    // Completions offer the visible commands only (clap_complete would offer hidden ones too).
+    let full = Cli::command();
+    let mut visible = clap::Command::new("sharevault")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-        clap_complete::generate_to(shell, &mut Cli::command(), "sharevault", &completions)
+        clap_complete::generate_to(shell, &mut visible, "sharevault", &completions)
             .with_context(|| format!("cannot write the {shell} completions"))?;
     }
     clap_mangen::generate_to(Cli::command(), &man).context("cannot write the man pages")?;

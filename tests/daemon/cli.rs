@@ -348,15 +348,17 @@ async fn a_wrong_or_missing_admin_token_is_refused_without_being_shown() {
     sharevault(dir, &status, &[]).failed_with("no admin token");
 }
 
+/// A loopback address where nothing listens: a port bound, then released.
+fn unused_loopback_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("127.0.0.1:{}", listener.local_addr().unwrap().port())
+}
+
 #[test]
 fn a_daemon_that_is_not_running_is_reported_as_such() {
     let sandbox = Sandbox::new(43);
     let token_file = sandbox.keys.dir.join("admin-token").display().to_string();
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let addr = format!("127.0.0.1:{port}");
+    let addr = unused_loopback_addr();
     let socket = format!("unix:{}", sandbox.tmp.path().join("absent.sock").display());
     for target in [&addr, &socket] {
         let run = sharevault(
@@ -422,11 +424,7 @@ async fn connect_takes_an_http_url_as_vault_addr_and_etcdctl_do() {
 fn errors_print_on_one_line_without_a_backtrace_unless_debug_asks() {
     let sandbox = Sandbox::new(49);
     let token_file = sandbox.keys.dir.join("admin-token").display().to_string();
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let addr = format!("127.0.0.1:{port}");
+    let addr = unused_loopback_addr();
     let status = [
         "status",
         "--connect",

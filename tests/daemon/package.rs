@@ -158,6 +158,11 @@ fn the_package_holds_the_binary_unit_user_config_completions_and_man_pages() {
         read("usr/lib/systemd/system/sharevault.service"),
         expected_unit()
     );
+    // As hardened under its system user as the repository's unit under a dynamic one.
+    let packaged = root.join("usr/lib/systemd/system/sharevault.service");
+    let (packaged_exposure, report) = crate::systemd::exposure(&packaged);
+    let (source_exposure, _) = crate::systemd::exposure(&source("systemd/sharevault.service"));
+    assert!(packaged_exposure <= source_exposure, "{report}");
     let sysusers = read("usr/lib/sysusers.d/sharevault.conf");
     assert!(
         sysusers
@@ -176,6 +181,16 @@ fn the_package_holds_the_binary_unit_user_config_completions_and_man_pages() {
     for word in ["check-config", "--connect", "--admin-token-file"] {
         assert!(bash.contains(word), "{word} not in the bash completions");
     }
+    assert!(
+        !bash.contains("package-files"),
+        "a hidden command is offered"
+    );
+    ok(
+        Command::new("bash")
+            .arg("-n")
+            .arg(root.join("usr/share/bash-completion/completions/sharevault")),
+        "apt-get install bash",
+    );
     let man = ok(
         Command::new("zcat").arg(root.join("usr/share/man/man1/sharevault-status.1.gz")),
         "apt-get install gzip",
