@@ -537,21 +537,27 @@ async fn the_cli_speaks_tls_with_a_private_ca() {
         .run(&["status", "--json", "--ca-file", &cert_file])
         .json();
     assert_eq!(status["health"], "SERVING");
-    // Without --ca-file, https:// trusts the system's roots: not the test CA, unless the
-    // system's trust store (SSL_CERT_FILE) holds it.
-    let run = https.run(&["status"]);
-    run.failed_with("invalid peer certificate");
-    run.failed_with("check --ca-file");
+    // Without --ca-file, https:// trusts the system's roots (here SSL_CERT_FILE): a store
+    // without the test CA refuses the daemon, one with it lets the CLI through.
     let mut args = vec!["status", "--json", "--connect", &https.connect];
     args.extend(["--admin-token-file", &https.token_file]);
-    let trusted = sharevault(
-        sandbox.tmp.path(),
-        &args,
-        &[
-            ("SSL_CERT_FILE", &cert_file),
-            ("SSL_CERT_DIR", "/nonexistent"),
-        ],
-    );
+    let system_roots = |file: &Path| {
+        sharevault(
+            sandbox.tmp.path(),
+            &args,
+            &[
+                ("SSL_CERT_FILE", &file.display().to_string()),
+                ("SSL_CERT_DIR", "/nonexistent"),
+            ],
+        )
+    };
+    let other_dir = sandbox.tmp.path().join("other-ca");
+    std::fs::create_dir(&other_dir).unwrap();
+    let other = TestCert::new(&other_dir);
+    let run = system_roots(&other.cert_file);
+    run.failed_with("invalid peer certificate");
+    run.failed_with("check --ca-file");
+    let trusted = system_roots(&cert.cert_file);
     assert_eq!(trusted.json()["health"], "SERVING");
     // http:// is plaintext, which --ca-file contradicts.
     Admin {
