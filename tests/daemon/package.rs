@@ -349,16 +349,21 @@ fn start_as_the_unit(tmp: &Path, user: (u32, u32)) -> (Daemon, PathBuf) {
     }
 }
 
-/// `sharevault status --json` over the local admin socket, as root, with the installed binary.
-fn status(socket: &Path) -> serde_json::Value {
+/// `sharevault ARGS --json` over the local admin socket, as root, with the installed binary.
+fn admin(socket: &Path, args: &[&str]) -> serde_json::Value {
     let text = ok(
         Command::new("/usr/bin/sharevault")
-            .args(["status", "--json", "--connect"])
+            .args(args)
+            .args(["--json", "--connect"])
             .arg(format!("unix:{}", socket.display()))
             .stderr(Stdio::null()),
         "",
     );
     serde_json::from_str(&text).unwrap()
+}
+
+fn status(socket: &Path) -> serde_json::Value {
+    admin(socket, &["status"])
 }
 
 #[test]
@@ -450,10 +455,14 @@ fn installed_with_dpkg_it_waits_for_the_operators_secrets_and_keeps_the_vault() 
     );
 
     // The unit's command line starts the installed binary as the sharevault user.
-    let (daemon, socket) = start_as_the_unit(tmp.path(), (uid, gid));
+    let (mut daemon, socket) = start_as_the_unit(tmp.path(), (uid, gid));
     let before = status(&socket);
     assert_eq!(before["health"], "SERVING");
-    drop(daemon);
+    admin(
+        &socket,
+        &["token", "create", "--name", "kept", "--role", "backend"],
+    );
+    assert!(daemon.signal("TERM").success(), "{}", daemon.logs());
     let vault = Path::new("/var/lib/sharevault/sharevault.redb");
     assert!(vault.exists());
     assert_eq!(std::fs::metadata(vault).unwrap().uid(), uid);
@@ -467,11 +476,13 @@ fn installed_with_dpkg_it_waits_for_the_operators_secrets_and_keeps_the_vault() 
         !Path::new("/etc/systemd/system/multi-user.target.wants/sharevault.service").exists(),
         "an upgrade must not enable the unit"
     );
-    let (daemon, socket) = start_as_the_unit(tmp.path(), (uid, gid));
+    let (mut daemon, socket) = start_as_the_unit(tmp.path(), (uid, gid));
     let after = status(&socket);
     assert_eq!(after["health"], "SERVING");
     assert_eq!(after["master_key_id"], before["master_key_id"], "{after}");
-    drop(daemon);
+    let tokens = admin(&socket, &["token", "list"]);
+    assert_eq!(tokens["tokens"][0]["name"], "kept", "{tokens}");
+    assert!(daemon.signal("TERM").success(), "{}", daemon.logs());
 
     // Removing keeps the configuration, the vault and the secrets; purging keeps the vault and
     // the secrets unless asked.
