@@ -27,6 +27,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "A vault for Portal MPC wallet backup shares"
 )]
 struct Cli {
+    /// On an error, print its causes one per line and, with RUST_BACKTRACE=1, where it arose
+    /// (as when RUST_LOG is set).
+    #[arg(long, global = true)]
+    debug: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -61,6 +65,13 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: sharevault::cli::ops::AuditCommand,
+    },
+    /// Write the shell completions and man pages of this command line into a directory, for
+    /// packaging (`packaging/deb`).
+    #[command(hide = true)]
+    PackageFiles {
+        #[arg(long, value_name = "DIR")]
+        out_dir: std::path::PathBuf,
     },
 }
 
@@ -121,9 +132,54 @@ fn settings(config: &Config) -> anyhow::Result<Settings> {
     })
 }
 
-fn main() -> anyhow::Result<()> {
+/// Writes `completions/` (bash, zsh, fish) and `man/` (a page per visible command) under `dir`,
+/// generated from the command line's own definitions.
+fn package_files(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let (completions, man) = (dir.join("completions"), dir.join("man"));
+    for sub in [&completions, &man] {
+        std::fs::create_dir_all(sub).with_context(|| format!("cannot create {}", sub.display()))?;
+    }
+    // Completions offer the visible commands only (clap_complete would offer hidden ones too).
+    let full = Cli::command();
+    let mut visible = clap::Command::new("sharevault")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut visible, "sharevault", &completions)
+            .with_context(|| format!("cannot write the {shell} completions"))?;
+    }
+    clap_mangen::generate_to(Cli::command(), &man).context("cannot write the man pages")?;
+    Ok(())
+}
+
+/// Prints a failed command's error on stderr: on one line, its causes joined with `: `; with
+/// `--debug` or `RUST_LOG` set, one cause per line and the backtrace if one was captured
+/// (RUST_BACKTRACE=1).
+fn report(err: &anyhow::Error, debug: bool) {
+    if debug {
+        eprintln!("error: {err:?}");
+    } else {
+        eprintln!("error: {err:#}");
+    }
+}
+
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let debug = cli.debug || std::env::var_os("RUST_LOG").is_some();
+    match run(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            report(&err, debug);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve(args) => {
             let config = Config::load(&args).map_err(anyhow::Error::msg)?;
             init_logging(config.log_format);
@@ -211,5 +267,6 @@ fn main() -> anyhow::Result<()> {
         ))?),
         Command::Bench(args) => bench::run(args),
         Command::BenchStandIn(args) => bench::standin::run(args),
+        Command::PackageFiles { out_dir } => package_files(&out_dir),
     }
 }

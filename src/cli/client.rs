@@ -18,6 +18,10 @@ pub const ADMIN_TOKEN_ENV: &str = "SHAREVAULT_ADMIN_TOKEN";
 /// data dir, so that a trial works from the same directory without flags.
 pub const DEFAULT_ADMIN_TOKEN_FILE: &str = "./sharevault-data/admin-token";
 
+/// The name a certificate must carry when neither `--tls-server-name` nor an `https://`
+/// address names one.
+const DEFAULT_TLS_SERVER_NAME: &str = "localhost";
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a long call's connection is pinged, and how long a ping may go unanswered.
@@ -27,7 +31,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Where the daemon is and how to authenticate to it; shared by every client command.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
-    /// The daemon's private (gRPC) listener: HOST:PORT or unix:/path/to.sock.
+    /// The daemon's private (gRPC) listener: HOST:PORT (TLS with --ca-file), http://HOST:PORT,
+    /// https://HOST:PORT (TLS, trusting --ca-file or else the system's roots) or
+    /// unix:/path/to.sock.
     #[arg(
         long,
         env = "SHAREVAULT_CONNECT",
@@ -35,17 +41,13 @@ pub struct ConnectArgs {
         default_value = "127.0.0.1:7450"
     )]
     pub connect: String,
-    /// Use TLS, trusting the PEM certificate(s) in FILE as roots.
+    /// Use TLS, trusting the PEM certificate(s) in FILE as roots (and no others).
     #[arg(long, env = "SHAREVAULT_CA_FILE", value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
-    /// Name the daemon's certificate must carry (with --ca-file).
-    #[arg(
-        long,
-        env = "SHAREVAULT_TLS_SERVER_NAME",
-        value_name = "NAME",
-        default_value = "localhost"
-    )]
-    pub tls_server_name: String,
+    /// Name the daemon's certificate must carry [default: the host of an https:// address,
+    /// else localhost].
+    #[arg(long, env = "SHAREVAULT_TLS_SERVER_NAME", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
     /// File holding the admin token [default: $SHAREVAULT_ADMIN_TOKEN, else
     /// ./sharevault-data/admin-token].
     #[arg(long, env = "SHAREVAULT_ADMIN_TOKEN_FILE", value_name = "FILE")]
@@ -156,33 +158,66 @@ fn is_tls(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The forms `--connect` accepts, for its help and its errors.
+pub const CONNECT_FORMS: &str =
+    "HOST:PORT, http://HOST:PORT, https://HOST:PORT or unix:/path/to.sock";
+
 /// Where the daemon listens, as parsed from `--connect`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Target {
+    /// `HOST:PORT`: TLS with `--ca-file`, else plaintext.
     Tcp(String),
+    /// `http://HOST:PORT`: plaintext.
+    Http(String),
+    /// `https://HOST:PORT`: TLS, trusting `--ca-file` or else the system's roots.
+    Https(String),
     Unix(PathBuf),
 }
 
 impl Target {
     fn parse(value: &str) -> Result<Self, CliError> {
+        let invalid = |why: &str| {
+            CliError::Local(format!(
+                "--connect `{value}`: {why}; expected {CONNECT_FORMS}"
+            ))
+        };
         if let Some(path) = value.strip_prefix("unix:") {
             if path.is_empty() {
-                return Err(CliError::Local(
-                    "--connect unix: needs a socket path".into(),
-                ));
+                return Err(invalid("no socket path after unix:"));
             }
             return Ok(Target::Unix(PathBuf::from(path)));
         }
-        let valid = !value.contains('/')
-            && value
+        let (scheme, rest) = match value.split_once("://") {
+            Some((scheme, rest)) => (Some(scheme.to_ascii_lowercase()), rest),
+            None => (None, value),
+        };
+        // A URL may end with `/`; any other path means the address was mistaken for a URL of
+        // the JSON API.
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        let valid = !authority.contains('/')
+            && authority
                 .rsplit_once(':')
                 .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
         if !valid {
-            return Err(CliError::Local(format!(
-                "--connect `{value}`: expected HOST:PORT or unix:/path/to.sock"
-            )));
+            return Err(invalid("not an address with a port"));
         }
-        Ok(Target::Tcp(value.to_owned()))
+        let authority = authority.to_owned();
+        match scheme.as_deref() {
+            None => Ok(Target::Tcp(authority)),
+            Some("http") => Ok(Target::Http(authority)),
+            Some("https") => Ok(Target::Https(authority)),
+            Some(other) => Err(invalid(&format!("unknown scheme {other}://"))),
+        }
+    }
+
+    /// The host of a TCP address, without the brackets of an IPv6 address.
+    fn host(&self) -> Option<&str> {
+        match self {
+            Target::Tcp(addr) | Target::Http(addr) | Target::Https(addr) => addr
+                .rsplit_once(':')
+                .map(|(host, _)| host.trim_start_matches('[').trim_end_matches(']')),
+            Target::Unix(_) => None,
+        }
     }
 }
 
@@ -190,7 +225,7 @@ impl Target {
 trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
-/// TLS towards the daemon, with the roots from `--ca-file`.
+/// TLS towards the daemon, with the roots from `--ca-file` or else the system's.
 #[derive(Clone)]
 struct Tls {
     connector: tokio_rustls::TlsConnector,
@@ -198,22 +233,12 @@ struct Tls {
 }
 
 impl Tls {
-    fn new(ca_file: &Path, server_name: &str) -> Result<Self, CliError> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, ServerName};
-        let what = || format!("--ca-file {}", ca_file.display());
-        let certs = CertificateDer::pem_file_iter(ca_file)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| CliError::Local(format!("{}: {e}", what())))?;
-        if certs.is_empty() {
-            return Err(CliError::Local(format!("{}: no certificate found", what())));
-        }
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| CliError::Local(format!("{}: {e}", what())))?;
-        }
+    fn new(ca_file: Option<&Path>, server_name: &str) -> Result<Self, CliError> {
+        use rustls::pki_types::ServerName;
+        let roots = match ca_file {
+            Some(ca_file) => roots_from_file(ca_file)?,
+            None => system_roots()?,
+        };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -233,9 +258,47 @@ impl Tls {
     }
 }
 
+/// The roots in the PEM file `--ca-file`.
+fn roots_from_file(ca_file: &Path) -> Result<rustls::RootCertStore, CliError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let what = || format!("--ca-file {}", ca_file.display());
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| CliError::Local(format!("{}: {e}", what())))?;
+    if certs.is_empty() {
+        return Err(CliError::Local(format!("{}: no certificate found", what())));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| CliError::Local(format!("{}: {e}", what())))?;
+    }
+    Ok(roots)
+}
+
+/// The system's trusted roots (`/etc/ssl/certs`, or `SSL_CERT_FILE`/`SSL_CERT_DIR`).
+fn system_roots() -> Result<rustls::RootCertStore, CliError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found
+            .errors
+            .first()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        return Err(CliError::Local(format!(
+            "https://: no trusted root certificate found on this system{why}; pass --ca-file"
+        )));
+    }
+    Ok(roots)
+}
+
 async fn open(target: &Target, tls: Option<&Tls>) -> std::io::Result<Box<dyn Stream>> {
     let raw: Box<dyn Stream> = match target {
-        Target::Tcp(addr) => {
+        Target::Tcp(addr) | Target::Http(addr) | Target::Https(addr) => {
             let stream = tokio::net::TcpStream::connect(addr.as_str()).await?;
             stream.set_nodelay(true)?;
             Box::new(stream)
@@ -325,15 +388,38 @@ impl Client {
             Err(_) if matches!(target, Target::Unix(_)) => None,
             Err(err) => return Err(err),
         };
-        let tls = args
-            .ca_file
-            .as_deref()
-            .map(|ca| Tls::new(ca, &args.tls_server_name))
-            .transpose()?;
+        let tls = match &target {
+            Target::Http(_) if args.ca_file.is_some() => {
+                return Err(CliError::Local(format!(
+                    "--connect `{}` is plaintext: with --ca-file, use https://",
+                    args.connect
+                )));
+            }
+            Target::Http(_) => None,
+            Target::Https(_) => {
+                let name = args
+                    .tls_server_name
+                    .as_deref()
+                    .or(target.host())
+                    .unwrap_or(DEFAULT_TLS_SERVER_NAME);
+                Some(Tls::new(args.ca_file.as_deref(), name)?)
+            }
+            Target::Tcp(_) | Target::Unix(_) => args
+                .ca_file
+                .as_deref()
+                .map(|ca| {
+                    let name = args
+                        .tls_server_name
+                        .as_deref()
+                        .unwrap_or(DEFAULT_TLS_SERVER_NAME);
+                    Tls::new(Some(ca), name)
+                })
+                .transpose()?,
+        };
         let with_tls = tls.is_some();
         let scheme = if with_tls { "https" } else { "http" };
         let authority = match &target {
-            Target::Tcp(addr) => addr.as_str(),
+            Target::Tcp(addr) | Target::Http(addr) | Target::Https(addr) => addr.as_str(),
             Target::Unix(_) => "localhost",
         };
         let uri: Uri = format!("{scheme}://{authority}")
@@ -425,31 +511,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn targets_are_tcp_or_unix() {
+    fn targets_are_host_port_http_https_or_unix() {
+        let tcp = |s: &str| Target::Tcp(s.into());
+        for (given, expected) in [
+            ("127.0.0.1:7450", tcp("127.0.0.1:7450")),
+            ("[::1]:7450", tcp("[::1]:7450")),
+            ("vault.internal:443", tcp("vault.internal:443")),
+            (
+                "http://127.0.0.1:7450",
+                Target::Http("127.0.0.1:7450".into()),
+            ),
+            (
+                "HTTP://127.0.0.1:7450/",
+                Target::Http("127.0.0.1:7450".into()),
+            ),
+            (
+                "https://vault.internal:7450",
+                Target::Https("vault.internal:7450".into()),
+            ),
+            ("https://[::1]:7450/", Target::Https("[::1]:7450".into())),
+            (
+                "unix:/run/sharevault/grpc.sock",
+                Target::Unix("/run/sharevault/grpc.sock".into()),
+            ),
+        ] {
+            assert_eq!(Target::parse(given).unwrap(), expected, "{given}");
+        }
         assert_eq!(
-            Target::parse("127.0.0.1:7450").unwrap(),
-            Target::Tcp("127.0.0.1:7450".into())
+            Target::parse("https://[::1]:7450").unwrap().host(),
+            Some("::1")
         );
         assert_eq!(
-            Target::parse("[::1]:7450").unwrap(),
-            Target::Tcp("[::1]:7450".into())
-        );
-        assert_eq!(
-            Target::parse("vault.internal:443").unwrap(),
-            Target::Tcp("vault.internal:443".into())
-        );
-        assert_eq!(
-            Target::parse("unix:/run/sharevault/grpc.sock").unwrap(),
-            Target::Unix("/run/sharevault/grpc.sock".into())
+            Target::parse("https://vault.internal:7450").unwrap().host(),
+            Some("vault.internal")
         );
         for bad in [
             "localhost",
-            "http://127.0.0.1:7450",
             ":7450",
             "host:port",
             "unix:",
+            "http://127.0.0.1",
+            "http://127.0.0.1:7450/v1/status",
+            "grpc://127.0.0.1:7450",
+            "https://:7450",
         ] {
-            assert!(Target::parse(bad).is_err(), "{bad}");
+            let err = Target::parse(bad).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("--connect `{bad}`")) && err.ends_with(CONNECT_FORMS),
+                "{bad}: {err}"
+            );
         }
     }
 

@@ -348,15 +348,17 @@ async fn a_wrong_or_missing_admin_token_is_refused_without_being_shown() {
     sharevault(dir, &status, &[]).failed_with("no admin token");
 }
 
+/// A loopback address where nothing listens: a port bound, then released.
+fn unused_loopback_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("127.0.0.1:{}", listener.local_addr().unwrap().port())
+}
+
 #[test]
 fn a_daemon_that_is_not_running_is_reported_as_such() {
     let sandbox = Sandbox::new(43);
     let token_file = sandbox.keys.dir.join("admin-token").display().to_string();
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let addr = format!("127.0.0.1:{port}");
+    let addr = unused_loopback_addr();
     let socket = format!("unix:{}", sandbox.tmp.path().join("absent.sock").display());
     for target in [&addr, &socket] {
         let run = sharevault(
@@ -384,7 +386,73 @@ fn a_daemon_that_is_not_running_is_reported_as_such() {
         ],
         &[],
     )
-    .failed_with("expected HOST:PORT or unix:/path");
+    .failed_with(
+        "--connect `localhost`: not an address with a port; expected HOST:PORT, \
+         http://HOST:PORT, https://HOST:PORT or unix:/path/to.sock",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_takes_an_http_url_as_vault_addr_and_etcdctl_do() {
+    let sandbox = Sandbox::new(48);
+    let daemon = sandbox.start();
+    let admin = Admin::new(&sandbox, &daemon);
+    for url in [
+        format!("http://{}", admin.connect),
+        format!("http://{}/", admin.connect),
+    ] {
+        let status = Admin {
+            connect: url.clone(),
+            ..Admin::new(&sandbox, &daemon)
+        }
+        .run(&["status", "--json"])
+        .json();
+        assert_eq!(status["health"], "SERVING", "{url}");
+    }
+    // An address with another scheme or a path is refused, naming the forms that work.
+    for bad in ["grpc://127.0.0.1:7450", "http://127.0.0.1:7450/v1/status"] {
+        Admin {
+            connect: bad.to_owned(),
+            ..Admin::new(&sandbox, &daemon)
+        }
+        .run(&["status"])
+        .failed_with("expected HOST:PORT, http://HOST:PORT, https://HOST:PORT or unix:/path");
+    }
+}
+
+#[test]
+fn errors_print_on_one_line_without_a_backtrace_unless_debug_asks() {
+    let sandbox = Sandbox::new(49);
+    let token_file = sandbox.keys.dir.join("admin-token").display().to_string();
+    let addr = unused_loopback_addr();
+    let status = [
+        "status",
+        "--connect",
+        &addr,
+        "--admin-token-file",
+        &token_file,
+    ];
+    // Even with RUST_BACKTRACE=1 in the environment, one line.
+    let run = sharevault(sandbox.tmp.path(), &status, &[("RUST_BACKTRACE", "1")]);
+    run.failed_with("is the daemon running?");
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.starts_with("error: cannot connect to "),
+        "{}",
+        run.stderr
+    );
+
+    // --debug (or RUST_LOG) asks for the backtrace RUST_BACKTRACE captured.
+    let mut debug = status.to_vec();
+    debug.push("--debug");
+    let run = sharevault(sandbox.tmp.path(), &debug, &[("RUST_BACKTRACE", "1")]);
+    run.failed_with("Stack backtrace:");
+    let run = sharevault(
+        sandbox.tmp.path(),
+        &status,
+        &[("RUST_BACKTRACE", "1"), ("RUST_LOG", "debug")],
+    );
+    run.failed_with("Stack backtrace:");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -460,6 +528,44 @@ async fn the_cli_speaks_tls_with_a_private_ca() {
         .failed_with("certificate not valid for name \"vault.example.com\"");
     // Plaintext to a TLS listener does not get through, and the error suggests TLS.
     admin.run(&["status"]).failed_with("pass --ca-file");
+    // https:// is TLS too; the certificate must then carry the address's host (127.0.0.1).
+    let https = Admin {
+        connect: format!("https://{}", admin.connect),
+        ..Admin::new(&sandbox, &daemon)
+    };
+    let status = https
+        .run(&["status", "--json", "--ca-file", &cert_file])
+        .json();
+    assert_eq!(status["health"], "SERVING");
+    // Without --ca-file, https:// trusts the system's roots (here SSL_CERT_FILE): a store
+    // without the test CA refuses the daemon, one with it lets the CLI through.
+    let mut args = vec!["status", "--json", "--connect", &https.connect];
+    args.extend(["--admin-token-file", &https.token_file]);
+    let system_roots = |file: &Path| {
+        sharevault(
+            sandbox.tmp.path(),
+            &args,
+            &[
+                ("SSL_CERT_FILE", &file.display().to_string()),
+                ("SSL_CERT_DIR", "/nonexistent"),
+            ],
+        )
+    };
+    let other_dir = sandbox.tmp.path().join("other-ca");
+    std::fs::create_dir(&other_dir).unwrap();
+    let other = TestCert::new(&other_dir);
+    let run = system_roots(&other.cert_file);
+    run.failed_with("invalid peer certificate");
+    run.failed_with("check --ca-file");
+    let trusted = system_roots(&cert.cert_file);
+    assert_eq!(trusted.json()["health"], "SERVING");
+    // http:// is plaintext, which --ca-file contradicts.
+    Admin {
+        connect: format!("http://{}", admin.connect),
+        ..Admin::new(&sandbox, &daemon)
+    }
+    .run(&["status", "--ca-file", &cert_file])
+    .failed_with("is plaintext: with --ca-file, use https://");
     // A CA file without a certificate is refused before connecting.
     admin
         .run(&["status", "--ca-file", &key_file])

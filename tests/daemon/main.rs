@@ -15,6 +15,7 @@ mod http_api;
 mod http_client;
 mod http_webhook;
 mod operations;
+mod package;
 mod secrecy;
 mod slow_clients;
 mod startup;

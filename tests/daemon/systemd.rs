@@ -69,9 +69,10 @@ fn systemd_verify_accepts_the_unit_without_warnings() {
     );
 }
 
-#[test]
-fn systemd_security_rates_the_unit_exposure_at_most_2() {
-    let path = unit_path().display().to_string();
+/// The overall exposure level `systemd-analyze security --offline=true` gives the unit at
+/// `path`, with its report.
+pub(crate) fn exposure(path: &Path) -> (f64, String) {
+    let path = path.display().to_string();
     let output = systemd_analyze(&["security", "--offline=true", &path]);
     let report = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
@@ -87,6 +88,12 @@ fn systemd_security_rates_the_unit_exposure_at_most_2() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|value| value.parse().ok())
         .unwrap_or_else(|| panic!("no overall exposure level in:\n{report}"));
+    (exposure, report)
+}
+
+#[test]
+fn systemd_security_rates_the_unit_exposure_at_most_2() {
+    let (exposure, report) = exposure(&unit_path());
     assert!(exposure <= 2.0, "exposure {exposure} > 2.0:\n{report}");
 }
 
