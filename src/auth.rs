@@ -203,19 +203,40 @@ mod tests {
     }
 }
 
+/// What per-source limits count by: an IPv4 address, or the /64 network of an IPv6 address
+/// (one host is usually handed a whole /64, so counting its single addresses would be no
+/// limit at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceKey {
+    V4(std::net::Ipv4Addr),
+    V6Network(u64),
+}
+
+impl SourceKey {
+    pub fn of(addr: std::net::IpAddr) -> Self {
+        match addr {
+            std::net::IpAddr::V4(v4) => SourceKey::V4(v4),
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => SourceKey::V4(v4),
+                None => SourceKey::V6Network((u128::from(v6) >> 64) as u64),
+            },
+        }
+    }
+}
+
 /// What a failed authentication is counted against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailureKey {
     /// The caller's address: an IPv4 address, or the /64 network of an IPv6 address (one
     /// host usually holds a whole /64).
-    Source(crate::net::SourceKey),
+    Source(SourceKey),
     /// The credential presented (a prefix of its SHA-256), wherever it comes from.
     Credential([u8; 8]),
 }
 
 impl FailureKey {
     pub fn source(addr: std::net::IpAddr) -> Self {
-        FailureKey::Source(crate::net::SourceKey::of(addr))
+        FailureKey::Source(SourceKey::of(addr))
     }
 
     pub fn credential(presented: &[u8]) -> Self {

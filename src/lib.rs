@@ -22,18 +22,15 @@
 //! - [`config`] and [`secrets`]: settings, and the master key, webhook secrets and admin token.
 //! - [`error`]: the errors callers see and their mapping to gRPC codes.
 
+pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod error;
-pub mod grpc;
-pub mod http;
 pub mod integrity;
 pub mod metrics;
-pub mod net;
-pub mod observe;
 pub mod pairs;
 pub mod pb;
 pub mod placement;

@@ -8,8 +8,8 @@ use sharevault::cli::check_config::CheckConfigArgs;
 use sharevault::cli::status::StatusArgs;
 use sharevault::cli::token::TokenCommand;
 use sharevault::config::{Config, LogFormat, ServeArgs};
-use sharevault::net::{Listener, tls_acceptor};
 use sharevault::server::{self, Listeners, Settings};
+use sharevault::server::{Listener, tls_acceptor};
 use std::io::IsTerminal;
 
 /// Threads for store reads, which may wait on the disk.

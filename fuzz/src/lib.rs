@@ -6,9 +6,9 @@
 //! `tests/fuzz_corpus.rs` runs them over the committed corpus in `corpus/<target>/`.
 
 use serde_json::Value;
+use sharevault::api::http::{parse_object, required, text};
 use sharevault::audit::AuditEvent;
 use sharevault::error::Field;
-use sharevault::http::{parse_object, required, text};
 use sharevault::snapshot::{self, RecordReader};
 use sharevault::validate;
 use sharevault::vault::codec;

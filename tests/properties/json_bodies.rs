@@ -3,8 +3,8 @@
 
 use proptest::prelude::*;
 use serde_json::{Map, Value};
+use sharevault::api::http::{parse_object, required, text};
 use sharevault::error::Field;
-use sharevault::http::{parse_object, required, text};
 
 use super::config;
 

@@ -180,7 +180,7 @@ proptest! {
         for err in errors {
             let message = err.to_string();
             prop_assert!(!message.contains("PLANTED"), "{message}");
-            let http = sharevault::http::HttpError::from(err);
+            let http = sharevault::api::http::HttpError::from(err);
             prop_assert_eq!(http.status.as_u16(), 400);
             prop_assert!(!http.message.contains("PLANTED"), "{}", http.message);
         }

@@ -6,8 +6,14 @@
 //! accepting, drains in-flight calls for the grace period, and closes the database cleanly.
 
 use crate::config::WebhookConfig;
-use crate::grpc::{Ready, admin::AdminApi, backup::BackupApi, webhook::WebhookApi};
-use crate::net::{self, Listener};
+mod connection;
+mod listen;
+
+pub use connection::{App, HEADER_TIMEOUT, MAX_HEADER_BYTES, serve};
+pub use listen::{Listener, tls_acceptor};
+
+use crate::api::Ready;
+use crate::api::grpc::{admin::AdminApi, backup::BackupApi, webhook::WebhookApi};
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::backup_service_server::BackupServiceServer;
 use crate::pb::webhook_service_server::WebhookServiceServer;
@@ -204,7 +210,7 @@ fn private_app(
         },
     ));
     app.layer(axum::middleware::from_fn(move |req, next| {
-        crate::http::attribute_source(Arc::clone(&proxies), req, next)
+        crate::api::http::attribute_source(Arc::clone(&proxies), req, next)
     }))
 }
 
@@ -251,7 +257,7 @@ pub async fn run(
     let proxies = Arc::new(settings.webhook.trusted_proxies.clone());
     let private = private_app(
         grpc_router(&ready, health, &settings.limits, settings.request_timeout)?,
-        crate::http::api::router(
+        crate::api::http::json_api::router(
             ready.clone(),
             settings.max_request_bytes,
             settings.request_timeout,
@@ -264,7 +270,7 @@ pub async fn run(
     tracing::info!(addr = %listeners.grpc.describe(), tls = listeners.grpc_tls.is_some(), "grpc listener bound");
     if let Some(socket) = listeners.admin_socket {
         tracing::info!(addr = %socket.describe(), "admin socket bound");
-        servers.spawn(net::serve(
+        servers.spawn(serve(
             socket,
             private.clone(),
             None,
@@ -274,7 +280,7 @@ pub async fn run(
             stop_rx.clone(),
         ));
     }
-    servers.spawn(net::serve(
+    servers.spawn(serve(
         listeners.grpc,
         private,
         listeners.grpc_tls,
@@ -285,13 +291,13 @@ pub async fn run(
     ));
     if let Some(http) = listeners.http {
         tracing::info!(addr = %http.describe(), tls = listeners.http_tls.is_some(), prefix = %settings.webhook.path_prefix, "webhook listener bound");
-        let public = crate::http::webhook::router(
+        let public = crate::api::http::webhook::router(
             ready.clone(),
             settings.webhook.clone(),
             settings.max_request_bytes,
             settings.request_timeout,
         );
-        servers.spawn(net::serve(
+        servers.spawn(serve(
             http,
             public,
             listeners.http_tls,

@@ -1,6 +1,7 @@
 //! `sharevault.v1.WebhookService`: Portal's webhook over gRPC.
 
-use super::{Call, Ready, metadata, reply};
+use super::{Call, metadata, reply};
+use crate::api::Ready;
 use crate::pb::webhook_service_server::WebhookService;
 use crate::pb::{BackupRequest, BackupResponse, FetchRequest, FetchResponse};
 use crate::vault::BackupInput;

@@ -5,25 +5,9 @@ pub mod backup;
 pub mod webhook;
 
 use crate::error::VaultError;
-use crate::vault::Vault;
-use std::sync::{Arc, OnceLock};
 use tonic::{Request, Response, Status};
 
-/// The vault once it is open; until then every call answers UNAVAILABLE.
-#[derive(Clone, Default)]
-pub struct Ready(Arc<OnceLock<Arc<Vault>>>);
-
-impl Ready {
-    pub fn set(&self, vault: Arc<Vault>) {
-        let _ = self.0.set(vault);
-    }
-
-    pub fn get(&self) -> Result<&Arc<Vault>, VaultError> {
-        self.0.get().ok_or(VaultError::NotReady)
-    }
-}
-
-pub(crate) use crate::observe::Call;
+pub(crate) use crate::api::observe::Call;
 
 /// Logs the call and turns its result into a gRPC answer.
 pub(crate) fn reply<T>(call: Call, result: Result<T, VaultError>) -> Result<Response<T>, Status> {
@@ -32,13 +16,13 @@ pub(crate) fn reply<T>(call: Call, result: Result<T, VaultError>) -> Result<Resp
 }
 
 /// The address the call is attributed to: the peer, or behind a trusted proxy the client its
-/// `X-Forwarded-For` names (see [`crate::http::Source`]).
+/// `X-Forwarded-For` names (see [`crate::api::http::Source`]).
 pub(crate) fn source<T>(request: &Request<T>) -> Option<std::net::IpAddr> {
-    match request.extensions().get::<crate::http::Source>() {
+    match request.extensions().get::<crate::api::http::Source>() {
         Some(source) => source.0,
         None => request
             .extensions()
-            .get::<crate::net::Peer>()
+            .get::<crate::api::Peer>()
             .and_then(|p| p.0),
     }
 }

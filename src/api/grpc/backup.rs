@@ -1,6 +1,7 @@
 //! `sharevault.v1.BackupService`: the company backend's API.
 
-use super::{Call, Ready, metadata, reply};
+use super::{Call, metadata, reply};
+use crate::api::Ready;
 use crate::auth::{Principal, Role};
 use crate::error::{Field, VaultError};
 use crate::pairs::PairStatus;

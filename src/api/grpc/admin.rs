@@ -1,11 +1,12 @@
 //! `sharevault.v1.AdminService`: tokens and status.
 
-use super::{Call, Ready, metadata, reply};
+use super::{Call, metadata, reply};
+use crate::api::LocalAdmin;
+use crate::api::Ready;
 use crate::audit::AuditEvent;
 use crate::auth::{Principal, Role};
 use crate::crypto::MasterKey;
 use crate::error::{Field, VaultError};
-use crate::net::LocalAdmin;
 use crate::pb::admin_service_server::AdminService;
 use crate::pb::{self, timestamp};
 use crate::store::StoreError;
@@ -267,8 +268,8 @@ impl AdminService for AdminApi {
         let result = async {
             // A key that crossed a network in clear is refused before anything else, so that
             // it never seals anything.
-            let transport = request.extensions().get::<crate::net::Transport>().copied();
-            let peer = crate::net::Peer(super::source(&request));
+            let transport = request.extensions().get::<crate::api::Transport>().copied();
+            let peer = crate::api::Peer(super::source(&request));
             if !transport.is_some_and(|t| t.may_carry_keys(peer)) {
                 return Err(VaultError::FailedPrecondition(
                     "a rekey carries the new master key: send it over TLS or the local admin \
@@ -369,7 +370,7 @@ fn audit_to_proto(event: AuditEvent) -> pb::AuditEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::{Peer, Transport};
+    use crate::api::{Peer, Transport};
 
     /// What a rekey request over `transport` from `peer` is answered, before the vault is
     /// open: NOT_READY (UNAVAILABLE) once the transport is accepted.

@@ -4,7 +4,7 @@
 //! Errors are JSON, `{"error": {"code", "message"}}`, with the status mapped once from
 //! [`VaultError`] (or from the protocol problem: 413, 415, 405, 404).
 
-pub mod api;
+pub mod json_api;
 pub mod jsonout;
 pub mod webhook;
 
@@ -125,7 +125,7 @@ pub async fn attribute_source(
 ) -> Response {
     let peer = request
         .extensions()
-        .get::<crate::net::Peer>()
+        .get::<crate::api::Peer>()
         .and_then(|p| p.0);
     let source = webhook::source(peer, request.headers(), &proxies);
     request.extensions_mut().insert(Source(source));

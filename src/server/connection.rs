@@ -1,13 +1,13 @@
-//! Listeners and connections: TCP or Unix sockets, optional TLS (rustls), HTTP/1.1 and
-//! HTTP/2 (gRPC is HTTP/2) on one port, and graceful shutdown.
+//! Connections: HTTP/1.1 and HTTP/2 (gRPC is HTTP/2) on one port, the limits every listener
+//! keeps (connections, per source, in flight, idle), and graceful shutdown.
 
-use crate::config::ListenAddr;
+use super::listen::{Accepted, Listener, accept, canonical, local_admin_allowed};
+use crate::api::{LocalAdmin, Peer, Transport};
+use crate::auth::SourceKey;
 use axum::response::IntoResponse;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -18,133 +18,6 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The most header bytes a request may carry; more is answered 431 (HTTP/1.1) or refused.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-
-/// A bound listener.
-pub enum Listener {
-    Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener, PathBuf),
-}
-
-impl Listener {
-    /// Binds `addr`. A stale Unix socket file is replaced; the socket gets mode 0660.
-    pub async fn bind(addr: &ListenAddr) -> std::io::Result<Self> {
-        match addr {
-            ListenAddr::Tcp(addr) => Ok(Listener::Tcp(tokio::net::TcpListener::bind(addr).await?)),
-            ListenAddr::Unix(path) => {
-                if path.exists() {
-                    std::fs::remove_file(path)?;
-                }
-                let listener = tokio::net::UnixListener::bind(path)?;
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-                Ok(Listener::Unix(listener, path.clone()))
-            }
-        }
-    }
-
-    /// Where the listener is bound, for logs.
-    pub fn describe(&self) -> String {
-        match self {
-            Listener::Tcp(l) => l
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| "tcp".into()),
-            Listener::Unix(_, path) => format!("unix:{}", path.display()),
-        }
-    }
-}
-
-/// The address a connection came from; inserted into every request's extensions.
-/// Unix-socket connections have none.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub Option<IpAddr>);
-
-/// How a connection reached the daemon; inserted into every request's extensions beside
-/// [`Peer`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// A Unix socket: never leaves the host.
-    Unix,
-    /// TLS, over TCP or a Unix socket.
-    Tls,
-    /// Plain TCP: readable by anyone on the path.
-    Tcp,
-}
-
-impl Transport {
-    /// Whether a request from `peer` over this transport may carry key material: over TLS or a
-    /// Unix socket, or over plain TCP from a loopback address (which never leaves the host);
-    /// never over plain TCP from another address.
-    pub fn may_carry_keys(self, peer: Peer) -> bool {
-        match self {
-            Transport::Unix | Transport::Tls => true,
-            Transport::Tcp => peer.0.is_some_and(|ip| ip.is_loopback()),
-        }
-    }
-}
-
-/// What per-source limits count by: an IPv4 address, or the /64 network of an IPv6 address
-/// (one host is usually handed a whole /64, so counting its single addresses would be no
-/// limit at all).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SourceKey {
-    V4(std::net::Ipv4Addr),
-    V6Network(u64),
-}
-
-impl SourceKey {
-    pub fn of(addr: IpAddr) -> Self {
-        match addr {
-            IpAddr::V4(v4) => SourceKey::V4(v4),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => SourceKey::V4(v4),
-                None => SourceKey::V6Network((u128::from(v6) >> 64) as u64),
-            },
-        }
-    }
-}
-
-/// Marks requests that came through the local admin socket from the daemon's own user or
-/// root (checked with the socket's peer credentials).
-#[derive(Debug, Clone, Copy)]
-pub struct LocalAdmin;
-
-/// Who may use the local admin socket: the daemon's own user, and root.
-fn local_admin_allowed(stream: &tokio::net::UnixStream) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(cred) = stream.peer_cred() else {
-        return false;
-    };
-    let own = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
-    cred.uid() == 0 || Some(cred.uid()) == own
-}
-
-/// Loads a PEM certificate chain and private key into a TLS acceptor offering h2 and
-/// http/1.1.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("TLS certificate {}: {e}", cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "TLS certificate {}: no certificate found",
-            cert.display()
-        ));
-    }
-    let key =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("TLS key {}: {e}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("TLS certificate and key: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
 
 /// The service every connection is handed: one request at a time, any HTTP version.
 pub type App = axum::Router;
@@ -491,7 +364,7 @@ async fn limit_in_flight(
         Ok(_slot) => next.run(request).await,
         Err(_) => {
             crate::metrics::global().overloaded();
-            crate::http::HttpError::new(
+            crate::api::http::HttpError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
                 "too many requests in flight; try again",
@@ -503,45 +376,4 @@ async fn limit_in_flight(
 
 async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
-}
-
-enum Accepted {
-    Tcp(tokio::net::TcpStream, SocketAddr),
-    Unix(tokio::net::UnixStream),
-}
-
-async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
-    match listener {
-        Listener::Tcp(l) => l.accept().await.map(|(s, a)| Accepted::Tcp(s, a)),
-        Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
-    }
-}
-
-/// An IPv4 address mapped into IPv6 is reported as IPv4.
-fn canonical(addr: SocketAddr) -> IpAddr {
-    match addr.ip() {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        ip => ip,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_material_travels_only_over_tls_a_unix_socket_or_loopback() {
-        let remote = Peer(Some("192.0.2.7".parse().unwrap()));
-        let loopback = Peer(Some("127.0.0.1".parse().unwrap()));
-        let loopback6 = Peer(Some("::1".parse().unwrap()));
-        assert!(!Transport::Tcp.may_carry_keys(remote));
-        assert!(!Transport::Tcp.may_carry_keys(Peer(Some("10.0.0.2".parse().unwrap()))));
-        assert!(Transport::Tcp.may_carry_keys(loopback));
-        assert!(Transport::Tcp.may_carry_keys(loopback6));
-        assert!(Transport::Tls.may_carry_keys(remote));
-        assert!(Transport::Unix.may_carry_keys(Peer(None)));
-    }
 }

@@ -5,11 +5,11 @@ use super::{
     HttpError, Source, json, json_bytes, jsonout, method_not_allowed, not_found, read_object,
     required, text,
 };
+use crate::api::Peer;
+use crate::api::Ready;
+use crate::api::observe::Call;
 use crate::config::WebhookConfig;
 use crate::error::Field;
-use crate::grpc::Ready;
-use crate::net::Peer;
-use crate::observe::Call;
 use crate::vault::BackupInput;
 use axum::Router;
 use axum::body::Body;

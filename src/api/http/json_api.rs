@@ -5,10 +5,10 @@ use super::webhook::finish;
 use super::{
     HttpError, Source, json, method_not_allowed, not_found, read_object, required, rfc3339,
 };
+use crate::api::Ready;
+use crate::api::observe::Call;
 use crate::auth::{Principal, Role};
 use crate::error::Field;
-use crate::grpc::Ready;
-use crate::observe::Call;
 use crate::pairs::parse_status;
 use crate::vault::Vault;
 use axum::Router;
