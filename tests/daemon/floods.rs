@@ -275,12 +275,10 @@ async fn the_private_listener_attributes_failures_behind_a_trusted_proxy() {
 
 /// Starts a request whose body never finishes: it holds its connection and its in-flight slot.
 async fn stalled_upload(addr: &str, secret: &str) -> tokio::net::TcpStream {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "POST /backup HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-webhook-secret: {secret}\r\ncontent-length: 100000\r\n\r\n{{\"clientId\":"
     );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream
+    Http::plain(addr).open(head.as_bytes()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,7 +326,7 @@ async fn a_flood_on_the_public_listener_does_not_starve_the_private_one() {
     // ...and the connection limit stops accepting beyond six.
     let mut extra = Vec::new();
     for _ in 0..3 {
-        extra.push(tokio::net::TcpStream::connect(&hook).await.unwrap());
+        extra.push(Http::plain(&hook).connect().await);
     }
 
     // The private listener keeps serving, over gRPC and JSON.
@@ -392,11 +390,9 @@ async fn a_slow_loris_connection_is_dropped_and_others_are_served_meanwhile() {
     let sandbox = Sandbox::new(82);
     let daemon = sandbox.start();
     let hook = daemon.webhook_addr.clone().unwrap();
-    let mut loris = tokio::net::TcpStream::connect(&hook).await.unwrap();
-    loris
-        .write_all(b"POST /backup HTTP/1.1\r\nhost: x\r\n")
-        .await
-        .unwrap();
+    let mut loris = Http::plain(&hook)
+        .open(b"POST /backup HTTP/1.1\r\nhost: x\r\n")
+        .await;
     let secret = sandbox.keys.webhook_secret.clone();
     // Headers trickle in, one byte a second; the daemon's header timeout is 10 s.
     let trickle = tokio::spawn(async move {
