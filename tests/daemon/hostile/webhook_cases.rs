@@ -214,68 +214,37 @@ fn content_types(t: &mut Table) {
 fn credentials(t: &mut Table) {
     let secret = t.secret.clone();
     let unauthenticated = || Error(401, "unauthenticated");
-    t.add("no secret", To::Webhook, unauthenticated(), |m| {
-        http("POST", "/backup", &[JSON], share_body(m))
-    });
-    t.add("wrong secret", To::Webhook, unauthenticated(), |m| {
-        http(
-            "POST",
-            "/backup",
-            &[JSON, ("x-webhook-secret", &format!("{m}-0123456789"))],
-            share_body(m),
-        )
-    });
-    t.add("empty secret", To::Webhook, unauthenticated(), |m| {
-        http(
-            "POST",
-            "/backup",
-            &[JSON, ("x-webhook-secret", "")],
-            share_body(m),
-        )
-    });
-    t.add(
-        "secret with a suffix",
-        To::Webhook,
-        unauthenticated(),
-        |m| {
-            http(
-                "POST",
-                "/backup",
-                &[JSON, ("x-webhook-secret", &format!("{secret}{m}"))],
-                share_body(m),
-            )
-        },
-    );
-    t.add(
-        "secret in another header",
-        To::Webhook,
-        unauthenticated(),
-        |m| {
-            http(
-                "POST",
-                "/backup",
-                &[JSON, ("authorization", &format!("Bearer {secret}"))],
-                share_body(m),
-            )
-        },
-    );
-    t.add(
-        "a wrong secret before the right one",
-        To::Webhook,
-        unauthenticated(),
-        |m| {
-            http(
-                "POST",
-                "/backup",
-                &[
-                    JSON,
-                    ("x-webhook-secret", &format!("{m}-0123456789")),
-                    ("x-webhook-secret", &secret),
-                ],
-                share_body(m),
-            )
-        },
-    );
+    // Secret headers, where `{m}` stands for the case's marker and `{secret}` for the secret.
+    for (name, secret_headers) in [
+        ("no secret", &[][..]),
+        ("wrong secret", &[("x-webhook-secret", "{m}-0123456789")]),
+        ("empty secret", &[("x-webhook-secret", "")]),
+        (
+            "secret with a suffix",
+            &[("x-webhook-secret", "{secret}{m}")],
+        ),
+        (
+            "secret in another header",
+            &[("authorization", "Bearer {secret}")],
+        ),
+        (
+            "a wrong secret before the right one",
+            &[
+                ("x-webhook-secret", "{m}-0123456789"),
+                ("x-webhook-secret", "{secret}"),
+            ],
+        ),
+    ] {
+        t.add(name, To::Webhook, unauthenticated(), |m| {
+            let values: Vec<(&str, String)> = secret_headers
+                .iter()
+                .map(|(k, v)| (*k, v.replace("{m}", m).replace("{secret}", &secret)))
+                .collect();
+            let mut headers = vec![JSON];
+            headers.extend(values.iter().map(|(k, v)| (*k, v.as_str())));
+            http("POST", "/backup", &headers, share_body(m))
+        });
+    }
     t.add(
         "fetch without a secret",
         To::Webhook,
@@ -306,6 +275,16 @@ fn credentials(t: &mut Table) {
     );
 }
 
+/// The head of a raw `POST /backup` with the secret, a JSON content type and `framing` (a
+/// `Content-Length` or `Transfer-Encoding` line).
+fn backup_head(secret: &str, framing: &str) -> Vec<u8> {
+    format!(
+        "POST /backup HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+         x-webhook-secret: {secret}\r\n{framing}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
 /// Bodies over the limit, declared and streamed.
 fn bodies_over_the_limit(t: &mut Table) {
     let secret = t.secret.clone();
@@ -318,11 +297,7 @@ fn bodies_over_the_limit(t: &mut Table) {
         To::Webhook,
         too_large(),
         |m| {
-            let mut request = format!(
-                "POST /backup HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
-                 x-webhook-secret: {secret}\r\ntransfer-encoding: chunked\r\n\r\n"
-            )
-            .into_bytes();
+            let mut request = backup_head(&secret, "transfer-encoding: chunked");
             request.extend(chunked(&share_body(&format!(
                 "{m}{}",
                 "x".repeat(MAX_REQUEST_BYTES)
@@ -335,11 +310,7 @@ fn bodies_over_the_limit(t: &mut Table) {
         To::Webhook,
         too_large(),
         |m| {
-            let mut request = format!(
-                "POST /backup HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
-                 x-webhook-secret: {secret}\r\ncontent-length: 999999999\r\n\r\n"
-            )
-            .into_bytes();
+            let mut request = backup_head(&secret, "content-length: 999999999");
             request.extend(share_body(m));
             Request::Raw(request)
         },
