@@ -1,6 +1,6 @@
 //! Every credential failure: missing, wrong, malformed, revoked, and roles that are not enough.
 
-use crate::harness::{Sandbox, create_token, with_secret, with_token};
+use crate::harness::{Daemon, Sandbox, create_token, with_secret, with_token};
 use sharevault::pb::{self, Role};
 use tonic::Code;
 
@@ -69,16 +69,17 @@ async fn webhook_secret_is_required_and_checked() {
     assert!(fetched.backup_shares.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_roles_and_revocation() {
-    let sandbox = Sandbox::new(4);
-    let daemon = sandbox.start();
-    let admin_token = &sandbox.keys.admin_token;
-    let mut api = daemon.backup().await;
-    let mut admin = daemon.admin().await;
-    let list = |client: &str| pb::ListBackupsRequest {
+fn list(client: &str) -> pb::ListBackupsRequest {
+    pb::ListBackupsRequest {
         client_id: client.into(),
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_malformed_or_unknown_token_is_unauthenticated() {
+    let sandbox = Sandbox::new(10);
+    let daemon = sandbox.start();
+    let mut api = daemon.backup().await;
 
     // No token, a malformed header, an unknown token.
     let none = api
@@ -109,71 +110,18 @@ async fn tokens_roles_and_revocation() {
         .await
         .unwrap_err();
     assert_eq!(secret.code(), Code::Unauthenticated);
+}
 
-    // The admin token administers but does not read backups.
-    let admin_on_backups = api
-        .list_backups(with_token(list("c"), admin_token))
-        .await
-        .unwrap_err();
-    assert_eq!(admin_on_backups.code(), Code::PermissionDenied);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_roles_and_revocation() {
+    let sandbox = Sandbox::new(4);
+    let daemon = sandbox.start();
+    let admin_token = &sandbox.keys.admin_token;
+    let mut api = daemon.backup().await;
+    let mut admin = daemon.admin().await;
 
-    let backend = create_token(&daemon, admin_token, "svc-backend", Role::Backend as i32).await;
-    api.list_backups(with_token(list("c"), &backend))
-        .await
-        .unwrap();
-    let backend_on_admin = admin
-        .list_tokens(with_token(pb::ListTokensRequest {}, &backend))
-        .await
-        .unwrap_err();
-    assert_eq!(backend_on_admin.code(), Code::PermissionDenied);
-    let backend_eject = api
-        .get_custodian_backup_share(with_token(
-            pb::GetCustodianBackupShareRequest {
-                client_id: "c".into(),
-                backup_method: "PASSWORD-SECP256K1".into(),
-            },
-            &backend,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(backend_eject.code(), Code::PermissionDenied);
-
-    // An admin-role token administers too.
-    let ops = create_token(&daemon, admin_token, "ops", Role::Admin as i32).await;
-    let tokens = admin
-        .list_tokens(with_token(pb::ListTokensRequest {}, &ops))
-        .await
-        .unwrap()
-        .into_inner()
-        .tokens;
-    let mut names: Vec<_> = tokens.iter().map(|t| t.name.as_str()).collect();
-    names.sort();
-    assert_eq!(names, ["ops", "svc-backend"]);
-
-    // Duplicate names and unspecified roles are refused.
-    let dup = admin
-        .create_token(with_token(
-            pb::CreateTokenRequest {
-                name: "ops".into(),
-                role: Role::Backend as i32,
-            },
-            admin_token,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(dup.code(), Code::AlreadyExists);
-    let no_role = admin
-        .create_token(with_token(
-            pb::CreateTokenRequest {
-                name: "x".into(),
-                role: 0,
-            },
-            admin_token,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(no_role.code(), Code::InvalidArgument);
-    assert!(no_role.message().starts_with("role:"));
+    let backend = each_role_reaches_only_its_services(&daemon, admin_token).await;
+    tokens_are_listed_by_an_admin_role_and_created_only_valid(&daemon, admin_token).await;
 
     // A revoked token stops working at once.
     admin
@@ -210,4 +158,81 @@ async fn tokens_roles_and_revocation() {
     assert_eq!(status.tokens, 1);
     assert_eq!(status.version, env!("CARGO_PKG_VERSION"));
     assert_eq!(status.master_key_id.len(), 16);
+}
+
+/// The admin token administers but does not read backups; a backend token ("svc-backend",
+/// answered) reads backups but neither administers nor ejects.
+async fn each_role_reaches_only_its_services(daemon: &Daemon, admin_token: &str) -> String {
+    let mut api = daemon.backup().await;
+    let mut admin = daemon.admin().await;
+    let admin_on_backups = api
+        .list_backups(with_token(list("c"), admin_token))
+        .await
+        .unwrap_err();
+    assert_eq!(admin_on_backups.code(), Code::PermissionDenied);
+
+    let backend = create_token(daemon, admin_token, "svc-backend", Role::Backend as i32).await;
+    api.list_backups(with_token(list("c"), &backend))
+        .await
+        .unwrap();
+    let backend_on_admin = admin
+        .list_tokens(with_token(pb::ListTokensRequest {}, &backend))
+        .await
+        .unwrap_err();
+    assert_eq!(backend_on_admin.code(), Code::PermissionDenied);
+    let backend_eject = api
+        .get_custodian_backup_share(with_token(
+            pb::GetCustodianBackupShareRequest {
+                client_id: "c".into(),
+                backup_method: "PASSWORD-SECP256K1".into(),
+            },
+            &backend,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(backend_eject.code(), Code::PermissionDenied);
+    backend
+}
+
+/// An admin-role token ("ops") lists the tokens; duplicate names and unspecified roles are
+/// refused.
+async fn tokens_are_listed_by_an_admin_role_and_created_only_valid(
+    daemon: &Daemon,
+    admin_token: &str,
+) {
+    let mut admin = daemon.admin().await;
+    let ops = create_token(daemon, admin_token, "ops", Role::Admin as i32).await;
+    let tokens = admin
+        .list_tokens(with_token(pb::ListTokensRequest {}, &ops))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    let mut names: Vec<_> = tokens.iter().map(|t| t.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["ops", "svc-backend"]);
+
+    let dup = admin
+        .create_token(with_token(
+            pb::CreateTokenRequest {
+                name: "ops".into(),
+                role: Role::Backend as i32,
+            },
+            admin_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), Code::AlreadyExists);
+    let no_role = admin
+        .create_token(with_token(
+            pb::CreateTokenRequest {
+                name: "x".into(),
+                role: 0,
+            },
+            admin_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(no_role.code(), Code::InvalidArgument);
+    assert!(no_role.message().starts_with("role:"));
 }

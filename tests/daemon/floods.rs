@@ -1,12 +1,16 @@
 //! Floods and slow clients: failed-authentication limits, per-listener limits, slow-loris
 //! connections and memory under a flood of maximum-size requests.
 
-use crate::harness::{Sandbox, create_token, with_secret, with_token};
+use crate::harness::{Daemon, Sandbox, create_token, fetch_shares, with_secret, with_token};
 use crate::http_client::Http;
 use serde_json::json;
 use sharevault::pb;
+use sharevault::pb::backup_service_client::BackupServiceClient;
+use sharevault::pb::webhook_service_client::WebhookServiceClient;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tonic::transport::Channel;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_authentications_are_limited_per_source_and_per_credential() {
@@ -100,45 +104,87 @@ async fn failed_authentications_are_limited_per_source_and_per_credential() {
     daemon.status(&sandbox.keys.admin_token).await;
 }
 
+/// The callers of a sidecar deployment: every one, right or wrong, comes from 127.0.0.1.
+struct Sidecar {
+    hook: Http,
+    api: Http,
+    webhook: WebhookServiceClient<Channel>,
+    grpc: BackupServiceClient<Channel>,
+    secret: String,
+    /// A backend token, and a revoked one.
+    backend: String,
+    stale: String,
+}
+
+impl Sidecar {
+    async fn new(sandbox: &Sandbox, daemon: &Daemon) -> Self {
+        let admin_token = sandbox.keys.admin_token.as_str();
+        let backend = create_token(daemon, admin_token, "backend", pb::Role::Backend as i32).await;
+        let stale = create_token(daemon, admin_token, "stale", pb::Role::Backend as i32).await;
+        daemon
+            .admin()
+            .await
+            .revoke_token(with_token(
+                pb::RevokeTokenRequest {
+                    name: "stale".into(),
+                },
+                admin_token,
+            ))
+            .await
+            .unwrap();
+        Self {
+            hook: Http::plain(&daemon.webhook_addr.clone().unwrap()),
+            api: Http::plain(&daemon.endpoint),
+            webhook: daemon.webhook().await,
+            grpc: daemon.backup().await,
+            secret: sandbox.keys.webhook_secret.clone(),
+            backend,
+            stale,
+        }
+    }
+}
+
+fn list_sidecar() -> pb::ListBackupsRequest {
+    pb::ListBackupsRequest {
+        client_id: "sidecar".into(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_valid_credential_is_served_after_a_thousand_failures_from_its_source() {
-    // A sidecar deployment: every caller, right or wrong, comes from 127.0.0.1.
     let sandbox = Sandbox::new(84);
     let daemon = sandbox.start();
-    let admin_token = sandbox.keys.admin_token.as_str();
-    let secret = sandbox.keys.webhook_secret.as_str();
-    let hook = Http::plain(&daemon.webhook_addr.clone().unwrap());
-    let api = Http::plain(&daemon.endpoint);
-    let backend = create_token(&daemon, admin_token, "backend", pb::Role::Backend as i32).await;
-    let stale = create_token(&daemon, admin_token, "stale", pb::Role::Backend as i32).await;
-    daemon
-        .admin()
-        .await
-        .revoke_token(with_token(
-            pb::RevokeTokenRequest {
-                name: "stale".into(),
-            },
-            admin_token,
-        ))
-        .await
-        .unwrap();
-    let body = json!({"clientId": "sidecar", "share": "s"});
-    let mut webhook = daemon.webhook().await;
-    let mut grpc = daemon.backup().await;
-    let list = || pb::ListBackupsRequest {
-        client_id: "sidecar".into(),
-    };
+    let sidecar = Sidecar::new(&sandbox, &daemon).await;
+    a_thousand_failures_are_mostly_rate_limited(&sidecar).await;
+    the_right_credentials_are_served_at_once(&sidecar).await;
+    daemon.status(&sandbox.keys.admin_token).await;
 
-    // 1,000 failures: wrong secrets, a revoked token, no token, over HTTP and gRPC.
+    // Failures from that source are still refused without being served.
+    let err = sidecar
+        .grpc
+        .clone()
+        .list_backups(with_token(list_sidecar(), &sidecar.stale))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+}
+
+/// 1,000 failures: wrong secrets, a revoked token, no token, over HTTP and gRPC. The first 20
+/// are answered as failures, the rest as rate limited.
+async fn a_thousand_failures_are_mostly_rate_limited(sidecar: &Sidecar) {
+    let (mut webhook, mut grpc) = (sidecar.webhook.clone(), sidecar.grpc.clone());
+    let body = json!({"clientId": "sidecar", "share": "s"});
     let mut statuses = std::collections::BTreeMap::new();
     for i in 0..250 {
         let wrong = format!("wrong-secret-number-{i}-0123456789");
-        let reply = hook
+        let reply = sidecar
+            .hook
             .post_json("/backup", &[("x-webhook-secret", &wrong)], &body)
             .await;
         *statuses.entry(reply.status.to_string()).or_insert(0) += 1;
-        let bearer = format!("Bearer {stale}");
-        let reply = api
+        let bearer = format!("Bearer {}", sidecar.stale);
+        let reply = sidecar
+            .api
             .send(
                 "GET",
                 "/v1/clients/sidecar/backups",
@@ -161,21 +207,33 @@ async fn a_valid_credential_is_served_after_a_thousand_failures_from_its_source(
             .unwrap_err();
         *statuses.entry(format!("{:?}", err.code())).or_insert(0) += 1;
         let err = grpc
-            .list_backups(tonic::Request::new(list()))
+            .list_backups(tonic::Request::new(list_sidecar()))
             .await
             .unwrap_err();
         *statuses.entry(format!("{:?}", err.code())).or_insert(0) += 1;
     }
-    // The first 20 are answered as failures, the rest as rate limited.
     assert_eq!(statuses.values().sum::<i32>(), 1000, "{statuses:?}");
     assert!(
         statuses["429"] + statuses["ResourceExhausted"] >= 980,
         "{statuses:?}"
     );
+}
 
-    // The right secret and the right tokens are served at once, over HTTP and gRPC.
+/// The right secret and the right tokens are served at once, over HTTP and gRPC.
+async fn the_right_credentials_are_served_at_once(sidecar: &Sidecar) {
+    let Sidecar {
+        hook,
+        api,
+        secret,
+        backend,
+        ..
+    } = sidecar;
     let ok = hook
-        .post_json("/backup", &[("x-webhook-secret", secret)], &body)
+        .post_json(
+            "/backup",
+            &[("x-webhook-secret", secret)],
+            &json!({"clientId": "sidecar", "share": "s"}),
+        )
         .await;
     assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
     let fetched = hook
@@ -197,29 +255,14 @@ async fn a_valid_credential_is_served_after_a_thousand_failures_from_its_source(
         )
         .await;
     assert_eq!(listed.status, 200);
-    let shares = webhook
-        .fetch(with_secret(
-            pb::FetchRequest {
-                client_id: "sidecar".into(),
-            },
-            secret,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .backup_shares;
+    let shares = fetch_shares(&mut sidecar.webhook.clone(), secret, "sidecar".into()).await;
     assert_eq!(shares, ["s"]);
-    grpc.list_backups(with_token(list(), &backend))
+    sidecar
+        .grpc
+        .clone()
+        .list_backups(with_token(list_sidecar(), backend))
         .await
         .unwrap();
-    daemon.status(admin_token).await;
-
-    // Failures from that source are still refused without being served.
-    let err = grpc
-        .list_backups(with_token(list(), &stale))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,13 +317,11 @@ async fn the_private_listener_attributes_failures_behind_a_trusted_proxy() {
 }
 
 /// Starts a request whose body never finishes: it holds its connection and its in-flight slot.
-async fn stalled_upload(addr: &str, secret: &str) -> tokio::net::TcpStream {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+async fn stalled_upload(addr: &str, secret: &str) -> TcpStream {
     let head = format!(
         "POST /backup HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-webhook-secret: {secret}\r\ncontent-length: 100000\r\n\r\n{{\"clientId\":"
     );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream
+    Http::plain(addr).open(head.as_bytes()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,23 +336,32 @@ async fn a_flood_on_the_public_listener_does_not_starve_the_private_one() {
         "--max-connections-per-source",
         "6",
     ]);
-    let hook = daemon.webhook_addr.clone().unwrap();
     let secret = sandbox.keys.webhook_secret.clone();
+    let flood = flood_the_public_listener(&daemon, &secret).await;
+    the_private_listener_keeps_serving(&daemon, &secret).await;
+    // Once the flood stops, the public listener serves again.
+    drop(flood);
+    the_public_listener_serves_again(&daemon, &secret).await;
+}
 
-    // Four stalled uploads fill the public listener's in-flight slots...
-    let mut stalled = Vec::new();
+/// Four stalled uploads fill the public listener's in-flight slots, so a fifth request is
+/// refused, and three more connections reach its connection limit. Answers the connections
+/// that hold it.
+async fn flood_the_public_listener(daemon: &Daemon, secret: &str) -> Vec<TcpStream> {
+    let hook = daemon.webhook_addr.clone().unwrap();
+    let mut held = Vec::new();
     for _ in 0..4 {
-        stalled.push(stalled_upload(&hook, &secret).await);
+        held.push(stalled_upload(&hook, secret).await);
     }
-    // ...so, once they have reached the daemon (a probe arriving first would take a slot and
-    // the last stalled upload would be the one refused), a fifth request is refused at once.
+    // Once they have reached the daemon (a probe arriving first would take a slot and the
+    // last stalled upload would be the one refused), a fifth request is refused at once.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut refused = None;
     for _ in 0..100 {
         let reply = Http::plain(&hook)
             .post_json(
                 "/backup",
-                &[("x-webhook-secret", &secret)],
+                &[("x-webhook-secret", secret)],
                 &json!({"clientId": "c", "share": "s"}),
             )
             .await;
@@ -326,12 +376,14 @@ async fn a_flood_on_the_public_listener_does_not_starve_the_private_one() {
     assert_eq!(refused.status, 503);
     assert_eq!(refused.json()["error"]["code"], "overloaded");
     // ...and the connection limit stops accepting beyond six.
-    let mut extra = Vec::new();
     for _ in 0..3 {
-        extra.push(tokio::net::TcpStream::connect(&hook).await.unwrap());
+        held.push(Http::plain(&hook).connect().await);
     }
+    held
+}
 
-    // The private listener keeps serving, over gRPC and JSON.
+/// The private listener keeps serving, over gRPC and JSON.
+async fn the_private_listener_keeps_serving(daemon: &Daemon, secret: &str) {
     daemon
         .webhook()
         .await
@@ -342,7 +394,7 @@ async fn a_flood_on_the_public_listener_does_not_starve_the_private_one() {
                 share: "still served".into(),
                 backup_share_pair_id: None,
             },
-            &secret,
+            secret,
         ))
         .await
         .unwrap();
@@ -353,16 +405,17 @@ async fn a_flood_on_the_public_listener_does_not_starve_the_private_one() {
             .status,
         200
     );
+}
 
-    // Once the flood stops, the public listener serves again.
-    drop(stalled);
-    drop(extra);
+/// The public listener serves the share stored meanwhile, and the refusals were counted.
+async fn the_public_listener_serves_again(daemon: &Daemon, secret: &str) {
+    let hook = daemon.webhook_addr.clone().unwrap();
     let mut served = false;
     for _ in 0..50 {
         let reply = Http::plain(&hook)
             .post_json(
                 "/backup/fetch",
-                &[("x-webhook-secret", &secret)],
+                &[("x-webhook-secret", secret)],
                 &json!({"clientId": "private"}),
             )
             .await;
@@ -392,11 +445,9 @@ async fn a_slow_loris_connection_is_dropped_and_others_are_served_meanwhile() {
     let sandbox = Sandbox::new(82);
     let daemon = sandbox.start();
     let hook = daemon.webhook_addr.clone().unwrap();
-    let mut loris = tokio::net::TcpStream::connect(&hook).await.unwrap();
-    loris
-        .write_all(b"POST /backup HTTP/1.1\r\nhost: x\r\n")
-        .await
-        .unwrap();
+    let mut loris = Http::plain(&hook)
+        .open(b"POST /backup HTTP/1.1\r\nhost: x\r\n")
+        .await;
     let secret = sandbox.keys.webhook_secret.clone();
     // Headers trickle in, one byte a second; the daemon's header timeout is 10 s.
     let trickle = tokio::spawn(async move {

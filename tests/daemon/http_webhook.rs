@@ -496,23 +496,10 @@ async fn tls_on_both_listeners() {
     );
 
     // Plain HTTP to a TLS listener gets nothing.
-    let plain = tokio::net::TcpStream::connect(daemon.webhook_addr.as_deref().unwrap())
-        .await
-        .unwrap();
-    let result = hyper::client::conn::http1::handshake::<
-        _,
-        http_body_util::Empty<hyper::body::Bytes>,
-    >(hyper_util::rt::TokioIo::new(plain))
-    .await;
-    if let Ok((mut sender, conn)) = result {
-        tokio::spawn(conn);
-        let request = hyper::Request::builder()
-            .uri("/healthz")
-            .header("host", "x")
-            .body(http_body_util::Empty::new())
-            .unwrap();
-        assert!(sender.send_request(request).await.is_err());
-    }
+    let plain = Http::plain(daemon.webhook_addr.as_deref().unwrap())
+        .try_send("GET", "/healthz", &[], None)
+        .await;
+    assert!(plain.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,10 +2,9 @@
 //! limits, gRPC calls whose request never finishes, and gRPC messages over the share limits.
 
 use crate::harness::{Sandbox, with_secret};
-use crate::http_client::Http;
+use crate::http_client::{H2Body, Http};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Bytes, Frame};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use sharevault::pb;
 use std::time::Duration;
@@ -18,13 +17,10 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00
 /// Opens up to `count` idle HTTP/2 connections to `addr` from `source`; stops early (and
 /// says so) if connecting takes over 2 s, as it does once the listener stops accepting.
 async fn idle_connections(addr: &str, source: &str, count: usize) -> Vec<tokio::net::TcpStream> {
-    let source: std::net::IpAddr = source.parse().unwrap();
+    let http = Http::from_source(addr, source);
     let mut held = Vec::new();
     for _ in 0..count {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind((source, 0).into()).unwrap();
-        let connect = socket.connect(addr.parse().unwrap());
-        let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_secs(2), connect).await else {
+        let Some(mut stream) = http.connect_within(Duration::from_secs(2)).await else {
             eprintln!(
                 "{addr}: connecting stalled after {} connections",
                 held.len()
@@ -98,27 +94,7 @@ async fn idle_http2_connections_from_one_source_do_not_keep_others_out() {
     drop(held);
 }
 
-/// An HTTP/2 connection (prior knowledge, as gRPC clients make) whose driver answers pings.
-async fn h2_client(
-    addr: &str,
-) -> (
-    hyper::client::conn::http2::SendRequest<
-        http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>,
-    >,
-    tokio::task::JoinHandle<()>,
-) {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    (sender, driver)
-}
-
-fn empty() -> http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible> {
+fn empty() -> H2Body {
     http_body_util::Empty::new().boxed()
 }
 
@@ -130,7 +106,7 @@ async fn a_connection_with_no_open_request_is_closed_once_idle() {
         daemon.webhook_addr.clone().unwrap(),
         daemon.endpoint.trim_start_matches("http://").to_owned(),
     ] {
-        let (mut sender, driver) = h2_client(&addr).await;
+        let (mut sender, driver) = Http::plain(&addr).h2().await;
         // In use every second, the connection stays open past the idle limit.
         for _ in 0..4 {
             let request = hyper::Request::get(format!("http://{addr}/healthz"))
@@ -157,7 +133,7 @@ async fn a_grpc_call_whose_request_never_finishes_is_answered_deadline_exceeded(
         "/sharevault.v1.WebhookService/Backup",
         "/sharevault.v1.AdminService/Verify",
     ] {
-        let (mut sender, _driver) = h2_client(&addr).await;
+        let (mut sender, _driver) = Http::plain(&addr).h2().await;
         let (frames, body) =
             tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
         // A message header announcing 1,000 bytes, then ten of them, then nothing.
