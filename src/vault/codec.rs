@@ -7,8 +7,8 @@
 //! Integers are big-endian; strings are UTF-8.
 
 use crate::auth::Role;
-use crate::pairs::PairStatus;
 use crate::store::StoreError;
+use crate::vault::status::PairStatus;
 
 /// A sealed share or cipherText with the little metadata kept beside it in clear.
 #[derive(Clone, PartialEq, Eq)]

@@ -8,9 +8,11 @@ mod access;
 pub mod codec;
 mod keys;
 mod pairs;
+pub mod placement;
 pub mod records;
 pub mod rules;
 mod shares;
+pub mod status;
 mod tokens;
 
 pub use access::Credentials;
@@ -25,9 +27,9 @@ use crate::audit::{Anchor, AuditEntry, AuditEvent, AuditKey, ChainCheck, ChainRe
 use crate::crypto::{CryptoError, KeyId, MasterKey, RecordAad};
 use crate::error::VaultError;
 use crate::integrity::{INTEGRITY_KEY, IntegrityKey};
-use crate::placement::ReadPlacement;
 use crate::store::{Reader, Store, StoreError, TableId};
 use crate::validate::Limits;
+use crate::vault::placement::ReadPlacement;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;

@@ -4,9 +4,9 @@ use super::records::{self, MethodRecord, PairRecord};
 use super::rules::{WriteOp, WriteOutcome};
 use super::{Vault, entry, now_ms};
 use crate::error::{Field, VaultError};
-use crate::pairs::PairStatus;
 use crate::store::TableId;
 use crate::validate::{self, split_curve};
+use crate::vault::status::PairStatus;
 use std::collections::BTreeMap;
 
 /// One custodian share in the [`Vault::list_backups`] view.

@@ -9,9 +9,9 @@ use super::codec;
 use super::records::{self, PairRecord, SealedRecord, TokenRecord};
 use crate::audit::{self, AuditEntry, AuditKey};
 use crate::error::VaultError;
-use crate::pairs::PairStatus;
 use crate::store::{Key, Staged, Store, StoreError, TableId, WriteClass, WriteJob, Writer};
 use crate::validate::{MAX_METHODS_PER_CLIENT, split_curve};
+use crate::vault::status::PairStatus;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// One atomic write.

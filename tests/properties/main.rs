@@ -13,7 +13,7 @@ mod snapshots;
 mod validation;
 
 use proptest::prelude::ProptestConfig;
-use sharevault::pairs::PairStatus;
+use sharevault::vault::status::PairStatus;
 
 const CASES: u32 = 128;
 

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use sharevault::error::VaultError;
-use sharevault::pairs::PairStatus;
+use sharevault::vault::status::PairStatus;
 
 use super::{STATUSES, config};
 
@@ -42,7 +42,7 @@ proptest! {
             Some(status) => prop_assert_eq!(status.name(), name.as_str()),
             None => prop_assert!(STATUSES.iter().all(|s| s.name() != name)),
         }
-        if let Err(err) = sharevault::pairs::parse_status(&name) {
+        if let Err(err) = sharevault::vault::status::parse_status(&name) {
             // One fixed message, whatever was given.
             prop_assert_eq!(
                 err.to_string(),

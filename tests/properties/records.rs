@@ -3,8 +3,8 @@
 
 use proptest::prelude::*;
 use sharevault::auth::Role;
-use sharevault::pairs::PairStatus;
 use sharevault::vault::codec;
+use sharevault::vault::status::PairStatus;
 use sharevault::vault::{PairRecord, SealedRecord};
 
 use super::{STATUSES, config};
