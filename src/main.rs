@@ -115,20 +115,8 @@ fn settings(config: &Config) -> anyhow::Result<Settings> {
     )
     .map_err(anyhow::Error::msg)?;
     Ok(Settings {
-        data_dir: config.data_dir.clone(),
+        config: config.clone(),
         secrets,
-        limits: config.limits,
-        shutdown_grace: config.shutdown_grace,
-        min_free_disk_bytes: config.min_free_disk_bytes,
-        cache_bytes: config.cache_bytes,
-        journal_bytes: config.journal_bytes,
-        read_audit: config.read_audit,
-        auth_failure_limit: config.auth_failure_limit,
-        auth_failure_window: config.auth_failure_window,
-        listener_limits: config.limits_per_listener,
-        webhook: config.webhook.clone(),
-        request_timeout: config.request_timeout,
-        max_request_bytes: config.max_request_bytes,
     })
 }
 

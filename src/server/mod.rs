@@ -5,7 +5,7 @@
 //! and per service), and systemd is told `READY=1`. When `shutdown` resolves the daemon stops
 //! accepting, drains in-flight calls for the grace period, and closes the database cleanly.
 
-use crate::config::WebhookConfig;
+use crate::config::Config;
 mod connection;
 mod listen;
 
@@ -22,7 +22,6 @@ use crate::store::redb::RedbStore;
 use crate::validate::Limits;
 use crate::vault::{Credentials, Vault};
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_rustls::TlsAcceptor;
@@ -44,20 +43,8 @@ pub struct Listeners {
 
 /// What the daemon runs with, once configuration and secrets are loaded.
 pub struct Settings {
-    pub data_dir: PathBuf,
+    pub config: Config,
     pub secrets: Secrets,
-    pub limits: Limits,
-    pub shutdown_grace: Duration,
-    pub min_free_disk_bytes: u64,
-    pub cache_bytes: usize,
-    pub journal_bytes: u64,
-    pub read_audit: crate::config::ReadAudit,
-    pub auth_failure_limit: u32,
-    pub auth_failure_window: Duration,
-    pub listener_limits: crate::config::ListenerLimits,
-    pub webhook: WebhookConfig,
-    pub request_timeout: Duration,
-    pub max_request_bytes: usize,
 }
 
 /// Why the daemon stopped with an error.
@@ -254,13 +241,13 @@ pub async fn run(
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
     let ready = Ready::default();
-    let proxies = Arc::new(settings.webhook.trusted_proxies.clone());
+    let proxies = Arc::new(settings.config.webhook.trusted_proxies.clone());
     let private = private_app(
-        grpc_router(&ready, health, &settings.limits, settings.request_timeout)?,
+        grpc_router(&ready, health, &settings.config.limits, settings.config.request_timeout)?,
         crate::api::http::json_api::router(
             ready.clone(),
-            settings.max_request_bytes,
-            settings.request_timeout,
+            settings.config.max_request_bytes,
+            settings.config.request_timeout,
         ),
         Arc::clone(&proxies),
     );
@@ -275,7 +262,7 @@ pub async fn run(
             private.clone(),
             None,
             true,
-            settings.listener_limits,
+            settings.config.limits_per_listener,
             Arc::clone(&proxies),
             stop_rx.clone(),
         ));
@@ -285,32 +272,32 @@ pub async fn run(
         private,
         listeners.grpc_tls,
         false,
-        settings.listener_limits,
+        settings.config.limits_per_listener,
         Arc::clone(&proxies),
         stop_rx.clone(),
     ));
     if let Some(http) = listeners.http {
-        tracing::info!(addr = %http.describe(), tls = listeners.http_tls.is_some(), prefix = %settings.webhook.path_prefix, "webhook listener bound");
+        tracing::info!(addr = %http.describe(), tls = listeners.http_tls.is_some(), prefix = %settings.config.webhook.path_prefix, "webhook listener bound");
         let public = crate::api::http::webhook::router(
             ready.clone(),
-            settings.webhook.clone(),
-            settings.max_request_bytes,
-            settings.request_timeout,
+            settings.config.webhook.clone(),
+            settings.config.max_request_bytes,
+            settings.config.request_timeout,
         );
         servers.spawn(serve(
             http,
             public,
             listeners.http_tls,
             false,
-            settings.listener_limits,
+            settings.config.limits_per_listener,
             proxies,
             stop_rx,
         ));
     }
 
-    let path = settings.data_dir.join(DATABASE_FILE);
-    let (min_free, cache) = (settings.min_free_disk_bytes, settings.cache_bytes);
-    let journal = settings.journal_bytes;
+    let path = settings.config.data_dir.join(DATABASE_FILE);
+    let (min_free, cache) = (settings.config.min_free_disk_bytes, settings.config.cache_bytes);
+    let journal = settings.config.journal_bytes;
     let heartbeat = tokio::spawn(opening_heartbeat());
     let store =
         tokio::task::spawn_blocking(move || RedbStore::open(&path, min_free, cache, journal))
@@ -325,19 +312,19 @@ pub async fn run(
             Arc::new(store),
             settings.secrets.master_key,
             settings.secrets.old_master_key.into_iter().collect(),
-            settings.limits,
+            settings.config.limits,
             Credentials {
                 webhook: settings.secrets.webhook,
                 admin_token: settings.secrets.admin_token,
                 failures: crate::auth::FailureLimiter::new(
-                    settings.auth_failure_limit,
-                    settings.auth_failure_window,
+                    settings.config.auth_failure_limit,
+                    settings.config.auth_failure_window,
                 ),
             },
         )
         .await
         .map(|v| {
-            v.with_deferred_read_audit(settings.read_audit == crate::config::ReadAudit::Deferred)
+            v.with_deferred_read_audit(settings.config.read_audit == crate::config::ReadAudit::Deferred)
         }),
         Err(err) => Err(err),
     };
@@ -375,7 +362,7 @@ pub async fn run(
     set_health(&reporter, ServingStatus::NotServing).await;
     let _ = stop_tx.send(true);
     let drained = async { while servers.join_next().await.is_some() {} };
-    if tokio::time::timeout(settings.shutdown_grace, drained)
+    if tokio::time::timeout(settings.config.shutdown_grace, drained)
         .await
         .is_err()
     {
