@@ -1,5 +1,5 @@
 //! The HTTP/JSON front end: Portal's webhook on the public listener ([`webhook`]) and the
-//! JSON API for backends on the private one ([`api`]). Both call the same vault as gRPC.
+//! JSON API for backends on the private one ([`json_api`]). Both call the same vault as gRPC.
 //!
 //! Errors are JSON, `{"error": {"code", "message"}}`, with the status mapped once from
 //! [`VaultError`] (or from the protocol problem: 413, 415, 405, 404).
