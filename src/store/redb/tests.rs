@@ -173,14 +173,17 @@ async fn audit_events_of_reads_commit_ahead_of_queued_writes() {
         tokio::spawn(async move { rules::write(store.as_ref(), op, audit, None).await })
     };
 
-    // A slow disk holds the writer in its first commit while the others queue up.
-    sync_ms.store(300, Ordering::SeqCst);
+    // A slow disk holds the writer in its first commit while the others queue up. The margins
+    // are wide so that a loaded machine (the crash simulations run beside this test) keeps the
+    // order: the first write is in its commit long before the others are queued, and the
+    // queued write is queued well before the read.
+    sync_ms.store(1000, Ordering::SeqCst);
     let (op, audit) = put("first", b"A");
     let first = spawn(op, audit);
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let (op, audit) = put("queued-write", b"B");
     let write = spawn(op, audit);
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let read = spawn(
         WriteOp::AuditOnly { deferred: false },
         Some(AuditEntry {
