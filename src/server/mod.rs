@@ -243,7 +243,12 @@ pub async fn run(
     let ready = Ready::default();
     let proxies = Arc::new(settings.config.webhook.trusted_proxies.clone());
     let private = private_app(
-        grpc_router(&ready, health, &settings.config.limits, settings.config.request_timeout)?,
+        grpc_router(
+            &ready,
+            health,
+            &settings.config.limits,
+            settings.config.request_timeout,
+        )?,
         crate::api::http::json_api::router(
             ready.clone(),
             settings.config.max_request_bytes,
@@ -296,7 +301,10 @@ pub async fn run(
     }
 
     let path = settings.config.data_dir.join(DATABASE_FILE);
-    let (min_free, cache) = (settings.config.min_free_disk_bytes, settings.config.cache_bytes);
+    let (min_free, cache) = (
+        settings.config.min_free_disk_bytes,
+        settings.config.cache_bytes,
+    );
     let journal = settings.config.journal_bytes;
     let heartbeat = tokio::spawn(opening_heartbeat());
     let store =
@@ -324,7 +332,9 @@ pub async fn run(
         )
         .await
         .map(|v| {
-            v.with_deferred_read_audit(settings.config.read_audit == crate::config::ReadAudit::Deferred)
+            v.with_deferred_read_audit(
+                settings.config.read_audit == crate::config::ReadAudit::Deferred,
+            )
         }),
         Err(err) => Err(err),
     };
