@@ -20,4 +20,5 @@ mod secrecy;
 mod slow_clients;
 mod startup;
 mod systemd;
+mod unix_clients;
 mod validation;
