@@ -9,7 +9,7 @@ use crate::config::WebhookConfig;
 mod connection;
 mod listen;
 
-pub use connection::{App, HEADER_TIMEOUT, MAX_HEADER_BYTES, serve};
+pub use connection::{Admission, App, HEADER_TIMEOUT, MAX_HEADER_BYTES, serve};
 pub use listen::{Listener, tls_acceptor};
 
 use crate::api::Ready;
@@ -92,6 +92,7 @@ fn max_grpc_message(limits: &Limits) -> usize {
 
 fn grpc_router(
     ready: &Ready,
+    calls: &crate::metrics::CallMetrics,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
@@ -128,18 +129,21 @@ fn grpc_router(
         .add_service(
             WebhookServiceServer::new(WebhookApi {
                 ready: ready.clone(),
+                calls: calls.clone(),
             })
             .max_decoding_message_size(max),
         )
         .add_service(
             BackupServiceServer::new(BackupApi {
                 ready: ready.clone(),
+                calls: calls.clone(),
             })
             .max_decoding_message_size(max),
         )
         .add_service(
             AdminServiceServer::new(AdminApi {
                 ready: ready.clone(),
+                calls: calls.clone(),
             })
             .max_decoding_message_size(max),
         );
@@ -254,17 +258,32 @@ pub async fn run(
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
     let ready = Ready::default();
+    // The one registry, and a handle for each part of the daemon.
+    let metrics = crate::metrics::Metrics::new();
     let proxies = Arc::new(settings.webhook.trusted_proxies.clone());
     let private = private_app(
-        grpc_router(&ready, health, &settings.limits, settings.request_timeout)?,
+        grpc_router(
+            &ready,
+            &metrics.calls,
+            health,
+            &settings.limits,
+            settings.request_timeout,
+        )?,
         crate::api::http::json_api::router(
             ready.clone(),
+            metrics.calls.clone(),
+            metrics.scrape.clone(),
             settings.max_request_bytes,
             settings.request_timeout,
         ),
         Arc::clone(&proxies),
     );
 
+    let admission = Admission {
+        limits: settings.listener_limits,
+        trusted_proxies: Arc::clone(&proxies),
+        metrics: metrics.listeners.clone(),
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     tracing::info!(addr = %listeners.grpc.describe(), tls = listeners.grpc_tls.is_some(), "grpc listener bound");
@@ -275,8 +294,7 @@ pub async fn run(
             private.clone(),
             None,
             true,
-            settings.listener_limits,
-            Arc::clone(&proxies),
+            admission.clone(),
             stop_rx.clone(),
         ));
     }
@@ -285,14 +303,14 @@ pub async fn run(
         private,
         listeners.grpc_tls,
         false,
-        settings.listener_limits,
-        Arc::clone(&proxies),
+        admission.clone(),
         stop_rx.clone(),
     ));
     if let Some(http) = listeners.http {
         tracing::info!(addr = %http.describe(), tls = listeners.http_tls.is_some(), prefix = %settings.webhook.path_prefix, "webhook listener bound");
         let public = crate::api::http::webhook::router(
             ready.clone(),
+            metrics.calls.clone(),
             settings.webhook.clone(),
             settings.max_request_bytes,
             settings.request_timeout,
@@ -302,8 +320,7 @@ pub async fn run(
             public,
             listeners.http_tls,
             false,
-            settings.listener_limits,
-            proxies,
+            admission,
             stop_rx,
         ));
     }
@@ -311,11 +328,13 @@ pub async fn run(
     let path = settings.data_dir.join(DATABASE_FILE);
     let (min_free, cache) = (settings.min_free_disk_bytes, settings.cache_bytes);
     let journal = settings.journal_bytes;
+    let store_metrics = metrics.store.clone();
     let heartbeat = tokio::spawn(opening_heartbeat());
-    let store =
-        tokio::task::spawn_blocking(move || RedbStore::open(&path, min_free, cache, journal))
-            .await
-            .map_err(|e| ServeError::Task(e.to_string()));
+    let store = tokio::task::spawn_blocking(move || {
+        RedbStore::open(&path, min_free, cache, journal, store_metrics)
+    })
+    .await
+    .map_err(|e| ServeError::Task(e.to_string()));
     heartbeat.abort();
     // Wait until it has stopped, so that nothing it sends can follow READY=1.
     let _ = heartbeat.await;
@@ -334,6 +353,7 @@ pub async fn run(
                     settings.auth_failure_window,
                 ),
             },
+            metrics.vault.clone(),
         )
         .await
         .map(|v| {
