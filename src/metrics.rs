@@ -124,6 +124,11 @@ impl StoreMetrics {
     pub fn refused_at_reserve(&self, writes: usize) {
         self.reserve_refusals.inc_by(writes as u64);
     }
+
+    /// Writes refused at the reserve so far.
+    pub fn reserve_refusals(&self) -> u64 {
+        self.reserve_refusals.get()
+    }
 }
 
 /// The vault's handle: where its reads ran, failed authentications, audit verifications

@@ -93,11 +93,7 @@ async fn scrape_after_some_calls(sandbox: &Sandbox, daemon: &Daemon) -> String {
     let secret = sandbox.keys.webhook_secret.as_str();
     for (presented, status) in [(secret, 200), ("not-the-secret-0123456789", 401)] {
         let reply = webhook
-            .post_json(
-                "/backup",
-                &[("x-webhook-secret", presented)],
-                &body,
-            )
+            .post_json("/backup", &[("x-webhook-secret", presented)], &body)
             .await;
         assert_eq!(reply.status, status);
     }

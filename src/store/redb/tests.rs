@@ -358,7 +358,8 @@ async fn writes_are_refused_below_the_free_space_reserve_and_reads_go_on() {
     store.close();
     drop(store);
 
-    let store = RedbStore::open(&path, u64::MAX, 1 << 20, 1 << 20, Default::default()).unwrap();
+    let metrics = crate::metrics::StoreMetrics::default();
+    let store = RedbStore::open(&path, u64::MAX, 1 << 20, 1 << 20, metrics.clone()).unwrap();
     let refused = WriteJob {
         class: WriteClass::AddsData,
         apply: Box::new(|w| {
@@ -376,6 +377,7 @@ async fn writes_are_refused_below_the_free_space_reserve_and_reads_go_on() {
         rules::write(&store, op, audit, None).await,
         Err(VaultError::Unavailable)
     ));
+    assert_eq!(metrics.reserve_refusals(), 2, "both refusals are counted");
     // Deletions still go through below the reserve.
     let delete = WriteOp::DeleteClient {
         client_id: "kept".into(),
@@ -390,6 +392,7 @@ async fn writes_are_refused_below_the_free_space_reserve_and_reads_go_on() {
             "{client}"
         );
     }
+    assert_eq!(metrics.reserve_refusals(), 2, "a deletion is no refusal");
 }
 
 /// A hash entry planted beside another token's record authenticates nobody: the record found
