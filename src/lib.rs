@@ -17,7 +17,8 @@
 //!   the key behind the snapshot and audit MACs, sealed under the master key.
 //! - [`cli`]: the operator's commands.
 //! - [`config`] and [`secrets`]: settings, and the master key, webhook secrets and admin token;
-//!   [`metrics`]; [`error`]: the errors callers see and their mapping to gRPC codes.
+//!   [`metrics`] (one registry, and a handle per component, made in [`server::run`]);
+//!   [`error`]: the errors callers see and their mapping to gRPC codes.
 
 pub mod api;
 pub mod audit;

@@ -1,12 +1,14 @@
 //! One structured log line per call, whatever the protocol.
 
 use crate::error::VaultError;
+use crate::metrics::CallMetrics;
 use crate::validate;
 use std::time::Instant;
 
 /// A call in flight, logged once when it finishes: service, method, client, backup method,
 /// outcome and latency. Identifiers are logged only if they are valid; payloads never are.
 pub struct Call {
+    metrics: CallMetrics,
     service: &'static str,
     method: &'static str,
     client: String,
@@ -15,8 +17,9 @@ pub struct Call {
 }
 
 impl Call {
-    pub fn new(service: &'static str, method: &'static str) -> Self {
+    pub fn new(metrics: &CallMetrics, service: &'static str, method: &'static str) -> Self {
         Self {
+            metrics: metrics.clone(),
             service,
             method,
             client: String::new(),
@@ -54,7 +57,8 @@ impl Call {
     /// Logs the call with an outcome that is not a vault result (a protocol error).
     pub fn finish_with(self, outcome: &'static str) {
         let elapsed = self.started.elapsed();
-        crate::metrics::global().call(self.service, self.method, outcome, elapsed);
+        self.metrics
+            .call(self.service, self.method, outcome, elapsed);
         tracing::info!(
             target: "sharevault::call",
             service = self.service,

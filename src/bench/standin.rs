@@ -77,11 +77,15 @@ async fn serve(shared: Shared) -> anyhow::Result<()> {
         .route("/backup/fetch", post(fetch))
         .with_state(shared);
 
-    let limits = ListenerLimits {
-        max_connections: 1024,
-        max_connections_per_source: 1024,
-        max_in_flight: 1024,
-        connection_idle: std::time::Duration::from_secs(60),
+    let admission = net::Admission {
+        limits: ListenerLimits {
+            max_connections: 1024,
+            max_connections_per_source: 1024,
+            max_in_flight: 1024,
+            connection_idle: std::time::Duration::from_secs(60),
+        },
+        trusted_proxies: std::sync::Arc::default(),
+        metrics: Default::default(),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let servers = [
@@ -90,8 +94,7 @@ async fn serve(shared: Shared) -> anyhow::Result<()> {
             grpc_app,
             None,
             false,
-            limits,
-            std::sync::Arc::default(),
+            admission.clone(),
             stop_rx.clone(),
         )),
         tokio::spawn(net::serve(
@@ -99,8 +102,7 @@ async fn serve(shared: Shared) -> anyhow::Result<()> {
             webhook_app,
             None,
             false,
-            limits,
-            std::sync::Arc::default(),
+            admission,
             stop_rx,
         )),
     ];

@@ -261,25 +261,38 @@ impl Drop for SourceSlot {
     }
 }
 
+/// What a listener enforces and counts: its limits, the proxies exempt from the per-source
+/// limit, and the handle that counts requests refused at the in-flight limit.
+#[derive(Clone)]
+pub struct Admission {
+    pub limits: crate::config::ListenerLimits,
+    pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
+    pub metrics: crate::metrics::ListenerMetrics,
+}
+
 /// Accepts connections on `listener` and serves `app` on each until `stop` turns true; then
 /// stops accepting and waits for open connections to finish their requests. With
 /// `local_admin`, the listener is the local admin socket: only the daemon's own user and root
 /// may connect, and their requests are marked [`LocalAdmin`]. A source (an IPv4 address or an
 /// IPv6 /64) holds at most `limits.max_connections_per_source` connections; more are closed
-/// at once, except from the `trusted_proxies`.
+/// at once, except from the `trusted_proxies` ([`Admission`]).
 pub async fn serve(
     listener: Listener,
     app: App,
     tls: Option<TlsAcceptor>,
     local_admin: bool,
-    limits: crate::config::ListenerLimits,
-    trusted_proxies: Arc<Vec<ipnet::IpNet>>,
+    admission: Admission,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let Admission {
+        limits,
+        trusted_proxies,
+        metrics,
+    } = admission;
     let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight));
     let served = Connections {
         app: app.layer(axum::middleware::from_fn(move |req, next| {
-            limit_in_flight(Arc::clone(&in_flight), req, next)
+            limit_in_flight(Arc::clone(&in_flight), metrics.clone(), req, next)
         })),
         tls,
         builder: builder(),
@@ -357,13 +370,14 @@ pub async fn serve(
 /// Answers 503 at once when the listener already has its most requests in flight.
 async fn limit_in_flight(
     slots: Arc<tokio::sync::Semaphore>,
+    metrics: crate::metrics::ListenerMetrics,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     match slots.try_acquire_owned() {
         Ok(_slot) => next.run(request).await,
         Err(_) => {
-            crate::metrics::global().overloaded();
+            metrics.overloaded();
             crate::api::http::HttpError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",

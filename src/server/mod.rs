@@ -9,7 +9,7 @@ use crate::config::Config;
 mod connection;
 mod listen;
 
-pub use connection::{App, HEADER_TIMEOUT, MAX_HEADER_BYTES, serve};
+pub use connection::{Admission, App, HEADER_TIMEOUT, MAX_HEADER_BYTES, serve};
 pub use listen::{Listener, tls_acceptor};
 
 use crate::api::Ready;
@@ -79,6 +79,7 @@ fn max_grpc_message(limits: &Limits) -> usize {
 
 fn grpc_router(
     ready: &Ready,
+    calls: &crate::metrics::CallMetrics,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
@@ -115,18 +116,21 @@ fn grpc_router(
         .add_service(
             WebhookServiceServer::new(WebhookApi {
                 ready: ready.clone(),
+                calls: calls.clone(),
             })
             .max_decoding_message_size(max),
         )
         .add_service(
             BackupServiceServer::new(BackupApi {
                 ready: ready.clone(),
+                calls: calls.clone(),
             })
             .max_decoding_message_size(max),
         )
         .add_service(
             AdminServiceServer::new(AdminApi {
                 ready: ready.clone(),
+                calls: calls.clone(),
             })
             .max_decoding_message_size(max),
         );
@@ -241,22 +245,32 @@ pub async fn run(
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
     let ready = Ready::default();
+    // The one registry, and a handle for each part of the daemon.
+    let metrics = crate::metrics::Metrics::new();
     let proxies = Arc::new(settings.config.webhook.trusted_proxies.clone());
     let private = private_app(
         grpc_router(
             &ready,
+            &metrics.calls,
             health,
             &settings.config.limits,
             settings.config.request_timeout,
         )?,
         crate::api::http::json_api::router(
             ready.clone(),
+            metrics.calls.clone(),
+            metrics.scrape.clone(),
             settings.config.max_request_bytes,
             settings.config.request_timeout,
         ),
         Arc::clone(&proxies),
     );
 
+    let admission = Admission {
+        limits: settings.config.limits_per_listener,
+        trusted_proxies: Arc::clone(&proxies),
+        metrics: metrics.listeners.clone(),
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     tracing::info!(addr = %listeners.grpc.describe(), tls = listeners.grpc_tls.is_some(), "grpc listener bound");
@@ -267,8 +281,7 @@ pub async fn run(
             private.clone(),
             None,
             true,
-            settings.config.limits_per_listener,
-            Arc::clone(&proxies),
+            admission.clone(),
             stop_rx.clone(),
         ));
     }
@@ -277,14 +290,14 @@ pub async fn run(
         private,
         listeners.grpc_tls,
         false,
-        settings.config.limits_per_listener,
-        Arc::clone(&proxies),
+        admission.clone(),
         stop_rx.clone(),
     ));
     if let Some(http) = listeners.http {
         tracing::info!(addr = %http.describe(), tls = listeners.http_tls.is_some(), prefix = %settings.config.webhook.path_prefix, "webhook listener bound");
         let public = crate::api::http::webhook::router(
             ready.clone(),
+            metrics.calls.clone(),
             settings.config.webhook.clone(),
             settings.config.max_request_bytes,
             settings.config.request_timeout,
@@ -294,8 +307,7 @@ pub async fn run(
             public,
             listeners.http_tls,
             false,
-            settings.config.limits_per_listener,
-            proxies,
+            admission,
             stop_rx,
         ));
     }
@@ -306,11 +318,13 @@ pub async fn run(
         settings.config.cache_bytes,
     );
     let journal = settings.config.journal_bytes;
+    let store_metrics = metrics.store.clone();
     let heartbeat = tokio::spawn(opening_heartbeat());
-    let store =
-        tokio::task::spawn_blocking(move || RedbStore::open(&path, min_free, cache, journal))
-            .await
-            .map_err(|e| ServeError::Task(e.to_string()));
+    let store = tokio::task::spawn_blocking(move || {
+        RedbStore::open(&path, min_free, cache, journal, store_metrics)
+    })
+    .await
+    .map_err(|e| ServeError::Task(e.to_string()));
     heartbeat.abort();
     // Wait until it has stopped, so that nothing it sends can follow READY=1.
     let _ = heartbeat.await;
@@ -329,6 +343,7 @@ pub async fn run(
                     settings.config.auth_failure_window,
                 ),
             },
+            metrics.vault.clone(),
         )
         .await
         .map(|v| {

@@ -21,6 +21,7 @@ impl Vault {
     /// credential is always served, whatever its source (a shared egress address, or
     /// 127.0.0.1 in a sidecar deployment) or anyone else did.
     fn failed(&self, keys: &[auth::FailureKey], err: VaultError) -> VaultError {
+        self.metrics.auth_failure();
         match self.credentials.failures.fail(keys) {
             Ok(()) => err,
             Err(retry_after_secs) => VaultError::RateLimited { retry_after_secs },

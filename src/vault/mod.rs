@@ -180,6 +180,8 @@ pub struct Vault {
     deferred_read_audit: bool,
     /// Whether store reads run inline or on the blocking pool.
     placement: Arc<ReadPlacement>,
+    /// The vault's own metrics: offloaded reads, failed authentications, broken audit chains.
+    metrics: crate::metrics::VaultMetrics,
 }
 
 impl Vault {
@@ -192,6 +194,7 @@ impl Vault {
         older: Vec<MasterKey>,
         limits: Limits,
         credentials: Credentials,
+        metrics: crate::metrics::VaultMetrics,
     ) -> Result<Self, OpenError> {
         let meta = |name: &str| -> Result<Option<Vec<u8>>, OpenError> {
             let r = store.read().map_err(OpenError::Store)?;
@@ -310,7 +313,10 @@ impl Vault {
             limits,
             credentials,
             started: Instant::now(),
-            placement: Arc::new(ReadPlacement::new()),
+            placement: Arc::new(
+                ReadPlacement::new().counting_slow_reads(metrics.slow_reads.clone()),
+            ),
+            metrics,
             rekeying: tokio::sync::Mutex::new(()),
             deferred_read_audit: false,
         })
@@ -462,9 +468,7 @@ impl Vault {
         if !self.placement.offloading() {
             return Ok(timed()?);
         }
-        crate::metrics::global()
-            .offloaded_reads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.offloaded_read();
         match tokio::task::spawn_blocking(timed).await {
             Ok(result) => Ok(result?),
             Err(err) => {
@@ -501,7 +505,11 @@ impl Vault {
             },
             None => ChainCheck::failed("the audit trail's anchor is missing".into()),
         };
-        Ok(crate::audit::verify_trail(self.store.as_ref(), check)?)
+        let report = crate::audit::verify_trail(self.store.as_ref(), check)?;
+        if report.problem.is_some() {
+            self.metrics.audit_chain_broken();
+        }
+        Ok(report)
     }
 
     /// Records an administrative action in the audit trail.

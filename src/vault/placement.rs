@@ -14,6 +14,7 @@
 //! larger than memory keeps its reads off the workers for as long as they stay slow, and a
 //! vault that fits in memory goes back to inline reads once they are fast again.
 
+use prometheus_client::metrics::counter::Counter;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,8 @@ pub struct ReadPlacement {
     window_ms: AtomicU64,
     reads: AtomicU64,
     slow: AtomicU64,
+    /// Counts every slow read, for `/metrics`.
+    slow_reads: Counter,
 }
 
 impl Default for ReadPlacement {
@@ -54,7 +57,14 @@ impl ReadPlacement {
             window_ms: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             slow: AtomicU64::new(0),
+            slow_reads: Counter::default(),
         }
+    }
+
+    /// Counts every slow read into `slow_reads` (the vault's metric).
+    pub fn counting_slow_reads(mut self, slow_reads: Counter) -> Self {
+        self.slow_reads = slow_reads;
+        self
     }
 
     fn now_ms(&self) -> u64 {
@@ -79,9 +89,7 @@ impl ReadPlacement {
         self.reads.fetch_add(1, Ordering::Relaxed);
         if took > SLOW_READ {
             self.slow.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::global()
-                .slow_reads
-                .fetch_add(1, Ordering::Relaxed);
+            self.slow_reads.inc();
         }
         let start = self.window_ms.load(Ordering::Relaxed);
         if now_ms < start + WINDOW.as_millis() as u64

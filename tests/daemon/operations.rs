@@ -762,6 +762,15 @@ async fn an_edited_or_rewritten_audit_trail_is_detected() {
     assert!(!report.ok, "{report:?}");
     assert_eq!(report.first_bad_seq, victim);
     assert!(report.problem.contains("rewritten"), "{}", report.problem);
+    let metrics = crate::http_client::Http::plain(&daemon.endpoint)
+        .send("GET", "/metrics", &[], None)
+        .await;
+    let text = String::from_utf8(metrics.body).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == "sharevault_audit_chain_broken_total 1"),
+        "the broken chain is counted: {text}"
+    );
 }
 
 /// A vault made before the audit MAC (plain SHA-256 trail, version 1 key check, no integrity

@@ -19,6 +19,7 @@ use zeroize::Zeroizing;
 
 pub struct AdminApi {
     pub ready: Ready,
+    pub calls: crate::metrics::CallMetrics,
 }
 
 impl AdminApi {
@@ -67,7 +68,7 @@ impl AdminService for AdminApi {
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         let req = request.get_ref();
-        let call = Call::new("AdminService", "CreateToken");
+        let call = Call::new(&self.calls, "AdminService", "CreateToken");
         let result = async {
             let (vault, who) = self.authorize(&request)?;
             let role = role_from_proto(req.role)?;
@@ -86,7 +87,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
-        let call = Call::new("AdminService", "ListTokens");
+        let call = Call::new(&self.calls, "AdminService", "ListTokens");
         let result = async {
             let (vault, _) = self.authorize(&request)?;
             Ok(pb::ListTokensResponse {
@@ -109,7 +110,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        let call = Call::new("AdminService", "RevokeToken");
+        let call = Call::new(&self.calls, "AdminService", "RevokeToken");
         let result = async {
             let (vault, who) = self.authorize(&request)?;
             vault
@@ -125,7 +126,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        let call = Call::new("AdminService", "GetStatus");
+        let call = Call::new(&self.calls, "AdminService", "GetStatus");
         let result = async {
             let (vault, _) = self.authorize(&request)?;
             let status = vault.status()?;
@@ -149,7 +150,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<Self::ListAuditEventsStream>, Status> {
-        let call = Call::new("AdminService", "ListAuditEvents");
+        let call = Call::new(&self.calls, "AdminService", "ListAuditEvents");
         let result = self.authorize(&request).map(|(vault, _)| Arc::clone(vault));
         let vault = reply(call, result)?.into_inner();
         let req = request.into_inner();
@@ -199,7 +200,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::VerifyAuditRequest>,
     ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
-        let call = Call::new("AdminService", "VerifyAudit");
+        let call = Call::new(&self.calls, "AdminService", "VerifyAudit");
         let result = async {
             let (vault, _) = self.authorize(&request)?;
             let vault = Arc::clone(vault);
@@ -224,7 +225,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        let call = Call::new("AdminService", "Snapshot");
+        let call = Call::new(&self.calls, "AdminService", "Snapshot");
         let result = self
             .authorize(&request)
             .map(|(vault, who)| (Arc::clone(vault), who));
@@ -264,7 +265,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::RekeyRequest>,
     ) -> Result<Response<Self::RekeyStream>, Status> {
-        let call = Call::new("AdminService", "Rekey");
+        let call = Call::new(&self.calls, "AdminService", "Rekey");
         let result = async {
             // A key that crossed a network in clear is refused before anything else, so that
             // it never seals anything.
@@ -325,7 +326,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
-        let call = Call::new("AdminService", "Verify");
+        let call = Call::new(&self.calls, "AdminService", "Verify");
         let result = async {
             let (vault, _) = self.authorize(&request)?;
             let vault = Arc::clone(vault);
@@ -377,6 +378,7 @@ mod tests {
     async fn rekey_over(transport: Transport, peer: Peer) -> tonic::Code {
         let api = AdminApi {
             ready: Ready::default(),
+            calls: Default::default(),
         };
         let mut request = Request::new(pb::RekeyRequest {
             new_master_key: vec![7; 32],

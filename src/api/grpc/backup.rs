@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 pub struct BackupApi {
     pub ready: Ready,
+    pub calls: crate::metrics::CallMetrics,
 }
 
 impl BackupApi {
@@ -111,7 +112,7 @@ impl BackupService for BackupApi {
         request: Request<pb::StoreClientBackupShareRequest>,
     ) -> Result<Response<pb::StoreClientBackupShareResponse>, Status> {
         let req = request.get_ref();
-        let mut call = Call::new("BackupService", "StoreClientBackupShare");
+        let mut call = Call::new(&self.calls, "BackupService", "StoreClientBackupShare");
         call.client(&req.client_id)
             .backup_method(&req.backup_method);
         let result = async {
@@ -137,7 +138,7 @@ impl BackupService for BackupApi {
         request: Request<pb::GetClientBackupShareRequest>,
     ) -> Result<Response<pb::GetClientBackupShareResponse>, Status> {
         let req = request.get_ref();
-        let mut call = Call::new("BackupService", "GetClientBackupShare");
+        let mut call = Call::new(&self.calls, "BackupService", "GetClientBackupShare");
         call.client(&req.client_id)
             .backup_method(&req.backup_method);
         let result = async {
@@ -160,7 +161,7 @@ impl BackupService for BackupApi {
         request: Request<pb::DeleteClientBackupShareRequest>,
     ) -> Result<Response<pb::DeleteClientBackupShareResponse>, Status> {
         let req = request.get_ref();
-        let mut call = Call::new("BackupService", "DeleteClientBackupShare");
+        let mut call = Call::new(&self.calls, "BackupService", "DeleteClientBackupShare");
         call.client(&req.client_id)
             .backup_method(&req.backup_method);
         let result = async {
@@ -179,7 +180,7 @@ impl BackupService for BackupApi {
         request: Request<pb::ListBackupsRequest>,
     ) -> Result<Response<pb::ListBackupsResponse>, Status> {
         let req = request.get_ref();
-        let mut call = Call::new("BackupService", "ListBackups");
+        let mut call = Call::new(&self.calls, "BackupService", "ListBackups");
         call.client(&req.client_id);
         let result = async {
             let (vault, _) = self.authorize(&request, Role::Backend)?;
@@ -197,7 +198,7 @@ impl BackupService for BackupApi {
         request: Request<pb::GetCustodianBackupShareRequest>,
     ) -> Result<Response<pb::GetCustodianBackupShareResponse>, Status> {
         let req = request.get_ref();
-        let mut call = Call::new("BackupService", "GetCustodianBackupShare");
+        let mut call = Call::new(&self.calls, "BackupService", "GetCustodianBackupShare");
         call.client(&req.client_id)
             .backup_method(&req.backup_method);
         let result = async {
@@ -218,7 +219,7 @@ impl BackupService for BackupApi {
         request: Request<pb::ListBackupSharePairsRequest>,
     ) -> Result<Response<pb::ListBackupSharePairsResponse>, Status> {
         let req = request.get_ref();
-        let mut call = Call::new("BackupService", "ListBackupSharePairs");
+        let mut call = Call::new(&self.calls, "BackupService", "ListBackupSharePairs");
         call.client(&req.client_id);
         let result = async {
             let (vault, _) = self.authorize(&request, Role::Backend)?;
@@ -236,7 +237,7 @@ impl BackupService for BackupApi {
         request: Request<pb::UpdateBackupSharePairsRequest>,
     ) -> Result<Response<pb::UpdateBackupSharePairsResponse>, Status> {
         let req = request.get_ref();
-        let mut call = Call::new("BackupService", "UpdateBackupSharePairs");
+        let mut call = Call::new(&self.calls, "BackupService", "UpdateBackupSharePairs");
         call.client(&req.client_id);
         let result = async {
             let (vault, who) = self.authorize(&request, Role::Backend)?;
@@ -260,7 +261,7 @@ impl BackupService for BackupApi {
         request: Request<pb::DeleteClientRequest>,
     ) -> Result<Response<pb::DeleteClientResponse>, Status> {
         let req = request.get_ref();
-        let mut call = Call::new("BackupService", "DeleteClient");
+        let mut call = Call::new(&self.calls, "BackupService", "DeleteClient");
         call.client(&req.client_id);
         let result = async {
             let (vault, who) = self.authorize(&request, Role::Backend)?;

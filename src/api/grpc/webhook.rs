@@ -12,6 +12,7 @@ pub const SECRET_METADATA: &str = "x-webhook-secret";
 
 pub struct WebhookApi {
     pub ready: Ready,
+    pub calls: crate::metrics::CallMetrics,
 }
 
 #[tonic::async_trait]
@@ -21,7 +22,7 @@ impl WebhookService for WebhookApi {
         request: Request<BackupRequest>,
     ) -> Result<Response<BackupResponse>, Status> {
         let req = request.get_ref();
-        let mut call = Call::new("WebhookService", "Backup");
+        let mut call = Call::new(&self.calls, "WebhookService", "Backup");
         call.client(&req.client_id)
             .backup_method(&req.backup_method);
         let result = async {
@@ -54,7 +55,7 @@ impl WebhookService for WebhookApi {
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
         let req = request.get_ref();
-        let mut call = Call::new("WebhookService", "Fetch");
+        let mut call = Call::new(&self.calls, "WebhookService", "Fetch");
         call.client(&req.client_id);
         let result = async {
             let vault = self.ready.get()?;

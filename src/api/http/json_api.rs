@@ -44,6 +44,8 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromR
 #[derive(Clone)]
 struct ApiState {
     ready: Ready,
+    calls: crate::metrics::CallMetrics,
+    scrape: crate::metrics::ScrapeMetrics,
     max_body: usize,
 }
 
@@ -64,7 +66,15 @@ impl ApiState {
 }
 
 /// The JSON routes of the private listener.
-pub fn router(ready: Ready, max_body: usize, timeout: Duration) -> Router {
+/// The private listener's JSON API; it counts its calls into `calls` and serves `scrape` at
+/// `GET /metrics`.
+pub fn router(
+    ready: Ready,
+    calls: crate::metrics::CallMetrics,
+    scrape: crate::metrics::ScrapeMetrics,
+    max_body: usize,
+    timeout: Duration,
+) -> Router {
     let share = "/v1/clients/{client_id}/client-backup-shares/{backup_method}";
     Router::new()
         .route(
@@ -99,7 +109,12 @@ pub fn router(ready: Ready, max_body: usize, timeout: Duration) -> Router {
         .layer(middleware::from_fn(move |req, next| {
             super::with_timeout(timeout, req, next)
         }))
-        .with_state(ApiState { ready, max_body })
+        .with_state(ApiState {
+            ready,
+            calls,
+            scrape,
+            max_body,
+        })
 }
 
 async fn put_client_share(
@@ -109,7 +124,7 @@ async fn put_client_share(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut call = Call::new("ApiHttp", "StoreClientBackupShare");
+    let mut call = Call::new(&state.calls, "ApiHttp", "StoreClientBackupShare");
     call.client(&client_id).backup_method(&backup_method);
     let result = async {
         let (vault, who) = state.authorize(&headers, Role::Backend, from)?;
@@ -137,7 +152,7 @@ async fn get_client_share(
     Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
 ) -> Response {
-    let mut call = Call::new("ApiHttp", "GetClientBackupShare");
+    let mut call = Call::new(&state.calls, "ApiHttp", "GetClientBackupShare");
     call.client(&client_id).backup_method(&backup_method);
     let result = async {
         let (vault, who) = state.authorize(&headers, Role::Backend, from)?;
@@ -163,7 +178,7 @@ async fn delete_client_share(
     Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
 ) -> Response {
-    let mut call = Call::new("ApiHttp", "DeleteClientBackupShare");
+    let mut call = Call::new(&state.calls, "ApiHttp", "DeleteClientBackupShare");
     call.client(&client_id).backup_method(&backup_method);
     let result = async {
         let (vault, who) = state.authorize(&headers, Role::Backend, from)?;
@@ -190,7 +205,7 @@ async fn list_backups(
     Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
 ) -> Response {
-    let mut call = Call::new("ApiHttp", "ListBackups");
+    let mut call = Call::new(&state.calls, "ApiHttp", "ListBackups");
     call.client(&client_id);
     let result = async {
         let (vault, _) = state.authorize(&headers, Role::Backend, from)?;
@@ -230,7 +245,7 @@ async fn get_custodian_share(
     Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
 ) -> Response {
-    let mut call = Call::new("ApiHttp", "GetCustodianBackupShare");
+    let mut call = Call::new(&state.calls, "ApiHttp", "GetCustodianBackupShare");
     call.client(&client_id).backup_method(&backup_method);
     let result = async {
         let (vault, who) = state.authorize(&headers, Role::Eject, from)?;
@@ -249,7 +264,7 @@ async fn list_pairs(
     Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
 ) -> Response {
-    let mut call = Call::new("ApiHttp", "ListBackupSharePairs");
+    let mut call = Call::new(&state.calls, "ApiHttp", "ListBackupSharePairs");
     call.client(&client_id);
     let result = async {
         let (vault, _) = state.authorize(&headers, Role::Backend, from)?;
@@ -283,7 +298,7 @@ async fn update_pairs(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut call = Call::new("ApiHttp", "UpdateBackupSharePairs");
+    let mut call = Call::new(&state.calls, "ApiHttp", "UpdateBackupSharePairs");
     call.client(&client_id);
     let result = async {
         let (vault, who) = state.authorize(&headers, Role::Backend, from)?;
@@ -321,7 +336,7 @@ async fn delete_client(
     Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
 ) -> Response {
-    let mut call = Call::new("ApiHttp", "DeleteClient");
+    let mut call = Call::new(&state.calls, "ApiHttp", "DeleteClient");
     call.client(&client_id);
     let result = async {
         let (vault, who) = state.authorize(&headers, Role::Backend, from)?;
@@ -365,8 +380,8 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         ready: status.is_some(),
     };
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::global().render(&gauges),
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        state.scrape.render(&gauges),
     )
         .into_response()
 }

@@ -30,16 +30,24 @@ pub const SECRET_HEADER: &str = "x-webhook-secret";
 #[derive(Clone)]
 struct WebhookState {
     ready: Ready,
+    calls: crate::metrics::CallMetrics,
     config: Arc<WebhookConfig>,
     max_body: usize,
 }
 
 /// The public listener's routes.
-pub fn router(ready: Ready, config: WebhookConfig, max_body: usize, timeout: Duration) -> Router {
+pub fn router(
+    ready: Ready,
+    calls: crate::metrics::CallMetrics,
+    config: WebhookConfig,
+    max_body: usize,
+    timeout: Duration,
+) -> Router {
     let prefix = config.path_prefix.clone();
     let proxies = Arc::new(config.trusted_proxies.clone());
     let state = WebhookState {
         ready,
+        calls,
         config: Arc::new(config),
         max_body,
     };
@@ -135,7 +143,7 @@ async fn backup(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut call = Call::new("WebhookHttp", "Backup");
+    let mut call = Call::new(&state.calls, "WebhookHttp", "Backup");
     let result: Result<Response, HttpError> = async {
         let vault = state.ready.get()?;
         vault.verify_webhook_secret(secret(&headers), from)?;
@@ -172,7 +180,7 @@ async fn fetch(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut call = Call::new("WebhookHttp", "Fetch");
+    let mut call = Call::new(&state.calls, "WebhookHttp", "Fetch");
     let result: Result<Response, HttpError> = async {
         let vault = state.ready.get()?;
         vault.verify_webhook_secret(secret(&headers), from)?;

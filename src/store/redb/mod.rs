@@ -53,6 +53,8 @@ struct Shared {
     unflushed: std::sync::atomic::AtomicBool,
     /// The store is closing: the flusher stops.
     closing: std::sync::atomic::AtomicBool,
+    /// Commits, and writes refused at the free-space reserve.
+    metrics: crate::metrics::StoreMetrics,
 }
 
 impl Shared {
@@ -149,6 +151,7 @@ impl RedbStore {
         min_free_bytes: u64,
         cache_bytes: usize,
         journal_bytes: u64,
+        metrics: crate::metrics::StoreMetrics,
     ) -> Result<Self, StoreError> {
         let file = path.to_path_buf();
         let store = Self::open_with(
@@ -179,6 +182,7 @@ impl RedbStore {
             }),
             Some(path),
             min_free_bytes,
+            metrics,
         )?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| StoreError::Backend(format!("cannot restrict the database file: {e}")))?;
@@ -190,6 +194,7 @@ impl RedbStore {
         opener: Opener,
         path: Option<&Path>,
         min_free_bytes: u64,
+        metrics: crate::metrics::StoreMetrics,
     ) -> Result<Self, StoreError> {
         let db = opener().map_err(backend)?;
         let txn = db.begin_write().map_err(backend)?;
@@ -204,6 +209,7 @@ impl RedbStore {
             min_free_bytes,
             unflushed: std::sync::atomic::AtomicBool::new(false),
             closing: std::sync::atomic::AtomicBool::new(false),
+            metrics,
         });
         let flusher_shared = Arc::clone(&shared);
         let flusher_queue = tx.clone();

@@ -20,7 +20,7 @@ macro_rules! conformance {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
             let dir = tempfile::tempdir().unwrap();
-            let store = RedbStore::open(&dir.path().join("c.redb"), 0, 1 << 20, 1 << 20).unwrap();
+            let store = RedbStore::open(&dir.path().join("c.redb"), 0, 1 << 20, 1 << 20, Default::default()).unwrap();
             crate::store::conformance::$name(&store).await;
             store.close();
         }
@@ -167,7 +167,7 @@ async fn audit_events_of_reads_commit_ahead_of_queued_writes() {
     let fail = Arc::new(AtomicBool::new(false));
     let sync_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let opener = flaky_opener(&dir.path().join("slow.redb"), &fail, &sync_ms);
-    let store = Arc::new(RedbStore::open_with(opener, None, 0).unwrap());
+    let store = Arc::new(RedbStore::open_with(opener, None, 0, Default::default()).unwrap());
     let spawn = |op: WriteOp, audit: Option<AuditEntry>| {
         let store = Arc::clone(&store);
         tokio::spawn(async move { rules::write(store.as_ref(), op, audit, None).await })
@@ -214,7 +214,13 @@ async fn a_failed_commit_changes_nothing_and_writes_resume_without_a_restart() {
     let path = dir.path().join("flaky.redb");
     let fail = Arc::new(AtomicBool::new(false));
     let sync_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let store = RedbStore::open_with(flaky_opener(&path, &fail, &sync_ms), None, 0).unwrap();
+    let store = RedbStore::open_with(
+        flaky_opener(&path, &fail, &sync_ms),
+        None,
+        0,
+        Default::default(),
+    )
+    .unwrap();
     let (op, audit) = put("acked-before", b"A");
     rules::write(&store, op, audit, None).await.unwrap();
 
@@ -281,7 +287,7 @@ async fn the_audit_chain_is_checked_across_pages() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.redb");
     let total = audit::PAGE as u64 * 2 + 100;
-    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
+    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, Default::default()).unwrap();
     read_events(&store, total).await;
     let report = audit::verify_trail(&store, audit::ChainCheck::plain()).unwrap();
     assert_eq!(report.events, total);
@@ -302,7 +308,7 @@ async fn the_audit_chain_is_checked_across_pages() {
         }
         write.commit().unwrap();
     }
-    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
+    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, Default::default()).unwrap();
     let report = audit::verify_trail(&store, audit::ChainCheck::plain()).unwrap();
     let (at, problem) = report.problem.unwrap();
     assert_eq!(at, victim);
@@ -318,7 +324,7 @@ async fn filtered_audit_listings_step_through_a_long_trail() {
     use crate::audit::SCAN as AUDIT_SCAN;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("listing.redb");
-    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
+    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, Default::default()).unwrap();
     let total = AUDIT_SCAN * 3 + 50;
     read_events(&store, total).await;
     let wanted = ["reader-5", "reader-700", "reader-949"];
@@ -349,13 +355,14 @@ async fn filtered_audit_listings_step_through_a_long_trail() {
 async fn writes_are_refused_below_the_free_space_reserve_and_reads_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("reserve.redb");
-    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
+    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, Default::default()).unwrap();
     let (op, audit) = put("kept", b"K");
     rules::write(&store, op, audit, None).await.unwrap();
     store.close();
     drop(store);
 
-    let store = RedbStore::open(&path, u64::MAX, 1 << 20, 1 << 20).unwrap();
+    let metrics = crate::metrics::StoreMetrics::default();
+    let store = RedbStore::open(&path, u64::MAX, 1 << 20, 1 << 20, metrics.clone()).unwrap();
     let refused = WriteJob {
         class: WriteClass::AddsData,
         apply: Box::new(|w| {
@@ -373,6 +380,7 @@ async fn writes_are_refused_below_the_free_space_reserve_and_reads_go_on() {
         rules::write(&store, op, audit, None).await,
         Err(VaultError::Unavailable)
     ));
+    assert_eq!(metrics.reserve_refusals(), 2, "both refusals are counted");
     // Deletions still go through below the reserve.
     let delete = WriteOp::DeleteClient {
         client_id: "kept".into(),
@@ -387,6 +395,7 @@ async fn writes_are_refused_below_the_free_space_reserve_and_reads_go_on() {
             "{client}"
         );
     }
+    assert_eq!(metrics.reserve_refusals(), 2, "a deletion is no refusal");
 }
 
 /// A hash entry planted beside another token's record authenticates nobody: the record found
@@ -395,7 +404,7 @@ async fn writes_are_refused_below_the_free_space_reserve_and_reads_go_on() {
 async fn a_token_found_by_hash_must_carry_that_hash() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.redb");
-    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
+    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, Default::default()).unwrap();
     let token = crate::vault::TokenRecord {
         name: "ops".into(),
         role: crate::auth::Role::Admin,
@@ -419,7 +428,7 @@ async fn a_token_found_by_hash_must_carry_that_hash() {
             .unwrap();
         write.commit().unwrap();
     }
-    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20).unwrap();
+    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, Default::default()).unwrap();
     let found = |hash: [u8; 32]| records::token_by_hash(&*store.read().unwrap(), &hash);
     assert!(matches!(found([2; 32]), Err(StoreError::Corrupt(_))));
     assert_eq!(found([1; 32]).unwrap().unwrap().name, "ops");
@@ -438,7 +447,7 @@ async fn after_a_reopen_the_audit_chain_continues_from_the_database() {
     let sync_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let lying = Arc::new(AtomicBool::new(false));
     let opener = flaky_opener_with(&path, &fail, &sync_ms, &lying);
-    let store = RedbStore::open_with(opener, None, 0).unwrap();
+    let store = RedbStore::open_with(opener, None, 0, Default::default()).unwrap();
     let (op, audit) = put("first", b"A");
     rules::write(&store, op, audit, None).await.unwrap();
 

@@ -58,6 +58,7 @@ pub(super) fn run_writer(shared: &Shared, mut queue: mpsc::Receiver<Job>) {
             let (refused, allowed): (Vec<Job>, Vec<Job>) = jobs
                 .into_iter()
                 .partition(|job| job.job.class == WriteClass::AddsData);
+            shared.metrics.refused_at_reserve(refused.len());
             for job in refused {
                 let _ = job.reply.send(Err(StoreError::Backend(low.to_string())));
             }
@@ -95,7 +96,9 @@ fn commit_group(shared: &Shared, mut jobs: Vec<Job>, started: std::time::Instant
             .unflushed
             .store(deferred, std::sync::atomic::Ordering::SeqCst);
     }
-    crate::metrics::global().batch(jobs.len(), started.elapsed(), committed.is_ok());
+    shared
+        .metrics
+        .batch(jobs.len(), started.elapsed(), committed.is_ok());
     match committed {
         Ok(()) => {
             tracing::debug!(
