@@ -14,6 +14,7 @@ mod hostile;
 mod http_api;
 mod http_client;
 mod http_webhook;
+mod openapi;
 mod operations;
 mod package;
 mod secrecy;
