@@ -3,7 +3,8 @@
 //! The document is generated from the code: each handler of [`super::json_api`] carries a
 //! `#[utoipa::path]`, the router is built from those handlers with `utoipa_axum` (so a route
 //! cannot be served without being described), and the answers below are the types the handlers
-//! serialize. [`document`] adds what is common to every route: the bearer-token scheme and the
+//! serialize (a member that may be null is always present, so it is `required` too).
+//! [`complete`] adds what is common to every route: the bearer-token scheme and the
 //! error answers, whose body is [`ErrorBody`], the one shape [`super::HttpError`] writes.
 //! The daemon serves it at `GET /openapi.json` (no token: it holds no secret); it is committed
 //! as `docs/openapi.json`, written by the hidden `sharevault openapi` command.
@@ -82,6 +83,7 @@ pub struct MethodBackups {
     pub status: &'static str,
     pub has_client_backup_share: bool,
     /// RFC 3339; null when no client share is held.
+    #[schema(required = true)]
     pub client_backup_share_created_at: Option<String>,
     pub custodian_shares: Vec<CustodianShareInfo>,
 }
@@ -94,8 +96,10 @@ pub struct CustodianShareInfo {
     pub curve: String,
     /// RFC 3339.
     pub stored_at: String,
+    #[schema(required = true)]
     pub backup_share_pair_id: Option<String>,
     /// Portal's status name of the pair; null when the share names no pair.
+    #[schema(required = true)]
     pub pair_status: Option<&'static str>,
     /// `completed` or `incomplete`.
     pub status: &'static str,
@@ -121,6 +125,7 @@ pub struct Pairs {
 pub struct Pair {
     pub id: String,
     pub backup_method: String,
+    #[schema(required = true)]
     pub curve: Option<String>,
     /// `completed` or `incomplete`.
     pub status: &'static str,
