@@ -5,8 +5,8 @@
 //! - [`server`]: health, reflection and the daemon's lifecycle ([`server::run`]); [`net`]:
 //!   listeners, TLS and connections.
 //! - [`http`]: Portal's webhook over HTTP (public listener) and the JSON API for backends
-//!   (private listener, beside gRPC), whose OpenAPI document is generated from its handlers;
-//!   [`observe`] logs one line per call and feeds [`metrics`].
+//!   (private listener, beside gRPC); [`observe`] logs one line per call and feeds
+//!   [`metrics`].
 //! - [`grpc`]: the gRPC services (`WebhookService`, `BackupService`, `AdminService`), thin
 //!   translations onto the vault; [`pb`] holds the generated types.
 //! - [`vault`]: the one code path under every API: validation ([`validate`]),
