@@ -73,6 +73,9 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: std::path::PathBuf,
     },
+    /// Print the JSON API's OpenAPI document (`sharevault openapi > docs/openapi.json`).
+    #[command(hide = true)]
+    Openapi,
 }
 
 fn init_logging(format: LogFormat) {
@@ -256,5 +259,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::BenchStandIn(args) => bench::standin::run(args),
         Command::PackageFiles { out_dir } => package_files(&out_dir),
+        Command::Openapi => {
+            print!("{}", sharevault::api::http::openapi::document());
+            Ok(())
+        }
     }
 }

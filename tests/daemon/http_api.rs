@@ -9,18 +9,18 @@ const PATH: &str = "/v1/clients/u1/client-backup-shares/PASSWORD";
 const PAIRS_PATH: &str = "/v1/clients/u1/backup-share-pairs";
 
 /// A daemon, its two HTTP listeners, and the `authorization` values of its roles.
-struct JsonApi {
-    api: Http,
+pub struct JsonApi {
+    pub api: Http,
     hook: Http,
-    backend: String,
-    eject: String,
+    pub backend: String,
+    pub eject: String,
     admin: String,
     _daemon: Daemon,
     sandbox: Sandbox,
 }
 
 impl JsonApi {
-    async fn start() -> Self {
+    pub async fn start() -> Self {
         let sandbox = Sandbox::new(30);
         let daemon = sandbox.start();
         let admin = format!("Bearer {}", sandbox.keys.admin_token);
@@ -56,7 +56,7 @@ impl JsonApi {
 
     /// Portal stores u1's PASSWORD shares of both curves, pairs `pair-SECP256K1` and
     /// `pair-ED25519`.
-    async fn store_custodian_shares(&self) {
+    pub async fn store_custodian_shares(&self) {
         for curve in ["SECP256K1", "ED25519"] {
             let share = format!("{{\"backupSharePairId\":\"pair-{curve}\",\"k\":1}}");
             let reply = self

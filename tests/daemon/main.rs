@@ -15,6 +15,7 @@ mod http_api;
 mod http_client;
 mod http_webhook;
 mod metrics;
+mod openapi;
 mod operations;
 mod package;
 mod secrecy;

@@ -1,9 +1,15 @@
 //! The JSON API for backends without gRPC, on the private listener
 //! (`Authorization: Bearer <token>`, the same roles as the BackupService).
 
+use super::openapi::{
+    Backups, ClientDeleted, ClientShareBody, ClientShareStored, CustodianShareBody,
+    CustodianShareInfo, ErrorBody, MethodBackups, Pair, Pairs, Probe, StoreClientShareRequest,
+    UpdatePairsRequest,
+};
 use super::webhook::finish;
 use super::{
-    HttpError, Source, json, method_not_allowed, not_found, read_object, required, rfc3339,
+    HttpError, Source, json, json_bytes, method_not_allowed, not_found, read_object, required,
+    rfc3339,
 };
 use crate::api::Ready;
 use crate::api::observe::Call;
@@ -17,10 +23,11 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, put};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Path parameters, with a JSON 400 when a segment does not decode to UTF-8.
 struct ApiPath<T>(T);
@@ -65,7 +72,30 @@ impl ApiState {
     }
 }
 
-/// The JSON routes of the private listener.
+/// The JSON routes, each with its description; the router and the document come from this
+/// one list, so the server answers no route its document does not describe.
+fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(
+            put_client_share,
+            get_client_share,
+            delete_client_share
+        ))
+        .routes(routes!(list_backups))
+        .routes(routes!(get_custodian_share))
+        .routes(routes!(list_pairs, update_pairs))
+        .routes(routes!(delete_client))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+}
+
+/// The OpenAPI document of the JSON API (see [`super::openapi`]).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    super::openapi::complete(routes().split_for_parts().1)
+}
+
 /// The private listener's JSON API; it counts its calls into `calls` and serves `scrape` at
 /// `GET /metrics`.
 pub fn router(
@@ -75,36 +105,9 @@ pub fn router(
     max_body: usize,
     timeout: Duration,
 ) -> Router {
-    let share = "/v1/clients/{client_id}/client-backup-shares/{backup_method}";
-    Router::new()
-        .route(
-            share,
-            put(put_client_share)
-                .get(get_client_share)
-                .delete(delete_client_share)
-                .fallback(method_not_allowed),
-        )
-        .route(
-            "/v1/clients/{client_id}/backups",
-            get(list_backups).fallback(method_not_allowed),
-        )
-        .route(
-            "/v1/clients/{client_id}/custodian-backup-shares/{backup_method}",
-            get(get_custodian_share).fallback(method_not_allowed),
-        )
-        .route(
-            "/v1/clients/{client_id}/backup-share-pairs",
-            get(list_pairs)
-                .patch(update_pairs)
-                .fallback(method_not_allowed),
-        )
-        .route(
-            "/v1/clients/{client_id}",
-            delete(delete_client).fallback(method_not_allowed),
-        )
-        .route("/healthz", get(healthz).fallback(method_not_allowed))
-        .route("/readyz", get(readyz).fallback(method_not_allowed))
-        .route("/metrics", get(metrics).fallback(method_not_allowed))
+    let (routes, _) = routes().split_for_parts();
+    routes
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(middleware::from_fn(move |req, next| {
             super::with_timeout(timeout, req, next)
@@ -117,6 +120,21 @@ pub fn router(
         })
 }
 
+const TAG: &str = "JSON API";
+const SHARE_PATH: &str = "/v1/clients/{clientId}/client-backup-shares/{backupMethod}";
+
+#[utoipa::path(
+    put,
+    path = SHARE_PATH,
+    tag = TAG,
+    operation_id = "storeClientBackupShare",
+    summary = "Store a client's encrypted client share for a bare backup method",
+    description = "Replaces any share held; completes the method's pairs whose key is stored. Backend role.",
+    params(ClientMethod),
+    request_body(content = StoreClientShareRequest, content_type = "application/json"),
+    responses((status = 200, description = "stored", body = ClientShareStored)),
+    security(("bearer" = [])),
+)]
 async fn put_client_share(
     State(state): State<ApiState>,
     ApiPath((client_id, backup_method)): ApiPath<(String, String)>,
@@ -133,19 +151,34 @@ async fn put_client_share(
         let completed = vault
             .store_client_share(&client_id, &backup_method, cipher_text, &who.name)
             .await?;
+        let backup_method = crate::validate::backup_method(&backup_method).unwrap_or_default();
         Ok(json(
             StatusCode::OK,
-            json!({
-                "clientId": client_id,
-                "backupMethod": crate::validate::backup_method(&backup_method).unwrap_or_default(),
-                "completedBackupSharePairIds": completed,
-            }),
+            ClientShareStored {
+                client_id: &client_id,
+                backup_method,
+                completed_backup_share_pair_ids: completed,
+            },
         ))
     }
     .await;
     finish(call, result)
 }
 
+#[utoipa::path(
+    get,
+    path = SHARE_PATH,
+    tag = TAG,
+    operation_id = "getClientBackupShare",
+    summary = "Fetch a client's client share for a bare backup method",
+    description = "Backend role.",
+    params(ClientMethod),
+    responses(
+        (status = 200, description = "the share", body = ClientShareBody),
+        (status = 404, description = "no such route, or no client share is held (`not_found`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 async fn get_client_share(
     State(state): State<ApiState>,
     ApiPath((client_id, backup_method)): ApiPath<(String, String)>,
@@ -161,17 +194,31 @@ async fn get_client_share(
             .await?;
         Ok(json(
             StatusCode::OK,
-            json!({
-                "cipherText": share.cipher_text.as_str(),
-                "backupMethod": share.backup_method,
-                "createdAt": rfc3339(share.created_at_ms),
-            }),
+            ClientShareBody {
+                cipher_text: share.cipher_text.as_str(),
+                backup_method: &share.backup_method,
+                created_at: rfc3339(share.created_at_ms),
+            },
         ))
     }
     .await;
     finish(call, result)
 }
 
+#[utoipa::path(
+    delete,
+    path = SHARE_PATH,
+    tag = TAG,
+    operation_id = "deleteClientBackupShare",
+    summary = "Delete a client's client share for a bare backup method",
+    description = "The method's completed pairs move back to `STORED_CLIENT_BACKUP_SHARE_KEY`. Backend role.",
+    params(ClientMethod),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 404, description = "no such route, or no client share is held (`not_found`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 async fn delete_client_share(
     State(state): State<ApiState>,
     ApiPath((client_id, backup_method)): ApiPath<(String, String)>,
@@ -199,6 +246,17 @@ async fn delete_client_share(
     finish(call, result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/clients/{clientId}/backups",
+    tag = TAG,
+    operation_id = "listBackups",
+    summary = "What a client holds, per bare backup method (never share bytes)",
+    description = "Backend role.",
+    params(Client),
+    responses((status = 200, description = "the client's backups", body = Backups)),
+    security(("bearer" = [])),
+)]
 async fn list_backups(
     State(state): State<ApiState>,
     ApiPath(client_id): ApiPath<String>,
@@ -209,36 +267,50 @@ async fn list_backups(
     call.client(&client_id);
     let result = async {
         let (vault, _) = state.authorize(&headers, Role::Backend, from)?;
-        let methods: Vec<Value> = vault
+        let methods = vault
             .list_backups(&client_id)
             .await?
             .into_iter()
-            .map(|m| {
-                json!({
-                    "backupMethod": m.backup_method,
-                    "status": m.status(),
-                    "hasClientBackupShare": m.client_share_created_at_ms.is_some(),
-                    "clientBackupShareCreatedAt": m.client_share_created_at_ms.map(rfc3339),
-                    "custodianShares": m.custodian_shares.iter().map(|c| json!({
-                        "backupMethod": c.backup_method,
-                        "curve": c.curve,
-                        "storedAt": rfc3339(c.stored_at_ms),
-                        "backupSharePairId": c.pair_id,
-                        "pairStatus": c.pair_status.map(|s| s.name()),
-                        "status": c.pair_status.map_or("incomplete", |s| s.public()),
-                    })).collect::<Vec<_>>(),
-                })
+            .map(|m| MethodBackups {
+                status: m.status(),
+                has_client_backup_share: m.client_share_created_at_ms.is_some(),
+                client_backup_share_created_at: m.client_share_created_at_ms.map(rfc3339),
+                custodian_shares: m
+                    .custodian_shares
+                    .into_iter()
+                    .map(|c| CustodianShareInfo {
+                        backup_method: c.backup_method,
+                        curve: c.curve,
+                        stored_at: rfc3339(c.stored_at_ms),
+                        backup_share_pair_id: c.pair_id,
+                        pair_status: c.pair_status.map(|s| s.name()),
+                        status: c.pair_status.map_or("incomplete", |s| s.public()),
+                    })
+                    .collect(),
+                backup_method: m.backup_method,
             })
             .collect();
-        Ok(json(
-            StatusCode::OK,
-            json!({"clientId": client_id, "methods": methods}),
-        ))
+        let client_id = client_id.as_str();
+        Ok(json(StatusCode::OK, Backups { client_id, methods }))
     }
     .await;
     finish(call, result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/clients/{clientId}/custodian-backup-shares/{backupMethod}",
+    tag = TAG,
+    operation_id = "getCustodianBackupShare",
+    summary = "Fetch a custodian share (eject)",
+    description = "Eject role only; `backupMethod` is the full `METHOD-CURVE`.",
+    params(ClientMethod),
+    responses(
+        (status = 200, description = "the custodian share", body = CustodianShareBody),
+        (status = 404, description = "no such route, or no custodian share is held (`not_found`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 async fn get_custodian_share(
     State(state): State<ApiState>,
     ApiPath((client_id, backup_method)): ApiPath<(String, String)>,
@@ -252,12 +324,24 @@ async fn get_custodian_share(
         let share = vault
             .custodian_share(&client_id, &backup_method, &who.name)
             .await?;
-        Ok(json(StatusCode::OK, json!({"orgShare": share.as_str()})))
+        let org_share = share.as_str();
+        Ok(json(StatusCode::OK, CustodianShareBody { org_share }))
     }
     .await;
     finish(call, result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/clients/{clientId}/backup-share-pairs",
+    tag = TAG,
+    operation_id = "listBackupSharePairs",
+    summary = "A client's backup share pairs",
+    description = "Backend role.",
+    params(Client),
+    responses((status = 200, description = "the pairs", body = Pairs)),
+    security(("bearer" = [])),
+)]
 async fn list_pairs(
     State(state): State<ApiState>,
     ApiPath(client_id): ApiPath<String>,
@@ -268,29 +352,45 @@ async fn list_pairs(
     call.client(&client_id);
     let result = async {
         let (vault, _) = state.authorize(&headers, Role::Backend, from)?;
-        let pairs: Vec<Value> = vault
+        let backup_share_pairs = vault
             .list_pairs(&client_id)
             .await?
             .into_iter()
             .map(|p| {
                 let (method, curve) = crate::validate::split_curve(&p.backup_method);
-                json!({
-                    "id": p.id,
-                    "backupMethod": method,
-                    "curve": curve,
-                    "status": p.status.public(),
-                    "internalStatus": p.status.name(),
-                    "createdAt": rfc3339(p.created_at_ms),
-                    "updatedAt": rfc3339(p.updated_at_ms),
-                })
+                Pair {
+                    backup_method: method.to_owned(),
+                    curve: curve.map(str::to_owned),
+                    status: p.status.public(),
+                    internal_status: p.status.name(),
+                    created_at: rfc3339(p.created_at_ms),
+                    updated_at: rfc3339(p.updated_at_ms),
+                    id: p.id,
+                }
             })
             .collect();
-        Ok(json(StatusCode::OK, json!({"backupSharePairs": pairs})))
+        Ok(json(StatusCode::OK, Pairs { backup_share_pairs }))
     }
     .await;
     finish(call, result)
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/clients/{clientId}/backup-share-pairs",
+    tag = TAG,
+    operation_id = "updateBackupSharePairs",
+    summary = "Move backup share pairs forward to a status",
+    description = "All or none: an unknown pair or an illegal transition changes nothing. Backend role.",
+    params(Client),
+    request_body(content = UpdatePairsRequest, content_type = "application/json"),
+    responses(
+        (status = 204, description = "updated"),
+        (status = 404, description = "no such route, or no such pair (`not_found`)", body = ErrorBody),
+        (status = 409, description = "an illegal transition (`failed_precondition`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 async fn update_pairs(
     State(state): State<ApiState>,
     ApiPath(client_id): ApiPath<String>,
@@ -330,6 +430,17 @@ async fn update_pairs(
     finish(call, result)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/clients/{clientId}",
+    tag = TAG,
+    operation_id = "deleteClient",
+    summary = "Erase everything held for a client",
+    description = "Custodian shares, client shares and pairs. Backend role.",
+    params(Client),
+    responses((status = 200, description = "the counts erased", body = ClientDeleted)),
+    security(("bearer" = [])),
+)]
 async fn delete_client(
     State(state): State<ApiState>,
     ApiPath(client_id): ApiPath<String>,
@@ -343,11 +454,11 @@ async fn delete_client(
         let (custodian, client, pairs) = vault.delete_client(&client_id, &who.name).await?;
         Ok(json(
             StatusCode::OK,
-            json!({
-                "custodianSharesDeleted": custodian,
-                "clientSharesDeleted": client,
-                "backupSharePairsDeleted": pairs,
-            }),
+            ClientDeleted {
+                custodian_shares_deleted: custodian,
+                client_shares_deleted: client,
+                backup_share_pairs_deleted: pairs,
+            },
         ))
     }
     .await;
@@ -355,6 +466,14 @@ async fn delete_client(
 }
 
 /// Liveness: answers only if the database answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = TAG,
+    operation_id = "healthz",
+    summary = "Liveness: 200 when the database answers; no token",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Probe)),
+)]
 async fn healthz(State(state): State<ApiState>) -> Response {
     let result = state
         .ready
@@ -362,12 +481,20 @@ async fn healthz(State(state): State<ApiState>) -> Response {
         .and_then(|vault| vault.status())
         .map_err(HttpError::from);
     match result {
-        Ok(_) => json(StatusCode::OK, json!({"status": "ok"})),
+        Ok(_) => json(StatusCode::OK, Probe { status: "ok" }),
         Err(err) => err.into_response(),
     }
 }
 
 /// Prometheus metrics (text exposition format).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = TAG,
+    operation_id = "metrics",
+    summary = "Prometheus metrics (text exposition format 0.0.4); no token",
+    responses((status = 200, description = "the metrics", body = String, content_type = "text/plain")),
+)]
 async fn metrics(State(state): State<ApiState>) -> Response {
     let status = state.ready.get().ok().and_then(|v| v.status().ok());
     let gauges = crate::metrics::Gauges {
@@ -387,9 +514,55 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 }
 
 /// Readiness: the database is open and the master key verified.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = TAG,
+    operation_id = "readyz",
+    summary = "Readiness: 200 once the vault is open and the master key verified; no token",
+    responses((status = 200, description = "`{\"status\": \"ready\"}`", body = Probe)),
+)]
 async fn readyz(State(state): State<ApiState>) -> Response {
     match state.ready.get() {
-        Ok(_) => json(StatusCode::OK, json!({"status": "ready"})),
+        Ok(_) => json(StatusCode::OK, Probe { status: "ready" }),
         Err(err) => HttpError::from(err).into_response(),
     }
+}
+
+/// This document: it holds no secret, so it needs no token.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = TAG,
+    operation_id = "openapi",
+    summary = "This OpenAPI document; no token (it holds no secret)",
+    responses((status = 200, description = "the document", body = Object, content_type = "application/json")),
+)]
+async fn openapi_json() -> Response {
+    static DOCUMENT: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(super::openapi::document);
+    json_bytes(StatusCode::OK, DOCUMENT.as_bytes().to_vec())
+}
+
+/// The `{clientId}` path parameter.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // read by position with `ApiPath`
+struct Client {
+    /// 1-128 of `A-Z a-z 0-9 . _ - : @`, not only dots.
+    #[param(rename = "clientId")]
+    client_id: String,
+}
+
+/// The `{clientId}` and `{backupMethod}` path parameters.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // read by position with `ApiPath`
+struct ClientMethod {
+    /// 1-128 of `A-Z a-z 0-9 . _ - : @`, not only dots.
+    #[param(rename = "clientId")]
+    client_id: String,
+    /// 1-64 of `A-Z a-z 0-9 _ -`.
+    #[param(rename = "backupMethod")]
+    backup_method: String,
 }

@@ -2,10 +2,12 @@
 //! JSON API for backends on the private one ([`json_api`]). Both call the same vault as gRPC.
 //!
 //! Errors are JSON, `{"error": {"code", "message"}}`, with the status mapped once from
-//! [`VaultError`] (or from the protocol problem: 413, 415, 405, 404).
+//! [`VaultError`] (or from the protocol problem: 413, 415, 405, 404). The JSON API's OpenAPI
+//! document is generated from its handlers ([`openapi`]).
 
 pub mod json_api;
 pub mod jsonout;
+pub mod openapi;
 pub mod webhook;
 
 use crate::error::{Field, VaultError};
@@ -72,7 +74,12 @@ impl From<VaultError> for HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let body = openapi::ErrorBody {
+            error: openapi::ErrorDetail {
+                code: self.code,
+                message: &self.message,
+            },
+        };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             response
@@ -84,7 +91,7 @@ impl IntoResponse for HttpError {
 }
 
 /// A JSON answer.
-pub fn json(status: StatusCode, body: Value) -> Response {
+pub fn json(status: StatusCode, body: impl serde::Serialize) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
