@@ -202,6 +202,18 @@ pub fn restore(
     key: &MasterKey,
     options: RestoreOptions,
 ) -> Result<RestoreReport, String> {
+    restore_with(from, data_dir, key, options, &mut |_, _| {})
+}
+
+/// As [`restore`], telling `progress` (records checked and written, records in the snapshot)
+/// as the records are imported.
+pub fn restore_with(
+    from: &Path,
+    data_dir: &Path,
+    key: &MasterKey,
+    options: RestoreOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<RestoreReport, String> {
     let refused = |message: String| format!("restore refused, nothing was changed: {message}");
     let open = || File::open(from).map_err(|e| format!("cannot open {}: {e}", from.display()));
     let len = open()?
@@ -264,6 +276,8 @@ pub fn restore(
         trailer: trailer(),
     };
     let mut reader = RecordReader::new(input).map_err(|e| refused(e.to_string()))?;
+    let total: u64 = header.counts.iter().sum();
+    progress(0, total);
     let mut records = std::iter::from_fn(|| {
         if failure.is_some() {
             return None;
@@ -287,6 +301,10 @@ pub fn restore(
                     &mut report,
                 ) {
                     Ok(()) => match snapshot::decode_key(table, &k) {
+                        Some(key) if report.records.is_multiple_of(1024) => {
+                            progress(report.records, total.max(report.records));
+                            Some(Ok((table, key, v)))
+                        }
                         Some(key) => Some(Ok((table, key, v))),
                         None => {
                             failure = Some(format!("{} record has a malformed key", table.name()));
@@ -306,6 +324,9 @@ pub fn restore(
         }
     });
     let imported = RedbStore::import(&temp, &mut records);
+    if imported.is_ok() {
+        progress(report.records, total.max(report.records));
+    }
     let Tee { input, trailer } = reader.into_inner();
     let mut sum = [0u8; TRAILER as usize];
     let same_bytes = input
