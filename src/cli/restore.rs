@@ -1,7 +1,8 @@
 //! `sharevault restore`: a snapshot into a data dir, offline (see [`crate::snapshot::restore`]).
 
 use super::CliError;
-use crate::snapshot::restore::{RestoreOptions, restore};
+use super::progress::Progress;
+use crate::snapshot::restore::{RestoreOptions, restore_with};
 
 #[derive(clap::Args)]
 pub struct RestoreArgs {
@@ -26,12 +27,16 @@ pub struct RestoreArgs {
     /// proves only that it is not damaged, not that nobody altered it.
     #[arg(long)]
     pub accept_unauthenticated_snapshot: bool,
+    /// No progress on stderr.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 /// Restores, then prints what was restored.
 pub fn run(args: RestoreArgs) -> Result<(), CliError> {
     let key = crate::secrets::read_master_key(&args.master_key_file).map_err(CliError::Local)?;
-    let report = restore(
+    let mut progress = Progress::new("restore", "records", args.quiet)?;
+    let report = restore_with(
         &args.from,
         &args.data_dir,
         &key,
@@ -39,8 +44,10 @@ pub fn run(args: RestoreArgs) -> Result<(), CliError> {
             replace: args.replace,
             accept_unauthenticated: args.accept_unauthenticated_snapshot,
         },
-    )
-    .map_err(CliError::Local)?;
+        &mut |done, total| progress.set(done, total),
+    );
+    progress.finish();
+    let report = report.map_err(CliError::Local)?;
     super::print(&format!(
         "restored {} records into {}: {} custodian shares, {} client shares, {} audit events; \
          master key id {}\n",

@@ -16,6 +16,7 @@ mod http_client;
 mod http_webhook;
 mod operations;
 mod package;
+mod progress;
 mod secrecy;
 mod slow_clients;
 mod startup;
