@@ -57,18 +57,7 @@ impl Progress {
                 every: interval()?,
                 last: start,
             },
-            Renderer::Bar => {
-                let style = ProgressStyle::with_template(&format!(
-                    "{{prefix}}: [{{bar:20}}] {{human_pos}}/{{human_len}} {unit} \
-                     ({{percent}} %), {{per_sec}}, {{eta}} left"
-                ))
-                .map_err(|e| CliError::Local(format!("progress bar: {e}")))?
-                .progress_chars("=> ");
-                let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
-                    .with_style(style)
-                    .with_prefix(what);
-                Shown::Bar(bar)
-            }
+            Renderer::Bar => Shown::Bar(bar(what, unit)),
         };
         Ok(Self {
             what,
@@ -76,6 +65,20 @@ impl Progress {
             start,
             shown,
         })
+    }
+
+    /// Ends this progress and starts that of the next step, shown the same way.
+    pub fn restart(&mut self, what: &'static str, unit: &'static str) {
+        let start = Instant::now();
+        match &mut self.shown {
+            Shown::Off => {}
+            Shown::Bar(old) => {
+                old.finish_and_clear();
+                *old = bar(what, unit);
+            }
+            Shown::Lines { last, .. } => *last = start,
+        }
+        (self.what, self.unit, self.start) = (what, unit, start);
     }
 
     /// `done` of `total` units are done (a `total` of 0: not known).
@@ -109,6 +112,24 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+}
+
+/// A bar on stderr: `what: [====>    ] 1.2M/12M unit (10 %), 51k/s, 4m left`.
+fn bar(what: &'static str, unit: &str) -> ProgressBar {
+    // The template is fixed (and tested); the default style is only a fallback.
+    let style = ProgressStyle::with_template(&bar_template(unit))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
+        .with_style(style)
+        .with_prefix(what)
+}
+
+fn bar_template(unit: &str) -> String {
+    format!(
+        "{{prefix}}: [{{bar:20}}] {{human_pos}}/{{human_len}} {unit} \
+         ({{percent}} %), {{per_sec}}, {{eta}} left"
+    )
 }
 
 /// The plain line's interval, from [`INTERVAL_ENV`].
@@ -219,6 +240,20 @@ mod tests {
         assert_eq!(
             line("verify", "records", 10, 10, Duration::from_secs(1)),
             "verify: 10 of 10 records (100 %), 10/s"
+        );
+    }
+
+    #[test]
+    fn the_bar_shows_the_count_the_rate_and_the_time_left() {
+        let template = bar_template("records");
+        assert!(
+            ProgressStyle::with_template(&template).is_ok(),
+            "{template}"
+        );
+        assert_eq!(
+            template,
+            "{prefix}: [{bar:20}] {human_pos}/{human_len} records ({percent} %), {per_sec}, \
+             {eta} left"
         );
     }
 

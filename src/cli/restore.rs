@@ -2,7 +2,7 @@
 
 use super::CliError;
 use super::progress::Progress;
-use crate::snapshot::restore::{RestoreOptions, restore_with};
+use crate::snapshot::restore::{RestoreOptions, Step, restore_with};
 
 #[derive(clap::Args)]
 pub struct RestoreArgs {
@@ -35,7 +35,9 @@ pub struct RestoreArgs {
 /// Restores, then prints what was restored.
 pub fn run(args: RestoreArgs) -> Result<(), CliError> {
     let key = crate::secrets::read_master_key(&args.master_key_file).map_err(CliError::Local)?;
-    let mut progress = Progress::new("restore", "records", args.quiet)?;
+    // The MAC is checked over the whole file (MiB), then every record is imported.
+    let mut progress = Progress::new("restore, authenticating", "MiB", args.quiet)?;
+    let mut importing = false;
     let report = restore_with(
         &args.from,
         &args.data_dir,
@@ -44,7 +46,13 @@ pub fn run(args: RestoreArgs) -> Result<(), CliError> {
             replace: args.replace,
             accept_unauthenticated: args.accept_unauthenticated_snapshot,
         },
-        &mut |done, total| progress.set(done, total),
+        &mut |step, done, total| {
+            if step == Step::Import && !importing {
+                importing = true;
+                progress.restart("restore", "records");
+            }
+            progress.set(done, total);
+        },
     );
     progress.finish();
     let report = report.map_err(CliError::Local)?;

@@ -94,7 +94,8 @@ fn audit_shows_the_events_checked_and_exported(admin: &Admin, head: u64) {
     assert_eq!(run.stdout, quiet.stdout, "the exported lines are the same");
 }
 
-/// A snapshot counts the records it receives, a restore those it checks and writes.
+/// A snapshot counts the records it receives, a restore the MiB it authenticates, then the
+/// records it checks and writes.
 fn snapshot_and_restore_show_the_records(sandbox: &Sandbox, admin: &Admin) {
     let snap = sandbox.tmp.path().join("progress.snapshot");
     let run = admin.run_with_env(&["snapshot", "--to", snap.to_str().unwrap()], EVERY_UPDATE);
@@ -121,6 +122,8 @@ fn snapshot_and_restore_show_the_records(sandbox: &Sandbox, admin: &Admin) {
         sharevault(sandbox.tmp.path(), &args, EVERY_UPDATE)
     };
     let run = restore("restored", &[]);
+    // The file is under 1 MiB: its authentication ends at 0 of 0 MiB.
+    line(&run, "restore, authenticating: 0 MiB");
     line(&run, &format!("restore: 0 of {total} records (0 %)"));
     line(&run, &format!("restore: 1,024 of {total} records ("));
     line(
