@@ -359,4 +359,6 @@ pub fn verify(
 mod tests;
 mod trail;
 
-pub use trail::{HEAD, Head, PAGE, SCAN, append, events, find, head, verify_trail};
+pub use trail::{
+    HEAD, Head, PAGE, SCAN, append, events, find, head, verify_trail, verify_trail_with,
+};

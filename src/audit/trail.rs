@@ -118,10 +118,21 @@ pub fn find(
 
 /// Checks the chain with `check` up to the head it has when the check starts, a page of
 /// events at a time (events appended meanwhile are left for the next check).
-pub fn verify_trail(store: &dyn Store, mut check: ChainCheck) -> Result<ChainReport, StoreError> {
+pub fn verify_trail(store: &dyn Store, check: ChainCheck) -> Result<ChainReport, StoreError> {
+    verify_trail_with(store, check, &mut |_, _| {})
+}
+
+/// As [`verify_trail`], telling `progress` (last sequence number checked, head) after each
+/// page.
+pub fn verify_trail_with(
+    store: &dyn Store,
+    mut check: ChainCheck,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ChainReport, StoreError> {
     let head = head(&*store.read()?)?;
     let end = head.map_or(0, |h| h.0);
     let mut cursor = 0;
+    progress(0, end);
     'pages: while cursor < end {
         let page = events(&*store.read()?, cursor, PAGE)?;
         if page.is_empty() {
@@ -136,6 +147,7 @@ pub fn verify_trail(store: &dyn Store, mut check: ChainCheck) -> Result<ChainRep
                 break 'pages;
             }
         }
+        progress(cursor.min(end), end);
     }
     Ok(check.finish(head))
 }

@@ -4,11 +4,12 @@
 //! [`client`] holds what every client command shares: where the daemon is, TLS, the admin
 //! token and the wording of errors. Each command renders for people (aligned columns) or, with
 //! `--json`, as one JSON object on stdout. Errors are [`CliError`]s; the binary turns them into
-//! a message on stderr and exit code 1.
+//! a message on stderr and exit code 1. Long commands show their [`progress`] on stderr.
 
 pub mod check_config;
 pub mod client;
 pub mod ops;
+pub mod progress;
 pub mod restore;
 pub mod status;
 mod table;

@@ -2,10 +2,11 @@
 //! daemon through the admin API.
 
 use super::client::{CliError, Client, ConnectArgs};
+use super::progress::Progress;
 use crate::pb;
 use crate::snapshot::{self, TABLES};
 use serde::Serialize;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use tokio_stream::StreamExt;
@@ -19,6 +20,9 @@ pub struct SnapshotArgs {
     pub to: PathBuf,
     #[arg(long)]
     pub json: bool,
+    /// No progress on stderr.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -28,6 +32,9 @@ pub struct RekeyArgs {
     /// File holding the new master key (64 hex characters, mode 0600).
     #[arg(long, value_name = "FILE")]
     pub new_master_key_file: PathBuf,
+    /// No progress on stderr.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -36,6 +43,9 @@ pub struct VerifyArgs {
     pub connect: ConnectArgs,
     #[arg(long)]
     pub json: bool,
+    /// No progress on stderr.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -62,6 +72,9 @@ pub struct AuditExportArgs {
     pub actor: Option<String>,
     #[arg(long)]
     pub action: Option<String>,
+    /// No progress on stderr.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 fn local(what: &str, path: &Path, err: impl std::fmt::Display) -> CliError {
@@ -107,12 +120,15 @@ pub async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
             .map_err(|s| client.error(&s))?
             .into_inner();
         let mut bytes = 0u64;
+        let mut progress = Progress::new("snapshot", "records", args.json || args.quiet)?;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|s| client.error(&s))?;
             file.write_all(&chunk.data)
                 .map_err(|e| local("cannot write", &temp, e))?;
             bytes += chunk.data.len() as u64;
+            progress.set(chunk.records_done, chunk.records_total);
         }
+        progress.finish();
         file.sync_all()
             .map_err(|e| local("cannot sync", &temp, e))?;
         drop(file);
@@ -162,6 +178,7 @@ pub async fn rekey(args: RekeyArgs) -> Result<(), CliError> {
     let key =
         crate::secrets::read_master_key(&args.new_master_key_file).map_err(CliError::Local)?;
     let client = Client::connect(&args.connect).await?;
+    let mut progress = Progress::new("rekey", "records", args.quiet)?;
     let mut stream = client
         .admin()
         .rekey(client.request(pb::RekeyRequest {
@@ -170,22 +187,13 @@ pub async fn rekey(args: RekeyArgs) -> Result<(), CliError> {
         .await
         .map_err(|s| client.error(&s))?
         .into_inner();
-    let terminal = std::io::stderr().is_terminal();
     let mut last = None;
     while let Some(step) = stream.next().await {
         let step = step.map_err(|s| client.error(&s))?;
-        if terminal {
-            let pct = (step.done * 100).checked_div(step.total).unwrap_or(100);
-            eprint!(
-                "\rre-wrapping data keys: {}/{} ({pct}%)",
-                step.done, step.total
-            );
-        }
+        progress.set(step.done, step.total);
         last = Some(step);
     }
-    if terminal {
-        eprintln!();
-    }
+    progress.finish();
     match last {
         Some(step) if step.finished => super::print(&format!(
             "every record's data key is now wrapped by master key {} ({} records).\n\
@@ -201,12 +209,20 @@ pub async fn rekey(args: RekeyArgs) -> Result<(), CliError> {
 
 pub async fn verify(args: VerifyArgs) -> Result<(), CliError> {
     let client = Client::connect_for_long_calls(&args.connect).await?;
-    let report = client
+    let progress = Progress::new("verify", "records", args.json || args.quiet)?;
+    let streamed = client
         .admin()
-        .verify(client.request(pb::VerifyRequest {})?)
-        .await
-        .map_err(|s| client.error(&s))?
-        .into_inner();
+        .verify_with_progress(client.request(pb::VerifyRequest {})?)
+        .await;
+    let split = |step: pb::VerifyProgress| (step.done, step.total, step.result);
+    let unary = async || {
+        let request = client.request(pb::VerifyRequest {})?;
+        let answer = client.admin().verify(request).await;
+        answer
+            .map(tonic::Response::into_inner)
+            .map_err(|s| client.error(&s))
+    };
+    let report = follow(&client, streamed, progress, split, unary).await?;
     if args.json {
         #[derive(Serialize)]
         struct Out<'a> {
@@ -244,6 +260,31 @@ pub async fn verify(args: VerifyArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Follows a call that streams progress messages, each split into (done, total, result), to
+/// the result its last message carries; from a daemon older than such calls (UNIMPLEMENTED),
+/// makes the `unary` call instead. Clears the progress shown.
+async fn follow<M, R>(
+    client: &Client,
+    streamed: Result<tonic::Response<tonic::Streaming<M>>, tonic::Status>,
+    mut progress: Progress,
+    split: impl Fn(M) -> (u64, u64, Option<R>),
+    unary: impl AsyncFnOnce() -> Result<R, CliError>,
+) -> Result<R, CliError> {
+    let mut stream = match streamed {
+        Ok(stream) => stream.into_inner(),
+        Err(status) if status.code() == tonic::Code::Unimplemented => return unary().await,
+        Err(status) => return Err(client.error(&status)),
+    };
+    let mut result = None;
+    while let Some(step) = stream.next().await {
+        let (done, total, last) = split(step.map_err(|s| client.error(&s))?);
+        progress.set(done, total);
+        result = last.or(result);
+    }
+    progress.finish();
+    result.ok_or_else(|| CliError::Local("the daemon ended the call without a result".into()))
+}
+
 pub async fn audit(command: AuditCommand) -> Result<(), CliError> {
     match command {
         AuditCommand::Export(args) => audit_export(args).await,
@@ -266,6 +307,20 @@ struct EventLine<'a> {
 
 async fn audit_export(args: AuditExportArgs) -> Result<(), CliError> {
     let client = Client::connect(&args.connect).await?;
+    let mut progress = Progress::new("audit export", "events", args.quiet)?;
+    // The trail's head, for a total (0 from a daemon that does not say: no total).
+    let head = if args.quiet {
+        0
+    } else {
+        client
+            .admin()
+            .get_status(client.request(pb::GetStatusRequest {})?)
+            .await
+            .map_err(|s| client.error(&s))?
+            .into_inner()
+            .audit_head_seq
+    };
+    let total = head.saturating_sub(args.after);
     let request = pb::ListAuditEventsRequest {
         after_seq: args.after,
         limit: args.limit,
@@ -281,6 +336,7 @@ async fn audit_export(args: AuditExportArgs) -> Result<(), CliError> {
         .into_inner();
     while let Some(event) = stream.next().await {
         let e = event.map_err(|s| client.error(&s))?;
+        progress.set(e.seq.saturating_sub(args.after), total);
         let line = EventLine {
             seq: e.seq,
             time: e.time.map(|t| t.to_string()).unwrap_or_default(),
@@ -294,17 +350,26 @@ async fn audit_export(args: AuditExportArgs) -> Result<(), CliError> {
         };
         super::print(&super::json_line(&line)?)?;
     }
+    progress.finish();
     Ok(())
 }
 
 async fn audit_verify(args: VerifyArgs) -> Result<(), CliError> {
     let client = Client::connect_for_long_calls(&args.connect).await?;
-    let report = client
+    let progress = Progress::new("audit verify", "events", args.json || args.quiet)?;
+    let streamed = client
         .admin()
-        .verify_audit(client.request(pb::VerifyAuditRequest {})?)
-        .await
-        .map_err(|s| client.error(&s))?
-        .into_inner();
+        .verify_audit_with_progress(client.request(pb::VerifyAuditRequest {})?)
+        .await;
+    let split = |step: pb::VerifyAuditProgress| (step.done, step.total, step.result);
+    let unary = async || {
+        let request = client.request(pb::VerifyAuditRequest {})?;
+        let answer = client.admin().verify_audit(request).await;
+        answer
+            .map(tonic::Response::into_inner)
+            .map_err(|s| client.error(&s))
+    };
+    let report = follow(&client, streamed, progress, split, unary).await?;
     if args.json {
         #[derive(Serialize)]
         struct Out<'a> {

@@ -1,7 +1,8 @@
 //! `sharevault restore`: a snapshot into a data dir, offline (see [`crate::snapshot::restore`]).
 
 use super::CliError;
-use crate::snapshot::restore::{RestoreOptions, restore};
+use super::progress::Progress;
+use crate::snapshot::restore::{RestoreOptions, Step, restore_with};
 
 #[derive(clap::Args)]
 pub struct RestoreArgs {
@@ -26,12 +27,18 @@ pub struct RestoreArgs {
     /// proves only that it is not damaged, not that nobody altered it.
     #[arg(long)]
     pub accept_unauthenticated_snapshot: bool,
+    /// No progress on stderr.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 /// Restores, then prints what was restored.
 pub fn run(args: RestoreArgs) -> Result<(), CliError> {
     let key = crate::secrets::read_master_key(&args.master_key_file).map_err(CliError::Local)?;
-    let report = restore(
+    // The MAC is checked over the whole file (MiB), then every record is imported.
+    let mut progress = Progress::new("restore, authenticating", "MiB", args.quiet)?;
+    let mut importing = false;
+    let report = restore_with(
         &args.from,
         &args.data_dir,
         &key,
@@ -39,8 +46,16 @@ pub fn run(args: RestoreArgs) -> Result<(), CliError> {
             replace: args.replace,
             accept_unauthenticated: args.accept_unauthenticated_snapshot,
         },
-    )
-    .map_err(CliError::Local)?;
+        &mut |step, done, total| {
+            if step == Step::Import && !importing {
+                importing = true;
+                progress.restart("restore", "records");
+            }
+            progress.set(done, total);
+        },
+    );
+    progress.finish();
+    let report = report.map_err(CliError::Local)?;
     super::print(&format!(
         "restored {} records into {}: {} custodian shares, {} client shares, {} audit events; \
          master key id {}\n",

@@ -6,12 +6,19 @@ use crate::integrity::INTEGRITY_KEY;
 use crate::store::{ExportItem, Key, StoreError, TableId};
 use crate::vault::{REKEY_TARGET, Vault, now_ms, records};
 
+/// Records written so far and how many the snapshot holds, handed to the sink with each chunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    pub records: u64,
+    pub total: u64,
+}
+
 /// Writes a snapshot of the whole vault from one read transaction, in chunks handed to
-/// `sink` (see [`crate::snapshot`] for the format). Refused while a master key rotation is
-/// unfinished: its records would be under two keys.
+/// `sink` with how far it got (see [`crate::snapshot`] for the format). Refused while a master
+/// key rotation is unfinished: its records would be under two keys.
 pub fn write(
     vault: &Vault,
-    sink: &mut dyn FnMut(Vec<u8>) -> Result<(), StoreError>,
+    sink: &mut dyn FnMut(Vec<u8>, Written) -> Result<(), StoreError>,
 ) -> Result<(), VaultError> {
     const CHUNK: usize = 256 * 1024;
     let rotating = || {
@@ -32,11 +39,12 @@ pub fn write(
     // Set when the export shows a rotation, or an integrity key re-wrapped since `sealed`
     // was read: the snapshot is abandoned.
     let mut changed: Option<VaultError> = None;
-    let mut emit = |bytes: &[u8], buf: &mut Vec<u8>, mac: &mut Trailer| {
+    let mut written = Written::default();
+    let mut emit = |bytes: &[u8], buf: &mut Vec<u8>, mac: &mut Trailer, written: Written| {
         mac.update(bytes);
         buf.extend_from_slice(bytes);
         if buf.len() >= CHUNK {
-            sink(std::mem::take(buf))
+            sink(std::mem::take(buf), written)
         } else {
             Ok(())
         }
@@ -50,7 +58,8 @@ pub fn write(
                 sealed_integrity_key: sealed.clone(),
                 counts,
             };
-            emit(&header.encode(), &mut buf, &mut mac)
+            written.total = counts.iter().sum();
+            emit(&header.encode(), &mut buf, &mut mac, written)
         }
         ExportItem::Record(TableId::Meta, Key::Name(name), value)
             if name == REKEY_TARGET || (name == INTEGRITY_KEY && value != sealed.as_slice()) =>
@@ -65,15 +74,17 @@ pub fn write(
             Err(StoreError::Closed)
         }
         ExportItem::Record(table, key, value) => {
-            emit(&record(table, &encode_key(key), value), &mut buf, &mut mac)
+            written.records += 1;
+            let bytes = record(table, &encode_key(key), value);
+            emit(&bytes, &mut buf, &mut mac, written)
         }
     });
     if let Some(err) = changed {
         return Err(err);
     }
     exported?;
-    emit(&end(), &mut buf, &mut mac)?;
+    emit(&end(), &mut buf, &mut mac, written)?;
     buf.extend_from_slice(&mac.finish());
-    sink(buf)?;
+    sink(buf, written)?;
     Ok(())
 }

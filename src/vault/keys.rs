@@ -181,6 +181,18 @@ impl Vault {
 
     /// Opens every share and cipherText; answers the counts per table and what failed.
     pub fn verify_records(&self) -> Result<VerifyReport, VaultError> {
+        self.verify_records_with(&mut |_, _| {})
+    }
+
+    /// As [`Vault::verify_records`], telling `progress` (done, total) after each page; the
+    /// total is the record count when the check starts.
+    pub fn verify_records_with(
+        &self,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<VerifyReport, VaultError> {
+        let counts = records::counts(&*self.store.read()?)?;
+        let total = counts.custodian_shares + counts.client_shares;
+        progress(0, total);
         let mut report = VerifyReport::default();
         for (table, name) in [
             (TableId::Custodian, TableId::Custodian.name()),
@@ -210,6 +222,8 @@ impl Vault {
                         }
                     }
                 }
+                let done = report.custodian_shares + report.client_shares;
+                progress(done, total.max(done));
             }
         }
         Ok(report)

@@ -496,6 +496,14 @@ impl Vault {
 
     /// Checks the whole audit chain up to its current head.
     pub fn verify_audit(&self) -> Result<ChainReport, VaultError> {
+        self.verify_audit_with(&mut |_, _| {})
+    }
+
+    /// As [`Vault::verify_audit`], telling `progress` (events checked, head) after each page.
+    pub fn verify_audit_with(
+        &self,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<ChainReport, VaultError> {
         let key = self.audit_key.clone();
         let anchor = records::meta(&*self.store.read()?, Anchor::META)?;
         let check = match anchor {
@@ -505,7 +513,7 @@ impl Vault {
             },
             None => ChainCheck::failed("the audit trail's anchor is missing".into()),
         };
-        let report = crate::audit::verify_trail(self.store.as_ref(), check)?;
+        let report = crate::audit::verify_trail_with(self.store.as_ref(), check, progress)?;
         if report.problem.is_some() {
             self.metrics.audit_chain_broken();
         }
@@ -520,6 +528,12 @@ impl Vault {
         )
         .await?;
         Ok(())
+    }
+
+    /// The audit trail's last sequence number (0 when it is empty): how many events a full
+    /// export or check goes through.
+    pub fn audit_head_seq(&self) -> Result<u64, VaultError> {
+        Ok(crate::audit::head(&*self.store.read()?)?.map_or(0, |h| h.0))
     }
 
     pub fn status(&self) -> Result<VaultStatus, VaultError> {

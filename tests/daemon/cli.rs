@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// What a run of the binary printed, and whether it succeeded.
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 impl Run {
-    fn json(&self) -> serde_json::Value {
+    pub fn json(&self) -> serde_json::Value {
         assert!(self.ok, "failed: {}", self.stderr);
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
@@ -36,7 +36,7 @@ impl Run {
 }
 
 /// Runs `sharevault ARGS` in `dir`, with no `SHAREVAULT_*` variable inherited.
-fn sharevault(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+pub(crate) fn sharevault(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sharevault"));
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("SHAREVAULT_") {
@@ -58,14 +58,14 @@ fn sharevault(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
 }
 
 /// A daemon and the flags that reach it as its administrator.
-struct Admin<'a> {
+pub(crate) struct Admin<'a> {
     sandbox: &'a Sandbox,
     connect: String,
     token_file: String,
 }
 
 impl<'a> Admin<'a> {
-    fn new(sandbox: &'a Sandbox, daemon: &Daemon) -> Self {
+    pub fn new(sandbox: &'a Sandbox, daemon: &Daemon) -> Self {
         let connect = match daemon.endpoint.strip_prefix("http://") {
             Some(addr) => addr.to_owned(),
             None => format!("unix:{}", daemon.endpoint),
@@ -78,7 +78,12 @@ impl<'a> Admin<'a> {
     }
 
     /// Runs `sharevault ARGS --connect ... --admin-token-file ...`.
-    fn run(&self, args: &[&str]) -> Run {
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_with_env(args, &[])
+    }
+
+    /// As [`Admin::run`], with these environment variables.
+    pub fn run_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut all = args.to_vec();
         all.extend([
             "--connect",
@@ -86,11 +91,17 @@ impl<'a> Admin<'a> {
             "--admin-token-file",
             &self.token_file,
         ]);
-        sharevault(self.sandbox.tmp.path(), &all, &[])
+        sharevault(self.sandbox.tmp.path(), &all, env)
     }
 }
 
-async fn backup(daemon: &Daemon, sandbox: &Sandbox, client: &str, method: &str, pair: &str) {
+pub(crate) async fn backup(
+    daemon: &Daemon,
+    sandbox: &Sandbox,
+    client: &str,
+    method: &str,
+    pair: &str,
+) {
     daemon
         .webhook()
         .await

@@ -18,6 +18,7 @@ mod metrics;
 mod openapi;
 mod operations;
 mod package;
+mod progress;
 mod secrecy;
 mod slow_clients;
 mod startup;

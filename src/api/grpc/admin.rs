@@ -1,16 +1,17 @@
-//! `sharevault.v1.AdminService`: tokens and status.
+//! `sharevault.v1.AdminService`: tokens, status, the audit trail, snapshots, rekey and verify
+//! (the long ones stream their progress).
 
 use super::{Call, metadata, reply};
 use crate::api::LocalAdmin;
 use crate::api::Ready;
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, ChainReport};
 use crate::auth::{Principal, Role};
 use crate::crypto::MasterKey;
 use crate::error::{Field, VaultError};
 use crate::pb::admin_service_server::AdminService;
 use crate::pb::{self, timestamp};
 use crate::store::StoreError;
-use crate::vault::Vault;
+use crate::vault::{Vault, VerifyReport};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -138,6 +139,7 @@ impl AdminService for AdminApi {
                 tokens: status.counts.tokens,
                 master_key_id: status.key_id.to_string(),
                 uptime_seconds: status.uptime_secs,
+                audit_head_seq: vault.audit_head_seq()?,
             })
         }
         .await;
@@ -207,16 +209,29 @@ impl AdminService for AdminApi {
             let report = tokio::task::spawn_blocking(move || vault.verify_audit())
                 .await
                 .map_err(|_| VaultError::Internal)??;
-            let (first_bad_seq, problem) = report.problem.unwrap_or_default();
-            Ok(pb::VerifyAuditResponse {
-                events: report.events,
-                ok: problem.is_empty(),
-                first_bad_seq,
-                problem,
-            })
+            Ok(audit_report_to_proto(report))
         }
         .await;
         reply(call, result)
+    }
+
+    type VerifyAuditWithProgressStream = ReceiverStream<Result<pb::VerifyAuditProgress, Status>>;
+
+    async fn verify_audit_with_progress(
+        &self,
+        request: Request<pb::VerifyAuditRequest>,
+    ) -> Result<Response<Self::VerifyAuditWithProgressStream>, Status> {
+        let call = Call::new(&self.calls, "AdminService", "VerifyAuditWithProgress");
+        let result = self.authorize(&request).map(|(vault, _)| Arc::clone(vault));
+        let vault = reply(call, result)?.into_inner();
+        Ok(Response::new(stream_progress(
+            move |progress| vault.verify_audit_with(progress),
+            |done, total, result| pb::VerifyAuditProgress {
+                done,
+                total,
+                result: result.map(audit_report_to_proto),
+            },
+        )))
     }
 
     type SnapshotStream = ReceiverStream<Result<pb::SnapshotChunk, Status>>;
@@ -235,9 +250,13 @@ impl AdminService for AdminApi {
             let writer = Arc::clone(&vault);
             let sender = tx.clone();
             let written = tokio::task::spawn_blocking(move || {
-                crate::snapshot::write(&writer, &mut |data| {
+                crate::snapshot::write(&writer, &mut |data, written| {
                     sender
-                        .blocking_send(Ok(pb::SnapshotChunk { data }))
+                        .blocking_send(Ok(pb::SnapshotChunk {
+                            data,
+                            records_done: written.records,
+                            records_total: written.total,
+                        }))
                         .map_err(|_| StoreError::Closed)
                 })
             })
@@ -334,16 +353,76 @@ impl AdminService for AdminApi {
             let report = tokio::task::spawn_blocking(move || vault.verify_records())
                 .await
                 .map_err(|_| VaultError::Internal)??;
-            Ok(pb::VerifyResponse {
-                custodian_shares: report.custodian_shares,
-                client_shares: report.client_shares,
-                failed: report.failed,
-                failures: report.failures,
-                master_key_id: key_id,
-            })
+            Ok(verify_report_to_proto(report, key_id))
         }
         .await;
         reply(call, result)
+    }
+
+    type VerifyWithProgressStream = ReceiverStream<Result<pb::VerifyProgress, Status>>;
+
+    async fn verify_with_progress(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<Self::VerifyWithProgressStream>, Status> {
+        let call = Call::new(&self.calls, "AdminService", "VerifyWithProgress");
+        let result = self.authorize(&request).map(|(vault, _)| Arc::clone(vault));
+        let vault = reply(call, result)?.into_inner();
+        let key_id = vault.key_id().to_string();
+        Ok(Response::new(stream_progress(
+            move |progress| vault.verify_records_with(progress),
+            move |done, total, result| pb::VerifyProgress {
+                done,
+                total,
+                result: result.map(|report| verify_report_to_proto(report, key_id.clone())),
+            },
+        )))
+    }
+}
+
+/// Runs `work` on the blocking pool and streams what it tells its progress callback, then
+/// its result, each as `message(done, total, result)`. Progress messages are dropped while
+/// the client is behind (the next one says more); the result is always sent.
+fn stream_progress<R, M>(
+    work: impl FnOnce(&mut dyn FnMut(u64, u64)) -> Result<R, VaultError> + Send + 'static,
+    message: impl Fn(u64, u64, Option<R>) -> M + Send + 'static,
+) -> ReceiverStream<Result<M, Status>>
+where
+    R: Send + 'static,
+    M: Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(16);
+    tokio::task::spawn_blocking(move || {
+        let mut last = (0, 0);
+        let result = work(&mut |done, total| {
+            last = (done, total);
+            let _ = tx.try_send(Ok(message(done, total, None)));
+        });
+        let _ = tx.blocking_send(match result {
+            Ok(report) => Ok(message(last.0, last.1, Some(report))),
+            Err(err) => Err(Status::from(err)),
+        });
+    });
+    ReceiverStream::new(rx)
+}
+
+fn verify_report_to_proto(report: VerifyReport, master_key_id: String) -> pb::VerifyResponse {
+    pb::VerifyResponse {
+        custodian_shares: report.custodian_shares,
+        client_shares: report.client_shares,
+        failed: report.failed,
+        failures: report.failures,
+        master_key_id,
+    }
+}
+
+fn audit_report_to_proto(report: ChainReport) -> pb::VerifyAuditResponse {
+    let (first_bad_seq, problem) = report.problem.unwrap_or_default();
+    pb::VerifyAuditResponse {
+        events: report.events,
+        ok: problem.is_empty(),
+        first_bad_seq,
+        problem,
     }
 }
 

@@ -202,6 +202,48 @@ pub fn restore(
     key: &MasterKey,
     options: RestoreOptions,
 ) -> Result<RestoreReport, String> {
+    restore_with(from, data_dir, key, options, &mut |_, _, _| {})
+}
+
+/// A step of a restore that takes as long as the snapshot is large.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The whole file is read to check its MAC: counts MiB.
+    Authenticate,
+    /// Every record is checked and written: counts records.
+    Import,
+}
+
+/// Counts the bytes read through it, telling `progress` every 16 MiB.
+struct Counted<'p, R> {
+    input: R,
+    read: u64,
+    total: u64,
+    progress: &'p mut dyn FnMut(Step, u64, u64),
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        const MIB: u64 = 1 << 20;
+        let n = self.input.read(buf)?;
+        let before = self.read / (16 * MIB);
+        self.read += n as u64;
+        if self.read / (16 * MIB) != before || self.read == self.total {
+            (self.progress)(Step::Authenticate, self.read / MIB, self.total / MIB);
+        }
+        Ok(n)
+    }
+}
+
+/// As [`restore`], telling `progress` (step, done, total) as the file is authenticated and as
+/// the records are imported.
+pub fn restore_with(
+    from: &Path,
+    data_dir: &Path,
+    key: &MasterKey,
+    options: RestoreOptions,
+    progress: &mut dyn FnMut(Step, u64, u64),
+) -> Result<RestoreReport, String> {
     let refused = |message: String| format!("restore refused, nothing was changed: {message}");
     let open = || File::open(from).map_err(|e| format!("cannot open {}: {e}", from.display()));
     let len = open()?
@@ -230,7 +272,13 @@ pub fn restore(
         Some(integrity) => Trailer::Mac(Box::new(integrity.snapshot_mac())),
         None => Trailer::sha256(),
     };
-    snapshot::verify_trailer(BufReader::new(open()?), len, trailer())
+    let counted = Counted {
+        input: open()?,
+        read: 0,
+        total: len,
+        progress: &mut *progress,
+    };
+    snapshot::verify_trailer(BufReader::new(counted), len, trailer())
         .map_err(|e| refused(e.to_string()))?;
 
     // 2. Lock the data dir for the rest of the restore.
@@ -264,6 +312,8 @@ pub fn restore(
         trailer: trailer(),
     };
     let mut reader = RecordReader::new(input).map_err(|e| refused(e.to_string()))?;
+    let total: u64 = header.counts.iter().sum();
+    progress(Step::Import, 0, total);
     let mut records = std::iter::from_fn(|| {
         if failure.is_some() {
             return None;
@@ -287,6 +337,10 @@ pub fn restore(
                     &mut report,
                 ) {
                     Ok(()) => match snapshot::decode_key(table, &k) {
+                        Some(key) if report.records.is_multiple_of(1024) => {
+                            progress(Step::Import, report.records, total.max(report.records));
+                            Some(Ok((table, key, v)))
+                        }
                         Some(key) => Some(Ok((table, key, v))),
                         None => {
                             failure = Some(format!("{} record has a malformed key", table.name()));
@@ -306,6 +360,9 @@ pub fn restore(
         }
     });
     let imported = RedbStore::import(&temp, &mut records);
+    if imported.is_ok() {
+        progress(Step::Import, report.records, total.max(report.records));
+    }
     let Tee { input, trailer } = reader.into_inner();
     let mut sum = [0u8; TRAILER as usize];
     let same_bytes = input
