@@ -28,11 +28,12 @@ pub fn write(
                 .into(),
         )
     };
-    if records::meta(&*vault.store().read()?, REKEY_TARGET)?.is_some() {
+    let reader = vault.store().read()?;
+    if records::meta(&*reader, REKEY_TARGET)?.is_some() {
         return Err(rotating());
     }
-    let sealed =
-        records::meta(&*vault.store().read()?, INTEGRITY_KEY)?.ok_or(VaultError::Corrupt)?;
+    let sealed = records::meta(&*reader, INTEGRITY_KEY)?.ok_or(VaultError::Corrupt)?;
+    drop(reader);
     let key_id = vault.key_id().to_bytes();
     let mut mac = Trailer::Mac(Box::new(vault.integrity().snapshot_mac()));
     let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
