@@ -2,6 +2,7 @@
 //!
 //! Everything is validated before any port is bound. Secrets are referenced by file path only.
 
+use crate::seal::{Pkcs11Settings, SealKind};
 use crate::validate::Limits;
 use crate::validate::MAX_SECRET_LIMIT;
 use serde::Deserialize;
@@ -126,6 +127,25 @@ pub struct ServeArgs {
     /// File holding the 256-bit master key (64 hex characters).
     #[arg(long, env = "SHAREVAULT_MASTER_KEY_FILE", value_name = "FILE")]
     pub master_key_file: Option<PathBuf>,
+    /// Where the root key (the master key) is kept: `file` (--master-key-file, a systemd
+    /// credential, or the data dir) or `pkcs11` (sealed by a PKCS#11 token's key) [default: file].
+    #[arg(long, env = "SHAREVAULT_SEAL", value_enum)]
+    pub seal: Option<SealKind>,
+    /// The PKCS#11 library of the token (`.so`), for the pkcs11 seal.
+    #[arg(long, env = "SHAREVAULT_PKCS11_MODULE", value_name = "FILE")]
+    pub pkcs11_module: Option<PathBuf>,
+    /// The label of the PKCS#11 token.
+    #[arg(long, env = "SHAREVAULT_PKCS11_TOKEN_LABEL", value_name = "LABEL")]
+    pub pkcs11_token_label: Option<String>,
+    /// The label of the token's AES-256 key that seals the root key.
+    #[arg(long, env = "SHAREVAULT_PKCS11_KEY_LABEL", value_name = "LABEL")]
+    pub pkcs11_key_label: Option<String>,
+    /// File holding the token's user PIN [default: the `pkcs11-pin` systemd credential].
+    #[arg(long, env = "SHAREVAULT_PKCS11_PIN_FILE", value_name = "FILE")]
+    pub pkcs11_pin_file: Option<PathBuf>,
+    /// Seconds between checks that the token still answers, under the pkcs11 seal [default: 30].
+    #[arg(long, env = "SHAREVAULT_SEAL_CHECK_SECONDS", value_name = "SECONDS")]
+    pub seal_check_seconds: Option<u64>,
     /// Local admin socket: the private API for the daemon's own user and root, where the
     /// AdminService needs no token [default: none].
     #[arg(long, env = "SHAREVAULT_ADMIN_SOCKET", value_name = "PATH")]
@@ -222,6 +242,12 @@ pub struct Config {
     pub max_request_bytes: usize,
     pub master_key_file: Option<PathBuf>,
     pub old_master_key_file: Option<PathBuf>,
+    /// Where the root key is kept.
+    pub seal: SealKind,
+    /// The token, when its settings are given (required by the pkcs11 seal).
+    pub pkcs11: Option<Pkcs11Settings>,
+    /// How often the pkcs11 seal's token is checked.
+    pub seal_check_interval: Duration,
     pub admin_socket: Option<PathBuf>,
     pub webhook_secret_file: Option<PathBuf>,
     pub admin_token_file: Option<PathBuf>,
@@ -315,6 +341,47 @@ fn path_prefix(value: Option<String>) -> Result<String, String> {
     Ok(prefix.to_owned())
 }
 
+/// The token's settings: all three of module, token label and key label, or none.
+fn pkcs11_settings(args: &ServeArgs, file: &FileConfig) -> Result<Option<Pkcs11Settings>, String> {
+    let module = args.pkcs11_module.clone().or(file.pkcs11_module.clone());
+    let token = args
+        .pkcs11_token_label
+        .clone()
+        .or(file.pkcs11_token_label.clone());
+    let key = args
+        .pkcs11_key_label
+        .clone()
+        .or(file.pkcs11_key_label.clone());
+    let pin_file = args
+        .pkcs11_pin_file
+        .clone()
+        .or(file.pkcs11_pin_file.clone());
+    match (module, token, key) {
+        (None, None, None) => Ok(None),
+        (Some(module), Some(token_label), Some(key_label)) => {
+            // A token label fills at most the 32 bytes of its field; a key label is a length
+            // byte of the sealed root key.
+            for (name, label, max) in [
+                ("pkcs11_token_label", &token_label, 32),
+                ("pkcs11_key_label", &key_label, 255),
+            ] {
+                if label.is_empty() || label.len() > max {
+                    return Err(format!("{name} must be 1 to {max} bytes"));
+                }
+            }
+            Ok(Some(Pkcs11Settings {
+                module,
+                token_label,
+                key_label,
+                pin_file,
+            }))
+        }
+        _ => Err(
+            "pkcs11_module, pkcs11_token_label and pkcs11_key_label must be given together".into(),
+        ),
+    }
+}
+
 impl Config {
     /// Merges defaults, the config file, the environment and flags, then validates.
     pub fn load(args: &ServeArgs) -> Result<Self, String> {
@@ -322,6 +389,7 @@ impl Config {
             Some(path) => read_file_config(path)?,
             None => FileConfig::default(),
         };
+        let pkcs11 = pkcs11_settings(args, &file)?;
         let limits = Limits {
             max_share_bytes: args
                 .max_share_bytes
@@ -431,7 +499,35 @@ impl Config {
                 .max(1),
             connection_idle: Duration::from_secs(connection_idle),
         };
+        let seal = args.seal.or(file.seal).unwrap_or_default();
+        let master_key_file = args.master_key_file.clone().or(file.master_key_file);
+        let old_master_key_file = args
+            .old_master_key_file
+            .clone()
+            .or(file.old_master_key_file);
+        if seal == SealKind::Pkcs11 {
+            if pkcs11.is_none() {
+                return Err("seal = pkcs11 needs pkcs11_module, pkcs11_token_label and \
+                            pkcs11_key_label"
+                    .into());
+            }
+            if master_key_file.is_some() || old_master_key_file.is_some() {
+                return Err("seal = pkcs11 keeps the root key sealed in the database: \
+                            master_key_file and old_master_key_file are for seal = file"
+                    .into());
+            }
+        }
+        let seal_check = args
+            .seal_check_seconds
+            .or(file.seal_check_seconds)
+            .unwrap_or(30);
+        if !(1..=3600).contains(&seal_check) {
+            return Err("seal_check_seconds must be between 1 and 3600".into());
+        }
         Ok(Self {
+            seal,
+            pkcs11,
+            seal_check_interval: Duration::from_secs(seal_check),
             admin_socket,
             http_listen,
             webhook,
@@ -453,11 +549,8 @@ impl Config {
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("./sharevault-data")),
             grpc_listen,
-            master_key_file: args.master_key_file.clone().or(file.master_key_file),
-            old_master_key_file: args
-                .old_master_key_file
-                .clone()
-                .or(file.old_master_key_file),
+            master_key_file,
+            old_master_key_file,
             webhook_secret_file: args
                 .webhook_secret_file
                 .clone()

@@ -8,6 +8,7 @@ use super::{
 use crate::crypto::{MasterKey, RecordAad};
 use crate::error::VaultError;
 use crate::integrity::INTEGRITY_KEY;
+use crate::seal::{SEALED_ROOT_KEY, SEALED_ROOT_KEY_NEXT};
 use crate::store::{Store, StoreError, TableId};
 use records::{SealedRecord, SealedRow};
 use std::sync::{Arc, PoisonError};
@@ -61,10 +62,14 @@ impl Vault {
     /// meanwhile is left as written). Resumable: records already under `new` are skipped, and
     /// the rotation is recorded so that an interrupted one is noticed at start. When it
     /// finishes, the data dir's key check is sealed under `new` and the old key is no longer
-    /// needed. `progress` is told (done, total) after each page; answers the total.
+    /// needed. `sealed` is the new key's sealed form under a token seal ([`crate::seal`]):
+    /// recorded as the rotation's target at its start, and as the vault's sealed root key when
+    /// it finishes, in the commit that moves the key check. `progress` is told (done, total)
+    /// after each page; answers the total.
     pub async fn rekey(
         &self,
         new: MasterKey,
+        sealed: Option<Vec<u8>>,
         actor: &str,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<u64, VaultError> {
@@ -73,9 +78,13 @@ impl Vault {
         let target = new
             .seal(&REKEY_TARGET_AAD, KEY_CHECK_PLAINTEXT)
             .map_err(crypto_failure)?;
+        let mut set = vec![(REKEY_TARGET.into(), target)];
+        if let Some(sealed) = &sealed {
+            set.push((SEALED_ROOT_KEY_NEXT.into(), sealed.clone()));
+        }
         self.write(
             WriteOp::Meta {
-                set: vec![(REKEY_TARGET.into(), target)],
+                set,
                 remove: Vec::new(),
             },
             Some(entry(actor, "rekey_start", "", &new.id().to_string())),
@@ -108,11 +117,17 @@ impl Vault {
             .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT_V2)
             .map_err(crypto_failure)?;
         let integrity = self.integrity.seal(&new).map_err(crypto_failure)?;
+        let mut set = vec![(KEY_CHECK.into(), check), (INTEGRITY_KEY.into(), integrity)];
+        let mut remove = vec![REKEY_TARGET.to_owned()];
+        match sealed {
+            Some(sealed) => {
+                set.push((SEALED_ROOT_KEY.into(), sealed));
+                remove.push(SEALED_ROOT_KEY_NEXT.into());
+            }
+            None => remove.push(SEALED_ROOT_KEY.into()),
+        }
         self.write(
-            WriteOp::Meta {
-                set: vec![(KEY_CHECK.into(), check), (INTEGRITY_KEY.into(), integrity)],
-                remove: vec![REKEY_TARGET.into()],
-            },
+            WriteOp::Meta { set, remove },
             Some(entry(actor, "rekey_finish", "", &new.id().to_string())),
         )
         .await?;

@@ -290,7 +290,8 @@ impl AdminService for AdminApi {
             // it never seals anything.
             let transport = request.extensions().get::<crate::api::Transport>().copied();
             let peer = crate::api::Peer(super::source(&request));
-            if !transport.is_some_and(|t| t.may_carry_keys(peer)) {
+            let carries_key = !request.get_ref().new_master_key.is_empty();
+            if carries_key && !transport.is_some_and(|t| t.may_carry_keys(peer)) {
                 return Err(VaultError::FailedPrecondition(
                     "a rekey carries the new master key: send it over TLS or the local admin \
                      socket, not plain TCP from another host; this key travelled in clear, \
@@ -299,23 +300,40 @@ impl AdminService for AdminApi {
                 ));
             }
             let (vault, who) = self.authorize(&request)?;
+            // Under a token seal the daemon makes the new root key itself, and seals it.
+            if let Some(seal) = self.ready.token_seal() {
+                if carries_key {
+                    return Err(VaultError::FailedPrecondition(
+                        "the root key is sealed by a PKCS#11 token: send no key, the daemon \
+                         makes the new root key and seals it with the token"
+                            .into(),
+                    ));
+                }
+                let key = crate::seal::generate_root_key().map_err(|_| VaultError::Internal)?;
+                let sealed = seal.seal(&key).await.map_err(|err| {
+                    VaultError::FailedPrecondition(format!(
+                        "the token could not seal the new root key ({err}); nothing was changed"
+                    ))
+                })?;
+                return Ok((Arc::clone(vault), who, key, Some(sealed)));
+            }
             let raw = Zeroizing::new(request.get_ref().new_master_key.clone());
             if raw.len() != crate::crypto::KEY_LEN {
                 return Err(VaultError::invalid(Field::NewMasterKey, "must be 32 bytes"));
             }
             let key = MasterKey::from_file_contents(&raw)
                 .map_err(|_| VaultError::invalid(Field::NewMasterKey, "must be 32 bytes"))?;
-            Ok((Arc::clone(vault), who, key))
+            Ok((Arc::clone(vault), who, key, None))
         }
         .await;
-        let (vault, who, key) = reply(call, result)?.into_inner();
+        let (vault, who, key, sealed) = reply(call, result)?.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let new_id = key.id().to_string();
         tokio::spawn(async move {
             let progress_tx = tx.clone();
             let id = new_id.clone();
             let result = vault
-                .rekey(key, &who.name, move |done, total| {
+                .rekey(key, sealed, &who.name, move |done, total| {
                     let _ = progress_tx.try_send(Ok(pb::RekeyProgress {
                         done,
                         total,

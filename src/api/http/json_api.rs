@@ -481,7 +481,13 @@ async fn healthz(State(state): State<ApiState>) -> Response {
         .and_then(|vault| vault.status())
         .map_err(HttpError::from);
     match result {
-        Ok(_) => json(StatusCode::OK, Probe { status: "ok" }),
+        Ok(_) => json(
+            StatusCode::OK,
+            Probe {
+                status: "ok",
+                seal: None,
+            },
+        ),
         Err(err) => err.into_response(),
     }
 }
@@ -505,6 +511,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         database_bytes: status.as_ref().and_then(|s| s.database_bytes).unwrap_or(0),
         uptime_seconds: status.as_ref().map_or(0, |s| s.uptime_secs),
         ready: status.is_some(),
+        seal_reachable: state.ready.seal_reachable(),
     };
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
@@ -519,12 +526,24 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     path = "/readyz",
     tag = TAG,
     operation_id = "readyz",
-    summary = "Readiness: 200 once the vault is open and the master key verified; no token",
+    summary = "Readiness: 200 once the vault is open and the master key verified (with whether a PKCS#11 seal's token answers); no token",
     responses((status = 200, description = "`{\"status\": \"ready\"}`", body = Probe)),
 )]
 async fn readyz(State(state): State<ApiState>) -> Response {
     match state.ready.get() {
-        Ok(_) => json(StatusCode::OK, Probe { status: "ready" }),
+        Ok(_) => json(
+            StatusCode::OK,
+            Probe {
+                status: "ready",
+                seal: state.ready.token_seal().map(|seal| {
+                    if seal.reachable() {
+                        "reachable"
+                    } else {
+                        "unreachable"
+                    }
+                }),
+            },
+        ),
         Err(err) => HttpError::from(err).into_response(),
     }
 }

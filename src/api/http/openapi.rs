@@ -158,10 +158,14 @@ pub struct ClientDeleted {
     pub backup_share_pairs_deleted: u64,
 }
 
-/// The answer of `/healthz` (`ok`) and `/readyz` (`ready`).
+/// The answer of `/healthz` (`ok`) and `/readyz` (`ready`). Under a PKCS#11 seal, `/readyz`
+/// also says whether the token answered its last check (`seal`: `reachable` or
+/// `unreachable`); the vault serves from the root key in memory either way.
 #[derive(Serialize, ToSchema)]
 pub struct Probe {
     pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seal: Option<&'static str>,
 }
 
 /// The error answers every operation may give, and when. Those of one route alone (a record
