@@ -81,9 +81,10 @@ impl WrapKey {
 /// A logged-in session with the token.
 pub struct Hsm {
     token_label: String,
+    slot: Slot,
     session: Mutex<Session>,
     // Declared last: the session closes before the library is finalized.
-    _ctx: Pkcs11,
+    ctx: Pkcs11,
 }
 
 impl std::fmt::Debug for Hsm {
@@ -185,8 +186,9 @@ impl Hsm {
         }
         Ok(Self {
             token_label: settings.token_label.clone(),
+            slot,
             session: Mutex::new(session),
-            _ctx: ctx,
+            ctx,
         })
     }
 
@@ -343,11 +345,30 @@ impl Hsm {
             .map_err(token_error("decrypt with the wrapping key"))
     }
 
-    /// Whether the token still answers with the key: finds it again and encrypts a block.
+    /// Whether the token still answers with the key: in a new session (which shares the
+    /// login of the first, so no PIN is sent), finds the key again and encrypts a block. A
+    /// token that comes back after an outage answers again.
     pub fn probe(&self, key: &WrapKey) -> Result<(), SealError> {
-        let again = self.key(&key.label)?;
-        self.encrypt(&again, b"sharevault seal probe", &[0u8; 16])
+        let session = self
+            .ctx
+            .open_ro_session(self.slot)
+            .map_err(token_error("open a session"))?;
+        let found = session
+            .find_objects(&[Attribute::Label(key.label.as_bytes().to_vec())])
+            .map_err(token_error("search for the key"))?;
+        let [handle] = found.as_slice() else {
+            return Err(SealError::KeyMissing {
+                token: self.token_label.clone(),
+                label: key.label.clone(),
+            });
+        };
+        let mut iv = [0u8; NONCE_LEN];
+        let params = GcmParams::new(&mut iv, b"sharevault seal probe", TAG_BITS.into())
+            .map_err(token_error("set up AES-GCM"))?;
+        session
+            .encrypt(&Mechanism::AesGcm(params), *handle, &[0u8; 16])
             .map(|_| ())
+            .map_err(token_error("encrypt with the wrapping key"))
     }
 }
 

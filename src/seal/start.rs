@@ -14,8 +14,8 @@ const KEY_CHECK: &str = "key_check";
 pub enum Seal {
     /// The master key file (and, to finish an interrupted rotation, the previous one).
     File {
-        key: MasterKey,
-        old: Option<MasterKey>,
+        key: Box<MasterKey>,
+        old: Option<Box<MasterKey>>,
     },
     /// The token and its wrapping key.
     Pkcs11 { hsm: Arc<Hsm>, key: WrapKey },
@@ -61,8 +61,8 @@ pub async fn root_keys(store: &dyn Store, seal: Seal) -> Result<RootKeys, StartE
         Seal::File { key, old } => match sealed {
             Some(sealed) => Err(StartError::SealedByToken(super::sealed_by(&sealed))),
             None => Ok(RootKeys {
-                primary: key,
-                older: old.into_iter().collect(),
+                primary: *key,
+                older: old.into_iter().map(|k| *k).collect(),
             }),
         },
         Seal::Pkcs11 { hsm, key } => {
@@ -202,11 +202,13 @@ pub fn open(
         }
         (super::SealKind::Pkcs11, None) => Err("seal = pkcs11 needs the token's settings".into()),
         (super::SealKind::File, _) => Ok(Seal::File {
-            key: secrets
-                .master_key
-                .take()
-                .ok_or("the file seal needs a master key")?,
-            old: secrets.old_master_key.take(),
+            key: Box::new(
+                secrets
+                    .master_key
+                    .take()
+                    .ok_or("the file seal needs a master key")?,
+            ),
+            old: secrets.old_master_key.take().map(Box::new),
         }),
     }
 }

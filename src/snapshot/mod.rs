@@ -26,7 +26,7 @@ pub mod restore;
 mod tests;
 mod write;
 
-pub use read::{RecordReader, Tee, Trailer, check_structure, parse, verify_trailer};
+pub use read::{RecordReader, Tee, Trailer, check_structure, find_meta, parse, verify_trailer};
 pub use write::{Written, write};
 
 /// The magic of the current format (2), authenticated with a MAC.

@@ -250,3 +250,24 @@ pub fn parse(bytes: &[u8], trailer: Trailer) -> Result<Vec<Record>, SnapshotErro
     reader.finish()?;
     Ok(records)
 }
+
+/// The value of the meta record `name` in the snapshot at `path`, read without checking the
+/// trailer: only for what authenticates itself (a root key sealed by a token, whose unsealing
+/// fails if it was altered) or names what the restore needs.
+pub fn find_meta(path: &std::path::Path, name: &str) -> Result<Option<Vec<u8>>, SnapshotError> {
+    let file = std::fs::File::open(path).map_err(|e| SnapshotError::Io(e.to_string()))?;
+    let len = file
+        .metadata()
+        .map_err(|e| SnapshotError::Io(e.to_string()))?
+        .len();
+    if len < TRAILER {
+        return Err(SnapshotError::Truncated);
+    }
+    let mut reader = RecordReader::new(std::io::BufReader::new(file).take(len - TRAILER))?;
+    while let Some((table, key, value)) = reader.next_record()? {
+        if table == TableId::Meta && key == name.as_bytes() {
+            return Ok(Some(value));
+        }
+    }
+    Ok(None)
+}
