@@ -2,7 +2,7 @@
 //!
 //! Everything is validated before any port is bound. Secrets are referenced by file path only.
 
-use crate::seal::{Pkcs11Settings, SealKind};
+use crate::seal::{Pkcs11Settings, SealKind, WrapMechanism};
 use crate::validate::Limits;
 use crate::validate::MAX_SECRET_LIMIT;
 use serde::Deserialize;
@@ -143,6 +143,10 @@ pub struct ServeArgs {
     /// File holding the token's user PIN [default: the `pkcs11-pin` systemd credential].
     #[arg(long, env = "SHAREVAULT_PKCS11_PIN_FILE", value_name = "FILE")]
     pub pkcs11_pin_file: Option<PathBuf>,
+    /// How the token encrypts the root key: `aes-gcm` (CKM_AES_GCM), or `cloudkms-aes-gcm`
+    /// for Google Cloud KMS's PKCS#11 library [default: aes-gcm].
+    #[arg(long, env = "SHAREVAULT_PKCS11_MECHANISM", value_enum)]
+    pub pkcs11_mechanism: Option<WrapMechanism>,
     /// Seconds between checks that the token still answers, under the pkcs11 seal [default: 30].
     #[arg(long, env = "SHAREVAULT_SEAL_CHECK_SECONDS", value_name = "SECONDS")]
     pub seal_check_seconds: Option<u64>,
@@ -374,6 +378,10 @@ fn pkcs11_settings(args: &ServeArgs, file: &FileConfig) -> Result<Option<Pkcs11S
                 token_label,
                 key_label,
                 pin_file,
+                mechanism: args
+                    .pkcs11_mechanism
+                    .or(file.pkcs11_mechanism)
+                    .unwrap_or_default(),
             }))
         }
         _ => Err(

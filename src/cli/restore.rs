@@ -3,7 +3,7 @@
 use super::CliError;
 use super::progress::Progress;
 use crate::crypto::MasterKey;
-use crate::seal::{Hsm, Pkcs11Settings, SEALED_ROOT_KEY, SealKind};
+use crate::seal::{Hsm, Pkcs11Settings, SEALED_ROOT_KEY, SealKind, WrapMechanism};
 use crate::snapshot::restore::{RestoreOptions, Step, restore_with};
 
 #[derive(clap::Args)]
@@ -38,6 +38,9 @@ pub struct RestoreArgs {
     /// File holding the token's user PIN [default: the `pkcs11-pin` systemd credential].
     #[arg(long, env = "SHAREVAULT_PKCS11_PIN_FILE", value_name = "FILE")]
     pub pkcs11_pin_file: Option<std::path::PathBuf>,
+    /// How the token encrypts the root key: `aes-gcm` or `cloudkms-aes-gcm` [default: aes-gcm].
+    #[arg(long, env = "SHAREVAULT_PKCS11_MECHANISM", value_enum)]
+    pub pkcs11_mechanism: Option<WrapMechanism>,
     /// Replace a vault already in the data dir (it is kept beside, renamed).
     #[arg(long)]
     pub replace: bool,
@@ -82,6 +85,7 @@ fn root_key(args: &RestoreArgs) -> Result<MasterKey, CliError> {
                 token_label,
                 key_label,
                 pin_file: args.pkcs11_pin_file.clone(),
+                mechanism: args.pkcs11_mechanism.unwrap_or_default(),
             };
             let hsm = Hsm::open(&settings).map_err(|e| refused(e.to_string()))?;
             let key = hsm

@@ -12,6 +12,7 @@
 //!
 //! ```text
 //! "SVSEAL01"                 magic and version
+//! mechanism u8               1: CKM_AES_GCM, 2: CKM_CLOUDKMS_AES_GCM
 //! label_len u8 | label       the label of the token's wrapping key
 //! root key id [8]            the id of the root key (crate::crypto::KeyId), bound as AAD
 //! iv_len u8 | iv             the GCM nonce (made by the daemon, or by the HSM if it insists)
@@ -22,7 +23,7 @@ pub mod offline;
 pub mod pkcs11;
 pub mod start;
 
-pub use pkcs11::{Hsm, Pkcs11Settings, WrapKey};
+pub use pkcs11::{Hsm, Pkcs11Settings, WrapKey, WrapMechanism};
 pub use start::{RootKeys, Seal, StartError, TokenSeal, root_keys};
 
 use crate::crypto::{KEY_LEN, KeyId, MasterKey};
@@ -117,6 +118,14 @@ pub enum SealError {
         configured: String,
     },
     #[error(
+        "the root key was sealed with mechanism {sealed_with}, not the configured \
+         {configured}; start with --pkcs11-mechanism {sealed_with}"
+    )]
+    OtherMechanism {
+        sealed_with: &'static str,
+        configured: &'static str,
+    },
+    #[error(
         "the token could not unwrap the root key with the key labelled {label:?}: it is not the \
          key that sealed it (same label, another key), or the sealed root key was altered"
     )]
@@ -131,6 +140,8 @@ pub enum SealError {
 /// A root key sealed by a token key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SealedRootKey {
+    /// How the token encrypted it.
+    pub mechanism: WrapMechanism,
     /// The label of the wrapping key in the token.
     pub key_label: String,
     /// The id of the root key it holds.
@@ -151,6 +162,7 @@ impl fmt::Debug for SealedRootKey {
 impl SealedRootKey {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
+        out.push(self.mechanism.code());
         out.push(self.key_label.len() as u8);
         out.extend_from_slice(self.key_label.as_bytes());
         out.extend_from_slice(&self.root_key_id);
@@ -173,6 +185,8 @@ impl SealedRootKey {
             rest = tail;
             Ok(head)
         };
+        let mechanism = WrapMechanism::from_code(take(1)?[0])
+            .ok_or(SealError::Malformed("unknown mechanism"))?;
         let label_len = take(1)?[0] as usize;
         let key_label = std::str::from_utf8(take(label_len)?)
             .map_err(|_| SealError::Malformed("the key label is not UTF-8"))?
@@ -191,6 +205,7 @@ impl SealedRootKey {
             return Err(SealError::Malformed("wrong lengths"));
         }
         Ok(Self {
+            mechanism,
             key_label,
             root_key_id,
             iv,
@@ -222,6 +237,7 @@ pub fn seal(hsm: &Hsm, key: &WrapKey, root: &MasterKey) -> Result<Vec<u8>, SealE
     let raw = root.to_raw();
     let (iv, ciphertext) = hsm.encrypt(key, &aad(&id), &raw)?;
     Ok(SealedRootKey {
+        mechanism: hsm.mechanism(),
         key_label: key.label().to_owned(),
         root_key_id: id,
         iv,
@@ -237,6 +253,12 @@ pub fn unseal(hsm: &Hsm, key: &WrapKey, sealed: &[u8]) -> Result<MasterKey, Seal
         return Err(SealError::OtherKey {
             sealed_by: sealed.key_label,
             configured: key.label().to_owned(),
+        });
+    }
+    if sealed.mechanism != hsm.mechanism() {
+        return Err(SealError::OtherMechanism {
+            sealed_with: sealed.mechanism.name(),
+            configured: hsm.mechanism().name(),
         });
     }
     let unwrap = || SealError::Unwrap {
@@ -284,6 +306,7 @@ mod tests {
     #[test]
     fn a_sealed_root_key_round_trips_and_refuses_damage() {
         let sealed = SealedRootKey {
+            mechanism: WrapMechanism::CloudkmsAesGcm,
             key_label: "vault-wrap".into(),
             root_key_id: [7; 8],
             iv: vec![1; 12],

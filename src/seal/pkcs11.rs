@@ -5,14 +5,16 @@
 //! locks the token), and a PIN the token reports as locked or at its final try is not tried.
 //! [`Hsm::key`] finds the wrapping key by label and checks it is one non-extractable,
 //! sensitive AES-256 secret key that may encrypt and decrypt. The root key is encrypted and
-//! decrypted with CKM_AES_GCM (a 12-byte nonce and a 128-bit tag); the plaintext root key only
-//! ever lives in zeroized buffers.
+//! decrypted with AES-GCM (a 12-byte nonce and a 128-bit tag): CKM_AES_GCM, or Cloud KMS's
+//! vendor-defined CKM_CLOUDKMS_AES_GCM ([`WrapMechanism`]); the plaintext root key only ever
+//! lives in zeroized buffers.
 
 use super::SealError;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::vendor_defined::VendorDefinedMechanism;
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
@@ -26,6 +28,47 @@ pub const PIN_CREDENTIAL: &str = "pkcs11-pin";
 const NONCE_LEN: usize = 12;
 const TAG_BITS: u64 = 128;
 
+/// Google's vendor-defined AES-GCM of the Cloud KMS PKCS#11 library (`CKM_CLOUDKMS_AES_GCM`):
+/// the nonce is made by Cloud KMS and written into the parameters.
+const CKM_CLOUDKMS_AES_GCM: u64 = 0x8000_0000 | 0x1E100 | 0x01;
+
+/// How the token encrypts the root key: AES-256-GCM, as the provider names it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum WrapMechanism {
+    /// CKM_AES_GCM (SoftHSM2, AWS CloudHSM and most HSMs); the daemon makes the nonce, or the
+    /// HSM does and writes it back.
+    #[default]
+    AesGcm,
+    /// CKM_CLOUDKMS_AES_GCM of Google's Cloud KMS library, whose service makes the nonce.
+    CloudkmsAesGcm,
+}
+
+impl WrapMechanism {
+    /// Its byte in a sealed root key.
+    pub fn code(self) -> u8 {
+        match self {
+            WrapMechanism::AesGcm => 1,
+            WrapMechanism::CloudkmsAesGcm => 2,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(WrapMechanism::AesGcm),
+            2 => Some(WrapMechanism::CloudkmsAesGcm),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WrapMechanism::AesGcm => "aes-gcm",
+            WrapMechanism::CloudkmsAesGcm => "cloudkms-aes-gcm",
+        }
+    }
+}
+
 /// Where the token and its key are, and where its PIN is read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pkcs11Settings {
@@ -35,6 +78,7 @@ pub struct Pkcs11Settings {
     pub key_label: String,
     /// The file holding the user PIN; `None`: the `pkcs11-pin` systemd credential.
     pub pin_file: Option<PathBuf>,
+    pub mechanism: WrapMechanism,
 }
 
 impl Pkcs11Settings {
@@ -81,6 +125,7 @@ impl WrapKey {
 /// A logged-in session with the token.
 pub struct Hsm {
     token_label: String,
+    mechanism: WrapMechanism,
     slot: Slot,
     session: Mutex<Session>,
     // Declared last: the session closes before the library is finalized.
@@ -186,6 +231,7 @@ impl Hsm {
         }
         Ok(Self {
             token_label: settings.token_label.clone(),
+            mechanism: settings.mechanism,
             slot,
             session: Mutex::new(session),
             ctx,
@@ -198,6 +244,30 @@ impl Hsm {
 
     pub fn token_label(&self) -> &str {
         &self.token_label
+    }
+
+    /// The mechanism the token encrypts root keys with.
+    pub fn mechanism(&self) -> WrapMechanism {
+        self.mechanism
+    }
+
+    /// Runs `op` with the mechanism for `params`.
+    fn with_mechanism<T>(
+        &self,
+        params: GcmParams<'_>,
+        op: impl FnOnce(&Mechanism<'_>) -> Result<T, SealError>,
+    ) -> Result<T, SealError> {
+        match self.mechanism {
+            WrapMechanism::AesGcm => op(&Mechanism::AesGcm(params)),
+            WrapMechanism::CloudkmsAesGcm => {
+                let kind = MechanismType::new_vendor_defined(CKM_CLOUDKMS_AES_GCM)
+                    .map_err(token_error("set up CKM_CLOUDKMS_AES_GCM"))?;
+                op(&Mechanism::VendorDefined(VendorDefinedMechanism::new(
+                    kind,
+                    Some(&params),
+                )))
+            }
+        }
     }
 
     /// Finds the wrapping key `label` and checks its type and attributes.
@@ -255,7 +325,8 @@ impl Hsm {
         if key_type != Some(KeyType::AES) {
             return Err(wrong("it is not an AES key"));
         }
-        if len != Some(32) {
+        // Some providers (Cloud KMS) do not tell a non-extractable key's length.
+        if len.is_some_and(|len| len != 32) {
             return Err(wrong("it is not 256 bits long"));
         }
         if extractable || !sensitive {
@@ -314,16 +385,21 @@ impl Hsm {
         plain: &[u8],
     ) -> Result<(Vec<u8>, Vec<u8>), SealError> {
         let mut iv = [0u8; NONCE_LEN];
-        getrandom::fill(&mut iv).map_err(|_| SealError::Token {
-            operation: "make a nonce",
-            code: "the system random number generator failed".into(),
-        })?;
+        // Cloud KMS wants a zeroed buffer, which it fills with its own nonce.
+        if self.mechanism == WrapMechanism::AesGcm {
+            getrandom::fill(&mut iv).map_err(|_| SealError::Token {
+                operation: "make a nonce",
+                code: "the system random number generator failed".into(),
+            })?;
+        }
         let ciphertext = {
             let params = GcmParams::new(&mut iv, aad, TAG_BITS.into())
                 .map_err(token_error("set up AES-GCM"))?;
-            self.session()
-                .encrypt(&Mechanism::AesGcm(params), key.handle, plain)
-                .map_err(token_error("encrypt with the wrapping key"))?
+            self.with_mechanism(params, |mechanism| {
+                self.session()
+                    .encrypt(mechanism, key.handle, plain)
+                    .map_err(token_error("encrypt with the wrapping key"))
+            })?
         };
         Ok((iv.to_vec(), ciphertext))
     }
@@ -339,10 +415,12 @@ impl Hsm {
         let mut iv = iv.to_vec();
         let params =
             GcmParams::new(&mut iv, aad, TAG_BITS.into()).map_err(token_error("set up AES-GCM"))?;
-        self.session()
-            .decrypt(&Mechanism::AesGcm(params), key.handle, ciphertext)
-            .map(Zeroizing::new)
-            .map_err(token_error("decrypt with the wrapping key"))
+        self.with_mechanism(params, |mechanism| {
+            self.session()
+                .decrypt(mechanism, key.handle, ciphertext)
+                .map(Zeroizing::new)
+                .map_err(token_error("decrypt with the wrapping key"))
+        })
     }
 
     /// Whether the token still answers with the key: in a new session (which shares the
@@ -362,13 +440,22 @@ impl Hsm {
                 label: key.label.clone(),
             });
         };
+        // A fresh random nonce (zeroed for Cloud KMS, which makes its own).
         let mut iv = [0u8; NONCE_LEN];
+        if self.mechanism == WrapMechanism::AesGcm {
+            getrandom::fill(&mut iv).map_err(|_| SealError::Token {
+                operation: "make a nonce",
+                code: "the system random number generator failed".into(),
+            })?;
+        }
         let params = GcmParams::new(&mut iv, b"sharevault seal probe", TAG_BITS.into())
             .map_err(token_error("set up AES-GCM"))?;
-        session
-            .encrypt(&Mechanism::AesGcm(params), *handle, &[0u8; 16])
-            .map(|_| ())
-            .map_err(token_error("encrypt with the wrapping key"))
+        self.with_mechanism(params, |mechanism| {
+            session
+                .encrypt(mechanism, *handle, &[0u8; 16])
+                .map(|_| ())
+                .map_err(token_error("encrypt with the wrapping key"))
+        })
     }
 }
 

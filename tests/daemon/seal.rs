@@ -296,6 +296,12 @@ async fn a_pkcs11_vault_starts_restarts_and_refuses_the_file_seal() {
             && logs.contains("--seal pkcs11"),
         "{logs}"
     );
+    // Nor does the token with another mechanism than the one that sealed it.
+    let mut args = vec!["--seal".to_string(), "pkcs11".into()];
+    args.extend(token.pkcs11("wrap-1"));
+    args.extend(["--pkcs11-mechanism".into(), "cloudkms-aes-gcm".into()]);
+    let logs = token.refused(&args);
+    assert!(logs.contains("sealed with mechanism aes-gcm"), "{logs}");
     let daemon = token.start("wrap-1", &[]);
     assert_eq!(
         daemon.status(&token.keys.admin_token).await.master_key_id,
