@@ -684,6 +684,49 @@ mod tests {
     }
 
     #[test]
+    fn the_seal_settings_are_parsed_and_checked() {
+        let config = Config::load(&ServeArgs::default()).unwrap();
+        assert_eq!(
+            (config.seal, config.pkcs11.is_none()),
+            (SealKind::File, true)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sharevault.toml");
+        std::fs::write(
+            &path,
+            "seal = \"pkcs11\"\npkcs11_module = \"/lib/p11.so\"\npkcs11_token_label = \"t\"\n\
+             pkcs11_key_label = \"k\"\npkcs11_mechanism = \"cloudkms-aes-gcm\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        let pkcs11 = config.pkcs11.unwrap();
+        assert_eq!(config.seal, SealKind::Pkcs11);
+        assert_eq!(pkcs11.key_label, "k");
+        assert_eq!(pkcs11.mechanism, WrapMechanism::CloudkmsAesGcm);
+        let refused = |args: ServeArgs| Config::load(&args).unwrap_err();
+        let err = refused(ServeArgs {
+            config: Some(path),
+            master_key_file: Some("/etc/sharevault/master-key".into()),
+            ..ServeArgs::default()
+        });
+        assert!(err.contains("master_key_file"), "{err}");
+        let err = refused(ServeArgs {
+            seal: Some(SealKind::Pkcs11),
+            ..ServeArgs::default()
+        });
+        assert!(err.contains("seal = pkcs11 needs"), "{err}");
+        let err = refused(ServeArgs {
+            pkcs11_module: Some("/lib/p11.so".into()),
+            ..ServeArgs::default()
+        });
+        assert!(err.contains("given together"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
