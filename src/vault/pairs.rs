@@ -144,7 +144,8 @@ impl Vault {
         Ok(())
     }
 
-    /// Erases everything held for a client; answers (custodian, client, pairs) deleted.
+    /// Erases everything held for a client, kept versions included; answers (custodian,
+    /// client, pairs) deleted.
     pub async fn delete_client(
         &self,
         client_id: &str,
@@ -164,6 +165,7 @@ impl Vault {
                 custodian_shares,
                 client_shares,
                 backup_share_pairs,
+                versions: _,
             } => Ok((custodian_shares, client_shares, backup_share_pairs)),
             _ => Err(VaultError::Internal),
         }
