@@ -48,6 +48,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// List a client's kept versions, or restore one as current.
+    Versions {
+        #[command(subcommand)]
+        command: sharevault::cli::versions::VersionsCommand,
+    },
     /// Write a consistent snapshot of a running daemon's vault to a file.
     Snapshot(sharevault::cli::ops::SnapshotArgs),
     /// Restore a snapshot into a data dir (with the daemon stopped, or into a new data dir).
@@ -256,6 +261,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Token { command } => Ok(sharevault::cli::block_on(sharevault::cli::token::run(
             command,
         ))?),
+        Command::Versions { command } => Ok(sharevault::cli::block_on(
+            sharevault::cli::versions::run(command),
+        )?),
         Command::Bench(args) => bench::run(args),
         Command::BenchStandIn(args) => bench::standin::run(args),
         Command::PackageFiles { out_dir } => package_files(&out_dir),

@@ -15,8 +15,10 @@ mod shares;
 pub mod status;
 mod tokens;
 pub mod versions;
+mod history;
 
 pub use access::Credentials;
+pub use history::VersionView;
 pub use keys::VerifyReport;
 pub use pairs::{CustodianView, MethodView};
 pub use shares::{BackupInput, ClientShare, FetchedShare};

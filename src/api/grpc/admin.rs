@@ -123,6 +123,62 @@ impl AdminService for AdminApi {
         reply(call, result)
     }
 
+    async fn list_versions(
+        &self,
+        request: Request<pb::ListVersionsRequest>,
+    ) -> Result<Response<pb::ListVersionsResponse>, Status> {
+        let req = request.get_ref();
+        let mut call = Call::new(&self.calls, "AdminService", "ListVersions");
+        call.client(&req.client_id);
+        let result = async {
+            let (vault, _) = self.authorize(&request)?;
+            let versions = vault.list_versions(&req.client_id).await?;
+            Ok(pb::ListVersionsResponse {
+                versions: versions
+                    .into_iter()
+                    .map(|v| pb::ShareVersion {
+                        kind: v.kind.name().to_owned(),
+                        backup_method: v.backup_method,
+                        version: v.number,
+                        current: v.superseded_at_ms.is_none(),
+                        backup_share_pair_id: v.pair_id.unwrap_or_default(),
+                        pair_status: v
+                            .pair_status
+                            .map_or(0, super::backup::pair_status_to_proto),
+                        created_at: Some(timestamp(v.created_at_ms)),
+                        superseded_at: v.superseded_at_ms.map(timestamp),
+                    })
+                    .collect(),
+            })
+        }
+        .await;
+        reply(call, result)
+    }
+
+    async fn restore_version(
+        &self,
+        request: Request<pb::RestoreVersionRequest>,
+    ) -> Result<Response<pb::RestoreVersionResponse>, Status> {
+        let req = request.get_ref();
+        let mut call = Call::new(&self.calls, "AdminService", "RestoreVersion");
+        call.client(&req.client_id);
+        let result = async {
+            let (vault, who) = self.authorize(&request)?;
+            vault
+                .restore_version(
+                    &req.client_id,
+                    &req.kind,
+                    &req.backup_method,
+                    req.version,
+                    &who.name,
+                )
+                .await?;
+            Ok(pb::RestoreVersionResponse {})
+        }
+        .await;
+        reply(call, result)
+    }
+
     async fn get_status(
         &self,
         request: Request<pb::GetStatusRequest>,

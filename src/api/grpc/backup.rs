@@ -33,7 +33,7 @@ impl BackupApi {
     }
 }
 
-fn pair_status_to_proto(status: PairStatus) -> i32 {
+pub(super) fn pair_status_to_proto(status: PairStatus) -> i32 {
     match status {
         PairStatus::StoredCustodianBackupShare => {
             pb::BackupSharePairStatus::StoredCustodianBackupShare as i32
