@@ -72,12 +72,18 @@ impl Vault {
             .collect();
         // Current (0) first, then newest first.
         out.sort_by(|a, b| {
-            (a.kind, &a.backup_method, a.number != 0, std::cmp::Reverse(a.number)).cmp(&(
-                b.kind,
-                &b.backup_method,
-                b.number != 0,
-                std::cmp::Reverse(b.number),
-            ))
+            (
+                a.kind,
+                &a.backup_method,
+                a.number != 0,
+                std::cmp::Reverse(a.number),
+            )
+                .cmp(&(
+                    b.kind,
+                    &b.backup_method,
+                    b.number != 0,
+                    std::cmp::Reverse(b.number),
+                ))
         });
         Ok(out)
     }

@@ -6,6 +6,7 @@
 
 mod access;
 pub mod codec;
+mod history;
 mod keys;
 mod pairs;
 pub mod placement;
@@ -15,7 +16,6 @@ mod shares;
 pub mod status;
 mod tokens;
 pub mod versions;
-mod history;
 
 pub use access::Credentials;
 pub use history::VersionView;

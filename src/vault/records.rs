@@ -160,7 +160,11 @@ pub fn envelope_binding(table: TableId, second: &str) -> Option<(&'static str, &
 }
 
 /// Decodes the sealed record of a row of a share table (custodian, client or versions).
-pub fn decode_sealed(table: TableId, second: &str, value: &[u8]) -> Result<SealedRecord, StoreError> {
+pub fn decode_sealed(
+    table: TableId,
+    second: &str,
+    value: &[u8],
+) -> Result<SealedRecord, StoreError> {
     if table == TableId::Versions {
         Ok(super::versions::decode(second, value)?.record)
     } else {

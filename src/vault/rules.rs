@@ -484,10 +484,9 @@ fn update_pairs(
             )))
         })?;
         let refuse = |msg: String| Failure::Refused(VaultError::FailedPrecondition(msg));
-        let mut held = false;
-        if status == PairStatus::StoredClientBackupShare
-            && pair.status != PairStatus::StoredClientBackupShare
-        {
+        // A pair already completed stays so; one that completes now needs its own cipherText.
+        let mut held = pair.status == PairStatus::StoredClientBackupShare;
+        if status == PairStatus::StoredClientBackupShare && !held {
             let current = records::share(w, TableId::Custodian, client_id, &pair.backup_method)?
                 .filter(|r| r.pair_id.as_deref() == Some(id.as_str()));
             let Some(current) = current else {
@@ -546,8 +545,15 @@ fn restore_version(
     match w.get(table, key)? {
         Some(current) => {
             w.put(table, key, &restored)?;
-            let dropped =
-                versions::keep(w, client_id, kind, backup_method, &current, now_ms, retention)?;
+            let dropped = versions::keep(
+                w,
+                client_id,
+                kind,
+                backup_method,
+                &current,
+                now_ms,
+                retention,
+            )?;
             for pair in dropped {
                 if !versions::pair_referenced(w, client_id, &pair)? {
                     w.delete(TableId::Pairs, Key::Client(client_id, &pair))?;

@@ -2,9 +2,9 @@
 //! opened on the way out, every read of share material audited before it is answered.
 
 use super::records::{self, SealedRecord};
-use super::{codec, versions};
 use super::rules::{WriteOp, WriteOutcome};
 use super::{Vault, crypto_failure, entry, now_ms};
+use super::{codec, versions};
 use crate::crypto::RecordAad;
 use crate::error::{Field, VaultError};
 use crate::store::TableId;

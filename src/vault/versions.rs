@@ -138,16 +138,20 @@ pub fn of_client(
     damaged: &mut Vec<String>,
 ) -> Result<Vec<Version>, StoreError> {
     let mut out = Vec::new();
-    r.scan(TableId::Versions, Range::Client(client_id), &mut |key, value| {
-        if let Key::Client(_, second) = key {
-            match decode(second, value) {
-                Ok(v) if kind.is_none_or(|k| k == v.kind) => out.push(v),
-                Ok(_) => {}
-                Err(_) => damaged.push(second.to_owned()),
+    r.scan(
+        TableId::Versions,
+        Range::Client(client_id),
+        &mut |key, value| {
+            if let Key::Client(_, second) = key {
+                match decode(second, value) {
+                    Ok(v) if kind.is_none_or(|k| k == v.kind) => out.push(v),
+                    Ok(_) => {}
+                    Err(_) => damaged.push(second.to_owned()),
+                }
             }
-        }
-        Ok(true)
-    })?;
+            Ok(true)
+        },
+    )?;
     Ok(out)
 }
 
@@ -204,7 +208,9 @@ fn prune(
     retention: Retention,
 ) -> Result<Vec<String>, StoreError> {
     let keep_from = versions.len().saturating_sub(retention.keep as usize);
-    let over_max = versions.len().saturating_sub(retention.max.max(retention.keep) as usize);
+    let over_max = versions
+        .len()
+        .saturating_sub(retention.max.max(retention.keep) as usize);
     let young = now_ms.saturating_sub(u64::from(retention.keep_days) * 86_400_000);
     let mut pairs = Vec::new();
     for (i, v) in versions[..keep_from].iter().enumerate() {
@@ -239,28 +245,36 @@ pub struct FetchRows {
 /// completed does not cost the user the last one that did.
 pub fn fetch_rows(r: &(impl Reader + ?Sized), client_id: &str) -> Result<FetchRows, StoreError> {
     let mut out = FetchRows::default();
-    r.scan(TableId::Custodian, Range::Client(client_id), &mut |key, value| {
-        if let Key::Client(_, method) = key {
-            match codec::decode_record(value) {
-                Ok(record) => out.rows.push(MethodRecord {
-                    backup_method: method.to_owned(),
-                    record,
-                }),
-                Err(_) => out.damaged.push(method.to_owned()),
+    r.scan(
+        TableId::Custodian,
+        Range::Client(client_id),
+        &mut |key, value| {
+            if let Key::Client(_, method) = key {
+                match codec::decode_record(value) {
+                    Ok(record) => out.rows.push(MethodRecord {
+                        backup_method: method.to_owned(),
+                        record,
+                    }),
+                    Err(_) => out.damaged.push(method.to_owned()),
+                }
             }
-        }
-        Ok(true)
-    })?;
+            Ok(true)
+        },
+    )?;
     let mut completed = HashSet::new();
-    r.scan(TableId::Pairs, Range::Client(client_id), &mut |key, value| {
-        if let Key::Client(_, id) = key
-            && codec::decode_pair(id, value)
-                .is_ok_and(|p| p.status == PairStatus::StoredClientBackupShare)
-        {
-            completed.insert(id.to_owned());
-        }
-        Ok(true)
-    })?;
+    r.scan(
+        TableId::Pairs,
+        Range::Client(client_id),
+        &mut |key, value| {
+            if let Key::Client(_, id) = key
+                && codec::decode_pair(id, value)
+                    .is_ok_and(|p| p.status == PairStatus::StoredClientBackupShare)
+            {
+                completed.insert(id.to_owned());
+            }
+            Ok(true)
+        },
+    )?;
     let is_completed =
         |r: &SealedRecord| r.pair_id.as_ref().is_some_and(|id| completed.contains(id));
     let wanting: Vec<String> = out
@@ -292,23 +306,25 @@ pub fn fetch_rows(r: &(impl Reader + ?Sized), client_id: &str) -> Result<FetchRo
 }
 
 /// Whether any custodian share of the client, current or kept, belongs to `pair_id`.
-pub fn pair_referenced(
-    w: &dyn Writer,
-    client_id: &str,
-    pair_id: &str,
-) -> Result<bool, StoreError> {
+pub fn pair_referenced(w: &dyn Writer, client_id: &str, pair_id: &str) -> Result<bool, StoreError> {
     let mut found = false;
-    w.scan(TableId::Custodian, Range::Client(client_id), &mut |_, value| {
-        found = codec::record_pair_id(value)? == Some(pair_id);
-        Ok(!found)
-    })?;
+    w.scan(
+        TableId::Custodian,
+        Range::Client(client_id),
+        &mut |_, value| {
+            found = codec::record_pair_id(value)? == Some(pair_id);
+            Ok(!found)
+        },
+    )?;
     if found {
         return Ok(true);
     }
     let mut ignored = Vec::new();
-    Ok(of_client(w, client_id, Some(ShareKind::Custodian), &mut ignored)?
-        .iter()
-        .any(|v| v.record.pair_id.as_deref() == Some(pair_id)))
+    Ok(
+        of_client(w, client_id, Some(ShareKind::Custodian), &mut ignored)?
+            .iter()
+            .any(|v| v.record.pair_id.as_deref() == Some(pair_id)),
+    )
 }
 
 #[cfg(test)]

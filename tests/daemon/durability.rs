@@ -121,7 +121,11 @@ async fn concurrent_writers_to_one_key_leave_exactly_one_value() {
         .iter()
         .filter(|p| shares[0].contains(&format!("\"{}\"", p.id)))
         .collect();
-    assert_eq!(current.len(), 1, "the surviving share's pair is listed once");
+    assert_eq!(
+        current.len(),
+        1,
+        "the surviving share's pair is listed once"
+    );
     assert_eq!(
         current[0].internal_status,
         pb::BackupSharePairStatus::StoredCustodianBackupShare as i32

@@ -276,7 +276,11 @@ async fn a_new_share_replaces_one_key_and_restarts_its_pair(flow: &mut Flow) -> 
     flow.backup(client, "PASSWORD-ED25519", &replacement, None)
         .await;
     let fetched = flow.fetch(client).await;
-    assert_eq!(fetched.len(), 9, "eight current shares and the last completed one");
+    assert_eq!(
+        fetched.len(),
+        9,
+        "eight current shares and the last completed one"
+    );
     assert!(fetched.contains(&replacement));
     assert!(fetched.contains(&portal_share(client, "PASSWORD", "ED25519", 1)));
     assert!(fetched.contains(&portal_share(client, "PASSWORD", "SECP256K1", 1)));

@@ -25,3 +25,4 @@ mod startup;
 mod systemd;
 mod unix_clients;
 mod validation;
+mod versions;

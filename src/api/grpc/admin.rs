@@ -142,9 +142,7 @@ impl AdminService for AdminApi {
                         version: v.number,
                         current: v.superseded_at_ms.is_none(),
                         backup_share_pair_id: v.pair_id.unwrap_or_default(),
-                        pair_status: v
-                            .pair_status
-                            .map_or(0, super::backup::pair_status_to_proto),
+                        pair_status: v.pair_status.map_or(0, super::backup::pair_status_to_proto),
                         created_at: Some(timestamp(v.created_at_ms)),
                         superseded_at: v.superseded_at_ms.map(timestamp),
                     })

@@ -80,8 +80,8 @@ fn check_record(
                 snapshot::split_client_key(k).ok_or_else(|| bad("has a malformed key"))?;
             let record =
                 records::decode_sealed(table, second, v).map_err(|_| bad("is malformed"))?;
-            let (name, method) =
-                records::envelope_binding(table, second).ok_or_else(|| bad("has a malformed key"))?;
+            let (name, method) = records::envelope_binding(table, second)
+                .ok_or_else(|| bad("has a malformed key"))?;
             let aad = RecordAad {
                 table: name,
                 client_id: client,

@@ -204,12 +204,14 @@ impl Reader for RedbReader {
     ) -> Result<(), StoreError> {
         let txn = &self.txn;
         match table {
-            TableId::Custodian | TableId::Client | TableId::Pairs | TableId::Versions => scan_client(
-                &txn.open_table(client_def(table)?).map_err(backend)?,
-                table,
-                range,
-                visit,
-            ),
+            TableId::Custodian | TableId::Client | TableId::Pairs | TableId::Versions => {
+                scan_client(
+                    &txn.open_table(client_def(table)?).map_err(backend)?,
+                    table,
+                    range,
+                    visit,
+                )
+            }
             TableId::Tokens | TableId::Meta => scan_name(
                 &txn.open_table(name_def(table)?).map_err(backend)?,
                 table,
