@@ -48,6 +48,8 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Report which clients can recover today and why the others cannot (exit 1 if any cannot).
+    Doctor(sharevault::cli::doctor::DoctorArgs),
     /// List a client's kept versions, or restore one as current.
     Versions {
         #[command(subcommand)]
@@ -260,6 +262,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         ))?),
         Command::Token { command } => Ok(sharevault::cli::block_on(sharevault::cli::token::run(
             command,
+        ))?),
+        Command::Doctor(args) => Ok(sharevault::cli::block_on(sharevault::cli::doctor::run(
+            args,
         ))?),
         Command::Versions { command } => Ok(sharevault::cli::block_on(
             sharevault::cli::versions::run(command),

@@ -1,5 +1,5 @@
 //! The operator's command line, beside `serve`: commands that talk to a running daemon over
-//! gRPC (`status`, `token create|list|revoke`, `versions list|restore`, `snapshot`, `rekey`,
+//! gRPC (`status`, `token create|list|revoke`, `versions list|restore`, `doctor`, `snapshot`, `rekey`,
 //! `verify`, `audit`) and the rendering of `check-config`.
 //!
 //! [`client`] holds what every client command shares: where the daemon is, TLS, the admin
@@ -9,6 +9,7 @@
 
 pub mod check_config;
 pub mod client;
+pub mod doctor;
 pub mod ops;
 pub mod progress;
 pub mod restore;

@@ -6,6 +6,7 @@
 
 mod access;
 pub mod codec;
+pub mod doctor;
 mod history;
 mod keys;
 mod pairs;
