@@ -544,3 +544,73 @@ fn damage(sandbox: &Sandbox, client: &str, method: &str) {
     bytes[at + 3] ^= 0x01;
     std::fs::write(sandbox.database(), &bytes).unwrap();
 }
+
+/// Rekey re-wraps kept versions, verify opens them, and a snapshot carries them to a restored
+/// vault that only the new master key opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_are_rekeyed_verified_snapshotted_and_restored() {
+    use crate::harness::Keys;
+    use crate::operations::{hex_decode, restore, snapshot_to};
+    let vault = Vault::start(86).await;
+    let (a, b) = (share("A", "pair-a"), share("B", "pair-b"));
+    assert_eq!(vault.backup("k", KEY, &a).await.status, 200);
+    assert_eq!(
+        vault
+            .store_cipher_text("k", "PASSWORD", "ct-A")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(vault.backup("k", KEY, &b).await.status, 200);
+
+    let new_keys = Keys::new(&vault.sandbox.tmp.path().join("new-keys"), 87);
+    let raw = hex_decode(
+        std::fs::read_to_string(&new_keys.master_key_file)
+            .unwrap()
+            .trim(),
+    );
+    let rotated = vault.daemon.rekey(&vault.admin, &raw).await;
+    assert!(rotated.finished, "the rotation finished: {rotated:?}");
+    let report = vault.daemon.verify(&vault.admin).await;
+    assert_eq!(
+        (
+            report.custodian_shares,
+            report.client_shares,
+            report.versions,
+            report.failed
+        ),
+        (1, 1, 1, 0)
+    );
+    let snap = vault.sandbox.tmp.path().join("with-versions.snap");
+    snapshot_to(&vault.daemon, &vault.admin, &snap).await;
+
+    let keys = Keys {
+        dir: vault.sandbox.keys.dir.clone(),
+        master_key_file: new_keys.master_key_file.clone(),
+        webhook_secret: vault.secret.clone(),
+        admin_token: vault.admin.clone(),
+    };
+    let elsewhere = vault.sandbox.tmp.path().join("restored");
+    let out = restore(&snap, &elsewhere, &keys);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let daemon = Daemon::start(&elsewhere, &keys);
+    let hook = Http::plain(daemon.webhook_addr.as_deref().unwrap());
+    let fetched = hook
+        .post_json(
+            "/backup/fetch",
+            &[("x-webhook-secret", vault.secret.as_str())],
+            &json!({"clientId": "k"}),
+        )
+        .await;
+    let shares: Vec<String> =
+        serde_json::from_value(fetched.json()["backupShares"].clone()).unwrap();
+    assert_eq!(
+        shares,
+        vec![b, a],
+        "the kept share opens under the new key alone"
+    );
+}

@@ -567,6 +567,7 @@ fn verify_report_to_proto(report: VerifyReport, master_key_id: String) -> pb::Ve
     pb::VerifyResponse {
         custodian_shares: report.custodian_shares,
         client_shares: report.client_shares,
+        versions: report.versions,
         failed: report.failed,
         failures: report.failures,
         master_key_id,
