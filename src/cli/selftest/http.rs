@@ -1,0 +1,288 @@
+//! One webhook call as Portal makes it: a fresh connection (TLS for `https://`), `POST` of a
+//! JSON body with `X-Webhook-Secret`, the whole answer read, all within a time limit.
+
+use crate::cli::CliError;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::header::{ACCEPT, CONTENT_TYPE, HOST, HeaderValue, USER_AGENT};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+/// The most of an answer that is read; a webhook's answers are a few kilobytes.
+const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Where the webhook is: `{base}/backup` and `{base}/backup/fetch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookUrl {
+    pub tls: bool,
+    /// `host:port`, to connect to.
+    pub addr: String,
+    /// The host, without the brackets of an IPv6 address: the name the certificate must carry.
+    pub host: String,
+    /// The `Host` header: the URL's authority as written.
+    pub authority: String,
+    /// The path prefix, without a trailing `/` (empty for the root).
+    pub prefix: String,
+}
+
+impl WebhookUrl {
+    /// Parses the base URL registered in Portal's dashboard.
+    pub fn parse(value: &str) -> Result<Self, CliError> {
+        let invalid = |why: &str| {
+            CliError::Local(format!(
+                "--webhook-url `{value}`: {why}; expected http(s)://HOST[:PORT][/PREFIX]"
+            ))
+        };
+        let uri: Uri = value.parse().map_err(|_| invalid("not a URL"))?;
+        let tls = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+            Some("https") => true,
+            Some("http") => false,
+            Some(_) => return Err(invalid("the scheme must be http or https")),
+            None => return Err(invalid("no http:// or https://")),
+        };
+        let authority = uri.authority().ok_or_else(|| invalid("no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(invalid("credentials in the URL are not supported"));
+        }
+        if uri.query().is_some() {
+            return Err(invalid("Portal appends /backup to the base URL: no query"));
+        }
+        let host = authority.host();
+        if host.is_empty() {
+            return Err(invalid("no host"));
+        }
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let bare = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let addr = if bare.contains(':') {
+            format!("[{bare}]:{port}")
+        } else {
+            format!("{bare}:{port}")
+        };
+        Ok(Self {
+            tls,
+            addr,
+            host: bare,
+            authority: authority.as_str().to_owned(),
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// The path of `route` (`/backup` or `/backup/fetch`) under the prefix.
+    pub fn path(&self, route: &str) -> String {
+        format!("{}{route}", self.prefix)
+    }
+}
+
+/// What a call got back.
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+/// How a call went: its answer or why there was none, and how long it took.
+pub struct Outcome {
+    pub result: Result<Answer, String>,
+    pub elapsed: Duration,
+}
+
+/// Calls one webhook: its URL, the secret to present, TLS, and Portal's time limit.
+pub struct Webhook {
+    pub url: WebhookUrl,
+    secret: HeaderValue,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    pub limit: Duration,
+}
+
+impl Webhook {
+    pub fn new(
+        url: WebhookUrl,
+        secret: &Zeroizing<String>,
+        ca_file: Option<&Path>,
+        limit: Duration,
+    ) -> Result<Self, CliError> {
+        let tls = if url.tls {
+            Some(tls(&url.host, ca_file)?)
+        } else if ca_file.is_some() {
+            return Err(CliError::Local(
+                "--ca-file: the webhook URL is http://, without TLS; use https://".into(),
+            ));
+        } else {
+            None
+        };
+        Ok(Self {
+            secret: header_secret(secret)?,
+            url,
+            tls,
+            limit,
+        })
+    }
+
+    /// POSTs `body` to `route` with the webhook secret (or with `secret`, when given).
+    pub async fn post(
+        &self,
+        route: &str,
+        body: Vec<u8>,
+        secret: Option<&Zeroizing<String>>,
+    ) -> Outcome {
+        let start = Instant::now();
+        let secret = match secret.map(header_secret).transpose() {
+            Ok(other) => other.unwrap_or_else(|| self.secret.clone()),
+            Err(err) => {
+                return Outcome {
+                    result: Err(err.to_string()),
+                    elapsed: start.elapsed(),
+                };
+            }
+        };
+        let exchange = self.exchange(route, body, secret);
+        let result = match tokio::time::timeout(self.limit, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "no complete answer within {} ms",
+                self.limit.as_millis()
+            )),
+        };
+        Outcome {
+            result,
+            elapsed: start.elapsed(),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        route: &str,
+        body: Vec<u8>,
+        secret: HeaderValue,
+    ) -> Result<Answer, String> {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(self.url.path(route))
+            .header(HOST, self.url.authority.as_str())
+            .header(CONTENT_TYPE, "application/json")
+            .header(ACCEPT, "application/json")
+            .header(
+                USER_AGENT,
+                concat!("sharevault-selftest/", env!("CARGO_PKG_VERSION")),
+            )
+            .header(crate::api::http::webhook::SECRET_HEADER, secret)
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| format!("cannot build the request: {e}"))?;
+        let tcp = tokio::net::TcpStream::connect(self.url.addr.as_str())
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", self.url.addr))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+        let response = match &self.tls {
+            None => send(TokioIo::new(tcp), request).await?,
+            Some((connector, name)) => {
+                let stream = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake with {}: {e}", self.url.addr))?;
+                send(TokioIo::new(stream), request).await?
+            }
+        };
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| format!("the answer's body could not be read: {e}"))?
+            .to_bytes();
+        Ok(Answer { status, body })
+    }
+}
+
+async fn send<T>(
+    io: TokioIo<T>,
+    request: Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("HTTP handshake: {e}"))?;
+    tokio::spawn(conn);
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("no answer: {e}"))
+}
+
+fn header_secret(secret: &Zeroizing<String>) -> Result<HeaderValue, CliError> {
+    let mut value = HeaderValue::from_str(secret.as_str()).map_err(|_| {
+        CliError::Local("the webhook secret holds characters a header cannot carry".into())
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn tls(
+    host: &str,
+    ca_file: Option<&Path>,
+) -> Result<
+    (
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    ),
+    CliError,
+> {
+    let roots = match ca_file {
+        Some(ca_file) => crate::cli::client::roots_from_file(ca_file)?,
+        None => crate::cli::client::system_roots()?,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CliError::Local(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|_| CliError::Local(format!("--webhook-url: `{host}` is not a host name")))?;
+    Ok((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_gives_the_address_the_name_and_the_prefix() {
+        let url = WebhookUrl::parse("https://vault.example.com/portal/webhook/").unwrap();
+        assert!(url.tls);
+        assert_eq!(url.addr, "vault.example.com:443");
+        assert_eq!(url.host, "vault.example.com");
+        assert_eq!(url.path("/backup/fetch"), "/portal/webhook/backup/fetch");
+        let url = WebhookUrl::parse("http://127.0.0.1:7451").unwrap();
+        assert!(!url.tls);
+        assert_eq!(url.addr, "127.0.0.1:7451");
+        assert_eq!(url.authority, "127.0.0.1:7451");
+        assert_eq!(url.path("/backup"), "/backup");
+        let url = WebhookUrl::parse("https://[::1]:8443/hook").unwrap();
+        assert_eq!(
+            (url.addr.as_str(), url.host.as_str()),
+            ("[::1]:8443", "::1")
+        );
+        for bad in [
+            "vault.example.com",
+            "ftp://vault.example.com",
+            "https://vault.example.com/hook?token=1",
+            "https://user:pw@vault.example.com",
+            "/backup",
+        ] {
+            let err = WebhookUrl::parse(bad).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("--webhook-url `{bad}`")), "{err}");
+        }
+    }
+}

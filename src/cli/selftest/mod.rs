@@ -1,0 +1,357 @@
+//! `sharevault selftest --webhook-url URL`: replays Portal's calls against a deployed webhook,
+//! through whatever TLS terminator, proxy and path prefix sit in front of it, and says which
+//! call a real Portal would have seen fail.
+//!
+//! A synthetic client (id [`checks::CLIENT_PREFIX`] and random hex) gets a custodian share for
+//! each curve, each followed by the immediate `/backup/fetch` Portal makes; then a retry of the
+//! same `/backup`, an overwrite, a wrong secret and an oversized body. Each call is timed
+//! against Portal's 10 s. With `--token-file` the client is deleted at the end over the
+//! backend API (`DeleteClient`); without, the output says how to delete it.
+
+pub mod checks;
+pub mod http;
+
+use super::client::{CliError, Client, ConnectArgs};
+use crate::pb;
+use checks::{CURVES, Check, Synthetic};
+use http::{Webhook, WebhookUrl};
+use hyper::StatusCode;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// The secret file a trial daemon started from the same directory generates.
+const DEFAULT_SECRET_FILE: &str = "./sharevault-data/webhook-secret";
+/// Width of the check names in the lines for people.
+const NAME_WIDTH: usize = 30;
+
+#[derive(Debug, clap::Args)]
+pub struct SelftestArgs {
+    /// The webhook's base URL as registered in Portal's dashboard: http(s)://HOST[:PORT][/PREFIX].
+    #[arg(long, value_name = "URL")]
+    pub webhook_url: String,
+    /// File holding the webhook secret Portal sends (its first line is used).
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_SECRET_FILE)]
+    pub webhook_secret_file: PathBuf,
+    /// Trust the PEM certificate(s) in FILE (and no others) for an https:// webhook URL
+    /// [default: the system's roots].
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// File holding a backend token: the synthetic client is deleted at the end, over
+    /// --connect (DeleteClient). Without it the output says how to delete it.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The daemon's private listener, for the deletion (the forms of other commands'
+    /// --connect).
+    #[arg(
+        long,
+        env = "SHAREVAULT_CONNECT",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:7450"
+    )]
+    pub connect: String,
+    /// Use TLS towards --connect, trusting the PEM certificate(s) in FILE.
+    #[arg(long, value_name = "FILE")]
+    pub connect_ca_file: Option<PathBuf>,
+    /// Size in bytes of the oversized body, which must be answered 413.
+    #[arg(long, value_name = "BYTES", default_value_t = 2 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024))]
+    pub oversized_bytes: u64,
+    /// How long Portal waits for each call, in milliseconds.
+    #[arg(long, hide = true, default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub timeout_ms: u64,
+    /// Print one JSON object instead of a line per check.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The JSON form of a run.
+#[derive(Serialize)]
+struct Report<'a> {
+    webhook_url: &'a str,
+    client_id: &'a str,
+    checks: &'a [Check],
+    passed: usize,
+    failed: usize,
+    /// How to delete the synthetic client, when it was not deleted.
+    note: Option<String>,
+}
+
+/// Prints each check as it ends (unless `--json`) and keeps them for the report.
+struct Lines {
+    json: bool,
+    checks: Vec<Check>,
+}
+
+impl Lines {
+    fn push(&mut self, check: Check) -> Result<(), CliError> {
+        if !self.json {
+            let mark = if check.ok { "ok" } else { "FAIL" };
+            let line = format!("{mark:<4}  {:<NAME_WIDTH$}  {}\n", check.name, check.detail);
+            super::print(&line)?;
+        }
+        self.checks.push(check);
+        Ok(())
+    }
+}
+
+/// The first non-empty line of the secret file, trimmed.
+fn read_secret(path: &Path) -> Result<Zeroizing<String>, CliError> {
+    let what = || format!("--webhook-secret-file {}", path.display());
+    let bytes = Zeroizing::new(
+        std::fs::read(path).map_err(|e| CliError::Local(format!("{}: {e}", what())))?,
+    );
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| CliError::Local(format!("{}: must be UTF-8 text", what())))?;
+    match text.lines().map(str::trim).find(|l| !l.is_empty()) {
+        Some(line) => Ok(Zeroizing::new(line.to_owned())),
+        None => Err(CliError::Local(format!("{}: holds no secret", what()))),
+    }
+}
+
+/// A wrong secret of the same form as a real one.
+fn wrong_secret() -> Result<Zeroizing<String>, CliError> {
+    let mut random = [0u8; 24];
+    getrandom::fill(&mut random).map_err(|e| CliError::Local(format!("no random numbers: {e}")))?;
+    Ok(Zeroizing::new(format!(
+        "selftest-wrong-secret-{}",
+        hex::encode(random)
+    )))
+}
+
+/// Connects to the backend API and checks the token can read the synthetic client, so that
+/// a wrong token or address is reported before anything is written.
+async fn backend(
+    args: &SelftestArgs,
+    token_file: &Path,
+    client_id: &str,
+) -> Result<Client, CliError> {
+    let connect = ConnectArgs {
+        connect: args.connect.clone(),
+        ca_file: args.connect_ca_file.clone(),
+        tls_server_name: None,
+        admin_token_file: Some(token_file.to_owned()),
+    };
+    let client = Client::connect(&connect).await?;
+    let token_hint = |status: &tonic::Status| match (status.code(), client.error(status)) {
+        (
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied,
+            CliError::Rpc { code, message, .. },
+        ) => CliError::Rpc {
+            code,
+            message,
+            hint: " (--token-file must hold a backend token of the vault at --connect)",
+        },
+        (_, other) => other,
+    };
+    client
+        .backup()
+        .list_backups(client.request(pb::ListBackupsRequest {
+            client_id: client_id.to_owned(),
+        })?)
+        .await
+        .map_err(|s| token_hint(&s))?;
+    Ok(client)
+}
+
+/// Deletes the synthetic client over the backend API.
+async fn delete(client: &Client, client_id: &str, stored: bool) -> Check {
+    let start = std::time::Instant::now();
+    let result = match client.request(pb::DeleteClientRequest {
+        client_id: client_id.to_owned(),
+    }) {
+        Ok(request) => client
+            .backup()
+            .delete_client(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| client.error(&s).to_string()),
+        Err(err) => Err(err.to_string()),
+    };
+    let (ok, detail) = match result {
+        Ok(erased) if stored && erased.custodian_shares_deleted == 0 => (
+            false,
+            format!(
+                "the vault at {} held nothing for the synthetic client: is it the vault \
+                 behind the webhook?",
+                client.target()
+            ),
+        ),
+        Ok(erased) => (
+            true,
+            format!(
+                "{} custodian shares, {} share pairs erased",
+                erased.custodian_shares_deleted, erased.backup_share_pairs_deleted
+            ),
+        ),
+        Err(why) => (false, format!("{why}; {}", how_to_delete(client_id))),
+    };
+    Check {
+        name: "delete the synthetic client".into(),
+        ok,
+        status: None,
+        millis: start.elapsed().as_millis() as u64,
+        detail,
+    }
+}
+
+fn how_to_delete(client_id: &str) -> String {
+    format!(
+        "delete it with a backend token: DELETE /v1/clients/{client_id} on the private \
+         listener, or BackupService/DeleteClient {{\"client_id\": \"{client_id}\"}}, or run \
+         selftest with --token-file"
+    )
+}
+
+pub async fn run(args: SelftestArgs) -> Result<(), CliError> {
+    let url = WebhookUrl::parse(&args.webhook_url)?;
+    let secret = read_secret(&args.webhook_secret_file)?;
+    let limit = Duration::from_millis(args.timeout_ms);
+    let webhook = Webhook::new(url, &secret, args.ca_file.as_deref(), limit)?;
+    let synthetic = Synthetic::new().map_err(CliError::Local)?;
+    let client_id = synthetic.client_id.clone();
+    let backend = match &args.token_file {
+        Some(file) => Some(backend(&args, file, &client_id).await?),
+        None => None,
+    };
+    if !args.json {
+        super::print(&format!(
+            "selftest of {} as Portal calls it, with the synthetic client {client_id}\n",
+            args.webhook_url
+        ))?;
+    }
+    let mut lines = Lines {
+        json: args.json,
+        checks: Vec::new(),
+    };
+    replay(&webhook, &synthetic, args.oversized_bytes, &mut lines).await?;
+    let stored = lines
+        .checks
+        .iter()
+        .any(|c| c.ok && c.name.starts_with("backup"));
+    let note = match &backend {
+        Some(client) => {
+            lines.push(delete(client, &client_id, stored).await)?;
+            None
+        }
+        None => Some(format!(
+            "the synthetic client {client_id} stays in the vault; {}",
+            how_to_delete(&client_id)
+        )),
+    };
+    let failed: Vec<&str> = lines
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.name.as_str())
+        .collect();
+    let total = lines.checks.len();
+    if args.json {
+        super::print(&super::json_line(&Report {
+            webhook_url: &args.webhook_url,
+            client_id: &client_id,
+            checks: &lines.checks,
+            passed: total - failed.len(),
+            failed: failed.len(),
+            note: note.clone(),
+        })?)?;
+    } else {
+        let mut tail = String::new();
+        if let Some(note) = &note {
+            tail.push_str(&format!("note: {note}\n"));
+        }
+        if failed.is_empty() {
+            tail.push_str(&format!("all {total} checks passed\n"));
+        }
+        super::print(&tail)?;
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Local(format!(
+            "{} of {total} checks failed: {}",
+            failed.len(),
+            failed.join(", ")
+        )))
+    }
+}
+
+/// A backup followed by its check.
+async fn backup(
+    webhook: &Webhook,
+    synthetic: &Synthetic,
+    name: &str,
+    curve: &str,
+    share: &str,
+) -> Check {
+    let body = synthetic.backup_body(curve, share);
+    let outcome = webhook.post("/backup", body, None).await;
+    checks::backup(name, &outcome, webhook.limit)
+}
+
+/// A fetch followed by its check.
+async fn fetch(
+    webhook: &Webhook,
+    synthetic: &Synthetic,
+    name: &str,
+    expected: &[(&str, &str)],
+    replaced: &[&str],
+) -> Check {
+    let outcome = webhook
+        .post("/backup/fetch", synthetic.fetch_body(), None)
+        .await;
+    checks::fetch(name, &outcome, webhook.limit, expected, replaced)
+}
+
+/// Portal's calls, in the order Portal makes them, each followed by its check.
+async fn replay(
+    webhook: &Webhook,
+    synthetic: &Synthetic,
+    oversized_bytes: u64,
+    lines: &mut Lines,
+) -> Result<(), CliError> {
+    let (w, s) = (webhook, synthetic);
+    let (first, second) = (CURVES[0], CURVES[1]);
+    let (key1, key2) = (Synthetic::method(first), Synthetic::method(second));
+    let v1 = [s.share(first, 1), s.share(second, 1)];
+    let v2 = s.share(first, 2);
+    let first_v1 = (key1.as_str(), v1[0].as_str());
+    let second_v1 = (key2.as_str(), v1[1].as_str());
+
+    lines.push(backup(w, s, &format!("backup {first}"), first, &v1[0]).await)?;
+    let name = format!("fetch after backup {first}");
+    lines.push(fetch(w, s, &name, &[first_v1], &[]).await)?;
+    lines.push(backup(w, s, &format!("backup {second}"), second, &v1[1]).await)?;
+    let name = format!("fetch after backup {second}");
+    lines.push(fetch(w, s, &name, &[first_v1, second_v1], &[]).await)?;
+    let name = format!("retry of backup {first}");
+    lines.push(backup(w, s, &name, first, &v1[0]).await)?;
+    lines.push(fetch(w, s, "fetch after retry", &[first_v1, second_v1], &[]).await)?;
+    lines.push(backup(w, s, &format!("overwrite {first}"), first, &v2).await)?;
+    let overwritten = [(key1.as_str(), v2.as_str()), second_v1];
+    lines.push(fetch(w, s, "fetch after overwrite", &overwritten, &[&v1[0]]).await)?;
+
+    let wrong = wrong_secret()?;
+    let body = s.backup_body(first, &s.share(first, 3));
+    let outcome = w.post("/backup", body, Some(&wrong)).await;
+    lines.push(checks::refused(
+        "wrong secret",
+        &outcome,
+        w.limit,
+        StatusCode::UNAUTHORIZED,
+        "a webhook that does not answer 401 to a wrong secret lets anyone who reaches it \
+         write shares",
+    ))?;
+    let bytes = usize::try_from(oversized_bytes).unwrap_or(usize::MAX);
+    let outcome = w.post("/backup", s.oversized_body(bytes), None).await;
+    lines.push(checks::refused(
+        &format!("oversized body ({} KiB)", oversized_bytes / 1024),
+        &outcome,
+        w.limit,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "a webhook should refuse a body far larger than any share with 413",
+    ))?;
+    Ok(())
+}
