@@ -104,7 +104,7 @@ async fn selftest_passes_against_the_daemon_behind_a_prefix_and_deletes_its_clie
     let kept = fetch_shares(&mut webhook, secret, client_id.clone()).await;
     assert_eq!(kept.len(), 2, "{kept:?}");
     for pair in ["SECP256K1-2", "ED25519-1"] {
-        let pair = format!("\"backupSharePairId\": \"{client_id}-{pair}\"");
+        let pair = format!("\"backupSharePairId\": \"{client_id}-{pair}\",");
         assert!(kept.iter().any(|s| s.contains(&pair)), "{pair}");
     }
 

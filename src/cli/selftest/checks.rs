@@ -55,17 +55,19 @@ impl Synthetic {
     }
 
     /// A custodian share shaped like Portal's (about 2 KB of JSON around hex numbers), for
-    /// `curve` and the backup `version`. It is written with spaces after `:` and `,` and its
-    /// keys out of alphabetical order, so that a webhook that parses and re-serialises it
-    /// (rather than keeping the string) answers other bytes.
+    /// `curve` and the backup `version`. It is written with a space after each `:` but none
+    /// after `,`, and its keys out of alphabetical order, so that a webhook that parses and
+    /// re-serialises it (rather than keeping the string) answers other bytes, whatever its
+    /// JSON library (compact as in JavaScript, Go or serde, `, `/`: ` as Python's default,
+    /// keys sorted or not).
     pub fn share(&self, curve: &str, version: u32) -> String {
         let mut hex = Hex::new(&self.seed, curve, version);
         let mut take = |n: usize| hex.take(n);
         let (ssid, chain, px, py, share) = (take(64), take(64), take(64), take(64), take(1600));
         format!(
-            "{{\"backupSharePairId\": \"{pair}\", \"clientId\": \"{client}\", \"curve\": \
-             \"{curve}\", \"ssid\": \"{ssid}\", \"share\": \"{share}\", \"pubkey\": {{\"X\": \
-             \"{px}\", \"Y\": \"{py}\"}}, \"bip32ChainCode\": \"{chain}\", \"version\": {version}}}",
+            "{{\"backupSharePairId\": \"{pair}\",\"clientId\": \"{client}\",\"curve\": \
+             \"{curve}\",\"ssid\": \"{ssid}\",\"share\": \"{share}\",\"pubkey\": {{\"X\": \
+             \"{px}\",\"Y\": \"{py}\"}},\"bip32ChainCode\": \"{chain}\",\"version\": {version}}}",
             pair = self.pair_id(curve, version),
             client = self.client_id,
         )
@@ -350,8 +352,9 @@ mod tests {
             assert!((1900..2300).contains(&share.len()), "{}", share.len());
             let json: Value = serde_json::from_str(&share).unwrap();
             assert_eq!(json["backupSharePairId"], pair.as_str());
-            // Re-serialising changes the bytes.
+            // Re-serialising changes the bytes, compact or in Python's default style.
             assert_ne!(json.to_string(), share);
+            assert!(share.contains("\": \"") && !share.contains(", "));
             assert_eq!(share, synthetic.share(curve, 2));
             assert_ne!(share, synthetic.share(curve, 1));
         }

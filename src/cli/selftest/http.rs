@@ -158,6 +158,64 @@ impl Webhook {
         }
     }
 
+    /// POSTs a body the webhook should refuse unread, listening for the answer while the
+    /// body is still being sent: a server that answers 413 from the `Content-Length` alone
+    /// and closes is heard, as an HTTP client that reads while it writes hears it. Only the
+    /// answer's status is read.
+    pub async fn post_refused(&self, route: &str, body: Vec<u8>) -> Outcome {
+        let start = Instant::now();
+        let mut head = Zeroizing::new(Vec::with_capacity(512));
+        head.extend_from_slice(
+            format!(
+                "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+                 Accept: application/json\r\nUser-Agent: sharevault-selftest/{}\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n{}: ",
+                self.url.path(route),
+                self.url.authority,
+                env!("CARGO_PKG_VERSION"),
+                body.len(),
+                crate::api::http::webhook::SECRET_HEADER,
+            )
+            .as_bytes(),
+        );
+        head.extend_from_slice(self.secret.as_bytes());
+        head.extend_from_slice(b"\r\n\r\n");
+        let exchange = async {
+            match self.open().await? {
+                Stream::Plain(tcp) => status_while_sending(tcp, head, body).await,
+                Stream::Tls(tls) => status_while_sending(*tls, head, body).await,
+            }
+        };
+        let result = match tokio::time::timeout(self.limit, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "no complete answer within {} ms",
+                self.limit.as_millis()
+            )),
+        };
+        Outcome {
+            result,
+            elapsed: start.elapsed(),
+        }
+    }
+
+    /// A connection to the webhook, TLS done for `https://`.
+    async fn open(&self) -> Result<Stream, String> {
+        let tcp = tokio::net::TcpStream::connect(self.url.addr.as_str())
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", self.url.addr))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+        match &self.tls {
+            None => Ok(Stream::Plain(tcp)),
+            Some((connector, name)) => connector
+                .connect(name.clone(), tcp)
+                .await
+                .map(|tls| Stream::Tls(Box::new(tls)))
+                .map_err(|e| format!("TLS handshake with {}: {e}", self.url.addr)),
+        }
+    }
+
     async fn exchange(
         &self,
         route: &str,
@@ -177,20 +235,9 @@ impl Webhook {
             .header(crate::api::http::webhook::SECRET_HEADER, secret)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| format!("cannot build the request: {e}"))?;
-        let tcp = tokio::net::TcpStream::connect(self.url.addr.as_str())
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.url.addr))?;
-        tcp.set_nodelay(true)
-            .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
-        let response = match &self.tls {
-            None => send(TokioIo::new(tcp), request).await?,
-            Some((connector, name)) => {
-                let stream = connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|e| format!("TLS handshake with {}: {e}", self.url.addr))?;
-                send(TokioIo::new(stream), request).await?
-            }
+        let response = match self.open().await? {
+            Stream::Plain(tcp) => send(TokioIo::new(tcp), request).await?,
+            Stream::Tls(tls) => send(TokioIo::new(*tls), request).await?,
         };
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
@@ -199,6 +246,79 @@ impl Webhook {
             .map_err(|e| format!("the answer's body could not be read: {e}"))?
             .to_bytes();
         Ok(Answer { status, body })
+    }
+}
+
+enum Stream {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+/// Sends `head` and `body` while reading the answer's head; answers its status as soon as it
+/// is read, whether or not the body could be sent whole.
+async fn status_while_sending<S>(
+    stream: S,
+    head: Zeroizing<Vec<u8>>,
+    body: Vec<u8>,
+) -> Result<Answer, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let send = async move {
+        writer.write_all(&head).await?;
+        writer.write_all(&body).await?;
+        writer.flush().await
+    };
+    let read = async move {
+        let mut buffer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = reader
+                .read(&mut chunk)
+                .await
+                .map_err(|e| format!("no answer: {e}"))?;
+            if n == 0 {
+                return Err("the connection closed without an answer".to_owned());
+            }
+            buffer.extend_from_slice(&chunk[..n]);
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut response = httparse::Response::new(&mut headers);
+            match response.parse(&buffer) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let code = response.code.unwrap_or_default();
+                    if (100..200).contains(&code) {
+                        buffer.drain(..len);
+                        continue;
+                    }
+                    return StatusCode::from_u16(code)
+                        .map_err(|_| format!("an answer with status {code}"));
+                }
+                Ok(httparse::Status::Partial) if buffer.len() < 64 * 1024 => {}
+                Ok(httparse::Status::Partial) => return Err("an answer head over 64 KiB".into()),
+                Err(e) => return Err(format!("not an HTTP answer: {e}")),
+            }
+        }
+    };
+    tokio::pin!(send, read);
+    let mut send_error = None;
+    loop {
+        tokio::select! {
+            status = &mut read => {
+                return match (status, send_error) {
+                    (Ok(status), _) => Ok(Answer { status, body: Bytes::new() }),
+                    (Err(why), Some(send)) => Err(format!("{why} ({send})")),
+                    (Err(why), None) => Err(why),
+                };
+            }
+            sent = &mut send, if send_error.is_none() => {
+                send_error = Some(match sent {
+                    Ok(()) => "the body was sent whole".to_owned(),
+                    Err(e) => format!("sending the body failed: {e}"),
+                });
+            }
+        }
     }
 }
 

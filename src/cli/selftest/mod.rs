@@ -345,7 +345,7 @@ async fn replay(
          write shares",
     ))?;
     let bytes = usize::try_from(oversized_bytes).unwrap_or(usize::MAX);
-    let outcome = w.post("/backup", s.oversized_body(bytes), None).await;
+    let outcome = w.post_refused("/backup", s.oversized_body(bytes)).await;
     lines.push(checks::refused(
         &format!("oversized body ({} KiB)", oversized_bytes / 1024),
         &outcome,
