@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Every check a run makes, in order (without `--token-file`).
-const CHECKS: [&str; 10] = [
+const CHECKS: [&str; 11] = [
     "backup SECP256K1",
     "fetch after backup SECP256K1",
     "backup ED25519",
@@ -27,7 +27,8 @@ const CHECKS: [&str; 10] = [
     "fetch after retry",
     "overwrite SECP256K1",
     "fetch after overwrite",
-    "wrong secret",
+    "backup with a wrong secret",
+    "fetch without a secret",
     "oversized body (2048 KiB)",
 ];
 
@@ -86,7 +87,7 @@ async fn selftest_passes_against_the_daemon_behind_a_prefix_and_deletes_its_clie
         assert!(line.starts_with(&format!("ok    {name} ")), "{line}");
     }
     assert!(
-        run.stdout.ends_with("all 10 checks passed\n"),
+        run.stdout.ends_with("all 11 checks passed\n"),
         "{}",
         run.stdout
     );
@@ -199,7 +200,7 @@ async fn selftest_passes_through_tls_and_refuses_an_untrusted_certificate() {
     assert!(verdicts(&run).iter().all(|(_, ok)| !*ok));
     assert!(run.stdout.contains("TLS handshake"), "{}", run.stdout);
     assert!(
-        run.stderr.contains("10 of 10 checks failed"),
+        run.stderr.contains("11 of 11 checks failed"),
         "{}",
         run.stderr
     );
@@ -215,6 +216,10 @@ enum Fault {
     Reserialises,
     /// `/backup/fetch` answers after 2 s.
     SlowFetch,
+    /// `/backup/fetch` answers without checking the secret.
+    OpenFetch,
+    /// Takes a body of any size.
+    NoLimit,
 }
 
 struct StandIn {
@@ -262,7 +267,7 @@ async fn stand_in_fetch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !s.authorized(&headers) {
+    if !s.authorized(&headers) && s.fault != Fault::OpenFetch {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     if s.fault == Fault::SlowFetch {
@@ -296,7 +301,11 @@ async fn stand_in(secret: &str, fault: Fault) -> String {
     let app = Router::new()
         .route("/hook/backup", post(stand_in_backup))
         .route("/hook/backup/fetch", post(stand_in_fetch))
-        .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(if fault == Fault::NoLimit {
+            DefaultBodyLimit::disable()
+        } else {
+            DefaultBodyLimit::max(64 * 1024)
+        })
         .with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -310,20 +319,45 @@ async fn selftest_names_the_check_a_misbehaving_webhook_fails() {
     let secret = "stand-in-webhook-secret-0123456789";
     let secret_file = dir.path().join("secret");
     std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
-    let fetches = [
+    let fetches = vec![
         "fetch after backup SECP256K1",
         "fetch after backup ED25519",
         "fetch after retry",
         "fetch after overwrite",
     ];
-    for (fault, why) in [
-        (Fault::None, ""),
-        (Fault::WrongShape, "the answer has no `backupShares` list"),
+    let portal = "a real Portal call would have seen WEBHOOK_FAILED";
+    for (fault, failing, why, consequence) in [
+        (Fault::None, vec![], "", ""),
+        (
+            Fault::WrongShape,
+            fetches.clone(),
+            "the answer has no `backupShares` list",
+            portal,
+        ),
         (
             Fault::Reserialises,
+            fetches.clone(),
             "share came back re-serialised (the same JSON in other bytes)",
+            portal,
         ),
-        (Fault::SlowFetch, "no complete answer within 400 ms"),
+        (
+            Fault::SlowFetch,
+            fetches.clone(),
+            "no complete answer within 400 ms",
+            portal,
+        ),
+        (
+            Fault::OpenFetch,
+            vec!["fetch without a secret"],
+            "answered 200 instead of 401",
+            "hands every share to anyone who reaches it",
+        ),
+        (
+            Fault::NoLimit,
+            vec!["oversized body (2048 KiB)"],
+            "answered 200 instead of 413",
+            "far larger than any share with 413",
+        ),
     ] {
         let url = stand_in(secret, fault).await;
         let args = strings(&[
@@ -341,14 +375,14 @@ async fn selftest_names_the_check_a_misbehaving_webhook_fails() {
             continue;
         }
         assert!(!run.ok, "{}", run.stdout);
-        assert!(
-            run.stderr
-                .contains(&format!("4 of 10 checks failed: {}", fetches.join(", "))),
-            "{}",
-            run.stderr
+        let summary = format!(
+            "{} of 11 checks failed: {}",
+            failing.len(),
+            failing.join(", ")
         );
+        assert!(run.stderr.contains(&summary), "{}", run.stderr);
         for name in CHECKS {
-            let failed = fetches.contains(&name);
+            let failed = failing.contains(&name);
             let line = run
                 .stdout
                 .lines()
@@ -357,10 +391,7 @@ async fn selftest_names_the_check_a_misbehaving_webhook_fails() {
             assert_eq!(line.starts_with("FAIL  "), failed, "{line}");
             if failed {
                 assert!(line.contains(why), "{line}");
-                assert!(
-                    line.ends_with("a real Portal call would have seen WEBHOOK_FAILED"),
-                    "{line}"
-                );
+                assert!(line.ends_with(consequence), "{line}");
             }
         }
     }

@@ -8,9 +8,8 @@ use serde::Serialize;
 use serde_json::Value;
 use std::time::Duration;
 
-/// The prefix of every synthetic client id. Reserved: no real Portal client id starts with it
-/// (Portal's ids are cuids such as `clx3k...`), so a vault's operator can tell them apart.
-pub const CLIENT_PREFIX: &str = "sharevault-selftest-";
+/// The prefix of every synthetic client id, reserved for them.
+pub use crate::validate::SELFTEST_CLIENT_PREFIX as CLIENT_PREFIX;
 /// The backup method the synthetic shares are stored under.
 pub const METHOD: &str = "PASSWORD";
 /// The two curves of a Portal wallet.

@@ -92,6 +92,16 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
+/// The secret a call presents.
+#[derive(Clone, Copy)]
+pub enum Secret<'a> {
+    /// The webhook's, from `--webhook-secret-file`.
+    Ours,
+    Other(&'a Zeroizing<String>),
+    /// No `X-Webhook-Secret` header at all.
+    Missing,
+}
+
 /// Calls one webhook: its URL, the secret to present, TLS, and Portal's time limit.
 pub struct Webhook {
     pub url: WebhookUrl,
@@ -127,16 +137,16 @@ impl Webhook {
         })
     }
 
-    /// POSTs `body` to `route` with the webhook secret (or with `secret`, when given).
-    pub async fn post(
-        &self,
-        route: &str,
-        body: Vec<u8>,
-        secret: Option<&Zeroizing<String>>,
-    ) -> Outcome {
+    /// POSTs `body` to `route`, presenting `secret`.
+    pub async fn post(&self, route: &str, body: Vec<u8>, secret: Secret<'_>) -> Outcome {
         let start = Instant::now();
-        let secret = match secret.map(header_secret).transpose() {
-            Ok(other) => other.unwrap_or_else(|| self.secret.clone()),
+        let secret = match secret {
+            Secret::Ours => Ok(Some(self.secret.clone())),
+            Secret::Other(other) => header_secret(other).map(Some),
+            Secret::Missing => Ok(None),
+        };
+        let secret = match secret {
+            Ok(secret) => secret,
             Err(err) => {
                 return Outcome {
                     result: Err(err.to_string()),
@@ -220,9 +230,9 @@ impl Webhook {
         &self,
         route: &str,
         body: Vec<u8>,
-        secret: HeaderValue,
+        secret: Option<HeaderValue>,
     ) -> Result<Answer, String> {
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(Method::POST)
             .uri(self.url.path(route))
             .header(HOST, self.url.authority.as_str())
@@ -231,8 +241,11 @@ impl Webhook {
             .header(
                 USER_AGENT,
                 concat!("sharevault-selftest/", env!("CARGO_PKG_VERSION")),
-            )
-            .header(crate::api::http::webhook::SECRET_HEADER, secret)
+            );
+        if let Some(secret) = secret {
+            request = request.header(crate::api::http::webhook::SECRET_HEADER, secret);
+        }
+        let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| format!("cannot build the request: {e}"))?;
         let response = match self.open().await? {

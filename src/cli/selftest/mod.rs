@@ -14,7 +14,7 @@ pub mod http;
 use super::client::{CliError, Client, ConnectArgs};
 use crate::pb;
 use checks::{CURVES, Check, Synthetic};
-use http::{Webhook, WebhookUrl};
+use http::{Secret, Webhook, WebhookUrl};
 use hyper::StatusCode;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -287,7 +287,7 @@ async fn backup(
     share: &str,
 ) -> Check {
     let body = synthetic.backup_body(curve, share);
-    let outcome = webhook.post("/backup", body, None).await;
+    let outcome = webhook.post("/backup", body, Secret::Ours).await;
     checks::backup(name, &outcome, webhook.limit)
 }
 
@@ -300,7 +300,7 @@ async fn fetch(
     replaced: &[&str],
 ) -> Check {
     let outcome = webhook
-        .post("/backup/fetch", synthetic.fetch_body(), None)
+        .post("/backup/fetch", synthetic.fetch_body(), Secret::Ours)
         .await;
     checks::fetch(name, &outcome, webhook.limit, expected, replaced)
 }
@@ -335,14 +335,25 @@ async fn replay(
 
     let wrong = wrong_secret()?;
     let body = s.backup_body(first, &s.share(first, 3));
-    let outcome = w.post("/backup", body, Some(&wrong)).await;
+    let outcome = w.post("/backup", body, Secret::Other(&wrong)).await;
     lines.push(checks::refused(
-        "wrong secret",
+        "backup with a wrong secret",
         &outcome,
         w.limit,
         StatusCode::UNAUTHORIZED,
         "a webhook that does not answer 401 to a wrong secret lets anyone who reaches it \
-         write shares",
+         overwrite shares",
+    ))?;
+    let outcome = w
+        .post("/backup/fetch", s.fetch_body(), Secret::Missing)
+        .await;
+    lines.push(checks::refused(
+        "fetch without a secret",
+        &outcome,
+        w.limit,
+        StatusCode::UNAUTHORIZED,
+        "a webhook that does not answer 401 to a missing secret hands every share to anyone \
+         who reaches it",
     ))?;
     let bytes = usize::try_from(oversized_bytes).unwrap_or(usize::MAX);
     let outcome = w.post_refused("/backup", s.oversized_body(bytes)).await;
