@@ -332,6 +332,7 @@ mod tests {
                 body: body.to_owned().into(),
             }),
             elapsed: Duration::from_millis(millis),
+            reached: true,
         }
     }
 
@@ -421,6 +422,7 @@ mod tests {
         let timed_out = Outcome {
             result: Err("no complete answer within 10000 ms".into()),
             elapsed: LIMIT,
+            reached: true,
         };
         let check = backup("b", &timed_out, LIMIT);
         assert!(

@@ -90,6 +90,45 @@ pub struct Answer {
 pub struct Outcome {
     pub result: Result<Answer, String>,
     pub elapsed: Duration,
+    /// False when no connection (TCP and TLS) could be made at all.
+    pub reached: bool,
+}
+
+/// Why a call got no answer.
+enum Failure {
+    /// No connection could be made (TCP or TLS).
+    Unreached(String),
+    Other(String),
+}
+
+impl From<String> for Failure {
+    fn from(why: String) -> Self {
+        Failure::Other(why)
+    }
+}
+
+impl Outcome {
+    fn new(result: Result<Answer, Failure>, limit: Duration, start: Instant) -> Self {
+        let (result, reached) = match result {
+            Ok(answer) => (Ok(answer), true),
+            Err(Failure::Unreached(why)) => (Err(why), false),
+            Err(Failure::Other(why)) => (Err(why), true),
+        };
+        let elapsed = start.elapsed();
+        let result = if elapsed >= limit && result.is_err() {
+            Err(format!(
+                "no complete answer within {} ms",
+                limit.as_millis()
+            ))
+        } else {
+            result
+        };
+        Self {
+            result,
+            elapsed,
+            reached,
+        }
+    }
 }
 
 /// The secret a call presents.
@@ -147,25 +186,15 @@ impl Webhook {
         };
         let secret = match secret {
             Ok(secret) => secret,
-            Err(err) => {
-                return Outcome {
-                    result: Err(err.to_string()),
-                    elapsed: start.elapsed(),
-                };
-            }
+            Err(err) => return Outcome::new(Err(err.to_string().into()), self.limit, start),
         };
         let exchange = self.exchange(route, body, secret);
-        let result = match tokio::time::timeout(self.limit, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(format!(
-                "no complete answer within {} ms",
-                self.limit.as_millis()
-            )),
-        };
-        Outcome {
-            result,
-            elapsed: start.elapsed(),
-        }
+        let result = tokio::time::timeout(self.limit, exchange).await;
+        Outcome::new(
+            result.unwrap_or_else(|_| Err(String::new().into())),
+            self.limit,
+            start,
+        )
     }
 
     /// POSTs a body the webhook should refuse unread, listening for the answer while the
@@ -191,29 +220,24 @@ impl Webhook {
         head.extend_from_slice(self.secret.as_bytes());
         head.extend_from_slice(b"\r\n\r\n");
         let exchange = async {
-            match self.open().await? {
-                Stream::Plain(tcp) => status_while_sending(tcp, head, body).await,
-                Stream::Tls(tls) => status_while_sending(*tls, head, body).await,
-            }
+            Ok::<_, Failure>(match self.open().await? {
+                Stream::Plain(tcp) => status_while_sending(tcp, head, body).await?,
+                Stream::Tls(tls) => status_while_sending(*tls, head, body).await?,
+            })
         };
-        let result = match tokio::time::timeout(self.limit, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(format!(
-                "no complete answer within {} ms",
-                self.limit.as_millis()
-            )),
-        };
-        Outcome {
-            result,
-            elapsed: start.elapsed(),
-        }
+        let result = tokio::time::timeout(self.limit, exchange).await;
+        Outcome::new(
+            result.unwrap_or_else(|_| Err(String::new().into())),
+            self.limit,
+            start,
+        )
     }
 
     /// A connection to the webhook, TLS done for `https://`.
-    async fn open(&self) -> Result<Stream, String> {
+    async fn open(&self) -> Result<Stream, Failure> {
         let tcp = tokio::net::TcpStream::connect(self.url.addr.as_str())
             .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.url.addr))?;
+            .map_err(|e| Failure::Unreached(format!("cannot connect to {}: {e}", self.url.addr)))?;
         tcp.set_nodelay(true)
             .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
         match &self.tls {
@@ -222,7 +246,9 @@ impl Webhook {
                 .connect(name.clone(), tcp)
                 .await
                 .map(|tls| Stream::Tls(Box::new(tls)))
-                .map_err(|e| format!("TLS handshake with {}: {e}", self.url.addr)),
+                .map_err(|e| {
+                    Failure::Unreached(format!("TLS handshake with {}: {e}", self.url.addr))
+                }),
         }
     }
 
@@ -231,7 +257,7 @@ impl Webhook {
         route: &str,
         body: Vec<u8>,
         secret: Option<HeaderValue>,
-    ) -> Result<Answer, String> {
+    ) -> Result<Answer, Failure> {
         let mut request = Request::builder()
             .method(Method::POST)
             .uri(self.url.path(route))

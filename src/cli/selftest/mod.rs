@@ -75,6 +75,8 @@ struct Report<'a> {
     checks: &'a [Check],
     passed: usize,
     failed: usize,
+    /// The webhook could not be reached, and the checks after that call were not run.
+    stopped_unreachable: bool,
     /// How to delete the synthetic client, when it was not deleted.
     note: Option<String>,
 }
@@ -83,9 +85,19 @@ struct Report<'a> {
 struct Lines {
     json: bool,
     checks: Vec<Check>,
+    /// A call could not connect, and the replay stopped there.
+    unreachable: bool,
 }
 
 impl Lines {
+    /// Prints and keeps a step's check; answers whether the replay goes on (the call
+    /// reached the webhook).
+    fn step(&mut self, (check, reached): Step) -> Result<bool, CliError> {
+        self.push(check)?;
+        self.unreachable |= !reached;
+        Ok(reached)
+    }
+
     fn push(&mut self, check: Check) -> Result<(), CliError> {
         if !self.json {
             let mark = if check.ok { "ok" } else { "FAIL" };
@@ -225,6 +237,7 @@ pub async fn run(args: SelftestArgs) -> Result<(), CliError> {
     let mut lines = Lines {
         json: args.json,
         checks: Vec::new(),
+        unreachable: false,
     };
     replay(&webhook, &synthetic, args.oversized_bytes, &mut lines).await?;
     let stored = lines
@@ -255,6 +268,7 @@ pub async fn run(args: SelftestArgs) -> Result<(), CliError> {
             checks: &lines.checks,
             passed: total - failed.len(),
             failed: failed.len(),
+            stopped_unreachable: lines.unreachable,
             note: note.clone(),
         })?)?;
     } else {
@@ -267,16 +281,24 @@ pub async fn run(args: SelftestArgs) -> Result<(), CliError> {
         }
         super::print(&tail)?;
     }
+    let stopped = if lines.unreachable {
+        "; the webhook could not be reached, so the other checks were not run"
+    } else {
+        ""
+    };
     if failed.is_empty() {
         Ok(())
     } else {
         Err(CliError::Local(format!(
-            "{} of {total} checks failed: {}",
+            "{} of {total} checks failed: {}{stopped}",
             failed.len(),
             failed.join(", ")
         )))
     }
 }
+
+/// A check and whether its call reached the webhook at all.
+type Step = (Check, bool);
 
 /// A backup followed by its check.
 async fn backup(
@@ -285,10 +307,13 @@ async fn backup(
     name: &str,
     curve: &str,
     share: &str,
-) -> Check {
+) -> Step {
     let body = synthetic.backup_body(curve, share);
     let outcome = webhook.post("/backup", body, Secret::Ours).await;
-    checks::backup(name, &outcome, webhook.limit)
+    (
+        checks::backup(name, &outcome, webhook.limit),
+        outcome.reached,
+    )
 }
 
 /// A fetch followed by its check.
@@ -298,14 +323,16 @@ async fn fetch(
     name: &str,
     expected: &[(&str, &str)],
     replaced: &[&str],
-) -> Check {
+) -> Step {
     let outcome = webhook
         .post("/backup/fetch", synthetic.fetch_body(), Secret::Ours)
         .await;
-    checks::fetch(name, &outcome, webhook.limit, expected, replaced)
+    let check = checks::fetch(name, &outcome, webhook.limit, expected, replaced);
+    (check, outcome.reached)
 }
 
-/// Portal's calls, in the order Portal makes them, each followed by its check.
+/// Portal's calls, in the order Portal makes them, each followed by its check. Stops at the
+/// first call that cannot connect: the others would fail the same way.
 async fn replay(
     webhook: &Webhook,
     synthetic: &Synthetic,
@@ -319,19 +346,49 @@ async fn replay(
     let v2 = s.share(first, 2);
     let first_v1 = (key1.as_str(), v1[0].as_str());
     let second_v1 = (key2.as_str(), v1[1].as_str());
-
-    lines.push(backup(w, s, &format!("backup {first}"), first, &v1[0]).await)?;
-    let name = format!("fetch after backup {first}");
-    lines.push(fetch(w, s, &name, &[first_v1], &[]).await)?;
-    lines.push(backup(w, s, &format!("backup {second}"), second, &v1[1]).await)?;
-    let name = format!("fetch after backup {second}");
-    lines.push(fetch(w, s, &name, &[first_v1, second_v1], &[]).await)?;
-    let name = format!("retry of backup {first}");
-    lines.push(backup(w, s, &name, first, &v1[0]).await)?;
-    lines.push(fetch(w, s, "fetch after retry", &[first_v1, second_v1], &[]).await)?;
-    lines.push(backup(w, s, &format!("overwrite {first}"), first, &v2).await)?;
+    let both = [first_v1, second_v1];
     let overwritten = [(key1.as_str(), v2.as_str()), second_v1];
-    lines.push(fetch(w, s, "fetch after overwrite", &overwritten, &[&v1[0]]).await)?;
+
+    // Each step is printed as it ends; the replay stops at a call that cannot connect.
+    macro_rules! step {
+        ($call:expr) => {
+            if !lines.step($call.await)? {
+                return Ok(());
+            }
+        };
+    }
+    step!(backup(w, s, &format!("backup {first}"), first, &v1[0]));
+    step!(fetch(
+        w,
+        s,
+        &format!("fetch after backup {first}"),
+        &[first_v1],
+        &[]
+    ));
+    step!(backup(w, s, &format!("backup {second}"), second, &v1[1]));
+    step!(fetch(
+        w,
+        s,
+        &format!("fetch after backup {second}"),
+        &both,
+        &[]
+    ));
+    step!(backup(
+        w,
+        s,
+        &format!("retry of backup {first}"),
+        first,
+        &v1[0]
+    ));
+    step!(fetch(w, s, "fetch after retry", &both, &[]));
+    step!(backup(w, s, &format!("overwrite {first}"), first, &v2));
+    step!(fetch(
+        w,
+        s,
+        "fetch after overwrite",
+        &overwritten,
+        &[&v1[0]]
+    ));
 
     let wrong = wrong_secret()?;
     let body = s.backup_body(first, &s.share(first, 3));
