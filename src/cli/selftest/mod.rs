@@ -249,6 +249,8 @@ pub async fn run(args: SelftestArgs) -> Result<(), CliError> {
             lines.push(delete(client, &client_id, stored).await)?;
             None
         }
+        // Nothing was written when the first call could not connect.
+        None if lines.unreachable && lines.checks.len() == 1 => None,
         None => Some(format!(
             "the synthetic client {client_id} stays in the vault; {}",
             how_to_delete(&client_id)
