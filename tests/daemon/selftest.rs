@@ -134,7 +134,12 @@ async fn selftest_passes_against_the_daemon_behind_a_prefix_and_deletes_its_clie
     let mut expected: Vec<(String, bool)> = CHECKS.iter().map(|c| (c.to_string(), true)).collect();
     expected.push(("delete the synthetic client".into(), true));
     assert_eq!(verdicts(&run), expected);
+    // Neither the webhook secret nor the token is ever printed.
+    for secret in [&sandbox.keys.webhook_secret, &backend] {
+        assert!(!run.stdout.contains(secret.as_str()) && !run.stderr.contains(secret.as_str()));
+    }
     let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(report["note"].is_null(), "{report}");
     let deleted_id = report["client_id"].as_str().unwrap().to_owned();
     assert!(deleted_id.starts_with("sharevault-selftest-") && deleted_id != client_id);
     assert_eq!(report["failed"], 0);
@@ -200,6 +205,10 @@ async fn selftest_passes_through_tls_and_refuses_an_untrusted_certificate() {
     assert!(!run.ok);
     assert_eq!(verdicts(&run), vec![("backup SECP256K1".to_owned(), false)]);
     assert!(run.stdout.contains("TLS handshake"), "{}", run.stdout);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["stopped_unreachable"], true);
+    // Nothing was written, so there is nothing to delete.
+    assert!(report["note"].is_null(), "{report}");
     assert!(
         run.stderr.contains(
             "1 of 1 checks failed: backup SECP256K1; the webhook could not be reached, so \
