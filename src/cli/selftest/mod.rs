@@ -3,22 +3,26 @@
 //! call a real Portal would have seen fail.
 //!
 //! A synthetic client (id [`checks::CLIENT_PREFIX`] and random hex) gets a custodian share for
-//! each curve, each followed by the immediate `/backup/fetch` Portal makes; then a retry of the
-//! same `/backup`, an overwrite, a wrong secret and an oversized body. Each call is timed
-//! against Portal's 10 s. With `--token-file` the client is deleted at the end over the
-//! backend API (`DeleteClient`); without, the output says how to delete it.
+//! each curve, each followed by the immediate `/backup/fetch` Portal makes; then a retry of
+//! the same `/backup`, an overwrite, a wrong and a missing secret, and an oversized body
+//! ([`replay`]). Each call is timed against Portal's 10 s. With `--token-file` the client is
+//! deleted at the end over the backend API ([`cleanup`]); without, the output says how.
 
 pub mod checks;
+mod cleanup;
 pub mod http;
+mod replay;
+mod url;
 
-use super::client::{CliError, Client, ConnectArgs};
-use crate::pb;
-use checks::{CURVES, Check, Synthetic};
-use http::{Secret, Webhook, WebhookUrl};
-use hyper::StatusCode;
+use super::client::CliError;
+use checks::{Check, Synthetic};
+use cleanup::{backend, delete, how_to_delete};
+use http::Webhook;
+use replay::{Step, replay};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use url::WebhookUrl;
 use zeroize::Zeroizing;
 
 /// The secret file a trial daemon started from the same directory generates.
@@ -123,100 +127,6 @@ fn read_secret(path: &Path) -> Result<Zeroizing<String>, CliError> {
     }
 }
 
-/// A wrong secret of the same form as a real one.
-fn wrong_secret() -> Result<Zeroizing<String>, CliError> {
-    let mut random = [0u8; 24];
-    getrandom::fill(&mut random).map_err(|e| CliError::Local(format!("no random numbers: {e}")))?;
-    Ok(Zeroizing::new(format!(
-        "selftest-wrong-secret-{}",
-        hex::encode(random)
-    )))
-}
-
-/// Connects to the backend API and checks the token can read the synthetic client, so that
-/// a wrong token or address is reported before anything is written.
-async fn backend(
-    args: &SelftestArgs,
-    token_file: &Path,
-    client_id: &str,
-) -> Result<Client, CliError> {
-    let connect = ConnectArgs {
-        connect: args.connect.clone(),
-        ca_file: args.connect_ca_file.clone(),
-        tls_server_name: None,
-        admin_token_file: Some(token_file.to_owned()),
-    };
-    let client = Client::connect(&connect).await?;
-    let token_hint = |status: &tonic::Status| match (status.code(), client.error(status)) {
-        (
-            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied,
-            CliError::Rpc { code, message, .. },
-        ) => CliError::Rpc {
-            code,
-            message,
-            hint: " (--token-file must hold a backend token of the vault at --connect)",
-        },
-        (_, other) => other,
-    };
-    client
-        .backup()
-        .list_backups(client.request(pb::ListBackupsRequest {
-            client_id: client_id.to_owned(),
-        })?)
-        .await
-        .map_err(|s| token_hint(&s))?;
-    Ok(client)
-}
-
-/// Deletes the synthetic client over the backend API.
-async fn delete(client: &Client, client_id: &str, stored: bool) -> Check {
-    let start = std::time::Instant::now();
-    let result = match client.request(pb::DeleteClientRequest {
-        client_id: client_id.to_owned(),
-    }) {
-        Ok(request) => client
-            .backup()
-            .delete_client(request)
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| client.error(&s).to_string()),
-        Err(err) => Err(err.to_string()),
-    };
-    let (ok, detail) = match result {
-        Ok(erased) if stored && erased.custodian_shares_deleted == 0 => (
-            false,
-            format!(
-                "the vault at {} held nothing for the synthetic client: is it the vault \
-                 behind the webhook?",
-                client.target()
-            ),
-        ),
-        Ok(erased) => (
-            true,
-            format!(
-                "{} custodian shares, {} share pairs erased",
-                erased.custodian_shares_deleted, erased.backup_share_pairs_deleted
-            ),
-        ),
-        Err(why) => (false, format!("{why}; {}", how_to_delete(client_id))),
-    };
-    Check {
-        name: "delete the synthetic client".into(),
-        ok,
-        status: None,
-        millis: start.elapsed().as_millis() as u64,
-        detail,
-    }
-}
-
-fn how_to_delete(client_id: &str) -> String {
-    format!(
-        "delete it with a backend token: DELETE /v1/clients/{client_id} on the private \
-         listener, or BackupService/DeleteClient {{\"client_id\": \"{client_id}\"}}, or run \
-         selftest with --token-file"
-    )
-}
-
 pub async fn run(args: SelftestArgs) -> Result<(), CliError> {
     let url = WebhookUrl::parse(&args.webhook_url)?;
     let secret = read_secret(&args.webhook_secret_file)?;
@@ -297,131 +207,4 @@ pub async fn run(args: SelftestArgs) -> Result<(), CliError> {
             failed.join(", ")
         )))
     }
-}
-
-/// A check and whether its call reached the webhook at all.
-type Step = (Check, bool);
-
-/// A backup followed by its check.
-async fn backup(
-    webhook: &Webhook,
-    synthetic: &Synthetic,
-    name: &str,
-    curve: &str,
-    share: &str,
-) -> Step {
-    let body = synthetic.backup_body(curve, share);
-    let outcome = webhook.post("/backup", body, Secret::Ours).await;
-    (
-        checks::backup(name, &outcome, webhook.limit),
-        outcome.reached,
-    )
-}
-
-/// A fetch followed by its check.
-async fn fetch(
-    webhook: &Webhook,
-    synthetic: &Synthetic,
-    name: &str,
-    expected: &[(&str, &str)],
-    replaced: &[&str],
-) -> Step {
-    let outcome = webhook
-        .post("/backup/fetch", synthetic.fetch_body(), Secret::Ours)
-        .await;
-    let check = checks::fetch(name, &outcome, webhook.limit, expected, replaced);
-    (check, outcome.reached)
-}
-
-/// Portal's calls, in the order Portal makes them, each followed by its check. Stops at the
-/// first call that cannot connect: the others would fail the same way.
-async fn replay(
-    webhook: &Webhook,
-    synthetic: &Synthetic,
-    oversized_bytes: u64,
-    lines: &mut Lines,
-) -> Result<(), CliError> {
-    let (w, s) = (webhook, synthetic);
-    let (first, second) = (CURVES[0], CURVES[1]);
-    let (key1, key2) = (Synthetic::method(first), Synthetic::method(second));
-    let v1 = [s.share(first, 1), s.share(second, 1)];
-    let v2 = s.share(first, 2);
-    let first_v1 = (key1.as_str(), v1[0].as_str());
-    let second_v1 = (key2.as_str(), v1[1].as_str());
-    let both = [first_v1, second_v1];
-    let overwritten = [(key1.as_str(), v2.as_str()), second_v1];
-
-    // Each step is printed as it ends; the replay stops at a call that cannot connect.
-    macro_rules! step {
-        ($call:expr) => {
-            if !lines.step($call.await)? {
-                return Ok(());
-            }
-        };
-    }
-    step!(backup(w, s, &format!("backup {first}"), first, &v1[0]));
-    step!(fetch(
-        w,
-        s,
-        &format!("fetch after backup {first}"),
-        &[first_v1],
-        &[]
-    ));
-    step!(backup(w, s, &format!("backup {second}"), second, &v1[1]));
-    step!(fetch(
-        w,
-        s,
-        &format!("fetch after backup {second}"),
-        &both,
-        &[]
-    ));
-    step!(backup(
-        w,
-        s,
-        &format!("retry of backup {first}"),
-        first,
-        &v1[0]
-    ));
-    step!(fetch(w, s, "fetch after retry", &both, &[]));
-    step!(backup(w, s, &format!("overwrite {first}"), first, &v2));
-    step!(fetch(
-        w,
-        s,
-        "fetch after overwrite",
-        &overwritten,
-        &[&v1[0]]
-    ));
-
-    let wrong = wrong_secret()?;
-    let body = s.backup_body(first, &s.share(first, 3));
-    let outcome = w.post("/backup", body, Secret::Other(&wrong)).await;
-    lines.push(checks::refused(
-        "backup with a wrong secret",
-        &outcome,
-        w.limit,
-        StatusCode::UNAUTHORIZED,
-        "a webhook that does not answer 401 to a wrong secret lets anyone who reaches it \
-         overwrite shares",
-    ))?;
-    let outcome = w
-        .post("/backup/fetch", s.fetch_body(), Secret::Missing)
-        .await;
-    lines.push(checks::refused(
-        "fetch without a secret",
-        &outcome,
-        w.limit,
-        StatusCode::UNAUTHORIZED,
-        "a webhook that does not answer 401 to a missing secret hands every share to anyone \
-         who reaches it",
-    ))?;
-    let bytes = usize::try_from(oversized_bytes).unwrap_or(usize::MAX);
-    let outcome = w.post_refused("/backup", s.oversized_body(bytes)).await;
-    lines.push(checks::refused(
-        &format!("oversized body ({} KiB)", oversized_bytes / 1024),
-        &outcome,
-        w.limit,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "a webhook should refuse a body far larger than any share with 413",
-    ))?;
-    Ok(())
 }
