@@ -164,7 +164,7 @@ async fn selftest_passes_against_the_daemon_behind_a_prefix_and_deletes_its_clie
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn selftest_passes_through_tls_and_refuses_an_untrusted_certificate() {
+async fn selftest_passes_through_tls_with_a_prefix_and_refuses_an_untrusted_certificate() {
     let sandbox = Sandbox::new(72);
     let cert = TestCert::new(sandbox.tmp.path());
     let daemon: Daemon = sandbox.start_with(&[
@@ -172,8 +172,13 @@ async fn selftest_passes_through_tls_and_refuses_an_untrusted_certificate() {
         &cert.cert_file.display().to_string(),
         "--http-tls-key-file",
         &cert.key_file.display().to_string(),
+        "--webhook-path-prefix",
+        "/portal/webhook",
     ]);
-    let url = format!("https://{}", daemon.webhook_addr.as_ref().unwrap());
+    let url = format!(
+        "https://{}/portal/webhook",
+        daemon.webhook_addr.as_ref().unwrap()
+    );
     let secret_file = sandbox
         .keys
         .dir
@@ -216,6 +221,44 @@ async fn selftest_passes_through_tls_and_refuses_an_untrusted_certificate() {
         ),
         "{}",
         run.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selftest_says_when_the_vault_it_cleans_up_is_not_the_webhooks() {
+    // The webhook is a stand-in; --connect names a daemon that never saw the synthetic client.
+    let sandbox = Sandbox::new(73);
+    let daemon = sandbox.start();
+    let token_file = sandbox.tmp.path().join("backend-token");
+    std::fs::write(&token_file, sandbox.backend_token(&daemon).await).unwrap();
+    let secret = "stand-in-webhook-secret-0123456789";
+    let secret_file = sandbox.tmp.path().join("secret");
+    std::fs::write(&secret_file, secret).unwrap();
+    let url = stand_in(secret, Fault::None).await;
+    let args = strings(&[
+        "--webhook-url",
+        &url,
+        "--webhook-secret-file",
+        &secret_file.display().to_string(),
+        "--token-file",
+        &token_file.display().to_string(),
+        "--connect",
+        &daemon.endpoint,
+    ]);
+    let run = selftest(sandbox.tmp.path(), args).await;
+    assert!(!run.ok, "{}", run.stdout);
+    let last = run.stdout.lines().last().unwrap();
+    assert!(
+        last.starts_with("FAIL  delete the synthetic client")
+            && last.ends_with(
+                "held nothing for the synthetic client: is it the vault behind the webhook?"
+            ),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr
+            .contains("1 of 12 checks failed: delete the synthetic client")
     );
 }
 

@@ -184,7 +184,11 @@ fn answered(
             ok: true,
             status: Some(status),
             millis,
-            detail: format!("{status} in {millis} ms"),
+            detail: if outcome.elapsed > limit / 2 {
+                format!("{status} in {millis} ms, over half of Portal's limit")
+            } else {
+                format!("{status} in {millis} ms")
+            },
         },
         answer.body.to_vec(),
     ))
@@ -417,6 +421,9 @@ mod tests {
     fn calls_must_answer_within_portals_limit() {
         let check = backup("b", &answer(204, "", 5), LIMIT);
         assert!(check.ok && check.status == Some(204), "{}", check.detail);
+        let check = backup("b", &answer(200, "", 6000), LIMIT);
+        assert!(check.ok, "{}", check.detail);
+        assert_eq!(check.detail, "200 in 6000 ms, over half of Portal's limit");
         let check = backup("b", &answer(200, "", 10_001), LIMIT);
         assert!(!check.ok && check.detail.contains("over Portal's limit"));
         let timed_out = Outcome {
