@@ -262,6 +262,44 @@ async fn selftest_says_when_the_vault_it_cleans_up_is_not_the_webhooks() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selftest_stops_when_the_webhook_never_completes_a_handshake() {
+    // A port that takes connections (the kernel's backlog) but never speaks TLS.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, "stand-in-webhook-secret-0123456789").unwrap();
+    let cert = TestCert::new(dir.path());
+    let url = format!("https://{}/hook", silent.local_addr().unwrap());
+    let args = strings(&[
+        "--webhook-url",
+        &url,
+        "--webhook-secret-file",
+        &secret_file.display().to_string(),
+        "--ca-file",
+        &cert.cert_file.display().to_string(),
+        "--timeout-ms",
+        "300",
+    ]);
+    let run = selftest(dir.path(), args).await;
+    assert!(!run.ok);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", run.stdout);
+    assert!(
+        lines[1].starts_with("FAIL  backup SECP256K1")
+            && lines[1].contains("no connection to 127.0.0.1:")
+            && lines[1].contains("within 300 ms, the time Portal waits"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        run.stderr.contains("the other checks were not run"),
+        "{}",
+        run.stderr
+    );
+    drop(silent);
+}
+
 /// How a stand-in webhook misbehaves.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Fault {

@@ -10,6 +10,7 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
@@ -44,24 +45,15 @@ impl From<String> for Failure {
 }
 
 impl Outcome {
-    fn new(result: Result<Answer, Failure>, limit: Duration, start: Instant) -> Self {
+    fn new(result: Result<Answer, Failure>, start: Instant) -> Self {
         let (result, reached) = match result {
             Ok(answer) => (Ok(answer), true),
             Err(Failure::Unreached(why)) => (Err(why), false),
             Err(Failure::Other(why)) => (Err(why), true),
         };
-        let elapsed = start.elapsed();
-        let result = if elapsed >= limit && result.is_err() {
-            Err(format!(
-                "no complete answer within {} ms",
-                limit.as_millis()
-            ))
-        } else {
-            result
-        };
         Self {
             result,
-            elapsed,
+            elapsed: start.elapsed(),
             reached,
         }
     }
@@ -122,15 +114,33 @@ impl Webhook {
         };
         let secret = match secret {
             Ok(secret) => secret,
-            Err(err) => return Outcome::new(Err(err.to_string().into()), self.limit, start),
+            Err(err) => return Outcome::new(Err(err.to_string().into()), start),
         };
-        let exchange = self.exchange(route, body, secret);
-        let result = tokio::time::timeout(self.limit, exchange).await;
-        Outcome::new(
-            result.unwrap_or_else(|_| Err(String::new().into())),
-            self.limit,
-            start,
-        )
+        let connected = AtomicBool::new(false);
+        let exchange = self.exchange(route, body, secret, &connected);
+        self.within_limit(start, &connected, exchange).await
+    }
+
+    /// Runs `call` within Portal's limit; one cut short before it had connected did not
+    /// reach the webhook.
+    async fn within_limit(
+        &self,
+        start: Instant,
+        connected: &AtomicBool,
+        call: impl Future<Output = Result<Answer, Failure>>,
+    ) -> Outcome {
+        let ms = self.limit.as_millis();
+        let result = match tokio::time::timeout(self.limit, call).await {
+            Ok(result) => result,
+            Err(_) if connected.load(Ordering::Relaxed) => {
+                Err(Failure::Other(format!("no complete answer within {ms} ms")))
+            }
+            Err(_) => Err(Failure::Unreached(format!(
+                "no connection to {} within {ms} ms",
+                self.url.addr
+            ))),
+        };
+        Outcome::new(result, start)
     }
 
     /// POSTs a body the webhook should refuse unread, listening for the answer while the
@@ -155,37 +165,35 @@ impl Webhook {
         );
         head.extend_from_slice(self.secret.as_bytes());
         head.extend_from_slice(b"\r\n\r\n");
+        let connected = AtomicBool::new(false);
         let exchange = async {
-            Ok::<_, Failure>(match self.open().await? {
+            Ok::<_, Failure>(match self.open(&connected).await? {
                 Stream::Plain(tcp) => status_while_sending(tcp, head, body).await?,
                 Stream::Tls(tls) => status_while_sending(*tls, head, body).await?,
             })
         };
-        let result = tokio::time::timeout(self.limit, exchange).await;
-        Outcome::new(
-            result.unwrap_or_else(|_| Err(String::new().into())),
-            self.limit,
-            start,
-        )
+        self.within_limit(start, &connected, exchange).await
     }
 
-    /// A connection to the webhook, TLS done for `https://`.
-    async fn open(&self) -> Result<Stream, Failure> {
+    /// A connection to the webhook, TLS done for `https://`; sets `connected` once made.
+    async fn open(&self, connected: &AtomicBool) -> Result<Stream, Failure> {
         let tcp = tokio::net::TcpStream::connect(self.url.addr.as_str())
             .await
             .map_err(|e| Failure::Unreached(format!("cannot connect to {}: {e}", self.url.addr)))?;
         tcp.set_nodelay(true)
             .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
-        match &self.tls {
-            None => Ok(Stream::Plain(tcp)),
+        let stream = match &self.tls {
+            None => Stream::Plain(tcp),
             Some((connector, name)) => connector
                 .connect(name.clone(), tcp)
                 .await
                 .map(|tls| Stream::Tls(Box::new(tls)))
                 .map_err(|e| {
                     Failure::Unreached(format!("TLS handshake with {}: {e}", self.url.addr))
-                }),
-        }
+                })?,
+        };
+        connected.store(true, Ordering::Relaxed);
+        Ok(stream)
     }
 
     async fn exchange(
@@ -193,6 +201,7 @@ impl Webhook {
         route: &str,
         body: Vec<u8>,
         secret: Option<HeaderValue>,
+        connected: &AtomicBool,
     ) -> Result<Answer, Failure> {
         let mut request = Request::builder()
             .method(Method::POST)
@@ -210,7 +219,7 @@ impl Webhook {
         let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| format!("cannot build the request: {e}"))?;
-        let response = match self.open().await? {
+        let response = match self.open(connected).await? {
             Stream::Plain(tcp) => send(TokioIo::new(tcp), request).await?,
             Stream::Tls(tls) => send(TokioIo::new(*tls), request).await?,
         };
