@@ -59,6 +59,8 @@ enum Command {
     Snapshot(sharevault::cli::ops::SnapshotArgs),
     /// Restore a snapshot into a data dir (with the daemon stopped, or into a new data dir).
     Restore(sharevault::cli::restore::RestoreArgs),
+    /// Replay Portal's webhook calls against a deployed webhook and report each check.
+    Selftest(sharevault::cli::selftest::SelftestArgs),
     /// Start a daemon on loopback, fill it with clients, and measure its operations.
     Bench(bench::Args),
     /// The in-memory stand-in `bench --stand-in` measures in place of the daemon.
@@ -269,6 +271,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Versions { command } => Ok(sharevault::cli::block_on(
             sharevault::cli::versions::run(command),
         )?),
+        Command::Selftest(args) => Ok(sharevault::cli::block_on(sharevault::cli::selftest::run(
+            args,
+        ))?),
         Command::Bench(args) => bench::run(args),
         Command::BenchStandIn(args) => bench::standin::run(args),
         Command::PackageFiles { out_dir } => package_files(&out_dir),

@@ -1,6 +1,7 @@
 //! The operator's command line, beside `serve`: commands that talk to a running daemon over
-//! gRPC (`status`, `token create|list|revoke`, `versions list|restore`, `doctor`, `snapshot`, `rekey`,
-//! `verify`, `audit`) and the rendering of `check-config`.
+//! gRPC (`status`, `token create|list|revoke`, `versions list|restore`, `doctor`, `snapshot`,
+//! `rekey`, `verify`, `audit`), `selftest`, which replays Portal's webhook calls, and the
+//! rendering of `check-config`.
 //!
 //! [`client`] holds what every client command shares: where the daemon is, TLS, the admin
 //! token and the wording of errors. Each command renders for people (aligned columns) or, with
@@ -13,6 +14,7 @@ pub mod doctor;
 pub mod ops;
 pub mod progress;
 pub mod restore;
+pub mod selftest;
 pub mod status;
 mod table;
 pub mod token;

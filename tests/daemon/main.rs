@@ -21,6 +21,7 @@ mod operations;
 mod package;
 mod progress;
 mod secrecy;
+mod selftest;
 mod slow_clients;
 mod startup;
 mod systemd;
