@@ -228,6 +228,21 @@ async fn doctor_exits_zero_when_every_client_can_recover() {
         assert!(matches!(kind(n), Kind::Healthy | Kind::NewBackupPending));
         store(&daemon, &secret, &backend, n).await;
     }
+    // A synthetic client `sharevault selftest` left behind is nobody's wallet.
+    daemon
+        .webhook()
+        .await
+        .backup(with_secret(
+            pb::BackupRequest {
+                client_id: format!("{}0123abcd", sharevault::validate::SELFTEST_CLIENT_PREFIX),
+                backup_method: "PASSWORD-SECP256K1".into(),
+                share: "{\"s\":1}".into(),
+                backup_share_pair_id: None,
+            },
+            &secret,
+        ))
+        .await
+        .unwrap();
     let admin = Admin::new(&sandbox, &daemon);
     let run = admin.run(&["doctor", "--json"]);
     assert!(run.ok, "{}", run.stderr);
