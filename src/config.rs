@@ -169,6 +169,16 @@ pub struct ServeArgs {
     /// Largest accepted client cipherText, in bytes [default: 65536].
     #[arg(long, env = "SHAREVAULT_MAX_CIPHER_TEXT_BYTES", value_name = "BYTES")]
     pub max_cipher_text_bytes: Option<usize>,
+    /// Replaced custodian shares and cipherTexts kept per key, at least, whatever their age
+    /// [default: 5].
+    #[arg(long, env = "SHAREVAULT_KEEP_VERSIONS", value_name = "N")]
+    pub keep_versions: Option<u32>,
+    /// Also keep every version replaced less than this many days ago [default: 90].
+    #[arg(long, env = "SHAREVAULT_KEEP_VERSIONS_DAYS", value_name = "DAYS")]
+    pub keep_versions_days: Option<u32>,
+    /// But never more versions than this per key [default: 100].
+    #[arg(long, env = "SHAREVAULT_MAX_VERSIONS", value_name = "N")]
+    pub max_versions: Option<u32>,
     /// Failed authentications allowed per source address, and per credential, within the
     /// window before further attempts are refused (429 / RESOURCE_EXHAUSTED); 0 disables
     /// [default: 20].
@@ -260,6 +270,8 @@ pub struct Config {
     pub min_free_disk_bytes: u64,
     pub read_audit: ReadAudit,
     pub cache_bytes: usize,
+    /// Versions kept per key: (at least, days, at most).
+    pub versions: (u32, u32, u32),
     pub journal_bytes: u64,
     pub auth_failure_limit: u32,
     pub auth_failure_window: Duration,
@@ -415,6 +427,19 @@ impl Config {
             if value == 0 || value > MAX_SECRET_LIMIT {
                 return Err(format!("{name} must be between 1 and {MAX_SECRET_LIMIT}"));
             }
+        }
+        let versions = (
+            args.keep_versions.or(file.keep_versions).unwrap_or(5),
+            args.keep_versions_days
+                .or(file.keep_versions_days)
+                .unwrap_or(90),
+            args.max_versions.or(file.max_versions).unwrap_or(100),
+        );
+        if versions.2 < versions.0 {
+            return Err(format!(
+                "max_versions ({}) must be at least keep_versions ({})",
+                versions.2, versions.0
+            ));
         }
         let grpc_listen = args
             .grpc_listen
@@ -578,6 +603,7 @@ impl Config {
                 .read_audit
                 .or(file.read_audit)
                 .unwrap_or(ReadAudit::Durable),
+            versions,
             cache_bytes: args
                 .cache_bytes
                 .or(file.cache_bytes)

@@ -48,6 +48,13 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Report which clients can recover today and why the others cannot (exit 1 if any cannot).
+    Doctor(sharevault::cli::doctor::DoctorArgs),
+    /// List a client's kept versions, or restore one as current.
+    Versions {
+        #[command(subcommand)]
+        command: sharevault::cli::versions::VersionsCommand,
+    },
     /// Write a consistent snapshot of a running daemon's vault to a file.
     Snapshot(sharevault::cli::ops::SnapshotArgs),
     /// Restore a snapshot into a data dir (with the daemon stopped, or into a new data dir).
@@ -58,6 +65,8 @@ enum Command {
         #[command(subcommand)]
         command: sharevault::cli::seal::SealCommand,
     },
+    /// Replay Portal's webhook calls against a deployed webhook and report each check.
+    Selftest(sharevault::cli::selftest::SelftestArgs),
     /// Start a daemon on loopback, fill it with clients, and measure its operations.
     Bench(bench::Args),
     /// The in-memory stand-in `bench --stand-in` measures in place of the daemon.
@@ -272,6 +281,15 @@ fn run(command: Command) -> anyhow::Result<()> {
         ))?),
         Command::Token { command } => Ok(sharevault::cli::block_on(sharevault::cli::token::run(
             command,
+        ))?),
+        Command::Doctor(args) => Ok(sharevault::cli::block_on(sharevault::cli::doctor::run(
+            args,
+        ))?),
+        Command::Versions { command } => Ok(sharevault::cli::block_on(
+            sharevault::cli::versions::run(command),
+        )?),
+        Command::Selftest(args) => Ok(sharevault::cli::block_on(sharevault::cli::selftest::run(
+            args,
         ))?),
         Command::Bench(args) => bench::run(args),
         Command::BenchStandIn(args) => bench::standin::run(args),

@@ -140,9 +140,15 @@ pub struct VaultMetrics {
     offloaded_reads: Counter,
     auth_failures: Counter,
     audit_chain_broken: Counter,
+    damaged_records: Counter,
 }
 
 impl VaultMetrics {
+    /// Counts stored records that failed to decode or open and were left out of an answer.
+    pub fn damaged_records(&self, n: u64) {
+        self.damaged_records.inc_by(n);
+    }
+
     pub fn offloaded_read(&self) {
         self.offloaded_reads.inc();
     }
@@ -309,6 +315,11 @@ impl Metrics {
                 "sharevault_audit_chain_broken",
                 "Audit verifications run by the daemon that found the audit chain broken",
                 &vault.audit_chain_broken,
+            ),
+            (
+                "sharevault_damaged_records",
+                "Stored records that failed their integrity check and were left out of an answer",
+                &vault.damaged_records,
             ),
         ] {
             r.register(name, help, counter.clone());

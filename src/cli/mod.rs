@@ -1,5 +1,7 @@
 //! The operator's command line, beside `serve`: commands that talk to a running daemon over
-//! gRPC (`status`, `token create|list|revoke`, `snapshot`, `rekey`, `verify`, `audit`), the rendering of `check-config`, and the offline `restore` and `seal` commands.
+//! gRPC (`status`, `token create|list|revoke`, `versions list|restore`, `doctor`, `snapshot`,
+//! `rekey`, `verify`, `audit`), `selftest`, which replays Portal's webhook calls, the rendering
+//! of `check-config`, and the offline `restore` and `seal` commands.
 //!
 //! [`client`] holds what every client command shares: where the daemon is, TLS, the admin
 //! token and the wording of errors. Each command renders for people (aligned columns) or, with
@@ -8,13 +10,16 @@
 
 pub mod check_config;
 pub mod client;
+pub mod doctor;
 pub mod ops;
 pub mod progress;
 pub mod restore;
 pub mod seal;
+pub mod selftest;
 pub mod status;
 mod table;
 pub mod token;
+pub mod versions;
 
 pub use client::{CliError, ConnectArgs};
 

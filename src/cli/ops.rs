@@ -244,6 +244,7 @@ pub async fn verify(args: VerifyArgs) -> Result<(), CliError> {
         struct Out<'a> {
             custodian_shares: u64,
             client_shares: u64,
+            versions: u64,
             failed: u64,
             failures: &'a [String],
             master_key_id: &'a str,
@@ -252,6 +253,7 @@ pub async fn verify(args: VerifyArgs) -> Result<(), CliError> {
             &(super::json_line(&Out {
                 custodian_shares: report.custodian_shares,
                 client_shares: report.client_shares,
+                versions: report.versions,
                 failed: report.failed,
                 failures: &report.failures,
                 master_key_id: &report.master_key_id,
@@ -259,8 +261,12 @@ pub async fn verify(args: VerifyArgs) -> Result<(), CliError> {
         )?;
     } else {
         let mut out = format!(
-            "custodian_shares  {}\nclient_shares     {}\nfailed            {}\nmaster_key_id     {}\n",
-            report.custodian_shares, report.client_shares, report.failed, report.master_key_id
+            "custodian_shares  {}\nclient_shares     {}\nversions          {}\nfailed            {}\nmaster_key_id     {}\n",
+            report.custodian_shares,
+            report.client_shares,
+            report.versions,
+            report.failed,
+            report.master_key_id
         );
         for failure in &report.failures {
             out.push_str(&format!("FAILED {failure}\n"));

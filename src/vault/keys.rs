@@ -51,6 +51,8 @@ impl<'a> Pages<'a> {
 pub struct VerifyReport {
     pub custodian_shares: u64,
     pub client_shares: u64,
+    /// Kept earlier shares and cipherTexts.
+    pub versions: u64,
     pub failed: u64,
     /// `table/client/method: reason`, for the first 100 failures.
     pub failures: Vec<String>,
@@ -99,7 +101,7 @@ impl Vault {
             }
         }
         let counts = records::counts(&*self.store.read()?)?;
-        let total = counts.custodian_shares + counts.client_shares;
+        let total = counts.custodian_shares + counts.client_shares + counts.versions;
         // Sweep until a sweep finds nothing under another key: a write sealed just before the
         // switch may land after its page was re-wrapped, and the next sweep catches it.
         for sweep in 0.. {
@@ -144,10 +146,7 @@ impl Vault {
         progress: &mut impl FnMut(u64, u64),
     ) -> Result<u64, VaultError> {
         let (mut done, mut stale) = (0u64, 0u64);
-        for (table, name) in [
-            (TableId::Custodian, TableId::Custodian.name()),
-            (TableId::Client, TableId::Client.name()),
-        ] {
+        for table in [TableId::Custodian, TableId::Client, TableId::Versions] {
             let mut pages = Pages::new(self.store.as_ref(), table, 512);
             while let Some(page) = pages.next()? {
                 done += page.len() as u64;
@@ -158,10 +157,12 @@ impl Vault {
                     if current == new.id() {
                         continue;
                     }
+                    let (name, method) = records::envelope_binding(table, &backup_method)
+                        .ok_or(VaultError::Corrupt)?;
                     let aad = RecordAad {
                         table: name,
                         client_id: &client_id,
-                        backup_method: &backup_method,
+                        backup_method: method,
                     };
                     let envelope = self
                         .key_for(&record.envelope)
@@ -206,27 +207,30 @@ impl Vault {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<VerifyReport, VaultError> {
         let counts = records::counts(&*self.store.read()?)?;
-        let total = counts.custodian_shares + counts.client_shares;
+        let total = counts.custodian_shares + counts.client_shares + counts.versions;
         progress(0, total);
         let mut report = VerifyReport::default();
-        for (table, name) in [
-            (TableId::Custodian, TableId::Custodian.name()),
-            (TableId::Client, TableId::Client.name()),
-        ] {
+        for table in [TableId::Custodian, TableId::Client, TableId::Versions] {
             let mut pages = Pages::new(self.store.as_ref(), table, 1024);
             while let Some(page) = pages.next()? {
                 for (client_id, backup_method, record) in page {
+                    let Some((name, method)) = records::envelope_binding(table, &backup_method)
+                    else {
+                        continue;
+                    };
                     let aad = RecordAad {
                         table: name,
                         client_id: &client_id,
-                        backup_method: &backup_method,
+                        backup_method: method,
                     };
                     let opened = self
                         .key_for(&record.envelope)
                         .and_then(|key| key.open(&aad, &record.envelope));
+                    let name = table.name();
                     match table {
                         TableId::Custodian => report.custodian_shares += 1,
-                        _ => report.client_shares += 1,
+                        TableId::Client => report.client_shares += 1,
+                        _ => report.versions += 1,
                     }
                     if let Err(err) = opened {
                         report.failed += 1;
@@ -237,7 +241,7 @@ impl Vault {
                         }
                     }
                 }
-                let done = report.custodian_shares + report.client_shares;
+                let done = report.custodian_shares + report.client_shares + report.versions;
                 progress(done, total.max(done));
             }
         }

@@ -5,6 +5,7 @@
 mod auth;
 mod bench;
 mod cli;
+mod doctor;
 mod durability;
 mod faults;
 mod floods;
@@ -21,8 +22,10 @@ mod package;
 mod progress;
 mod seal;
 mod secrecy;
+mod selftest;
 mod slow_clients;
 mod startup;
 mod systemd;
 mod unix_clients;
 mod validation;
+mod versions;

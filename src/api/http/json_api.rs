@@ -282,6 +282,7 @@ async fn list_backups(
                         backup_method: c.backup_method,
                         curve: c.curve,
                         stored_at: rfc3339(c.stored_at_ms),
+                        has_client_backup_share: c.client_share_held,
                         backup_share_pair_id: c.pair_id,
                         pair_status: c.pair_status.map(|s| s.name()),
                         status: c.pair_status.map_or("incomplete", |s| s.public()),

@@ -103,6 +103,9 @@ pub struct CustodianShareInfo {
     pub pair_status: Option<&'static str>,
     /// `completed` or `incomplete`.
     pub status: &'static str,
+    /// Whether a client share covering this curve is held (under the bare method or under
+    /// this `METHOD-CURVE`).
+    pub has_client_backup_share: bool,
 }
 
 /// A custodian share, for the eject role.
