@@ -58,9 +58,18 @@ pub struct RestoreArgs {
 fn root_key(args: &RestoreArgs) -> Result<MasterKey, CliError> {
     let local = CliError::Local;
     let refused = |why: String| local(format!("restore refused, nothing was changed: {why}"));
-    let sealed = crate::snapshot::find_meta(&args.from, SEALED_ROOT_KEY)
-        .map_err(|e| refused(e.to_string()))?;
     let seal = args.seal.unwrap_or_default();
+    // Read before the snapshot is authenticated (that needs the root key). A snapshot too
+    // damaged to read is left to the file seal's path, whose MAC check names the damage.
+    let sealed = match crate::snapshot::find_meta(&args.from, SEALED_ROOT_KEY) {
+        Ok(sealed) => sealed,
+        Err(err) if seal == SealKind::Pkcs11 => {
+            return Err(refused(format!(
+                "cannot read the snapshot's sealed root key: {err}"
+            )));
+        }
+        Err(_) => None,
+    };
     match (sealed, seal) {
         (Some(sealed), SealKind::File) => Err(refused(format!(
             "this snapshot's root key (id {}) is sealed by the PKCS#11 key labelled {:?}: restore \

@@ -1,10 +1,14 @@
 //! Moving a stopped vault between seals, and re-sealing its root key under another token key.
-//! None of these re-encrypts a record: only the root key's wrapping changes, in one commit.
+//! None of these re-encrypts a record: only the root key's wrapping changes, in one commit
+//! that also appends an audit event (actor `seal`, action `seal_to_pkcs11`, `seal_to_file` or
+//! `seal_rewrap`, the token key's label as its method).
 
 use super::{Hsm, SEALED_ROOT_KEY, SEALED_ROOT_KEY_NEXT, WrapKey};
+use crate::audit::AuditEntry;
 use crate::crypto::{KeyId, MasterKey};
+use crate::integrity::{INTEGRITY_KEY, IntegrityKey};
 use crate::store::Store;
-use crate::vault::{REKEY_TARGET, WriteOp, records, rules};
+use crate::vault::{REKEY_TARGET, WriteOp, now_ms, records, rules};
 
 const KEY_CHECK: &str = "key_check";
 
@@ -42,15 +46,44 @@ fn check_vault(store: &dyn Store, key: &MasterKey) -> Result<(), String> {
     Ok(())
 }
 
+/// What a change of seal records in the audit trail.
+struct Event {
+    action: &'static str,
+    key_label: String,
+}
+
+/// Applies the change with its audit event, chained with the vault's audit key (which `key`,
+/// the root key, opens).
 async fn set_meta(
     store: &dyn Store,
+    key: &MasterKey,
     set: Vec<(String, Vec<u8>)>,
     remove: Vec<String>,
+    event: Event,
 ) -> Result<(), String> {
-    rules::write(store, WriteOp::Meta { set, remove }, None, None)
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("cannot write the vault: {e}"))
+    let sealed = meta(store, INTEGRITY_KEY)?.ok_or(
+        "the vault has no integrity key yet: start the daemon on it once, then change its seal",
+    )?;
+    let audit_key = IntegrityKey::open(key, &sealed)
+        .map_err(|e| format!("the vault's integrity key does not open: {e}"))?
+        .audit_key();
+    let entry = AuditEntry {
+        time_ms: now_ms(),
+        actor: "seal".into(),
+        action: event.action,
+        client_id: String::new(),
+        backup_method: event.key_label,
+        outcome: None,
+    };
+    rules::write(
+        store,
+        WriteOp::Meta { set, remove },
+        Some(entry),
+        Some(&audit_key),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| format!("cannot write the vault: {e}"))
 }
 
 fn sealed_root_key(store: &dyn Store) -> Result<Vec<u8>, String> {
@@ -77,7 +110,18 @@ pub async fn to_pkcs11(
     check_vault(store, key)?;
     let sealed = super::seal(hsm, wrap, key).map_err(|e| e.to_string())?;
     super::unseal(hsm, wrap, &sealed).map_err(|e| e.to_string())?;
-    set_meta(store, vec![(SEALED_ROOT_KEY.into(), sealed)], Vec::new()).await?;
+    let event = Event {
+        action: "seal_to_pkcs11",
+        key_label: wrap.label().to_owned(),
+    };
+    set_meta(
+        store,
+        key,
+        vec![(SEALED_ROOT_KEY.into(), sealed)],
+        Vec::new(),
+        event,
+    )
+    .await?;
     Ok(Outcome {
         root_key_id: key.id(),
     })
@@ -96,7 +140,11 @@ pub async fn to_file(
     let key = super::unseal(hsm, wrap, &sealed).map_err(|e| e.to_string())?;
     check_vault(store, &key)?;
     write(&key)?;
-    set_meta(store, Vec::new(), vec![SEALED_ROOT_KEY.into()]).await?;
+    let event = Event {
+        action: "seal_to_file",
+        key_label: wrap.label().to_owned(),
+    };
+    set_meta(store, &key, Vec::new(), vec![SEALED_ROOT_KEY.into()], event).await?;
     Ok(Outcome {
         root_key_id: key.id(),
     })
@@ -121,7 +169,18 @@ pub async fn rewrap(
     check_vault(store, &key)?;
     let resealed = super::seal(hsm, new, &key).map_err(|e| e.to_string())?;
     super::unseal(hsm, new, &resealed).map_err(|e| e.to_string())?;
-    set_meta(store, vec![(SEALED_ROOT_KEY.into(), resealed)], Vec::new()).await?;
+    let event = Event {
+        action: "seal_rewrap",
+        key_label: new.label().to_owned(),
+    };
+    set_meta(
+        store,
+        &key,
+        vec![(SEALED_ROOT_KEY.into(), resealed)],
+        Vec::new(),
+        event,
+    )
+    .await?;
     Ok(Outcome {
         root_key_id: key.id(),
     })

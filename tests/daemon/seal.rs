@@ -254,6 +254,27 @@ async fn snapshot_to(daemon: &Daemon, admin: &str, path: &Path) {
 /// The database file, less the identity that every open renews (the last 64 bytes of its
 /// first 4 KiB: docs/design.md, "Identity"): for failures that stop the start before the
 /// database is opened.
+async fn audit_events(daemon: &Daemon, admin: &str, action: &str) -> Vec<pb::AuditEvent> {
+    let mut stream = daemon
+        .admin()
+        .await
+        .list_audit_events(with_token(
+            pb::ListAuditEventsRequest {
+                action: action.into(),
+                ..Default::default()
+            },
+            admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(event) = stream.next().await {
+        events.push(event.unwrap());
+    }
+    events
+}
+
 fn database_bytes(token: &Token) -> Vec<u8> {
     let mut bytes = std::fs::read(token.data_dir.join("sharevault.redb")).unwrap();
     bytes[4096 - 64..4096].fill(0);
@@ -443,6 +464,17 @@ async fn a_vault_migrates_from_its_key_file_to_the_token_and_back_without_reencr
             [share(n)]
         );
     }
+    // Each move is in the audit trail, whose chain still verifies.
+    let admin = &token.keys.admin_token;
+    assert!(daemon.verify_audit(admin).await.ok);
+    for action in ["seal_to_pkcs11", "seal_to_file"] {
+        let events = audit_events(&daemon, admin, action).await;
+        assert_eq!(events.len(), 1, "{action}");
+        assert_eq!(
+            (events[0].actor.as_str(), events[0].backup_method.as_str()),
+            ("seal", "wrap-1")
+        );
+    }
 }
 
 #[tokio::test]
@@ -468,6 +500,10 @@ async fn rewrap_moves_the_root_key_to_a_new_token_key() {
         "{logs}"
     );
     let daemon = token.start("wrap-2", &[]);
+    let events = audit_events(&daemon, &token.keys.admin_token, "seal_rewrap").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].backup_method, "wrap-2");
+    assert!(daemon.verify_audit(&token.keys.admin_token).await.ok);
     assert_eq!(
         daemon.status(&token.keys.admin_token).await.master_key_id,
         id
