@@ -8,9 +8,7 @@ use crate::audit::AuditEntry;
 use crate::crypto::{KeyId, MasterKey};
 use crate::integrity::{INTEGRITY_KEY, IntegrityKey};
 use crate::store::Store;
-use crate::vault::{REKEY_TARGET, WriteOp, now_ms, records, rules};
-
-const KEY_CHECK: &str = "key_check";
+use crate::vault::{KEY_CHECK, REKEY_TARGET, WriteOp, now_ms, records, rules};
 
 /// What a seal command changed, for the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]

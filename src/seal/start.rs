@@ -4,11 +4,8 @@
 use super::{Hsm, SEALED_ROOT_KEY, SEALED_ROOT_KEY_NEXT, SealError, WrapKey};
 use crate::crypto::MasterKey;
 use crate::store::Store;
-use crate::vault::{WriteOp, records, rules};
+use crate::vault::{KEY_CHECK, WriteOp, records, rules};
 use std::sync::Arc;
-
-/// The meta record that says a vault exists (its master key check).
-const KEY_CHECK: &str = "key_check";
 
 /// The seal the daemon starts with.
 pub enum Seal {

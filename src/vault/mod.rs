@@ -38,7 +38,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
 
-const KEY_CHECK: &str = "key_check";
+/// The meta record that says a vault exists: a known text sealed under its master key.
+pub const KEY_CHECK: &str = "key_check";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"sharevault master key check v1";
 /// The key check of a vault that has an integrity key: its integrity key record cannot be
 /// removed (to start a new, plain audit trail) without the vault noticing.
