@@ -1,8 +1,12 @@
 //! `sharevault doctor` finds exactly the clients that cannot recover, and why.
 //!
 //! The vault is filled with a known mix of clients (`SHAREVAULT_DOCTOR_CLIENTS`, 1,200 by
-//! default; the README's figures come from a run with 100,000), then the report is compared
-//! with the mix.
+//! default), then the report is compared with the mix. The README's figures come from
+//!
+//! ```text
+//! SHAREVAULT_DOCTOR_CLIENTS=100000 SHAREVAULT_TEST_BINARY=target/release/sharevault \
+//!   cargo test --test daemon doctor_finds -- --nocapture
+//! ```
 
 use crate::cli::Admin;
 use crate::harness::{Daemon, Sandbox, with_secret, with_token};
@@ -160,9 +164,15 @@ async fn doctor_finds_exactly_the_clients_that_cannot_recover() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
 
     let admin = Admin::new(&sandbox, &daemon);
+    let before = crate::harness::peak_rss_kib(daemon.pid());
     let started = std::time::Instant::now();
     let run = admin.run(&["doctor", "--json", "--limit", "0", "--stuck-after", "1"]);
-    eprintln!("doctor of {clients} clients took {:?}", started.elapsed());
+    eprintln!(
+        "doctor of {clients} clients took {:?}; daemon peak RSS {:?} KiB before, {:?} KiB after",
+        started.elapsed(),
+        before,
+        crate::harness::peak_rss_kib(daemon.pid())
+    );
     assert!(!run.ok, "some clients cannot recover: exit 1");
     let mut lines = run.stdout.lines();
     let totals: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();

@@ -305,6 +305,30 @@ async fn a_new_backup_never_destroys_the_last_completed_one() {
     );
     assert_eq!(row("client", 1).backup_method, "PASSWORD");
     assert_eq!(versions.len(), 4, "{versions:?}");
+    // The backend sees the same list over the JSON API, without share material.
+    let listed = vault
+        .api
+        .send(
+            "GET",
+            "/v1/clients/u/versions",
+            &[("authorization", vault.backend.as_str())],
+            None,
+        )
+        .await;
+    assert_eq!(listed.status, 200);
+    let body = listed.json();
+    let kept: Vec<&Value> = body["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["current"] == false)
+        .collect();
+    assert_eq!(kept.len(), 2, "{body}");
+    assert!(kept.iter().any(|v| v["backupSharePairId"] == "pair-a"
+        && v["pairStatus"] == COMPLETED
+        && v["superseded_at"].is_null()
+        && v["supersededAt"].is_string()));
+    assert!(!String::from_utf8_lossy(&listed.body).contains("ct-A"));
 
     // The operator restores A and its cipherText: the fetch answers A again.
     vault

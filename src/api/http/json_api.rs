@@ -3,8 +3,8 @@
 
 use super::openapi::{
     Backups, ClientDeleted, ClientShareBody, ClientShareStored, CustodianShareBody,
-    CustodianShareInfo, ErrorBody, MethodBackups, Pair, Pairs, Probe, StoreClientShareRequest,
-    UpdatePairsRequest,
+    CustodianShareInfo, ErrorBody, MethodBackups, Pair, Pairs, Probe, ShareVersion,
+    StoreClientShareRequest, UpdatePairsRequest, Versions,
 };
 use super::webhook::finish;
 use super::{
@@ -84,6 +84,7 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(list_backups))
         .routes(routes!(get_custodian_share))
         .routes(routes!(list_pairs, update_pairs))
+        .routes(routes!(list_versions))
         .routes(routes!(delete_client))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
@@ -371,6 +372,48 @@ async fn list_pairs(
             })
             .collect();
         Ok(json(StatusCode::OK, Pairs { backup_share_pairs }))
+    }
+    .await;
+    finish(call, result)
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/clients/{clientId}/versions",
+    tag = TAG,
+    operation_id = "listVersions",
+    summary = "A client's shares, current and kept as versions",
+    description = "Metadata only, never share material: per kind and method, the current share first, then its versions, newest first. Backend role.",
+    params(Client),
+    responses((status = 200, description = "the shares", body = Versions)),
+    security(("bearer" = [])),
+)]
+async fn list_versions(
+    State(state): State<ApiState>,
+    ApiPath(client_id): ApiPath<String>,
+    Extension(Source(from)): Extension<Source>,
+    headers: HeaderMap,
+) -> Response {
+    let mut call = Call::new(&state.calls, "ApiHttp", "ListVersions");
+    call.client(&client_id);
+    let result = async {
+        let (vault, _) = state.authorize(&headers, Role::Backend, from)?;
+        let versions = vault
+            .list_versions(&client_id)
+            .await?
+            .into_iter()
+            .map(|v| ShareVersion {
+                kind: v.kind.name(),
+                backup_method: v.backup_method,
+                version: v.number,
+                current: v.superseded_at_ms.is_none(),
+                backup_share_pair_id: v.pair_id,
+                pair_status: v.pair_status.map(|s| s.name()),
+                created_at: rfc3339(v.created_at_ms),
+                superseded_at: v.superseded_at_ms.map(rfc3339),
+            })
+            .collect();
+        Ok(json(StatusCode::OK, Versions { versions }))
     }
     .await;
     finish(call, result)

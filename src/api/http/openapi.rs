@@ -284,3 +284,32 @@ pub fn document() -> String {
     text.push('\n');
     text
 }
+
+/// A client's shares, current and kept (never their bytes).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Versions {
+    pub versions: Vec<ShareVersion>,
+}
+
+/// One share of `Versions`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShareVersion {
+    /// `custodian` or `client`.
+    pub kind: &'static str,
+    pub backup_method: String,
+    /// 0 for the current share, else the version's number.
+    pub version: u64,
+    pub current: bool,
+    #[schema(required = true)]
+    pub backup_share_pair_id: Option<String>,
+    /// Portal's status name of the pair; null when the share names no pair.
+    #[schema(required = true)]
+    pub pair_status: Option<&'static str>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339; null for the current share.
+    #[schema(required = true)]
+    pub superseded_at: Option<String>,
+}
