@@ -794,3 +794,29 @@ async fn a_rotation_killed_half_way_under_the_token_seal_resumes() {
     assert_eq!((report.custodian_shares, report.failed), (3_000, 0));
     assert!(!daemon.logs().contains("rotation was interrupted"));
 }
+
+#[tokio::test]
+async fn the_pin_comes_from_the_pkcs11_pin_credential_when_no_file_is_given() {
+    let token = Token::new(69);
+    token.create_key("wrap-1");
+    let credentials = token.tmp.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    std::fs::copy(token.keys.dir.join("pin"), credentials.join("pkcs11-pin")).unwrap();
+    let settings = token.pkcs11("wrap-1");
+    // The seal and the token's settings, without --pkcs11-pin-file and its value.
+    let mut seal = vec!["--seal".to_string(), "pkcs11".into()];
+    seal.extend(settings[..settings.len() - 2].iter().cloned());
+    let mut args = token.base_args();
+    args.extend(seal.iter().cloned());
+    let mut cmd = command(&token.data_dir, &args);
+    cmd.env("SOFTHSM2_CONF", &token.conf)
+        .env("CREDENTIALS_DIRECTORY", &credentials);
+    let daemon = ready(Daemon::launch(cmd));
+    put_share(&daemon, &token.keys, "c1", &share(1)).await;
+    assert_eq!(shares(&daemon, &token.keys, "c1").await, [share(1)]);
+    drop(daemon);
+
+    // Without the credential there is no PIN, and the start says where it is looked for.
+    let logs = token.refused(&seal);
+    assert!(logs.contains("pkcs11-pin systemd credential"), "{logs}");
+}
