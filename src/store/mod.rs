@@ -38,6 +38,7 @@ pub mod disk;
 #[cfg(test)]
 mod disk_sim;
 pub mod journal;
+pub mod postgres;
 pub mod redb;
 mod staged;
 
@@ -307,6 +308,11 @@ pub trait Store: Send + Sync + 'static {
                 Ok(true)
             })?;
         }
+        Ok(())
+    }
+    /// Whether the store can serve now; a backend reached over the network says when it
+    /// cannot (`/readyz`).
+    fn ready(&self) -> Result<(), StoreError> {
         Ok(())
     }
     /// Bytes the store occupies on disk, if it knows.

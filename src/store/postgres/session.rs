@@ -1,0 +1,191 @@
+//! One pooled connection, driven from synchronous code.
+//!
+//! The store's [`crate::store::Reader`] and [`crate::store::Writer`] are synchronous: the
+//! vault calls them inline on its async workers, on the blocking pool, and the write jobs on
+//! the writer thread. A [`Session`] runs each statement as a task on the store's own runtime
+//! and waits for its answer on a plain channel, which any thread may do (as a `pread` waits
+//! for the disk): the runtime that drives the connections is never one that waits on them.
+//! Every call is bounded by a timeout; a connection that timed out or failed is dropped, not
+//! returned to the pool, so no half-finished transaction is ever reused.
+
+use super::Shared;
+use crate::store::StoreError;
+use deadpool_postgres::{Object, Pool};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// A future borrowing the connection.
+pub type CallFuture<'c, T> =
+    Pin<Box<dyn Future<Output = Result<T, tokio_postgres::Error>> + Send + 'c>>;
+
+/// Runs `fut` on the store's runtime and waits for it, for at most the store's timeout.
+pub fn block<T: Send + 'static>(
+    shared: &Shared,
+    fut: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let timeout = shared.timeout;
+    shared.runtime.spawn(async move {
+        let out = match tokio::time::timeout(timeout, fut).await {
+            Ok(out) => out,
+            Err(_) => Err(StoreError::Backend(
+                "PostgreSQL did not answer in time".into(),
+            )),
+        };
+        let _ = tx.send(out);
+    });
+    rx.recv().map_err(|_| StoreError::Closed)?
+}
+
+/// Whether an error is one a retried transaction gets past: a serialisation failure, a
+/// deadlock, a unique-key conflict.
+pub fn retriable(err: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    err.code().is_some_and(|code| {
+        *code == SqlState::T_R_SERIALIZATION_FAILURE
+            || *code == SqlState::T_R_DEADLOCK_DETECTED
+            || *code == SqlState::UNIQUE_VIOLATION
+    })
+}
+
+/// A driver error as a store error: its SQLSTATE, or the driver's words for a connection
+/// failure. Never the statement's parameters (PostgreSQL's DETAIL may quote them).
+pub fn store_error(err: &tokio_postgres::Error) -> StoreError {
+    match err.code() {
+        Some(code) => {
+            StoreError::Backend(format!("PostgreSQL refused a statement ({})", code.code()))
+        }
+        None if err.is_closed() => {
+            StoreError::Backend("the connection to PostgreSQL was lost".into())
+        }
+        None => StoreError::Backend(format!("PostgreSQL: {err}")),
+    }
+}
+
+/// Takes a connection from the pool.
+pub fn connect(shared: &Arc<Shared>) -> Result<Object, StoreError> {
+    let pool: Pool = shared.pool.clone();
+    let health = Arc::clone(shared);
+    block(shared, async move {
+        pool.get().await.map_err(|e| {
+            health.set_reachable(false);
+            StoreError::Backend(match e {
+                deadpool_postgres::PoolError::Timeout(_) => {
+                    "no connection to PostgreSQL could be had in time".to_owned()
+                }
+                deadpool_postgres::PoolError::Backend(e) => return store_error(&e),
+                other => format!("cannot connect to PostgreSQL: {other}"),
+            })
+        })
+    })
+}
+
+/// One connection, in a transaction once [`Session::call`] has sent `begin`.
+pub struct Session {
+    shared: Arc<Shared>,
+    conn: Option<Object>,
+    /// Statements sent ahead of the next call, in the same round trip.
+    begin: Option<&'static str>,
+    /// The last error was a conflict a retry gets past.
+    pub conflicted: bool,
+    /// The transaction was committed: nothing to roll back.
+    done: bool,
+}
+
+impl Session {
+    /// A connection from the pool; `begin` is sent with the first call.
+    pub fn open(shared: &Arc<Shared>, begin: &'static str) -> Result<Self, StoreError> {
+        Ok(Self {
+            conn: Some(connect(shared)?),
+            shared: Arc::clone(shared),
+            begin: Some(begin),
+            conflicted: false,
+            done: false,
+        })
+    }
+
+    /// Runs `f` on the connection (after the pending `begin`) and waits for it.
+    pub fn call<T: Send + 'static>(
+        &mut self,
+        f: impl for<'c> FnOnce(&'c Object) -> CallFuture<'c, T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self
+            .conn
+            .take()
+            .ok_or_else(|| StoreError::Backend("the connection to PostgreSQL was lost".into()))?;
+        let begin = self.begin.take();
+        let timeout = self.shared.timeout;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.shared.runtime.spawn(async move {
+            let work = async {
+                if let Some(begin) = begin {
+                    // Pipelined: both go out before either answer comes back.
+                    let (begun, out) = tokio::join!(conn.batch_execute(begin), f(&conn));
+                    begun?;
+                    out
+                } else {
+                    f(&conn).await
+                }
+            };
+            let answer = match tokio::time::timeout(timeout, work).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(err)) => Err(Some(err)),
+                Err(_) => Err(None),
+            };
+            // A connection that failed or timed out is dropped: it may be mid-transaction.
+            let _ = match answer {
+                Ok(value) => tx.send((Some(conn), Ok(value))),
+                Err(Some(err)) if err.code().is_some() => tx.send((Some(conn), Err(Some(err)))),
+                Err(err) => {
+                    drop(Object::take(conn));
+                    tx.send((None, Err(err)))
+                }
+            };
+        });
+        let (conn, answer) = rx.recv().map_err(|_| StoreError::Closed)?;
+        self.conn = conn;
+        match answer {
+            Ok(value) => {
+                self.shared.set_reachable(true);
+                Ok(value)
+            }
+            Err(Some(err)) => {
+                self.conflicted = retriable(&err);
+                if err.code().is_none() {
+                    self.shared.set_reachable(false);
+                }
+                Err(store_error(&err))
+            }
+            Err(None) => Err(StoreError::Backend(
+                "PostgreSQL did not answer in time".into(),
+            )),
+        }
+    }
+
+    /// Marks the transaction committed.
+    pub fn committed(&mut self) {
+        self.done = true;
+    }
+
+    /// Ends the transaction with `ROLLBACK` in the background and returns the connection to
+    /// the pool (or drops it if that fails).
+    pub fn release(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        if self.begin.is_some() || self.done {
+            // Never began, or committed: back to the pool as it is.
+            return;
+        }
+        self.shared.runtime.spawn(async move {
+            if conn.batch_execute("ROLLBACK").await.is_err() {
+                drop(Object::take(conn));
+            }
+        });
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
