@@ -117,10 +117,17 @@ fn settings(config: &Config) -> anyhow::Result<Settings> {
         },
     )
     .map_err(anyhow::Error::msg)?;
-    Ok(Settings {
-        config: config.clone(),
-        secrets,
-    })
+    let mut config = config.clone();
+    if let Some(database) = config.database.take() {
+        let password =
+            sharevault::secrets::database_password(config.database_password_file.as_deref())
+                .map_err(anyhow::Error::msg)?;
+        config.database = Some(match password {
+            Some(password) => database.with_password(password),
+            None => database,
+        });
+    }
+    Ok(Settings { config, secrets })
 }
 
 /// Writes `completions/` (bash, zsh, fish) and `man/` (a page per visible command) under `dir`,

@@ -18,7 +18,9 @@ use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::backup_service_server::BackupServiceServer;
 use crate::pb::webhook_service_server::WebhookServiceServer;
 use crate::secrets::{DATABASE_FILE, Secrets};
+use crate::store::postgres::PgStore;
 use crate::store::redb::RedbStore;
+use crate::store::{Store, StoreError};
 use crate::validate::Limits;
 use crate::vault::{Credentials, Vault};
 use std::future::Future;
@@ -320,8 +322,18 @@ pub async fn run(
     let journal = settings.config.journal_bytes;
     let store_metrics = metrics.store.clone();
     let heartbeat = tokio::spawn(opening_heartbeat());
-    let store = tokio::task::spawn_blocking(move || {
-        RedbStore::open(&path, min_free, cache, journal, store_metrics)
+    let database = settings.config.database.clone();
+    let store = tokio::task::spawn_blocking(move || -> Result<Arc<dyn Store>, StoreError> {
+        match database {
+            Some(database) => Ok(Arc::new(PgStore::open(&database, store_metrics)?)),
+            None => Ok(Arc::new(RedbStore::open(
+                &path,
+                min_free,
+                cache,
+                journal,
+                store_metrics,
+            )?)),
+        }
     })
     .await
     .map_err(|e| ServeError::Task(e.to_string()));
@@ -331,7 +343,7 @@ pub async fn run(
     let store = store?.map_err(crate::vault::OpenError::Store);
     let opened = match store {
         Ok(store) => Vault::open(
-            Arc::new(store),
+            store,
             settings.secrets.master_key,
             settings.secrets.old_master_key.into_iter().collect(),
             settings.config.limits,

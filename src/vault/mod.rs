@@ -536,6 +536,11 @@ impl Vault {
         Ok(crate::audit::head(&*self.store.read()?)?.map_or(0, |h| h.0))
     }
 
+    /// Whether the vault can serve now: its store answers (`/readyz`).
+    pub fn ready(&self) -> Result<(), VaultError> {
+        self.store.ready().map_err(|_| VaultError::Unavailable)
+    }
+
     pub fn status(&self) -> Result<VaultStatus, VaultError> {
         Ok(VaultStatus {
             counts: records::counts(&*self.store.read()?)?,

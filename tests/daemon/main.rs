@@ -18,6 +18,9 @@ mod metrics;
 mod openapi;
 mod operations;
 mod package;
+#[path = "../support/pg_server.rs"]
+mod pg_server;
+mod postgres;
 mod progress;
 mod secrecy;
 mod slow_clients;
