@@ -52,6 +52,9 @@ enum Command {
     Snapshot(sharevault::cli::ops::SnapshotArgs),
     /// Restore a snapshot into a data dir (with the daemon stopped, or into a new data dir).
     Restore(sharevault::cli::restore::RestoreArgs),
+    /// Copy a vault between the data dir's embedded database and PostgreSQL, checked record
+    /// by record (with every daemon on both stopped).
+    Migrate(sharevault::cli::migrate::MigrateArgs),
     /// Start a daemon on loopback, fill it with clients, and measure its operations.
     Bench(bench::Args),
     /// The in-memory stand-in `bench --stand-in` measures in place of the daemon.
@@ -246,6 +249,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             command,
         ))?),
         Command::Restore(args) => Ok(sharevault::cli::restore::run(args)?),
+        Command::Migrate(args) => Ok(sharevault::cli::migrate::run(args)?),
         Command::CheckConfig(args) => {
             let config = Config::load(&args.serve).map_err(anyhow::Error::msg)?;
             init_logging(config.log_format);

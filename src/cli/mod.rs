@@ -8,6 +8,8 @@
 
 pub mod check_config;
 pub mod client;
+pub mod database;
+pub mod migrate;
 pub mod ops;
 pub mod progress;
 pub mod restore;

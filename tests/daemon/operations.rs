@@ -23,7 +23,7 @@ fn backup(client: &str, method: &str, share: &str) -> pb::BackupRequest {
 }
 
 /// Streams a snapshot from the admin API into `path`.
-async fn snapshot_to(daemon: &Daemon, admin: &str, path: &std::path::Path) {
+pub async fn snapshot_to(daemon: &Daemon, admin: &str, path: &std::path::Path) {
     let mut stream = daemon
         .admin()
         .await

@@ -15,6 +15,7 @@
 //! backend error (UNAVAILABLE / 503), [`Store::ready`] says so, and the pool reconnects by
 //! itself once the server is back.
 
+mod import;
 mod rows;
 pub mod schema;
 mod session;
@@ -23,6 +24,7 @@ pub mod settings;
 mod tests;
 mod writer;
 
+pub use import::PgImport;
 pub use settings::{PgSettings, Tls};
 
 use super::{Key, Range, Reader, Store, StoreError, TableId, Visit, WriteFuture, WriteJob};
