@@ -18,10 +18,11 @@ use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::backup_service_server::BackupServiceServer;
 use crate::pb::webhook_service_server::WebhookServiceServer;
 use crate::secrets::{DATABASE_FILE, Secrets};
+use crate::store::Store;
 use crate::store::postgres::PgStore;
 use crate::store::redb::RedbStore;
-use crate::store::{Store, StoreError};
 use crate::validate::Limits;
+use crate::vault::OpenError;
 use crate::vault::{Credentials, Vault};
 use std::future::Future;
 use std::sync::Arc;
@@ -323,16 +324,15 @@ pub async fn run(
     let store_metrics = metrics.store.clone();
     let heartbeat = tokio::spawn(opening_heartbeat());
     let database = settings.config.database.clone();
-    let store = tokio::task::spawn_blocking(move || -> Result<Arc<dyn Store>, StoreError> {
+    let store = tokio::task::spawn_blocking(move || -> Result<Arc<dyn Store>, OpenError> {
         match database {
-            Some(database) => Ok(Arc::new(PgStore::open(&database, store_metrics)?)),
-            None => Ok(Arc::new(RedbStore::open(
-                &path,
-                min_free,
-                cache,
-                journal,
-                store_metrics,
-            )?)),
+            Some(database) => Ok(Arc::new(
+                PgStore::open(&database, store_metrics).map_err(OpenError::Database)?,
+            )),
+            None => Ok(Arc::new(
+                RedbStore::open(&path, min_free, cache, journal, store_metrics)
+                    .map_err(OpenError::Store)?,
+            )),
         }
     })
     .await
@@ -340,7 +340,7 @@ pub async fn run(
     heartbeat.abort();
     // Wait until it has stopped, so that nothing it sends can follow READY=1.
     let _ = heartbeat.await;
-    let store = store?.map_err(crate::vault::OpenError::Store);
+    let store = store?;
     let opened = match store {
         Ok(store) => Vault::open(
             store,

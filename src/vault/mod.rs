@@ -79,6 +79,8 @@ pub enum OpenError {
          (sharevault restore)"
     )]
     Store(StoreError),
+    #[error("cannot open the PostgreSQL database: {0}")]
+    Database(StoreError),
     #[error("cannot record the master key check in the database: {0}")]
     Write(VaultError),
 }

@@ -2,8 +2,9 @@
 //! them, or the database, goes away under load.
 
 use crate::flow::{pair_id, portal_share};
+use crate::harness::Started;
 use crate::harness::{Daemon, Sandbox, create_token, fetch_shares, with_secret, with_token};
-use crate::http_client::Http;
+use crate::http_client::{Http, TestCert};
 use crate::pg_server::PgServer;
 use sharevault::pb;
 use std::sync::{Arc, Mutex};
@@ -355,4 +356,58 @@ async fn a_database_restart_under_load_fails_fast_and_recovers() {
     let present = all_present(&daemon, &secret, &acked).await;
     assert!(present > 0);
     verify_audit(&daemon, &sandbox.keys.admin_token).await;
+}
+
+/// With `sslmode=verify-full`, the daemon talks to PostgreSQL over TLS and checks the
+/// server's certificate against the CA file: a server whose certificate another CA signed is
+/// refused at start, with an error that names the cause and not the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_postgres_checks_the_server_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let cert = TestCert::new(certs.path());
+    let server = PgServer::start_with_tls(&cert.cert_file, &cert.key_file);
+    let tls_url = |sandbox: &Sandbox, ca: &std::path::Path| {
+        let db = sandbox.database.as_ref().unwrap();
+        format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            db.url.replace("127.0.0.1", "localhost"),
+            ca.display()
+        )
+    };
+    let mut sandbox = Sandbox::on_postgres(43, &server);
+    let url = tls_url(&sandbox, &cert.cert_file);
+    sandbox.database.as_mut().unwrap().url = url;
+    let daemon = sandbox.start();
+    let mut hook = daemon.webhook().await;
+    backup(
+        &mut hook,
+        &sandbox.keys.webhook_secret,
+        "over-tls",
+        "tls-share",
+    )
+    .await
+    .unwrap();
+    let db = &sandbox.database.as_ref().unwrap().name;
+    let encrypted = server.psql(
+        db,
+        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+         WHERE ssl AND application_name = 'sharevault'",
+    );
+    assert_ne!(encrypted, "0", "the daemon's connections use TLS");
+
+    // Another CA: refused.
+    let other = tempfile::tempdir().unwrap();
+    let stranger = TestCert::new(other.path());
+    let mut refused = Sandbox::on_postgres(44, &server);
+    let url = tls_url(&refused, &stranger.cert_file);
+    refused.database.as_mut().unwrap().url = url;
+    let mut args = Daemon::tcp_args(&refused.keys);
+    args.extend(refused.database.as_ref().unwrap().args());
+    match Daemon::launch(crate::harness::command(&refused.data_dir, &args)) {
+        Started::Exited { logs, .. } => {
+            assert!(logs.to_lowercase().contains("certificate"), "{logs}");
+            assert!(!logs.contains(crate::pg_server::PASSWORD), "{logs}");
+        }
+        Started::Ready(_) => panic!("a server with a certificate of another CA was trusted"),
+    }
 }

@@ -78,6 +78,8 @@ pub struct PgServer {
     pub port: u16,
     dir: PathBuf,
     bin: PathBuf,
+    /// Extra `-c` settings (TLS).
+    options: String,
 }
 
 static DATABASES: AtomicU32 = AtomicU32::new(0);
@@ -85,6 +87,15 @@ static DATABASES: AtomicU32 = AtomicU32::new(0);
 impl PgServer {
     /// A new server of the test's own, running.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A new server that also accepts TLS with this certificate and key (PEM files).
+    pub fn start_with_tls(cert: &Path, key: &Path) -> Self {
+        Self::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&Path, &Path)>) -> Self {
         let bin = bin_dir();
         let dir = std::env::temp_dir().join(format!(
             "sharevault-pg-{}-{}",
@@ -109,10 +120,27 @@ impl PgServer {
                 .arg(format!("--pwfile={}", pwfile.display())),
             "initdb",
         );
+        let mut options = String::new();
+        if let Some((cert, key)) = tls {
+            for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+                let to = dir.join(name);
+                std::fs::copy(from, &to).unwrap();
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+                if is_root() {
+                    std::os::unix::fs::chown(&to, Some(65534), Some(65534)).unwrap();
+                }
+            }
+            options = format!(
+                " -c ssl=on -c ssl_cert_file='{}' -c ssl_key_file='{}'",
+                dir.join("server.crt").display(),
+                dir.join("server.key").display()
+            );
+        }
         let server = Self {
             port: free_port(),
             dir,
             bin,
+            options,
         };
         server.start_again();
         // The watchdog: stops the server and removes its directory once this process is gone.
@@ -154,9 +182,10 @@ impl PgServer {
                 .args(["-w", "-t", "60", "-o"])
                 .arg(format!(
                     "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{}' \
-                     -c max_connections=300 -c shared_buffers=32MB",
+                     -c max_connections=300 -c shared_buffers=32MB{}",
                     self.port,
-                    self.dir.display()
+                    self.dir.display(),
+                    self.options
                 ))
                 .arg("start"),
             "pg_ctl start",

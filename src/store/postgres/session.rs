@@ -59,7 +59,16 @@ pub fn store_error(err: &tokio_postgres::Error) -> StoreError {
         None if err.is_closed() => {
             StoreError::Backend("the connection to PostgreSQL was lost".into())
         }
-        None => StoreError::Backend(format!("PostgreSQL: {err}")),
+        None => {
+            // The causes (a refused connection, an untrusted certificate) say what to fix.
+            let mut message = format!("PostgreSQL: {err}");
+            let mut cause = std::error::Error::source(err);
+            while let Some(inner) = cause {
+                message.push_str(&format!(": {inner}"));
+                cause = inner.source();
+            }
+            StoreError::Backend(message)
+        }
     }
 }
 
