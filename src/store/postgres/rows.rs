@@ -14,6 +14,9 @@ pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 /// Called with each encoded key and value of a scan; returns whether to go on.
 pub type RawVisit<'v> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError> + 'v;
 
+/// Rows of several tables: (table, encoded key, value).
+pub type TableRows = Vec<(u8, Vec<u8>, Vec<u8>)>;
+
 /// Rows read per statement while scanning.
 const PAGE: i64 = 1000;
 
@@ -140,6 +143,36 @@ pub fn scan(
             _ => return Ok(()),
         }
     }
+}
+
+/// Every row of `client` in `tables` (per-client tables): (table, encoded key, value).
+pub fn client_rows(
+    s: &mut Session,
+    tables: &[TableId],
+    client: &str,
+) -> Result<TableRows, StoreError> {
+    let Some(first) = tables.first() else {
+        return Ok(Vec::new());
+    };
+    let (lower, upper) = bounds(*first, &Range::Client(client))?;
+    let ts: Vec<i16> = tables.iter().map(|t| tbl(*t)).collect();
+    s.call(move |c| -> CallFuture<'_, TableRows> {
+        Box::pin(async move {
+            let stmt = c
+                .prepare_cached(
+                    "SELECT tbl, k, v FROM sharevault_records WHERE tbl = ANY($1) \
+                     AND k >= $2 AND k < $3",
+                )
+                .await?;
+            let rows = c.query(&stmt, &[&ts, &lower, &upper]).await?;
+            rows.iter()
+                .map(|r| {
+                    let t: i16 = r.try_get(0)?;
+                    Ok((t as u8, r.try_get(1)?, r.try_get(2)?))
+                })
+                .collect()
+        })
+    })
 }
 
 pub fn count(s: &mut Session, table: TableId) -> Result<u64, StoreError> {

@@ -13,9 +13,12 @@
 use super::rows;
 use super::session::{CallFuture, Session};
 use super::{MAX_BATCH, Shared};
-use crate::store::{Key, Range, Reader, StoreError, TableId, Visit, WriteClass, WriteJob, Writer};
+use crate::store::{
+    Key, KeyBuf, KeyKind, Range, Reader, StoreError, TABLES, TableId, Visit, WriteClass, WriteJob,
+    Writer,
+};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -103,6 +106,7 @@ fn commit_batch(shared: &Arc<Shared>, jobs: &mut [Job]) -> Result<(), (StoreErro
         session: RefCell::new(session),
         changes: BTreeMap::new(),
         cache: RefCell::new(HashMap::new()),
+        clients: RefCell::new(HashSet::new()),
     };
     for job in jobs.iter_mut() {
         if let Err(err) = (job.job.apply)(&mut txn) {
@@ -120,14 +124,42 @@ struct PgTxn {
     changes: BTreeMap<(u8, Vec<u8>), Option<Vec<u8>>>,
     /// Values read from the database in this transaction.
     cache: RefCell<HashMap<Slot, Option<Vec<u8>>>>,
+    /// Clients whose rows in every per-client table are all in `cache` (a miss is `None`).
+    clients: RefCell<HashSet<String>>,
 }
 
 impl PgTxn {
+    /// Reads every row of `client` in every per-client table into the cache, in one
+    /// statement: a job reads a client's share, its pairs and its other shares, and each
+    /// would be a round trip of its own. A client's rows are bounded (the method limit).
+    fn load_client(&self, client: &str) -> Result<(), StoreError> {
+        if self.clients.borrow().contains(client) {
+            return Ok(());
+        }
+        let tables: Vec<TableId> = TABLES
+            .into_iter()
+            .filter(|t| t.key_kind() == KeyKind::Client)
+            .collect();
+        let found = rows::client_rows(&mut self.session.borrow_mut(), &tables, client)?;
+        let mut cache = self.cache.borrow_mut();
+        for (table, key, value) in found {
+            cache.entry((table, key)).or_insert(Some(value));
+        }
+        self.clients.borrow_mut().insert(client.to_owned());
+        Ok(())
+    }
+
     /// The value below the pending changes.
     fn stored(&self, table: TableId, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let slot = (table as u8, key.to_vec());
         if let Some(value) = self.cache.borrow().get(&slot) {
             return Ok(value.clone());
+        }
+        if table.key_kind() == KeyKind::Client
+            && let Ok(KeyBuf::Client(client, _)) = rows::decode(table, key)
+        {
+            self.load_client(&client)?;
+            return Ok(self.cache.borrow().get(&slot).cloned().flatten());
         }
         let value = rows::get(&mut self.session.borrow_mut(), table, key)?;
         self.cache.borrow_mut().insert(slot, value.clone());
