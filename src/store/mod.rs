@@ -232,6 +232,10 @@ pub type Apply = Box<dyn FnMut(&mut dyn Writer) -> Result<(), StoreError> + Send
 pub struct WriteJob {
     pub class: WriteClass,
     pub apply: Apply,
+    /// The client whose rows the job reads, if it reads one's: only a hint, which a backend
+    /// may use to read them ahead (the PostgreSQL store reads the clients of a whole batch in
+    /// one statement). A job may still read anything.
+    pub client: Option<String>,
 }
 
 impl std::fmt::Debug for WriteJob {

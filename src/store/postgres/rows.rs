@@ -175,6 +175,43 @@ pub fn client_rows(
     })
 }
 
+/// Every row of `clients` in `tables` (per-client tables), and every row of the meta table,
+/// in one statement: (table, encoded key, value).
+pub fn batch_rows(
+    s: &mut Session,
+    tables: &[TableId],
+    clients: &[String],
+) -> Result<TableRows, StoreError> {
+    let ts: Vec<i16> = tables.iter().map(|t| tbl(*t)).collect();
+    let mut lowers = Vec::with_capacity(clients.len());
+    let mut uppers = Vec::with_capacity(clients.len());
+    for client in clients {
+        let (lower, upper) = bounds(TableId::Custodian, &Range::Client(client))?;
+        lowers.push(lower);
+        uppers.push(upper.unwrap_or_default());
+    }
+    let meta = tbl(TableId::Meta);
+    s.call(move |c| -> CallFuture<'_, TableRows> {
+        Box::pin(async move {
+            let stmt = c
+                .prepare_cached(
+                    "SELECT r.tbl, r.k, r.v FROM unnest($2::bytea[], $3::bytea[]) AS b(lo, hi) \
+                     JOIN sharevault_records r \
+                     ON r.tbl = ANY($1) AND r.k >= b.lo AND r.k < b.hi \
+                     UNION ALL SELECT tbl, k, v FROM sharevault_records WHERE tbl = $4",
+                )
+                .await?;
+            let rows = c.query(&stmt, &[&ts, &lowers, &uppers, &meta]).await?;
+            rows.iter()
+                .map(|r| {
+                    let t: i16 = r.try_get(0)?;
+                    Ok((t as u8, r.try_get(1)?, r.try_get(2)?))
+                })
+                .collect()
+        })
+    })
+}
+
 pub fn count(s: &mut Session, table: TableId) -> Result<u64, StoreError> {
     let t = tbl(table);
     let n = s.call(move |c| -> CallFuture<'_, i64> {
