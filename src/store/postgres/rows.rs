@@ -105,13 +105,28 @@ pub fn page(
     let (t, lower, upper) = (tbl(table), lower.to_vec(), upper.map(<[u8]>::to_vec));
     s.call(move |c| -> CallFuture<'_, Rows> {
         Box::pin(async move {
-            let stmt = c
-                .prepare_cached(
-                    "SELECT k, v FROM sharevault_records WHERE tbl = $1 AND k >= $2 \
-                     AND ($3::bytea IS NULL OR k < $3) ORDER BY k LIMIT $4",
-                )
-                .await?;
-            let rows = c.query(&stmt, &[&t, &lower, &upper, &PAGE]).await?;
+            // Two statements: a bound in the index condition only when there is one (a
+            // generic plan of `k < $3 OR $3 IS NULL` would scan to the table's end).
+            let rows = match &upper {
+                Some(upper) => {
+                    let stmt = c
+                        .prepare_cached(
+                            "SELECT k, v FROM sharevault_records WHERE tbl = $1 AND k >= $2 \
+                             AND k < $3 ORDER BY k LIMIT $4",
+                        )
+                        .await?;
+                    c.query(&stmt, &[&t, &lower, upper, &PAGE]).await?
+                }
+                None => {
+                    let stmt = c
+                        .prepare_cached(
+                            "SELECT k, v FROM sharevault_records WHERE tbl = $1 AND k >= $2 \
+                             ORDER BY k LIMIT $3",
+                        )
+                        .await?;
+                    c.query(&stmt, &[&t, &lower, &PAGE]).await?
+                }
+            };
             rows.iter()
                 .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
                 .collect()
@@ -195,9 +210,12 @@ pub fn batch_rows(
         Box::pin(async move {
             let stmt = c
                 .prepare_cached(
+                    // A nested loop of index range scans, one per client, whatever the plan
+                    // (`OFFSET 0` keeps the subquery from being flattened into a join that a
+                    // generic plan would make a scan of the whole table).
                     "SELECT r.tbl, r.k, r.v FROM unnest($2::bytea[], $3::bytea[]) AS b(lo, hi) \
-                     JOIN sharevault_records r \
-                     ON r.tbl = ANY($1) AND r.k >= b.lo AND r.k < b.hi \
+                     CROSS JOIN LATERAL (SELECT s.tbl, s.k, s.v FROM sharevault_records s \
+                     WHERE s.tbl = ANY($1) AND s.k >= b.lo AND s.k < b.hi OFFSET 0) r \
                      UNION ALL SELECT tbl, k, v FROM sharevault_records WHERE tbl = $4",
                 )
                 .await?;

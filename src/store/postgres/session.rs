@@ -2,9 +2,10 @@
 //!
 //! The store's [`crate::store::Reader`] and [`crate::store::Writer`] are synchronous: the
 //! vault calls them inline on its async workers, on the blocking pool, and the write jobs on
-//! the writer thread. A [`Session`] runs each statement as a task on the store's own runtime
-//! and waits for its answer on a plain channel, which any thread may do (as a `pread` waits
-//! for the disk): the runtime that drives the connections is never one that waits on them.
+//! the writer thread. A [`Session`] polls each statement's future on the calling thread and
+//! parks it until the answer is in ([`block_on`]), which any thread may do (as a `pread`
+//! waits for the disk): the connections are driven by the store's own runtime, which never
+//! waits on them.
 //! Every call is bounded by a timeout; a connection that timed out or failed is dropped, not
 //! returned to the pool, so no half-finished transaction is ever reused.
 
@@ -19,23 +20,49 @@ use std::sync::Arc;
 pub type CallFuture<'c, T> =
     Pin<Box<dyn Future<Output = Result<T, tokio_postgres::Error>> + Send + 'c>>;
 
-/// Runs `fut` on the store's runtime and waits for it, for at most the store's timeout.
-pub fn block<T: Send + 'static>(
+/// Wakes a thread parked in [`block_on`].
+struct Unpark(std::thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Polls `fut` on this thread, parking it between polls, with the store's runtime entered:
+/// the connections' tasks and the timers run on that runtime, and wake this thread when the
+/// answer is in. Any thread may wait so but the store runtime's own.
+pub fn block_on<T>(shared: &Shared, fut: impl Future<Output = T>) -> T {
+    let _entered = shared.runtime.enter();
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
+
+/// Runs `fut` and waits for it, for at most the store's timeout.
+pub fn block<T>(
     shared: &Shared,
-    fut: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    fut: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let timeout = shared.timeout;
-    shared.runtime.spawn(async move {
-        let out = match tokio::time::timeout(timeout, fut).await {
-            Ok(out) => out,
-            Err(_) => Err(StoreError::Backend(
-                "PostgreSQL did not answer in time".into(),
-            )),
-        };
-        let _ = tx.send(out);
-    });
-    rx.recv().map_err(|_| StoreError::Closed)?
+    block_on(shared, async {
+        tokio::time::timeout(shared.timeout, fut)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Backend(
+                    "PostgreSQL did not answer in time".into(),
+                ))
+            })
+    })
 }
 
 /// Whether an error is one a retried transaction gets past: a serialisation failure, a
@@ -115,9 +142,9 @@ impl Session {
     }
 
     /// Runs `f` on the connection (after the pending `begin`) and waits for it.
-    pub fn call<T: Send + 'static>(
+    pub fn call<T>(
         &mut self,
-        f: impl for<'c> FnOnce(&'c Object) -> CallFuture<'c, T> + Send + 'static,
+        f: impl for<'c> FnOnce(&'c Object) -> CallFuture<'c, T>,
     ) -> Result<T, StoreError> {
         let conn = self
             .conn
@@ -125,8 +152,7 @@ impl Session {
             .ok_or_else(|| StoreError::Backend("the connection to PostgreSQL was lost".into()))?;
         let begin = self.begin.take();
         let timeout = self.shared.timeout;
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.shared.runtime.spawn(async move {
+        let answer = block_on(&self.shared, async {
             let work = async {
                 if let Some(begin) = begin {
                     // Pipelined: both go out before either answer comes back.
@@ -137,23 +163,18 @@ impl Session {
                     f(&conn).await
                 }
             };
-            let answer = match tokio::time::timeout(timeout, work).await {
+            match tokio::time::timeout(timeout, work).await {
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(err)) => Err(Some(err)),
                 Err(_) => Err(None),
-            };
-            // A connection that failed or timed out is dropped: it may be mid-transaction.
-            let _ = match answer {
-                Ok(value) => tx.send((Some(conn), Ok(value))),
-                Err(Some(err)) if err.code().is_some() => tx.send((Some(conn), Err(Some(err)))),
-                Err(err) => {
-                    drop(Object::take(conn));
-                    tx.send((None, Err(err)))
-                }
-            };
+            }
         });
-        let (conn, answer) = rx.recv().map_err(|_| StoreError::Closed)?;
-        self.conn = conn;
+        // A connection that failed or timed out is dropped: it may be mid-transaction.
+        match &answer {
+            Ok(_) => self.conn = Some(conn),
+            Err(Some(err)) if err.code().is_some() => self.conn = Some(conn),
+            Err(_) => drop(Object::take(conn)),
+        }
         match answer {
             Ok(value) => {
                 self.shared.set_reachable(true);
