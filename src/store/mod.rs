@@ -319,6 +319,12 @@ pub trait Store: Send + Sync + 'static {
     fn ready(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Whether reading a record ahead of its write makes the write faster (a page cache
+    /// the single writer then finds warm). A store whose reads are round trips of their own
+    /// says no.
+    fn warms_for_writes(&self) -> bool {
+        true
+    }
     /// Bytes the store occupies on disk, if it knows.
     fn size_bytes(&self) -> Option<u64>;
     /// Finishes queued writes and closes the store; later writes fail with

@@ -433,7 +433,7 @@ impl Vault {
     /// a time. Only a hint: what it reads is dropped, and a failure here is the write's to
     /// report.
     async fn warm_for_write(&self, table: TableId, client_id: &str, method: &str) {
-        if !self.placement.offloading() {
+        if !self.placement.offloading() || !self.store.warms_for_writes() {
             return;
         }
         let store = Arc::clone(&self.store);

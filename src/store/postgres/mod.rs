@@ -234,6 +234,12 @@ impl Store for PgStore {
         u64::try_from(bytes).ok()
     }
 
+    fn warms_for_writes(&self) -> bool {
+        // A read ahead would be one more round trip: the writer reads a batch's clients in
+        // one statement anyway.
+        false
+    }
+
     fn ready(&self) -> Result<(), StoreError> {
         if self.shared.reachable.load(Ordering::SeqCst) {
             Ok(())

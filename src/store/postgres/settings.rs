@@ -142,7 +142,7 @@ impl PgSettings {
             config,
             tls,
             password: None,
-            pool_size: 16,
+            pool_size: 32,
         })
     }
 
