@@ -184,6 +184,12 @@ async fn two_daemons_share_tokens_pairs_and_one_audit_chain() {
         .unwrap();
     let refused = list(token.clone()).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    // The database password is in no log line.
+    for daemon in [&a, &b] {
+        let logs = daemon.logs();
+        assert!(logs.contains("PostgreSQL database open"), "{logs}");
+        assert!(!logs.contains(crate::pg_server::PASSWORD), "{logs}");
+    }
 }
 
 /// Writes acknowledged so far: (client, share).
