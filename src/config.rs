@@ -71,6 +71,15 @@ pub struct ServeArgs {
     #[arg(long, env = "SHAREVAULT_CONFIG", value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
+    /// PostgreSQL database to keep the vault in instead of the embedded one:
+    /// `postgres://USER@HOST:PORT/DB`, with `?sslmode=verify-full&sslrootcert=CA.pem` for a
+    /// server that is not on this host; never with a password [default: none].
+    #[arg(long, env = "SHAREVAULT_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// File holding the PostgreSQL password [default: the systemd credential
+    /// `database-password`, if any].
+    #[arg(long, env = "SHAREVAULT_DATABASE_PASSWORD_FILE", value_name = "FILE")]
+    pub database_password_file: Option<PathBuf>,
     /// Directory of the database [default: ./sharevault-data].
     #[arg(long, env = "SHAREVAULT_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -246,6 +255,9 @@ type FileConfig = ServeArgs;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// The PostgreSQL database, if the vault lives there rather than in the data dir.
+    pub database: Option<crate::store::postgres::PgSettings>,
+    pub database_password_file: Option<PathBuf>,
     pub grpc_listen: ListenAddr,
     /// The public webhook listener; `None` when disabled.
     pub http_listen: Option<ListenAddr>,
@@ -557,10 +569,21 @@ impl Config {
         if !(1..=3600).contains(&seal_check) {
             return Err("seal_check_seconds must be between 1 and 3600".into());
         }
+        let database = args
+            .database_url
+            .clone()
+            .or(file.database_url)
+            .map(|url| crate::store::postgres::PgSettings::parse(&url))
+            .transpose()?;
         Ok(Self {
             seal,
             pkcs11,
             seal_check_interval: Duration::from_secs(seal_check),
+            database,
+            database_password_file: args
+                .database_password_file
+                .clone()
+                .or(file.database_password_file),
             admin_socket,
             http_listen,
             webhook,

@@ -11,8 +11,8 @@
 //!   ([`auth`]), sealing ([`crypto`]), and the rules (share pairs, method limit, tokens) as
 //!   write jobs over any store.
 //! - [`store`]: the storage boundary, a transactional key-value trait with a written contract
-//!   and its conformance tests, and the embedded redb backend with group commit over a page
-//!   journal. [`audit`] is the MAC-chained trail, appended in the same transactions.
+//!   and its conformance tests, the embedded redb backend with group commit over a page
+//!   journal, and the PostgreSQL backend for several daemons on one database. [`audit`] is the MAC-chained trail, appended in the same transactions.
 //! - [`snapshot`]: the snapshot format, writing, reading and offline restore; [`integrity`]:
 //!   the key behind the snapshot and audit MACs, sealed under the master key.
 //! - [`cli`]: the operator's commands.

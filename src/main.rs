@@ -67,6 +67,9 @@ enum Command {
     },
     /// Replay Portal's webhook calls against a deployed webhook and report each check.
     Selftest(sharevault::cli::selftest::SelftestArgs),
+    /// Copy a vault between the data dir's embedded database and PostgreSQL, checked record
+    /// by record (with every daemon on both stopped).
+    Migrate(sharevault::cli::migrate::MigrateArgs),
     /// Start a daemon on loopback, fill it with clients, and measure its operations.
     Bench(bench::Args),
     /// The in-memory stand-in `bench --stand-in` measures in place of the daemon.
@@ -133,9 +136,19 @@ fn settings(config: &Config) -> anyhow::Result<Settings> {
         },
     )
     .map_err(anyhow::Error::msg)?;
-    let seal = sharevault::seal::start::open(config, &mut secrets).map_err(anyhow::Error::msg)?;
+    let mut config = config.clone();
+    if let Some(database) = config.database.take() {
+        let password =
+            sharevault::secrets::database_password(config.database_password_file.as_deref())
+                .map_err(anyhow::Error::msg)?;
+        config.database = Some(match password {
+            Some(password) => database.with_password(password),
+            None => database,
+        });
+    }
+    let seal = sharevault::seal::start::open(&config, &mut secrets).map_err(anyhow::Error::msg)?;
     Ok(Settings {
-        config: config.clone(),
+        config,
         secrets,
         seal,
     })
@@ -258,6 +271,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         ))?),
         Command::Restore(args) => Ok(sharevault::cli::restore::run(args)?),
         Command::Seal { command } => Ok(sharevault::cli::seal::run(command)?),
+        Command::Migrate(args) => Ok(sharevault::cli::migrate::run(args)?),
         Command::CheckConfig(args) => {
             let config = Config::load(&args.serve).map_err(anyhow::Error::msg)?;
             init_logging(config.log_format);

@@ -148,6 +148,22 @@ fn locate(
     read_secret(&path, what)
 }
 
+/// The PostgreSQL password: from the configured file, else the systemd credential
+/// `database-password` if there is one, else none (the server then authenticates otherwise).
+pub fn database_password(configured: Option<&Path>) -> Result<Option<Zeroizing<Vec<u8>>>, String> {
+    let path = match configured {
+        Some(path) => path.to_owned(),
+        None => match std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(|dir| PathBuf::from(dir).join("database-password"))
+            .filter(|path| path.exists())
+        {
+            Some(path) => path,
+            None => return Ok(None),
+        },
+    };
+    read_secret(&path, "database password").map(Some)
+}
+
 /// Reads a master key file (which must be private to its owner).
 pub fn read_master_key(path: &Path) -> Result<MasterKey, String> {
     MasterKey::from_file_contents(&read_secret(path, "master key")?)

@@ -36,6 +36,8 @@ impl From<&TlsFiles> for Tls {
 #[derive(Debug, Serialize)]
 struct Effective {
     data_dir: String,
+    /// `embedded` (redb, in the data dir), or `postgres USER@HOST:PORT/DB`.
+    database: String,
     grpc_listen: String,
     /// `null` when the public listener is off.
     http_listen: Option<String>,
@@ -87,6 +89,7 @@ fn effective(config: &Config, master_key_id: &str) -> Effective {
     let cidrs = |nets: &[ipnet::IpNet]| nets.iter().map(ToString::to_string).collect();
     Effective {
         data_dir: config.data_dir.display().to_string(),
+        database: database(config),
         grpc_listen: config.grpc_listen.to_string(),
         http_listen: config.http_listen.as_ref().map(ToString::to_string),
         grpc_tls: config.grpc_tls.as_ref().map(Tls::from),
@@ -142,6 +145,14 @@ fn effective(config: &Config, master_key_id: &str) -> Effective {
     }
 }
 
+/// Where the vault is kept: never with a password.
+fn database(config: &Config) -> String {
+    config.database.as_ref().map_or_else(
+        || "embedded".to_owned(),
+        |db| format!("postgres {}", db.describe()),
+    )
+}
+
 fn render(config: &Config, master_key_id: &str) -> String {
     let http_listen = config
         .http_listen
@@ -150,6 +161,7 @@ fn render(config: &Config, master_key_id: &str) -> String {
     format!(
         "configuration is valid\n\
          data_dir        {}\n\
+         database        {}\n\
          grpc_listen     {}\n\
          http_listen     {http_listen}\n\
          seal            {}\n\
@@ -157,6 +169,7 @@ fn render(config: &Config, master_key_id: &str) -> String {
          max_share_bytes {}\n\
          max_cipher_text_bytes {}\n",
         config.data_dir.display(),
+        database(config),
         config.grpc_listen,
         config.seal,
         config.limits.max_share_bytes,
@@ -198,5 +211,15 @@ mod tests {
         assert_eq!(value["max_connections"], 1024);
         assert_eq!(value["max_connections_per_source"], 256);
         assert_eq!(value["connection_idle_seconds"], 60);
+        assert_eq!(value["database"], "embedded");
+        let on_pg = Config::load(&ServeArgs {
+            database_url: Some("postgres://vault@127.0.0.1:5432/sv".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(
+            effective(&on_pg, "ab12").database,
+            "postgres vault@127.0.0.1:5432/sv"
+        );
     }
 }

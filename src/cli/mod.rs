@@ -10,7 +10,9 @@
 
 pub mod check_config;
 pub mod client;
+pub mod database;
 pub mod doctor;
+pub mod migrate;
 pub mod ops;
 pub mod progress;
 pub mod restore;

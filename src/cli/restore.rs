@@ -1,10 +1,11 @@
-//! `sharevault restore`: a snapshot into a data dir, offline (see [`crate::snapshot::restore`]).
+//! `sharevault restore`: a snapshot into a data dir or a PostgreSQL database, offline (see
+//! [`crate::snapshot::restore`]).
 
 use super::CliError;
 use super::progress::Progress;
 use crate::crypto::MasterKey;
 use crate::seal::{Hsm, Pkcs11Settings, SEALED_ROOT_KEY, SealKind, WrapMechanism};
-use crate::snapshot::restore::{RestoreOptions, Step, restore_with};
+use crate::snapshot::restore::{RestoreOptions, Step, restore_into_postgres, restore_with};
 
 #[derive(clap::Args)]
 pub struct RestoreArgs {
@@ -51,6 +52,9 @@ pub struct RestoreArgs {
     /// No progress on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Restore into this PostgreSQL database instead of the data dir.
+    #[command(flatten)]
+    pub database: super::database::DatabaseArgs,
 }
 
 /// The snapshot's root key: from the master key file, or unsealed by the token that sealed
@@ -126,29 +130,36 @@ pub fn run(args: RestoreArgs) -> Result<(), CliError> {
     // The MAC is checked over the whole file (MiB), then every record is imported.
     let mut progress = Progress::new("restore, authenticating", "MiB", args.quiet)?;
     let mut importing = false;
-    let report = restore_with(
-        &args.from,
-        &args.data_dir,
-        &key,
-        RestoreOptions {
-            replace: args.replace,
-            accept_unauthenticated: args.accept_unauthenticated_snapshot,
-        },
-        &mut |step, done, total| {
-            if step == Step::Import && !importing {
-                importing = true;
-                progress.restart("restore", "records");
-            }
-            progress.set(done, total);
-        },
-    );
+    let options = RestoreOptions {
+        replace: args.replace,
+        accept_unauthenticated: args.accept_unauthenticated_snapshot,
+    };
+    let mut step = |step, done, total| {
+        if step == Step::Import && !importing {
+            importing = true;
+            progress.restart("restore", "records");
+        }
+        progress.set(done, total);
+    };
+    let (report, into) = match args.database.settings()? {
+        Some(settings) => {
+            let store = super::database::DatabaseArgs::open(&settings)?;
+            let report = restore_into_postgres(&args.from, &store, &key, options, &mut step);
+            crate::store::Store::close(&store);
+            (report, format!("postgres {}", settings.describe()))
+        }
+        None => (
+            restore_with(&args.from, &args.data_dir, &key, options, &mut step),
+            args.data_dir.display().to_string(),
+        ),
+    };
     progress.finish();
     let report = report.map_err(CliError::Local)?;
     super::print(&format!(
         "restored {} records into {}: {} custodian shares, {} client shares, {} audit events; \
          master key id {}\n",
         report.records,
-        args.data_dir.display(),
+        into,
         report.custodian_shares,
         report.client_shares,
         report.audit_events,

@@ -19,8 +19,11 @@ use crate::pb::backup_service_server::BackupServiceServer;
 use crate::pb::webhook_service_server::WebhookServiceServer;
 use crate::seal::{Seal, TokenSeal};
 use crate::secrets::{DATABASE_FILE, Secrets};
+use crate::store::Store;
+use crate::store::postgres::PgStore;
 use crate::store::redb::RedbStore;
 use crate::validate::Limits;
+use crate::vault::OpenError;
 use crate::vault::{Credentials, Vault};
 use std::future::Future;
 use std::sync::Arc;
@@ -326,30 +329,36 @@ pub async fn run(
     let journal = settings.config.journal_bytes;
     let store_metrics = metrics.store.clone();
     let heartbeat = tokio::spawn(opening_heartbeat());
-    let store = tokio::task::spawn_blocking(move || {
-        RedbStore::open(&path, min_free, cache, journal, store_metrics)
+    let database = settings.config.database.clone();
+    let store = tokio::task::spawn_blocking(move || -> Result<Arc<dyn Store>, OpenError> {
+        match database {
+            Some(database) => Ok(Arc::new(
+                PgStore::open(&database, store_metrics).map_err(OpenError::Database)?,
+            )),
+            None => Ok(Arc::new(
+                RedbStore::open(&path, min_free, cache, journal, store_metrics)
+                    .map_err(OpenError::Store)?,
+            )),
+        }
     })
     .await
     .map_err(|e| ServeError::Task(e.to_string()));
     heartbeat.abort();
     // Wait until it has stopped, so that nothing it sends can follow READY=1.
     let _ = heartbeat.await;
-    let store = store?.map_err(crate::vault::OpenError::Store);
+    let store = store?;
     let token = match &settings.seal {
         Seal::Pkcs11 { hsm, key } => Some(TokenSeal::new(Arc::clone(hsm), key.clone())),
         Seal::File { .. } => None,
     };
     let keys = match store {
-        Ok(store) => {
-            let store: Arc<dyn crate::store::Store> = Arc::new(store);
-            match crate::seal::root_keys(store.as_ref(), settings.seal).await {
-                Ok(keys) => Ok((store, keys)),
-                Err(err) => {
-                    store.close();
-                    Err(ServeError::Seal(err))
-                }
+        Ok(store) => match crate::seal::root_keys(store.as_ref(), settings.seal).await {
+            Ok(keys) => Ok((store, keys)),
+            Err(err) => {
+                store.close();
+                Err(ServeError::Seal(err))
             }
-        }
+        },
         Err(err) => Err(err.into()),
     };
     let opened = match keys {

@@ -28,7 +28,7 @@ mod tests;
 mod write;
 
 pub use read::{RecordReader, Tee, Trailer, check_structure, find_meta, parse, verify_trailer};
-pub use write::{Written, write};
+pub use write::{Written, write, write_store};
 
 /// The magic of the current format (3), authenticated with a MAC.
 pub const MAGIC: &[u8; 8] = b"SVSNAP\0\x03";

@@ -1,9 +1,10 @@
 //! Writing a snapshot of a running vault.
 
 use super::{Header, Trailer, VERSION, encode_key, end, record};
+use crate::crypto::KeyId;
 use crate::error::VaultError;
-use crate::integrity::INTEGRITY_KEY;
-use crate::store::{ExportItem, Key, StoreError, TableId};
+use crate::integrity::{INTEGRITY_KEY, IntegrityKey};
+use crate::store::{ExportItem, Key, Store, StoreError, TableId};
 use crate::vault::{REKEY_TARGET, Vault, now_ms, records};
 
 /// Records written so far and how many the snapshot holds, handed to the sink with each chunk.
@@ -20,6 +21,17 @@ pub fn write(
     vault: &Vault,
     sink: &mut dyn FnMut(Vec<u8>, Written) -> Result<(), StoreError>,
 ) -> Result<(), VaultError> {
+    write_store(vault.store(), vault.key_id(), vault.integrity(), sink)
+}
+
+/// As [`write`], from a store whose master key (by id) and integrity key the caller has
+/// checked: a vault that no daemon runs (`sharevault migrate`).
+pub fn write_store(
+    store: &dyn Store,
+    key_id: KeyId,
+    integrity: &IntegrityKey,
+    sink: &mut dyn FnMut(Vec<u8>, Written) -> Result<(), StoreError>,
+) -> Result<(), VaultError> {
     const CHUNK: usize = 256 * 1024;
     let rotating = || {
         VaultError::FailedPrecondition(
@@ -28,14 +40,14 @@ pub fn write(
                 .into(),
         )
     };
-    let reader = vault.store().read()?;
+    let reader = store.read()?;
     if records::meta(&*reader, REKEY_TARGET)?.is_some() {
         return Err(rotating());
     }
     let sealed = records::meta(&*reader, INTEGRITY_KEY)?.ok_or(VaultError::Corrupt)?;
     drop(reader);
-    let key_id = vault.key_id().to_bytes();
-    let mut mac = Trailer::Mac(Box::new(vault.integrity().snapshot_mac()));
+    let key_id = key_id.to_bytes();
+    let mut mac = Trailer::Mac(Box::new(integrity.snapshot_mac()));
     let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
     // Set when the export shows a rotation, or an integrity key re-wrapped since `sealed`
     // was read: the snapshot is abandoned.
@@ -50,7 +62,7 @@ pub fn write(
             Ok(())
         }
     };
-    let exported = vault.store().export(&mut |item| match item {
+    let exported = store.export(&mut |item| match item {
         ExportItem::Counts(counts) => {
             let header = Header {
                 version: VERSION,

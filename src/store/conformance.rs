@@ -14,6 +14,7 @@ pub fn job(
     WriteJob {
         class,
         apply: Box::new(f),
+        client: None,
     }
 }
 

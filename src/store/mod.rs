@@ -38,6 +38,7 @@ pub mod disk;
 #[cfg(test)]
 mod disk_sim;
 pub mod journal;
+pub mod postgres;
 pub mod redb;
 mod staged;
 
@@ -240,6 +241,10 @@ pub type Apply = Box<dyn FnMut(&mut dyn Writer) -> Result<(), StoreError> + Send
 pub struct WriteJob {
     pub class: WriteClass,
     pub apply: Apply,
+    /// The client whose rows the job reads, if it reads one's: only a hint, which a backend
+    /// may use to read them ahead (the PostgreSQL store reads the clients of a whole batch in
+    /// one statement). A job may still read anything.
+    pub client: Option<String>,
 }
 
 impl std::fmt::Debug for WriteJob {
@@ -317,6 +322,17 @@ pub trait Store: Send + Sync + 'static {
             })?;
         }
         Ok(())
+    }
+    /// Whether the store can serve now; a backend reached over the network says when it
+    /// cannot (`/readyz`).
+    fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Whether reading a record ahead of its write makes the write faster (a page cache
+    /// the single writer then finds warm). A store whose reads are round trips of their own
+    /// says no.
+    fn warms_for_writes(&self) -> bool {
+        true
     }
     /// Bytes the store occupies on disk, if it knows.
     fn size_bytes(&self) -> Option<u64>;

@@ -84,6 +84,8 @@ pub enum OpenError {
          (sharevault restore)"
     )]
     Store(StoreError),
+    #[error("cannot open the PostgreSQL database: {0}")]
+    Database(StoreError),
     #[error("cannot record the master key check in the database: {0}")]
     Write(VaultError),
 }
@@ -446,7 +448,7 @@ impl Vault {
     /// a time. Only a hint: what it reads is dropped, and a failure here is the write's to
     /// report.
     async fn warm_for_write(&self, table: TableId, client_id: &str, method: &str) {
-        if !self.placement.offloading() {
+        if !self.placement.offloading() || !self.store.warms_for_writes() {
             return;
         }
         let store = Arc::clone(&self.store);
@@ -549,6 +551,11 @@ impl Vault {
     /// export or check goes through.
     pub fn audit_head_seq(&self) -> Result<u64, VaultError> {
         Ok(crate::audit::head(&*self.store.read()?)?.map_or(0, |h| h.0))
+    }
+
+    /// Whether the vault can serve now: its store answers (`/readyz`).
+    pub fn ready(&self) -> Result<(), VaultError> {
+        self.store.ready().map_err(|_| VaultError::Unavailable)
     }
 
     pub fn status(&self) -> Result<VaultStatus, VaultError> {

@@ -122,6 +122,18 @@ pub enum WriteOutcome {
 
 impl WriteOp {
     /// How the store should schedule the operation.
+    /// The client whose records the operation reads and changes, if one.
+    pub fn client_id(&self) -> Option<&str> {
+        match self {
+            WriteOp::PutCustodianShare { client_id, .. }
+            | WriteOp::PutClientShare { client_id, .. }
+            | WriteOp::DeleteClientShare { client_id, .. }
+            | WriteOp::UpdatePairs { client_id, .. }
+            | WriteOp::DeleteClient { client_id, .. } => Some(client_id),
+            _ => None,
+        }
+    }
+
     pub fn class(&self) -> WriteClass {
         match self {
             WriteOp::PutCustodianShare { .. }
@@ -180,6 +192,7 @@ fn job(
 ) -> WriteJob {
     WriteJob {
         class: op.class(),
+        client: op.client_id().map(str::to_owned),
         apply: Box::new(move |w: &mut dyn Writer| {
             let mut staged = Staged::new(w);
             let result = match apply(&mut staged, &op) {

@@ -39,7 +39,10 @@ struct Flow {
 
 impl Flow {
     async fn start() -> Self {
-        let sandbox = Sandbox::new(1);
+        Self::start_in(Sandbox::new(1)).await
+    }
+
+    async fn start_in(sandbox: Sandbox) -> Self {
         let daemon = sandbox.start();
         let (backend, eject) = sandbox.backend_and_eject_tokens(&daemon).await;
         Self {
@@ -414,6 +417,19 @@ async fn erasing_the_client_leaves_nothing_and_others_untouched(flow: &mut Flow)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn portal_flow_stores_fetches_replaces_and_completes_pairs() {
     let mut flow = Flow::start().await;
+    backs_up_every_method_and_curve(&mut flow).await;
+    client_shares_complete_the_pairs(&mut flow).await;
+    completed_pairs_stay_completed(&mut flow).await;
+    let latest = a_new_share_replaces_one_key_and_restarts_its_pair(&mut flow).await;
+    only_the_eject_role_reads_a_custodian_share(&mut flow, &latest).await;
+    deleting_a_client_share_reopens_its_pairs(&mut flow).await;
+    erasing_the_client_leaves_nothing_and_others_untouched(&mut flow).await;
+}
+
+/// The same flow with the vault in PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_flow_on_postgres_stores_fetches_replaces_and_completes_pairs() {
+    let mut flow = Flow::start_in(Sandbox::on_shared_postgres(1)).await;
     backs_up_every_method_and_curve(&mut flow).await;
     client_shares_complete_the_pairs(&mut flow).await;
     completed_pairs_stay_completed(&mut flow).await;

@@ -359,11 +359,32 @@ pub fn succeeds(cmd: &mut Command) -> std::process::Output {
     out
 }
 
-/// A temp dir with a private data dir and test keys inside.
+/// A PostgreSQL database for a sandbox's daemons: its URL and a file with the password.
+pub struct Database {
+    pub name: String,
+    pub url: String,
+    pub password_file: PathBuf,
+}
+
+impl Database {
+    /// The flags that put a daemon on this database.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--database-url".into(),
+            self.url.clone(),
+            "--database-password-file".into(),
+            self.password_file.display().to_string(),
+        ]
+    }
+}
+
+/// A temp dir with a private data dir and test keys inside; with a PostgreSQL database,
+/// its daemons keep the vault there instead of in the data dir.
 pub struct Sandbox {
     pub tmp: tempfile::TempDir,
     pub data_dir: PathBuf,
     pub keys: Keys,
+    pub database: Option<Database>,
 }
 
 impl Sandbox {
@@ -375,16 +396,59 @@ impl Sandbox {
             tmp,
             data_dir,
             keys,
+            database: None,
+        }
+    }
+
+    /// A sandbox whose daemons use a new database on `server`.
+    pub fn on_postgres(seed: u8, server: &crate::pg_server::PgServer) -> Self {
+        let mut sandbox = Self::new(seed);
+        let name = server.create_database();
+        sandbox.database = Some(Database {
+            url: server.url(&name),
+            password_file: server.password_file(sandbox.tmp.path()),
+            name,
+        });
+        sandbox
+    }
+
+    /// A sandbox on a new database of the test process's shared PostgreSQL server.
+    pub fn on_shared_postgres(seed: u8) -> Self {
+        Self::on_postgres(seed, crate::pg_server::PgServer::shared())
+    }
+
+    /// A second daemon's sandbox on the same database: its own data dir, the same keys.
+    pub fn sibling(&self) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().join("data");
+        let database = self.database.as_ref().map(|db| Database {
+            name: db.name.clone(),
+            url: db.url.clone(),
+            password_file: db.password_file.clone(),
+        });
+        Self {
+            tmp,
+            data_dir,
+            keys: Keys {
+                dir: self.keys.dir.clone(),
+                master_key_file: self.keys.master_key_file.clone(),
+                webhook_secret: self.keys.webhook_secret.clone(),
+                admin_token: self.keys.admin_token.clone(),
+            },
+            database,
         }
     }
 
     pub fn start(&self) -> Daemon {
-        Daemon::start(&self.data_dir, &self.keys)
+        self.start_with(&[])
     }
 
     /// Starts with extra flags.
     pub fn start_with(&self, extra: &[&str]) -> Daemon {
         let mut args = Daemon::tcp_args(&self.keys);
+        if let Some(db) = &self.database {
+            args.extend(db.args());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         match Daemon::launch(command(&self.data_dir, &args)) {
             Started::Ready(daemon) => daemon,

@@ -19,6 +19,10 @@ mod metrics;
 mod openapi;
 mod operations;
 mod package;
+mod pg_migrate;
+#[path = "../support/pg_server.rs"]
+mod pg_server;
+mod postgres;
 mod progress;
 mod seal;
 mod secrecy;

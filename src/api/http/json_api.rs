@@ -564,18 +564,18 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         .into_response()
 }
 
-/// Readiness: the database is open and the master key verified.
+/// Readiness: the database is open, the master key verified, and the database answers.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = TAG,
     operation_id = "readyz",
-    summary = "Readiness: 200 once the vault is open and the master key verified (with whether a PKCS#11 seal's token answers); no token",
+    summary = "Readiness: 200 while the vault is open and its database answers (with whether a PKCS#11 seal's token answers); no token",
     responses((status = 200, description = "`{\"status\": \"ready\"}`", body = Probe)),
 )]
 async fn readyz(State(state): State<ApiState>) -> Response {
-    match state.ready.get() {
-        Ok(_) => json(
+    match state.ready.get().and_then(|vault| vault.ready()) {
+        Ok(()) => json(
             StatusCode::OK,
             Probe {
                 status: "ready",

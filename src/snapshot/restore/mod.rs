@@ -240,25 +240,43 @@ impl<R: Read> Read for Counted<'_, R> {
     }
 }
 
-/// As [`restore`], telling `progress` (step, done, total) as the file is authenticated and as
-/// the records are imported.
-pub fn restore_with(
+/// A snapshot whose MAC has been checked over the whole file.
+struct Authenticated {
+    body: u64,
+    header: snapshot::Header,
+    integrity: Option<IntegrityKey>,
+}
+
+impl Authenticated {
+    fn trailer(&self) -> Trailer {
+        match &self.integrity {
+            Some(integrity) => Trailer::Mac(Box::new(integrity.snapshot_mac())),
+            None => Trailer::sha256(),
+        }
+    }
+}
+
+fn refused(message: String) -> String {
+    format!("restore refused, nothing was changed: {message}")
+}
+
+fn open_snapshot(from: &Path) -> Result<File, String> {
+    File::open(from).map_err(|e| format!("cannot open {}: {e}", from.display()))
+}
+
+/// Step 1: authenticates the whole file before anything else.
+fn authenticate(
     from: &Path,
-    data_dir: &Path,
     key: &MasterKey,
     options: RestoreOptions,
     progress: &mut dyn FnMut(Step, u64, u64),
-) -> Result<RestoreReport, String> {
-    let refused = |message: String| format!("restore refused, nothing was changed: {message}");
-    let open = || File::open(from).map_err(|e| format!("cannot open {}: {e}", from.display()));
-    let len = open()?
+) -> Result<Authenticated, String> {
+    let len = open_snapshot(from)?
         .metadata()
         .map_err(|e| format!("cannot read {}: {e}", from.display()))?
         .len();
     let body = len.saturating_sub(TRAILER);
-
-    // 1. Authenticate the whole file before anything else.
-    let header = RecordReader::new(BufReader::new(open()?).take(body))
+    let header = RecordReader::new(BufReader::new(open_snapshot(from)?).take(body))
         .map_err(|e| refused(e.to_string()))?
         .header;
     let integrity = match header.version {
@@ -273,50 +291,48 @@ pub fn restore_with(
             })?,
         ),
     };
-    let trailer = || match &integrity {
-        Some(integrity) => Trailer::Mac(Box::new(integrity.snapshot_mac())),
-        None => Trailer::sha256(),
+    let auth = Authenticated {
+        body,
+        header,
+        integrity,
     };
     let counted = Counted {
-        input: open()?,
+        input: open_snapshot(from)?,
         read: 0,
         total: len,
         progress: &mut *progress,
     };
-    snapshot::verify_trailer(BufReader::new(counted), len, trailer())
+    snapshot::verify_trailer(BufReader::new(counted), len, auth.trailer())
         .map_err(|e| refused(e.to_string()))?;
+    Ok(auth)
+}
 
-    // 2. Lock the data dir for the rest of the restore.
-    crate::secrets::prepare_data_dir(data_dir)?;
-    let live = data_dir.join(DATABASE_FILE);
-    let (lock, lock_created) = lock(&live, data_dir)?;
-    let [journal0, journal1] = journal_paths(&live);
-    let unlock = |lock: File| {
-        drop(lock);
-        if lock_created {
-            let _ = std::fs::remove_file(&journal0);
-        }
-    };
-    if live.exists() && !options.replace {
-        unlock(lock);
-        return Err(format!(
-            "{} already holds a vault; pass --replace to swap it for the snapshot \
-             (the current file is kept beside it)",
-            data_dir.display()
-        ));
-    }
+/// Rows checked one by one as they are read, for a backend to import.
+pub type CheckedRows<'r> =
+    dyn Iterator<Item = Result<(TableId, crate::store::KeyBuf, Vec<u8>), StoreError>> + 'r;
 
-    // 3. Check every record while importing it, authenticating the same bytes again.
-    let temp = data_dir.join(format!("{DATABASE_FILE}.restoring"));
-    let _ = std::fs::remove_file(&temp);
+/// Step 3: checks every record while `import` writes it, authenticating the same bytes
+/// again. An error means the import must be abandoned; its message says why.
+fn import_checked(
+    from: &Path,
+    auth: &Authenticated,
+    key: &MasterKey,
+    progress: &mut dyn FnMut(Step, u64, u64),
+    import: &mut dyn FnMut(&mut CheckedRows<'_>) -> Result<u64, StoreError>,
+) -> Result<RestoreReport, String> {
+    let Authenticated {
+        body,
+        header,
+        integrity,
+    } = auth;
     let mut report = RestoreReport::default();
     let mut checks = Checks::default();
     let mut failure: Option<String> = None;
     let input = Tee {
-        input: BufReader::new(open()?).take(body),
-        trailer: trailer(),
+        input: BufReader::new(open_snapshot(from)?).take(*body),
+        trailer: auth.trailer(),
     };
-    let mut reader = RecordReader::new(input).map_err(|e| refused(e.to_string()))?;
+    let mut reader = RecordReader::new(input).map_err(|e| e.to_string())?;
     let total: u64 = header.counts.iter().sum();
     progress(Step::Import, 0, total);
     let mut records = std::iter::from_fn(|| {
@@ -364,7 +380,7 @@ pub fn restore_with(
             }
         }
     });
-    let imported = RedbStore::import(&temp, &mut records);
+    let imported = import(&mut records);
     if imported.is_ok() {
         progress(Step::Import, report.records, total.max(report.records));
     }
@@ -374,7 +390,7 @@ pub fn restore_with(
         .into_inner()
         .read_exact(&mut sum)
         .is_ok_and(|()| trailer.matches(&sum));
-    let outcome = match (imported, failure) {
+    match (imported, failure) {
         (_, Some(message)) => Err(message),
         (Err(err), None) => Err(format!("cannot write the restored database: {err}")),
         (Ok(_), None) if !same_bytes => {
@@ -400,13 +416,77 @@ pub fn restore_with(
         (Ok(_), None) if integrity.is_some() && checks.anchor.is_none() => {
             Err("the snapshot has no audit anchor record".into())
         }
-        (Ok(_), None) => Ok(()),
-    };
-    if let Err(message) = outcome {
-        let _ = std::fs::remove_file(&temp);
-        unlock(lock);
-        return Err(refused(message));
+        (Ok(_), None) => Ok(report),
     }
+}
+
+/// Restores the snapshot at `from` into the PostgreSQL database of `store`, in one
+/// transaction that holds the database's write lock: every record is checked before it
+/// commits, and a refused snapshot leaves the database as it was. A database that already
+/// holds a vault is replaced only with `options.replace`.
+pub fn restore_into_postgres(
+    from: &Path,
+    store: &crate::store::postgres::PgStore,
+    key: &MasterKey,
+    options: RestoreOptions,
+    progress: &mut dyn FnMut(Step, u64, u64),
+) -> Result<RestoreReport, String> {
+    let auth = authenticate(from, key, options, progress)?;
+    let mut import = store
+        .begin_import(options.replace)
+        .map_err(|e| e.to_string())?;
+    let report = import_checked(from, &auth, key, progress, &mut |rows| import.write(rows))
+        .map_err(refused)?;
+    import
+        .commit()
+        .map_err(|e| format!("cannot commit the restored vault: {e}"))?;
+    Ok(report)
+}
+
+/// As [`restore`], telling `progress` (step, done, total) as the file is authenticated and as
+/// the records are imported.
+pub fn restore_with(
+    from: &Path,
+    data_dir: &Path,
+    key: &MasterKey,
+    options: RestoreOptions,
+    progress: &mut dyn FnMut(Step, u64, u64),
+) -> Result<RestoreReport, String> {
+    let auth = authenticate(from, key, options, progress)?;
+
+    // 2. Lock the data dir for the rest of the restore.
+    crate::secrets::prepare_data_dir(data_dir)?;
+    let live = data_dir.join(DATABASE_FILE);
+    let (lock, lock_created) = lock(&live, data_dir)?;
+    let [journal0, journal1] = journal_paths(&live);
+    let unlock = |lock: File| {
+        drop(lock);
+        if lock_created {
+            let _ = std::fs::remove_file(&journal0);
+        }
+    };
+    if live.exists() && !options.replace {
+        unlock(lock);
+        return Err(format!(
+            "{} already holds a vault; pass --replace to swap it for the snapshot \
+             (the current file is kept beside it)",
+            data_dir.display()
+        ));
+    }
+
+    // 3. Check every record while importing it into a new file beside the live one.
+    let temp = data_dir.join(format!("{DATABASE_FILE}.restoring"));
+    let _ = std::fs::remove_file(&temp);
+    let report = match import_checked(from, &auth, key, progress, &mut |rows| {
+        RedbStore::import(&temp, rows)
+    }) {
+        Ok(report) => report,
+        Err(message) => {
+            let _ = std::fs::remove_file(&temp);
+            unlock(lock);
+            return Err(refused(message));
+        }
+    };
 
     // 4. Swap the new file in. The replaced file takes its journals with it, so that what they
     // hold is never replayed into the restored vault; the lock is held until the end.

@@ -374,6 +374,7 @@ async fn writes_are_refused_below_the_free_space_reserve_and_reads_go_on() {
                 b"R",
             )
         }),
+        client: None,
     };
     let err = store.write(refused).await.unwrap_err();
     assert!(err.to_string().contains("below the reserve"), "{err}");

@@ -32,6 +32,7 @@ pub(super) fn run_flusher(shared: &Shared, queue: &mpsc::Sender<Job>) {
                 job: WriteJob {
                     class: WriteClass::ReadAudit { deferred: false },
                     apply: Box::new(|_| Ok(())),
+                    client: None,
                 },
                 reply,
             };
