@@ -19,6 +19,7 @@ mod openapi;
 mod operations;
 mod package;
 mod progress;
+mod retention;
 mod secrecy;
 mod slow_clients;
 mod startup;
