@@ -564,8 +564,8 @@ fn audit_retention(
         return Err("audit_archive_dir must be an absolute path".into());
     }
     let interval = Duration::from_secs(interval_seconds.unwrap_or(60));
-    if interval.is_zero() {
-        return Err("audit_prune_interval_seconds must be at least 1".into());
+    if interval.is_zero() || interval > Duration::from_secs(86_400) {
+        return Err("audit_prune_interval_seconds must be between 1 and 86400".into());
     }
     Ok(Some(crate::audit::Retention {
         keep_events,
@@ -698,5 +698,15 @@ mod tests {
         assert_eq!(retention.keep_events, None);
         assert_eq!(retention.keep_age, Some(Duration::from_secs(30 * 86_400)));
         assert_eq!(retention.interval, Duration::from_secs(60));
+        for interval in [0, 86_401] {
+            let err = Config::load(&ServeArgs {
+                audit_retain_events: Some(1000),
+                audit_archive_dir: Some("/srv/audit".into()),
+                audit_prune_interval_seconds: Some(interval),
+                ..ServeArgs::default()
+            })
+            .unwrap_err();
+            assert!(err.contains("audit_prune_interval_seconds"), "{err}");
+        }
     }
 }
