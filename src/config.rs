@@ -2,6 +2,7 @@
 //!
 //! Everything is validated before any port is bound. Secrets are referenced by file path only.
 
+use crate::seal::{Pkcs11Settings, SealKind, WrapMechanism};
 use crate::validate::Limits;
 use crate::validate::MAX_SECRET_LIMIT;
 use serde::Deserialize;
@@ -126,6 +127,29 @@ pub struct ServeArgs {
     /// File holding the 256-bit master key (64 hex characters).
     #[arg(long, env = "SHAREVAULT_MASTER_KEY_FILE", value_name = "FILE")]
     pub master_key_file: Option<PathBuf>,
+    /// Where the root key (the master key) is kept: `file` (--master-key-file, a systemd
+    /// credential, or the data dir) or `pkcs11` (sealed by a PKCS#11 token's key) [default: file].
+    #[arg(long, env = "SHAREVAULT_SEAL", value_enum)]
+    pub seal: Option<SealKind>,
+    /// The PKCS#11 library of the token (`.so`), for the pkcs11 seal.
+    #[arg(long, env = "SHAREVAULT_PKCS11_MODULE", value_name = "FILE")]
+    pub pkcs11_module: Option<PathBuf>,
+    /// The label of the PKCS#11 token.
+    #[arg(long, env = "SHAREVAULT_PKCS11_TOKEN_LABEL", value_name = "LABEL")]
+    pub pkcs11_token_label: Option<String>,
+    /// The label of the token's AES-256 key that seals the root key.
+    #[arg(long, env = "SHAREVAULT_PKCS11_KEY_LABEL", value_name = "LABEL")]
+    pub pkcs11_key_label: Option<String>,
+    /// File holding the token's user PIN [default: the `pkcs11-pin` systemd credential].
+    #[arg(long, env = "SHAREVAULT_PKCS11_PIN_FILE", value_name = "FILE")]
+    pub pkcs11_pin_file: Option<PathBuf>,
+    /// How the token encrypts the root key: `aes-gcm` (CKM_AES_GCM), or `cloudkms-aes-gcm`
+    /// for Google Cloud KMS's PKCS#11 library [default: aes-gcm].
+    #[arg(long, env = "SHAREVAULT_PKCS11_MECHANISM", value_enum)]
+    pub pkcs11_mechanism: Option<WrapMechanism>,
+    /// Seconds between checks that the token still answers, under the pkcs11 seal [default: 30].
+    #[arg(long, env = "SHAREVAULT_SEAL_CHECK_SECONDS", value_name = "SECONDS")]
+    pub seal_check_seconds: Option<u64>,
     /// Local admin socket: the private API for the daemon's own user and root, where the
     /// AdminService needs no token [default: none].
     #[arg(long, env = "SHAREVAULT_ADMIN_SOCKET", value_name = "PATH")]
@@ -145,6 +169,16 @@ pub struct ServeArgs {
     /// Largest accepted client cipherText, in bytes [default: 65536].
     #[arg(long, env = "SHAREVAULT_MAX_CIPHER_TEXT_BYTES", value_name = "BYTES")]
     pub max_cipher_text_bytes: Option<usize>,
+    /// Replaced custodian shares and cipherTexts kept per key, at least, whatever their age
+    /// [default: 5].
+    #[arg(long, env = "SHAREVAULT_KEEP_VERSIONS", value_name = "N")]
+    pub keep_versions: Option<u32>,
+    /// Also keep every version replaced less than this many days ago [default: 90].
+    #[arg(long, env = "SHAREVAULT_KEEP_VERSIONS_DAYS", value_name = "DAYS")]
+    pub keep_versions_days: Option<u32>,
+    /// But never more versions than this per key [default: 100].
+    #[arg(long, env = "SHAREVAULT_MAX_VERSIONS", value_name = "N")]
+    pub max_versions: Option<u32>,
     /// Failed authentications allowed per source address, and per credential, within the
     /// window before further attempts are refused (429 / RESOURCE_EXHAUSTED); 0 disables
     /// [default: 20].
@@ -247,6 +281,12 @@ pub struct Config {
     pub max_request_bytes: usize,
     pub master_key_file: Option<PathBuf>,
     pub old_master_key_file: Option<PathBuf>,
+    /// Where the root key is kept.
+    pub seal: SealKind,
+    /// The token, when its settings are given (required by the pkcs11 seal).
+    pub pkcs11: Option<Pkcs11Settings>,
+    /// How often the pkcs11 seal's token is checked.
+    pub seal_check_interval: Duration,
     pub admin_socket: Option<PathBuf>,
     pub webhook_secret_file: Option<PathBuf>,
     pub admin_token_file: Option<PathBuf>,
@@ -255,6 +295,8 @@ pub struct Config {
     pub min_free_disk_bytes: u64,
     pub read_audit: ReadAudit,
     pub cache_bytes: usize,
+    /// Versions kept per key: (at least, days, at most).
+    pub versions: (u32, u32, u32),
     pub journal_bytes: u64,
     pub quick_repair: bool,
     /// Pruning of the audit trail; `None` keeps every event.
@@ -343,6 +385,51 @@ fn path_prefix(value: Option<String>) -> Result<String, String> {
     Ok(prefix.to_owned())
 }
 
+/// The token's settings: all three of module, token label and key label, or none.
+fn pkcs11_settings(args: &ServeArgs, file: &FileConfig) -> Result<Option<Pkcs11Settings>, String> {
+    let module = args.pkcs11_module.clone().or(file.pkcs11_module.clone());
+    let token = args
+        .pkcs11_token_label
+        .clone()
+        .or(file.pkcs11_token_label.clone());
+    let key = args
+        .pkcs11_key_label
+        .clone()
+        .or(file.pkcs11_key_label.clone());
+    let pin_file = args
+        .pkcs11_pin_file
+        .clone()
+        .or(file.pkcs11_pin_file.clone());
+    match (module, token, key) {
+        (None, None, None) => Ok(None),
+        (Some(module), Some(token_label), Some(key_label)) => {
+            // A token label fills at most the 32 bytes of its field; a key label is a length
+            // byte of the sealed root key.
+            for (name, label, max) in [
+                ("pkcs11_token_label", &token_label, 32),
+                ("pkcs11_key_label", &key_label, 255),
+            ] {
+                if label.is_empty() || label.len() > max {
+                    return Err(format!("{name} must be 1 to {max} bytes"));
+                }
+            }
+            Ok(Some(Pkcs11Settings {
+                module,
+                token_label,
+                key_label,
+                pin_file,
+                mechanism: args
+                    .pkcs11_mechanism
+                    .or(file.pkcs11_mechanism)
+                    .unwrap_or_default(),
+            }))
+        }
+        _ => Err(
+            "pkcs11_module, pkcs11_token_label and pkcs11_key_label must be given together".into(),
+        ),
+    }
+}
+
 impl Config {
     /// Merges defaults, the config file, the environment and flags, then validates.
     pub fn load(args: &ServeArgs) -> Result<Self, String> {
@@ -350,6 +437,7 @@ impl Config {
             Some(path) => read_file_config(path)?,
             None => FileConfig::default(),
         };
+        let pkcs11 = pkcs11_settings(args, &file)?;
         let limits = Limits {
             max_share_bytes: args
                 .max_share_bytes
@@ -367,6 +455,19 @@ impl Config {
             if value == 0 || value > MAX_SECRET_LIMIT {
                 return Err(format!("{name} must be between 1 and {MAX_SECRET_LIMIT}"));
             }
+        }
+        let versions = (
+            args.keep_versions.or(file.keep_versions).unwrap_or(5),
+            args.keep_versions_days
+                .or(file.keep_versions_days)
+                .unwrap_or(90),
+            args.max_versions.or(file.max_versions).unwrap_or(100),
+        );
+        if versions.2 < versions.0 {
+            return Err(format!(
+                "max_versions ({}) must be at least keep_versions ({})",
+                versions.2, versions.0
+            ));
         }
         let grpc_listen = args
             .grpc_listen
@@ -459,7 +560,35 @@ impl Config {
                 .max(1),
             connection_idle: Duration::from_secs(connection_idle),
         };
+        let seal = args.seal.or(file.seal).unwrap_or_default();
+        let master_key_file = args.master_key_file.clone().or(file.master_key_file);
+        let old_master_key_file = args
+            .old_master_key_file
+            .clone()
+            .or(file.old_master_key_file);
+        if seal == SealKind::Pkcs11 {
+            if pkcs11.is_none() {
+                return Err("seal = pkcs11 needs pkcs11_module, pkcs11_token_label and \
+                            pkcs11_key_label"
+                    .into());
+            }
+            if master_key_file.is_some() || old_master_key_file.is_some() {
+                return Err("seal = pkcs11 keeps the root key sealed in the database: \
+                            master_key_file and old_master_key_file are for seal = file"
+                    .into());
+            }
+        }
+        let seal_check = args
+            .seal_check_seconds
+            .or(file.seal_check_seconds)
+            .unwrap_or(30);
+        if !(1..=3600).contains(&seal_check) {
+            return Err("seal_check_seconds must be between 1 and 3600".into());
+        }
         Ok(Self {
+            seal,
+            pkcs11,
+            seal_check_interval: Duration::from_secs(seal_check),
             admin_socket,
             http_listen,
             webhook,
@@ -481,11 +610,8 @@ impl Config {
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("./sharevault-data")),
             grpc_listen,
-            master_key_file: args.master_key_file.clone().or(file.master_key_file),
-            old_master_key_file: args
-                .old_master_key_file
-                .clone()
-                .or(file.old_master_key_file),
+            master_key_file,
+            old_master_key_file,
             webhook_secret_file: args
                 .webhook_secret_file
                 .clone()
@@ -505,6 +631,7 @@ impl Config {
                 .read_audit
                 .or(file.read_audit)
                 .unwrap_or(ReadAudit::Durable),
+            versions,
             cache_bytes: args
                 .cache_bytes
                 .or(file.cache_bytes)
@@ -650,6 +777,49 @@ mod tests {
         ] {
             assert!(Config::load(&bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_seal_settings_are_parsed_and_checked() {
+        let config = Config::load(&ServeArgs::default()).unwrap();
+        assert_eq!(
+            (config.seal, config.pkcs11.is_none()),
+            (SealKind::File, true)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sharevault.toml");
+        std::fs::write(
+            &path,
+            "seal = \"pkcs11\"\npkcs11_module = \"/lib/p11.so\"\npkcs11_token_label = \"t\"\n\
+             pkcs11_key_label = \"k\"\npkcs11_mechanism = \"cloudkms-aes-gcm\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        let pkcs11 = config.pkcs11.unwrap();
+        assert_eq!(config.seal, SealKind::Pkcs11);
+        assert_eq!(pkcs11.key_label, "k");
+        assert_eq!(pkcs11.mechanism, WrapMechanism::CloudkmsAesGcm);
+        let refused = |args: ServeArgs| Config::load(&args).unwrap_err();
+        let err = refused(ServeArgs {
+            config: Some(path),
+            master_key_file: Some("/etc/sharevault/master-key".into()),
+            ..ServeArgs::default()
+        });
+        assert!(err.contains("master_key_file"), "{err}");
+        let err = refused(ServeArgs {
+            seal: Some(SealKind::Pkcs11),
+            ..ServeArgs::default()
+        });
+        assert!(err.contains("seal = pkcs11 needs"), "{err}");
+        let err = refused(ServeArgs {
+            pkcs11_module: Some("/lib/p11.so".into()),
+            ..ServeArgs::default()
+        });
+        assert!(err.contains("given together"), "{err}");
     }
 
     #[test]

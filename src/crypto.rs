@@ -87,6 +87,11 @@ impl KeyId {
     pub fn to_bytes(self) -> [u8; KEY_ID_LEN] {
         self.0
     }
+
+    /// The id as stored beside a sealed key.
+    pub fn from_bytes(bytes: [u8; KEY_ID_LEN]) -> Self {
+        Self(bytes)
+    }
 }
 
 impl fmt::Display for KeyId {

@@ -18,6 +18,8 @@ pub enum Field {
     Name,
     Role,
     NewMasterKey,
+    Kind,
+    Version,
 }
 
 impl Field {
@@ -34,6 +36,8 @@ impl Field {
             Field::Name => "name",
             Field::Role => "role",
             Field::NewMasterKey => "new_master_key",
+            Field::Kind => "kind",
+            Field::Version => "version",
         }
     }
 
@@ -50,6 +54,8 @@ impl Field {
             Field::Name => "name",
             Field::Role => "role",
             Field::NewMasterKey => "newMasterKey",
+            Field::Kind => "kind",
+            Field::Version => "version",
         }
     }
 }

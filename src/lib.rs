@@ -19,6 +19,8 @@
 //! - [`config`] and [`secrets`]: settings, and the master key, webhook secrets and admin token;
 //!   [`metrics`] (one registry, and a handle per component, made in [`server::run`]);
 //!   [`error`]: the errors callers see and their mapping to gRPC codes.
+//! - [`seal`]: where the root key (the master key) is kept: its file, or sealed by a PKCS#11
+//!   token's non-extractable key and unsealed into memory at start.
 
 pub mod api;
 pub mod audit;
@@ -30,6 +32,7 @@ pub mod error;
 pub mod integrity;
 pub mod metrics;
 pub mod pb;
+pub mod seal;
 pub mod secrets;
 pub mod server;
 pub mod snapshot;

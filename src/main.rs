@@ -48,10 +48,25 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Report which clients can recover today and why the others cannot (exit 1 if any cannot).
+    Doctor(sharevault::cli::doctor::DoctorArgs),
+    /// List a client's kept versions, or restore one as current.
+    Versions {
+        #[command(subcommand)]
+        command: sharevault::cli::versions::VersionsCommand,
+    },
     /// Write a consistent snapshot of a running daemon's vault to a file.
     Snapshot(sharevault::cli::ops::SnapshotArgs),
     /// Restore a snapshot into a data dir (with the daemon stopped, or into a new data dir).
     Restore(sharevault::cli::restore::RestoreArgs),
+    /// The root key's seal: create the token's key, move a stopped vault between the file and
+    /// PKCS#11 seals, or re-seal it under another token key.
+    Seal {
+        #[command(subcommand)]
+        command: sharevault::cli::seal::SealCommand,
+    },
+    /// Replay Portal's webhook calls against a deployed webhook and report each check.
+    Selftest(sharevault::cli::selftest::SelftestArgs),
     /// Start a daemon on loopback, fill it with clients, and measure its operations.
     Bench(bench::Args),
     /// The in-memory stand-in `bench --stand-in` measures in place of the daemon.
@@ -107,19 +122,22 @@ async fn shutdown_signal() {
 
 fn settings(config: &Config) -> anyhow::Result<Settings> {
     sharevault::secrets::prepare_data_dir(&config.data_dir).map_err(anyhow::Error::msg)?;
-    let secrets = sharevault::secrets::load(
+    let mut secrets = sharevault::secrets::load(
         &config.data_dir,
         sharevault::secrets::SecretFiles {
             master_key: config.master_key_file.as_deref(),
             old_master_key: config.old_master_key_file.as_deref(),
             webhook_secret: config.webhook_secret_file.as_deref(),
             admin_token: config.admin_token_file.as_deref(),
+            sealed: config.seal == sharevault::seal::SealKind::Pkcs11,
         },
     )
     .map_err(anyhow::Error::msg)?;
+    let seal = sharevault::seal::start::open(config, &mut secrets).map_err(anyhow::Error::msg)?;
     Ok(Settings {
         config: config.clone(),
         secrets,
+        seal,
     })
 }
 
@@ -239,6 +257,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             command,
         ))?),
         Command::Restore(args) => Ok(sharevault::cli::restore::run(args)?),
+        Command::Seal { command } => Ok(sharevault::cli::seal::run(command)?),
         Command::CheckConfig(args) => {
             let config = Config::load(&args.serve).map_err(anyhow::Error::msg)?;
             init_logging(config.log_format);
@@ -246,7 +265,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             for files in [&config.grpc_tls, &config.http_tls].into_iter().flatten() {
                 tls_acceptor(&files.cert, &files.key).map_err(anyhow::Error::msg)?;
             }
-            let key_id = settings.secrets.master_key.id().to_string();
+            let key_id = match &settings.seal {
+                sharevault::seal::Seal::File { key, .. } => key.id().to_string(),
+                sharevault::seal::Seal::Pkcs11 { hsm, key } => format!(
+                    "sealed by key {:?} of PKCS#11 token {:?} (both found, PIN accepted)",
+                    key.label(),
+                    hsm.token_label()
+                ),
+            };
             sharevault::cli::check_config::print(&config, &key_id, args.json)?;
             Ok(())
         }
@@ -255,6 +281,15 @@ fn run(command: Command) -> anyhow::Result<()> {
         ))?),
         Command::Token { command } => Ok(sharevault::cli::block_on(sharevault::cli::token::run(
             command,
+        ))?),
+        Command::Doctor(args) => Ok(sharevault::cli::block_on(sharevault::cli::doctor::run(
+            args,
+        ))?),
+        Command::Versions { command } => Ok(sharevault::cli::block_on(
+            sharevault::cli::versions::run(command),
+        )?),
+        Command::Selftest(args) => Ok(sharevault::cli::block_on(sharevault::cli::selftest::run(
+            args,
         ))?),
         Command::Bench(args) => bench::run(args),
         Command::BenchStandIn(args) => bench::standin::run(args),

@@ -140,9 +140,15 @@ pub struct VaultMetrics {
     offloaded_reads: Counter,
     auth_failures: Counter,
     audit_chain_broken: Counter,
+    damaged_records: Counter,
 }
 
 impl VaultMetrics {
+    /// Counts stored records that failed to decode or open and were left out of an answer.
+    pub fn damaged_records(&self, n: u64) {
+        self.damaged_records.inc_by(n);
+    }
+
     pub fn offloaded_read(&self) {
         self.offloaded_reads.inc();
     }
@@ -178,6 +184,8 @@ pub struct Gauges {
     pub database_bytes: u64,
     pub uptime_seconds: u64,
     pub ready: bool,
+    /// Whether the root key's seal can be reached (always for the file seal).
+    pub seal_reachable: bool,
 }
 
 /// The `/metrics` handler's handle: the figures read at scrape time, and the rendering.
@@ -188,6 +196,7 @@ pub struct ScrapeMetrics {
     database_bytes: Gauge,
     uptime_seconds: Gauge,
     ready: Gauge,
+    seal_reachable: Gauge,
 }
 
 fn gauge_value(n: u64) -> i64 {
@@ -210,6 +219,7 @@ impl ScrapeMetrics {
         self.database_bytes.set(gauge_value(gauges.database_bytes));
         self.uptime_seconds.set(gauge_value(gauges.uptime_seconds));
         self.ready.set(i64::from(gauges.ready));
+        self.seal_reachable.set(i64::from(gauges.seal_reachable));
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
@@ -306,6 +316,11 @@ impl Metrics {
                 "Audit verifications run by the daemon that found the audit chain broken",
                 &vault.audit_chain_broken,
             ),
+            (
+                "sharevault_damaged_records",
+                "Stored records that failed their integrity check and were left out of an answer",
+                &vault.damaged_records,
+            ),
         ] {
             r.register(name, help, counter.clone());
         }
@@ -315,6 +330,7 @@ impl Metrics {
             database_bytes: Gauge::default(),
             uptime_seconds: Gauge::default(),
             ready: Gauge::default(),
+            seal_reachable: Gauge::default(),
         };
         r.register(
             "sharevault_records",
@@ -336,6 +352,11 @@ impl Metrics {
                 "sharevault_ready",
                 "1 once the vault is open and serving",
                 &scrape.ready,
+            ),
+            (
+                "sharevault_seal_reachable",
+                "1 while the root key's seal answers (the file seal always; a PKCS#11 token at its last check), 0 when it does not",
+                &scrape.seal_reachable,
             ),
         ] {
             r.register(name, help, gauge.clone());
@@ -367,6 +388,7 @@ mod tests {
             database_bytes: 4096,
             uptime_seconds: 9,
             ready: true,
+            seal_reachable: false,
         }
     }
 
@@ -392,6 +414,7 @@ mod tests {
         assert!(text.contains("sharevault_call_duration_seconds_bucket{service=\"WebhookHttp\",method=\"Backup\",le=\"+Inf\"} 3"));
         assert!(text.contains("sharevault_records{table=\"custodian_shares\"} 3"));
         assert!(text.contains("sharevault_database_bytes 4096"));
+        assert!(text.contains("sharevault_seal_reachable 0"), "{text}");
         assert!(text.contains("sharevault_disk_reserve_refusals_total 2"));
         assert!(text.contains("# TYPE sharevault_commit_batches_total counter"));
     }

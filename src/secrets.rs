@@ -19,7 +19,8 @@ pub const DATABASE_FILE: &str = "sharevault.redb";
 
 /// The secrets the daemon runs with.
 pub struct Secrets {
-    pub master_key: MasterKey,
+    /// The master key; `None` when a token seal keeps the root key ([`crate::seal`]).
+    pub master_key: Option<MasterKey>,
     /// The previous master key, to finish an interrupted rotation.
     pub old_master_key: Option<MasterKey>,
     pub webhook: WebhookSecrets,
@@ -89,7 +90,7 @@ fn read_secret(path: &Path, what: &str) -> Result<Zeroizing<Vec<u8>>, String> {
         .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
 }
 
-fn write_new_secret(path: &Path, value: &str) -> Result<(), String> {
+pub(crate) fn write_new_secret(path: &Path, value: &str) -> Result<(), String> {
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -128,7 +129,8 @@ fn locate(
         if matches!(kind, Kind::MasterKey) && data_dir.join(DATABASE_FILE).exists() {
             return Err(format!(
                 "the data dir {} holds a vault but no master key was given; pass \
-                 --master-key-file with the key it was created with",
+                 --master-key-file with the key it was created with (or, if its root key is \
+                 sealed by a PKCS#11 token, start with --seal pkcs11 and the token's settings)",
                 data_dir.display()
             ));
         }
@@ -159,6 +161,8 @@ pub struct SecretFiles<'a> {
     pub old_master_key: Option<&'a Path>,
     pub webhook_secret: Option<&'a Path>,
     pub admin_token: Option<&'a Path>,
+    /// The root key is sealed by a token: no master key is read or generated.
+    pub sealed: bool,
 }
 
 /// Finds or generates every secret.
@@ -168,10 +172,16 @@ pub fn load(data_dir: &Path, files: SecretFiles<'_>) -> Result<Secrets, String> 
         old_master_key,
         webhook_secret: webhook_secret_file,
         admin_token: admin_token_file,
+        sealed,
     } = files;
-    let master_key =
-        MasterKey::from_file_contents(&locate(Kind::MasterKey, master_key_file, data_dir)?)
-            .map_err(|e| format!("master key: {e}"))?;
+    let master_key = if sealed {
+        None
+    } else {
+        Some(
+            MasterKey::from_file_contents(&locate(Kind::MasterKey, master_key_file, data_dir)?)
+                .map_err(|e| format!("master key: {e}"))?,
+        )
+    };
     let webhook_raw = locate(Kind::WebhookSecret, webhook_secret_file, data_dir)?;
     let webhook = WebhookSecrets::from_file_contents(
         std::str::from_utf8(&webhook_raw).map_err(|_| "webhook secret: must be UTF-8 text")?,
@@ -207,7 +217,10 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }
         let again = load(&data, SecretFiles::default()).unwrap();
-        assert_eq!(first.master_key.id(), again.master_key.id());
+        assert_eq!(
+            first.master_key.unwrap().id(),
+            again.master_key.unwrap().id()
+        );
         assert_eq!(first.admin_token, again.admin_token);
     }
 
@@ -234,5 +247,18 @@ mod tests {
         let err = load(dir.path(), SecretFiles::default()).err().unwrap();
         assert!(err.contains("no master key was given"), "{err}");
         assert!(!dir.path().join("master-key").exists());
+    }
+
+    #[test]
+    fn a_sealed_root_key_needs_no_master_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = SecretFiles {
+            sealed: true,
+            ..SecretFiles::default()
+        };
+        let secrets = load(dir.path(), files).unwrap();
+        assert!(secrets.master_key.is_none());
+        assert!(!dir.path().join("master-key").exists());
+        assert!(dir.path().join("admin-token").exists());
     }
 }

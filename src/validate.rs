@@ -66,6 +66,11 @@ fn identifier(
     Ok(())
 }
 
+/// The prefix of the synthetic client ids `sharevault selftest` writes through the webhook
+/// (then random hex). Reserved: Portal's own client ids (cuids such as `clx3k...`) never
+/// start with it, so an operator or a report can tell the synthetic clients apart.
+pub const SELFTEST_CLIENT_PREFIX: &str = "sharevault-selftest-";
+
 /// A Portal client id: 1 to 128 of `A-Z a-z 0-9 . _ - : @`, not only dots (`.` and `..` are
 /// path segments, which a proxy in front of the JSON API might resolve).
 pub fn client_id(value: &str) -> Result<(), VaultError> {

@@ -7,21 +7,42 @@ pub mod http;
 pub mod observe;
 
 use crate::error::VaultError;
+use crate::seal::TokenSeal;
 use crate::vault::Vault;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
-/// The vault once it is open; until then every call answers UNAVAILABLE.
+/// The vault once it is open; until then every call answers UNAVAILABLE. Under a token
+/// seal, also the seal (rotations seal their new root key with it; readiness reports it).
 #[derive(Clone, Default)]
-pub struct Ready(Arc<OnceLock<Arc<Vault>>>);
+pub struct Ready {
+    vault: Arc<OnceLock<Arc<Vault>>>,
+    seal: Arc<OnceLock<TokenSeal>>,
+}
 
 impl Ready {
     pub fn set(&self, vault: Arc<Vault>) {
-        let _ = self.0.set(vault);
+        let _ = self.vault.set(vault);
     }
 
     pub fn get(&self) -> Result<&Arc<Vault>, VaultError> {
-        self.0.get().ok_or(VaultError::NotReady)
+        self.vault.get().ok_or(VaultError::NotReady)
+    }
+
+    /// Records the token seal the vault was opened with.
+    pub fn set_seal(&self, seal: TokenSeal) {
+        let _ = self.seal.set(seal);
+    }
+
+    /// The token seal, if the root key is sealed by one.
+    pub fn token_seal(&self) -> Option<&TokenSeal> {
+        self.seal.get()
+    }
+
+    /// Whether the seal can be reached: always for the file seal; for a token, whether it
+    /// answered its last check.
+    pub fn seal_reachable(&self) -> bool {
+        self.seal.get().is_none_or(TokenSeal::reachable)
     }
 }
 

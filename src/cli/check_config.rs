@@ -4,6 +4,7 @@
 
 use super::client::CliError;
 use crate::config::{Config, LogFormat, ServeArgs, TlsFiles};
+use crate::seal::SealKind;
 use serde::Serialize;
 use std::path::Path;
 
@@ -54,10 +55,25 @@ struct Effective {
     connection_idle_seconds: u64,
     shutdown_grace_seconds: u64,
     log_format: &'static str,
-    master_key_file: String,
+    seal: String,
+    /// Under the pkcs11 seal: the token, its key and the mechanism (never the PIN).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pkcs11: Option<Pkcs11View>,
+    /// Under the file seal: the master key's file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    master_key_file: Option<String>,
     webhook_secret_file: String,
     admin_token_file: String,
     master_key_id: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Pkcs11View {
+    module: String,
+    token_label: String,
+    key_label: String,
+    mechanism: &'static str,
+    pin_file: String,
 }
 
 /// The file a secret was read from (see [`crate::secrets::secret_path`]).
@@ -92,11 +108,26 @@ fn effective(config: &Config, master_key_id: &str) -> Effective {
             LogFormat::Text => "text",
             LogFormat::Json => "json",
         },
-        master_key_file: secret_file(
-            config.master_key_file.as_deref(),
-            "master-key",
-            &config.data_dir,
-        ),
+        seal: config.seal.to_string(),
+        pkcs11: match (config.seal, &config.pkcs11) {
+            (SealKind::Pkcs11, Some(p)) => Some(Pkcs11View {
+                module: p.module.display().to_string(),
+                token_label: p.token_label.clone(),
+                key_label: p.key_label.clone(),
+                mechanism: p.mechanism.name(),
+                pin_file: p
+                    .pin_path()
+                    .map_or_else(|e| e.to_string(), |path| path.display().to_string()),
+            }),
+            _ => None,
+        },
+        master_key_file: (config.seal == SealKind::File).then(|| {
+            secret_file(
+                config.master_key_file.as_deref(),
+                "master-key",
+                &config.data_dir,
+            )
+        }),
         webhook_secret_file: secret_file(
             config.webhook_secret_file.as_deref(),
             "webhook-secret",
@@ -121,11 +152,13 @@ fn render(config: &Config, master_key_id: &str) -> String {
          data_dir        {}\n\
          grpc_listen     {}\n\
          http_listen     {http_listen}\n\
+         seal            {}\n\
          master_key_id   {master_key_id}\n\
          max_share_bytes {}\n\
          max_cipher_text_bytes {}\n",
         config.data_dir.display(),
         config.grpc_listen,
+        config.seal,
         config.limits.max_share_bytes,
         config.limits.max_cipher_text_bytes,
     )

@@ -2,6 +2,7 @@
 //! private CA, the admin token, and error messages an operator can act on.
 
 use crate::pb::admin_service_client::AdminServiceClient;
+use crate::pb::backup_service_client::BackupServiceClient;
 use hyper_util::rt::TokioIo;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -259,7 +260,7 @@ impl Tls {
 }
 
 /// The roots in the PEM file `--ca-file`.
-fn roots_from_file(ca_file: &Path) -> Result<rustls::RootCertStore, CliError> {
+pub(crate) fn roots_from_file(ca_file: &Path) -> Result<rustls::RootCertStore, CliError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let what = || format!("--ca-file {}", ca_file.display());
@@ -279,7 +280,7 @@ fn roots_from_file(ca_file: &Path) -> Result<rustls::RootCertStore, CliError> {
 }
 
 /// The system's trusted roots (`/etc/ssl/certs`, or `SSL_CERT_FILE`/`SSL_CERT_DIR`).
-fn system_roots() -> Result<rustls::RootCertStore, CliError> {
+pub(crate) fn system_roots() -> Result<rustls::RootCertStore, CliError> {
     let found = rustls_native_certs::load_native_certs();
     let mut roots = rustls::RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(found.certs);
@@ -499,6 +500,11 @@ impl Client {
 
     pub fn admin(&self) -> AdminServiceClient<Channel> {
         AdminServiceClient::new(self.channel.clone())
+    }
+
+    /// The backend API, for commands that present a backend token (`selftest`).
+    pub fn backup(&self) -> BackupServiceClient<Channel> {
+        BackupServiceClient::new(self.channel.clone())
     }
 
     pub fn health(&self) -> HealthClient<Channel> {

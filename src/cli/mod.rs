@@ -1,5 +1,7 @@
 //! The operator's command line, beside `serve`: commands that talk to a running daemon over
-//! gRPC (`status`, `token create|list|revoke`, `snapshot`, `rekey`, `verify`, `audit`) and the rendering of `check-config`.
+//! gRPC (`status`, `token create|list|revoke`, `versions list|restore`, `doctor`, `snapshot`,
+//! `rekey`, `verify`, `audit`), `selftest`, which replays Portal's webhook calls, the rendering
+//! of `check-config`, and the offline `restore` and `seal` commands.
 //!
 //! [`client`] holds what every client command shares: where the daemon is, TLS, the admin
 //! token and the wording of errors. Each command renders for people (aligned columns) or, with
@@ -8,12 +10,16 @@
 
 pub mod check_config;
 pub mod client;
+pub mod doctor;
 pub mod ops;
 pub mod progress;
 pub mod restore;
+pub mod seal;
+pub mod selftest;
 pub mod status;
 mod table;
 pub mod token;
+pub mod versions;
 
 pub use client::{CliError, ConnectArgs};
 
@@ -27,6 +33,15 @@ where
         .build()
         .map_err(|e| CliError::Local(format!("cannot start the runtime: {e}")))?
         .block_on(command)
+}
+
+/// Runs a local command's async part to completion on a small single-threaded runtime.
+pub fn block_on_value<T>(work: impl std::future::Future<Output = T>) -> Result<T, CliError> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Local(format!("cannot start the runtime: {e}")))?
+        .block_on(work))
 }
 
 /// Prints `text` (which ends with a newline) to stdout, reporting a closed pipe as an error.

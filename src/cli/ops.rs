@@ -29,9 +29,11 @@ pub struct SnapshotArgs {
 pub struct RekeyArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
-    /// File holding the new master key (64 hex characters, mode 0600).
+    /// File holding the new master key (64 hex characters, mode 0600). Omit it when the
+    /// daemon's root key is sealed by a PKCS#11 token: the daemon then makes the new root key
+    /// and seals it with the token.
     #[arg(long, value_name = "FILE")]
-    pub new_master_key_file: PathBuf,
+    pub new_master_key_file: Option<PathBuf>,
     /// No progress on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -175,15 +177,24 @@ pub async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
 }
 
 pub async fn rekey(args: RekeyArgs) -> Result<(), CliError> {
-    let key =
-        crate::secrets::read_master_key(&args.new_master_key_file).map_err(CliError::Local)?;
+    let key = args
+        .new_master_key_file
+        .as_deref()
+        .map(crate::secrets::read_master_key)
+        .transpose()
+        .map_err(CliError::Local)?;
     let client = Client::connect(&args.connect).await?;
     let mut progress = Progress::new("rekey", "records", args.quiet)?;
     let mut stream = client
         .admin()
-        .rekey(client.request(pb::RekeyRequest {
-            new_master_key: key.to_raw().to_vec(),
-        })?)
+        .rekey(
+            client.request(pb::RekeyRequest {
+                new_master_key: key
+                    .as_ref()
+                    .map(|k| k.to_raw().to_vec())
+                    .unwrap_or_default(),
+            })?,
+        )
         .await
         .map_err(|s| client.error(&s))?
         .into_inner();
@@ -195,6 +206,11 @@ pub async fn rekey(args: RekeyArgs) -> Result<(), CliError> {
     }
     progress.finish();
     match last {
+        Some(step) if step.finished && key.is_none() => super::print(&format!(
+            "every record's data key is now wrapped by root key {} ({} records), sealed by the \
+             daemon's PKCS#11 token.\n",
+            step.new_master_key_id, step.total
+        )),
         Some(step) if step.finished => super::print(&format!(
             "every record's data key is now wrapped by master key {} ({} records).\n\
              Point --master-key-file (or the master-key credential) at the new key before the \
@@ -228,6 +244,7 @@ pub async fn verify(args: VerifyArgs) -> Result<(), CliError> {
         struct Out<'a> {
             custodian_shares: u64,
             client_shares: u64,
+            versions: u64,
             failed: u64,
             failures: &'a [String],
             master_key_id: &'a str,
@@ -236,6 +253,7 @@ pub async fn verify(args: VerifyArgs) -> Result<(), CliError> {
             &(super::json_line(&Out {
                 custodian_shares: report.custodian_shares,
                 client_shares: report.client_shares,
+                versions: report.versions,
                 failed: report.failed,
                 failures: &report.failures,
                 master_key_id: &report.master_key_id,
@@ -243,8 +261,12 @@ pub async fn verify(args: VerifyArgs) -> Result<(), CliError> {
         )?;
     } else {
         let mut out = format!(
-            "custodian_shares  {}\nclient_shares     {}\nfailed            {}\nmaster_key_id     {}\n",
-            report.custodian_shares, report.client_shares, report.failed, report.master_key_id
+            "custodian_shares  {}\nclient_shares     {}\nversions          {}\nfailed            {}\nmaster_key_id     {}\n",
+            report.custodian_shares,
+            report.client_shares,
+            report.versions,
+            report.failed,
+            report.master_key_id
         );
         for failure in &report.failures {
             out.push_str(&format!("FAILED {failure}\n"));

@@ -18,6 +18,7 @@ use crate::api::grpc::{admin::AdminApi, backup::BackupApi, webhook::WebhookApi};
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::backup_service_server::BackupServiceServer;
 use crate::pb::webhook_service_server::WebhookServiceServer;
+use crate::seal::{Seal, TokenSeal};
 use crate::secrets::{DATABASE_FILE, Secrets};
 use crate::store::redb::RedbStore;
 use crate::validate::Limits;
@@ -45,7 +46,10 @@ pub struct Listeners {
 /// What the daemon runs with, once configuration and secrets are loaded.
 pub struct Settings {
     pub config: Config,
+    /// The webhook secrets and admin token (the master key, if any, is in `seal`).
     pub secrets: Secrets,
+    /// Where the root key comes from.
+    pub seal: Seal,
 }
 
 /// Why the daemon stopped with an error.
@@ -53,6 +57,8 @@ pub struct Settings {
 pub enum ServeError {
     #[error(transparent)]
     Open(#[from] crate::vault::OpenError),
+    #[error(transparent)]
+    Seal(crate::seal::StartError),
     #[error("cannot build the reflection service: {0}")]
     Reflection(String),
     #[error("the server task failed: {0}")]
@@ -330,11 +336,28 @@ pub async fn run(
     // Wait until it has stopped, so that nothing it sends can follow READY=1.
     let _ = heartbeat.await;
     let store = store?.map_err(crate::vault::OpenError::Store);
-    let opened = match store {
-        Ok(store) => Vault::open(
-            Arc::new(store),
-            settings.secrets.master_key,
-            settings.secrets.old_master_key.into_iter().collect(),
+    let token = match &settings.seal {
+        Seal::Pkcs11 { hsm, key } => Some(TokenSeal::new(Arc::clone(hsm), key.clone())),
+        Seal::File { .. } => None,
+    };
+    let keys = match store {
+        Ok(store) => {
+            let store: Arc<dyn crate::store::Store> = Arc::new(store);
+            match crate::seal::root_keys(store.as_ref(), settings.seal).await {
+                Ok(keys) => Ok((store, keys)),
+                Err(err) => {
+                    store.close();
+                    Err(ServeError::Seal(err))
+                }
+            }
+        }
+        Err(err) => Err(err.into()),
+    };
+    let opened = match keys {
+        Ok((store, keys)) => Vault::open(
+            store,
+            keys.primary,
+            keys.older,
             settings.config.limits,
             Credentials {
                 webhook: settings.secrets.webhook,
@@ -348,10 +371,17 @@ pub async fn run(
         )
         .await
         .map(|v| {
+            let (keep, keep_days, max) = settings.config.versions;
             v.with_deferred_read_audit(
                 settings.config.read_audit == crate::config::ReadAudit::Deferred,
             )
-        }),
+            .with_retention(crate::vault::versions::Retention {
+                keep,
+                keep_days,
+                max,
+            })
+        })
+        .map_err(ServeError::from),
         Err(err) => Err(err),
     };
     let vault = match opened {
@@ -359,10 +389,14 @@ pub async fn run(
         Err(err) => {
             let _ = stop_tx.send(true);
             servers.join_all().await;
-            return Err(err.into());
+            return Err(err);
         }
     };
     ready.set(Arc::clone(&vault));
+    let watcher = token.map(|token| {
+        ready.set_seal(token.clone());
+        tokio::spawn(token.watch(settings.config.seal_check_interval))
+    });
     set_health(&reporter, ServingStatus::Serving).await;
     notify(&[
         sd_notify::NotifyState::Ready,
@@ -405,6 +439,9 @@ pub async fn run(
     {
         tracing::warn!("grace period over; closing the remaining connections");
         servers.abort_all();
+    }
+    if let Some(watcher) = watcher {
+        watcher.abort();
     }
     vault.close();
     tracing::info!("database closed; bye");

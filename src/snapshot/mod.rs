@@ -1,10 +1,10 @@
 //! The snapshot file format, written online from one read transaction and restored offline.
 //!
 //! ```text
-//! "SVSNAP\0\x02"                      magic and format version 2
+//! "SVSNAP\0\x03"                      magic and format version 3
 //! created_at_ms u64 | master key id [8]
 //! sealed_len u16 | sealed integrity key   the vault's integrity key, sealed under the master key
-//! record count u64 per table (7 tables)
+//! record count u64 per table (8 tables)
 //! records: table u8 | key_len u32 | key | value_len u32 | value
 //! 0xFF                                end of records
 //! HMAC-SHA256 of every byte above [32] with the snapshot key (HKDF of the integrity key)
@@ -16,7 +16,8 @@
 //! it, and restoring one needs it, to open the integrity key and check the MAC before anything
 //! else, then to verify every record.
 //!
-//! Format 1 (`"SVSNAP\0\x01"`) had no integrity key and ended with a plain SHA-256, which
+//! Format 2 (`"SVSNAP\0\x02"`) is format 3 without the table of versions (7 counts); it is
+//! still restored. Format 1 (`"SVSNAP\0\x01"`) had no integrity key and ended with a plain SHA-256, which
 //! anyone who can write the file can recompute; restore refuses it unless told to accept an
 //! unauthenticated snapshot.
 
@@ -26,11 +27,15 @@ pub mod restore;
 mod tests;
 mod write;
 
-pub use read::{RecordReader, Tee, Trailer, check_structure, parse, verify_trailer};
+pub use read::{RecordReader, Tee, Trailer, check_structure, find_meta, parse, verify_trailer};
 pub use write::{Written, write};
 
-/// The magic of the current format (2), authenticated with a MAC.
-pub const MAGIC: &[u8; 8] = b"SVSNAP\0\x02";
+/// The magic of the current format (3), authenticated with a MAC.
+pub const MAGIC: &[u8; 8] = b"SVSNAP\0\x03";
+/// The magic of format 2: format 3 without the table of versions.
+pub const MAGIC_V2: &[u8; 8] = b"SVSNAP\0\x02";
+/// The current format.
+pub const VERSION: u8 = 3;
 /// The magic of format 1, checked with a plain SHA-256 only.
 pub const MAGIC_V1: &[u8; 8] = b"SVSNAP\0\x01";
 /// Length of the trailing checksum or MAC.
@@ -42,7 +47,12 @@ const END: u8 = 0xFF;
 const MAX_FIELD: u32 = 8 * 1024 * 1024;
 
 use crate::store::{Key, KeyBuf, KeyKind};
-pub use crate::store::{TABLES, TableId};
+pub use crate::store::{TABLE_COUNT, TABLES, TableId};
+
+/// The number of tables a snapshot of format `version` counts.
+pub fn table_count(version: u8) -> usize {
+    if version >= 3 { TABLE_COUNT } else { 7 }
+}
 
 /// One record: its table, key and value.
 pub type Record = (TableId, Vec<u8>, Vec<u8>);
@@ -90,23 +100,23 @@ pub fn decode_key(table: TableId, key: &[u8]) -> Option<KeyBuf> {
 /// The header of a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
-    /// 2, or 1 for a snapshot of an older version.
+    /// [`VERSION`], or 2 or 1 for a snapshot of an older version.
     pub version: u8,
     pub created_at_ms: u64,
     pub key_id: [u8; 8],
-    /// The vault's integrity key sealed under the master key (format 2; empty in format 1).
+    /// The vault's integrity key sealed under the master key (empty in format 1).
     pub sealed_integrity_key: Vec<u8>,
-    /// Record counts, in [`TABLES`] order.
-    pub counts: [u64; 7],
+    /// Record counts, in [`TABLES`] order (0 for tables the format does not hold).
+    pub counts: [u64; TABLE_COUNT],
 }
 
 impl Header {
     /// Encodes the header in its `version`'s format.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = if self.version == 1 {
-            MAGIC_V1.to_vec()
-        } else {
-            MAGIC.to_vec()
+        let mut out = match self.version {
+            1 => MAGIC_V1.to_vec(),
+            2 => MAGIC_V2.to_vec(),
+            _ => MAGIC.to_vec(),
         };
         out.extend_from_slice(&self.created_at_ms.to_be_bytes());
         out.extend_from_slice(&self.key_id);
@@ -114,7 +124,7 @@ impl Header {
             out.extend_from_slice(&(self.sealed_integrity_key.len() as u16).to_be_bytes());
             out.extend_from_slice(&self.sealed_integrity_key);
         }
-        for c in self.counts {
+        for c in &self.counts[..table_count(self.version)] {
             out.extend_from_slice(&c.to_be_bytes());
         }
         out

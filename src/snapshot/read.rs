@@ -1,8 +1,8 @@
 //! Reading a snapshot: its trailer (MAC or checksum), its structure, and its records in order.
 
 use super::{
-    END, Header, MAGIC, MAGIC_V1, MAX_FIELD, MAX_SEALED_KEY, Record, SnapshotError, TRAILER,
-    TableId,
+    END, Header, MAGIC, MAGIC_V1, MAGIC_V2, MAX_FIELD, MAX_SEALED_KEY, Record, SnapshotError,
+    TABLE_COUNT, TRAILER, TableId, VERSION, table_count,
 };
 use crate::integrity::HmacSha256;
 use hmac::Mac;
@@ -124,7 +124,7 @@ impl<R: Read> Read for Tee<R> {
 pub struct RecordReader<R> {
     input: R,
     pub header: Header,
-    seen: [u64; 7],
+    seen: [u64; TABLE_COUNT],
     done: bool,
 }
 
@@ -149,6 +149,8 @@ impl<R: Read> RecordReader<R> {
     pub fn new(mut input: R) -> Result<Self, SnapshotError> {
         let magic = read_exact(&mut input, MAGIC.len()).map_err(|_| SnapshotError::NotASnapshot)?;
         let version = if magic == MAGIC {
+            VERSION
+        } else if magic == MAGIC_V2 {
             2
         } else if magic == MAGIC_V1 {
             1
@@ -159,7 +161,7 @@ impl<R: Read> RecordReader<R> {
         let mut key_id = [0u8; 8];
         key_id.copy_from_slice(&read_exact(&mut input, 8)?);
         let mut sealed_integrity_key = Vec::new();
-        if version == 2 {
+        if version >= 2 {
             let len = u16::from_be_bytes(read_exact(&mut input, 2)?.try_into().unwrap_or([0; 2]));
             if len as usize > MAX_SEALED_KEY {
                 return Err(SnapshotError::Malformed(
@@ -168,8 +170,8 @@ impl<R: Read> RecordReader<R> {
             }
             sealed_integrity_key = read_exact(&mut input, len as usize)?;
         }
-        let mut counts = [0u64; 7];
-        for c in &mut counts {
+        let mut counts = [0u64; TABLE_COUNT];
+        for c in &mut counts[..table_count(version)] {
             *c = read_u64(&mut input)?;
         }
         Ok(Self {
@@ -181,7 +183,7 @@ impl<R: Read> RecordReader<R> {
                 sealed_integrity_key,
                 counts,
             },
-            seen: [0; 7],
+            seen: [0; TABLE_COUNT],
             done: false,
         })
     }
@@ -237,7 +239,7 @@ impl<R: Read> RecordReader<R> {
 /// Checks a whole snapshot held in memory: trailer, structure and counts.
 pub fn parse(bytes: &[u8], trailer: Trailer) -> Result<Vec<Record>, SnapshotError> {
     if bytes.len() < MAGIC.len()
-        || (&bytes[..MAGIC.len()] != MAGIC && &bytes[..MAGIC.len()] != MAGIC_V1)
+        || ![&MAGIC[..], MAGIC_V2, MAGIC_V1].contains(&&bytes[..MAGIC.len()])
     {
         return Err(SnapshotError::NotASnapshot);
     }
@@ -249,4 +251,25 @@ pub fn parse(bytes: &[u8], trailer: Trailer) -> Result<Vec<Record>, SnapshotErro
     }
     reader.finish()?;
     Ok(records)
+}
+
+/// The value of the meta record `name` in the snapshot at `path`, read without checking the
+/// trailer: only for what authenticates itself (a root key sealed by a token, whose unsealing
+/// fails if it was altered) or names what the restore needs.
+pub fn find_meta(path: &std::path::Path, name: &str) -> Result<Option<Vec<u8>>, SnapshotError> {
+    let file = std::fs::File::open(path).map_err(|e| SnapshotError::Io(e.to_string()))?;
+    let len = file
+        .metadata()
+        .map_err(|e| SnapshotError::Io(e.to_string()))?
+        .len();
+    if len < TRAILER {
+        return Err(SnapshotError::Truncated);
+    }
+    let mut reader = RecordReader::new(std::io::BufReader::new(file).take(len - TRAILER))?;
+    while let Some((table, key, value)) = reader.next_record()? {
+        if table == TableId::Meta && key == name.as_bytes() {
+            return Ok(Some(value));
+        }
+    }
+    Ok(None)
 }

@@ -13,11 +13,11 @@ fn mac() -> Trailer {
 
 fn sample() -> Vec<u8> {
     let header = Header {
-        version: 2,
+        version: super::VERSION,
         created_at_ms: 7,
         key_id: [1; 8],
         sealed_integrity_key: b"sealed integrity key".to_vec(),
-        counts: [1, 0, 0, 0, 0, 1, 0],
+        counts: [1, 0, 0, 0, 0, 1, 0, 0],
     };
     let mut out = header.encode();
     out.extend(record(

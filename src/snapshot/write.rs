@@ -1,6 +1,6 @@
 //! Writing a snapshot of a running vault.
 
-use super::{Header, Trailer, encode_key, end, record};
+use super::{Header, Trailer, VERSION, encode_key, end, record};
 use crate::error::VaultError;
 use crate::integrity::INTEGRITY_KEY;
 use crate::store::{ExportItem, Key, StoreError, TableId};
@@ -53,7 +53,7 @@ pub fn write(
     let exported = vault.store().export(&mut |item| match item {
         ExportItem::Counts(counts) => {
             let header = Header {
-                version: 2,
+                version: VERSION,
                 created_at_ms: now_ms(),
                 key_id,
                 sealed_integrity_key: sealed.clone(),

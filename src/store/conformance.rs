@@ -255,7 +255,7 @@ pub async fn exports_visit_every_row_in_order(store: &dyn Store) {
             Ok(())
         })
         .unwrap();
-    assert_eq!(counts, Some([0, 1, 0, 0, 0, 1, 2]));
+    assert_eq!(counts, Some([0, 1, 0, 0, 0, 1, 2, 0]));
     assert_eq!(
         seen,
         [

@@ -1,6 +1,6 @@
 //! The storage boundary: what a database must provide, and nothing Portal-specific.
 //!
-//! A backend stores seven tables of opaque byte values ([`TableId`]) under typed keys
+//! A backend stores eight tables of opaque byte values ([`TableId`]) under typed keys
 //! ([`Key`]), reads them in key order, and applies batches of write jobs in transactions.
 //! The vault's rules (the share-pair state machine, the per-client method limit, tokens, the
 //! audit chain) are write jobs written against [`Writer`] in [`crate::vault`] and
@@ -65,10 +65,15 @@ pub enum TableId {
     Meta = 6,
     /// The audit trail, keyed by sequence number.
     Audit = 7,
+    /// Earlier custodian shares and client shares, keyed (client id, kind/method/version).
+    Versions = 8,
 }
 
+/// The number of tables.
+pub const TABLE_COUNT: usize = 8;
+
 /// Every table, in snapshot order.
-pub const TABLES: [TableId; 7] = [
+pub const TABLES: [TableId; TABLE_COUNT] = [
     TableId::Custodian,
     TableId::Client,
     TableId::Pairs,
@@ -76,6 +81,7 @@ pub const TABLES: [TableId; 7] = [
     TableId::TokenHashes,
     TableId::Meta,
     TableId::Audit,
+    TableId::Versions,
 ];
 
 impl TableId {
@@ -92,13 +98,16 @@ impl TableId {
             TableId::TokenHashes => "token_hashes",
             TableId::Meta => "meta",
             TableId::Audit => "audit",
+            TableId::Versions => "share_versions",
         }
     }
 
     /// The kind of key the table is keyed by.
     pub fn key_kind(self) -> KeyKind {
         match self {
-            TableId::Custodian | TableId::Client | TableId::Pairs => KeyKind::Client,
+            TableId::Custodian | TableId::Client | TableId::Pairs | TableId::Versions => {
+                KeyKind::Client
+            }
             TableId::Tokens | TableId::Meta => KeyKind::Name,
             TableId::TokenHashes => KeyKind::Bytes,
             TableId::Audit => KeyKind::Seq,
@@ -246,7 +255,7 @@ pub const DEFERRED_FLUSH: std::time::Duration = std::time::Duration::from_millis
 
 /// One step of an export: the counts first, then every row.
 pub enum ExportItem<'a> {
-    Counts([u64; 7]),
+    Counts([u64; TABLE_COUNT]),
     Record(TableId, Key<'a>, &'a [u8]),
 }
 
@@ -296,7 +305,7 @@ pub trait Store: Send + Sync + 'static {
         visit: &mut dyn FnMut(ExportItem<'_>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let reader = self.read()?;
-        let mut counts = [0u64; 7];
+        let mut counts = [0u64; TABLE_COUNT];
         for (count, table) in counts.iter_mut().zip(TABLES) {
             *count = reader.len(table)?;
         }

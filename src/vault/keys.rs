@@ -8,6 +8,7 @@ use super::{
 use crate::crypto::{MasterKey, RecordAad};
 use crate::error::VaultError;
 use crate::integrity::INTEGRITY_KEY;
+use crate::seal::{SEALED_ROOT_KEY, SEALED_ROOT_KEY_NEXT};
 use crate::store::{Store, StoreError, TableId};
 use records::{SealedRecord, SealedRow};
 use std::sync::{Arc, PoisonError};
@@ -50,6 +51,8 @@ impl<'a> Pages<'a> {
 pub struct VerifyReport {
     pub custodian_shares: u64,
     pub client_shares: u64,
+    /// Kept earlier shares and cipherTexts.
+    pub versions: u64,
     pub failed: u64,
     /// `table/client/method: reason`, for the first 100 failures.
     pub failures: Vec<String>,
@@ -61,10 +64,14 @@ impl Vault {
     /// meanwhile is left as written). Resumable: records already under `new` are skipped, and
     /// the rotation is recorded so that an interrupted one is noticed at start. When it
     /// finishes, the data dir's key check is sealed under `new` and the old key is no longer
-    /// needed. `progress` is told (done, total) after each page; answers the total.
+    /// needed. `sealed` is the new key's sealed form under a token seal ([`crate::seal`]):
+    /// recorded as the rotation's target at its start, and as the vault's sealed root key when
+    /// it finishes, in the commit that moves the key check. `progress` is told (done, total)
+    /// after each page; answers the total.
     pub async fn rekey(
         &self,
         new: MasterKey,
+        sealed: Option<Vec<u8>>,
         actor: &str,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<u64, VaultError> {
@@ -73,9 +80,13 @@ impl Vault {
         let target = new
             .seal(&REKEY_TARGET_AAD, KEY_CHECK_PLAINTEXT)
             .map_err(crypto_failure)?;
+        let mut set = vec![(REKEY_TARGET.into(), target)];
+        if let Some(sealed) = &sealed {
+            set.push((SEALED_ROOT_KEY_NEXT.into(), sealed.clone()));
+        }
         self.write(
             WriteOp::Meta {
-                set: vec![(REKEY_TARGET.into(), target)],
+                set,
                 remove: Vec::new(),
             },
             Some(entry(actor, "rekey_start", "", &new.id().to_string())),
@@ -90,7 +101,7 @@ impl Vault {
             }
         }
         let counts = records::counts(&*self.store.read()?)?;
-        let total = counts.custodian_shares + counts.client_shares;
+        let total = counts.custodian_shares + counts.client_shares + counts.versions;
         // Sweep until a sweep finds nothing under another key: a write sealed just before the
         // switch may land after its page was re-wrapped, and the next sweep catches it.
         for sweep in 0.. {
@@ -108,11 +119,17 @@ impl Vault {
             .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT_V2)
             .map_err(crypto_failure)?;
         let integrity = self.integrity.seal(&new).map_err(crypto_failure)?;
+        let mut set = vec![(KEY_CHECK.into(), check), (INTEGRITY_KEY.into(), integrity)];
+        let mut remove = vec![REKEY_TARGET.to_owned()];
+        match sealed {
+            Some(sealed) => {
+                set.push((SEALED_ROOT_KEY.into(), sealed));
+                remove.push(SEALED_ROOT_KEY_NEXT.into());
+            }
+            None => remove.push(SEALED_ROOT_KEY.into()),
+        }
         self.write(
-            WriteOp::Meta {
-                set: vec![(KEY_CHECK.into(), check), (INTEGRITY_KEY.into(), integrity)],
-                remove: vec![REKEY_TARGET.into()],
-            },
+            WriteOp::Meta { set, remove },
             Some(entry(actor, "rekey_finish", "", &new.id().to_string())),
         )
         .await?;
@@ -129,10 +146,7 @@ impl Vault {
         progress: &mut impl FnMut(u64, u64),
     ) -> Result<u64, VaultError> {
         let (mut done, mut stale) = (0u64, 0u64);
-        for (table, name) in [
-            (TableId::Custodian, TableId::Custodian.name()),
-            (TableId::Client, TableId::Client.name()),
-        ] {
+        for table in [TableId::Custodian, TableId::Client, TableId::Versions] {
             let mut pages = Pages::new(self.store.as_ref(), table, 512);
             while let Some(page) = pages.next()? {
                 done += page.len() as u64;
@@ -143,10 +157,12 @@ impl Vault {
                     if current == new.id() {
                         continue;
                     }
+                    let (name, method) = records::envelope_binding(table, &backup_method)
+                        .ok_or(VaultError::Corrupt)?;
                     let aad = RecordAad {
                         table: name,
                         client_id: &client_id,
-                        backup_method: &backup_method,
+                        backup_method: method,
                     };
                     let envelope = self
                         .key_for(&record.envelope)
@@ -191,27 +207,30 @@ impl Vault {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<VerifyReport, VaultError> {
         let counts = records::counts(&*self.store.read()?)?;
-        let total = counts.custodian_shares + counts.client_shares;
+        let total = counts.custodian_shares + counts.client_shares + counts.versions;
         progress(0, total);
         let mut report = VerifyReport::default();
-        for (table, name) in [
-            (TableId::Custodian, TableId::Custodian.name()),
-            (TableId::Client, TableId::Client.name()),
-        ] {
+        for table in [TableId::Custodian, TableId::Client, TableId::Versions] {
             let mut pages = Pages::new(self.store.as_ref(), table, 1024);
             while let Some(page) = pages.next()? {
                 for (client_id, backup_method, record) in page {
+                    let Some((name, method)) = records::envelope_binding(table, &backup_method)
+                    else {
+                        continue;
+                    };
                     let aad = RecordAad {
                         table: name,
                         client_id: &client_id,
-                        backup_method: &backup_method,
+                        backup_method: method,
                     };
                     let opened = self
                         .key_for(&record.envelope)
                         .and_then(|key| key.open(&aad, &record.envelope));
+                    let name = table.name();
                     match table {
                         TableId::Custodian => report.custodian_shares += 1,
-                        _ => report.client_shares += 1,
+                        TableId::Client => report.client_shares += 1,
+                        _ => report.versions += 1,
                     }
                     if let Err(err) = opened {
                         report.failed += 1;
@@ -222,7 +241,7 @@ impl Vault {
                         }
                     }
                 }
-                let done = report.custodian_shares + report.client_shares;
+                let done = report.custodian_shares + report.client_shares + report.versions;
                 progress(done, total.max(done));
             }
         }

@@ -6,6 +6,8 @@
 
 mod access;
 pub mod codec;
+pub mod doctor;
+mod history;
 mod keys;
 mod pairs;
 pub mod placement;
@@ -14,8 +16,10 @@ pub mod rules;
 mod shares;
 pub mod status;
 mod tokens;
+pub mod versions;
 
 pub use access::Credentials;
+pub use history::VersionView;
 pub use keys::VerifyReport;
 pub use pairs::{CustodianView, MethodView};
 pub use shares::{BackupInput, ClientShare, FetchedShare};
@@ -34,7 +38,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
 
-const KEY_CHECK: &str = "key_check";
+/// The meta record that says a vault exists: a known text sealed under its master key.
+pub const KEY_CHECK: &str = "key_check";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"sharevault master key check v1";
 /// The key check of a vault that has an integrity key: its integrity key record cannot be
 /// removed (to start a new, plain audit trail) without the vault noticing.
@@ -182,6 +187,8 @@ pub struct Vault {
     placement: Arc<ReadPlacement>,
     /// The vault's own metrics: offloaded reads, failed authentications, broken audit chains.
     metrics: crate::metrics::VaultMetrics,
+    /// Which replaced shares are kept as versions.
+    retention: versions::Retention,
 }
 
 impl Vault {
@@ -319,7 +326,14 @@ impl Vault {
             metrics,
             rekeying: tokio::sync::Mutex::new(()),
             deferred_read_audit: false,
+            retention: versions::Retention::default(),
         })
+    }
+
+    /// How many replaced shares and cipherTexts are kept as versions.
+    pub fn with_retention(mut self, retention: versions::Retention) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// With `deferred`, the audit event of a read is committed (and visible) before the read
@@ -411,9 +425,10 @@ impl Vault {
         read: Result<T, VaultError>,
         mut audit: AuditEntry,
     ) -> Result<T, VaultError> {
-        audit.outcome = Some(match &read {
-            Ok(_) => "ok".to_owned(),
-            Err(err) => err.outcome().to_owned(),
+        audit.outcome = Some(match (&read, audit.outcome.take()) {
+            (Ok(_), Some(outcome)) => outcome,
+            (Ok(_), None) => "ok".to_owned(),
+            (Err(err), _) => err.outcome().to_owned(),
         });
         self.write(
             WriteOp::AuditOnly {

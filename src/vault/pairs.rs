@@ -17,44 +17,82 @@ pub struct CustodianView {
     pub stored_at_ms: u64,
     pub pair_id: Option<String>,
     pub pair_status: Option<PairStatus>,
+    /// Whether a client share that covers this curve (stored under the bare method or under
+    /// this `METHOD-CURVE`) is held.
+    pub client_share_held: bool,
 }
 
 /// What a client holds for one bare method.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MethodView {
     pub backup_method: String,
+    /// When the newest client share of the method (bare or per curve) was stored.
     pub client_share_created_at_ms: Option<u64>,
     pub custodian_shares: Vec<CustodianView>,
 }
 
 impl MethodView {
-    /// `completed` when the client share is held and every custodian share's pair is
+    /// `completed` when every custodian share is covered by a client share and its pair is
     /// completed; `incomplete` otherwise.
     pub fn status(&self) -> &'static str {
-        let complete = self.client_share_created_at_ms.is_some()
-            && !self.custodian_shares.is_empty()
-            && self
-                .custodian_shares
-                .iter()
-                .all(|c| c.pair_status == Some(PairStatus::StoredClientBackupShare));
+        let complete = !self.custodian_shares.is_empty()
+            && self.custodian_shares.iter().all(|c| {
+                c.client_share_held && c.pair_status == Some(PairStatus::StoredClientBackupShare)
+            });
         if complete { "completed" } else { "incomplete" }
     }
 }
 
+/// Every decodable share of a client in `table`; rows that do not decode are counted.
+fn shares_skipping_damaged(
+    store: &dyn crate::store::Reader,
+    table: TableId,
+    client_id: &str,
+    damaged: &mut u64,
+) -> Result<Vec<MethodRecord>, crate::store::StoreError> {
+    let mut out = Vec::new();
+    for (method, value) in records::client_rows(store, table, client_id)? {
+        match super::codec::decode_record(&value) {
+            Ok(record) => out.push(MethodRecord {
+                backup_method: method,
+                record,
+            }),
+            Err(_) => {
+                tracing::error!(
+                    table = table.name(),
+                    client = client_id,
+                    key = %method,
+                    "a stored share record is malformed; it is left out"
+                );
+                *damaged += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
 impl Vault {
-    /// What a client holds, per bare method. Reads no secret bytes.
+    /// What a client holds, per bare method. Reads no secret bytes. A record that does not
+    /// decode is left out (logged and counted).
     pub async fn list_backups(&self, client_id: &str) -> Result<Vec<MethodView>, VaultError> {
         validate::client_id(client_id)?;
         let id = client_id.to_owned();
-        let (pairs, client_shares, custodian_shares) = self
+        let (pairs, client_shares, custodian_shares, damaged) = self
             .read_store(move |store| {
-                Ok((
-                    records::pairs(store, &id)?,
-                    records::shares(store, TableId::Client, &id)?,
-                    records::shares(store, TableId::Custodian, &id)?,
-                ))
+                let mut damaged = 0;
+                let pairs = records::client_rows(store, TableId::Pairs, &id)?
+                    .into_iter()
+                    .filter_map(|(pid, bytes)| super::codec::decode_pair(&pid, &bytes).ok())
+                    .collect::<Vec<_>>();
+                let client = shares_skipping_damaged(store, TableId::Client, &id, &mut damaged)?;
+                let custodian =
+                    shares_skipping_damaged(store, TableId::Custodian, &id, &mut damaged)?;
+                Ok((pairs, client, custodian, damaged))
             })
             .await?;
+        if damaged > 0 {
+            self.metrics.damaged_records(damaged);
+        }
         let pairs: BTreeMap<String, PairRecord> =
             pairs.into_iter().map(|p| (p.id.clone(), p)).collect();
         let mut methods: BTreeMap<String, MethodView> = BTreeMap::new();
@@ -69,13 +107,24 @@ impl Vault {
                     ..MethodView::default()
                 })
         }
+        let custodian_methods: Vec<&str> = custodian_shares
+            .iter()
+            .map(|c| c.backup_method.as_str())
+            .collect();
         for MethodRecord {
             backup_method,
             record,
-        } in client_shares
+        } in &client_shares
         {
-            view(&mut methods, &backup_method).client_share_created_at_ms =
-                Some(record.created_at_ms);
+            // A per-curve client share belongs to its bare method's view when the client holds
+            // that curve's custodian share.
+            let bare = if custodian_methods.contains(&backup_method.as_str()) {
+                split_curve(backup_method).0
+            } else {
+                backup_method.as_str()
+            };
+            let newest = &mut view(&mut methods, bare).client_share_created_at_ms;
+            *newest = Some(newest.map_or(record.created_at_ms, |t| t.max(record.created_at_ms)));
         }
         for MethodRecord {
             backup_method,
@@ -88,11 +137,15 @@ impl Vault {
                 .as_ref()
                 .and_then(|id| pairs.get(id))
                 .map(|p| p.status);
+            let client_share_held = client_shares
+                .iter()
+                .any(|c| super::rules::covers(&c.backup_method, &backup_method));
             let entry = CustodianView {
                 curve: curve.unwrap_or("").to_owned(),
                 stored_at_ms: record.created_at_ms,
                 pair_id: record.pair_id,
                 pair_status,
+                client_share_held,
                 backup_method: backup_method.clone(),
             };
             view(&mut methods, bare).custodian_shares.push(entry);
@@ -144,7 +197,8 @@ impl Vault {
         Ok(())
     }
 
-    /// Erases everything held for a client; answers (custodian, client, pairs) deleted.
+    /// Erases everything held for a client, kept versions included; answers (custodian,
+    /// client, pairs) deleted.
     pub async fn delete_client(
         &self,
         client_id: &str,
@@ -164,6 +218,7 @@ impl Vault {
                 custodian_shares,
                 client_shares,
                 backup_share_pairs,
+                versions: _,
             } => Ok((custodian_shares, client_shares, backup_share_pairs)),
             _ => Err(VaultError::Internal),
         }

@@ -20,6 +20,8 @@ pub struct Counts {
     pub client_shares: u64,
     pub backup_share_pairs: u64,
     pub tokens: u64,
+    /// Kept earlier shares and cipherTexts.
+    pub versions: u64,
 }
 
 /// A sealed share record with its client id and backup method.
@@ -135,6 +137,7 @@ pub fn counts(r: &(impl Reader + ?Sized)) -> Result<Counts, StoreError> {
         client_shares: r.len(TableId::Client)?,
         backup_share_pairs: r.len(TableId::Pairs)?,
         tokens: r.len(TableId::Tokens)?,
+        versions: r.len(TableId::Versions)?,
     })
 }
 
@@ -143,8 +146,34 @@ pub fn meta(r: &(impl Reader + ?Sized), name: &str) -> Result<Option<Vec<u8>>, S
     r.get(TableId::Meta, Key::Name(name))
 }
 
-/// Up to `limit` sealed records of a share table (custodian or client) after the key `after`,
-/// in key order, as (client id, backup method, record).
+/// The table name and backup method a sealed record's envelope is bound to, for a row of a
+/// share table (custodian, client, or versions: there `second` is the version's key).
+pub fn envelope_binding(table: TableId, second: &str) -> Option<(&'static str, &str)> {
+    match table {
+        TableId::Custodian | TableId::Client => Some((table.name(), second)),
+        TableId::Versions => {
+            let (kind, method, _) = super::versions::parse_key(second)?;
+            Some((kind.table().name(), method))
+        }
+        _ => None,
+    }
+}
+
+/// Decodes the sealed record of a row of a share table (custodian, client or versions).
+pub fn decode_sealed(
+    table: TableId,
+    second: &str,
+    value: &[u8],
+) -> Result<SealedRecord, StoreError> {
+    if table == TableId::Versions {
+        Ok(super::versions::decode(second, value)?.record)
+    } else {
+        codec::decode_record(value)
+    }
+}
+
+/// Up to `limit` sealed records of a share table (custodian, client or versions) after the
+/// key `after`, in key order, as (client id, backup method or version key, record).
 pub fn sealed_records(
     r: &(impl Reader + ?Sized),
     table: TableId,
@@ -161,7 +190,7 @@ pub fn sealed_records(
             out.push((
                 client.to_owned(),
                 method.to_owned(),
-                codec::decode_record(value)?,
+                decode_sealed(table, method, value)?,
             ));
         }
         Ok(out.len() < limit)

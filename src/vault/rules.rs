@@ -7,6 +7,7 @@
 
 use super::codec;
 use super::records::{self, PairRecord, SealedRecord, TokenRecord};
+use super::versions::{self, Retention, ShareKind};
 use crate::audit::{self, AuditEntry, AuditKey};
 use crate::error::VaultError;
 use crate::store::{Key, Staged, Store, StoreError, TableId, WriteClass, WriteJob, Writer};
@@ -17,24 +18,42 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// One atomic write.
 #[derive(Debug)]
 pub enum WriteOp {
-    /// Stores the custodian share for (client, `METHOD-CURVE`), replacing that key only, and
-    /// (re)starts its pair at `STORED_CUSTODIAN_BACKUP_SHARE`. The pair of a replaced share
-    /// with another id is removed. A share under a new key is refused (`FailedPrecondition`)
-    /// when the client already holds [`MAX_METHODS_PER_CLIENT`] of them.
+    /// Stores the custodian share for (client, `METHOD-CURVE`) and (re)starts its pair at
+    /// `STORED_CUSTODIAN_BACKUP_SHARE`. A replaced share is kept as a version, with its pair
+    /// (see [`versions`]). A share under a new key is refused (`FailedPrecondition`) when the
+    /// client already holds [`MAX_METHODS_PER_CLIENT`] of them.
+    ///
+    /// With `unchanged`, the stored bytes of the current share that the caller found to hold
+    /// the same share: if they are still current, the write is a repeat and changes nothing.
     PutCustodianShare {
         client_id: String,
         backup_method: String,
         record: SealedRecord,
+        unchanged: Option<Vec<u8>>,
+        retention: Retention,
     },
-    /// Stores the client share for (client, bare method), replacing it, and completes the
-    /// pairs of that method. Limited per client as custodian shares are.
+    /// Stores the client share for (client, method), keeping a replaced one as a version, and
+    /// completes the pairs of the current custodian shares it covers: under a bare method,
+    /// every curve of that method; under `METHOD-CURVE`, that curve only. Limited per client
+    /// as custodian shares are; `unchanged` as for custodian shares.
     PutClientShare {
         client_id: String,
         backup_method: String,
         record: SealedRecord,
+        unchanged: Option<Vec<u8>>,
+        retention: Retention,
     },
-    /// Deletes a client share; the method's completed pairs fall back to
-    /// `STORED_CLIENT_BACKUP_SHARE_KEY`.
+    /// Makes a kept version current again; the share it replaces becomes a version.
+    RestoreVersion {
+        client_id: String,
+        kind: ShareKind,
+        backup_method: String,
+        number: u64,
+        now_ms: u64,
+        retention: Retention,
+    },
+    /// Deletes a client share; the completed pairs it covered, and no other client share
+    /// covers, fall back to `STORED_CLIENT_BACKUP_SHARE_KEY`.
     DeleteClientShare {
         client_id: String,
         backup_method: String,
@@ -47,7 +66,7 @@ pub enum WriteOp {
         status: PairStatus,
         now_ms: u64,
     },
-    /// Erases every record of a client.
+    /// Erases every record of a client, kept versions included.
     DeleteClient {
         client_id: String,
     },
@@ -74,7 +93,8 @@ pub enum WriteOp {
 /// One record to re-wrap.
 #[derive(Debug)]
 pub struct Rewrap {
-    /// [`TableId::Custodian`] or [`TableId::Client`].
+    /// [`TableId::Custodian`], [`TableId::Client`] or [`TableId::Versions`] (then
+    /// `backup_method` is the version's key).
     pub table: TableId,
     pub client_id: String,
     pub backup_method: String,
@@ -86,6 +106,8 @@ pub struct Rewrap {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOutcome {
     Done,
+    /// The share was already stored, byte for byte: nothing changed.
+    Repeat,
     /// Pairs that a stored client share completed.
     PairsCompleted(Vec<String>),
     /// Whether there was something to delete.
@@ -94,6 +116,7 @@ pub enum WriteOutcome {
         custodian_shares: u64,
         client_shares: u64,
         backup_share_pairs: u64,
+        versions: u64,
     },
 }
 
@@ -105,6 +128,7 @@ impl WriteOp {
             | WriteOp::PutClientShare { .. }
             | WriteOp::CreateToken(_)
             | WriteOp::Rewrap(_)
+            | WriteOp::RestoreVersion { .. }
             | WriteOp::Meta { .. } => WriteClass::AddsData,
             WriteOp::AuditOnly { deferred } => WriteClass::ReadAudit {
                 deferred: *deferred,
@@ -172,6 +196,7 @@ fn job(
             if let Some((entry, key)) = &audit {
                 let outcome = match (&entry.outcome, &result) {
                     (Some(outcome), _) => outcome.as_str(),
+                    (None, Ok(WriteOutcome::Repeat)) => "repeat",
                     (None, Ok(_)) => "ok",
                     (None, Err(e)) => e.outcome(),
                 };
@@ -189,12 +214,48 @@ fn apply(w: &mut dyn Writer, op: &WriteOp) -> Applied {
             client_id,
             backup_method,
             record,
-        } => put_custodian(w, client_id, backup_method, record),
+            unchanged,
+            retention,
+        } => put_share(
+            w,
+            ShareKind::Custodian,
+            client_id,
+            backup_method,
+            record,
+            unchanged.as_deref(),
+            *retention,
+        ),
         WriteOp::PutClientShare {
             client_id,
             backup_method,
             record,
-        } => put_client(w, client_id, backup_method, record),
+            unchanged,
+            retention,
+        } => put_share(
+            w,
+            ShareKind::Client,
+            client_id,
+            backup_method,
+            record,
+            unchanged.as_deref(),
+            *retention,
+        ),
+        WriteOp::RestoreVersion {
+            client_id,
+            kind,
+            backup_method,
+            number,
+            now_ms,
+            retention,
+        } => restore_version(
+            w,
+            client_id,
+            *kind,
+            backup_method,
+            *number,
+            *now_ms,
+            *retention,
+        ),
         WriteOp::DeleteClientShare {
             client_id,
             backup_method,
@@ -258,62 +319,121 @@ fn put_pair(w: &mut dyn Writer, client_id: &str, pair: &PairRecord) -> Result<()
     )
 }
 
-fn put_custodian(
+/// Stores a custodian or client share (see [`WriteOp::PutCustodianShare`] and
+/// [`WriteOp::PutClientShare`]).
+fn put_share(
     w: &mut dyn Writer,
+    kind: ShareKind,
     client_id: &str,
     backup_method: &str,
     record: &SealedRecord,
+    unchanged: Option<&[u8]>,
+    retention: Retention,
 ) -> Applied {
+    let table = kind.table();
     let key = Key::Client(client_id, backup_method);
-    let old_pair = match w.get(TableId::Custodian, key)? {
-        Some(old) => codec::record_pair_id(&old)?.map(str::to_owned),
-        None => {
-            within_method_limit(w, TableId::Custodian, client_id, "custodian shares")?;
-            None
+    let now = record.created_at_ms;
+    match w.get(table, key)? {
+        Some(current) if unchanged == Some(current.as_slice()) => {
+            return Ok(WriteOutcome::Repeat);
         }
-    };
-    w.put(TableId::Custodian, key, &codec::encode_record(record))?;
-    if let Some(old_pair) = old_pair
-        && Some(&old_pair) != record.pair_id.as_ref()
-    {
-        w.delete(TableId::Pairs, Key::Client(client_id, &old_pair))?;
+        Some(current) => {
+            w.put(table, key, &codec::encode_record(record))?;
+            let dropped =
+                versions::keep(w, client_id, kind, backup_method, &current, now, retention)?;
+            for pair in dropped {
+                if !versions::pair_referenced(w, client_id, &pair)? {
+                    w.delete(TableId::Pairs, Key::Client(client_id, &pair))?;
+                }
+            }
+        }
+        None => {
+            let what = match kind {
+                ShareKind::Custodian => "custodian shares",
+                ShareKind::Client => "client shares",
+            };
+            within_method_limit(w, table, client_id, what)?;
+            w.put(table, key, &codec::encode_record(record))?;
+        }
     }
-    if let Some(id) = &record.pair_id {
-        let pair = PairRecord {
-            id: id.clone(),
-            backup_method: backup_method.to_owned(),
-            status: PairStatus::StoredCustodianBackupShare,
-            created_at_ms: record.created_at_ms,
-            updated_at_ms: record.created_at_ms,
-        };
-        put_pair(w, client_id, &pair)?;
+    match kind {
+        ShareKind::Custodian => {
+            if let Some(id) = &record.pair_id {
+                let pair = PairRecord {
+                    id: id.clone(),
+                    backup_method: backup_method.to_owned(),
+                    status: PairStatus::StoredCustodianBackupShare,
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                };
+                put_pair(w, client_id, &pair)?;
+            }
+            Ok(WriteOutcome::Done)
+        }
+        ShareKind::Client => complete_covered(w, client_id, backup_method, now),
     }
-    Ok(WriteOutcome::Done)
 }
 
-fn put_client(
-    w: &mut dyn Writer,
-    client_id: &str,
-    backup_method: &str,
-    record: &SealedRecord,
-) -> Applied {
-    let key = Key::Client(client_id, backup_method);
-    if w.get(TableId::Client, key)?.is_none() {
-        within_method_limit(w, TableId::Client, client_id, "client shares")?;
-    }
-    w.put(TableId::Client, key, &codec::encode_record(record))?;
+/// Whether a client share stored under `client_method` covers the custodian share under
+/// `custodian_method` (`METHOD-CURVE`): the same key, or its bare method.
+pub fn covers(client_method: &str, custodian_method: &str) -> bool {
+    client_method == custodian_method || split_curve(custodian_method).0 == client_method
+}
+
+/// Completes the pairs of the current custodian shares that the client share just stored
+/// under `client_method` covers.
+fn complete_covered(w: &mut dyn Writer, client_id: &str, client_method: &str, now: u64) -> Applied {
     let mut completed = Vec::new();
-    for mut pair in records::pairs(w, client_id)? {
-        if split_curve(&pair.backup_method).0 == backup_method {
+    for share in records::shares(w, TableId::Custodian, client_id)? {
+        if !covers(client_method, &share.backup_method) {
+            continue;
+        }
+        let Some(id) = &share.record.pair_id else {
+            continue;
+        };
+        if let Some(mut pair) = records::pair(w, client_id, id)? {
             if pair.status != PairStatus::StoredClientBackupShare {
                 pair.status = PairStatus::StoredClientBackupShare;
-                pair.updated_at_ms = record.created_at_ms;
+                pair.updated_at_ms = now;
                 put_pair(w, client_id, &pair)?;
             }
             completed.push(pair.id);
         }
     }
     Ok(WriteOutcome::PairsCompleted(completed))
+}
+
+/// Whether a client share that covers the custodian share under `custodian_method` is held
+/// and was stored at or after `since_ms` (when that custodian share was stored): only then
+/// does it belong to that backup.
+fn client_share_for(
+    r: &dyn Writer,
+    client_id: &str,
+    custodian_method: &str,
+    since_ms: u64,
+) -> Result<ClientShareFor, StoreError> {
+    let bare = split_curve(custodian_method).0;
+    let mut found = ClientShareFor::None;
+    for method in [custodian_method, bare] {
+        if let Some(record) = records::share(r, TableId::Client, client_id, method)? {
+            if record.created_at_ms >= since_ms {
+                return Ok(ClientShareFor::ThisBackup);
+            }
+            found = ClientShareFor::Older;
+        }
+        if bare == custodian_method {
+            break;
+        }
+    }
+    Ok(found)
+}
+
+#[derive(PartialEq, Eq)]
+enum ClientShareFor {
+    None,
+    /// Only a client share stored before the custodian share: it belongs to an earlier backup.
+    Older,
+    ThisBackup,
 }
 
 fn delete_client_share(
@@ -324,9 +444,22 @@ fn delete_client_share(
 ) -> Applied {
     let removed = w.delete(TableId::Client, Key::Client(client_id, backup_method))?;
     if removed {
-        for mut pair in records::pairs(w, client_id)? {
-            if split_curve(&pair.backup_method).0 == backup_method
+        for share in records::shares(w, TableId::Custodian, client_id)? {
+            if !covers(backup_method, &share.backup_method) {
+                continue;
+            }
+            let Some(id) = &share.record.pair_id else {
+                continue;
+            };
+            let held = client_share_for(
+                w,
+                client_id,
+                &share.backup_method,
+                share.record.created_at_ms,
+            )? == ClientShareFor::ThisBackup;
+            if let Some(mut pair) = records::pair(w, client_id, id)?
                 && pair.status == PairStatus::StoredClientBackupShare
+                && !held
             {
                 pair.status = PairStatus::StoredClientBackupShareKey;
                 pair.updated_at_ms = now_ms;
@@ -350,10 +483,30 @@ fn update_pairs(
                 "no backup share pair {id} for this client"
             )))
         })?;
-        let method = split_curve(&pair.backup_method).0;
-        let held = w
-            .get(TableId::Client, Key::Client(client_id, method))?
-            .is_some();
+        let refuse = |msg: String| Failure::Refused(VaultError::FailedPrecondition(msg));
+        // A pair already completed stays so; one that completes now needs its own cipherText.
+        let mut held = pair.status == PairStatus::StoredClientBackupShare;
+        if status == PairStatus::StoredClientBackupShare && !held {
+            let current = records::share(w, TableId::Custodian, client_id, &pair.backup_method)?
+                .filter(|r| r.pair_id.as_deref() == Some(id.as_str()));
+            let Some(current) = current else {
+                return Err(refuse(format!(
+                    "backup share pair {id} belongs to a custodian share that a newer backup \
+                     replaced; only the current backup's pair can complete"
+                )));
+            };
+            match client_share_for(w, client_id, &pair.backup_method, current.created_at_ms)? {
+                ClientShareFor::ThisBackup => held = true,
+                ClientShareFor::Older => {
+                    return Err(refuse(format!(
+                        "the client backup share held for backup share pair {id} was stored \
+                         before its custodian share, so it belongs to an earlier backup: store \
+                         this backup's cipherText first"
+                    )));
+                }
+                ClientShareFor::None => {}
+            }
+        }
         pair.status
             .check_update(status, held)
             .map_err(Failure::Refused)?;
@@ -366,13 +519,60 @@ fn update_pairs(
     Ok(WriteOutcome::Done)
 }
 
+fn restore_version(
+    w: &mut dyn Writer,
+    client_id: &str,
+    kind: ShareKind,
+    backup_method: &str,
+    number: u64,
+    now_ms: u64,
+    retention: Retention,
+) -> Applied {
+    let version_key = versions::key(kind, backup_method, number);
+    let row = w
+        .get(TableId::Versions, Key::Client(client_id, &version_key))?
+        .ok_or_else(|| {
+            Failure::Refused(VaultError::NotFound(format!(
+                "no {} version {number} of {backup_method} for this client",
+                kind.name()
+            )))
+        })?;
+    let version = versions::decode(&version_key, &row)?;
+    w.delete(TableId::Versions, Key::Client(client_id, &version_key))?;
+    let table = kind.table();
+    let key = Key::Client(client_id, backup_method);
+    let restored = codec::encode_record(&version.record);
+    match w.get(table, key)? {
+        Some(current) => {
+            w.put(table, key, &restored)?;
+            let dropped = versions::keep(
+                w,
+                client_id,
+                kind,
+                backup_method,
+                &current,
+                now_ms,
+                retention,
+            )?;
+            for pair in dropped {
+                if !versions::pair_referenced(w, client_id, &pair)? {
+                    w.delete(TableId::Pairs, Key::Client(client_id, &pair))?;
+                }
+            }
+        }
+        None => w.put(table, key, &restored)?,
+    }
+    Ok(WriteOutcome::Done)
+}
+
 fn delete_client(w: &mut dyn Writer, client_id: &str) -> Applied {
-    let mut counts = [0u64; 3];
-    for (count, table) in
-        counts
-            .iter_mut()
-            .zip([TableId::Custodian, TableId::Client, TableId::Pairs])
-    {
+    let mut counts = [0u64; 4];
+    for (count, table) in counts.iter_mut().zip([
+        TableId::Custodian,
+        TableId::Client,
+        TableId::Pairs,
+        TableId::Versions,
+    ]) {
         for (second, _) in records::client_rows(w, table, client_id)? {
             w.delete(table, Key::Client(client_id, &second))?;
             *count += 1;
@@ -382,6 +582,7 @@ fn delete_client(w: &mut dyn Writer, client_id: &str) -> Applied {
         custodian_shares: counts[0],
         client_shares: counts[1],
         backup_share_pairs: counts[2],
+        versions: counts[3],
     })
 }
 
@@ -412,10 +613,21 @@ fn revoke_token(w: &mut dyn Writer, name: &str) -> Applied {
 
 fn rewrap(w: &mut dyn Writer, items: &[Rewrap]) -> Applied {
     for item in items {
+        let key = Key::Client(&item.client_id, &item.backup_method);
+        if item.table == TableId::Versions {
+            if let Some(row) = w.get(TableId::Versions, key)? {
+                let version = versions::decode(&item.backup_method, &row)?;
+                if version.record == item.expected {
+                    let replacement = codec::encode_record(&item.replacement);
+                    let value = versions::encode(version.superseded_at_ms, &replacement);
+                    w.put(TableId::Versions, key, &value)?;
+                }
+            }
+            continue;
+        }
         if !matches!(item.table, TableId::Custodian | TableId::Client) {
             continue;
         }
-        let key = Key::Client(&item.client_id, &item.backup_method);
         let current = w.get(item.table, key)?;
         if current.as_deref() == Some(codec::encode_record(&item.expected).as_slice()) {
             w.put(item.table, key, &codec::encode_record(&item.replacement))?;

@@ -1,13 +1,15 @@
 //! Custodian shares (the webhook) and client shares (cipherTexts): sealed on the way in,
 //! opened on the way out, every read of share material audited before it is answered.
 
-use super::records::{self, MethodRecord, SealedRecord};
+use super::records::{self, SealedRecord};
 use super::rules::{WriteOp, WriteOutcome};
 use super::{Vault, crypto_failure, entry, now_ms};
+use super::{codec, versions};
 use crate::crypto::RecordAad;
 use crate::error::{Field, VaultError};
 use crate::store::TableId;
 use crate::validate::{self, UNKNOWN_METHOD};
+use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 /// A custodian share as the webhook delivers it.
@@ -79,6 +81,15 @@ impl Vault {
             .map_err(crypto_failure)?;
         self.warm_for_write(TableId::Custodian, input.client_id, method)
             .await;
+        let unchanged = self
+            .unchanged(
+                TableId::Custodian,
+                input.client_id,
+                method,
+                input.share,
+                pair_id.as_deref(),
+            )
+            .await;
         self.write(
             WriteOp::PutCustodianShare {
                 client_id: input.client_id.to_owned(),
@@ -88,6 +99,8 @@ impl Vault {
                     pair_id: pair_id.clone(),
                     envelope,
                 },
+                unchanged,
+                retention: self.retention,
             },
             Some(entry(actor, "backup", input.client_id, method)),
         )
@@ -95,7 +108,47 @@ impl Vault {
         Ok(pair_id)
     }
 
-    /// Every custodian share of a client, byte for byte, ordered by backup method.
+    /// The stored bytes of the current share under (client, method) if it holds exactly
+    /// `text` (compared in constant time) with the same pair: a write of `text` would then be
+    /// a repeat. A current share that does not open is not a match.
+    async fn unchanged(
+        &self,
+        table: TableId,
+        client_id: &str,
+        method: &str,
+        text: &str,
+        pair_id: Option<&str>,
+    ) -> Option<Vec<u8>> {
+        let (id, wanted) = (client_id.to_owned(), method.to_owned());
+        // A store that cannot be read now is the write's to report (and a failed write is
+        // what makes the store recover), so a failed read here is simply no match.
+        let current = self
+            .read_store(move |store| store.get(table, crate::store::Key::Client(&id, &wanted)))
+            .await;
+        let Ok(Some(bytes)) = current else {
+            return None;
+        };
+        let record = codec::decode_record(&bytes).ok()?;
+        if record.pair_id.as_deref() != pair_id {
+            return None;
+        }
+        let aad = RecordAad {
+            table: table.name(),
+            client_id,
+            backup_method: method,
+        };
+        let plain = self
+            .key_for(&record.envelope)
+            .and_then(|key| key.open(&aad, &record.envelope))
+            .ok()?;
+        let same: bool = plain.as_slice().ct_eq(text.as_bytes()).into();
+        same.then_some(bytes)
+    }
+
+    /// Every custodian share of a client, byte for byte, ordered by backup method, and the
+    /// last completed backup of any method whose newest one is not completed (see
+    /// [`versions::fetch_rows`]). A record that fails its integrity check is left out (its
+    /// ids logged and counted); only when none opens is the answer `DataLoss`.
     pub async fn fetch(
         &self,
         client_id: &str,
@@ -104,31 +157,56 @@ impl Vault {
         validate::client_id(client_id)?;
         let id = client_id.to_owned();
         let read = self
-            .read_store(move |store| records::shares(store, TableId::Custodian, &id))
+            .read_store(move |store| versions::fetch_rows(store, &id))
             .await
-            .and_then(|rows| self.open_custodian_shares(client_id, &rows));
-        self.audited(read, entry(actor, "fetch", client_id, ""))
-            .await
+            .and_then(|rows| self.open_custodian_shares(client_id, rows));
+        let mut audit = entry(actor, "fetch", client_id, "");
+        let read = read.map(|(shares, damaged)| {
+            if damaged > 0 {
+                audit.outcome = Some(format!("ok: {damaged} damaged record(s) left out"));
+            }
+            shares
+        });
+        self.audited(read, audit).await
     }
 
+    /// Opens the rows of a fetch; answers the shares and how many were damaged.
     fn open_custodian_shares(
         &self,
         client_id: &str,
-        rows: &[MethodRecord],
-    ) -> Result<Vec<FetchedShare>, VaultError> {
-        rows.iter()
-            .map(|m| {
-                Ok(FetchedShare {
-                    share: self.open_record(
-                        TableId::Custodian.name(),
-                        client_id,
-                        &m.backup_method,
-                        &m.record,
-                    )?,
+        rows: versions::FetchRows,
+    ) -> Result<(Vec<FetchedShare>, u64), VaultError> {
+        for method in &rows.damaged {
+            tracing::error!(
+                client = client_id,
+                key = %method,
+                "a stored custodian share record is malformed; it is not served"
+            );
+        }
+        let mut damaged = rows.damaged.len() as u64;
+        let mut shares = Vec::with_capacity(rows.rows.len());
+        for m in &rows.rows {
+            match self.open_record(
+                TableId::Custodian.name(),
+                client_id,
+                &m.backup_method,
+                &m.record,
+            ) {
+                Ok(share) => shares.push(FetchedShare {
+                    share,
                     stored_at_ms: m.record.created_at_ms,
-                })
-            })
-            .collect()
+                }),
+                Err(VaultError::Corrupt) => damaged += 1,
+                Err(err) => return Err(err),
+            }
+        }
+        if damaged > 0 {
+            self.metrics.damaged_records(damaged);
+            if shares.is_empty() {
+                return Err(VaultError::Corrupt);
+            }
+        }
+        Ok((shares, damaged))
     }
 
     /// One custodian share, for eject (the caller must hold the eject role).
@@ -184,6 +262,9 @@ impl Vault {
             .map_err(crypto_failure)?;
         self.warm_for_write(TableId::Client, client_id, method)
             .await;
+        let unchanged = self
+            .unchanged(TableId::Client, client_id, method, cipher_text, None)
+            .await;
         let outcome = self
             .write(
                 WriteOp::PutClientShare {
@@ -194,6 +275,8 @@ impl Vault {
                         pair_id: None,
                         envelope,
                     },
+                    unchanged,
+                    retention: self.retention,
                 },
                 Some(entry(actor, "store_client_share", client_id, method)),
             )

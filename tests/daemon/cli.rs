@@ -37,7 +37,7 @@ impl Run {
 
 /// Runs `sharevault ARGS` in `dir`, with no `SHAREVAULT_*` variable inherited.
 pub(crate) fn sharevault(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sharevault"));
+    let mut cmd = Command::new(crate::harness::binary());
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("SHAREVAULT_") {
             cmd.env_remove(name);

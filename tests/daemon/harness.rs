@@ -74,7 +74,7 @@ pub enum Started {
 }
 
 pub fn command(data_dir: &Path, args: &[String]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sharevault"));
+    let mut cmd = Command::new(binary());
     cmd.arg("serve")
         .arg("--data-dir")
         .arg(data_dir)
@@ -427,4 +427,19 @@ pub async fn create_token(daemon: &Daemon, admin_token: &str, name: &str, role: 
         .expect("create token")
         .into_inner()
         .token
+}
+
+/// The sharevault binary the tests run: this build's, or `SHAREVAULT_TEST_BINARY` (a release
+/// build, for the figures some tests print).
+pub fn binary() -> PathBuf {
+    std::env::var_os("SHAREVAULT_TEST_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sharevault")))
+}
+
+/// The peak resident memory of process `pid` (`VmHWM`), in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

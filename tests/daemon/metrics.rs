@@ -144,6 +144,7 @@ async fn a_live_scrape_passes_promtool_and_counts_the_calls() {
         "sharevault_database_bytes",
         "sharevault_uptime_seconds",
         "sharevault_ready",
+        "sharevault_seal_reachable",
         "sharevault_auth_failures_total",
         "sharevault_disk_reserve_refusals_total",
         "sharevault_audit_chain_broken_total",
@@ -160,6 +161,7 @@ async fn a_live_scrape_passes_promtool_and_counts_the_calls() {
     assert_eq!(sample(&text, "sharevault_audit_chain_broken_total"), 0.0);
     assert_eq!(sample(&text, "sharevault_disk_reserve_refusals_total"), 0.0);
     assert_eq!(sample(&text, "sharevault_ready"), 1.0);
+    assert_eq!(sample(&text, "sharevault_seal_reachable"), 1.0);
     assert_eq!(
         sample(&text, "sharevault_records{table=\"custodian_shares\"}"),
         1.0

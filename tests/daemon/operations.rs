@@ -23,7 +23,7 @@ fn backup(client: &str, method: &str, share: &str) -> pb::BackupRequest {
 }
 
 /// Streams a snapshot from the admin API into `path`.
-async fn snapshot_to(daemon: &Daemon, admin: &str, path: &std::path::Path) {
+pub(crate) async fn snapshot_to(daemon: &Daemon, admin: &str, path: &std::path::Path) {
     let mut stream = daemon
         .admin()
         .await
@@ -39,7 +39,7 @@ async fn snapshot_to(daemon: &Daemon, admin: &str, path: &std::path::Path) {
 }
 
 /// Runs `sharevault restore` of `snapshot` into `data_dir` under `keys`' master key.
-fn restore(
+pub(crate) fn restore(
     snapshot: &std::path::Path,
     data_dir: &std::path::Path,
     keys: &Keys,
@@ -533,7 +533,7 @@ async fn rekey_while_serving_then_the_old_key_is_refused() {
     the_new_key_serves_every_record(&sandbox, &new_keys, &backend, &new_master_key_id).await;
 }
 
-fn hex_decode(s: &str) -> Vec<u8> {
+pub(crate) fn hex_decode(s: &str) -> Vec<u8> {
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())

@@ -23,12 +23,12 @@ fn snapshot_records() -> impl Strategy<Value = Vec<snapshot::Record>> {
 
 /// A snapshot file of `records`, as the daemon writes it.
 fn snapshot_file(created_at_ms: u64, key_id: [u8; 8], records: &[snapshot::Record]) -> Vec<u8> {
-    let mut counts = [0u64; 7];
+    let mut counts = [0u64; snapshot::TABLE_COUNT];
     for (table, _, _) in records {
         counts[*table as usize - 1] += 1;
     }
     let mut out = Header {
-        version: 2,
+        version: snapshot::VERSION,
         created_at_ms,
         key_id,
         sealed_integrity_key: vec![9; 117],

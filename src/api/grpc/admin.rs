@@ -11,6 +11,7 @@ use crate::error::{Field, VaultError};
 use crate::pb::admin_service_server::AdminService;
 use crate::pb::{self, timestamp};
 use crate::store::StoreError;
+use crate::vault::doctor::{DoctorOptions, DoctorTotals, Finding};
 use crate::vault::{Vault, VerifyReport};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -121,6 +122,121 @@ impl AdminService for AdminApi {
         }
         .await;
         reply(call, result)
+    }
+
+    async fn list_versions(
+        &self,
+        request: Request<pb::ListVersionsRequest>,
+    ) -> Result<Response<pb::ListVersionsResponse>, Status> {
+        let req = request.get_ref();
+        let mut call = Call::new(&self.calls, "AdminService", "ListVersions");
+        call.client(&req.client_id);
+        let result = async {
+            let (vault, _) = self.authorize(&request)?;
+            let versions = vault.list_versions(&req.client_id).await?;
+            Ok(pb::ListVersionsResponse {
+                versions: versions
+                    .into_iter()
+                    .map(|v| pb::ShareVersion {
+                        kind: v.kind.name().to_owned(),
+                        backup_method: v.backup_method,
+                        version: v.number,
+                        current: v.superseded_at_ms.is_none(),
+                        backup_share_pair_id: v.pair_id.unwrap_or_default(),
+                        pair_status: v.pair_status.map_or(0, super::backup::pair_status_to_proto),
+                        created_at: Some(timestamp(v.created_at_ms)),
+                        superseded_at: v.superseded_at_ms.map(timestamp),
+                    })
+                    .collect(),
+            })
+        }
+        .await;
+        reply(call, result)
+    }
+
+    async fn restore_version(
+        &self,
+        request: Request<pb::RestoreVersionRequest>,
+    ) -> Result<Response<pb::RestoreVersionResponse>, Status> {
+        let req = request.get_ref();
+        let mut call = Call::new(&self.calls, "AdminService", "RestoreVersion");
+        call.client(&req.client_id);
+        let result = async {
+            let (vault, who) = self.authorize(&request)?;
+            vault
+                .restore_version(
+                    &req.client_id,
+                    &req.kind,
+                    &req.backup_method,
+                    req.version,
+                    &who.name,
+                )
+                .await?;
+            Ok(pb::RestoreVersionResponse {})
+        }
+        .await;
+        reply(call, result)
+    }
+
+    type DoctorStream = ReceiverStream<Result<pb::DoctorMessage, Status>>;
+
+    async fn doctor(
+        &self,
+        request: Request<pb::DoctorRequest>,
+    ) -> Result<Response<Self::DoctorStream>, Status> {
+        let call = Call::new(&self.calls, "AdminService", "Doctor");
+        let result = self.authorize(&request).and_then(|(vault, who)| {
+            let req = request.get_ref();
+            let mut options = DoctorOptions::default();
+            if !req.curves.is_empty() {
+                for curve in &req.curves {
+                    crate::validate::backup_method(curve)?;
+                }
+                options.curves = req.curves.clone();
+            }
+            if req.stuck_after_seconds > 0 {
+                options.stuck_after_ms = req.stuck_after_seconds.saturating_mul(1000);
+            }
+            Ok((Arc::clone(vault), who, options))
+        });
+        let (vault, who, options) = reply(call, result)?.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let worker = Arc::clone(&vault);
+            let sender = tx.clone();
+            let report = tokio::task::spawn_blocking(move || {
+                let mut progress = |done, total| {
+                    let item =
+                        pb::doctor_message::Item::Progress(pb::DoctorProgress { done, total });
+                    let _ = sender.try_send(Ok(pb::DoctorMessage { item: Some(item) }));
+                };
+                worker.doctor(
+                    &options,
+                    &mut |finding: Finding| {
+                        let item = pb::doctor_message::Item::Finding(finding_to_proto(finding));
+                        sender
+                            .blocking_send(Ok(pb::DoctorMessage { item: Some(item) }))
+                            .map_err(|_| VaultError::Unavailable)
+                    },
+                    &mut progress,
+                )
+            })
+            .await
+            .unwrap_or(Err(VaultError::Internal));
+            let outcome = match &report {
+                Ok(t) => format!(
+                    "ok: {} of {} clients can recover",
+                    t.recoverable_clients, t.clients
+                ),
+                Err(err) => err.outcome().to_owned(),
+            };
+            let _ = vault.audit_doctor(&who.name, &outcome).await;
+            let last = report.map(|totals| pb::DoctorMessage {
+                item: Some(pb::doctor_message::Item::Totals(totals_to_proto(totals))),
+            });
+            let _ = tx.send(last.map_err(Status::from)).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn get_status(
@@ -290,7 +406,8 @@ impl AdminService for AdminApi {
             // it never seals anything.
             let transport = request.extensions().get::<crate::api::Transport>().copied();
             let peer = crate::api::Peer(super::source(&request));
-            if !transport.is_some_and(|t| t.may_carry_keys(peer)) {
+            let carries_key = !request.get_ref().new_master_key.is_empty();
+            if carries_key && !transport.is_some_and(|t| t.may_carry_keys(peer)) {
                 return Err(VaultError::FailedPrecondition(
                     "a rekey carries the new master key: send it over TLS or the local admin \
                      socket, not plain TCP from another host; this key travelled in clear, \
@@ -299,23 +416,40 @@ impl AdminService for AdminApi {
                 ));
             }
             let (vault, who) = self.authorize(&request)?;
+            // Under a token seal the daemon makes the new root key itself, and seals it.
+            if let Some(seal) = self.ready.token_seal() {
+                if carries_key {
+                    return Err(VaultError::FailedPrecondition(
+                        "the root key is sealed by a PKCS#11 token: send no key, the daemon \
+                         makes the new root key and seals it with the token"
+                            .into(),
+                    ));
+                }
+                let key = crate::seal::generate_root_key().map_err(|_| VaultError::Internal)?;
+                let sealed = seal.seal(&key).await.map_err(|err| {
+                    VaultError::FailedPrecondition(format!(
+                        "the token could not seal the new root key ({err}); nothing was changed"
+                    ))
+                })?;
+                return Ok((Arc::clone(vault), who, key, Some(sealed)));
+            }
             let raw = Zeroizing::new(request.get_ref().new_master_key.clone());
             if raw.len() != crate::crypto::KEY_LEN {
                 return Err(VaultError::invalid(Field::NewMasterKey, "must be 32 bytes"));
             }
             let key = MasterKey::from_file_contents(&raw)
                 .map_err(|_| VaultError::invalid(Field::NewMasterKey, "must be 32 bytes"))?;
-            Ok((Arc::clone(vault), who, key))
+            Ok((Arc::clone(vault), who, key, None))
         }
         .await;
-        let (vault, who, key) = reply(call, result)?.into_inner();
+        let (vault, who, key, sealed) = reply(call, result)?.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let new_id = key.id().to_string();
         tokio::spawn(async move {
             let progress_tx = tx.clone();
             let id = new_id.clone();
             let result = vault
-                .rekey(key, &who.name, move |done, total| {
+                .rekey(key, sealed, &who.name, move |done, total| {
                     let _ = progress_tx.try_send(Ok(pb::RekeyProgress {
                         done,
                         total,
@@ -406,10 +540,52 @@ where
     ReceiverStream::new(rx)
 }
 
+fn finding_to_proto(finding: Finding) -> pb::DoctorFinding {
+    pb::DoctorFinding {
+        client_id: finding.client_id,
+        backup_method: finding.backup_method,
+        reasons: finding
+            .reasons
+            .into_iter()
+            .map(|(reason, curve)| {
+                if curve.is_empty() {
+                    reason.code().to_owned()
+                } else {
+                    format!("{}:{curve}", reason.code())
+                }
+            })
+            .collect(),
+    }
+}
+
+fn totals_to_proto(totals: DoctorTotals) -> pb::DoctorTotals {
+    pb::DoctorTotals {
+        clients: totals.clients,
+        recoverable_clients: totals.recoverable_clients,
+        methods: totals
+            .methods
+            .into_iter()
+            .map(
+                |(backup_method, (recoverable, unrecoverable))| pb::DoctorMethodTotals {
+                    backup_method,
+                    recoverable,
+                    unrecoverable,
+                },
+            )
+            .collect(),
+        reasons: totals
+            .reasons
+            .into_iter()
+            .map(|(reason, n)| (reason.code().to_owned(), n))
+            .collect(),
+    }
+}
+
 fn verify_report_to_proto(report: VerifyReport, master_key_id: String) -> pb::VerifyResponse {
     pb::VerifyResponse {
         custodian_shares: report.custodian_shares,
         client_shares: report.client_shares,
+        versions: report.versions,
         failed: report.failed,
         failures: report.failures,
         master_key_id,

@@ -33,7 +33,7 @@ impl BackupApi {
     }
 }
 
-fn pair_status_to_proto(status: PairStatus) -> i32 {
+pub(super) fn pair_status_to_proto(status: PairStatus) -> i32 {
     match status {
         PairStatus::StoredCustodianBackupShare => {
             pb::BackupSharePairStatus::StoredCustodianBackupShare as i32
@@ -79,6 +79,7 @@ fn method_to_proto(view: MethodView) -> pb::MethodBackups {
                 backup_method: c.backup_method,
                 curve: c.curve,
                 stored_at: Some(timestamp(c.stored_at_ms)),
+                has_client_backup_share: c.client_share_held,
                 backup_share_pair_id: c.pair_id.unwrap_or_default(),
                 pair_status: c.pair_status.map(pair_status_to_proto).unwrap_or_default(),
                 status: c

@@ -3,8 +3,8 @@
 
 use super::openapi::{
     Backups, ClientDeleted, ClientShareBody, ClientShareStored, CustodianShareBody,
-    CustodianShareInfo, ErrorBody, MethodBackups, Pair, Pairs, Probe, StoreClientShareRequest,
-    UpdatePairsRequest,
+    CustodianShareInfo, ErrorBody, MethodBackups, Pair, Pairs, Probe, ShareVersion,
+    StoreClientShareRequest, UpdatePairsRequest, Versions,
 };
 use super::webhook::finish;
 use super::{
@@ -84,6 +84,7 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(list_backups))
         .routes(routes!(get_custodian_share))
         .routes(routes!(list_pairs, update_pairs))
+        .routes(routes!(list_versions))
         .routes(routes!(delete_client))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
@@ -282,6 +283,7 @@ async fn list_backups(
                         backup_method: c.backup_method,
                         curve: c.curve,
                         stored_at: rfc3339(c.stored_at_ms),
+                        has_client_backup_share: c.client_share_held,
                         backup_share_pair_id: c.pair_id,
                         pair_status: c.pair_status.map(|s| s.name()),
                         status: c.pair_status.map_or("incomplete", |s| s.public()),
@@ -370,6 +372,48 @@ async fn list_pairs(
             })
             .collect();
         Ok(json(StatusCode::OK, Pairs { backup_share_pairs }))
+    }
+    .await;
+    finish(call, result)
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/clients/{clientId}/versions",
+    tag = TAG,
+    operation_id = "listVersions",
+    summary = "A client's shares, current and kept as versions",
+    description = "Metadata only, never share material: per kind and method, the current share first, then its versions, newest first. Backend role.",
+    params(Client),
+    responses((status = 200, description = "the shares", body = Versions)),
+    security(("bearer" = [])),
+)]
+async fn list_versions(
+    State(state): State<ApiState>,
+    ApiPath(client_id): ApiPath<String>,
+    Extension(Source(from)): Extension<Source>,
+    headers: HeaderMap,
+) -> Response {
+    let mut call = Call::new(&state.calls, "ApiHttp", "ListVersions");
+    call.client(&client_id);
+    let result = async {
+        let (vault, _) = state.authorize(&headers, Role::Backend, from)?;
+        let versions = vault
+            .list_versions(&client_id)
+            .await?
+            .into_iter()
+            .map(|v| ShareVersion {
+                kind: v.kind.name(),
+                backup_method: v.backup_method,
+                version: v.number,
+                current: v.superseded_at_ms.is_none(),
+                backup_share_pair_id: v.pair_id,
+                pair_status: v.pair_status.map(|s| s.name()),
+                created_at: rfc3339(v.created_at_ms),
+                superseded_at: v.superseded_at_ms.map(rfc3339),
+            })
+            .collect();
+        Ok(json(StatusCode::OK, Versions { versions }))
     }
     .await;
     finish(call, result)
@@ -481,7 +525,13 @@ async fn healthz(State(state): State<ApiState>) -> Response {
         .and_then(|vault| vault.status())
         .map_err(HttpError::from);
     match result {
-        Ok(_) => json(StatusCode::OK, Probe { status: "ok" }),
+        Ok(_) => json(
+            StatusCode::OK,
+            Probe {
+                status: "ok",
+                seal: None,
+            },
+        ),
         Err(err) => err.into_response(),
     }
 }
@@ -505,6 +555,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         database_bytes: status.as_ref().and_then(|s| s.database_bytes).unwrap_or(0),
         uptime_seconds: status.as_ref().map_or(0, |s| s.uptime_secs),
         ready: status.is_some(),
+        seal_reachable: state.ready.seal_reachable(),
     };
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
@@ -519,12 +570,24 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     path = "/readyz",
     tag = TAG,
     operation_id = "readyz",
-    summary = "Readiness: 200 once the vault is open and the master key verified; no token",
+    summary = "Readiness: 200 once the vault is open and the master key verified (with whether a PKCS#11 seal's token answers); no token",
     responses((status = 200, description = "`{\"status\": \"ready\"}`", body = Probe)),
 )]
 async fn readyz(State(state): State<ApiState>) -> Response {
     match state.ready.get() {
-        Ok(_) => json(StatusCode::OK, Probe { status: "ready" }),
+        Ok(_) => json(
+            StatusCode::OK,
+            Probe {
+                status: "ready",
+                seal: state.ready.token_seal().map(|seal| {
+                    if seal.reachable() {
+                        "reachable"
+                    } else {
+                        "unreachable"
+                    }
+                }),
+            },
+        ),
         Err(err) => HttpError::from(err).into_response(),
     }
 }

@@ -103,6 +103,9 @@ pub struct CustodianShareInfo {
     pub pair_status: Option<&'static str>,
     /// `completed` or `incomplete`.
     pub status: &'static str,
+    /// Whether a client share covering this curve is held (under the bare method or under
+    /// this `METHOD-CURVE`).
+    pub has_client_backup_share: bool,
 }
 
 /// A custodian share, for the eject role.
@@ -158,10 +161,14 @@ pub struct ClientDeleted {
     pub backup_share_pairs_deleted: u64,
 }
 
-/// The answer of `/healthz` (`ok`) and `/readyz` (`ready`).
+/// The answer of `/healthz` (`ok`) and `/readyz` (`ready`). Under a PKCS#11 seal, `/readyz`
+/// also says whether the token answered its last check (`seal`: `reachable` or
+/// `unreachable`); the vault serves from the root key in memory either way.
 #[derive(Serialize, ToSchema)]
 pub struct Probe {
     pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seal: Option<&'static str>,
 }
 
 /// The error answers every operation may give, and when. Those of one route alone (a record
@@ -276,4 +283,33 @@ pub fn document() -> String {
     let mut text = doc.to_pretty_json().unwrap_or_default();
     text.push('\n');
     text
+}
+
+/// A client's shares, current and kept (never their bytes).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Versions {
+    pub versions: Vec<ShareVersion>,
+}
+
+/// One share of `Versions`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShareVersion {
+    /// `custodian` or `client`.
+    pub kind: &'static str,
+    pub backup_method: String,
+    /// 0 for the current share, else the version's number.
+    pub version: u64,
+    pub current: bool,
+    #[schema(required = true)]
+    pub backup_share_pair_id: Option<String>,
+    /// Portal's status name of the pair; null when the share names no pair.
+    #[schema(required = true)]
+    pub pair_status: Option<&'static str>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339; null for the current share.
+    #[schema(required = true)]
+    pub superseded_at: Option<String>,
 }

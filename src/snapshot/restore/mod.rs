@@ -19,7 +19,7 @@ use crate::secrets::DATABASE_FILE;
 use crate::snapshot::{self, RecordReader, SnapshotError, TRAILER, TableId, Tee, Trailer};
 use crate::store::journal::{JournaledFile, journal_paths};
 use crate::store::{StoreError, redb::RedbStore};
-use crate::vault::codec;
+use crate::vault::{codec, records};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -32,6 +32,8 @@ pub struct RestoreReport {
     pub records: u64,
     pub custodian_shares: u64,
     pub client_shares: u64,
+    /// Kept earlier shares and cipherTexts.
+    pub versions: u64,
     pub audit_events: u64,
 }
 
@@ -75,12 +77,15 @@ fn check_record(
 ) -> Result<(), String> {
     let bad = |what: &str| format!("{} record {what}", table.name());
     match table {
-        TableId::Custodian | TableId::Client => {
-            let (client, method) =
+        TableId::Custodian | TableId::Client | TableId::Versions => {
+            let (client, second) =
                 snapshot::split_client_key(k).ok_or_else(|| bad("has a malformed key"))?;
-            let record = codec::decode_record(v).map_err(|_| bad("is malformed"))?;
+            let record =
+                records::decode_sealed(table, second, v).map_err(|_| bad("is malformed"))?;
+            let (name, method) = records::envelope_binding(table, second)
+                .ok_or_else(|| bad("has a malformed key"))?;
             let aad = RecordAad {
-                table: table.name(),
+                table: name,
                 client_id: client,
                 backup_method: method,
             };
@@ -89,10 +94,10 @@ fn check_record(
                 .map_err(|e| format!("{}/{client}/{method} does not open: {e}", table.name()))?;
             std::str::from_utf8(&plain)
                 .map_err(|_| format!("{}/{client}/{method} is not text", table.name()))?;
-            if table == TableId::Custodian {
-                report.custodian_shares += 1;
-            } else {
-                report.client_shares += 1;
+            match table {
+                TableId::Custodian => report.custodian_shares += 1,
+                TableId::Client => report.client_shares += 1,
+                _ => report.versions += 1,
             }
         }
         TableId::Pairs => {

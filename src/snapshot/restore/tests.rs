@@ -15,7 +15,7 @@ fn snapshot_of(
         created_at_ms: 1,
         key_id: key.id().to_bytes(),
         sealed_integrity_key: sealed.clone(),
-        counts: [0, 0, 0, 0, 0, 1, events.len() as u64],
+        counts: [0, 0, 0, 0, 0, 1, events.len() as u64, 0],
     };
     let mut out = header.encode();
     out.extend(snapshot::record(
@@ -79,12 +79,16 @@ fn file_of(
     mut records: Vec<snapshot::Record>,
 ) -> Vec<u8> {
     records.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-    let mut counts = [0u64; 7];
+    let mut counts = [0u64; snapshot::TABLE_COUNT];
     for (table, _, _) in &records {
         counts[*table as usize - 1] += 1;
     }
     let header = snapshot::Header {
-        version: if integrity.is_some() { 2 } else { 1 },
+        version: if integrity.is_some() {
+            snapshot::VERSION
+        } else {
+            1
+        },
         created_at_ms: 1,
         key_id: key.id().to_bytes(),
         sealed_integrity_key: integrity.map(|i| i.1.clone()).unwrap_or_default(),

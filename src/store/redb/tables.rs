@@ -1,4 +1,4 @@
-//! The seven tables as typed redb tables, read through [`Reader`] and written through
+//! The eight tables as typed redb tables, read through [`Reader`] and written through
 //! [`Writer`].
 
 use crate::store::{Key, Range, Reader, StoreError, TableId, Visit, Writer, wrong_key};
@@ -11,6 +11,7 @@ type NameDef = TableDefinition<'static, &'static str, &'static [u8]>;
 const CUSTODIAN: ClientDef = TableDefinition::new("custodian_shares");
 const CLIENT: ClientDef = TableDefinition::new("client_shares");
 const PAIRS: ClientDef = TableDefinition::new("backup_share_pairs");
+const VERSIONS: ClientDef = TableDefinition::new("share_versions");
 const TOKENS: NameDef = TableDefinition::new("tokens");
 pub(super) const TOKEN_HASHES: TableDefinition<&[u8], &str> = TableDefinition::new("token_hashes");
 const META: NameDef = TableDefinition::new("meta");
@@ -25,6 +26,7 @@ fn client_def(table: TableId) -> Result<ClientDef, StoreError> {
         TableId::Custodian => Ok(CUSTODIAN),
         TableId::Client => Ok(CLIENT),
         TableId::Pairs => Ok(PAIRS),
+        TableId::Versions => Ok(VERSIONS),
         _ => Err(wrong_key(table)),
     }
 }
@@ -202,12 +204,14 @@ impl Reader for RedbReader {
     ) -> Result<(), StoreError> {
         let txn = &self.txn;
         match table {
-            TableId::Custodian | TableId::Client | TableId::Pairs => scan_client(
-                &txn.open_table(client_def(table)?).map_err(backend)?,
-                table,
-                range,
-                visit,
-            ),
+            TableId::Custodian | TableId::Client | TableId::Pairs | TableId::Versions => {
+                scan_client(
+                    &txn.open_table(client_def(table)?).map_err(backend)?,
+                    table,
+                    range,
+                    visit,
+                )
+            }
             TableId::Tokens | TableId::Meta => scan_name(
                 &txn.open_table(name_def(table)?).map_err(backend)?,
                 table,
@@ -226,7 +230,7 @@ impl Reader for RedbReader {
     fn len(&self, table: TableId) -> Result<u64, StoreError> {
         let txn = &self.txn;
         match table {
-            TableId::Custodian | TableId::Client | TableId::Pairs => {
+            TableId::Custodian | TableId::Client | TableId::Pairs | TableId::Versions => {
                 txn.open_table(client_def(table)?).map_err(backend)?.len()
             }
             TableId::Tokens | TableId::Meta => {
@@ -244,6 +248,7 @@ pub(super) struct Tables<'t> {
     custodian: Table<'t, ClientKey<'static>, &'static [u8]>,
     client: Table<'t, ClientKey<'static>, &'static [u8]>,
     pairs: Table<'t, ClientKey<'static>, &'static [u8]>,
+    versions: Table<'t, ClientKey<'static>, &'static [u8]>,
     tokens: Table<'t, &'static str, &'static [u8]>,
     token_hashes: Table<'t, &'static [u8], &'static str>,
     meta: Table<'t, &'static str, &'static [u8]>,
@@ -256,6 +261,7 @@ impl<'t> Tables<'t> {
             custodian: txn.open_table(CUSTODIAN).map_err(backend)?,
             client: txn.open_table(CLIENT).map_err(backend)?,
             pairs: txn.open_table(PAIRS).map_err(backend)?,
+            versions: txn.open_table(VERSIONS).map_err(backend)?,
             tokens: txn.open_table(TOKENS).map_err(backend)?,
             token_hashes: txn.open_table(TOKEN_HASHES).map_err(backend)?,
             meta: txn.open_table(META).map_err(backend)?,
@@ -271,6 +277,7 @@ impl<'t> Tables<'t> {
             TableId::Custodian => Ok(&mut self.custodian),
             TableId::Client => Ok(&mut self.client),
             TableId::Pairs => Ok(&mut self.pairs),
+            TableId::Versions => Ok(&mut self.versions),
             _ => Err(wrong_key(table)),
         }
     }
@@ -294,6 +301,7 @@ impl<'t> Tables<'t> {
             TableId::Custodian => Ok(&self.custodian),
             TableId::Client => Ok(&self.client),
             TableId::Pairs => Ok(&self.pairs),
+            TableId::Versions => Ok(&self.versions),
             _ => Err(wrong_key(table)),
         }
     }
@@ -333,7 +341,7 @@ impl Reader for Tables<'_> {
         visit: &mut Visit<'_>,
     ) -> Result<(), StoreError> {
         match table {
-            TableId::Custodian | TableId::Client | TableId::Pairs => {
+            TableId::Custodian | TableId::Client | TableId::Pairs | TableId::Versions => {
                 scan_client(self.per_client_ref(table)?, table, range, visit)
             }
             TableId::Tokens | TableId::Meta => {
@@ -346,7 +354,7 @@ impl Reader for Tables<'_> {
 
     fn len(&self, table: TableId) -> Result<u64, StoreError> {
         match table {
-            TableId::Custodian | TableId::Client | TableId::Pairs => {
+            TableId::Custodian | TableId::Client | TableId::Pairs | TableId::Versions => {
                 self.per_client_ref(table)?.len()
             }
             TableId::Tokens | TableId::Meta => self.named_ref(table)?.len(),

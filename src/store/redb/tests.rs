@@ -147,6 +147,8 @@ fn put(client: &str, share: &[u8]) -> (WriteOp, Option<AuditEntry>) {
                 pair_id: Some(format!("pair-{client}")),
                 envelope: share.to_vec(),
             },
+            unchanged: None,
+            retention: Default::default(),
         },
         Some(AuditEntry {
             time_ms: 1,
