@@ -231,6 +231,31 @@ pub struct ServeArgs {
     /// file itself, which is slower).
     #[arg(long, env = "SHAREVAULT_JOURNAL_BYTES", value_name = "BYTES")]
     pub journal_bytes: Option<u64>,
+    /// Record redb's allocator state in every durable commit (quick-repair), so that a restart
+    /// after a crash or kill -9 takes seconds instead of a read of the whole database file
+    /// [default: true].
+    #[arg(long, env = "SHAREVAULT_QUICK_REPAIR", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub quick_repair: Option<bool>,
+    /// Keep at most this many audit events; older ones are written to `audit_archive_dir` and
+    /// then pruned, leaving a signed anchor [default: 0, keep all].
+    #[arg(long, env = "SHAREVAULT_AUDIT_RETAIN_EVENTS", value_name = "N")]
+    pub audit_retain_events: Option<u64>,
+    /// Keep audit events for this many days; older ones are written to `audit_archive_dir`
+    /// and then pruned [default: 0, keep all].
+    #[arg(long, env = "SHAREVAULT_AUDIT_RETAIN_DAYS", value_name = "DAYS")]
+    pub audit_retain_days: Option<u64>,
+    /// Directory that receives the audit events pruned by a retention setting, one JSON-lines
+    /// file per pruned range, each fsynced before its events are deleted (required with a
+    /// retention setting; outside the data dir, so that the data dir stays bounded).
+    #[arg(long, env = "SHAREVAULT_AUDIT_ARCHIVE_DIR", value_name = "DIR")]
+    pub audit_archive_dir: Option<PathBuf>,
+    /// Seconds between two prunes of the audit trail under a retention setting [default: 60].
+    #[arg(
+        long,
+        env = "SHAREVAULT_AUDIT_PRUNE_INTERVAL_SECONDS",
+        value_name = "SECONDS"
+    )]
+    pub audit_prune_interval_seconds: Option<u64>,
     /// Refuse writes while less than this many bytes are free on the data dir's filesystem
     /// [default: 67108864].
     #[arg(long, env = "SHAREVAULT_MIN_FREE_DISK_BYTES", value_name = "BYTES")]
@@ -285,6 +310,9 @@ pub struct Config {
     /// Versions kept per key: (at least, days, at most).
     pub versions: (u32, u32, u32),
     pub journal_bytes: u64,
+    pub quick_repair: bool,
+    /// Pruning of the audit trail; `None` keeps every event.
+    pub audit_retention: Option<crate::audit::Retention>,
     pub auth_failure_limit: u32,
     pub auth_failure_window: Duration,
     pub limits_per_listener: ListenerLimits,
@@ -636,6 +664,14 @@ impl Config {
                 .journal_bytes
                 .or(file.journal_bytes)
                 .unwrap_or(512 * 1024 * 1024),
+            quick_repair: args.quick_repair.or(file.quick_repair).unwrap_or(true),
+            audit_retention: audit_retention(
+                args.audit_retain_events.or(file.audit_retain_events),
+                args.audit_retain_days.or(file.audit_retain_days),
+                args.audit_archive_dir.clone().or(file.audit_archive_dir),
+                args.audit_prune_interval_seconds
+                    .or(file.audit_prune_interval_seconds),
+            )?,
             auth_failure_limit: args
                 .auth_failure_limit
                 .or(file.auth_failure_limit)
@@ -653,6 +689,40 @@ impl Config {
                 .unwrap_or(LogFormat::Text),
         })
     }
+}
+
+/// The audit retention: off unless a count or an age is set, and then only with an archive
+/// dir, so that no event is pruned without a copy.
+fn audit_retention(
+    events: Option<u64>,
+    days: Option<u64>,
+    archive_dir: Option<PathBuf>,
+    interval_seconds: Option<u64>,
+) -> Result<Option<crate::audit::Retention>, String> {
+    let keep_events = events.filter(|&n| n > 0);
+    let keep_age = days
+        .filter(|&d| d > 0)
+        .map(|d| Duration::from_secs(d.saturating_mul(86_400)));
+    if keep_events.is_none() && keep_age.is_none() {
+        return Ok(None);
+    }
+    let archive_dir = archive_dir.ok_or(
+        "audit_retain_events and audit_retain_days need audit_archive_dir: pruned events are \
+         written there before they are deleted",
+    )?;
+    if !archive_dir.is_absolute() {
+        return Err("audit_archive_dir must be an absolute path".into());
+    }
+    let interval = Duration::from_secs(interval_seconds.unwrap_or(60));
+    if interval.is_zero() || interval > Duration::from_secs(86_400) {
+        return Err("audit_prune_interval_seconds must be between 1 and 86400".into());
+    }
+    Ok(Some(crate::audit::Retention {
+        keep_events,
+        keep_age,
+        archive_dir,
+        interval,
+    }))
 }
 
 fn read_file_config(path: &Path) -> Result<FileConfig, String> {
@@ -798,5 +868,38 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(Config::load(&args).is_err());
+    }
+
+    #[test]
+    fn audit_retention_is_off_by_default_and_needs_an_archive_dir() {
+        let config = Config::load(&ServeArgs::default()).unwrap();
+        assert_eq!(config.audit_retention, None);
+        assert!(config.quick_repair);
+        let err = Config::load(&ServeArgs {
+            audit_retain_events: Some(1000),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("audit_archive_dir"), "{err}");
+        let config = Config::load(&ServeArgs {
+            audit_retain_days: Some(30),
+            audit_archive_dir: Some("/var/lib/sharevault-audit".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        let retention = config.audit_retention.unwrap();
+        assert_eq!(retention.keep_events, None);
+        assert_eq!(retention.keep_age, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(retention.interval, Duration::from_secs(60));
+        for interval in [0, 86_401] {
+            let err = Config::load(&ServeArgs {
+                audit_retain_events: Some(1000),
+                audit_archive_dir: Some("/srv/audit".into()),
+                audit_prune_interval_seconds: Some(interval),
+                ..ServeArgs::default()
+            })
+            .unwrap_err();
+            assert!(err.contains("audit_prune_interval_seconds"), "{err}");
+        }
     }
 }

@@ -83,6 +83,70 @@ impl Anchor {
     }
 }
 
+/// Where a pruned trail now starts: the sequence number and hash of the last pruned event,
+/// with a MAC of both under the audit key, so that neither can be changed (nor more events
+/// cut from the start) without the key: `seq u64 | hash | HMAC(audit key, "audit pruned to" |
+/// seq | hash)`. The kept events chain from it as from an event.
+pub struct PruneAnchor;
+
+impl PruneAnchor {
+    /// The meta record that holds the anchor (absent until the first prune).
+    pub const META: &'static str = "audit_pruned_to";
+
+    fn tag(key: &AuditKey, seq: u64, hash: &[u8; 32]) -> HmacSha256 {
+        key.0
+            .clone()
+            .chain_update(b"audit pruned to")
+            .chain_update(seq.to_be_bytes())
+            .chain_update(hash)
+    }
+
+    pub fn encode(key: &AuditKey, seq: u64, hash: &[u8; 32]) -> Vec<u8> {
+        let mut out = seq.to_be_bytes().to_vec();
+        out.extend_from_slice(hash);
+        out.extend_from_slice(&Self::tag(key, seq, hash).finalize().into_bytes());
+        out
+    }
+
+    /// The last pruned event's (sequence number, hash), if `bytes` is an anchor made with
+    /// `key`.
+    pub fn decode(key: &AuditKey, bytes: &[u8]) -> Option<(u64, [u8; 32])> {
+        let seq = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        let hash: [u8; 32] = bytes.get(8..40)?.try_into().ok()?;
+        Self::tag(key, seq, &hash)
+            .verify_slice(bytes.get(40..)?)
+            .ok()?;
+        Some((seq, hash))
+    }
+}
+
+/// The check of a keyed trail from its anchors as stored: `keyed` the [`Anchor`] (required),
+/// `pruned` the [`PruneAnchor`] (present once the trail has been pruned).
+pub fn check_from_anchors(
+    key: AuditKey,
+    keyed: Option<&[u8]>,
+    pruned: Option<&[u8]>,
+) -> ChainCheck {
+    let Some(keyed) = keyed else {
+        return ChainCheck::failed("the audit trail's anchor is missing".into());
+    };
+    let Some(keyed_from) = Anchor::decode(&key, keyed) else {
+        return ChainCheck::failed("the audit trail's anchor was altered".into());
+    };
+    let start = match pruned.map(|p| PruneAnchor::decode(&key, p)) {
+        None => None,
+        Some(Some(start)) => Some(start),
+        Some(None) => {
+            return ChainCheck::failed("the audit trail's prune anchor was altered".into());
+        }
+    };
+    let check = ChainCheck::new(Some(key), keyed_from);
+    match start {
+        Some((seq, hash)) => check.after(seq, hash),
+        None => check,
+    }
+}
+
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u16).to_be_bytes());
     out.extend_from_slice(s.as_bytes());
@@ -261,6 +325,12 @@ impl ChainCheck {
         }
     }
 
+    /// The same check of a trail whose events up to `seq` were pruned, the last of them with
+    /// `hash`: the first event must be `seq + 1` and chain from `hash`.
+    pub fn after(self, seq: u64, hash: [u8; 32]) -> Self {
+        Self { seq, hash, ..self }
+    }
+
     /// A check of a trail with no keyed events.
     pub fn plain() -> Self {
         Self::new(None, u64::MAX)
@@ -355,9 +425,12 @@ pub fn verify(
     check.finish(head)
 }
 
+mod retention;
 #[cfg(test)]
 mod tests;
 mod trail;
+
+pub use retention::{PruneError, Pruned, Retention, prune};
 
 pub use trail::{
     HEAD, Head, PAGE, SCAN, append, events, find, head, verify_trail, verify_trail_with,

@@ -146,7 +146,7 @@ pub fn run(args: MigrateArgs) -> Result<(), CliError> {
     crate::secrets::prepare_data_dir(&args.data_dir).map_err(CliError::Local)?;
     let redb_path = args.data_dir.join(DATABASE_FILE);
     let open_redb = || {
-        RedbStore::open(&redb_path, 0, 32 << 20, 0, Default::default()).map_err(|e| {
+        RedbStore::open(&redb_path, 0, 32 << 20, 0, true, Default::default()).map_err(|e| {
             CliError::Local(format!(
                 "cannot open {} (is a daemon running on it?): {e}",
                 redb_path.display()

@@ -79,6 +79,7 @@ fn open_store(config: &Config) -> Result<RedbStore, CliError> {
         config.min_free_disk_bytes,
         config.cache_bytes,
         config.journal_bytes,
+        config.quick_repair,
         crate::metrics::Metrics::new().store,
     )
     .map_err(|e| {

@@ -8,6 +8,7 @@
 use crate::config::Config;
 mod connection;
 mod listen;
+mod pruner;
 
 pub use connection::{Admission, App, HEADER_TIMEOUT, MAX_HEADER_BYTES, serve};
 pub use listen::{Listener, tls_acceptor};
@@ -326,7 +327,7 @@ pub async fn run(
         settings.config.min_free_disk_bytes,
         settings.config.cache_bytes,
     );
-    let journal = settings.config.journal_bytes;
+    let (journal, quick_repair) = (settings.config.journal_bytes, settings.config.quick_repair);
     let store_metrics = metrics.store.clone();
     let heartbeat = tokio::spawn(opening_heartbeat());
     let database = settings.config.database.clone();
@@ -336,7 +337,7 @@ pub async fn run(
                 PgStore::open(&database, store_metrics).map_err(OpenError::Database)?,
             )),
             None => Ok(Arc::new(
-                RedbStore::open(&path, min_free, cache, journal, store_metrics)
+                RedbStore::open(&path, min_free, cache, journal, quick_repair, store_metrics)
                     .map_err(OpenError::Store)?,
             )),
         }
@@ -411,16 +412,27 @@ pub async fn run(
         sd_notify::NotifyState::Status("serving"),
     ]);
     tracing::info!(master_key_id = %vault.key_id(), "sharevault is ready");
+    let pruner = settings
+        .config
+        .audit_retention
+        .clone()
+        .map(|retention| tokio::spawn(pruner::run(Arc::clone(&vault), retention)));
 
     tokio::select! {
         () = shutdown => {}
         result = servers.join_next() => {
+            if let Some(pruner) = &pruner {
+                pruner.abort();
+            }
             vault.close();
             return Err(ServeError::Task(match result {
                 Some(Err(e)) => e.to_string(),
                 _ => "a listener stopped".into(),
             }));
         }
+    }
+    if let Some(pruner) = pruner {
+        pruner.abort();
     }
     tracing::info!("shutting down: draining in-flight calls");
     notify(&[

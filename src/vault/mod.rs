@@ -27,7 +27,7 @@ pub use shares::{BackupInput, ClientShare, FetchedShare};
 pub use records::{Counts, MethodRecord, PairRecord, SealedRecord, SealedRow, TokenRecord};
 pub use rules::{Rewrap, WriteOp, WriteOutcome};
 
-use crate::audit::{Anchor, AuditEntry, AuditEvent, AuditKey, ChainCheck, ChainReport};
+use crate::audit::{Anchor, AuditEntry, AuditEvent, AuditKey, ChainReport};
 use crate::crypto::{CryptoError, KeyId, MasterKey, RecordAad};
 use crate::error::VaultError;
 use crate::integrity::{INTEGRITY_KEY, IntegrityKey};
@@ -522,19 +522,36 @@ impl Vault {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<ChainReport, VaultError> {
         let key = self.audit_key.clone();
-        let anchor = records::meta(&*self.store.read()?, Anchor::META)?;
-        let check = match anchor {
-            Some(anchor) => match Anchor::decode(&key, &anchor) {
-                Some(keyed_from) => ChainCheck::new(Some(key), keyed_from),
-                None => ChainCheck::failed("the audit trail's anchor was altered".into()),
-            },
-            None => ChainCheck::failed("the audit trail's anchor is missing".into()),
+        let (anchor, pruned) = {
+            let r = self.store.read()?;
+            (
+                records::meta(&*r, Anchor::META)?,
+                records::meta(&*r, crate::audit::PruneAnchor::META)?,
+            )
         };
+        let check = crate::audit::check_from_anchors(key, anchor.as_deref(), pruned.as_deref());
         let report = crate::audit::verify_trail_with(self.store.as_ref(), check, progress)?;
         if report.problem.is_some() {
             self.metrics.audit_chain_broken();
         }
         Ok(report)
+    }
+
+    /// Prunes the audit trail as `retention` says, as of now, at most `max_batches` ranges:
+    /// see [`crate::audit::prune`].
+    pub async fn prune_audit(
+        &self,
+        retention: &crate::audit::Retention,
+        max_batches: usize,
+    ) -> Result<crate::audit::Pruned, crate::audit::PruneError> {
+        crate::audit::prune(
+            self.store.as_ref(),
+            &self.audit_key,
+            retention,
+            now_ms(),
+            max_batches,
+        )
+        .await
     }
 
     /// Records an administrative action in the audit trail.

@@ -24,6 +24,7 @@ mod pg_migrate;
 mod pg_server;
 mod postgres;
 mod progress;
+mod retention;
 mod seal;
 mod secrecy;
 mod selftest;

@@ -12,7 +12,7 @@
 //! fsynced). On any failure the new file is removed and the live vault is left exactly as it
 //! was, byte for byte.
 
-use crate::audit::{Anchor, AuditEvent, ChainCheck};
+use crate::audit::{Anchor, AuditEvent, ChainCheck, PruneAnchor};
 use crate::crypto::{MasterKey, RecordAad};
 use crate::integrity::{INTEGRITY_KEY, IntegrityKey};
 use crate::secrets::DATABASE_FILE;
@@ -56,6 +56,8 @@ struct Checks {
     key_check: Option<u8>,
     /// The audit trail's anchor, if the snapshot holds one.
     anchor: Option<Vec<u8>>,
+    /// The anchor a pruned trail starts from, if it was pruned.
+    pruned: Option<Vec<u8>>,
     /// The integrity key record, if the snapshot holds one.
     integrity_key: Option<Vec<u8>>,
     /// Each token's hash, by name.
@@ -135,6 +137,8 @@ fn check_record(
                 checks.integrity_key = Some(v.to_vec());
             } else if k == Anchor::META.as_bytes() {
                 checks.anchor = Some(v.to_vec());
+            } else if k == PruneAnchor::META.as_bytes() {
+                checks.pruned = Some(v.to_vec());
             }
         }
         TableId::Audit => {
@@ -142,17 +146,11 @@ fn check_record(
             let chain = checks.chain.get_or_insert_with(|| match integrity {
                 // A format 1 snapshot: a trail from before the audit MAC.
                 None => ChainCheck::plain(),
-                Some(integrity) => {
-                    let key = integrity.audit_key();
-                    match checks
-                        .anchor
-                        .as_deref()
-                        .and_then(|a| Anchor::decode(&key, a))
-                    {
-                        Some(keyed_from) => ChainCheck::new(Some(key), keyed_from),
-                        None => ChainCheck::failed("its anchor is missing or altered".into()),
-                    }
-                }
+                Some(integrity) => crate::audit::check_from_anchors(
+                    integrity.audit_key(),
+                    checks.anchor.as_deref(),
+                    checks.pruned.as_deref(),
+                ),
             });
             if !chain.push(Ok(event)) {
                 let (seq, problem) = chain.problem().cloned().unwrap_or_default();

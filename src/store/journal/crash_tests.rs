@@ -11,6 +11,7 @@ use super::*;
 use crate::store::disk_sim::{SimDisk, Survivors};
 use proptest::prelude::*;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const PAGE: u64 = 4096;
 /// Two one-page records per journal: the journals switch every other commit.
@@ -327,17 +328,32 @@ fn open_db(disk: &SimDisk, capacity: u64) -> Result<Database, redb::Error> {
 
 /// Opens redb over the journal, and answers the journal's state too, to watch its failures.
 fn open_db_watched(disk: &SimDisk, capacity: u64) -> Result<(Database, Arc<Inner>), redb::Error> {
+    open_db_repairing(disk, capacity, &AtomicBool::new(false))
+}
+
+/// As [`open_db_watched`], setting `repaired` if redb had to rebuild its allocator state by
+/// reading the whole file (a full repair, which quick-repair commits avoid).
+fn open_db_repairing(
+    disk: &SimDisk,
+    capacity: u64,
+    repaired: &AtomicBool,
+) -> Result<(Database, Arc<Inner>), redb::Error> {
     let file = JournaledFile::open_sim(disk, capacity).map_err(redb::StorageError::Io)?;
     let inner = Arc::clone(&file.inner);
+    let flag = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&flag);
     // No page cache: redb reads every page through the journal (overlay, then file).
     let db = Database::builder()
         .set_cache_size(0)
+        .set_repair_callback(move |_| seen.store(true, Ordering::SeqCst))
         .create_with_backend(file)?;
+    repaired.store(flag.load(Ordering::SeqCst), Ordering::SeqCst);
     Ok((db, inner))
 }
 
-/// Answers whether the database was created, and how many commits were acknowledged.
-fn redb_workload(disk: &SimDisk, ops: &[Op], capacity: u64) -> (bool, usize) {
+/// Answers whether the database was created, and how many commits were acknowledged. With
+/// `quick_repair`, every commit records the allocator state, as the store's writer does.
+fn redb_workload(disk: &SimDisk, ops: &[Op], capacity: u64, quick_repair: bool) -> (bool, usize) {
     let mut acked = 0;
     let mut created = false;
     let _ = (|| -> Result<(), redb::Error> {
@@ -350,7 +366,8 @@ fn redb_workload(disk: &SimDisk, ops: &[Op], capacity: u64) -> (bool, usize) {
                     db = open_db(disk, capacity)?;
                 }
                 Op::Commit(changes) => {
-                    let txn = db.begin_write()?;
+                    let mut txn = db.begin_write()?;
+                    txn.set_quick_repair(quick_repair);
                     {
                         let mut table = txn.open_table(T)?;
                         for (key, put) in changes {
@@ -425,16 +442,18 @@ proptest! {
         crash in 0.0f64..1.0,
         survivors in survivors(),
         capacity in prop_oneof![Just(64 * 1024u64), Just(256 * 1024u64)],
+        quick_repair in any::<bool>(),
     ) {
         let clean = SimDisk::new(vec![Vec::new(); 3], None);
-        redb_workload(&clean, &ops, capacity);
+        redb_workload(&clean, &ops, capacity, quick_repair);
         let crash_at = 1 + (crash * clean.changes() as f64) as u64;
         let disk = SimDisk::new(vec![Vec::new(); 3], Some(crash_at));
-        let (created, acked) = redb_workload(&disk, &ops, capacity);
+        let (created, acked) = redb_workload(&disk, &ops, capacity, quick_repair);
         let models = redb_models(&ops);
         let recovered = SimDisk::new(disk.crash_image(survivors), None);
-        let db = match open_db(&recovered, capacity) {
-            Ok(db) => db,
+        let repaired = AtomicBool::new(false);
+        let db = match open_db_repairing(&recovered, capacity, &repaired) {
+            Ok((db, _)) => db,
             // A crash in the middle of redb's creation of the file can leave a file redb
             // does not recognise (as it would without the journal); nothing was acknowledged.
             Err(err) => {
@@ -443,6 +462,13 @@ proptest! {
             }
         };
         let state = read_table(&db);
+        // Once a commit with quick-repair is durable, the open after the crash loads the
+        // allocator state it recorded instead of reading the whole file.
+        prop_assert!(
+            !(quick_repair && acked > 0 && repaired.load(Ordering::SeqCst)),
+            "crash at change {} ({:?}): a full repair after {} quick-repair commits",
+            crash_at, survivors, acked
+        );
         prop_assert!(
             (acked..models.len()).any(|k| models[k] == state),
             "crash at change {} ({:?}): {} commits acknowledged, the table matches no prefix \

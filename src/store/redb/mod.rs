@@ -55,6 +55,9 @@ struct Shared {
     closing: std::sync::atomic::AtomicBool,
     /// Commits, and writes refused at the free-space reserve.
     metrics: crate::metrics::StoreMetrics,
+    /// Every durable commit records redb's allocator state (quick-repair), so that an open
+    /// after a crash loads it instead of reading the whole file to rebuild it.
+    quick_repair: bool,
 }
 
 impl Shared {
@@ -145,12 +148,14 @@ impl RedbStore {
     /// while less than `min_free_bytes` is free on the file's filesystem; redb's page cache
     /// takes at most `cache_bytes`. With `journal_bytes` above zero, commits are made durable
     /// through two journals of that size ([`super::journal`]); with zero, by fsyncing the
-    /// database file itself.
+    /// database file itself. With `quick_repair`, every durable commit also records redb's
+    /// allocator state, so that the open after a crash takes about as long as a clean one.
     pub fn open(
         path: &Path,
         min_free_bytes: u64,
         cache_bytes: usize,
         journal_bytes: u64,
+        quick_repair: bool,
         metrics: crate::metrics::StoreMetrics,
     ) -> Result<Self, StoreError> {
         let file = path.to_path_buf();
@@ -182,6 +187,7 @@ impl RedbStore {
             }),
             Some(path),
             min_free_bytes,
+            quick_repair,
             metrics,
         )?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
@@ -194,10 +200,12 @@ impl RedbStore {
         opener: Opener,
         path: Option<&Path>,
         min_free_bytes: u64,
+        quick_repair: bool,
         metrics: crate::metrics::StoreMetrics,
     ) -> Result<Self, StoreError> {
         let db = opener().map_err(backend)?;
-        let txn = db.begin_write().map_err(backend)?;
+        let mut txn = db.begin_write().map_err(backend)?;
+        txn.set_quick_repair(quick_repair);
         Tables::open(&txn)?;
         txn.commit().map_err(backend)?;
         let db = Arc::new(db);
@@ -210,6 +218,7 @@ impl RedbStore {
             unflushed: std::sync::atomic::AtomicBool::new(false),
             closing: std::sync::atomic::AtomicBool::new(false),
             metrics,
+            quick_repair,
         });
         let flusher_shared = Arc::clone(&shared);
         let flusher_queue = tx.clone();

@@ -20,7 +20,7 @@ macro_rules! conformance {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
             let dir = tempfile::tempdir().unwrap();
-            let store = RedbStore::open(&dir.path().join("c.redb"), 0, 1 << 20, 1 << 20, Default::default()).unwrap();
+            let store = RedbStore::open(&dir.path().join("c.redb"), 0, 1 << 20, 1 << 20, true, Default::default()).unwrap();
             crate::store::conformance::$name(&store).await;
             store.close();
         }
@@ -169,7 +169,7 @@ async fn audit_events_of_reads_commit_ahead_of_queued_writes() {
     let fail = Arc::new(AtomicBool::new(false));
     let sync_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let opener = flaky_opener(&dir.path().join("slow.redb"), &fail, &sync_ms);
-    let store = Arc::new(RedbStore::open_with(opener, None, 0, Default::default()).unwrap());
+    let store = Arc::new(RedbStore::open_with(opener, None, 0, true, Default::default()).unwrap());
     let spawn = |op: WriteOp, audit: Option<AuditEntry>| {
         let store = Arc::clone(&store);
         tokio::spawn(async move { rules::write(store.as_ref(), op, audit, None).await })
@@ -220,6 +220,7 @@ async fn a_failed_commit_changes_nothing_and_writes_resume_without_a_restart() {
         flaky_opener(&path, &fail, &sync_ms),
         None,
         0,
+        true,
         Default::default(),
     )
     .unwrap();
@@ -289,7 +290,7 @@ async fn the_audit_chain_is_checked_across_pages() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.redb");
     let total = audit::PAGE as u64 * 2 + 100;
-    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, Default::default()).unwrap();
+    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, true, Default::default()).unwrap();
     read_events(&store, total).await;
     let report = audit::verify_trail(&store, audit::ChainCheck::plain()).unwrap();
     assert_eq!(report.events, total);
@@ -310,7 +311,7 @@ async fn the_audit_chain_is_checked_across_pages() {
         }
         write.commit().unwrap();
     }
-    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, Default::default()).unwrap();
+    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, true, Default::default()).unwrap();
     let report = audit::verify_trail(&store, audit::ChainCheck::plain()).unwrap();
     let (at, problem) = report.problem.unwrap();
     assert_eq!(at, victim);
@@ -326,7 +327,7 @@ async fn filtered_audit_listings_step_through_a_long_trail() {
     use crate::audit::SCAN as AUDIT_SCAN;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("listing.redb");
-    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, Default::default()).unwrap();
+    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, true, Default::default()).unwrap();
     let total = AUDIT_SCAN * 3 + 50;
     read_events(&store, total).await;
     let wanted = ["reader-5", "reader-700", "reader-949"];
@@ -357,14 +358,14 @@ async fn filtered_audit_listings_step_through_a_long_trail() {
 async fn writes_are_refused_below_the_free_space_reserve_and_reads_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("reserve.redb");
-    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, Default::default()).unwrap();
+    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, true, Default::default()).unwrap();
     let (op, audit) = put("kept", b"K");
     rules::write(&store, op, audit, None).await.unwrap();
     store.close();
     drop(store);
 
     let metrics = crate::metrics::StoreMetrics::default();
-    let store = RedbStore::open(&path, u64::MAX, 1 << 20, 1 << 20, metrics.clone()).unwrap();
+    let store = RedbStore::open(&path, u64::MAX, 1 << 20, 1 << 20, true, metrics.clone()).unwrap();
     let refused = WriteJob {
         class: WriteClass::AddsData,
         apply: Box::new(|w| {
@@ -407,7 +408,7 @@ async fn writes_are_refused_below_the_free_space_reserve_and_reads_go_on() {
 async fn a_token_found_by_hash_must_carry_that_hash() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.redb");
-    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, Default::default()).unwrap();
+    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, true, Default::default()).unwrap();
     let token = crate::vault::TokenRecord {
         name: "ops".into(),
         role: crate::auth::Role::Admin,
@@ -431,7 +432,7 @@ async fn a_token_found_by_hash_must_carry_that_hash() {
             .unwrap();
         write.commit().unwrap();
     }
-    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, Default::default()).unwrap();
+    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, true, Default::default()).unwrap();
     let found = |hash: [u8; 32]| records::token_by_hash(&*store.read().unwrap(), &hash);
     assert!(matches!(found([2; 32]), Err(StoreError::Corrupt(_))));
     assert_eq!(found([1; 32]).unwrap().unwrap().name, "ops");
@@ -441,16 +442,29 @@ async fn a_token_found_by_hash_must_carry_that_hash() {
 /// A commit whose fsync reported a failure after the data reached the disk is found by the
 /// reopen: the audit chain then continues from the database's head (which every job reads in
 /// its own transaction), so the next event neither repeats a number nor overwrites the
-/// recovered write's event.
+/// recovered write's event. (Without quick-repair: a commit in one phase, whose one fsync
+/// covers the header.)
 #[tokio::test]
 async fn after_a_reopen_the_audit_chain_continues_from_the_database() {
+    chain_continues_after_a_lying_fsync(false, true).await;
+}
+
+/// The same with quick-repair, whose commits take two phases: the fsync that reports a
+/// failure is the first, of the pages, before the header names them, so the failed write is
+/// not in the reopened database, and the chain continues from the write before it.
+#[tokio::test]
+async fn after_a_reopen_with_quick_repair_the_audit_chain_continues_from_the_database() {
+    chain_continues_after_a_lying_fsync(true, false).await;
+}
+
+async fn chain_continues_after_a_lying_fsync(quick_repair: bool, failed_write_kept: bool) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lying.redb");
     let fail = Arc::new(AtomicBool::new(false));
     let sync_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let lying = Arc::new(AtomicBool::new(false));
     let opener = flaky_opener_with(&path, &fail, &sync_ms, &lying);
-    let store = RedbStore::open_with(opener, None, 0, Default::default()).unwrap();
+    let store = RedbStore::open_with(opener, None, 0, quick_repair, Default::default()).unwrap();
     let (op, audit) = put("first", b"A");
     rules::write(&store, op, audit, None).await.unwrap();
 
@@ -470,8 +484,8 @@ async fn after_a_reopen_the_audit_chain_continues_from_the_database() {
         )
         .unwrap()
         .map(|r| r.envelope),
-        Some(b"B".to_vec()),
-        "the write whose fsync failed after the fact is on disk"
+        failed_write_kept.then(|| b"B".to_vec()),
+        "the write whose fsync failed after the fact is on disk (one phase) or not (two)"
     );
     let events: Vec<_> = audit::events(&*r, 0, 10)
         .unwrap()
@@ -479,7 +493,11 @@ async fn after_a_reopen_the_audit_chain_continues_from_the_database() {
         .map(Result::unwrap)
         .collect();
     let clients: Vec<&str> = events.iter().map(|e| e.client_id.as_str()).collect();
-    assert_eq!(clients, ["first", "fsync-failed", "third"]);
+    if failed_write_kept {
+        assert_eq!(clients, ["first", "fsync-failed", "third"]);
+    } else {
+        assert_eq!(clients, ["first", "third"]);
+    }
     let report = audit::verify(
         audit::ChainCheck::plain(),
         events.into_iter().map(Ok),

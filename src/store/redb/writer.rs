@@ -80,8 +80,11 @@ pub(super) fn run_writer(shared: &Shared, mut queue: mpsc::Receiver<Job>) {
     }
     if shared.unflushed.load(std::sync::atomic::Ordering::SeqCst)
         && let Ok(db) = shared.current()
-        && let Ok(txn) = db.begin_write()
-        && let Err(err) = txn.commit()
+        && let Ok(mut txn) = db.begin_write()
+        && let Err(err) = {
+            txn.set_quick_repair(shared.quick_repair);
+            txn.commit()
+        }
     {
         tracing::error!(error = %err, "the last deferred audit events could not be flushed");
     }
@@ -130,7 +133,7 @@ fn commit_or_reopen(shared: &Shared, jobs: &mut [Job]) -> Result<(), StoreError>
             shared.current()?
         }
     };
-    let committed = commit_batch(&db, jobs);
+    let committed = commit_batch(&db, jobs, shared.quick_repair);
     if committed.is_err() {
         drop(db);
         shared.reopen();
@@ -139,17 +142,21 @@ fn commit_or_reopen(shared: &Shared, jobs: &mut [Job]) -> Result<(), StoreError>
 }
 
 /// Runs every job in one transaction and commits it. An error means nothing was committed.
-fn commit_batch(db: &Database, jobs: &mut [Job]) -> Result<(), StoreError> {
+/// With `quick_repair`, a durable commit also records redb's allocator state (and commits in
+/// two phases, two journal records), so that an open after a crash need not rebuild it.
+fn commit_batch(db: &Database, jobs: &mut [Job], quick_repair: bool) -> Result<(), StoreError> {
     let mut txn = db.begin_write().map_err(backend)?;
     // A batch of nothing but deferred audit events commits without an fsync; the next
     // durable commit (a write, or the flusher's within DEFERRED_FLUSH) makes it durable.
-    let durability = if all_deferred(jobs) {
-        Durability::None
-    } else {
+    let durable = !all_deferred(jobs);
+    let durability = if durable {
         Durability::Immediate
+    } else {
+        Durability::None
     };
     txn.set_durability(durability)
         .map_err(|e| StoreError::Backend(e.to_string()))?;
+    txn.set_quick_repair(quick_repair && durable);
     {
         let mut tables = Tables::open(&txn)?;
         for job in jobs.iter_mut() {
