@@ -381,30 +381,7 @@ async fn a_damaged_database_file_is_detected_never_served() {
     assert!(daemon.signal("TERM").success());
 
     // Flip one byte of the sealed payload, in the file itself.
-    let envelope = {
-        let db = redb::Database::open(sandbox.database()).unwrap();
-        use redb::ReadableDatabase;
-        let read = db.begin_read().unwrap();
-        let table = read
-            .open_table(redb::TableDefinition::<(&str, &str), &[u8]>::new(
-                "custodian_shares",
-            ))
-            .unwrap();
-        let value = table
-            .get(("damaged", "GDRIVE-SECP256K1"))
-            .unwrap()
-            .unwrap()
-            .value()
-            .to_vec();
-        value[value.len() - 20..].to_vec()
-    };
-    let mut bytes = std::fs::read(sandbox.database()).unwrap();
-    let at = bytes
-        .windows(envelope.len())
-        .position(|w| w == envelope.as_slice())
-        .expect("the record is in the file");
-    bytes[at + 3] ^= 0x01;
-    std::fs::write(sandbox.database(), &bytes).unwrap();
+    crate::harness::damage_custodian_share(&sandbox.database(), "damaged", "GDRIVE-SECP256K1");
 
     let daemon = sandbox.start();
     let mut hook = daemon.webhook().await;

@@ -507,3 +507,32 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// Flips one byte of the sealed payload of (client, method)'s custodian share in the database
+/// file itself (the daemon stopped), as a failing disk would.
+pub fn damage_custodian_share(database: &Path, client: &str, method: &str) {
+    let tail = {
+        let db = redb::Database::open(database).unwrap();
+        use redb::ReadableDatabase;
+        let read = db.begin_read().unwrap();
+        let table = read
+            .open_table(redb::TableDefinition::<(&str, &str), &[u8]>::new(
+                "custodian_shares",
+            ))
+            .unwrap();
+        let value = table
+            .get((client, method))
+            .unwrap()
+            .unwrap()
+            .value()
+            .to_vec();
+        value[value.len() - 20..].to_vec()
+    };
+    let mut bytes = std::fs::read(database).unwrap();
+    let at = bytes
+        .windows(tail.len())
+        .position(|w| w == tail.as_slice())
+        .expect("the record is in the file");
+    bytes[at + 3] ^= 0x01;
+    std::fs::write(database, &bytes).unwrap();
+}

@@ -503,7 +503,7 @@ async fn a_damaged_record_is_left_out_and_the_others_answered() {
         ..
     } = vault;
     assert!(daemon.signal("TERM").success());
-    damage(&sandbox, "d", "PASSWORD-SECP256K1");
+    crate::harness::damage_custodian_share(&sandbox.database(), "d", "PASSWORD-SECP256K1");
 
     let daemon = sandbox.start();
     let vault = Vault::on(sandbox, daemon, backend);
@@ -527,7 +527,7 @@ async fn a_damaged_record_is_left_out_and_the_others_answered() {
         ..
     } = vault;
     assert!(daemon.signal("TERM").success());
-    damage(&sandbox, "d", "PASSWORD-ED25519");
+    crate::harness::damage_custodian_share(&sandbox.database(), "d", "PASSWORD-ED25519");
     let daemon = sandbox.start();
     let vault = Vault::on(sandbox, daemon, backend);
     let reply = vault.fetch_reply("d").await;
@@ -538,35 +538,6 @@ async fn a_damaged_record_is_left_out_and_the_others_answered() {
         String::from_utf8_lossy(&reply.body)
     );
     assert_eq!(reply.json()["error"]["code"], "data_loss");
-}
-
-/// Flips one byte of the sealed payload of (client, method)'s custodian share, in the
-/// database file itself (the daemon stopped).
-fn damage(sandbox: &Sandbox, client: &str, method: &str) {
-    let tail = {
-        let db = redb::Database::open(sandbox.database()).unwrap();
-        use redb::ReadableDatabase;
-        let read = db.begin_read().unwrap();
-        let table = read
-            .open_table(redb::TableDefinition::<(&str, &str), &[u8]>::new(
-                "custodian_shares",
-            ))
-            .unwrap();
-        let value = table
-            .get((client, method))
-            .unwrap()
-            .unwrap()
-            .value()
-            .to_vec();
-        value[value.len() - 20..].to_vec()
-    };
-    let mut bytes = std::fs::read(sandbox.database()).unwrap();
-    let at = bytes
-        .windows(tail.len())
-        .position(|w| w == tail.as_slice())
-        .expect("the record is in the file");
-    bytes[at + 3] ^= 0x01;
-    std::fs::write(sandbox.database(), &bytes).unwrap();
 }
 
 /// Rekey re-wraps kept versions, verify opens them, and a snapshot carries them to a restored
