@@ -43,32 +43,25 @@ impl MethodView {
     }
 }
 
-/// Every decodable share of a client in `table`; rows that do not decode are counted.
+/// Every decodable share of a client in `table`; rows that do not decode are logged (ids only)
+/// and counted.
 fn shares_skipping_damaged(
     store: &dyn crate::store::Reader,
     table: TableId,
     client_id: &str,
     damaged: &mut u64,
 ) -> Result<Vec<MethodRecord>, crate::store::StoreError> {
-    let mut out = Vec::new();
-    for (method, value) in records::client_rows(store, table, client_id)? {
-        match super::codec::decode_record(&value) {
-            Ok(record) => out.push(MethodRecord {
-                backup_method: method,
-                record,
-            }),
-            Err(_) => {
-                tracing::error!(
-                    table = table.name(),
-                    client = client_id,
-                    key = %method,
-                    "a stored share record is malformed; it is left out"
-                );
-                *damaged += 1;
-            }
-        }
+    let (shares, left_out) = records::shares_skipping_damaged(store, table, client_id)?;
+    for key in &left_out {
+        tracing::error!(
+            table = table.name(),
+            client = client_id,
+            key = %key,
+            "a stored share record is malformed; it is left out"
+        );
     }
-    Ok(out)
+    *damaged += left_out.len() as u64;
+    Ok(shares)
 }
 
 impl Vault {

@@ -62,6 +62,29 @@ pub fn shares(
     Ok(out)
 }
 
+/// As [`shares`], leaving out the rows that do not decode: answers the shares and the keys of
+/// the rows left out.
+pub fn shares_skipping_damaged(
+    r: &(impl Reader + ?Sized),
+    table: TableId,
+    client_id: &str,
+) -> Result<(Vec<MethodRecord>, Vec<String>), StoreError> {
+    let (mut out, mut damaged) = (Vec::new(), Vec::new());
+    r.scan(table, Range::Client(client_id), &mut |key, value| {
+        if let Key::Client(_, method) = key {
+            match codec::decode_record(value) {
+                Ok(record) => out.push(MethodRecord {
+                    backup_method: method.to_owned(),
+                    record,
+                }),
+                Err(_) => damaged.push(method.to_owned()),
+            }
+        }
+        Ok(true)
+    })?;
+    Ok((out, damaged))
+}
+
 /// One share of a client in `table` (custodian or client).
 pub fn share(
     r: &(impl Reader + ?Sized),

@@ -12,7 +12,7 @@
 //! Value layout: `1 | superseded_at_ms u64 | share record` (see [`super::codec`]).
 
 use super::codec::{self, SealedRecord};
-use super::records::MethodRecord;
+use super::records::{self, MethodRecord};
 use super::status::PairStatus;
 use crate::store::{Key, Range, Reader, StoreError, TableId, Writer};
 use std::collections::HashSet;
@@ -67,14 +67,6 @@ impl ShareKind {
         match self {
             ShareKind::Custodian => TableId::Custodian,
             ShareKind::Client => TableId::Client,
-        }
-    }
-
-    pub fn of_table(table: TableId) -> Option<Self> {
-        match table {
-            TableId::Custodian => Some(ShareKind::Custodian),
-            TableId::Client => Some(ShareKind::Client),
-            _ => None,
         }
     }
 }
@@ -244,23 +236,8 @@ pub struct FetchRows {
 /// pair was completed. Portal picks the share by its pair id, so a backup that never
 /// completed does not cost the user the last one that did.
 pub fn fetch_rows(r: &(impl Reader + ?Sized), client_id: &str) -> Result<FetchRows, StoreError> {
-    let mut out = FetchRows::default();
-    r.scan(
-        TableId::Custodian,
-        Range::Client(client_id),
-        &mut |key, value| {
-            if let Key::Client(_, method) = key {
-                match codec::decode_record(value) {
-                    Ok(record) => out.rows.push(MethodRecord {
-                        backup_method: method.to_owned(),
-                        record,
-                    }),
-                    Err(_) => out.damaged.push(method.to_owned()),
-                }
-            }
-            Ok(true)
-        },
-    )?;
+    let (rows, damaged) = records::shares_skipping_damaged(r, TableId::Custodian, client_id)?;
+    let mut out = FetchRows { rows, damaged };
     let mut completed = HashSet::new();
     r.scan(
         TableId::Pairs,

@@ -241,7 +241,7 @@ async fn snapshot_bytes(daemon: &Daemon, admin: &str) -> Result<Vec<u8>, tonic::
 }
 
 /// Stores 3,000 users `cN`, each with an ICLOUD custodian share `share-N`.
-async fn store_shares(daemon: &Daemon, secret: &str) {
+pub(crate) async fn store_shares(daemon: &Daemon, secret: &str) {
     let mut hook = daemon.webhook().await;
     for i in 0..3_000 {
         hook.backup(with_secret(

@@ -236,21 +236,6 @@ fn share(n: u32) -> String {
     format!("{{\"backupSharePairId\":\"pair-{n}\",\"k\":\"seal-share-{n}\"}}")
 }
 
-async fn snapshot_to(daemon: &Daemon, admin: &str, path: &Path) {
-    let mut stream = daemon
-        .admin()
-        .await
-        .snapshot(with_token(pb::SnapshotRequest {}, admin))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        bytes.extend_from_slice(&chunk.unwrap().data);
-    }
-    std::fs::write(path, bytes).unwrap();
-}
-
 /// The database file, less the identity that every open renews (the last 64 bytes of its
 /// first 4 KiB: docs/design.md, "Identity"): for failures that stop the start before the
 /// database is opened.
@@ -606,7 +591,7 @@ async fn snapshots_restore_under_the_token_and_no_key_is_ever_in_clear() {
         put_share(&daemon, &token.keys, &format!("c{n}"), &share(n)).await;
     }
     let snap = token.tmp.path().join("vault.snap");
-    snapshot_to(&daemon, &admin, &snap).await;
+    crate::operations::snapshot_to(&daemon, &admin, &snap).await;
     let id = daemon.status(&admin).await.master_key_id;
     assert!(daemon.signal("TERM").success());
     let logs = daemon.logs();
@@ -750,20 +735,7 @@ async fn a_rotation_killed_half_way_under_the_token_seal_resumes() {
     token.create_key("wrap-1");
     let mut daemon = token.start("wrap-1", &[]);
     let admin = token.keys.admin_token.clone();
-    let mut hook = daemon.webhook().await;
-    for i in 0..3_000 {
-        hook.backup(with_secret(
-            pb::BackupRequest {
-                client_id: format!("c{i}"),
-                backup_method: "ICLOUD-ED25519".into(),
-                share: format!("share-{i}"),
-                backup_share_pair_id: None,
-            },
-            &token.keys.webhook_secret,
-        ))
-        .await
-        .unwrap();
-    }
+    crate::faults::store_shares(&daemon, &token.keys.webhook_secret).await;
     let old = daemon.status(&admin).await.master_key_id;
     let mut progress = daemon.rekey_stream(&admin, &[]).await;
     let first = progress.next().await.unwrap().unwrap();
