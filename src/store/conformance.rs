@@ -267,3 +267,74 @@ pub async fn exports_visit_every_row_in_order(store: &dyn Store) {
         ]
     );
 }
+
+/// A reader of one client answers that client's rows in every per-client table exactly as a
+/// full reader does, keeps the state it saw when it opened, and still serves other reads.
+pub async fn a_client_reader_reads_the_client_whole(store: &dyn Store) {
+    store
+        .write(job(WriteClass::AddsData, |w| {
+            for (c, s) in [("a", "B"), ("a", "Z"), ("ab", "X"), ("b", "")] {
+                w.put(TableId::Custodian, Key::Client(c, s), c.as_bytes())?;
+                w.put(TableId::Pairs, Key::Client(c, s), s.as_bytes())?;
+            }
+            w.put(TableId::Meta, Key::Name("m"), b"meta")
+        }))
+        .await
+        .unwrap();
+    let r = store
+        .read_client("a", &[TableId::Custodian, TableId::Pairs, TableId::Client])
+        .unwrap();
+    store
+        .write(job(WriteClass::Changes, |w| {
+            w.put(TableId::Custodian, Key::Client("a", "C"), b"later")?;
+            w.delete(TableId::Custodian, Key::Client("a", "B"))?;
+            Ok(())
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&*r, TableId::Custodian, Range::Client("a")),
+        [
+            (client("a", "B"), b"a".to_vec()),
+            (client("a", "Z"), b"a".to_vec())
+        ]
+    );
+    assert_eq!(
+        rows(&*r, TableId::Pairs, Range::Client("a")),
+        [
+            (client("a", "B"), b"B".to_vec()),
+            (client("a", "Z"), b"Z".to_vec())
+        ]
+    );
+    assert_eq!(rows(&*r, TableId::Client, Range::Client("a")), []);
+    assert_eq!(
+        r.get(TableId::Custodian, Key::Client("a", "B")).unwrap(),
+        Some(b"a".to_vec())
+    );
+    assert_eq!(
+        r.get(TableId::Custodian, Key::Client("a", "C")).unwrap(),
+        None
+    );
+    // Other clients, other tables and whole-table scans are served too.
+    assert_eq!(
+        r.get(TableId::Custodian, Key::Client("ab", "X")).unwrap(),
+        Some(b"ab".to_vec())
+    );
+    assert_eq!(
+        rows(&*r, TableId::Custodian, Range::Client("b")),
+        [(client("b", ""), b"b".to_vec())]
+    );
+    assert_eq!(
+        r.get(TableId::Meta, Key::Name("m")).unwrap(),
+        Some(b"meta".to_vec())
+    );
+    assert!(r.len(TableId::Custodian).unwrap() >= 4);
+    let later = store.read_client("a", &[TableId::Custodian]).unwrap();
+    assert_eq!(
+        rows(&*later, TableId::Custodian, Range::Client("a")),
+        [
+            (client("a", "C"), b"later".to_vec()),
+            (client("a", "Z"), b"a".to_vec())
+        ]
+    );
+}

@@ -86,6 +86,20 @@ pub const TABLES: [TableId; TABLE_COUNT] = [
 ];
 
 impl TableId {
+    /// This table, as a list of one.
+    pub fn alone(self) -> &'static [TableId] {
+        match self {
+            TableId::Custodian => &[TableId::Custodian],
+            TableId::Client => &[TableId::Client],
+            TableId::Pairs => &[TableId::Pairs],
+            TableId::Tokens => &[TableId::Tokens],
+            TableId::TokenHashes => &[TableId::TokenHashes],
+            TableId::Meta => &[TableId::Meta],
+            TableId::Audit => &[TableId::Audit],
+            TableId::Versions => &[TableId::Versions],
+        }
+    }
+
     pub fn from_u8(v: u8) -> Option<Self> {
         TABLES.into_iter().find(|t| *t as u8 == v)
     }
@@ -327,6 +341,30 @@ pub trait Store: Send + Sync + 'static {
     /// cannot (`/readyz`).
     fn ready(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+    /// A reader for one client's rows in `tables` (per-client tables, [`KeyKind::Client`]):
+    /// those are read from one consistent state. Other reads through it are served too, from
+    /// a state no older than the client's rows. A store whose reads are round trips reads the
+    /// client's rows with one.
+    fn read_client(
+        &self,
+        client: &str,
+        tables: &[TableId],
+    ) -> Result<Box<dyn Reader + '_>, StoreError> {
+        let _ = (client, tables);
+        self.read()
+    }
+    /// A reader for lookups that check what they find (a token by its hash): each read sees
+    /// a committed state no older than the reader, not necessarily the same one for every
+    /// read. A store whose reads are round trips makes each read one statement, with no
+    /// transaction around them.
+    fn read_latest(&self) -> Result<Box<dyn Reader + '_>, StoreError> {
+        self.read()
+    }
+    /// Whether reads wait on something other than this machine's memory and disk (a
+    /// database server): they then always run off the async workers.
+    fn reads_wait(&self) -> bool {
+        false
     }
     /// Whether reading a record ahead of its write makes the write faster (a page cache
     /// the single writer then finds warm). A store whose reads are round trips of their own

@@ -75,7 +75,7 @@ impl Vault {
                 role: Role::Admin,
             }
         } else {
-            match records::token_by_hash(&*self.store.read()?, &hash)? {
+            match records::token_by_hash(&*self.store.read_latest()?, &hash)? {
                 Some(record) => Principal {
                     name: record.name,
                     role: record.role,

@@ -29,17 +29,26 @@ impl Vault {
         validate::client_id(client_id)?;
         let id = client_id.to_owned();
         let (current, kept, pairs) = self
-            .read_store(move |store| {
-                let mut current = Vec::new();
-                for kind in [ShareKind::Custodian, ShareKind::Client] {
-                    for share in records::shares(store, kind.table(), &id)? {
-                        current.push((kind, share));
+            .read_store(
+                client_id,
+                &[
+                    crate::store::TableId::Custodian,
+                    crate::store::TableId::Client,
+                    crate::store::TableId::Versions,
+                    crate::store::TableId::Pairs,
+                ],
+                move |store| {
+                    let mut current = Vec::new();
+                    for kind in [ShareKind::Custodian, ShareKind::Client] {
+                        for share in records::shares(store, kind.table(), &id)? {
+                            current.push((kind, share));
+                        }
                     }
-                }
-                let mut damaged = Vec::new();
-                let kept = versions::of_client(store, &id, None, &mut damaged)?;
-                Ok((current, kept, records::pairs(store, &id)?))
-            })
+                    let mut damaged = Vec::new();
+                    let kept = versions::of_client(store, &id, None, &mut damaged)?;
+                    Ok((current, kept, records::pairs(store, &id)?))
+                },
+            )
             .await?;
         let status = |pair: &Option<String>| {
             pair.as_ref().and_then(|id| {

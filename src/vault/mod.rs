@@ -470,19 +470,25 @@ impl Vault {
     /// page-cache miss holds up no other request, and as many reads wait on the disk at once
     /// as there are requests (a database much larger than memory is read at the disk's queue
     /// depth, not one read per runtime worker).
+    ///
+    /// The read is of `client`'s rows in `tables` ([`Store::read_client`]). A store whose reads wait on a
+    /// server ([`Store::reads_wait`]) is always read on the blocking threads.
     async fn read_store<T: Send + 'static>(
         &self,
+        client: &str,
+        tables: &'static [TableId],
         read: impl FnOnce(&dyn Reader) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, VaultError> {
         let store = Arc::clone(&self.store);
         let placement = Arc::clone(&self.placement);
+        let client = client.to_owned();
         let timed = move || {
             let started = Instant::now();
-            let result = store.read().and_then(|r| read(&*r));
+            let result = store.read_client(&client, tables).and_then(|r| read(&*r));
             placement.observe(started.elapsed());
             result
         };
-        if !self.placement.offloading() {
+        if !self.store.reads_wait() && !self.placement.offloading() {
             return Ok(timed()?);
         }
         self.metrics.offloaded_read();

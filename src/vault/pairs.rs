@@ -71,17 +71,22 @@ impl Vault {
         validate::client_id(client_id)?;
         let id = client_id.to_owned();
         let (pairs, client_shares, custodian_shares, damaged) = self
-            .read_store(move |store| {
-                let mut damaged = 0;
-                let pairs = records::client_rows(store, TableId::Pairs, &id)?
-                    .into_iter()
-                    .filter_map(|(pid, bytes)| super::codec::decode_pair(&pid, &bytes).ok())
-                    .collect::<Vec<_>>();
-                let client = shares_skipping_damaged(store, TableId::Client, &id, &mut damaged)?;
-                let custodian =
-                    shares_skipping_damaged(store, TableId::Custodian, &id, &mut damaged)?;
-                Ok((pairs, client, custodian, damaged))
-            })
+            .read_store(
+                client_id,
+                &[TableId::Pairs, TableId::Client, TableId::Custodian],
+                move |store| {
+                    let mut damaged = 0;
+                    let pairs = records::client_rows(store, TableId::Pairs, &id)?
+                        .into_iter()
+                        .filter_map(|(pid, bytes)| super::codec::decode_pair(&pid, &bytes).ok())
+                        .collect::<Vec<_>>();
+                    let client =
+                        shares_skipping_damaged(store, TableId::Client, &id, &mut damaged)?;
+                    let custodian =
+                        shares_skipping_damaged(store, TableId::Custodian, &id, &mut damaged)?;
+                    Ok((pairs, client, custodian, damaged))
+                },
+            )
             .await?;
         if damaged > 0 {
             self.metrics.damaged_records(damaged);
@@ -149,8 +154,10 @@ impl Vault {
     pub async fn list_pairs(&self, client_id: &str) -> Result<Vec<PairRecord>, VaultError> {
         validate::client_id(client_id)?;
         let id = client_id.to_owned();
-        self.read_store(move |store| records::pairs(store, &id))
-            .await
+        self.read_store(client_id, &[TableId::Pairs], move |store| {
+            records::pairs(store, &id)
+        })
+        .await
     }
 
     /// Moves pairs to `status`, all or none.

@@ -123,7 +123,9 @@ impl Vault {
         // A store that cannot be read now is the write's to report (and a failed write is
         // what makes the store recover), so a failed read here is simply no match.
         let current = self
-            .read_store(move |store| store.get(table, crate::store::Key::Client(&id, &wanted)))
+            .read_store(client_id, table.alone(), move |store| {
+                store.get(table, crate::store::Key::Client(&id, &wanted))
+            })
             .await;
         let Ok(Some(bytes)) = current else {
             return None;
@@ -157,7 +159,9 @@ impl Vault {
         validate::client_id(client_id)?;
         let id = client_id.to_owned();
         let read = self
-            .read_store(move |store| versions::fetch_rows(store, &id))
+            .read_store(client_id, versions::FETCH_TABLES, move |store| {
+                versions::fetch_rows(store, &id)
+            })
             .await
             .and_then(|rows| self.open_custodian_shares(client_id, rows));
         let mut audit = entry(actor, "fetch", client_id, "");
@@ -220,7 +224,9 @@ impl Vault {
         let method = validate::backup_method(backup_method)?;
         let (id, wanted) = (client_id.to_owned(), method.to_owned());
         let read = self
-            .read_store(move |store| records::share(store, TableId::Custodian, &id, &wanted))
+            .read_store(client_id, &[TableId::Custodian], move |store| {
+                records::share(store, TableId::Custodian, &id, &wanted)
+            })
             .await
             .and_then(|record| {
                 record.ok_or_else(|| {
@@ -299,7 +305,7 @@ impl Vault {
         let method = validate::backup_method(backup_method)?;
         let (id, wanted) = (client_id.to_owned(), method.to_owned());
         let read = self
-            .read_store(move |store| {
+            .read_store(client_id, &[TableId::Client], move |store| {
                 let mut found =
                     records::share(store, TableId::Client, &id, &wanted)?.map(|r| (false, r));
                 if found.is_none() && wanted != UNKNOWN_METHOD {

@@ -235,6 +235,9 @@ pub struct FetchRows {
 /// whose current share's pair is not completed, the newest earlier share of that key whose
 /// pair was completed. Portal picks the share by its pair id, so a backup that never
 /// completed does not cost the user the last one that did.
+/// The tables [`fetch_rows`] reads.
+pub const FETCH_TABLES: &[TableId] = &[TableId::Custodian, TableId::Pairs, TableId::Versions];
+
 pub fn fetch_rows(r: &(impl Reader + ?Sized), client_id: &str) -> Result<FetchRows, StoreError> {
     let (rows, damaged) = records::shares_skipping_damaged(r, TableId::Custodian, client_id)?;
     let mut out = FetchRows { rows, damaged };

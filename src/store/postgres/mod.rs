@@ -151,7 +151,8 @@ impl PgStore {
     }
 }
 
-/// A reader: one `REPEATABLE READ READ ONLY` transaction, its snapshot taken when it opens.
+/// A reader: one `REPEATABLE READ READ ONLY` transaction, its snapshot taken when it opens;
+/// or, for [`Store::read_latest`], no transaction, each statement seeing the latest state.
 struct PgReader {
     session: RefCell<Session>,
 }
@@ -178,6 +179,71 @@ impl Reader for PgReader {
 
     fn len(&self, table: TableId) -> Result<u64, StoreError> {
         rows::count(&mut self.session.borrow_mut(), table)
+    }
+}
+
+/// A reader of one client: that client's rows in the tables asked for, read by one
+/// statement (one snapshot, one round trip, no transaction to end). Any other read is a
+/// statement of its own ([`Store::read_latest`]), seeing what is committed when it is made.
+struct PgClientReader<'s> {
+    store: &'s PgStore,
+    client: String,
+    tables: Vec<TableId>,
+    /// (table, encoded key) → value, for the client's rows in `tables`.
+    rows: std::collections::BTreeMap<(u8, Vec<u8>), Vec<u8>>,
+    other: std::cell::OnceCell<Box<dyn Reader + 's>>,
+}
+
+impl PgClientReader<'_> {
+    fn other(&self) -> Result<&dyn Reader, StoreError> {
+        if let Some(reader) = self.other.get() {
+            return Ok(&**reader);
+        }
+        let reader = self.store.read_latest()?;
+        Ok(&**self.other.get_or_init(|| reader))
+    }
+
+    /// Whether a read of `table` under `client` is one of the rows read up front.
+    fn holds(&self, table: TableId, client: &str) -> bool {
+        client == self.client && self.tables.contains(&table)
+    }
+}
+
+impl Reader for PgClientReader<'_> {
+    fn get(&self, table: TableId, key: Key<'_>) -> Result<Option<Vec<u8>>, StoreError> {
+        match key {
+            Key::Client(client, _) if self.holds(table, client) => {
+                let encoded = rows::encode(table, key)?;
+                Ok(self.rows.get(&(table as u8, encoded)).cloned())
+            }
+            _ => self.other()?.get(table, key),
+        }
+    }
+
+    fn scan(
+        &self,
+        table: TableId,
+        range: Range<'_>,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), StoreError> {
+        match range {
+            Range::Client(client) if self.holds(table, client) => {
+                let (lower, upper) = rows::bounds(table, &range)?;
+                let t = table as u8;
+                let upper = upper.unwrap_or_default();
+                for ((_, key), value) in self.rows.range((t, lower)..(t, upper)) {
+                    if !visit(rows::decode(table, key)?.as_key(), value)? {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            _ => self.other()?.scan(table, range, visit),
+        }
+    }
+
+    fn len(&self, table: TableId) -> Result<u64, StoreError> {
+        self.other()?.len(table)
     }
 }
 
@@ -218,6 +284,43 @@ impl Store for PgStore {
         Ok(Box::new(PgReader {
             session: RefCell::new(session),
         }))
+    }
+
+    fn read_client(
+        &self,
+        client: &str,
+        tables: &[TableId],
+    ) -> Result<Box<dyn Reader + '_>, StoreError> {
+        if !self.shared.reachable.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend("PostgreSQL cannot be reached".into()));
+        }
+        let tables: Vec<TableId> = tables
+            .iter()
+            .copied()
+            .filter(|t| t.key_kind() == super::KeyKind::Client)
+            .collect();
+        let mut session = Session::autocommit(&self.shared)?;
+        let found = rows::client_rows(&mut session, &tables, client)?;
+        Ok(Box::new(PgClientReader {
+            store: self,
+            client: client.to_owned(),
+            tables,
+            rows: found.into_iter().map(|(t, k, v)| ((t, k), v)).collect(),
+            other: std::cell::OnceCell::new(),
+        }))
+    }
+
+    fn read_latest(&self) -> Result<Box<dyn Reader + '_>, StoreError> {
+        if !self.shared.reachable.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend("PostgreSQL cannot be reached".into()));
+        }
+        Ok(Box::new(PgReader {
+            session: RefCell::new(Session::autocommit(&self.shared)?),
+        }))
+    }
+
+    fn reads_wait(&self) -> bool {
+        true
     }
 
     fn size_bytes(&self) -> Option<u64> {

@@ -249,7 +249,27 @@ pub fn apply(
     puts: Vec<(i16, Vec<u8>, Vec<u8>)>,
     deletes: Vec<(i16, Vec<u8>)>,
 ) -> Result<(), StoreError> {
-    if puts.is_empty() && deletes.is_empty() {
+    write(s, puts, deletes, false)
+}
+
+/// As [`apply`], then commits the session's transaction, in one round trip: the statements
+/// are sent one after another without waiting (a failed one makes PostgreSQL refuse the rest
+/// and turn the `COMMIT` into a rollback), and the first error is the answer.
+pub fn apply_and_commit(
+    s: &mut Session,
+    puts: Vec<(i16, Vec<u8>, Vec<u8>)>,
+    deletes: Vec<(i16, Vec<u8>)>,
+) -> Result<(), StoreError> {
+    write(s, puts, deletes, true)
+}
+
+fn write(
+    s: &mut Session,
+    puts: Vec<(i16, Vec<u8>, Vec<u8>)>,
+    deletes: Vec<(i16, Vec<u8>)>,
+    commit: bool,
+) -> Result<(), StoreError> {
+    if !commit && puts.is_empty() && deletes.is_empty() {
         return Ok(());
     }
     let (pt, pk, pv): (Vec<i16>, Vec<Vec<u8>>, Vec<Vec<u8>>) = {
@@ -264,26 +284,49 @@ pub fn apply(
     let (dt, dk): (Vec<i16>, Vec<Vec<u8>>) = deletes.into_iter().unzip();
     s.call(move |c| -> CallFuture<'_, ()> {
         Box::pin(async move {
-            if !pt.is_empty() {
-                let stmt = c
-                    .prepare_cached(
-                        "INSERT INTO sharevault_records (tbl, k, v) \
-                         SELECT * FROM unnest($1::smallint[], $2::bytea[], $3::bytea[]) \
-                         ON CONFLICT (tbl, k) DO UPDATE SET v = EXCLUDED.v",
-                    )
-                    .await?;
-                c.execute(&stmt, &[&pt, &pk, &pv]).await?;
-            }
-            if !dt.is_empty() {
-                let stmt = c
-                    .prepare_cached(
-                        "DELETE FROM sharevault_records WHERE (tbl, k) IN \
-                         (SELECT * FROM unnest($1::smallint[], $2::bytea[]))",
-                    )
-                    .await?;
-                c.execute(&stmt, &[&dt, &dk]).await?;
-            }
-            Ok(())
+            // Prepared first (a round trip only the first time on a connection), so that
+            // nothing is sent between the statements below.
+            let insert = c
+                .prepare_cached(
+                    "INSERT INTO sharevault_records (tbl, k, v) \
+                     SELECT * FROM unnest($1::smallint[], $2::bytea[], $3::bytea[]) \
+                     ON CONFLICT (tbl, k) DO UPDATE SET v = EXCLUDED.v",
+                )
+                .await?;
+            let delete = c
+                .prepare_cached(
+                    "DELETE FROM sharevault_records WHERE (tbl, k) IN \
+                     (SELECT * FROM unnest($1::smallint[], $2::bytea[]))",
+                )
+                .await?;
+            // Each future sends its statement when first polled, and `join!` polls them in
+            // this order.
+            let (inserted, deleted, committed) = tokio::join!(
+                async {
+                    if pt.is_empty() {
+                        Ok(0)
+                    } else {
+                        c.execute(&insert, &[&pt, &pk, &pv]).await
+                    }
+                },
+                async {
+                    if dt.is_empty() {
+                        Ok(0)
+                    } else {
+                        c.execute(&delete, &[&dt, &dk]).await
+                    }
+                },
+                async {
+                    if commit {
+                        c.batch_execute("COMMIT").await
+                    } else {
+                        Ok(())
+                    }
+                },
+            );
+            inserted?;
+            deleted?;
+            committed
         })
     })
 }

@@ -141,6 +141,17 @@ impl Session {
         })
     }
 
+    /// A connection from the pool with no transaction: each statement is its own.
+    pub fn autocommit(shared: &Arc<Shared>) -> Result<Self, StoreError> {
+        Ok(Self {
+            conn: Some(connect(shared)?),
+            shared: Arc::clone(shared),
+            begin: None,
+            conflicted: false,
+            done: true,
+        })
+    }
+
     /// Runs `f` on the connection (after the pending `begin`) and waits for it.
     pub fn call<T>(
         &mut self,

@@ -41,6 +41,7 @@ conformance!(
     a_failed_job_changes_nothing,
     staged_changes_are_kept_or_dropped_whole,
     exports_visit_every_row_in_order,
+    a_client_reader_reads_the_client_whole,
 );
 
 #[test]

@@ -11,7 +11,7 @@
 //! jobs run again, up to [`RETRIES`] times; no such conflict reaches a caller.
 
 use super::rows;
-use super::session::{CallFuture, Session};
+use super::session::Session;
 use super::{MAX_BATCH, Shared};
 use crate::store::{
     Key, KeyBuf, KeyKind, Range, Reader, StoreError, TABLES, TableId, Visit, WriteClass, WriteJob,
@@ -209,11 +209,7 @@ impl PgTxn {
             }
         }
         let session = self.session.get_mut();
-        let done = rows::apply(session, puts, deletes).and_then(|()| {
-            session.call(|c| -> CallFuture<'_, ()> {
-                Box::pin(async move { c.batch_execute("COMMIT").await })
-            })
-        });
+        let done = rows::apply_and_commit(session, puts, deletes);
         match done {
             Ok(()) => {
                 // Committed: nothing to roll back when the session is released.

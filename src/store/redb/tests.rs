@@ -33,6 +33,7 @@ conformance!(
     a_failed_job_changes_nothing,
     staged_changes_are_kept_or_dropped_whole,
     exports_visit_every_row_in_order,
+    a_client_reader_reads_the_client_whole,
 );
 
 /// A file backend whose writes fail with "no space left on device" while `fail` is set, and
