@@ -17,8 +17,13 @@ use tonic::transport::Channel;
 /// An operation the bench measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Op {
-    /// Webhook `POST /backup`: overwrite a random client's custodian share.
+    /// Webhook `POST /backup`: send a random client's custodian share again, the bytes
+    /// already stored (as Portal retries): recognised as a repeat, it is compared and audited.
     Backup,
+    /// Webhook `POST /backup` of shares never stored before: the backups of new wallets,
+    /// each a new record, pair and audit event (under client ids of this run's own).
+    #[value(name = "backup-new")]
+    BackupNew,
     /// Webhook `POST /backup/fetch`: read all 8 custodian shares of a random client.
     Fetch,
     /// gRPC `StoreClientBackupShare`: overwrite a random client's cipherText.
@@ -35,8 +40,9 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; 7] = [
         Op::Backup,
+        Op::BackupNew,
         Op::Fetch,
         Op::Store,
         Op::Get,
@@ -47,6 +53,7 @@ impl Op {
     pub fn label(self) -> &'static str {
         match self {
             Op::Backup => "webhook backup",
+            Op::BackupNew => "webhook backup, new shares",
             Op::Fetch => "webhook fetch",
             Op::Store => "grpc store client share",
             Op::Get => "grpc get client share",
@@ -65,7 +72,11 @@ impl Op {
     fn uses_webhook(self) -> bool {
         matches!(
             self,
-            Op::Backup | Op::Fetch | Op::BackupOneConnection | Op::FetchDuringBackup
+            Op::Backup
+                | Op::BackupNew
+                | Op::Fetch
+                | Op::BackupOneConnection
+                | Op::FetchDuringBackup
         )
     }
 
@@ -93,6 +104,10 @@ pub struct Target {
     pub token: String,
     pub clients: u32,
     pub share_bytes: usize,
+    /// A prefix of this run's own for [`Op::BackupNew`]'s client ids.
+    pub fresh_prefix: String,
+    /// [`Op::BackupNew`]'s shares sent so far: client `n / 8`, share `n % 8`.
+    pub fresh: std::sync::atomic::AtomicU64,
 }
 
 /// One connection's worth of load: a webhook connection and a gRPC channel, opened on use.
@@ -171,6 +186,17 @@ impl Worker {
                 let curve = self.rng.below(CURVES.len());
                 self.backup(client, method, curve).await
             }
+            Op::BackupNew => {
+                let n = self
+                    .target
+                    .fresh
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let client = u32::try_from(n / SHARES_PER_CLIENT as u64)?;
+                let share = n as usize % SHARES_PER_CLIENT;
+                let id = format!("{}-{client:07}", self.target.fresh_prefix);
+                let (method, curve) = (share / CURVES.len(), share % CURVES.len());
+                self.send_backup(&id, client, method, curve).await
+            }
             Op::Fetch | Op::FetchDuringBackup => self.fetch(client).await,
             Op::Store => self.store(client, method).await,
             Op::Get => self.get(client, method).await,
@@ -178,8 +204,20 @@ impl Worker {
     }
 
     async fn backup(&mut self, client: u32, method: usize, curve: usize) -> anyhow::Result<()> {
+        self.send_backup(&payload::client_id(client), client, method, curve)
+            .await
+    }
+
+    /// Sends share (`client`, `method`, `curve`) under the client id `id`.
+    async fn send_backup(
+        &mut self,
+        id: &str,
+        client: u32,
+        method: usize,
+        curve: usize,
+    ) -> anyhow::Result<()> {
         let body = serde_json::to_vec(&serde_json::json!({
-            "clientId": payload::client_id(client),
+            "clientId": id,
             "backupMethod": payload::custodian_method(method, curve),
             "share": payload::share(client, method, curve, self.target.share_bytes),
         }))?;

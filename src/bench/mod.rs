@@ -172,6 +172,14 @@ async fn drive(
         token,
         clients: args.clients,
         share_bytes: args.share_bytes as usize,
+        fresh_prefix: format!(
+            "bench-new-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        ),
+        fresh: std::sync::atomic::AtomicU64::new(0),
     });
 
     if !args.skip_populate {

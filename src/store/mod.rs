@@ -86,20 +86,6 @@ pub const TABLES: [TableId; TABLE_COUNT] = [
 ];
 
 impl TableId {
-    /// This table, as a list of one.
-    pub fn alone(self) -> &'static [TableId] {
-        match self {
-            TableId::Custodian => &[TableId::Custodian],
-            TableId::Client => &[TableId::Client],
-            TableId::Pairs => &[TableId::Pairs],
-            TableId::Tokens => &[TableId::Tokens],
-            TableId::TokenHashes => &[TableId::TokenHashes],
-            TableId::Meta => &[TableId::Meta],
-            TableId::Audit => &[TableId::Audit],
-            TableId::Versions => &[TableId::Versions],
-        }
-    }
-
     pub fn from_u8(v: u8) -> Option<Self> {
         TABLES.into_iter().find(|t| *t as u8 == v)
     }

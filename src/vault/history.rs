@@ -31,12 +31,12 @@ impl Vault {
         let (current, kept, pairs) = self
             .read_store(
                 client_id,
-                &[
+                Some(&[
                     crate::store::TableId::Custodian,
                     crate::store::TableId::Client,
                     crate::store::TableId::Versions,
                     crate::store::TableId::Pairs,
-                ],
+                ]),
                 move |store| {
                     let mut current = Vec::new();
                     for kind in [ShareKind::Custodian, ShareKind::Client] {

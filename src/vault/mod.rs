@@ -471,12 +471,13 @@ impl Vault {
     /// as there are requests (a database much larger than memory is read at the disk's queue
     /// depth, not one read per runtime worker).
     ///
-    /// The read is of `client`'s rows in `tables` ([`Store::read_client`]). A store whose reads wait on a
+    /// The read is of `client`'s rows in `tables` ([`Store::read_client`]); with no tables, it
+    /// is a lookup of single keys ([`Store::read_latest`]). A store whose reads wait on a
     /// server ([`Store::reads_wait`]) is always read on the blocking threads.
     async fn read_store<T: Send + 'static>(
         &self,
         client: &str,
-        tables: &'static [TableId],
+        tables: Option<&'static [TableId]>,
         read: impl FnOnce(&dyn Reader) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, VaultError> {
         let store = Arc::clone(&self.store);
@@ -484,7 +485,11 @@ impl Vault {
         let client = client.to_owned();
         let timed = move || {
             let started = Instant::now();
-            let result = store.read_client(&client, tables).and_then(|r| read(&*r));
+            let reader = match tables {
+                Some(tables) => store.read_client(&client, tables),
+                None => store.read_latest(),
+            };
+            let result = reader.and_then(|r| read(&*r));
             placement.observe(started.elapsed());
             result
         };

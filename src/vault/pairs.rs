@@ -73,7 +73,7 @@ impl Vault {
         let (pairs, client_shares, custodian_shares, damaged) = self
             .read_store(
                 client_id,
-                &[TableId::Pairs, TableId::Client, TableId::Custodian],
+                Some(&[TableId::Pairs, TableId::Client, TableId::Custodian]),
                 move |store| {
                     let mut damaged = 0;
                     let pairs = records::client_rows(store, TableId::Pairs, &id)?
@@ -154,7 +154,7 @@ impl Vault {
     pub async fn list_pairs(&self, client_id: &str) -> Result<Vec<PairRecord>, VaultError> {
         validate::client_id(client_id)?;
         let id = client_id.to_owned();
-        self.read_store(client_id, &[TableId::Pairs], move |store| {
+        self.read_store(client_id, Some(&[TableId::Pairs]), move |store| {
             records::pairs(store, &id)
         })
         .await

@@ -123,7 +123,7 @@ impl Vault {
         // A store that cannot be read now is the write's to report (and a failed write is
         // what makes the store recover), so a failed read here is simply no match.
         let current = self
-            .read_store(client_id, table.alone(), move |store| {
+            .read_store(client_id, None, move |store| {
                 store.get(table, crate::store::Key::Client(&id, &wanted))
             })
             .await;
@@ -159,7 +159,7 @@ impl Vault {
         validate::client_id(client_id)?;
         let id = client_id.to_owned();
         let read = self
-            .read_store(client_id, versions::FETCH_TABLES, move |store| {
+            .read_store(client_id, Some(versions::FETCH_TABLES), move |store| {
                 versions::fetch_rows(store, &id)
             })
             .await
@@ -224,7 +224,7 @@ impl Vault {
         let method = validate::backup_method(backup_method)?;
         let (id, wanted) = (client_id.to_owned(), method.to_owned());
         let read = self
-            .read_store(client_id, &[TableId::Custodian], move |store| {
+            .read_store(client_id, None, move |store| {
                 records::share(store, TableId::Custodian, &id, &wanted)
             })
             .await
@@ -305,7 +305,7 @@ impl Vault {
         let method = validate::backup_method(backup_method)?;
         let (id, wanted) = (client_id.to_owned(), method.to_owned());
         let read = self
-            .read_store(client_id, &[TableId::Client], move |store| {
+            .read_store(client_id, Some(&[TableId::Client]), move |store| {
                 let mut found =
                     records::share(store, TableId::Client, &id, &wanted)?.map(|r| (false, r));
                 if found.is_none() && wanted != UNKNOWN_METHOD {
