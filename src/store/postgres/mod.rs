@@ -5,9 +5,10 @@
 //! writer thread per daemon ([`writer`]): a batch of queued jobs runs in one transaction
 //! that holds the database's write lock, so write transactions from every daemon run one
 //! after another and the audit chain stays one chain. A write resolves once PostgreSQL has
-//! answered its `COMMIT` (durable under `synchronous_commit = on`, the default). Readers get
-//! a `REPEATABLE READ READ ONLY` transaction: one consistent snapshot, which sees every
-//! commit that completed before it began, from any daemon.
+//! answered its `COMMIT` (durable under `synchronous_commit = on`, the default). A reader of one
+//! client ([`Store::read_client`]) is one statement, and a lookup by key one statement per
+//! key; other readers get a `REPEATABLE READ READ ONLY` transaction. Each sees a consistent
+//! snapshot holding every commit that completed before it began, from any daemon.
 //!
 //! The connections are driven by a small runtime of the store's own ([`session`]), so that
 //! the synchronous [`Reader`] can be used from any thread. Every statement is bounded by a
