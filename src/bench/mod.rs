@@ -268,11 +268,18 @@ async fn print_vault(
         status.backup_share_pairs,
         status.tokens
     );
-    println!(
-        "database file {:.1} MiB for {:.1} MiB of share and cipherText payload",
-        workspace.database_bytes() as f64 / MIB,
-        payload as f64 / MIB
-    );
+    match workspace.database_bytes() {
+        0 => println!(
+            "database: not in the data dir (a --database-url daemon); {:.1} MiB of share and \
+             cipherText payload",
+            payload as f64 / MIB
+        ),
+        bytes => println!(
+            "database file {:.1} MiB for {:.1} MiB of share and cipherText payload",
+            bytes as f64 / MIB,
+            payload as f64 / MIB
+        ),
+    }
     Ok(())
 }
 

@@ -62,8 +62,15 @@ fn is_loopback(host: &tokio_postgres::config::Host) -> bool {
     }
 }
 
+/// The connections a daemon opens at most, unless the URL's `pool_size` says otherwise.
+pub const DEFAULT_POOL_SIZE: usize = 32;
+const MAX_POOL_SIZE: usize = 1024;
+
 impl PgSettings {
     /// Parses and checks a database URL.
+    /// Parses a `postgres://` URL. Besides the driver's parameters it takes `sslmode`
+    /// (`verify-full` or `disable`), `sslrootcert` and `pool_size` (the daemon's connections
+    /// at most, [`DEFAULT_POOL_SIZE`] unless given).
     pub fn parse(url: &str) -> Result<Self, String> {
         let bad = |why: &str| format!("database_url: {why}");
         let (base, query) = match url.split_once('?') {
@@ -73,12 +80,24 @@ impl PgSettings {
         if !(base.starts_with("postgres://") || base.starts_with("postgresql://")) {
             return Err(bad("must be postgres://USER@HOST:PORT/DB"));
         }
-        let (mut sslmode, mut ca_file) = (None, None);
+        let (mut sslmode, mut ca_file, mut pool_size) = (None, None, DEFAULT_POOL_SIZE);
         let mut rest = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
                 Some(("sslmode", value)) => sslmode = Some(value.to_owned()),
                 Some(("sslrootcert", value)) => ca_file = Some(PathBuf::from(value)),
+                Some(("pool_size", value)) => {
+                    pool_size = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_POOL_SIZE).contains(n))
+                        .ok_or_else(|| {
+                            bad(&format!(
+                                "pool_size must be a number of connections from 1 to \
+                                 {MAX_POOL_SIZE}"
+                            ))
+                        })?;
+                }
                 Some(("password", _)) => {
                     return Err(bad(
                         "holds a password; put it in database_password_file (or the systemd \
@@ -142,7 +161,7 @@ impl PgSettings {
             config,
             tls,
             password: None,
-            pool_size: 32,
+            pool_size,
         })
     }
 
@@ -249,6 +268,9 @@ mod tests {
         let ok = PgSettings::parse("postgres://vault@127.0.0.1:5433/sharevault").unwrap();
         assert_eq!(ok.tls, Tls::Disable);
         assert_eq!(ok.describe(), "vault@127.0.0.1:5433/sharevault");
+        assert_eq!(ok.pool_size, DEFAULT_POOL_SIZE);
+        let small = PgSettings::parse("postgres://vault@127.0.0.1/sv?pool_size=8").unwrap();
+        assert_eq!(small.pool_size, 8);
         let tls = PgSettings::parse(
             "postgres://vault@db.example:5432/sv?sslmode=verify-full&sslrootcert=/etc/ca.pem",
         )
@@ -274,6 +296,8 @@ mod tests {
             ("mysql://vault@127.0.0.1/sv", "postgres://"),
             ("postgres://127.0.0.1/sv", "no user"),
             ("postgres://vault@127.0.0.1", "no database"),
+            ("postgres://vault@127.0.0.1/sv?pool_size=0", "pool_size"),
+            ("postgres://vault@127.0.0.1/sv?pool_size=many", "pool_size"),
         ] {
             let err = PgSettings::parse(bad).unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");
