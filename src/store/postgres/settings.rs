@@ -63,7 +63,7 @@ fn is_loopback(host: &tokio_postgres::config::Host) -> bool {
 }
 
 /// The connections a daemon opens at most, unless the URL's `pool_size` says otherwise.
-pub const DEFAULT_POOL_SIZE: usize = 32;
+pub const DEFAULT_POOL_SIZE: usize = 8;
 const MAX_POOL_SIZE: usize = 1024;
 
 impl PgSettings {
