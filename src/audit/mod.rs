@@ -430,7 +430,7 @@ mod retention;
 mod tests;
 mod trail;
 
-pub use retention::{PruneError, Pruned, Retention, prune};
+pub use retention::{ExportLine, PruneError, Pruned, Retention, prune};
 
 pub use trail::{
     HEAD, Head, PAGE, SCAN, append, events, find, head, verify_trail, verify_trail_with,

@@ -142,18 +142,21 @@ pub async fn prune(
     Ok(done)
 }
 
-/// One line of an archive file: the fields of `sharevault audit export`.
+/// One event as a JSON line: what `sharevault audit export` prints and an archive file of
+/// pruned events holds, so that the two read alike.
 #[derive(serde::Serialize)]
-struct Line<'a> {
-    seq: u64,
-    time: String,
-    actor: &'a str,
-    action: &'a str,
-    client_id: &'a str,
-    backup_method: &'a str,
-    outcome: &'a str,
-    hash: String,
-    prev_hash: String,
+pub struct ExportLine<'a> {
+    pub seq: u64,
+    /// RFC 3339, UTC.
+    pub time: String,
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub client_id: &'a str,
+    pub backup_method: &'a str,
+    pub outcome: &'a str,
+    /// Hex.
+    pub hash: &'a str,
+    pub prev_hash: &'a str,
 }
 
 /// The time of an event as `audit export` writes it (RFC 3339, UTC).
@@ -193,7 +196,8 @@ fn archive(dir: &Path, events: &[AuditEvent]) -> Result<PathBuf, PruneError> {
         .map_err(failed)?;
     let mut out = std::io::BufWriter::new(file);
     for e in events {
-        let line = Line {
+        let (hash, prev_hash) = (hex::encode(e.hash), hex::encode(e.prev_hash));
+        let line = ExportLine {
             seq: e.seq,
             time: rfc3339(e.time_ms),
             actor: &e.actor,
@@ -201,8 +205,8 @@ fn archive(dir: &Path, events: &[AuditEvent]) -> Result<PathBuf, PruneError> {
             client_id: &e.client_id,
             backup_method: &e.backup_method,
             outcome: &e.outcome,
-            hash: hex::encode(e.hash),
-            prev_hash: hex::encode(e.prev_hash),
+            hash: &hash,
+            prev_hash: &prev_hash,
         };
         serde_json::to_writer(&mut out, &line).map_err(|e| failed(e.into()))?;
         out.write_all(b"\n").map_err(failed)?;

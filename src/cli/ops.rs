@@ -314,19 +314,6 @@ pub async fn audit(command: AuditCommand) -> Result<(), CliError> {
     }
 }
 
-#[derive(Serialize)]
-struct EventLine<'a> {
-    seq: u64,
-    time: String,
-    actor: &'a str,
-    action: &'a str,
-    client_id: &'a str,
-    backup_method: &'a str,
-    outcome: &'a str,
-    hash: &'a str,
-    prev_hash: &'a str,
-}
-
 async fn audit_export(args: AuditExportArgs) -> Result<(), CliError> {
     let client = Client::connect(&args.connect).await?;
     let mut progress = Progress::new("audit export", "events", args.quiet)?;
@@ -359,7 +346,7 @@ async fn audit_export(args: AuditExportArgs) -> Result<(), CliError> {
     while let Some(event) = stream.next().await {
         let e = event.map_err(|s| client.error(&s))?;
         progress.set(e.seq.saturating_sub(args.after), total);
-        let line = EventLine {
+        let line = crate::audit::ExportLine {
             seq: e.seq,
             time: e.time.map(|t| t.to_string()).unwrap_or_default(),
             actor: &e.actor,

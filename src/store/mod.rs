@@ -365,6 +365,22 @@ pub trait Store: Send + Sync + 'static {
     fn close(&self);
 }
 
+/// The next batch of a writer's queue: waits for one job, then takes those already queued
+/// behind it, at most `max`; `None` once the queue is closed and empty.
+pub(crate) fn next_batch<T>(
+    queue: &mut tokio::sync::mpsc::Receiver<T>,
+    max: usize,
+) -> Option<Vec<T>> {
+    let mut jobs = vec![queue.blocking_recv()?];
+    while jobs.len() < max {
+        match queue.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
+    Some(jobs)
+}
+
 /// The wrong kind of key for a table: a bug in the caller, reported as a backend failure.
 pub fn wrong_key(table: TableId) -> StoreError {
     StoreError::Backend(format!(

@@ -58,6 +58,16 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Fails at once while PostgreSQL is known to be down, instead of waiting for a
+    /// connection until the timeout.
+    fn check_reachable(&self) -> Result<(), StoreError> {
+        if self.reachable.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(StoreError::Backend("PostgreSQL cannot be reached".into()))
+        }
+    }
+
     fn set_reachable(&self, up: bool) {
         let was = self.reachable.swap(up, Ordering::SeqCst);
         if was != up {
@@ -259,9 +269,7 @@ impl Store for PgStore {
         Box::pin(async move {
             let queue = queue.ok_or(StoreError::Closed)?;
             // While PostgreSQL is known to be down, fail at once instead of queueing.
-            if !shared.reachable.load(Ordering::SeqCst) {
-                return Err(StoreError::Backend("PostgreSQL cannot be reached".into()));
-            }
+            shared.check_reachable()?;
             let (reply, answer) = oneshot::channel();
             queue
                 .send(Job { job, reply })
@@ -272,9 +280,7 @@ impl Store for PgStore {
     }
 
     fn read(&self) -> Result<Box<dyn Reader + '_>, StoreError> {
-        if !self.shared.reachable.load(Ordering::SeqCst) {
-            return Err(StoreError::Backend("PostgreSQL cannot be reached".into()));
-        }
+        self.shared.check_reachable()?;
         // The snapshot is taken by the first statement: now, so that the reader sees the
         // state as of `read()`, not as of its first use.
         let mut session = Session::open(
@@ -292,9 +298,7 @@ impl Store for PgStore {
         client: &str,
         tables: &[TableId],
     ) -> Result<Box<dyn Reader + '_>, StoreError> {
-        if !self.shared.reachable.load(Ordering::SeqCst) {
-            return Err(StoreError::Backend("PostgreSQL cannot be reached".into()));
-        }
+        self.shared.check_reachable()?;
         let tables: Vec<TableId> = tables
             .iter()
             .copied()
@@ -312,9 +316,7 @@ impl Store for PgStore {
     }
 
     fn read_latest(&self) -> Result<Box<dyn Reader + '_>, StoreError> {
-        if !self.shared.reachable.load(Ordering::SeqCst) {
-            return Err(StoreError::Backend("PostgreSQL cannot be reached".into()));
-        }
+        self.shared.check_reachable()?;
         Ok(Box::new(PgReader {
             session: RefCell::new(Session::autocommit(&self.shared)?),
         }))
@@ -345,11 +347,7 @@ impl Store for PgStore {
     }
 
     fn ready(&self) -> Result<(), StoreError> {
-        if self.shared.reachable.load(Ordering::SeqCst) {
-            Ok(())
-        } else {
-            Err(StoreError::Backend("PostgreSQL cannot be reached".into()))
-        }
+        self.shared.check_reachable()
     }
 
     fn close(&self) {

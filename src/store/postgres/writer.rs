@@ -40,14 +40,7 @@ pub(super) struct Job {
 }
 
 pub(super) fn run_writer(shared: &Arc<Shared>, mut queue: mpsc::Receiver<Job>) {
-    while let Some(first) = queue.blocking_recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
+    while let Some(jobs) = crate::store::next_batch(&mut queue, MAX_BATCH) {
         let started = std::time::Instant::now();
         // Audit events of reads first, in a transaction of their own (as on redb).
         let (reads, writes): (Vec<Job>, Vec<Job>) = jobs

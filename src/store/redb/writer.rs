@@ -44,14 +44,7 @@ pub(super) fn run_flusher(shared: &Shared, queue: &mpsc::Sender<Job>) {
 }
 
 pub(super) fn run_writer(shared: &Shared, mut queue: mpsc::Receiver<Job>) {
-    while let Some(first) = queue.blocking_recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
+    while let Some(mut jobs) = crate::store::next_batch(&mut queue, MAX_BATCH) {
         let started = std::time::Instant::now();
         // Below the free-space reserve, jobs that add data are refused; audit events of
         // reads, deletions and status updates still go through, so that reads keep working.
