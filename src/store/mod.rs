@@ -381,6 +381,22 @@ pub(crate) fn next_batch<T>(
     Some(jobs)
 }
 
+/// A write job in a writer's queue, with where to send how its transaction ended.
+pub(crate) struct QueuedJob {
+    pub job: WriteJob,
+    pub reply: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Tells every job of a batch how its transaction ended.
+pub(crate) fn answer_all(jobs: Vec<QueuedJob>, outcome: &Result<(), StoreError>) {
+    for queued in jobs {
+        let _ = queued.reply.send(match outcome {
+            Ok(()) => Ok(()),
+            Err(err) => Err(StoreError::Backend(err.to_string())),
+        });
+    }
+}
+
 /// The wrong kind of key for a table: a bug in the caller, reported as a backend failure.
 pub fn wrong_key(table: TableId) -> StoreError {
     StoreError::Backend(format!(

@@ -252,6 +252,26 @@ impl Daemon {
         AdminServiceClient::new(self.channel().await)
     }
 
+    /// The audit events `ListAuditEvents` answers for `request`, with the token `admin`.
+    pub async fn audit_events(
+        &self,
+        admin: &str,
+        request: sharevault::pb::ListAuditEventsRequest,
+    ) -> Vec<sharevault::pb::AuditEvent> {
+        let mut stream = self
+            .admin()
+            .await
+            .list_audit_events(with_token(request, admin))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(e) = tokio_stream::StreamExt::next(&mut stream).await {
+            out.push(e.unwrap());
+        }
+        out
+    }
+
     /// Sends `kill -SIG` and waits (bounded) for the exit.
     pub fn signal(&mut self, signal: &str) -> ExitStatus {
         let ok = Command::new("kill")

@@ -629,26 +629,6 @@ async fn audited_calls(daemon: &Daemon, secret: &str, eject: &str) {
     assert_eq!(missing.code(), tonic::Code::NotFound);
 }
 
-/// The audit events `ListAuditEvents` answers for `request`.
-async fn audit_events(
-    daemon: &Daemon,
-    admin: &str,
-    request: pb::ListAuditEventsRequest,
-) -> Vec<pb::AuditEvent> {
-    let mut stream = daemon
-        .admin()
-        .await
-        .list_audit_events(with_token(request, admin))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(e) = stream.next().await {
-        out.push(e.unwrap());
-    }
-    out
-}
-
 /// Every write and every share read, by whom and with what outcome, is in the audit trail,
 /// which can be filtered and limited, carries no payload, and verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -659,7 +639,7 @@ async fn every_write_and_share_read_is_audited() {
     let eject = create_token(&daemon, &admin, "ops-eject", Role::Eject as i32).await;
     audited_calls(&daemon, &sandbox.keys.webhook_secret, &eject).await;
 
-    let list = |request| audit_events(&daemon, &admin, request);
+    let list = |request| daemon.audit_events(&admin, request);
     let events = list(pb::ListAuditEventsRequest {
         client_id: "aud".into(),
         ..Default::default()
@@ -734,7 +714,9 @@ async fn an_edited_or_rewritten_audit_trail_is_detected() {
     let admin = sandbox.keys.admin_token.clone();
     let eject = create_token(&daemon, &admin, "ops-eject", Role::Eject as i32).await;
     audited_calls(&daemon, &sandbox.keys.webhook_secret, &eject).await;
-    let all = audit_events(&daemon, &admin, pb::ListAuditEventsRequest::default()).await;
+    let all = daemon
+        .audit_events(&admin, pb::ListAuditEventsRequest::default())
+        .await;
     let report = daemon.verify_audit(&admin).await;
     assert!(report.ok && report.events == all.len() as u64, "{report:?}");
     assert!(daemon.signal("TERM").success());

@@ -15,21 +15,6 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const KEEP: u64 = 20;
 
-async fn all_events(daemon: &Daemon, admin: &str) -> Vec<pb::AuditEvent> {
-    let mut stream = daemon
-        .admin()
-        .await
-        .list_audit_events(with_token(pb::ListAuditEventsRequest::default(), admin))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(e) = stream.next().await {
-        out.push(e.unwrap());
-    }
-    out
-}
-
 /// The archive files' lines, in file-name order (which is sequence order).
 fn archived(dir: &Path) -> Vec<serde_json::Value> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -110,10 +95,14 @@ async fn audit_retention_archives_prunes_and_the_kept_trail_verifies() {
 
     // The pruner runs every second: wait (at most 30 s) until the trail keeps KEEP events.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut kept = all_events(&daemon, &admin).await;
+    let mut kept = daemon
+        .audit_events(&admin, pb::ListAuditEventsRequest::default())
+        .await;
     while kept.len() as u64 > KEEP && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        kept = all_events(&daemon, &admin).await;
+        kept = daemon
+            .audit_events(&admin, pb::ListAuditEventsRequest::default())
+            .await;
     }
     assert_eq!(
         kept.len() as u64,

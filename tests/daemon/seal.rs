@@ -240,24 +240,11 @@ fn share(n: u32) -> String {
 /// first 4 KiB: docs/design.md, "Identity"): for failures that stop the start before the
 /// database is opened.
 async fn audit_events(daemon: &Daemon, admin: &str, action: &str) -> Vec<pb::AuditEvent> {
-    let mut stream = daemon
-        .admin()
-        .await
-        .list_audit_events(with_token(
-            pb::ListAuditEventsRequest {
-                action: action.into(),
-                ..Default::default()
-            },
-            admin,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut events = Vec::new();
-    while let Some(event) = stream.next().await {
-        events.push(event.unwrap());
-    }
-    events
+    let request = pb::ListAuditEventsRequest {
+        action: action.into(),
+        ..Default::default()
+    };
+    daemon.audit_events(admin, request).await
 }
 
 fn database_bytes(token: &Token) -> Vec<u8> {

@@ -9,8 +9,8 @@ use crate::store::conformance::job;
 mod pg_server;
 use pg_server::PgServer;
 
-/// A store on a fresh database of the shared test server.
-fn fresh() -> (PgSettings, PgStore) {
+/// A fresh database of the shared test server: its name and the settings that reach it.
+fn fresh_database() -> (String, PgSettings) {
     let server = PgServer::shared();
     let db = server.create_database();
     let settings =
@@ -19,6 +19,12 @@ fn fresh() -> (PgSettings, PgStore) {
             .with_password(zeroize::Zeroizing::new(
                 pg_server::PASSWORD.as_bytes().to_vec(),
             ));
+    (db, settings)
+}
+
+/// A store on a fresh database of the shared test server.
+fn fresh() -> (PgSettings, PgStore) {
+    let (_, settings) = fresh_database();
     let store = PgStore::open(&settings, Default::default()).unwrap();
     (settings, store)
 }
@@ -105,13 +111,7 @@ async fn futures_join_all(writes: Vec<crate::store::WriteFuture>) -> Vec<Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_apply_once_and_newer_schemas_are_refused() {
     let server = PgServer::shared();
-    let db = server.create_database();
-    let settings =
-        PgSettings::parse(&server.url(&db))
-            .unwrap()
-            .with_password(zeroize::Zeroizing::new(
-                pg_server::PASSWORD.as_bytes().to_vec(),
-            ));
+    let (db, settings) = fresh_database();
     let opened: Vec<_> = (0..3)
         .map(|_| {
             let s = settings.clone();

@@ -14,13 +14,12 @@ use super::rows;
 use super::session::Session;
 use super::{MAX_BATCH, Shared};
 use crate::store::{
-    Key, KeyBuf, KeyKind, Range, Reader, StoreError, TABLES, TableId, Visit, WriteClass, WriteJob,
-    Writer,
+    Key, KeyBuf, KeyKind, Range, Reader, StoreError, TABLES, TableId, Visit, WriteClass, Writer,
 };
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// The advisory lock key of write transactions ("sharevlt").
 #[cfg_attr(not(test), allow(dead_code))] // spelled out in BEGIN_SQL; a test checks it
@@ -34,10 +33,7 @@ pub(super) const BEGIN_SQL: &str = "BEGIN ISOLATION LEVEL READ COMMITTED; \
 /// A row of a table: (table, encoded key).
 type Slot = (u8, Vec<u8>);
 
-pub(super) struct Job {
-    pub(super) job: WriteJob,
-    pub(super) reply: oneshot::Sender<Result<(), StoreError>>,
-}
+pub(super) use crate::store::QueuedJob as Job;
 
 pub(super) fn run_writer(shared: &Arc<Shared>, mut queue: mpsc::Receiver<Job>) {
     while let Some(jobs) = crate::store::next_batch(&mut queue, MAX_BATCH) {
@@ -59,19 +55,13 @@ fn commit_group(shared: &Arc<Shared>, mut jobs: Vec<Job>, started: std::time::In
     shared
         .metrics
         .batch(jobs.len(), started.elapsed(), committed.is_ok());
-    match committed {
-        Ok(()) => {
-            for job in jobs {
-                let _ = job.reply.send(Ok(()));
-            }
-        }
+    match &committed {
+        Ok(()) => {}
         Err(err) => {
             tracing::error!(batch = jobs.len(), error = %err, "write transaction failed");
-            for job in jobs {
-                let _ = job.reply.send(Err(StoreError::Backend(err.to_string())));
-            }
         }
     }
+    crate::store::answer_all(jobs, &committed);
 }
 
 fn commit_retrying(shared: &Arc<Shared>, jobs: &mut [Job]) -> Result<(), StoreError> {

@@ -6,10 +6,7 @@ use crate::store::{StoreError, WriteClass, WriteJob};
 use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot};
 
-pub(super) struct Job {
-    pub(super) job: WriteJob,
-    pub(super) reply: oneshot::Sender<Result<(), StoreError>>,
-}
+pub(super) use crate::store::QueuedJob as Job;
 
 fn is_read_audit(job: &Job) -> bool {
     matches!(job.job.class, WriteClass::ReadAudit { .. })
@@ -96,24 +93,19 @@ fn commit_group(shared: &Shared, mut jobs: Vec<Job>, started: std::time::Instant
     shared
         .metrics
         .batch(jobs.len(), started.elapsed(), committed.is_ok());
-    match committed {
+    match &committed {
         Ok(()) => {
             tracing::debug!(
                 batch = jobs.len(),
                 commit_us = started.elapsed().as_micros() as u64,
                 "committed"
             );
-            for job in jobs {
-                let _ = job.reply.send(Ok(()));
-            }
         }
         Err(err) => {
             tracing::error!(batch = jobs.len(), error = %err, "write transaction failed");
-            for job in jobs {
-                let _ = job.reply.send(Err(StoreError::Backend(err.to_string())));
-            }
         }
     }
+    crate::store::answer_all(jobs, &committed);
 }
 
 /// Commits a batch; after a failure the database is reopened (and repaired) so that the next
