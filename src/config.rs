@@ -188,6 +188,10 @@ pub struct ServeArgs {
     /// But never more versions than this per key [default: 100].
     #[arg(long, env = "SHAREVAULT_MAX_VERSIONS", value_name = "N")]
     pub max_versions: Option<u32>,
+    /// Nor more versions than this per client, across all its keys; the newest completed
+    /// version of each key that holds a share stays whatever the limits [default: 200].
+    #[arg(long, env = "SHAREVAULT_MAX_VERSIONS_PER_CLIENT", value_name = "N")]
+    pub max_versions_per_client: Option<u32>,
     /// Failed authentications allowed per source address, and per credential, within the
     /// window before further attempts are refused (429 / RESOURCE_EXHAUSTED); 0 disables
     /// [default: 20].
@@ -307,8 +311,8 @@ pub struct Config {
     pub min_free_disk_bytes: u64,
     pub read_audit: ReadAudit,
     pub cache_bytes: usize,
-    /// Versions kept per key: (at least, days, at most).
-    pub versions: (u32, u32, u32),
+    /// Which replaced shares are kept as versions.
+    pub versions: crate::vault::versions::Retention,
     pub journal_bytes: u64,
     pub quick_repair: bool,
     /// Pruning of the audit trail; `None` keeps every event.
@@ -468,17 +472,35 @@ impl Config {
                 return Err(format!("{name} must be between 1 and {MAX_SECRET_LIMIT}"));
             }
         }
-        let versions = (
-            args.keep_versions.or(file.keep_versions).unwrap_or(5),
-            args.keep_versions_days
+        let defaults = crate::vault::versions::Retention::default();
+        let versions = crate::vault::versions::Retention {
+            keep: args
+                .keep_versions
+                .or(file.keep_versions)
+                .unwrap_or(defaults.keep),
+            keep_days: args
+                .keep_versions_days
                 .or(file.keep_versions_days)
-                .unwrap_or(90),
-            args.max_versions.or(file.max_versions).unwrap_or(100),
-        );
-        if versions.2 < versions.0 {
+                .unwrap_or(defaults.keep_days),
+            max: args
+                .max_versions
+                .or(file.max_versions)
+                .unwrap_or(defaults.max),
+            max_per_client: args
+                .max_versions_per_client
+                .or(file.max_versions_per_client)
+                .unwrap_or(defaults.max_per_client),
+        };
+        if versions.max < versions.keep {
             return Err(format!(
                 "max_versions ({}) must be at least keep_versions ({})",
-                versions.2, versions.0
+                versions.max, versions.keep
+            ));
+        }
+        if versions.max_per_client < versions.max {
+            return Err(format!(
+                "max_versions_per_client ({}) must be at least max_versions ({})",
+                versions.max_per_client, versions.max
             ));
         }
         let grpc_listen = args

@@ -90,19 +90,27 @@ pub fn client_id(value: &str) -> Result<(), VaultError> {
     Ok(())
 }
 
-/// A backup method (`PASSWORD`, `PASSWORD-SECP256K1`, ...): free-form, 1 to 64 of
-/// `A-Z a-z 0-9 _ -`. An empty method means `UNKNOWN`, as in Portal's webhook.
+/// A backup method (`PASSWORD`, `PASSWORD-SECP256K1`, ...). Portal calls it a generic string,
+/// subject to change, so any printable ASCII is taken (1 to 64 bytes, space to `~`), and a
+/// new method is stored, not refused. An empty method means `UNKNOWN`, as in Portal's
+/// webhook. It is a storage key only as one part of a tuple key, so no value reaches
+/// another's.
 pub fn backup_method(value: &str) -> Result<&str, VaultError> {
     if value.is_empty() {
         return Ok(UNKNOWN_METHOD);
     }
-    identifier(
-        Field::BackupMethod,
-        value,
-        MAX_BACKUP_METHOD_LEN,
-        b"_-",
-        "letters, digits, _ and -",
-    )?;
+    if value.len() > MAX_BACKUP_METHOD_LEN {
+        return Err(VaultError::invalid(
+            Field::BackupMethod,
+            format!("must be at most {MAX_BACKUP_METHOD_LEN} bytes"),
+        ));
+    }
+    if !value.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        return Err(VaultError::invalid(
+            Field::BackupMethod,
+            "may contain only printable ASCII characters (no control characters)",
+        ));
+    }
     Ok(value)
 }
 
@@ -154,13 +162,26 @@ pub fn secret_text(field: Field, value: &str, max: usize) -> Result<(), VaultErr
     Ok(())
 }
 
-/// Splits `METHOD-CURVE` at its last hyphen into the bare method and the curve.
-/// A method without a hyphen has no curve.
+/// The curves Portal makes backup share pairs for: a backup method ends in `-CURVE` only
+/// with one of these.
+pub const CURVES: &[&str] = &["SECP256K1", "ED25519"];
+
+/// Splits `METHOD-CURVE` into the bare method and the curve, when the method ends in a hyphen
+/// and a known curve ([`CURVES`]); any other method (`GDRIVE`, `UNKNOWN`, a future
+/// `PASSKEY-ENCLAVE`) is a bare method with no curve.
 pub fn split_curve(backup_method: &str) -> (&str, Option<&str>) {
     match backup_method.rsplit_once('-') {
-        Some((method, curve)) if !method.is_empty() && !curve.is_empty() => (method, Some(curve)),
+        Some((method, curve)) if !method.is_empty() && CURVES.contains(&curve) => {
+            (method, Some(curve))
+        }
         _ => (backup_method, None),
     }
+}
+
+/// Whether a client share stored under `client_method` covers the custodian share under
+/// `custodian_method` (`METHOD-CURVE`): the same key, or its bare method.
+pub fn covers(client_method: &str, custodian_method: &str) -> bool {
+    client_method == custodian_method || split_curve(custodian_method).0 == client_method
 }
 
 #[cfg(test)]
@@ -192,11 +213,15 @@ mod tests {
             backup_method("PASSWORD-SECP256K1").unwrap(),
             "PASSWORD-SECP256K1"
         );
-        let err = backup_method("PASS WORD").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "backup_method: may contain only letters, digits, _ and -"
-        );
+        // Portal's methods are free-form: a new one is stored as sent.
+        for ok in ["PASSKEY-ENCLAVE", "PASS WORD", "A/B:c.d~", &"M".repeat(64)] {
+            assert_eq!(backup_method(ok).unwrap(), ok);
+        }
+        for bad in ["PASS\nWORD", "TAB\t", "DEL\u{7f}", "ÜBER", &"M".repeat(65)] {
+            let err = backup_method(bad).unwrap_err();
+            assert!(err.to_string().starts_with("backup_method: "), "{err}");
+            assert!(!err.to_string().contains(bad), "the value is not echoed");
+        }
     }
 
     #[test]
@@ -222,6 +247,11 @@ mod tests {
         );
         assert_eq!(split_curve("GDRIVE"), ("GDRIVE", None));
         assert_eq!(split_curve("A-B-ED25519"), ("A-B", Some("ED25519")));
-        assert_eq!(split_curve("-X"), ("-X", None));
+        assert_eq!(split_curve("-ED25519"), ("-ED25519", None));
+        // Only a known curve is split off: a future method with a hyphen stays whole.
+        assert_eq!(split_curve("PASSKEY-ENCLAVE"), ("PASSKEY-ENCLAVE", None));
+        assert_eq!(split_curve("UNKNOWN"), ("UNKNOWN", None));
+        assert!(covers("PASSWORD", "PASSWORD-ED25519"));
+        assert!(!covers("PASSKEY", "PASSKEY-ENCLAVE"));
     }
 }

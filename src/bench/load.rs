@@ -278,6 +278,7 @@ impl Worker {
         let request = self.request(GetClientBackupShareRequest {
             client_id: payload::client_id(client),
             backup_method: METHODS[method].into(),
+            backup_share_pair_id: String::new(),
         });
         let answer = self
             .grpc()

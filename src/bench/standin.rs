@@ -235,7 +235,15 @@ impl BackupService for Shared {
             cipher_text: cipher_text.clone(),
             created_at: None,
             backup_method: req.backup_method,
+            backup_share_pair_ids: Vec::new(),
         }))
+    }
+
+    async fn list_client_backup_shares(
+        &self,
+        _: Request<pb::ListClientBackupSharesRequest>,
+    ) -> Result<tonic::Response<pb::ListClientBackupSharesResponse>, Status> {
+        Err(Status::unimplemented("not in the stand-in"))
     }
 
     async fn delete_client_backup_share(

@@ -380,15 +380,10 @@ pub async fn run(
         )
         .await
         .map(|v| {
-            let (keep, keep_days, max) = settings.config.versions;
             v.with_deferred_read_audit(
                 settings.config.read_audit == crate::config::ReadAudit::Deferred,
             )
-            .with_retention(crate::vault::versions::Retention {
-                keep,
-                keep_days,
-                max,
-            })
+            .with_retention(settings.config.versions)
         })
         .map_err(ServeError::from),
         Err(err) => Err(err),

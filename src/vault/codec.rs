@@ -1,6 +1,11 @@
 //! The vault's stored values and their byte layout. Every value starts with a format version byte.
 //!
-//! - share (custodian or client): `1 | created_at_ms u64 | pair_id_len u16 | pair_id | envelope`
+//! - share (custodian or client), written by this version:
+//!   `2 | created_at_ms u64 | seq u64 | pair_id_len u16 | pair_id | covers u16 | (len u16 | id)* | envelope`;
+//!   `seq` (never 0) is the vault's write sequence when the share was stored, and `covers`
+//!   lists, for a client share, the pairs it completed when it was stored. A share stored by an
+//!   earlier version reads as `1 | created_at_ms u64 | pair_id_len u16 | pair_id | envelope`
+//!   (sequence 0, covering nothing it names), and is written back in that layout.
 //! - pair: `1 | status u8 | created_at_ms u64 | updated_at_ms u64 | backup_method`
 //! - token: `1 | role u8 | created_at_ms u64 | sha256(token) [32]`
 //!
@@ -14,8 +19,14 @@ use crate::vault::status::PairStatus;
 #[derive(Clone, PartialEq, Eq)]
 pub struct SealedRecord {
     pub created_at_ms: u64,
+    /// The vault's write sequence when the share was stored: the order of stores, whatever
+    /// the clocks of the daemons that made them. 0 for a share stored by an earlier version
+    /// (older than every share with a sequence).
+    pub seq: u64,
     /// The backup share pair a custodian share belongs to (none for client shares).
     pub pair_id: Option<String>,
+    /// For a client share: the pairs it completed when it was stored (its backup).
+    pub covers: Vec<String>,
     /// The envelope from [`crate::crypto::MasterKey::seal`].
     pub envelope: Vec<u8>,
 }
@@ -24,7 +35,9 @@ impl std::fmt::Debug for SealedRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SealedRecord")
             .field("created_at_ms", &self.created_at_ms)
+            .field("seq", &self.seq)
             .field("pair_id", &self.pair_id)
+            .field("covers", &self.covers)
             .field("envelope_len", &self.envelope.len())
             .finish()
     }
@@ -108,36 +121,106 @@ impl<'a> Bytes<'a> {
     }
 }
 
+/// The layout of share records that carry a write sequence.
+const RECORD_V2: u8 = 2;
+
+impl SealedRecord {
+    /// Whether this share was stored at or after `other`: by write sequence, which orders
+    /// commits whatever the daemons' clocks; between two shares stored by an earlier version
+    /// (both sequence 0), by their clocks.
+    pub fn stored_after(&self, other: &SealedRecord) -> bool {
+        if self.seq != other.seq {
+            return self.seq > other.seq;
+        }
+        self.created_at_ms >= other.created_at_ms
+    }
+}
+
 pub fn encode_record(record: &SealedRecord) -> Vec<u8> {
     let pair = record.pair_id.as_deref().unwrap_or("");
-    let mut out = Vec::with_capacity(11 + pair.len() + record.envelope.len());
-    out.push(VERSION);
+    let covers: usize = record.covers.iter().map(|id| 2 + id.len()).sum();
+    let mut out = Vec::with_capacity(21 + pair.len() + covers + record.envelope.len());
+    let legacy = record.seq == 0 && record.covers.is_empty();
+    out.push(if legacy { VERSION } else { RECORD_V2 });
     out.extend_from_slice(&record.created_at_ms.to_be_bytes());
+    if !legacy {
+        out.extend_from_slice(&record.seq.to_be_bytes());
+    }
     out.extend_from_slice(&(pair.len() as u16).to_be_bytes());
     out.extend_from_slice(pair.as_bytes());
+    if !legacy {
+        out.extend_from_slice(&(record.covers.len() as u16).to_be_bytes());
+        for id in &record.covers {
+            out.extend_from_slice(&(id.len() as u16).to_be_bytes());
+            out.extend_from_slice(id.as_bytes());
+        }
+    }
     out.extend_from_slice(&record.envelope);
     out
 }
 
-pub fn decode_record(bytes: &[u8]) -> Result<SealedRecord, StoreError> {
-    let mut r = Bytes::new(bytes, "share record")?;
+/// The fields of a share record before its envelope.
+struct RecordHead<'a> {
+    created_at_ms: u64,
+    seq: u64,
+    pair_id: Option<&'a str>,
+    covers: Vec<&'a str>,
+}
+
+fn record_head<'a>(bytes: &'a [u8]) -> Result<(RecordHead<'a>, &'a [u8]), StoreError> {
+    const BAD: StoreError = StoreError::Corrupt("share record");
+    let version = *bytes.first().ok_or(BAD)?;
+    let mut r = Bytes {
+        bytes: &bytes[1..],
+        what: "share record",
+    };
+    let v2 = match version {
+        VERSION => false,
+        RECORD_V2 => true,
+        _ => return Err(BAD),
+    };
     let created_at_ms = r.u64()?;
+    let seq = if v2 { r.u64()? } else { 0 };
     let pair_len = usize::from(r.u16()?);
     let pair = r.str(pair_len)?;
-    Ok(SealedRecord {
+    let mut covers = Vec::new();
+    if v2 {
+        for _ in 0..r.u16()? {
+            let len = usize::from(r.u16()?);
+            let id = r.str(len)?;
+            if id.is_empty() {
+                return Err(BAD);
+            }
+            covers.push(id);
+        }
+        // A record with neither is written in the first layout: one encoding per record.
+        if seq == 0 && covers.is_empty() {
+            return Err(BAD);
+        }
+    }
+    let head = RecordHead {
         created_at_ms,
-        pair_id: (!pair.is_empty()).then(|| pair.to_owned()),
-        envelope: r.rest().to_vec(),
+        seq,
+        pair_id: (!pair.is_empty()).then_some(pair),
+        covers,
+    };
+    Ok((head, r.rest()))
+}
+
+pub fn decode_record(bytes: &[u8]) -> Result<SealedRecord, StoreError> {
+    let (head, envelope) = record_head(bytes)?;
+    Ok(SealedRecord {
+        created_at_ms: head.created_at_ms,
+        seq: head.seq,
+        pair_id: head.pair_id.map(str::to_owned),
+        covers: head.covers.into_iter().map(str::to_owned).collect(),
+        envelope: envelope.to_vec(),
     })
 }
 
 /// The pair id of an encoded share record, without copying its envelope.
 pub fn record_pair_id(bytes: &[u8]) -> Result<Option<&str>, StoreError> {
-    let mut r = Bytes::new(bytes, "share record")?;
-    r.u64()?;
-    let pair_len = usize::from(r.u16()?);
-    let pair = r.str(pair_len)?;
-    Ok((!pair.is_empty()).then_some(pair))
+    Ok(record_head(bytes)?.0.pair_id)
 }
 
 pub fn encode_pair(pair: &PairRecord) -> Vec<u8> {
@@ -202,15 +285,33 @@ mod tests {
     fn records_round_trip_and_truncation_is_detected() {
         let rec = SealedRecord {
             created_at_ms: 1_700_000_000_123,
+            seq: 0,
             pair_id: Some("pair-1".into()),
+            covers: Vec::new(),
             envelope: vec![9; 100],
         };
         let bytes = encode_record(&rec);
+        assert_eq!(
+            bytes[0], 1,
+            "a record without a sequence keeps the first layout"
+        );
         assert_eq!(decode_record(&bytes).unwrap(), rec);
         assert!(decode_record(&bytes[..5]).is_err());
         let mut bad = bytes.clone();
-        bad[0] = 2;
+        bad[0] = 3;
         assert!(decode_record(&bad).is_err());
+
+        let client = SealedRecord {
+            seq: 42,
+            pair_id: None,
+            covers: vec!["p-secp".into(), "p-ed".into()],
+            ..rec.clone()
+        };
+        let bytes = encode_record(&client);
+        assert_eq!(bytes[0], 2);
+        assert_eq!(decode_record(&bytes).unwrap(), client);
+        assert_eq!(record_pair_id(&bytes).unwrap(), None);
+        assert!(decode_record(&bytes[..bytes.len() - 100 - 3]).is_err());
 
         let none = SealedRecord {
             pair_id: None,

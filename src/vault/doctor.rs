@@ -8,13 +8,13 @@
 
 use super::codec::{self, PairRecord, SealedRecord};
 use super::records;
-use super::rules::covers;
 use super::status::PairStatus;
 use super::versions::{self, ShareKind, Version};
 use super::{Vault, entry, now_ms};
 use crate::crypto::RecordAad;
 use crate::error::VaultError;
 use crate::store::{Key, Range, Reader, StoreError, TableId};
+use crate::validate::covers;
 use crate::validate::split_curve;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -96,6 +96,8 @@ struct ClientState {
     client: Vec<(String, Option<SealedRecord>)>,
     pairs: HashMap<String, PairRecord>,
     versions: Vec<Version>,
+    /// Kept client shares.
+    client_versions: Vec<Version>,
 }
 
 fn read_client(r: &dyn Reader, client_id: &str) -> Result<ClientState, StoreError> {
@@ -115,6 +117,8 @@ fn read_client(r: &dyn Reader, client_id: &str) -> Result<ClientState, StoreErro
     }
     let mut damaged = Vec::new();
     state.versions = versions::of_client(r, client_id, Some(ShareKind::Custodian), &mut damaged)?;
+    state.client_versions =
+        versions::of_client(r, client_id, Some(ShareKind::Client), &mut damaged)?;
     Ok(state)
 }
 
@@ -145,6 +149,28 @@ fn check_client(
             .any(|(k, _)| split_curve(k).0 == method);
         if !has_custodian {
             reasons.push((Reason::CustodianShareMissing, String::new()));
+        } else if state
+            .custodian
+            .iter()
+            .all(|(k, _)| k != method || split_curve(k).1.is_none())
+            && state.custodian.iter().any(|(k, _)| k == method)
+            && !state
+                .custodian
+                .iter()
+                .any(|(k, _)| k != method && split_curve(k).0 == method)
+        {
+            // A share stored under a method without a curve (legacy `UNKNOWN`, bare `GDRIVE`,
+            // or a method Portal added since): it is its own key, and no curve is expected.
+            let check = Check {
+                client_id,
+                state,
+                options,
+                now,
+                opens,
+            };
+            if let Some(reason) = check_key(&check, method) {
+                reasons.push((reason, String::new()));
+            }
         } else {
             let mut curves: BTreeSet<String> = options.curves.iter().cloned().collect();
             for (key, _) in &state.custodian {
@@ -230,6 +256,29 @@ fn check_share(
 ) -> Option<Reason> {
     let (client_id, state, options, now, opens) = (c.client_id, c.state, c.options, c.now, c.opens);
     let bare = split_curve(key).0;
+    // The client share that completed this share's pair, current or kept, answers for it.
+    if let Some(id) = &share.pair_id {
+        let current = state
+            .client
+            .iter()
+            .filter_map(|(k, r)| Some((k.as_str(), r.as_ref()?)));
+        let kept = state
+            .client_versions
+            .iter()
+            .map(|v| (v.backup_method.as_str(), &v.record));
+        if let Some((cover_key, cover)) = current
+            .chain(kept)
+            .find(|(_, r)| r.covers.iter().any(|c| c == id))
+        {
+            if !opens(TableId::Client, client_id, cover_key, cover) {
+                return Some(Reason::DamagedRecord);
+            }
+            return match state.pairs.get(id).map(|p| p.status) {
+                Some(PairStatus::StoredClientBackupShare) => None,
+                _ => Some(Reason::PairIncomplete),
+            };
+        }
+    }
     let cover = [key, bare]
         .into_iter()
         .find_map(|m| state.client.iter().find(|(k, _)| k == m));
@@ -255,9 +304,7 @@ fn check_share(
     else {
         return Some(Reason::DamagedRecord);
     };
-    if cover.created_at_ms < share.created_at_ms
-        || superseded.is_some_and(|until| cover.created_at_ms > until)
-    {
+    if !cover.stored_after(share) || superseded.is_some_and(|until| cover.created_at_ms > until) {
         return Some(Reason::StaleCipherText);
     }
     let Some(id) = &share.pair_id else {

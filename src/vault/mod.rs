@@ -22,7 +22,7 @@ pub use access::Credentials;
 pub use history::VersionView;
 pub use keys::VerifyReport;
 pub use pairs::{CustodianView, MethodView};
-pub use shares::{BackupInput, ClientShare, FetchedShare};
+pub use shares::{BackupInput, ClientShare, ClientShareInfo, EjectedShare, FetchedShare};
 
 pub use records::{Counts, MethodRecord, PairRecord, SealedRecord, SealedRow, TokenRecord};
 pub use rules::{Rewrap, WriteOp, WriteOutcome};

@@ -137,7 +137,7 @@ impl Vault {
                 .map(|p| p.status);
             let client_share_held = client_shares
                 .iter()
-                .any(|c| super::rules::covers(&c.backup_method, &backup_method));
+                .any(|c| crate::validate::covers(&c.backup_method, &backup_method));
             let entry = CustodianView {
                 curve: curve.unwrap_or("").to_owned(),
                 stored_at_ms: record.created_at_ms,

@@ -11,6 +11,7 @@ use super::versions::{self, Retention, ShareKind};
 use crate::audit::{self, AuditEntry, AuditKey};
 use crate::error::VaultError;
 use crate::store::{Key, Staged, Store, StoreError, TableId, WriteClass, WriteJob, Writer};
+pub use crate::validate::covers;
 use crate::validate::{MAX_METHODS_PER_CLIENT, split_curve};
 use crate::vault::status::PairStatus;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -332,6 +333,26 @@ fn put_pair(w: &mut dyn Writer, client_id: &str, pair: &PairRecord) -> Result<()
     )
 }
 
+/// The meta row that holds the vault's write sequence: the number of the last share stored.
+pub const WRITE_SEQ: &str = "write_seq";
+
+/// The next write sequence, counted in the transaction that stores the share, so that the
+/// order of shares is the order of their commits, whatever the clocks of the daemons.
+fn next_seq(w: &mut dyn Writer) -> Result<u64, StoreError> {
+    let last = match w.get(TableId::Meta, Key::Name(WRITE_SEQ))? {
+        Some(bytes) => u64::from_be_bytes(
+            bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("write sequence"))?,
+        ),
+        None => 0,
+    };
+    let next = last + 1;
+    w.put(TableId::Meta, Key::Name(WRITE_SEQ), &next.to_be_bytes())?;
+    Ok(next)
+}
+
 /// Stores a custodian or client share (see [`WriteOp::PutCustodianShare`] and
 /// [`WriteOp::PutClientShare`]).
 fn put_share(
@@ -346,27 +367,31 @@ fn put_share(
     let table = kind.table();
     let key = Key::Client(client_id, backup_method);
     let now = record.created_at_ms;
-    match w.get(table, key)? {
-        Some(current) if unchanged == Some(current.as_slice()) => {
-            return Ok(WriteOutcome::Repeat);
-        }
-        Some(current) => {
-            w.put(table, key, &codec::encode_record(record))?;
-            let dropped =
-                versions::keep(w, client_id, kind, backup_method, &current, now, retention)?;
-            for pair in dropped {
-                if !versions::pair_referenced(w, client_id, &pair)? {
-                    w.delete(TableId::Pairs, Key::Client(client_id, &pair))?;
-                }
+    let current = w.get(table, key)?;
+    if current.is_some() && current.as_deref() == unchanged {
+        return Ok(WriteOutcome::Repeat);
+    }
+    if current.is_none() {
+        let what = match kind {
+            ShareKind::Custodian => "custodian shares",
+            ShareKind::Client => "client shares",
+        };
+        within_method_limit(w, table, client_id, what)?;
+    }
+    let mut record = record.clone();
+    record.seq = next_seq(w)?;
+    let covered = match kind {
+        ShareKind::Custodian => Vec::new(),
+        ShareKind::Client => covered_pairs(w, client_id, backup_method)?,
+    };
+    record.covers = covered.iter().map(|p| p.id.clone()).collect();
+    w.put(table, key, &codec::encode_record(&record))?;
+    if let Some(current) = current {
+        let dropped = versions::keep(w, client_id, kind, backup_method, &current, now, retention)?;
+        for pair in dropped {
+            if !versions::pair_referenced(w, client_id, &pair)? {
+                w.delete(TableId::Pairs, Key::Client(client_id, &pair))?;
             }
-        }
-        None => {
-            let what = match kind {
-                ShareKind::Custodian => "custodian shares",
-                ShareKind::Client => "client shares",
-            };
-            within_method_limit(w, table, client_id, what)?;
-            w.put(table, key, &codec::encode_record(record))?;
         }
     }
     match kind {
@@ -383,20 +408,31 @@ fn put_share(
             }
             Ok(WriteOutcome::Done)
         }
-        ShareKind::Client => complete_covered(w, client_id, backup_method, now),
+        ShareKind::Client => {
+            let mut completed = Vec::with_capacity(covered.len());
+            for mut pair in covered {
+                if pair.status != PairStatus::StoredClientBackupShare {
+                    pair.status = PairStatus::StoredClientBackupShare;
+                    pair.updated_at_ms = now;
+                    put_pair(w, client_id, &pair)?;
+                }
+                completed.push(pair.id);
+            }
+            Ok(WriteOutcome::PairsCompleted(completed))
+        }
     }
 }
 
-/// Whether a client share stored under `client_method` covers the custodian share under
-/// `custodian_method` (`METHOD-CURVE`): the same key, or its bare method.
-pub fn covers(client_method: &str, custodian_method: &str) -> bool {
-    client_method == custodian_method || split_curve(custodian_method).0 == client_method
-}
-
-/// Completes the pairs of the current custodian shares that the client share just stored
-/// under `client_method` covers.
-fn complete_covered(w: &mut dyn Writer, client_id: &str, client_method: &str, now: u64) -> Applied {
-    let mut completed = Vec::new();
+/// The pairs of the current custodian shares that a client share stored under
+/// `client_method` now covers: the backup it belongs to. A pair that a client share stored
+/// after its custodian share already covers belongs to that earlier client share (a backup
+/// in which only one curve's webhook arrived leaves the other curve's completed pair alone).
+fn covered_pairs(
+    w: &dyn Writer,
+    client_id: &str,
+    client_method: &str,
+) -> Result<Vec<PairRecord>, StoreError> {
+    let mut covered = Vec::new();
     for share in records::shares(w, TableId::Custodian, client_id)? {
         if !covers(client_method, &share.backup_method) {
             continue;
@@ -404,32 +440,32 @@ fn complete_covered(w: &mut dyn Writer, client_id: &str, client_method: &str, no
         let Some(id) = &share.record.pair_id else {
             continue;
         };
-        if let Some(mut pair) = records::pair(w, client_id, id)? {
-            if pair.status != PairStatus::StoredClientBackupShare {
-                pair.status = PairStatus::StoredClientBackupShare;
-                pair.updated_at_ms = now;
-                put_pair(w, client_id, &pair)?;
-            }
-            completed.push(pair.id);
+        if client_share_for(w, client_id, &share.backup_method, &share.record)?
+            == ClientShareFor::ThisBackup
+        {
+            continue;
+        }
+        if let Some(pair) = records::pair(w, client_id, id)? {
+            covered.push(pair);
         }
     }
-    Ok(WriteOutcome::PairsCompleted(completed))
+    Ok(covered)
 }
 
 /// Whether a client share that covers the custodian share under `custodian_method` is held
-/// and was stored at or after `since_ms` (when that custodian share was stored): only then
-/// does it belong to that backup.
+/// and was stored after `custodian` (by write sequence): only then does it belong to that
+/// backup.
 fn client_share_for(
     r: &dyn Writer,
     client_id: &str,
     custodian_method: &str,
-    since_ms: u64,
+    custodian: &SealedRecord,
 ) -> Result<ClientShareFor, StoreError> {
     let bare = split_curve(custodian_method).0;
     let mut found = ClientShareFor::None;
     for method in [custodian_method, bare] {
         if let Some(record) = records::share(r, TableId::Client, client_id, method)? {
-            if record.created_at_ms >= since_ms {
+            if record.stored_after(custodian) {
                 return Ok(ClientShareFor::ThisBackup);
             }
             found = ClientShareFor::Older;
@@ -464,12 +500,8 @@ fn delete_client_share(
             let Some(id) = &share.record.pair_id else {
                 continue;
             };
-            let held = client_share_for(
-                w,
-                client_id,
-                &share.backup_method,
-                share.record.created_at_ms,
-            )? == ClientShareFor::ThisBackup;
+            let held = client_share_for(w, client_id, &share.backup_method, &share.record)?
+                == ClientShareFor::ThisBackup;
             if let Some(mut pair) = records::pair(w, client_id, id)?
                 && pair.status == PairStatus::StoredClientBackupShare
                 && !held
@@ -508,7 +540,7 @@ fn update_pairs(
                      replaced; only the current backup's pair can complete"
                 )));
             };
-            match client_share_for(w, client_id, &pair.backup_method, current.created_at_ms)? {
+            match client_share_for(w, client_id, &pair.backup_method, &current)? {
                 ClientShareFor::ThisBackup => held = true,
                 ClientShareFor::Older => {
                     return Err(refuse(format!(

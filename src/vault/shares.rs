@@ -31,7 +31,17 @@ pub struct ClientShare {
     pub backup_method: String,
     pub cipher_text: Zeroizing<String>,
     pub created_at_ms: u64,
+    /// The pairs it completed when it was stored: its backup.
+    pub backup_share_pair_ids: Vec<String>,
 }
+
+/// A custodian share read for eject, with the pair it belongs to.
+pub struct EjectedShare {
+    pub share: Zeroizing<String>,
+    pub backup_share_pair_id: Option<String>,
+}
+
+pub use super::versions::ClientShareInfo;
 
 /// The `backupSharePairId` a share's JSON carries, if any.
 fn embedded_pair_id(share: &str) -> Option<String> {
@@ -96,7 +106,9 @@ impl Vault {
                 backup_method: method.to_owned(),
                 record: SealedRecord {
                     created_at_ms: now_ms(),
+                    seq: 0,
                     pair_id: pair_id.clone(),
+                    covers: Vec::new(),
                     envelope,
                 },
                 unchanged,
@@ -213,30 +225,52 @@ impl Vault {
         Ok((shares, damaged))
     }
 
-    /// One custodian share, for eject (the caller must hold the eject role).
+    /// One custodian share, for eject (the caller must hold the eject role). With `pair_id`,
+    /// the share of that pair, current or kept; without, the current share unless its pair is
+    /// not completed and a kept share of a completed pair is held, then the newest such (the
+    /// way [`Vault::fetch`] falls back).
     pub async fn custodian_share(
         &self,
         client_id: &str,
         backup_method: &str,
+        pair_id: Option<&str>,
         actor: &str,
-    ) -> Result<Zeroizing<String>, VaultError> {
+    ) -> Result<EjectedShare, VaultError> {
         validate::client_id(client_id)?;
         let method = validate::backup_method(backup_method)?;
-        let (id, wanted) = (client_id.to_owned(), method.to_owned());
+        let pair_id = pair_id.filter(|id| !id.is_empty());
+        if let Some(id) = pair_id {
+            validate::pair_id(Field::BackupSharePairId, id)?;
+        }
+        let (id, wanted, pair) = (
+            client_id.to_owned(),
+            method.to_owned(),
+            pair_id.map(str::to_owned),
+        );
         let read = self
-            .read_store(client_id, None, move |store| {
-                records::share(store, TableId::Custodian, &id, &wanted)
+            .read_store(client_id, Some(versions::FETCH_TABLES), move |store| {
+                versions::eject_row(store, &id, &wanted, pair.as_deref())
             })
             .await
             .and_then(|record| {
                 record.ok_or_else(|| {
-                    VaultError::NotFound(
-                        "no custodian backup share is held for this client and method".into(),
-                    )
+                    VaultError::NotFound(match pair_id {
+                        Some(_) => "no custodian backup share of this backup share pair is held \
+                                    for this client and method"
+                            .into(),
+                        None => {
+                            "no custodian backup share is held for this client and method".into()
+                        }
+                    })
                 })
             })
             .and_then(|record| {
-                self.open_record(TableId::Custodian.name(), client_id, method, &record)
+                let share =
+                    self.open_record(TableId::Custodian.name(), client_id, method, &record)?;
+                Ok(EjectedShare {
+                    share,
+                    backup_share_pair_id: record.pair_id,
+                })
             });
         self.audited(read, entry(actor, "get_custodian_share", client_id, method))
             .await
@@ -278,7 +312,9 @@ impl Vault {
                     backup_method: method.to_owned(),
                     record: SealedRecord {
                         created_at_ms: now_ms(),
+                        seq: 0,
                         pair_id: None,
+                        covers: Vec::new(),
                         envelope,
                     },
                     unchanged,
@@ -293,15 +329,46 @@ impl Vault {
         })
     }
 
-    /// The client share for a method. Like Portal's example server, a share stored under the
-    /// legacy method `UNKNOWN` answers when the method itself has none.
+    /// The client share for a method, or, with `pair_id`, the client share (current or kept)
+    /// of that backup share pair, under whichever method covers it (`backup_method` may then
+    /// be empty). Like Portal's example server, a share stored under the legacy method
+    /// `UNKNOWN` answers when the method itself has none.
     pub async fn client_share(
         &self,
         client_id: &str,
         backup_method: &str,
+        pair_id: Option<&str>,
         actor: &str,
     ) -> Result<ClientShare, VaultError> {
         validate::client_id(client_id)?;
+        let pair_id = pair_id.filter(|id| !id.is_empty());
+        if let Some(pair) = pair_id {
+            validate::pair_id(Field::BackupSharePairId, pair)?;
+            if !backup_method.is_empty() {
+                validate::backup_method(backup_method)?;
+            }
+            let (id, pair) = (client_id.to_owned(), pair.to_owned());
+            let read = self
+                .read_store(
+                    client_id,
+                    Some(versions::CLIENT_SHARE_TABLES),
+                    move |store| versions::client_share_of_pair(store, &id, &pair),
+                )
+                .await
+                .and_then(|found| {
+                    let (method, record) = found.ok_or_else(|| {
+                        VaultError::NotFound(
+                            "no client backup share of this backup share pair is held for this \
+                             client"
+                                .into(),
+                        )
+                    })?;
+                    self.client_share_from(client_id, &method, record)
+                });
+            let method = read.as_ref().map_or("", |s| s.backup_method.as_str());
+            let audit = entry(actor, "get_client_share", client_id, method);
+            return self.audited(read, audit).await;
+        }
         let method = validate::backup_method(backup_method)?;
         let (id, wanted) = (client_id.to_owned(), method.to_owned());
         let read = self
@@ -315,27 +382,48 @@ impl Vault {
                 Ok(found)
             })
             .await
-            .and_then(|found| self.open_client_share(client_id, method, found));
+            .and_then(|found| {
+                let (legacy, record) = found.ok_or_else(|| {
+                    VaultError::NotFound(
+                        "no client backup share is held for this client and method".into(),
+                    )
+                })?;
+                self.client_share_from(
+                    client_id,
+                    if legacy { UNKNOWN_METHOD } else { method },
+                    record,
+                )
+            });
         self.audited(read, entry(actor, "get_client_share", client_id, method))
             .await
     }
 
-    /// Opens the client share found for `method` (or, with `true`, under the legacy method).
-    fn open_client_share(
+    /// Opens a client share found under `method`.
+    fn client_share_from(
         &self,
         client_id: &str,
         method: &str,
-        found: Option<(bool, SealedRecord)>,
+        record: SealedRecord,
     ) -> Result<ClientShare, VaultError> {
-        let found = found.map(|(legacy, r)| (if legacy { UNKNOWN_METHOD } else { method }, r));
-        let (method, record) = found.ok_or_else(|| {
-            VaultError::NotFound("no client backup share is held for this client and method".into())
-        })?;
         Ok(ClientShare {
             backup_method: method.to_owned(),
             cipher_text: self.open_record(TableId::Client.name(), client_id, method, &record)?,
             created_at_ms: record.created_at_ms,
+            backup_share_pair_ids: record.covers,
         })
+    }
+
+    /// Every client share held for a client, current and kept, with the pairs each belongs
+    /// to; no cipherText. Current shares first, in method order, then kept ones, newest first.
+    pub async fn client_shares(&self, client_id: &str) -> Result<Vec<ClientShareInfo>, VaultError> {
+        validate::client_id(client_id)?;
+        let id = client_id.to_owned();
+        self.read_store(
+            client_id,
+            Some(versions::CLIENT_SHARE_TABLES),
+            move |store| versions::client_shares(store, &id),
+        )
+        .await
     }
 
     /// Deletes a client share; answers whether there was one.

@@ -185,6 +185,7 @@ async fn each_role_reaches_only_its_services(daemon: &Daemon, admin_token: &str)
             pb::GetCustodianBackupShareRequest {
                 client_id: "c".into(),
                 backup_method: "PASSWORD-SECP256K1".into(),
+                ..Default::default()
             },
             &backend,
         ))

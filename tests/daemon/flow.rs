@@ -133,6 +133,7 @@ impl Flow {
                 pb::GetClientBackupShareRequest {
                     client_id: self.client.into(),
                     backup_method: method.into(),
+                    ..Default::default()
                 },
                 &self.backend,
             ))
@@ -143,6 +144,7 @@ impl Flow {
     async fn custodian_share(
         &mut self,
         method: &str,
+        pair: &str,
         token: &str,
     ) -> Result<pb::GetCustodianBackupShareResponse, tonic::Status> {
         self.api
@@ -150,6 +152,7 @@ impl Flow {
                 pb::GetCustodianBackupShareRequest {
                     client_id: self.client.into(),
                     backup_method: method.into(),
+                    backup_share_pair_id: pair.into(),
                 },
                 token,
             ))
@@ -335,17 +338,44 @@ async fn a_new_share_replaces_one_key_and_restarts_its_pair(flow: &mut Flow) -> 
     replacement
 }
 
-/// Eject: only the eject role reads a custodian share, and it reads the latest.
+/// Eject: only the eject role reads a custodian share. Without a pair id it reads the share
+/// a recovery would use: the latest when its pair is completed, else the last completed one;
+/// with a pair id, that pair's share, current or kept.
 async fn only_the_eject_role_reads_a_custodian_share(flow: &mut Flow, latest: &str) {
+    let client = flow.client;
     let eject = flow.eject.clone();
     let ejected = flow
-        .custodian_share("PASSWORD-ED25519", &eject)
+        .custodian_share("PASSWORD-ED25519", "", &eject)
         .await
         .unwrap();
-    assert_eq!(ejected.share, latest);
+    assert_eq!(
+        ejected.share,
+        portal_share(client, "PASSWORD", "ED25519", 1)
+    );
+    assert_eq!(
+        ejected.backup_share_pair_id,
+        pair_id(client, "PASSWORD", "ED25519", 1)
+    );
+    let newest = pair_id(client, "PASSWORD", "ED25519", 2);
+    let ejected = flow
+        .custodian_share("PASSWORD-ED25519", &newest, &eject)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            ejected.share.as_str(),
+            ejected.backup_share_pair_id.as_str()
+        ),
+        (latest, newest.as_str())
+    );
+    let unknown = flow
+        .custodian_share("PASSWORD-ED25519", "no-such-pair", &eject)
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
     let backend = flow.backend.clone();
     let denied = flow
-        .custodian_share("PASSWORD-ED25519", &backend)
+        .custodian_share("PASSWORD-ED25519", "", &backend)
         .await
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
@@ -489,6 +519,7 @@ async fn legacy_unknown_method_is_stored_and_used_as_fallback() {
             pb::GetClientBackupShareRequest {
                 client_id: "legacy".into(),
                 backup_method: "PASSWORD".into(),
+                ..Default::default()
             },
             &backend,
         ))

@@ -212,7 +212,8 @@ impl Served {
         };
         let path = route
             .replace("{clientId}", "u1")
-            .replace("{backupMethod}", method_name);
+            .replace("{backupMethod}", method_name)
+            .replace("{backupSharePairId}", "pair-SECP256K1");
         let mut headers = vec![("content-type", "application/json")];
         headers.extend(token.map(|t| ("authorization", t)));
         self.api.send(method, &path, &headers, body).await
@@ -250,7 +251,7 @@ async fn every_documented_route_answers_as_documented_and_no_other_method_does()
     operations.sort_by_key(|(m, route, _)| (rank(m), std::cmp::Reverse(route.len())));
     assert_eq!(
         operations.len(),
-        13,
+        15,
         "the document's operations: {operations:?}"
     );
     for (method, route, operation) in &operations {

@@ -71,6 +71,7 @@ async fn client_cipher_text(daemon: &Daemon, token: &str, client: &str, method: 
             pb::GetClientBackupShareRequest {
                 client_id: client.into(),
                 backup_method: method.into(),
+                ..Default::default()
             },
             token,
         ))
@@ -611,6 +612,7 @@ async fn audited_calls(daemon: &Daemon, secret: &str, eject: &str) {
         pb::GetCustodianBackupShareRequest {
             client_id: "aud".into(),
             backup_method: "PASSWORD-SECP256K1".into(),
+            ..Default::default()
         },
         eject,
     ))
@@ -621,6 +623,7 @@ async fn audited_calls(daemon: &Daemon, secret: &str, eject: &str) {
             pb::GetClientBackupShareRequest {
                 client_id: "nobody".into(),
                 backup_method: "PASSWORD".into(),
+                ..Default::default()
             },
             eject,
         ))

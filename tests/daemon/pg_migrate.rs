@@ -63,6 +63,7 @@ async fn holds(daemon: &Daemon, sandbox: &Sandbox, tag: &str, token: &str) {
                 pb::GetClientBackupShareRequest {
                     client_id: client,
                     backup_method: "PASSWORD".into(),
+                    ..Default::default()
                 },
                 token,
             ))

@@ -122,6 +122,7 @@ async fn two_daemons_share_tokens_pairs_and_one_audit_chain() {
                 pb::GetClientBackupShareRequest {
                     client_id: client.clone(),
                     backup_method: "PASSWORD".into(),
+                    ..Default::default()
                 },
                 &token,
             ))

@@ -72,6 +72,7 @@ async fn read_back_and_fail_on_purpose(
         pb::GetClientBackupShareRequest {
             client_id: "planted".into(),
             backup_method: "PASSWORD".into(),
+            ..Default::default()
         },
         token,
     ))
@@ -82,6 +83,7 @@ async fn read_back_and_fail_on_purpose(
             pb::GetCustodianBackupShareRequest {
                 client_id: "planted".into(),
                 backup_method: "PASSWORD-SECP256K1".into(),
+                ..Default::default()
             },
             token,
         ))

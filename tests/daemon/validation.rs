@@ -26,7 +26,7 @@ fn bad_backups() -> Vec<(&'static str, pb::BackupRequest)> {
         ("client_id", backup("has space", method, "s", None)),
         ("client_id", backup(&long_client, method, "s", None)),
         ("client_id", backup("bad/../path", "PASSWORD", "s", None)),
-        ("backup_method", backup("victim", "PASS WORD", "s", None)),
+        ("backup_method", backup("victim", "PASS\tWORD", "s", None)),
         (
             "backup_method",
             backup("victim", &"M".repeat(65), "s", None),
@@ -57,7 +57,8 @@ fn store(client: &str, method: &str, cipher_text: &str) -> pb::StoreClientBackup
 fn bad_client_shares() -> Vec<(&'static str, pb::StoreClientBackupShareRequest)> {
     vec![
         ("client_id", store("é", "PASSWORD", "c")),
-        ("backup_method", store("victim", "PASS/WORD", "c")),
+        ("backup_method", store("victim", "PASS\u{1b}WORD", "c")),
+        ("backup_method", store("victim", &"M".repeat(65), "c")),
         ("cipher_text", store("victim", "PASSWORD", "")),
         (
             "cipher_text",
@@ -137,11 +138,13 @@ async fn refuses_bad_backend_calls(api: &mut BackupServiceClient<Channel>, backe
     for request in [pb::GetCustodianBackupShareRequest {
         client_id: "".into(),
         backup_method: "X".into(),
+        ..Default::default()
     }] {
         let err = api.get_client_backup_share(with_token(
             pb::GetClientBackupShareRequest {
                 client_id: request.client_id,
                 backup_method: request.backup_method,
+                ..Default::default()
             },
             backend,
         ));
@@ -275,6 +278,7 @@ async fn a_client_holds_at_most_64_methods_of_each_kind() {
             pb::GetClientBackupShareRequest {
                 client_id: "many-methods".into(),
                 backup_method: "M64".into(),
+                ..Default::default()
             },
             &backend,
         ))

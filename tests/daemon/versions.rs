@@ -275,11 +275,59 @@ async fn a_new_backup_never_destroys_the_last_completed_one() {
     );
     assert_eq!(vault.status_of("u", "pair-b").await, CUSTODIAN_STORED);
 
-    // B's own cipherText completes B; A leaves the fetch answer but stays a version.
+    // B's own cipherText completes B here. Portal completes B only when the app tells it so,
+    // which can fail after this store: the fetch still answers A after B, and the backend
+    // reads each pair's own cipherText, current or kept.
     let stored = vault.store_cipher_text("u", "PASSWORD", "ct-B").await;
     assert_eq!(stored.status, 200);
     assert_eq!(vault.status_of("u", "pair-b").await, COMPLETED);
-    assert_eq!(vault.fetch("u").await, vec![b.clone()]);
+    assert_eq!(vault.fetch("u").await, vec![b.clone(), a.clone()]);
+    for (pair, cipher_text) in [("pair-a", "ct-A"), ("pair-b", "ct-B")] {
+        let got = vault
+            .api
+            .send(
+                "GET",
+                &format!("/v1/clients/u/backup-share-pairs/{pair}/client-backup-share"),
+                &[("authorization", vault.backend.as_str())],
+                None,
+            )
+            .await;
+        assert_eq!(got.status, 200, "{pair}");
+        let body = got.json();
+        assert_eq!(body["cipherText"], cipher_text, "{pair}");
+        assert_eq!(body["backupSharePairIds"], serde_json::json!([pair]));
+    }
+    let listed = vault
+        .api
+        .send(
+            "GET",
+            "/v1/clients/u/client-backup-shares",
+            &[("authorization", vault.backend.as_str())],
+            None,
+        )
+        .await;
+    assert_eq!(listed.status, 200);
+    let listed = listed.json();
+    let shares = listed["clientBackupShares"].as_array().unwrap();
+    assert_eq!(shares.len(), 2, "{listed}");
+    assert_eq!(
+        (
+            shares[0]["current"].clone(),
+            shares[0]["backupSharePairIds"].clone()
+        ),
+        (Value::Bool(true), serde_json::json!(["pair-b"]))
+    );
+    assert_eq!(
+        (
+            shares[1]["current"].clone(),
+            shares[1]["backupSharePairIds"].clone()
+        ),
+        (Value::Bool(false), serde_json::json!(["pair-a"]))
+    );
+    assert!(
+        !listed.to_string().contains("ct-"),
+        "no cipherText in a list"
+    );
 
     let versions = vault.versions("u").await;
     let row = |kind: &str, version: u64| {
@@ -329,7 +377,8 @@ async fn a_new_backup_never_destroys_the_last_completed_one() {
         && v["supersededAt"].is_string()));
     assert!(!String::from_utf8_lossy(&listed.body).contains("ct-A"));
 
-    // The operator restores A and its cipherText: the fetch answers A again.
+    // The operator restores A and its cipherText: the fetch answers A first, then B, kept
+    // and completed.
     vault
         .restore_version("u", "custodian", KEY, 1)
         .await
@@ -338,7 +387,7 @@ async fn a_new_backup_never_destroys_the_last_completed_one() {
         .restore_version("u", "client", "PASSWORD", 1)
         .await
         .unwrap();
-    assert_eq!(vault.fetch("u").await, vec![a.clone()]);
+    assert_eq!(vault.fetch("u").await, vec![a.clone(), b.clone()]);
     assert_eq!(
         vault.cipher_text("u", "PASSWORD").await.json()["cipherText"],
         "ct-A"
@@ -366,7 +415,7 @@ async fn a_new_backup_never_destroys_the_last_completed_one() {
         .await
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
-    assert_eq!(vault.fetch("u").await, vec![a.clone()]);
+    assert_eq!(vault.fetch("u").await, vec![a.clone(), b.clone()]);
 
     // Erasing the client erases its versions too.
     let erased = vault

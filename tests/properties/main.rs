@@ -1,6 +1,7 @@
 //! Properties of everything that parses or checks bytes from outside: any input is either
 //! refused cleanly (an error that names what was wrong and never echoes the input) or
-//! accepted and round-trips exactly.
+//! accepted and round-trips exactly; and of recovery, against a model of Portal's side
+//! ([`recovery`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,6 +10,7 @@ mod envelopes;
 mod json_bodies;
 mod pair_status;
 mod records;
+mod recovery;
 mod snapshots;
 mod validation;
 

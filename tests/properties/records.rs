@@ -23,10 +23,12 @@ proptest! {
     #[test]
     fn share_records_round_trip(
         created_at_ms in any::<u64>(),
+        seq in any::<u64>(),
         pair_id in prop::option::of("\\PC{1,140}"),
+        covers in prop::collection::vec("\\PC{1,40}", 0..4),
         envelope in prop::collection::vec(any::<u8>(), 0..300),
     ) {
-        let record = SealedRecord { created_at_ms, pair_id, envelope };
+        let record = SealedRecord { created_at_ms, seq, pair_id, covers, envelope };
         let bytes = codec::encode_record(&record);
         prop_assert_eq!(codec::decode_record(&bytes).unwrap(), record);
     }

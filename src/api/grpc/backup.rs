@@ -145,12 +145,45 @@ impl BackupService for BackupApi {
         let result = async {
             let (vault, who) = self.authorize(&request, Role::Backend)?;
             let share = vault
-                .client_share(&req.client_id, &req.backup_method, &who.name)
+                .client_share(
+                    &req.client_id,
+                    &req.backup_method,
+                    Some(req.backup_share_pair_id.as_str()),
+                    &who.name,
+                )
                 .await?;
             Ok(pb::GetClientBackupShareResponse {
                 cipher_text: share.cipher_text.as_str().to_owned(),
                 created_at: Some(timestamp(share.created_at_ms)),
                 backup_method: share.backup_method,
+                backup_share_pair_ids: share.backup_share_pair_ids,
+            })
+        }
+        .await;
+        reply(call, result)
+    }
+
+    async fn list_client_backup_shares(
+        &self,
+        request: Request<pb::ListClientBackupSharesRequest>,
+    ) -> Result<Response<pb::ListClientBackupSharesResponse>, Status> {
+        let req = request.get_ref();
+        let mut call = Call::new(&self.calls, "BackupService", "ListClientBackupShares");
+        call.client(&req.client_id);
+        let result = async {
+            let (vault, _) = self.authorize(&request, Role::Backend)?;
+            let shares = vault.client_shares(&req.client_id).await?;
+            Ok(pb::ListClientBackupSharesResponse {
+                client_backup_shares: shares
+                    .into_iter()
+                    .map(|s| pb::ClientBackupShareInfo {
+                        backup_method: s.backup_method,
+                        current: s.version.is_none(),
+                        version: s.version.unwrap_or(0),
+                        created_at: Some(timestamp(s.created_at_ms)),
+                        backup_share_pair_ids: s.backup_share_pair_ids,
+                    })
+                    .collect(),
             })
         }
         .await;
@@ -205,10 +238,16 @@ impl BackupService for BackupApi {
         let result = async {
             let (vault, who) = self.authorize(&request, Role::Eject)?;
             let share = vault
-                .custodian_share(&req.client_id, &req.backup_method, &who.name)
+                .custodian_share(
+                    &req.client_id,
+                    &req.backup_method,
+                    Some(req.backup_share_pair_id.as_str()),
+                    &who.name,
+                )
                 .await?;
             Ok(pb::GetCustodianBackupShareResponse {
-                share: share.as_str().to_owned(),
+                share: share.share.as_str().to_owned(),
+                backup_share_pair_id: share.backup_share_pair_id.unwrap_or_default(),
             })
         }
         .await;

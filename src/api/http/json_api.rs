@@ -2,9 +2,9 @@
 //! (`Authorization: Bearer <token>`, the same roles as the BackupService).
 
 use super::openapi::{
-    Backups, ClientDeleted, ClientShareBody, ClientShareStored, CustodianShareBody,
-    CustodianShareInfo, ErrorBody, MethodBackups, Pair, Pairs, Probe, ShareVersion,
-    StoreClientShareRequest, UpdatePairsRequest, Versions,
+    Backups, ClientDeleted, ClientShareBody, ClientShareInfo, ClientShareStored, ClientShares,
+    CustodianShareBody, CustodianShareInfo, ErrorBody, MethodBackups, Pair, Pairs, Probe,
+    ShareVersion, StoreClientShareRequest, UpdatePairsRequest, Versions,
 };
 use super::webhook::finish;
 use super::{
@@ -19,7 +19,7 @@ use crate::vault::Vault;
 use crate::vault::status::parse_status;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -81,6 +81,8 @@ fn routes() -> OpenApiRouter<ApiState> {
             get_client_share,
             delete_client_share
         ))
+        .routes(routes!(list_client_shares))
+        .routes(routes!(get_pair_client_share))
         .routes(routes!(list_backups))
         .routes(routes!(get_custodian_share))
         .routes(routes!(list_pairs, update_pairs))
@@ -191,14 +193,96 @@ async fn get_client_share(
     let result = async {
         let (vault, who) = state.authorize(&headers, Role::Backend, from)?;
         let share = vault
-            .client_share(&client_id, &backup_method, &who.name)
+            .client_share(&client_id, &backup_method, None, &who.name)
             .await?;
+        Ok(client_share_body(&share))
+    }
+    .await;
+    finish(call, result)
+}
+
+fn client_share_body(share: &crate::vault::ClientShare) -> Response {
+    json(
+        StatusCode::OK,
+        ClientShareBody {
+            cipher_text: share.cipher_text.as_str(),
+            backup_method: &share.backup_method,
+            created_at: rfc3339(share.created_at_ms),
+            backup_share_pair_ids: &share.backup_share_pair_ids,
+        },
+    )
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/clients/{clientId}/backup-share-pairs/{backupSharePairId}/client-backup-share",
+    tag = TAG,
+    operation_id = "getPairClientBackupShare",
+    summary = "Fetch the client share of one backup share pair, current or kept",
+    description = "The cipherText stored for the backup that pair belongs to, under whichever method covers it: at recovery, ask for the pair Portal reports completed, which may be older than the newest backup stored here. Backend role.",
+    params(ClientPair),
+    responses(
+        (status = 200, description = "the share", body = ClientShareBody),
+        (status = 404, description = "no such route, or no client share of that pair is held (`not_found`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+async fn get_pair_client_share(
+    State(state): State<ApiState>,
+    ApiPath((client_id, pair_id)): ApiPath<(String, String)>,
+    Extension(Source(from)): Extension<Source>,
+    headers: HeaderMap,
+) -> Response {
+    let mut call = Call::new(&state.calls, "ApiHttp", "GetClientBackupShare");
+    call.client(&client_id);
+    let result = async {
+        let (vault, who) = state.authorize(&headers, Role::Backend, from)?;
+        let share = vault
+            .client_share(&client_id, "", Some(&pair_id), &who.name)
+            .await?;
+        Ok(client_share_body(&share))
+    }
+    .await;
+    finish(call, result)
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/clients/{clientId}/client-backup-shares",
+    tag = TAG,
+    operation_id = "listClientBackupShares",
+    summary = "A client's client shares, current and kept, with their pairs",
+    description = "Metadata only, never a cipherText: current shares first, in method order, then kept ones, newest first. Backend role.",
+    params(Client),
+    responses((status = 200, description = "the client shares", body = ClientShares)),
+    security(("bearer" = [])),
+)]
+async fn list_client_shares(
+    State(state): State<ApiState>,
+    ApiPath(client_id): ApiPath<String>,
+    Extension(Source(from)): Extension<Source>,
+    headers: HeaderMap,
+) -> Response {
+    let mut call = Call::new(&state.calls, "ApiHttp", "ListClientBackupShares");
+    call.client(&client_id);
+    let result = async {
+        let (vault, _) = state.authorize(&headers, Role::Backend, from)?;
+        let shares = vault.client_shares(&client_id).await?;
+        let client_backup_shares = shares
+            .into_iter()
+            .map(|s| ClientShareInfo {
+                backup_method: s.backup_method,
+                current: s.version.is_none(),
+                version: s.version,
+                created_at: rfc3339(s.created_at_ms),
+                backup_share_pair_ids: s.backup_share_pair_ids,
+            })
+            .collect();
         Ok(json(
             StatusCode::OK,
-            ClientShareBody {
-                cipher_text: share.cipher_text.as_str(),
-                backup_method: &share.backup_method,
-                created_at: rfc3339(share.created_at_ms),
+            ClientShares {
+                client_id: &client_id,
+                client_backup_shares,
             },
         ))
     }
@@ -306,9 +390,10 @@ async fn list_backups(
     operation_id = "getCustodianBackupShare",
     summary = "Fetch a custodian share (eject)",
     description = "Eject role only; `backupMethod` is the full `METHOD-CURVE`.",
-    params(ClientMethod),
+    params(ClientMethod, PairQuery),
     responses(
         (status = 200, description = "the custodian share", body = CustodianShareBody),
+        (status = 400, description = "a malformed client id, method, pair id or query (`invalid_argument`)", body = ErrorBody),
         (status = 404, description = "no such route, or no custodian share is held (`not_found`)", body = ErrorBody),
     ),
     security(("bearer" = [])),
@@ -316,18 +401,30 @@ async fn list_backups(
 async fn get_custodian_share(
     State(state): State<ApiState>,
     ApiPath((client_id, backup_method)): ApiPath<(String, String)>,
+    query: Result<Query<PairQuery>, axum::extract::rejection::QueryRejection>,
     Extension(Source(from)): Extension<Source>,
     headers: HeaderMap,
 ) -> Response {
     let mut call = Call::new(&state.calls, "ApiHttp", "GetCustodianBackupShare");
     call.client(&client_id).backup_method(&backup_method);
     let result = async {
+        let Query(query) = query.map_err(|_| {
+            HttpError::bad_request("query: the only parameter taken is backupSharePairId")
+        })?;
         let (vault, who) = state.authorize(&headers, Role::Eject, from)?;
         let share = vault
-            .custodian_share(&client_id, &backup_method, &who.name)
+            .custodian_share(
+                &client_id,
+                &backup_method,
+                query.backup_share_pair_id.as_deref(),
+                &who.name,
+            )
             .await?;
-        let org_share = share.as_str();
-        Ok(json(StatusCode::OK, CustodianShareBody { org_share }))
+        let body = CustodianShareBody {
+            org_share: share.share.as_str(),
+            backup_share_pair_id: share.backup_share_pair_id.as_deref(),
+        };
+        Ok(json(StatusCode::OK, body))
     }
     .await;
     finish(call, result)
@@ -617,6 +714,31 @@ struct Client {
     client_id: String,
 }
 
+/// The `{clientId}` and `{backupSharePairId}` path parameters.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // read by position with `ApiPath`
+struct ClientPair {
+    /// 1-128 of `A-Z a-z 0-9 . _ - : @`, not only dots.
+    #[param(rename = "clientId")]
+    client_id: String,
+    /// 1-128 of `A-Z a-z 0-9 . _ - :`.
+    #[param(rename = "backupSharePairId")]
+    backup_share_pair_id: String,
+}
+
+/// The optional `backupSharePairId` query of an eject.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct PairQuery {
+    /// The share of this backup share pair, current or kept. Without it: the current share,
+    /// unless its pair is not completed and a kept share of a completed pair is held.
+    #[serde(rename = "backupSharePairId")]
+    #[param(rename = "backupSharePairId")]
+    backup_share_pair_id: Option<String>,
+}
+
 /// The `{clientId}` and `{backupMethod}` path parameters.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]
@@ -625,7 +747,7 @@ struct ClientMethod {
     /// 1-128 of `A-Z a-z 0-9 . _ - : @`, not only dots.
     #[param(rename = "clientId")]
     client_id: String,
-    /// 1-64 of `A-Z a-z 0-9 _ -`.
+    /// 1-64 printable ASCII characters (percent-encoded in the path).
     #[param(rename = "backupMethod")]
     backup_method: String,
 }

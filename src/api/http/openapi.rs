@@ -64,6 +64,33 @@ pub struct ClientShareBody<'a> {
     pub backup_method: &'a str,
     /// RFC 3339.
     pub created_at: String,
+    /// The backup share pairs this cipherText completed when it was stored: its backup.
+    pub backup_share_pair_ids: &'a [String],
+}
+
+/// A client's client shares, current and kept, without cipherTexts.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientShares<'a> {
+    pub client_id: &'a str,
+    /// Current shares first, in method order, then kept ones, newest first.
+    pub client_backup_shares: Vec<ClientShareInfo>,
+}
+
+/// One held client share, without its cipherText.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientShareInfo {
+    pub backup_method: String,
+    /// Whether it is the current share of its method.
+    pub current: bool,
+    /// The kept version's number; absent for the current share.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// The backup share pairs it completed when it was stored.
+    pub backup_share_pair_ids: Vec<String>,
 }
 
 /// What a client holds, per bare backup method.
@@ -113,6 +140,9 @@ pub struct CustodianShareInfo {
 #[serde(rename_all = "camelCase")]
 pub struct CustodianShareBody<'a> {
     pub org_share: &'a str,
+    /// The pair the share belongs to; absent for a share stored without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup_share_pair_id: Option<&'a str>,
 }
 
 /// A client's backup share pairs.

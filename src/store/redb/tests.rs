@@ -145,7 +145,9 @@ fn put(client: &str, share: &[u8]) -> (WriteOp, Option<AuditEntry>) {
             backup_method: "PASSWORD-SECP256K1".into(),
             record: SealedRecord {
                 created_at_ms: 1,
+                seq: 0,
                 pair_id: Some(format!("pair-{client}")),
+                covers: Vec::new(),
                 envelope: share.to_vec(),
             },
             unchanged: None,
