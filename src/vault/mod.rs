@@ -556,7 +556,7 @@ impl Vault {
         max_batches: usize,
     ) -> Result<crate::audit::Pruned, crate::audit::PruneError> {
         crate::audit::prune(
-            self.store.as_ref(),
+            Arc::clone(&self.store),
             &self.audit_key,
             retention,
             now_ms(),
