@@ -94,7 +94,7 @@ impl Disk for Overlay {
             self.base_len.fetch_min(len, Ordering::SeqCst);
             let first_past = len.div_ceil(ALIGN);
             pages.split_off(&first_past);
-            if len % ALIGN != 0
+            if !len.is_multiple_of(ALIGN)
                 && let Some(page) = pages.get_mut(&(len / ALIGN))
             {
                 page[(len % ALIGN) as usize..].fill(0);

@@ -182,12 +182,6 @@ impl redb::StorageBackend for SharedView {
     }
 }
 
-impl Shared {
-    fn backend(view: &Arc<super::journal::peek::Overlay>) -> SharedView {
-        SharedView(Arc::clone(view))
-    }
-}
-
 /// The redb-backed [`Store`].
 pub struct RedbStore {
     shared: Arc<Shared>,
@@ -304,13 +298,13 @@ impl RedbStore {
         let view = Arc::new(view);
         let db = match Database::builder()
             .set_cache_size(IMPORT_CACHE_BYTES)
-            .open_read_only_with_backend(Shared::backend(&view))
+            .open_read_only_with_backend(SharedView(Arc::clone(&view)))
         {
             Ok(db) => PeekedDb::ReadOnly(db),
             Err(redb::DatabaseError::RepairAborted) => PeekedDb::Repaired(
                 Database::builder()
                     .set_cache_size(IMPORT_CACHE_BYTES)
-                    .create_with_backend(Shared::backend(&view))
+                    .create_with_backend(SharedView(Arc::clone(&view)))
                     .map_err(backend)?,
             ),
             Err(err) => return Err(backend(err)),
