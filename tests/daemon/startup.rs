@@ -123,7 +123,11 @@ async fn a_second_daemon_on_the_same_data_dir_is_refused() {
         &sandbox.data_dir,
         &Daemon::tcp_args(&sandbox.keys),
     )));
-    assert!(logs.contains("cannot open the database"), "{logs}");
+    // Refused at the data dir's lock, before anything of the data dir is read or written.
+    assert!(
+        logs.contains("is in use by another sharevault process"),
+        "{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
