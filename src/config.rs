@@ -83,6 +83,12 @@ pub struct ServeArgs {
     /// Directory of the database [default: ./sharevault-data].
     #[arg(long, env = "SHAREVAULT_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Start a new, empty vault even though the data dir holds a vault's other files (its
+    /// journals, or secrets generated there) but no database; without it such a start is
+    /// refused ("the database is missing"). Only a flag: never in the config file.
+    #[arg(long)]
+    #[serde(skip)]
+    pub init: bool,
     /// gRPC listener: HOST:PORT or unix:/path [default: 127.0.0.1:7450].
     #[arg(long, env = "SHAREVAULT_GRPC_LISTEN", value_name = "ADDR")]
     pub grpc_listen: Option<String>,
@@ -284,6 +290,8 @@ type FileConfig = ServeArgs;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// A new vault is meant in this data dir, whatever it holds (`--init`).
+    pub init: bool,
     /// The PostgreSQL database, if the vault lives there rather than in the data dir.
     pub database: Option<crate::store::postgres::PgSettings>,
     pub database_password_file: Option<PathBuf>,
@@ -649,6 +657,7 @@ impl Config {
             )?,
             request_timeout: Duration::from_secs(request_timeout),
             max_request_bytes,
+            init: args.init,
             data_dir: args
                 .data_dir
                 .clone()

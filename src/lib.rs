@@ -17,6 +17,7 @@
 //!   the key behind the snapshot and audit MACs, sealed under the master key.
 //! - [`cli`]: the operator's commands.
 //! - [`config`] and [`secrets`]: settings, and the master key, webhook secrets and admin token;
+//!   [`data_dir`]: the data dir's one lock, and whether it holds a vault;
 //!   [`metrics`] (one registry, and a handle per component, made in [`server::run`]);
 //!   [`error`]: the errors callers see and their mapping to gRPC codes.
 //! - [`seal`]: where the root key (the master key) is kept: its file, or sealed by a PKCS#11
@@ -28,6 +29,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod data_dir;
 pub mod error;
 pub mod integrity;
 pub mod metrics;

@@ -205,6 +205,22 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = Config::load(&args).map_err(anyhow::Error::msg)?;
             init_logging(config.log_format);
+            // One lock on the data dir for the daemon's whole run, whatever its settings, so
+            // that no restore or offline command changes it underneath.
+            sharevault::secrets::prepare_data_dir(&config.data_dir).map_err(anyhow::Error::msg)?;
+            let _lock = sharevault::data_dir::DataDirLock::acquire(
+                &config.data_dir,
+                "starting another daemon on it",
+            )
+            .map_err(anyhow::Error::msg)?;
+            if config.database.is_none() {
+                sharevault::data_dir::check_vault_files(
+                    &config.data_dir,
+                    sharevault::secrets::DATABASE_FILE,
+                    config.init,
+                )
+                .map_err(anyhow::Error::msg)?;
+            }
             let settings = settings(&config)?;
             let tls = |files: &Option<sharevault::config::TlsFiles>| {
                 files
@@ -280,6 +296,12 @@ fn run(command: Command) -> anyhow::Result<()> {
                 tls_acceptor(&files.cert, &files.key).map_err(anyhow::Error::msg)?;
             }
             let key_id = match &settings.seal {
+                sharevault::seal::Seal::File { .. }
+                    if settings.secrets.generated.has_master_key() =>
+                {
+                    "none yet: a new master key is generated in the data dir at the first start"
+                        .to_string()
+                }
                 sharevault::seal::Seal::File { key, .. } => key.id().to_string(),
                 sharevault::seal::Seal::Pkcs11 { hsm, key } => format!(
                     "sealed by key {:?} of PKCS#11 token {:?} (both found, PIN accepted)",

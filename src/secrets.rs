@@ -3,7 +3,7 @@
 //! Each secret comes from, in order: its `--*-file` setting; a file of the same name in
 //! `$CREDENTIALS_DIRECTORY` (systemd credentials: `master-key`, `webhook-secret`,
 //! `admin-token`); or a file of that name in the data dir, generated with mode 0600 if it does
-//! not exist yet. A master key is never generated for a data dir that already holds a
+//! not exist yet (written, and the data dir fsynced, only once the start's checks passed). A master key is never generated for a data dir that already holds a
 //! database. The data dir and every secret file must not be accessible to other users.
 
 use crate::auth::{self, MIN_SECRET_LEN, WebhookSecrets};
@@ -26,6 +26,50 @@ pub struct Secrets {
     pub webhook: WebhookSecrets,
     /// SHA-256 of the admin token.
     pub admin_token: [u8; 32],
+    /// Secrets generated for a first start, not yet written to the data dir: they are
+    /// written ([`Generated::persist`]) only once the start's checks have passed, so that a
+    /// refused start leaves the data dir as it was.
+    pub generated: Generated,
+}
+
+/// Secrets generated in memory for the data dir, to be written at the start they belong to.
+#[derive(Default)]
+pub struct Generated {
+    files: Vec<(PathBuf, Zeroizing<String>)>,
+}
+
+impl Generated {
+    /// Whether the master key is among them (it was never written).
+    pub fn has_master_key(&self) -> bool {
+        self.files
+            .iter()
+            .any(|(path, _)| path.file_name() == Some(Kind::MasterKey.file_name().as_ref()))
+    }
+
+    /// Writes each generated secret (mode 0600, never over an existing file), then fsyncs the
+    /// data dir, so that the files survive a crash before the database is created.
+    pub fn persist(&mut self, data_dir: &Path) -> Result<(), String> {
+        if self.files.is_empty() {
+            return Ok(());
+        }
+        for (path, value) in self.files.drain(..) {
+            write_new_secret(&path, &value)?;
+            let what = path
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into());
+            if what == Kind::MasterKey.file_name() {
+                tracing::warn!(
+                    path = %path.display(),
+                    "generated a new master key in the data dir; in production keep the master \
+                     key away from the data (systemd credentials or --master-key-file)"
+                );
+            } else {
+                tracing::warn!(path = %path.display(), "generated a new {what} in the data dir");
+            }
+        }
+        crate::data_dir::sync_dir(data_dir)
+            .map_err(|e| format!("cannot sync the data dir {}: {e}", data_dir.display()))
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -119,6 +163,7 @@ fn locate(
     kind: Kind,
     configured: Option<&Path>,
     data_dir: &Path,
+    generated: &mut Generated,
 ) -> Result<Zeroizing<Vec<u8>>, String> {
     let what = kind.file_name();
     let path = secret_path(configured, what, data_dir);
@@ -134,16 +179,10 @@ fn locate(
                 data_dir.display()
             ));
         }
-        write_new_secret(&path, &kind.generate()?)?;
-        if matches!(kind, Kind::MasterKey) {
-            tracing::warn!(
-                path = %path.display(),
-                "generated a new master key in the data dir; in production keep the master key \
-                 away from the data (systemd credentials or --master-key-file)"
-            );
-        } else {
-            tracing::warn!(path = %path.display(), "generated a new {what} in the data dir");
-        }
+        let value = kind.generate()?;
+        let raw = Zeroizing::new(value.as_bytes().to_vec());
+        generated.files.push((path, value));
+        return Ok(raw);
     }
     read_secret(&path, what)
 }
@@ -190,20 +229,31 @@ pub fn load(data_dir: &Path, files: SecretFiles<'_>) -> Result<Secrets, String> 
         admin_token: admin_token_file,
         sealed,
     } = files;
+    let mut generated = Generated::default();
     let master_key = if sealed {
         None
     } else {
         Some(
-            MasterKey::from_file_contents(&locate(Kind::MasterKey, master_key_file, data_dir)?)
-                .map_err(|e| format!("master key: {e}"))?,
+            MasterKey::from_file_contents(&locate(
+                Kind::MasterKey,
+                master_key_file,
+                data_dir,
+                &mut generated,
+            )?)
+            .map_err(|e| format!("master key: {e}"))?,
         )
     };
-    let webhook_raw = locate(Kind::WebhookSecret, webhook_secret_file, data_dir)?;
+    let webhook_raw = locate(
+        Kind::WebhookSecret,
+        webhook_secret_file,
+        data_dir,
+        &mut generated,
+    )?;
     let webhook = WebhookSecrets::from_file_contents(
         std::str::from_utf8(&webhook_raw).map_err(|_| "webhook secret: must be UTF-8 text")?,
     )
     .map_err(|e| format!("webhook secret: {e}"))?;
-    let admin_raw = locate(Kind::AdminToken, admin_token_file, data_dir)?;
+    let admin_raw = locate(Kind::AdminToken, admin_token_file, data_dir, &mut generated)?;
     let admin = admin_raw.trim_ascii();
     if admin.len() < MIN_SECRET_LEN {
         return Err(format!(
@@ -215,6 +265,7 @@ pub fn load(data_dir: &Path, files: SecretFiles<'_>) -> Result<Secrets, String> 
         old_master_key: old_master_key.map(read_master_key).transpose()?,
         webhook,
         admin_token: auth::digest(admin),
+        generated,
     })
 }
 
@@ -227,7 +278,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         prepare_data_dir(&data).unwrap();
-        let first = load(&data, SecretFiles::default()).unwrap();
+        let mut first = load(&data, SecretFiles::default()).unwrap();
+        // Nothing is written until the start persists them.
+        assert_eq!(fs::read_dir(&data).unwrap().count(), 0);
+        assert!(first.generated.has_master_key());
+        first.generated.persist(&data).unwrap();
         for name in ["master-key", "webhook-secret", "admin-token"] {
             let mode = fs::metadata(data.join(name)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{name}");
@@ -272,7 +327,9 @@ mod tests {
             sealed: true,
             ..SecretFiles::default()
         };
-        let secrets = load(dir.path(), files).unwrap();
+        let mut secrets = load(dir.path(), files).unwrap();
+        assert!(!secrets.generated.has_master_key());
+        secrets.generated.persist(dir.path()).unwrap();
         assert!(secrets.master_key.is_none());
         assert!(!dir.path().join("master-key").exists());
         assert!(dir.path().join("admin-token").exists());

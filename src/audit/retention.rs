@@ -52,10 +52,60 @@ pub enum PruneError {
     Archive(PathBuf, std::io::Error),
 }
 
-/// Prunes what `retention` no longer keeps as of `now_ms`, at most `max_batches` ranges of
-/// [`BATCH`] events (call again for the rest).
-pub async fn prune(
+/// The next range `retention` no longer keeps, read and checked: the prune anchor it starts
+/// after (as stored), the sequence number that anchor names, and the events (at most
+/// [`BATCH`]). `None` once the trail is empty.
+type Batch = (Option<Vec<u8>>, u64, Vec<AuditEvent>);
+
+fn next_batch(
     store: &dyn Store,
+    key: &AuditKey,
+    retention: &Retention,
+    now_ms: u64,
+) -> Result<Option<Batch>, PruneError> {
+    let r = store.read()?;
+    let anchor = r.get(TableId::Meta, Key::Name(PruneAnchor::META))?;
+    let keyed = r.get(TableId::Meta, Key::Name(Anchor::META))?;
+    let Some((head_seq, _)) = head(&*r)? else {
+        return Ok(None);
+    };
+    let mut check = check_from_anchors(key.clone(), keyed.as_deref(), anchor.as_deref());
+    if let Some((seq, problem)) = check.problem() {
+        return Err(PruneError::Broken(*seq, problem.clone()));
+    }
+    let start = anchor
+        .as_deref()
+        .and_then(|a| PruneAnchor::decode(key, a))
+        .map_or(0, |(seq, _)| seq);
+    let by_count = retention
+        .keep_events
+        .map_or(0, |keep| head_seq.saturating_sub(keep));
+    let by_age = retention.keep_age.map_or(0, |age| {
+        now_ms.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX))
+    });
+    let mut batch = Vec::new();
+    for event in events(&*r, start, BATCH)? {
+        let prunable = match &event {
+            Ok(e) => e.seq <= by_count || e.time_ms < by_age,
+            Err(_) => true,
+        };
+        if !prunable {
+            break;
+        }
+        if !check.push(event.clone()) {
+            let (seq, problem) = check.problem().cloned().unwrap_or_default();
+            return Err(PruneError::Broken(seq, problem));
+        }
+        batch.extend(event.ok());
+    }
+    Ok(Some((anchor, start, batch)))
+}
+
+/// Prunes what `retention` no longer keeps as of `now_ms`, at most `max_batches` ranges of
+/// [`BATCH`] events (call again for the rest). The reads of the trail and the archive's
+/// writes and fsyncs run on the blocking pool, never on the async workers that serve calls.
+pub async fn prune(
+    store: Arc<dyn Store>,
     key: &AuditKey,
     retention: &Retention,
     now_ms: u64,
@@ -63,48 +113,31 @@ pub async fn prune(
 ) -> Result<Pruned, PruneError> {
     let mut done = Pruned::default();
     for _ in 0..max_batches {
-        let (anchor, batch) = {
-            let r = store.read()?;
-            let anchor = r.get(TableId::Meta, Key::Name(PruneAnchor::META))?;
-            let keyed = r.get(TableId::Meta, Key::Name(Anchor::META))?;
-            let Some((head_seq, _)) = head(&*r)? else {
-                break;
+        let (reading, key_copy, settings) = (Arc::clone(&store), key.clone(), retention.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            let Some((anchor, start, batch)) =
+                next_batch(reading.as_ref(), &key_copy, &settings, now_ms)?
+            else {
+                return Ok(None);
             };
-            let mut check = check_from_anchors(key.clone(), keyed.as_deref(), anchor.as_deref());
-            if let Some((seq, problem)) = check.problem() {
-                return Err(PruneError::Broken(*seq, problem.clone()));
-            }
-            let start = anchor
-                .as_deref()
-                .and_then(|a| PruneAnchor::decode(key, a))
-                .map_or(0, |(seq, _)| seq);
-            done.pruned_to = start;
-            let by_count = retention
-                .keep_events
-                .map_or(0, |keep| head_seq.saturating_sub(keep));
-            let by_age = retention.keep_age.map_or(0, |age| {
-                now_ms.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX))
-            });
-            let mut batch = Vec::new();
-            for event in events(&*r, start, BATCH)? {
-                let prunable = match &event {
-                    Ok(e) => e.seq <= by_count || e.time_ms < by_age,
-                    Err(_) => true,
-                };
-                if !prunable {
-                    break;
-                }
-                if !check.push(event.clone()) {
-                    let (seq, problem) = check.problem().cloned().unwrap_or_default();
-                    return Err(PruneError::Broken(seq, problem));
-                }
-                batch.extend(event.ok());
-            }
-            (anchor, batch)
+            let file = match batch.is_empty() {
+                true => None,
+                false => Some(archive(&settings.archive_dir, &batch)?),
+            };
+            Ok::<_, PruneError>(Some((anchor, start, batch, file)))
+        })
+        .await
+        .map_err(|e| {
+            PruneError::Store(StoreError::Backend(format!("the pruner stopped: {e}")))
+        })??;
+        let Some((anchor, start, batch, file)) = read else {
+            break;
         };
-        let Some(last) = batch.last() else { break };
+        done.pruned_to = start;
+        let (Some(last), Some(file)) = (batch.last(), file) else {
+            break;
+        };
         let (last_seq, last_hash) = (last.seq, last.hash);
-        let file = archive(&retention.archive_dir, &batch)?;
         let seqs: Vec<u64> = batch.iter().map(|e| e.seq).collect();
         let new_anchor = PruneAnchor::encode(key, last_seq, &last_hash);
         let moved = Arc::new(AtomicBool::new(false));
@@ -168,9 +201,47 @@ fn rfc3339(time_ms: u64) -> String {
     .to_string()
 }
 
-/// Writes `events` to `audit-<first seq>-<last seq>.jsonl` in `dir`, durably: a temp file,
-/// fsynced, renamed into place, and the directory fsynced. A file left by an earlier prune
-/// whose commit failed is replaced.
+/// Writes `events` to `audit-<first seq>-<last seq>.jsonl` in `dir`, durably: a new temp file
+/// at a random name (created exclusively, never through a symlink), fsynced, renamed into
+/// place, and the directory fsynced. A file left by an earlier prune whose commit failed is
+/// replaced (the rename replaces a symlink there too, never following it).
+/// Creates a new private file at `path`: never through a symlink (`O_NOFOLLOW`), never over
+/// a file already there (`O_EXCL`), so that someone who can write the directory cannot make
+/// the daemon write to a file of their choosing.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC).bits() as i32)
+        .mode(0o600)
+        .open(path)
+}
+
+/// The temp file an archive is written to before it is renamed into place: a random name,
+/// which nobody can plant anything at in advance.
+fn temp_name(name: &str) -> Result<String, std::io::Error> {
+    let mut random = [0u8; 16];
+    getrandom::fill(&mut random)
+        .map_err(|e| std::io::Error::other(format!("the system random number generator: {e}")))?;
+    Ok(format!(".{name}.{}.tmp", hex::encode(random)))
+}
+
+/// Removes the temp files an earlier prune of the same range left (it stopped before the
+/// rename). `remove_file` removes a symlink itself, never what it points to.
+fn remove_stale_temps(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        if file.starts_with(&prefix) && file.ends_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn archive(dir: &Path, events: &[AuditEvent]) -> Result<PathBuf, PruneError> {
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
         return Err(PruneError::Archive(
@@ -186,14 +257,9 @@ fn archive(dir: &Path, events: &[AuditEvent]) -> Result<PathBuf, PruneError> {
         .mode(0o700)
         .create(dir)
         .map_err(failed)?;
-    let temp = dir.join(format!(".{name}.tmp"));
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)
-        .map_err(failed)?;
+    remove_stale_temps(dir, &name);
+    let temp = dir.join(temp_name(&name).map_err(failed)?);
+    let file = create_private(&temp).map_err(failed)?;
     let mut out = std::io::BufWriter::new(file);
     for e in events {
         let (hash, prev_hash) = (hex::encode(e.hash), hex::encode(e.prev_hash));

@@ -145,6 +145,11 @@ pub fn run(args: MigrateArgs) -> Result<(), CliError> {
         .ok_or_else(|| CliError::Local("--database-url names the PostgreSQL side".into()))?;
     crate::secrets::prepare_data_dir(&args.data_dir).map_err(CliError::Local)?;
     let redb_path = args.data_dir.join(DATABASE_FILE);
+    // The data dir's lock is held while its database is open (`restore_with` takes it itself).
+    let lock = || {
+        crate::data_dir::DataDirLock::acquire(&args.data_dir, "migrating its vault")
+            .map_err(CliError::Local)
+    };
     let open_redb = || {
         RedbStore::open(&redb_path, 0, 32 << 20, 0, true, Default::default()).map_err(|e| {
             CliError::Local(format!(
@@ -168,6 +173,7 @@ pub fn run(args: MigrateArgs) -> Result<(), CliError> {
                     args.data_dir.display()
                 )));
             }
+            let _lock = lock()?;
             let source = open_redb()?;
             let scratch = snapshot(&source, &key, &args.data_dir, &mut progress)?;
             let expected = summary(&source)?;
@@ -208,6 +214,7 @@ pub fn run(args: MigrateArgs) -> Result<(), CliError> {
     let found = match args.to {
         Target::Postgres => summary(&pg)?,
         Target::Embedded => {
+            let _lock = lock()?;
             let target = open_redb()?;
             let found = summary(&target)?;
             target.close();

@@ -64,8 +64,8 @@ fn token_settings(config: &Config) -> Result<&Pkcs11Settings, CliError> {
     })
 }
 
-/// The stopped vault's store.
-fn open_store(config: &Config) -> Result<RedbStore, CliError> {
+/// The stopped vault's store, with the data dir's lock (held as long as the store is used).
+fn open_store(config: &Config) -> Result<(crate::data_dir::DataDirLock, RedbStore), CliError> {
     let path = config.data_dir.join(DATABASE_FILE);
     if !path.exists() {
         return Err(local(format!(
@@ -74,7 +74,9 @@ fn open_store(config: &Config) -> Result<RedbStore, CliError> {
         )));
     }
     crate::secrets::prepare_data_dir(&config.data_dir).map_err(local)?;
-    RedbStore::open(
+    let lock = crate::data_dir::DataDirLock::acquire(&config.data_dir, "changing its seal")
+        .map_err(local)?;
+    let store = RedbStore::open(
         &path,
         config.min_free_disk_bytes,
         config.cache_bytes,
@@ -86,7 +88,8 @@ fn open_store(config: &Config) -> Result<RedbStore, CliError> {
         local(format!(
             "cannot open the vault: {e}. Stop the daemon before changing its seal"
         ))
-    })
+    })?;
+    Ok((lock, store))
 }
 
 /// Runs a seal command.
@@ -123,7 +126,7 @@ pub fn run(command: SealCommand) -> Result<(), CliError> {
             };
             let hsm = Hsm::open(settings).map_err(local)?;
             let wrap = hsm.key(&settings.key_label).map_err(local)?;
-            let store = open_store(&config)?;
+            let (_lock, store) = open_store(&config)?;
             let result = super::block_on_value(async {
                 match (&master, &args.master_key_out) {
                     (Some((key, _)), _) => offline::to_pkcs11(&store, key, &hsm, &wrap).await,
@@ -171,7 +174,7 @@ pub fn run(command: SealCommand) -> Result<(), CliError> {
             let hsm = Hsm::open(settings).map_err(local)?;
             let old = hsm.key(&settings.key_label).map_err(local)?;
             let new = hsm.key(&args.new_key_label).map_err(local)?;
-            let store = open_store(&config)?;
+            let (_lock, store) = open_store(&config)?;
             let result = super::block_on_value(offline::rewrap(&store, &hsm, &old, &new));
             store.close();
             let outcome = result?.map_err(local)?;

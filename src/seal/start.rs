@@ -3,7 +3,7 @@
 
 use super::{Hsm, SEALED_ROOT_KEY, SEALED_ROOT_KEY_NEXT, SealError, WrapKey};
 use crate::crypto::MasterKey;
-use crate::store::Store;
+use crate::store::{Reader, Store};
 use crate::vault::{KEY_CHECK, WriteOp, records, rules};
 use std::sync::Arc;
 
@@ -101,6 +101,42 @@ pub async fn root_keys(store: &dyn Store, seal: Seal) -> Result<RootKeys, StartE
             };
             Ok(RootKeys { primary, older })
         }
+    }
+}
+
+/// What [`root_keys`] would refuse in the vault `reader` shows under `seal`, checked without
+/// writing (the token may be asked to unseal): answers the root keys the vault opens with,
+/// or `None` for a vault whose root key is still to be made (nothing to check against).
+pub fn check(reader: &dyn Reader, seal: &Seal) -> Result<Option<RootKeys>, StartError> {
+    let meta =
+        |name: &str| records::meta(reader, name).map_err(|e| StartError::Store(e.to_string()));
+    let sealed = meta(SEALED_ROOT_KEY)?;
+    let copy = |key: &MasterKey| {
+        MasterKey::from_file_contents(&key.to_raw()).map_err(|e| SealError::Token {
+            operation: "copy the root key",
+            code: e.to_string(),
+        })
+    };
+    match seal {
+        Seal::File { key, old } => match sealed {
+            Some(sealed) => Err(StartError::SealedByToken(super::sealed_by(&sealed))),
+            None => Ok(Some(RootKeys {
+                primary: copy(key)?,
+                older: old.iter().map(|k| copy(k)).collect::<Result<_, _>>()?,
+            })),
+        },
+        Seal::Pkcs11 { hsm, key } => match sealed {
+            None if meta(KEY_CHECK)?.is_some() => Err(StartError::SealedByFile),
+            None => Ok(None),
+            Some(sealed) => {
+                let primary = super::unseal(hsm, key, &sealed)?;
+                let older = match meta(SEALED_ROOT_KEY_NEXT)? {
+                    Some(next) => vec![super::unseal(hsm, key, &next)?],
+                    None => Vec::new(),
+                };
+                Ok(Some(RootKeys { primary, older }))
+            }
+        },
     }
 }
 

@@ -66,6 +66,23 @@ pub enum ServeError {
     Reflection(String),
     #[error("the server task failed: {0}")]
     Task(String),
+    #[error("{0}")]
+    DataDir(String),
+}
+
+/// Checks, on the database as its open will see it but without writing a byte, what would
+/// refuse this start after the open: the seal the vault was made under, the token's key, the
+/// master key. A refused start leaves the data dir exactly as it was.
+fn preflight(path: &std::path::Path, seal: &Seal) -> Result<(), ServeError> {
+    let Some(peeked) = RedbStore::peek(path).map_err(OpenError::Store)? else {
+        return Ok(());
+    };
+    let reader = peeked.read().map_err(OpenError::Store)?;
+    let Some(keys) = crate::seal::start::check(&*reader, seal).map_err(ServeError::Seal)? else {
+        return Ok(());
+    };
+    crate::vault::check_keys(&*reader, &keys.primary, &keys.older)?;
+    Ok(())
 }
 
 const SERVICES: [&str; 3] = [
@@ -249,7 +266,7 @@ async fn opening_heartbeat() {
 /// Runs the daemon on `listeners` until `shutdown` resolves.
 pub async fn run(
     listeners: Listeners,
-    settings: Settings,
+    mut settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -331,36 +348,53 @@ pub async fn run(
     let store_metrics = metrics.store.clone();
     let heartbeat = tokio::spawn(opening_heartbeat());
     let database = settings.config.database.clone();
-    let store = tokio::task::spawn_blocking(move || -> Result<Arc<dyn Store>, OpenError> {
-        match database {
-            Some(database) => Ok(Arc::new(
-                PgStore::open(&database, store_metrics).map_err(OpenError::Database)?,
-            )),
-            None => Ok(Arc::new(
+    let data_dir = settings.config.data_dir.clone();
+    let mut generated = std::mem::take(&mut settings.secrets.generated);
+    let seal = settings.seal;
+    let opened = tokio::task::spawn_blocking(move || {
+        let store = (|| -> Result<Arc<dyn Store>, ServeError> {
+            if let Some(database) = database {
+                generated.persist(&data_dir).map_err(ServeError::DataDir)?;
+                return Ok(Arc::new(
+                    PgStore::open(&database, store_metrics).map_err(OpenError::Database)?,
+                ));
+            }
+            // Whatever would refuse this start is checked before a byte is written.
+            preflight(&path, &seal)?;
+            generated.persist(&data_dir).map_err(ServeError::DataDir)?;
+            let store =
                 RedbStore::open(&path, min_free, cache, journal, quick_repair, store_metrics)
-                    .map_err(OpenError::Store)?,
-            )),
-        }
+                    .map_err(OpenError::Store)?;
+            // The database and its journals, if they were just created, survive a crash.
+            crate::data_dir::sync_dir(&data_dir).map_err(|e| {
+                ServeError::DataDir(format!(
+                    "cannot sync the data dir {}: {e}",
+                    data_dir.display()
+                ))
+            })?;
+            Ok(Arc::new(store))
+        })();
+        (store, seal)
     })
     .await
     .map_err(|e| ServeError::Task(e.to_string()));
     heartbeat.abort();
     // Wait until it has stopped, so that nothing it sends can follow READY=1.
     let _ = heartbeat.await;
-    let store = store?;
-    let token = match &settings.seal {
+    let (store, seal) = opened?;
+    let token = match &seal {
         Seal::Pkcs11 { hsm, key } => Some(TokenSeal::new(Arc::clone(hsm), key.clone())),
         Seal::File { .. } => None,
     };
     let keys = match store {
-        Ok(store) => match crate::seal::root_keys(store.as_ref(), settings.seal).await {
+        Ok(store) => match crate::seal::root_keys(store.as_ref(), seal).await {
             Ok(keys) => Ok((store, keys)),
             Err(err) => {
                 store.close();
                 Err(ServeError::Seal(err))
             }
         },
-        Err(err) => Err(err.into()),
+        Err(err) => Err(err),
     };
     let opened = match keys {
         Ok((store, keys)) => Vault::open(

@@ -1,5 +1,6 @@
 //! The audit trail's retention, run by the daemon: every interval, the events the retention
-//! no longer keeps are archived and pruned.
+//! no longer keeps are archived and pruned. The reads and the archive's writes run on the
+//! blocking pool ([`crate::audit::prune`]), so that a long prune holds no async worker.
 
 use crate::audit::Retention;
 use crate::vault::Vault;

@@ -170,6 +170,72 @@ fn check_opens(key: &MasterKey, aad: &RecordAad<'_>, check: &[u8]) -> Result<(),
     check_version(key, aad, check).map(|_| ())
 }
 
+/// Checks that `key` (with `older`, for an interrupted rotation) opens the key check record
+/// `check`; answers whether `key` is the target of an interrupted rotation that `older`
+/// resumes (`target` is the rotation's target record, if any).
+fn check_key_check(
+    key: &MasterKey,
+    older: &[MasterKey],
+    check: &[u8],
+    target: Option<&[u8]>,
+) -> Result<bool, OpenError> {
+    match check_opens(key, &KEY_CHECK_AAD, check) {
+        Ok(()) => Ok(false),
+        Err(CryptoError::WrongKey { expected, found }) => {
+            // The configured key may be the target of an interrupted rotation whose old key
+            // is given too.
+            let resumable = target.is_some_and(|t| check_opens(key, &REKEY_TARGET_AAD, t).is_ok())
+                && older
+                    .iter()
+                    .any(|old| check_opens(old, &KEY_CHECK_AAD, check).is_ok());
+            if resumable {
+                Ok(true)
+            } else {
+                Err(OpenError::WrongMasterKey {
+                    given: expected,
+                    expected: found,
+                })
+            }
+        }
+        Err(err) => Err(OpenError::KeyCheck(err)),
+    }
+}
+
+/// What [`Vault::open`] would refuse in the vault `reader` shows, checked without writing: a
+/// master key that is not the vault's, a damaged key check, a damaged or missing integrity
+/// key. A vault with no key check yet (new) passes.
+pub fn check_keys(
+    reader: &dyn Reader,
+    key: &MasterKey,
+    older: &[MasterKey],
+) -> Result<(), OpenError> {
+    let meta = |name: &str| records::meta(reader, name).map_err(OpenError::Store);
+    let Some(check) = meta(KEY_CHECK)? else {
+        return Ok(());
+    };
+    check_key_check(key, older, &check, meta(REKEY_TARGET)?.as_deref())?;
+    let id = MasterKey::envelope_key_id(&check).map_err(OpenError::KeyCheck)?;
+    let for_id = |id| std::iter::once(key).chain(older).find(|k| k.id() == id);
+    let check_key = for_id(id).ok_or(OpenError::KeyCheck(CryptoError::WrongKey {
+        expected: key.id(),
+        found: id,
+    }))?;
+    let version = check_version(check_key, &KEY_CHECK_AAD, &check).map_err(OpenError::KeyCheck)?;
+    match meta(INTEGRITY_KEY)? {
+        Some(sealed) => {
+            let id = MasterKey::envelope_key_id(&sealed).map_err(OpenError::IntegrityKey)?;
+            let sealer = for_id(id).ok_or(OpenError::IntegrityKey(CryptoError::WrongKey {
+                expected: key.id(),
+                found: id,
+            }))?;
+            IntegrityKey::open(sealer, &sealed).map_err(OpenError::IntegrityKey)?;
+            Ok(())
+        }
+        None if version >= 2 => Err(OpenError::IntegrityKeyMissing),
+        None => Ok(()),
+    }
+}
+
 /// The vault.
 pub struct Vault {
     store: Arc<dyn Store>,
@@ -212,9 +278,14 @@ impl Vault {
         let target = meta(REKEY_TARGET)?;
         let mut fresh = false;
         match meta(KEY_CHECK)? {
-            Some(check) => match check_opens(&key, &KEY_CHECK_AAD, &check) {
-                Ok(()) => {
-                    if let Some(target) = &target {
+            Some(check) => {
+                let resumed = check_key_check(&key, &older, &check, target.as_deref())?;
+                match (&target, resumed) {
+                    (_, true) => tracing::warn!(
+                        "a master key rotation to this key was interrupted; run `sharevault \
+                         rekey` again with this key to finish it"
+                    ),
+                    (Some(target), false) => {
                         let id = MasterKey::envelope_key_id(target).map_err(OpenError::KeyCheck)?;
                         tracing::warn!(
                             target_key_id = %id,
@@ -222,29 +293,9 @@ impl Vault {
                              with the new key to finish it"
                         );
                     }
+                    (None, false) => {}
                 }
-                Err(CryptoError::WrongKey { expected, found }) => {
-                    // The configured key may be the target of an interrupted rotation whose
-                    // old key is given too.
-                    let resumable = target
-                        .as_ref()
-                        .is_some_and(|t| check_opens(&key, &REKEY_TARGET_AAD, t).is_ok())
-                        && older
-                            .iter()
-                            .any(|old| check_opens(old, &KEY_CHECK_AAD, &check).is_ok());
-                    if !resumable {
-                        return Err(OpenError::WrongMasterKey {
-                            given: expected,
-                            expected: found,
-                        });
-                    }
-                    tracing::warn!(
-                        "a master key rotation to this key was interrupted; run `sharevault \
-                         rekey` again with this key to finish it"
-                    );
-                }
-                Err(err) => return Err(OpenError::KeyCheck(err)),
-            },
+            }
             None => {
                 fresh = true;
                 let check = key
@@ -556,7 +607,7 @@ impl Vault {
         max_batches: usize,
     ) -> Result<crate::audit::Pruned, crate::audit::PruneError> {
         crate::audit::prune(
-            self.store.as_ref(),
+            Arc::clone(&self.store),
             &self.audit_key,
             retention,
             now_ms(),

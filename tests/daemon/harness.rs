@@ -556,3 +556,25 @@ pub fn damage_custodian_share(database: &Path, client: &str, method: &str) {
     bytes[at + 3] ^= 0x01;
     std::fs::write(database, &bytes).unwrap();
 }
+
+/// Every file under `dir` (recursively) with the SHA-256 of its bytes and its mode: what a
+/// refused start must leave exactly as it was.
+pub fn dir_digest(dir: &Path) -> std::collections::BTreeMap<PathBuf, (String, u32)> {
+    use sha2::Digest;
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(at) = todo.pop() {
+        for entry in std::fs::read_dir(&at).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                todo.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                let digest = hex::encode(sha2::Sha256::digest(&bytes));
+                out.insert(path, (digest, meta.permissions().mode()));
+            }
+        }
+    }
+    out
+}

@@ -903,3 +903,35 @@ async fn deferred_read_audit_events_are_visible_at_once_and_durable_soon_after()
     let report = daemon.verify_audit(&admin).await;
     assert!(report.ok, "{report:?}");
 }
+
+/// A daemon without journals holds the data dir's lock too: `restore --replace` does not swap
+/// its database underneath it, and leaves the data dir as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_is_refused_beside_a_daemon_running_without_journals() {
+    let sandbox = Sandbox::new(93);
+    let daemon = sandbox.start_with(&["--journal-bytes", "0"]);
+    let mut hook = daemon.webhook().await;
+    let share = |n: u32| format!("{{\"backupSharePairId\":\"p{n}\",\"s\":{n}}}");
+    let put = |n| {
+        with_secret(
+            backup("c1", "PASSWORD-SECP256K1", &share(n)),
+            &sandbox.keys.webhook_secret,
+        )
+    };
+    hook.backup(put(1)).await.unwrap();
+    let snap = sandbox.tmp.path().join("snap");
+    snapshot_to(&daemon, &sandbox.keys.admin_token, &snap).await;
+    hook.backup(put(2)).await.unwrap();
+    let before = crate::harness::dir_digest(&sandbox.data_dir);
+
+    let out = restore_command(&snap, &sandbox.data_dir, &sandbox.keys.master_key_file)
+        .arg("--replace")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in use"), "{stderr}");
+    assert_eq!(crate::harness::dir_digest(&sandbox.data_dir), before);
+    let shares = fetch_shares(&mut hook, &sandbox.keys.webhook_secret, "c1".into()).await;
+    assert_eq!(shares, vec![share(2)]);
+}

@@ -779,3 +779,57 @@ async fn the_pin_comes_from_the_pkcs11_pin_credential_when_no_file_is_given() {
     let logs = token.refused(&seal);
     assert!(logs.contains("pkcs11-pin systemd credential"), "{logs}");
 }
+
+/// A refused start changes no byte of the data dir: not the database file (not even its
+/// identity), not its journals, and it creates no file. Each start here is refused after the
+/// database would have been opened: the wrong seal either way, the wrong master key.
+#[tokio::test]
+async fn refused_starts_change_no_byte_of_the_data_dir() {
+    let token = Token::new(67);
+    token.create_key("wrap-1");
+    let mut daemon = token.start("wrap-1", &[]);
+    put_share(&daemon, &token.keys, "c1", &share(1)).await;
+    assert!(daemon.signal("TERM").success());
+    let before = crate::harness::dir_digest(&token.data_dir);
+    assert!(
+        before
+            .keys()
+            .any(|p| p.ends_with("sharevault.redb.journal0"))
+    );
+
+    // The token's vault under the file seal.
+    let logs = token.refused(&[
+        "--master-key-file".into(),
+        token.keys.master_key_file.display().to_string(),
+    ]);
+    assert!(logs.contains("sealed by the PKCS#11 key"), "{logs}");
+    assert_eq!(crate::harness::dir_digest(&token.data_dir), before);
+    assert_eq!(
+        shares(&token.start("wrap-1", &[]), &token.keys, "c1").await,
+        [share(1)]
+    );
+
+    // A file-sealed vault under the token seal, and under another master key.
+    let file_vault = Token::new(68);
+    file_vault.create_key("wrap-1");
+    let mut daemon = file_vault.start_file();
+    put_share(&daemon, &file_vault.keys, "c2", &share(2)).await;
+    assert!(daemon.signal("TERM").success());
+    let before = crate::harness::dir_digest(&file_vault.data_dir);
+    let mut args = vec!["--seal".to_string(), "pkcs11".into()];
+    args.extend(file_vault.pkcs11("wrap-1"));
+    let logs = file_vault.refused(&args);
+    assert!(logs.contains("is its master key file"), "{logs}");
+    assert_eq!(crate::harness::dir_digest(&file_vault.data_dir), before);
+    let other = file_vault.keys.dir.join("other-master-key");
+    std::fs::write(&other, "ab".repeat(32)).unwrap();
+    std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let logs = file_vault.refused(&["--master-key-file".into(), other.display().to_string()]);
+    assert!(
+        logs.contains("is not the key this data dir was sealed with"),
+        "{logs}"
+    );
+    assert_eq!(crate::harness::dir_digest(&file_vault.data_dir), before);
+    let daemon = file_vault.start_file();
+    assert_eq!(shares(&daemon, &file_vault.keys, "c2").await, [share(2)]);
+}

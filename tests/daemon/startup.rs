@@ -123,7 +123,11 @@ async fn a_second_daemon_on_the_same_data_dir_is_refused() {
         &sandbox.data_dir,
         &Daemon::tcp_args(&sandbox.keys),
     )));
-    assert!(logs.contains("cannot open the database"), "{logs}");
+    // Refused at the data dir's lock, before anything of the data dir is read or written.
+    assert!(
+        logs.contains("is in use by another sharevault process"),
+        "{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,4 +240,70 @@ async fn serves_on_a_unix_socket_configured_from_a_file() {
     std::fs::write(&config, "grpc_listen = \"127.0.0.1:0\"\nmax_shares = 3\n").unwrap();
     let logs = exited(Daemon::launch(command(&sandbox.data_dir, &args)));
     assert!(logs.contains("max_shares"), "{logs}");
+}
+
+/// A data dir that lost its database but still holds its journals, or the secrets a first
+/// start generated there, is not a new vault: the start is refused, names what it found, and
+/// changes nothing; `--init` starts a new, empty vault there on purpose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_whose_database_is_missing_is_refused_unless_init() {
+    // Journals, no database.
+    let sandbox = Sandbox::new(94);
+    let mut daemon = sandbox.start();
+    assert!(daemon.signal("TERM").success());
+    std::fs::remove_file(sandbox.database()).unwrap();
+    let before = crate::harness::dir_digest(&sandbox.data_dir);
+    let args = Daemon::tcp_args(&sandbox.keys);
+    let logs = exited(Daemon::launch(command(&sandbox.data_dir, &args)));
+    assert!(logs.contains("the database is missing"), "{logs}");
+    assert!(logs.contains("the database's journal"), "{logs}");
+    assert!(logs.contains("--init"), "{logs}");
+    assert_eq!(crate::harness::dir_digest(&sandbox.data_dir), before);
+    let daemon = sandbox.start_with(&["--init"]);
+    assert!(daemon.logs().contains("sharevault is ready"));
+    drop(daemon);
+
+    // Generated secrets, no database (journals off).
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut args = vec!["--grpc-listen".to_string(), "127.0.0.1:0".to_string()];
+    args.extend(["--journal-bytes".to_string(), "0".to_string()]);
+    let Started::Ready(mut daemon) = Daemon::launch(command(&data, &args)) else {
+        panic!("first start failed")
+    };
+    assert!(daemon.signal("TERM").success());
+    std::fs::remove_file(data.join("sharevault.redb")).unwrap();
+    let before = crate::harness::dir_digest(&data);
+    let logs = exited(Daemon::launch(command(&data, &args)));
+    assert!(logs.contains("the database is missing"), "{logs}");
+    assert!(logs.contains("generated master key"), "{logs}");
+    assert!(
+        !logs.contains(
+            &std::fs::read_to_string(data.join("master-key"))
+                .unwrap()
+                .trim()
+                .to_string()
+        )
+    );
+    assert_eq!(crate::harness::dir_digest(&data), before);
+}
+
+/// A first start refused after its secrets were generated (here: its port is taken) writes
+/// none of them, so that the next start is still a first start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_first_start_leaves_the_data_dir_empty() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let args = vec![
+        "--grpc-listen".to_string(),
+        taken.local_addr().unwrap().to_string(),
+    ];
+    let logs = exited(Daemon::launch(command(&data, &args)));
+    assert!(logs.contains("cannot listen"), "{logs}");
+    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0);
+    let args = vec!["--grpc-listen".to_string(), "127.0.0.1:0".to_string()];
+    let Started::Ready(_daemon) = Daemon::launch(command(&data, &args)) else {
+        panic!("the next first start failed")
+    };
 }

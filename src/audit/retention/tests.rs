@@ -125,11 +125,11 @@ fn event(store: &RedbStore, seq: u64) -> Option<AuditEvent> {
 async fn pruning_by_count_archives_then_deletes_and_the_rest_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("archive");
-    let store = open(dir.path());
+    let store = Arc::new(open(dir.path()));
     let total = BATCH as u64 * 2 + 500;
     fill(&store, total).await;
 
-    let pruned = prune(&store, &key(), &by_count(&archive, 1000), 0, 100)
+    let pruned = prune(store.clone(), &key(), &by_count(&archive, 1000), 0, 100)
         .await
         .unwrap();
     let cut = total - 1000;
@@ -143,7 +143,7 @@ async fn pruning_by_count_archives_then_deletes_and_the_rest_verifies() {
     assert_eq!(report.events, 1000);
 
     // Nothing more to prune until the trail grows.
-    let again = prune(&store, &key(), &by_count(&archive, 1000), 0, 100)
+    let again = prune(store.clone(), &key(), &by_count(&archive, 1000), 0, 100)
         .await
         .unwrap();
     assert_eq!((again.events, again.pruned_to), (0, cut));
@@ -154,7 +154,7 @@ async fn pruning_by_count_archives_then_deletes_and_the_rest_verifies() {
 async fn pruning_by_age_keeps_the_younger_events() {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("archive");
-    let store = open(dir.path());
+    let store = Arc::new(open(dir.path()));
     fill(&store, 300).await;
     let retention = Retention {
         keep_events: None,
@@ -163,7 +163,7 @@ async fn pruning_by_age_keeps_the_younger_events() {
         interval: Duration::from_secs(60),
     };
     // At 250 s, events older than 150 s (events 1..=149) go.
-    let pruned = prune(&store, &key(), &retention, 250_000, 100)
+    let pruned = prune(store.clone(), &key(), &retention, 250_000, 100)
         .await
         .unwrap();
     assert_eq!(archived(&pruned.files), (1..=149).collect::<Vec<_>>());
@@ -175,11 +175,17 @@ async fn pruning_by_age_keeps_the_younger_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edited_anchor_or_kept_event_fails_verification() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    let store = Arc::new(open(dir.path()));
     fill(&store, 200).await;
-    prune(&store, &key(), &by_count(&dir.path().join("a"), 50), 0, 10)
-        .await
-        .unwrap();
+    prune(
+        store.clone(),
+        &key(),
+        &by_count(&dir.path().join("a"), 50),
+        0,
+        10,
+    )
+    .await
+    .unwrap();
     assert_eq!(verify(&store).problem, None);
     let anchor = meta(&store, PruneAnchor::META).unwrap();
 
@@ -217,18 +223,112 @@ async fn an_edited_anchor_or_kept_event_fails_verification() {
 async fn a_range_that_does_not_verify_is_not_pruned() {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("archive");
-    let store = open(dir.path());
+    let store = Arc::new(open(dir.path()));
     fill(&store, 100).await;
     let mut edited = event(&store, 20).unwrap();
     edited.client_id = "someone-else".into();
     put_raw(&store, TableId::Audit, KeyOwned::Seq(20), edited.encode()).await;
 
-    let err = prune(&store, &key(), &by_count(&archive, 10), 0, 10)
+    let err = prune(store.clone(), &key(), &by_count(&archive, 10), 0, 10)
         .await
         .unwrap_err();
     assert!(matches!(err, PruneError::Broken(20, _)), "{err}");
     assert!(event(&store, 1).is_some());
     assert_eq!(meta(&store, PruneAnchor::META), None);
     assert!(!archive.exists() || std::fs::read_dir(&archive).unwrap().next().is_none());
+    store.close();
+}
+
+/// Someone who can write the archive directory plants a symlink where the archive's temp file
+/// was written (a predictable name): the prune must not write through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_planted_in_the_archive_dir_is_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    std::fs::create_dir(&archive).unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"the database, say").unwrap();
+    let name = format!("audit-{:020}-{:020}.jsonl", 1, 10);
+    std::os::unix::fs::symlink(&victim, archive.join(format!(".{name}.tmp"))).unwrap();
+    let store = Arc::new(open(dir.path()));
+    fill(&store, 20).await;
+
+    let pruned = prune(store.clone(), &key(), &by_count(&archive, 10), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(archived(&pruned.files), (1..=10).collect::<Vec<_>>());
+    assert_eq!(std::fs::read(&victim).unwrap(), b"the database, say");
+    store.close();
+}
+
+#[test]
+fn the_archive_temp_file_is_never_opened_through_a_symlink_or_over_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"kept").unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    assert!(create_private(&link).is_err());
+    assert!(create_private(&victim).is_err());
+    assert_eq!(std::fs::read(&victim).unwrap(), b"kept");
+    // A dangling link is not followed either.
+    let dangling = dir.path().join("dangling");
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+    assert!(create_private(&dangling).is_err());
+    assert!(!dir.path().join("nowhere").exists());
+}
+
+/// A store that notes the threads its reads run on.
+struct Watched {
+    inner: RedbStore,
+    readers: std::sync::Mutex<Vec<std::thread::ThreadId>>,
+}
+
+impl Store for Watched {
+    fn write(&self, job: WriteJob) -> crate::store::WriteFuture {
+        self.inner.write(job)
+    }
+
+    fn read(&self) -> Result<Box<dyn crate::store::Reader + '_>, StoreError> {
+        self.readers
+            .lock()
+            .unwrap()
+            .push(std::thread::current().id());
+        self.inner.read()
+    }
+
+    fn size_bytes(&self) -> Option<u64> {
+        self.inner.size_bytes()
+    }
+
+    fn close(&self) {
+        self.inner.close();
+    }
+}
+
+/// The daemon's async workers serve calls: the pruner's reads of the trail (and its archive's
+/// writes and fsyncs, in the same blocking task) must not hold one of them. On a
+/// current-thread runtime, the runtime's thread is the test's.
+#[tokio::test(flavor = "current_thread")]
+async fn pruning_reads_and_archives_on_the_blocking_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let inner = open(dir.path());
+    fill(&inner, 50).await;
+    let store = Arc::new(Watched {
+        inner,
+        readers: Default::default(),
+    });
+    let pruned = prune(store.clone(), &key(), &by_count(&archive, 10), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(pruned.events, 40);
+    let readers = store.readers.lock().unwrap().clone();
+    assert!(!readers.is_empty());
+    let runtime_thread = std::thread::current().id();
+    assert!(
+        readers.iter().all(|&t| t != runtime_thread),
+        "the trail was read on the runtime's thread"
+    );
     store.close();
 }

@@ -2,7 +2,8 @@
 //!
 //! Nothing in the data dir is touched until the snapshot is authenticated: the integrity key in
 //! its header is opened with the master key, and the HMAC over the whole file is checked. Then
-//! the data dir is locked for the whole restore (the lock a running daemon holds), and every
+//! the data dir is locked for the whole restore (the lock every running daemon holds,
+//! [`crate::data_dir::DataDirLock`], and the journal's, which earlier versions held), and every
 //! record is checked while it is written into a new database file beside the live one: shares
 //! and cipherTexts must open with the master key under their own table, client and method;
 //! pairs, tokens and audit events must decode, every token's hash entry must name a token
@@ -454,7 +455,9 @@ pub fn restore_with(
 
     // 2. Lock the data dir for the rest of the restore.
     crate::secrets::prepare_data_dir(data_dir)?;
+    let dir_lock = crate::data_dir::DataDirLock::acquire(data_dir, "restoring")?;
     let live = data_dir.join(DATABASE_FILE);
+    // And the journal's lock, which daemons of earlier versions hold.
     let (lock, lock_created) = lock(&live, data_dir)?;
     let [journal0, journal1] = journal_paths(&live);
     let unlock = |lock: File| {
@@ -518,6 +521,7 @@ pub fn restore_with(
         .and_then(|d| d.sync_all())
         .map_err(|e| format!("cannot sync {}: {e}", data_dir.display()))?;
     drop(lock);
+    drop(dir_lock);
     // What the replaced vault's journals held goes into its file, so that it stands alone.
     if let (Some(aside), Some(journals)) = (&aside, &journals_aside)
         && JournaledFile::settle(aside).is_ok()

@@ -563,6 +563,7 @@ impl Drop for JournaledFile {
 #[cfg(test)]
 mod crash_tests;
 mod format;
+pub mod peek;
 mod replay;
 #[cfg(test)]
 mod tests;

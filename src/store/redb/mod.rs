@@ -135,6 +135,53 @@ impl Shared {
     }
 }
 
+/// The database as [`RedbStore::peek`] read it: only read, never written back.
+pub struct Peeked {
+    db: PeekedDb,
+}
+
+enum PeekedDb {
+    ReadOnly(redb::ReadOnlyDatabase),
+    /// Repaired in memory (the file needed a repair).
+    Repaired(Database),
+}
+
+impl Peeked {
+    pub fn read(&self) -> Result<Box<dyn Reader + '_>, StoreError> {
+        let txn = match &self.db {
+            PeekedDb::ReadOnly(db) => db.begin_read(),
+            PeekedDb::Repaired(db) => db.begin_read(),
+        }
+        .map_err(backend)?;
+        Ok(Box::new(RedbReader { txn }))
+    }
+}
+
+/// The overlay of [`RedbStore::peek`], shared by the handles redb is given.
+#[derive(Debug)]
+struct SharedView(Arc<super::journal::peek::Overlay>);
+
+impl redb::StorageBackend for SharedView {
+    fn len(&self) -> std::io::Result<u64> {
+        redb::StorageBackend::len(self.0.as_ref())
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        redb::StorageBackend::read(self.0.as_ref(), offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        redb::StorageBackend::set_len(self.0.as_ref(), len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        redb::StorageBackend::write(self.0.as_ref(), offset, data)
+    }
+    fn close(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The redb-backed [`Store`].
 pub struct RedbStore {
     shared: Arc<Shared>,
@@ -237,6 +284,32 @@ impl RedbStore {
             writer: Mutex::new(Some(writer)),
             flusher: Mutex::new(Some(flusher)),
         })
+    }
+
+    /// A read-only view of the database at `path` as its next open will see it (its
+    /// journals replayed in memory), without writing a byte of the data dir; `None` if there
+    /// is no database there yet. A file that was not closed cleanly and whose allocator state
+    /// was not recorded (quick-repair off) is repaired in memory, which reads the whole file.
+    pub fn peek(path: &Path) -> Result<Option<Peeked>, StoreError> {
+        let io = |e: std::io::Error| StoreError::Backend(format!("cannot read the database: {e}"));
+        let Some(view) = super::journal::peek::peek(path).map_err(io)? else {
+            return Ok(None);
+        };
+        let view = Arc::new(view);
+        let db = match Database::builder()
+            .set_cache_size(IMPORT_CACHE_BYTES)
+            .open_read_only_with_backend(SharedView(Arc::clone(&view)))
+        {
+            Ok(db) => PeekedDb::ReadOnly(db),
+            Err(redb::DatabaseError::RepairAborted) => PeekedDb::Repaired(
+                Database::builder()
+                    .set_cache_size(IMPORT_CACHE_BYTES)
+                    .create_with_backend(SharedView(Arc::clone(&view)))
+                    .map_err(backend)?,
+            ),
+            Err(err) => return Err(backend(err)),
+        };
+        Ok(Some(Peeked { db }))
     }
 
     /// Writes `rows` (already verified) into a new database file at `path`, in batches.
