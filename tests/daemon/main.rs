@@ -5,6 +5,7 @@
 mod auth;
 mod bench;
 mod cli;
+mod completions;
 mod doctor;
 mod durability;
 mod faults;
