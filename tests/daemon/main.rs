@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod backend_node;
 mod bench;
 mod cli;
 mod completions;
