@@ -85,10 +85,10 @@ impl Backend {
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines() {
                     let Ok(line) = line else { break };
-                    if let Some(addr) = line.strip_prefix("backend listening on http://") {
-                        if let Some(tx) = &tx {
-                            let _ = tx.send(addr.to_owned());
-                        }
+                    if let (Some(addr), Some(tx)) =
+                        (line.strip_prefix("backend listening on http://"), &tx)
+                    {
+                        let _ = tx.send(addr.to_owned());
                     }
                     let mut all = sink.lock().unwrap();
                     all.push_str(&line);
