@@ -84,6 +84,12 @@ enum Command {
         #[command(subcommand)]
         command: sharevault::cli::ops::AuditCommand,
     },
+    /// Print the shell completions for bash, zsh or fish (or elvish, powershell) on stdout:
+    /// `sharevault completions bash > ~/.local/share/bash-completion/completions/sharevault`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Write the shell completions and man pages of this command line into a directory, for
     /// packaging (`packaging/deb`).
     #[command(hide = true)]
@@ -154,6 +160,28 @@ fn settings(config: &Config) -> anyhow::Result<Settings> {
     })
 }
 
+/// The command line that completions offer: the visible commands only (clap_complete would
+/// offer hidden ones too).
+fn completed_command() -> clap::Command {
+    use clap::CommandFactory;
+    let full = Cli::command();
+    clap::Command::new("sharevault")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned())
+}
+
+/// Prints the completions for `shell` on stdout: the same script the package installs.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut completed_command(), "sharevault", &mut script);
+    let mut out = std::io::stdout().lock();
+    out.write_all(&script)
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")
+}
+
 /// Writes `completions/` (bash, zsh, fish) and `man/` (a page per visible command) under `dir`,
 /// generated from the command line's own definitions.
 fn package_files(dir: &std::path::Path) -> anyhow::Result<()> {
@@ -163,12 +191,7 @@ fn package_files(dir: &std::path::Path) -> anyhow::Result<()> {
     for sub in [&completions, &man] {
         std::fs::create_dir_all(sub).with_context(|| format!("cannot create {}", sub.display()))?;
     }
-    // Completions offer the visible commands only (clap_complete would offer hidden ones too).
-    let full = Cli::command();
-    let mut visible = clap::Command::new("sharevault")
-        .version(env!("CARGO_PKG_VERSION"))
-        .args(full.get_arguments().cloned())
-        .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
+    let mut visible = completed_command();
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
         clap_complete::generate_to(shell, &mut visible, "sharevault", &completions)
             .with_context(|| format!("cannot write the {shell} completions"))?;
@@ -329,6 +352,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         ))?),
         Command::Bench(args) => bench::run(args),
         Command::BenchStandIn(args) => bench::standin::run(args),
+        Command::Completions { shell } => completions(shell),
         Command::PackageFiles { out_dir } => package_files(&out_dir),
         Command::Openapi => {
             print!("{}", sharevault::api::http::openapi::document());

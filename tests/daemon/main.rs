@@ -3,8 +3,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod backend_node;
 mod bench;
 mod cli;
+mod completions;
 mod doctor;
 mod durability;
 mod faults;

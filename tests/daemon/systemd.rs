@@ -1,5 +1,6 @@
-//! The shipped systemd unit: systemd accepts it without a warning, rates its exposure low, and
-//! its command line and credentials are the ones the daemon understands.
+//! The shipped systemd units: systemd accepts them without a warning and rates their exposure
+//! low, their command lines and credentials are the ones the daemon understands, and two
+//! instances of the template (one vault per Portal environment) keep two separate vaults.
 
 use crate::harness::Sandbox;
 use std::path::{Path, PathBuf};
@@ -164,4 +165,257 @@ fn the_units_command_line_and_credentials_are_the_daemons() {
             "{field}"
         );
     }
+}
+
+fn template_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/sharevault@.service")
+}
+
+fn template() -> String {
+    std::fs::read_to_string(template_path()).unwrap()
+}
+
+#[test]
+fn systemd_verify_accepts_an_instance_of_the_template_unit_without_warnings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let credentials = tmp.path().join("production");
+    std::fs::create_dir(&credentials).unwrap();
+    for name in [
+        "master-key",
+        "webhook-secret",
+        "admin-token",
+        "sharevault.env",
+    ] {
+        std::fs::write(credentials.join(name), "test\n").unwrap();
+    }
+    let text = template();
+    assert_eq!(values(&text, "ExecStart").len(), 1, "{text}");
+    let rewritten = text
+        .replace(INSTALLED_BINARY, env!("CARGO_BIN_EXE_sharevault"))
+        .replace("/etc/sharevault/", &format!("{}/", tmp.path().display()));
+    let path = tmp.path().join("sharevault@production.service");
+    std::fs::write(&path, rewritten).unwrap();
+    let output = systemd_analyze(&["verify", &path.display().to_string()]);
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{report}");
+    assert!(
+        !report.lines().any(|line| line.contains("sharevault")),
+        "systemd-analyze verify warns about the template:\n{report}"
+    );
+    let (exposure, report) = exposure(&template_path());
+    assert!(exposure <= 2.0, "exposure {exposure} > 2.0:\n{report}");
+}
+
+/// The environment files docs/install.md shows, by instance name: `# /etc/sharevault/NAME/
+/// sharevault.env` and the `KEY=VALUE` lines under it, up to the end of the code block.
+fn documented_environment_files() -> Vec<(String, Vec<(String, String)>)> {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/install.md"))
+            .unwrap();
+    let mut files: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    let mut current: Option<(String, Vec<(String, String)>)> = None;
+    for line in doc.lines() {
+        if let Some(name) = line
+            .strip_prefix("# /etc/sharevault/")
+            .and_then(|rest| rest.strip_suffix("/sharevault.env"))
+        {
+            current = Some((name.to_owned(), Vec::new()));
+        } else if line.starts_with("```") {
+            files.extend(current.take());
+        } else if let Some((_, vars)) = current.as_mut() {
+            let (key, value) = line.split_once('=').expect("KEY=VALUE");
+            vars.push((key.to_owned(), value.to_owned()));
+        }
+    }
+    files
+}
+
+/// POSTs `body` to `path` of a webhook listener with `keys`' webhook secret.
+async fn send(
+    hook: &crate::http_client::Http,
+    path: String,
+    keys: &crate::harness::Keys,
+    body: serde_json::Value,
+) -> crate::http_client::Reply {
+    let headers = [("x-webhook-secret", keys.webhook_secret.as_str())];
+    hook.post_json(&path, &headers, &body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_of_the_template_unit_keep_two_separate_vaults() {
+    use crate::harness::{Daemon, Keys, Started};
+    use crate::http_client::Http;
+    use serde_json::json;
+
+    let text = template();
+    assert!(
+        text.lines()
+            .any(|l| l == "EnvironmentFile=/etc/sharevault/%i/sharevault.env"),
+        "{text}"
+    );
+    for expected in [
+        "Type=notify",
+        "DynamicUser=yes",
+        "StateDirectory=sharevault-%i",
+        "RuntimeDirectory=sharevault-%i",
+    ] {
+        assert!(text.lines().any(|l| l == expected), "{expected} in\n{text}");
+    }
+    let mut credentials: Vec<&str> = values(&text, "LoadCredential").to_vec();
+    credentials.sort_unstable();
+    assert_eq!(
+        credentials,
+        [
+            "admin-token:/etc/sharevault/%i/admin-token",
+            "master-key:/etc/sharevault/%i/master-key",
+            "webhook-secret:/etc/sharevault/%i/webhook-secret",
+        ]
+    );
+    let exec = values(&text, "ExecStart")[0];
+    let words: Vec<&str> = exec.split_whitespace().collect();
+    assert_eq!(&words[..2], [INSTALLED_BINARY, "serve"], "{exec}");
+
+    let files = documented_environment_files();
+    let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["production", "development"], "docs/install.md");
+    let mut ports = Vec::new();
+    for (_, vars) in &files {
+        for (key, value) in vars {
+            if key.ends_with("_LISTEN") {
+                ports.push(value.clone());
+            }
+        }
+    }
+    let mut distinct = ports.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        4,
+        "each instance needs its own ports: {ports:?}"
+    );
+
+    // Each instance started as systemd would start it: its ExecStart line with %i's
+    // directories, its environment file (the documented one, on ephemeral ports: tests bind no
+    // fixed port) and its own credentials.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut vaults = Vec::new();
+    for (seed, (name, vars)) in (60u8..).zip(&files) {
+        let state = tmp.path().join(format!("lib/sharevault-{name}"));
+        let runtime = tmp.path().join(format!("run/sharevault-{name}"));
+        std::fs::create_dir_all(&runtime).unwrap();
+        let keys = Keys::new(&tmp.path().join(format!("etc/{name}")), seed);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sharevault"));
+        for (var, _) in std::env::vars_os() {
+            if var.to_string_lossy().starts_with("SHAREVAULT_") {
+                cmd.env_remove(var);
+            }
+        }
+        cmd.args(words[1..].iter().map(|w| {
+            w.replace("${STATE_DIRECTORY}", &state.display().to_string())
+                .replace("${RUNTIME_DIRECTORY}", &runtime.display().to_string())
+        }));
+        for (key, value) in vars {
+            let value = if key.ends_with("_LISTEN") {
+                "127.0.0.1:0"
+            } else {
+                value
+            };
+            cmd.env(key, value);
+        }
+        cmd.env("CREDENTIALS_DIRECTORY", &keys.dir)
+            .env("SHAREVAULT_JOURNAL_BYTES", "4194304")
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let daemon = match Daemon::launch(cmd) {
+            Started::Ready(daemon) => daemon,
+            Started::Exited { status, logs } => {
+                panic!("instance {name} exited ({status}):\n{logs}")
+            }
+        };
+        assert!(
+            runtime.join("admin.sock").exists(),
+            "{name}: no admin socket"
+        );
+        assert!(
+            state.join("sharevault.redb").exists(),
+            "{name}: no vault in {state:?}"
+        );
+        let prefix = vars
+            .iter()
+            .find(|(key, _)| key == "SHAREVAULT_WEBHOOK_PATH_PREFIX")
+            .map(|(_, value)| value.clone())
+            .unwrap_or_default();
+        assert!(prefix.ends_with(name.as_str()), "{name}: prefix {prefix}");
+        let hook = Http::plain(daemon.webhook_addr.as_deref().unwrap());
+        vaults.push((name.clone(), keys, prefix, hook, daemon));
+    }
+
+    let (_, prod_keys, prod_prefix, prod_hook, _) = &vaults[0];
+    let (_, dev_keys, dev_prefix, dev_hook, _) = &vaults[1];
+    let backup = json!({
+        "clientId": "clx-prod-1",
+        "backupMethod": "PASSWORD-SECP256K1",
+        "share": "{\"backupSharePairId\":\"pair-prod-1\",\"share\":\"s\"}",
+    });
+    let fetch = json!({"clientId": "clx-prod-1"});
+    // Production's webhook, with production's secret: stored there and only there.
+    let stored = send(
+        prod_hook,
+        format!("{prod_prefix}/backup"),
+        prod_keys,
+        backup.clone(),
+    )
+    .await;
+    assert_eq!(stored.status, 200);
+    let fetched = send(
+        prod_hook,
+        format!("{prod_prefix}/backup/fetch"),
+        prod_keys,
+        fetch.clone(),
+    )
+    .await
+    .json();
+    assert_eq!(
+        fetched["backupShares"].as_array().unwrap().len(),
+        1,
+        "{fetched}"
+    );
+    let fetched = send(
+        dev_hook,
+        format!("{dev_prefix}/backup/fetch"),
+        dev_keys,
+        fetch.clone(),
+    )
+    .await
+    .json();
+    assert_eq!(
+        fetched["backupShares"],
+        json!([]),
+        "development holds production's share"
+    );
+    // Production's secret on development's webhook, or production's path: refused.
+    let wrong_secret = send(
+        dev_hook,
+        format!("{dev_prefix}/backup"),
+        prod_keys,
+        backup.clone(),
+    )
+    .await;
+    assert_eq!(wrong_secret.status, 401);
+    let wrong_path = send(
+        dev_hook,
+        format!("{prod_prefix}/backup"),
+        dev_keys,
+        backup.clone(),
+    )
+    .await;
+    assert_eq!(wrong_path.status, 404);
 }
