@@ -265,3 +265,72 @@ async fn doctor_exits_zero_when_every_client_can_recover() {
         (Some(3), Some(3))
     );
 }
+
+/// Shares stored under a method without a curve (legacy `UNKNOWN`, a bare `GDRIVE`) or under
+/// a method Portal added since (`PASSKEY-ENCLAVE`: its suffix is no curve) are stored as sent,
+/// answered by the fetch, and recover: doctor finds nothing missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_without_a_known_curve_are_stored_fetched_and_recover() {
+    let sandbox = Sandbox::new(85);
+    let daemon = sandbox.start();
+    let backend = sandbox.backend_token(&daemon).await;
+    let secret = sandbox.keys.webhook_secret.clone();
+    let mut hook = daemon.webhook().await;
+    let mut api = daemon.backup().await;
+    let mut shares = Vec::new();
+    for (sent, stored) in [
+        ("", "UNKNOWN"),
+        ("GDRIVE", "GDRIVE"),
+        ("PASSKEY-ENCLAVE", "PASSKEY-ENCLAVE"),
+        ("Some Method/v2", "Some Method/v2"),
+    ] {
+        let share = format!(
+            "{{\"backupSharePairId\":\"pair-{}\",\"s\":1}}",
+            shares.len()
+        );
+        hook.backup(with_secret(
+            pb::BackupRequest {
+                client_id: "legacy".into(),
+                backup_method: sent.into(),
+                share: share.clone(),
+                backup_share_pair_id: None,
+            },
+            &secret,
+        ))
+        .await
+        .unwrap();
+        let stored_ct = api
+            .store_client_backup_share(with_token(
+                pb::StoreClientBackupShareRequest {
+                    client_id: "legacy".into(),
+                    backup_method: stored.into(),
+                    cipher_text: format!("ct-{stored}"),
+                },
+                &backend,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            stored_ct.completed_backup_share_pair_ids,
+            [format!("pair-{}", shares.len())],
+            "{stored}: its cipherText completes its own pair"
+        );
+        shares.push(share);
+    }
+    let mut fetched = crate::harness::fetch_shares(&mut hook, &secret, "legacy".into()).await;
+    fetched.sort();
+    shares.sort();
+    assert_eq!(fetched, shares);
+
+    let admin = Admin::new(&sandbox, &daemon);
+    let run = admin.run(&["doctor", "--json"]);
+    assert!(
+        run.ok,
+        "every method recovers: {}{}",
+        run.stdout, run.stderr
+    );
+    let totals: serde_json::Value =
+        serde_json::from_str(run.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(totals["unrecoverable_clients"], 0, "{}", run.stdout);
+}

@@ -381,6 +381,64 @@ async fn only_the_eject_role_reads_a_custodian_share(flow: &mut Flow, latest: &s
     assert_eq!(denied.code(), Code::PermissionDenied);
 }
 
+/// The backend reads the cipherText of a given pair over gRPC, current or kept, and lists the
+/// client shares with their pairs; a malformed or unknown pair id is refused by name.
+async fn the_backend_reads_a_pairs_cipher_text(flow: &mut Flow) {
+    let client = flow.client;
+    let by_pair = async |flow: &mut Flow, pair: &str| {
+        flow.api
+            .get_client_backup_share(with_token(
+                pb::GetClientBackupShareRequest {
+                    client_id: client.into(),
+                    backup_method: String::new(),
+                    backup_share_pair_id: pair.into(),
+                },
+                &flow.backend,
+            ))
+            .await
+            .map(tonic::Response::into_inner)
+    };
+    let got = by_pair(flow, &pair_id(client, "GDRIVE", "SECP256K1", 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        (got.cipher_text.as_str(), got.backup_method.as_str()),
+        ("cipher-GDRIVE-v1", "GDRIVE")
+    );
+    let mut covered = got.backup_share_pair_ids.clone();
+    covered.sort();
+    let mut want = flow.pair_ids("GDRIVE", 1);
+    want.sort();
+    assert_eq!(covered, want);
+    let unknown = by_pair(flow, "no-such-pair").await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    let bad = by_pair(flow, "bad pair").await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(
+        bad.message().starts_with("backup_share_pair_id:"),
+        "{}",
+        bad.message()
+    );
+    let listed = flow
+        .api
+        .list_client_backup_shares(with_token(
+            pb::ListClientBackupSharesRequest {
+                client_id: client.into(),
+            },
+            &flow.backend,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .client_backup_shares;
+    assert_eq!(listed.len(), METHODS.len(), "{listed:?}");
+    assert!(
+        listed
+            .iter()
+            .all(|s| s.current && s.backup_share_pair_ids.len() == 2)
+    );
+}
+
 /// Deleting a client share reopens its method's pairs.
 async fn deleting_a_client_share_reopens_its_pairs(flow: &mut Flow) {
     let deleted = flow
@@ -452,6 +510,7 @@ async fn portal_flow_stores_fetches_replaces_and_completes_pairs() {
     completed_pairs_stay_completed(&mut flow).await;
     let latest = a_new_share_replaces_one_key_and_restarts_its_pair(&mut flow).await;
     only_the_eject_role_reads_a_custodian_share(&mut flow, &latest).await;
+    the_backend_reads_a_pairs_cipher_text(&mut flow).await;
     deleting_a_client_share_reopens_its_pairs(&mut flow).await;
     erasing_the_client_leaves_nothing_and_others_untouched(&mut flow).await;
 }
@@ -465,6 +524,7 @@ async fn portal_flow_on_postgres_stores_fetches_replaces_and_completes_pairs() {
     completed_pairs_stay_completed(&mut flow).await;
     let latest = a_new_share_replaces_one_key_and_restarts_its_pair(&mut flow).await;
     only_the_eject_role_reads_a_custodian_share(&mut flow, &latest).await;
+    the_backend_reads_a_pairs_cipher_text(&mut flow).await;
     deleting_a_client_share_reopens_its_pairs(&mut flow).await;
     erasing_the_client_leaves_nothing_and_others_untouched(&mut flow).await;
 }

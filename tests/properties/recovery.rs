@@ -81,6 +81,7 @@ struct Attempt {
 /// The vault under test, as the company's server and backend use it.
 struct Company {
     vault: Vault,
+    store: Arc<dyn Store>,
 }
 
 impl Company {
@@ -98,7 +99,7 @@ impl Company {
             failures: FailureLimiter::new(0, std::time::Duration::from_secs(60)),
         };
         let vault = Vault::open(
-            store,
+            Arc::clone(&store),
             key,
             Vec::new(),
             Limits::default(),
@@ -107,7 +108,7 @@ impl Company {
         )
         .await
         .unwrap_or_else(|_| panic!("the vault opens"));
-        Self { vault }
+        Self { vault, store }
     }
 }
 
@@ -411,4 +412,200 @@ proptest! {
         });
         prop_assert!(result.is_ok(), "{attempts:?}: {}", result.unwrap_err());
     }
+}
+
+/// Stores one backup of `method` (both curves) and, with `complete`, its cipherText.
+async fn back_up(vault: &Vault, client: &str, method: &str, n: usize, complete: bool) -> Backup {
+    let backup = Backup::new(client, method, n, Flow::Sdk);
+    for curve in 0..2 {
+        let key = format!("{method}-{}", CURVES[curve]);
+        vault
+            .backup(
+                BackupInput {
+                    client_id: client,
+                    backup_method: &key,
+                    share: &backup.shares[curve],
+                    backup_share_pair_id: None,
+                },
+                "portal",
+            )
+            .await
+            .unwrap();
+    }
+    if complete {
+        vault
+            .store_client_share(client, method, &backup.cipher_texts[0], "backend")
+            .await
+            .unwrap();
+    }
+    backup
+}
+
+/// However tight the limits, the newest completed version of a key stays while the key holds
+/// a share: backups that never complete cannot push the last completed one out.
+#[test]
+fn retention_never_removes_the_newest_completed_version_of_a_key() {
+    runtime().block_on(async {
+        let tight = sharevault::vault::versions::Retention {
+            keep: 1,
+            keep_days: 0,
+            max: 1,
+            max_per_client: 2,
+        };
+        let company = Company::open().await;
+        let vault = company.vault.with_retention(tight);
+        let done = back_up(&vault, "c", "PASSWORD", 0, true).await;
+        for n in 1..5 {
+            back_up(&vault, "c", "PASSWORD", n, false).await;
+        }
+        let fetched = vault.fetch("c", "portal").await.unwrap();
+        for share in &done.shares {
+            assert!(
+                fetched.iter().any(|f| f.share.as_str() == share),
+                "the completed backup is still answered"
+            );
+        }
+        let ct = vault
+            .client_share("c", "", Some(&done.pairs[0]), "backend")
+            .await
+            .unwrap();
+        assert_eq!(ct.cipher_text.as_str(), done.cipher_texts[0]);
+        let versions = vault.list_versions("c").await.unwrap();
+        let kept = versions.iter().filter(|v| v.number > 0).count();
+        assert_eq!(
+            kept, 2,
+            "one kept version per curve, the completed one: {versions:?}"
+        );
+    });
+}
+
+/// A client's versions are bounded across all its keys, those of a deleted cipherText
+/// included, oldest first.
+#[test]
+fn versions_are_capped_per_client_across_keys() {
+    runtime().block_on(async {
+        let retention = sharevault::vault::versions::Retention {
+            keep: 5,
+            keep_days: 90,
+            max: 5,
+            max_per_client: 6,
+        };
+        let company = Company::open().await;
+        let vault = company.vault.with_retention(retention);
+        // Three cipherTexts per method, for four methods: two kept versions each, eight in all.
+        for method in ["A", "B", "C", "D"] {
+            for n in 0..3 {
+                vault
+                    .store_client_share("c", method, &format!("ct-{method}-{n}"), "backend")
+                    .await
+                    .unwrap();
+            }
+        }
+        vault
+            .delete_client_share("c", "A", "backend")
+            .await
+            .unwrap();
+        let kept: Vec<_> = vault
+            .list_versions("c")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|v| v.number > 0)
+            .collect();
+        assert_eq!(kept.len(), 6, "{kept:?}");
+        // The oldest (A's, whose cipherText is now deleted, then B's first) went first.
+        assert_eq!(
+            kept.iter().filter(|v| v.backup_method == "A").count(),
+            0,
+            "{kept:?}"
+        );
+        assert!(kept.iter().filter(|v| v.backup_method == "D").count() == 2);
+        // Another write to a key whose share was deleted: the client stays within its cap.
+        vault
+            .store_client_share("c", "A", "ct-A-again", "backend")
+            .await
+            .unwrap();
+        vault
+            .store_client_share("c", "A", "ct-A-again-2", "backend")
+            .await
+            .unwrap();
+        let kept = vault
+            .list_versions("c")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|v| v.number > 0)
+            .count();
+        assert_eq!(kept, 6);
+    });
+}
+
+/// Which backup a cipherText belongs to is decided by the order of commits, not by the
+/// clocks of the daemons that stored them: a cipherText stored after its custodian share by a
+/// daemon whose clock is behind still completes the pair, and one stored before it by a
+/// daemon whose clock is ahead still does not.
+#[test]
+fn a_cipher_text_belongs_to_a_backup_by_commit_order_not_by_clock() {
+    use sharevault::vault::SealedRecord;
+    use sharevault::vault::rules::{self, WriteOp};
+    use sharevault::vault::versions::Retention;
+    runtime().block_on(async {
+        let company = Company::open().await;
+        let store = company.store.as_ref();
+        let record = |at: u64, pair: Option<&str>| SealedRecord {
+            created_at_ms: at,
+            seq: 0,
+            pair_id: pair.map(str::to_owned),
+            covers: Vec::new(),
+            envelope: vec![1, 2, 3],
+        };
+        let put = |client: &str, custodian: bool, at: u64| {
+            let (client_id, record) = (client.to_owned(), record(at, custodian.then_some("p")));
+            if custodian {
+                WriteOp::PutCustodianShare {
+                    client_id,
+                    backup_method: "PASSWORD-ED25519".into(),
+                    record,
+                    unchanged: None,
+                    retention: Retention::default(),
+                }
+            } else {
+                WriteOp::PutClientShare {
+                    client_id,
+                    backup_method: "PASSWORD".into(),
+                    record,
+                    unchanged: None,
+                    retention: Retention::default(),
+                }
+            }
+        };
+        let complete = |client: &str| WriteOp::UpdatePairs {
+            client_id: client.to_owned(),
+            ids: vec!["p".into()],
+            status: PairStatus::StoredClientBackupShare,
+            now_ms: 10_000,
+        };
+        // The custodian share at 5,000 ms; the cipherText after it, from a clock 3 s behind.
+        rules::write(store, put("behind", true, 5_000), None, None)
+            .await
+            .unwrap();
+        rules::write(store, put("behind", false, 2_000), None, None)
+            .await
+            .unwrap();
+        rules::write(store, complete("behind"), None, None)
+            .await
+            .expect("a cipherText committed after the custodian share completes its pair");
+        // The cipherText first, from a clock 3 s ahead; then the custodian share.
+        rules::write(store, put("ahead", false, 8_000), None, None)
+            .await
+            .unwrap();
+        rules::write(store, put("ahead", true, 5_000), None, None)
+            .await
+            .unwrap();
+        let refused = rules::write(store, complete("ahead"), None, None).await;
+        assert!(
+            refused.is_err(),
+            "a cipherText committed before the custodian share belongs to an earlier backup"
+        );
+    });
 }
