@@ -103,6 +103,11 @@ pub struct ServeArgs {
         value_name = "CIDRS"
     )]
     pub webhook_allow_cidrs: Option<Vec<String>>,
+    /// Also serve the webhook over gRPC (`sharevault.v1.WebhookService`) on the private
+    /// listener, to the sources the webhook allow-list admits by their own address; Portal
+    /// calls only the HTTP webhook [default: false].
+    #[arg(long, env = "SHAREVAULT_GRPC_WEBHOOK", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub grpc_webhook: Option<bool>,
     /// Proxies (CIDRs) whose `X-Forwarded-For` header names the real client [default: none].
     #[arg(
         long,
@@ -346,6 +351,8 @@ pub struct WebhookConfig {
     pub legacy_backup_share: bool,
     /// Networks allowed to call the webhook routes; empty allows any.
     pub allow: Vec<ipnet::IpNet>,
+    /// Whether the private listener also serves the webhook over gRPC.
+    pub grpc: bool,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
@@ -517,6 +524,7 @@ impl Config {
                 "trusted_proxies",
                 args.trusted_proxies.clone().or(file.trusted_proxies),
             )?,
+            grpc: args.grpc_webhook.or(file.grpc_webhook).unwrap_or(false),
         };
         let request_timeout = args
             .request_timeout_seconds
@@ -772,6 +780,16 @@ mod tests {
         assert_eq!(config.http_listen, None);
         assert_eq!(config.webhook.path_prefix, "/portal/webhook");
         assert_eq!(config.webhook.allow.len(), 2);
+        assert!(!config.webhook.grpc, "the gRPC webhook is off by default");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sharevault.toml");
+        std::fs::write(&path, "grpc_webhook = true\n").unwrap();
+        let from_file = Config::load(&ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert!(from_file.webhook.grpc);
         for bad in [
             ServeArgs {
                 webhook_path_prefix: Some("webhook".into()),

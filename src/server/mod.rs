@@ -74,8 +74,17 @@ const SERVICES: [&str; 3] = [
     <AdminServiceServer<AdminApi> as NamedService>::NAME,
 ];
 
-async fn set_health(reporter: &tonic_health::server::HealthReporter, status: ServingStatus) {
-    for name in std::iter::once("").chain(SERVICES) {
+/// Sets the health of the daemon and of every service it serves (the WebhookService only
+/// with `grpc_webhook`).
+async fn set_health(
+    reporter: &tonic_health::server::HealthReporter,
+    grpc_webhook: bool,
+    status: ServingStatus,
+) {
+    let served = SERVICES.into_iter().filter(|name| {
+        grpc_webhook || *name != <WebhookServiceServer<WebhookApi> as NamedService>::NAME
+    });
+    for name in std::iter::once("").chain(served) {
         reporter.set_service_status(name, status).await;
     }
 }
@@ -95,6 +104,7 @@ fn grpc_router(
     >,
     limits: &Limits,
     timeout: Duration,
+    webhook: Option<Arc<Vec<ipnet::IpNet>>>,
 ) -> Result<axum::Router, ServeError> {
     let max = max_grpc_message(limits);
     let health = health.max_decoding_message_size(max);
@@ -119,17 +129,22 @@ fn grpc_router(
         .map_err(|e| ServeError::Reflection(e.to_string()))?
         .max_decoding_message_size(max);
     let mut routes = tonic::service::Routes::builder();
+    // Portal calls only the HTTP webhook: its gRPC twin is served on request, and then only
+    // to the sources the allow-list admits.
+    if let Some(allow) = webhook {
+        routes.add_service(
+            WebhookServiceServer::new(WebhookApi {
+                ready: ready.clone(),
+                calls: calls.clone(),
+                allow,
+            })
+            .max_decoding_message_size(max),
+        );
+    }
     routes
         .add_service(health)
         .add_service(v1)
         .add_service(v1alpha)
-        .add_service(
-            WebhookServiceServer::new(WebhookApi {
-                ready: ready.clone(),
-                calls: calls.clone(),
-            })
-            .max_decoding_message_size(max),
-        )
         .add_service(
             BackupServiceServer::new(BackupApi {
                 ready: ready.clone(),
@@ -253,7 +268,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    set_health(&reporter, ServingStatus::NotServing).await;
+    let grpc_webhook = settings.config.webhook.grpc;
+    set_health(&reporter, grpc_webhook, ServingStatus::NotServing).await;
     let ready = Ready::default();
     // The one registry, and a handle for each part of the daemon.
     let metrics = crate::metrics::Metrics::new();
@@ -265,6 +281,7 @@ pub async fn run(
             health,
             &settings.config.limits,
             settings.config.request_timeout,
+            grpc_webhook.then(|| Arc::new(settings.config.webhook.allow.clone())),
         )?,
         crate::api::http::json_api::router(
             ready.clone(),
@@ -406,7 +423,7 @@ pub async fn run(
         ready.set_seal(token.clone());
         tokio::spawn(token.watch(settings.config.seal_check_interval))
     });
-    set_health(&reporter, ServingStatus::Serving).await;
+    set_health(&reporter, grpc_webhook, ServingStatus::Serving).await;
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("serving"),
@@ -439,7 +456,7 @@ pub async fn run(
         sd_notify::NotifyState::Stopping,
         sd_notify::NotifyState::Status("stopping: draining in-flight calls"),
     ]);
-    set_health(&reporter, ServingStatus::NotServing).await;
+    set_health(&reporter, grpc_webhook, ServingStatus::NotServing).await;
     let _ = stop_tx.send(true);
     let drained = async { while servers.join_next().await.is_some() {} };
     if tokio::time::timeout(settings.config.shutdown_grace, drained)
