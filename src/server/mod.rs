@@ -189,7 +189,8 @@ async fn grpc_deadline(
             .into_http::<axum::body::Body>()
     };
     if !LONG_CALLS.contains(&request.uri().path()) {
-        return tokio::time::timeout(timeout, next.run(request))
+        let served = tokio::time::timeout(timeout, next.run(request));
+        return crate::api::observe::within_deadline(timeout, served)
             .await
             .unwrap_or_else(|_| late());
     }

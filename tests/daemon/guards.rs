@@ -3,8 +3,13 @@
 //! connection is accepted; failures from a limited source answered late.
 
 use crate::harness::{Daemon, Sandbox, Started, command, with_secret};
+use crate::http_client::Http;
+use serde_json::json;
 use sharevault::pb;
 use sharevault::pb::webhook_service_client::WebhookServiceClient;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 use tonic::Code;
 
 const WEBHOOK: &str = "sharevault.v1.WebhookService";
@@ -92,4 +97,89 @@ async fn the_grpc_webhook_is_served_only_on_request_and_only_to_the_allow_list()
         .into_inner()
         .backup_shares;
     assert_eq!(shares, ["s2"], "the refused backup stored nothing");
+}
+
+/// The daemon's `/metrics` text.
+async fn scrape(daemon: &Daemon) -> String {
+    let reply = Http::plain(&daemon.endpoint)
+        .send("GET", "/metrics", &[], None)
+        .await;
+    assert_eq!(reply.status, 200);
+    String::from_utf8(reply.body).unwrap()
+}
+
+/// The value of `sharevault_calls_total` for the webhook's `method` and `outcome` (0 if the
+/// series is not exported).
+fn webhook_calls(text: &str, method: &str, outcome: &str) -> u64 {
+    let series = format!(
+        "sharevault_calls_total{{service=\"WebhookHttp\",method=\"{method}\",outcome=\"{outcome}\"}} "
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |v| v.parse().unwrap())
+}
+
+/// The call log lines of `logs` with `outcome`.
+fn call_lines<'a>(logs: &'a str, outcome: &str) -> Vec<&'a str> {
+    let needle = format!("outcome=\"{outcome}\"");
+    logs.lines()
+        .filter(|l| l.contains("sharevault::call") && l.contains(&needle))
+        .collect()
+}
+
+/// Reads what the daemon answers on `stream` within 20 s (its status line first).
+async fn answer(stream: &mut TcpStream) -> String {
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_list_refusals_and_timeouts_are_counted_and_logged_once_each() {
+    let sandbox = Sandbox::new(111);
+    let secret = sandbox.keys.webhook_secret.clone();
+    // Behind a trusted proxy on loopback, Portal's forwarded address is allowed.
+    let daemon = sandbox.start_with(&[
+        "--webhook-allow-cidrs",
+        "35.203.150.117",
+        "--trusted-proxies",
+        "127.0.0.0/8",
+        "--request-timeout-seconds",
+        "1",
+    ]);
+    let hook = daemon.webhook_addr.clone().unwrap();
+    let refused = Http::plain(&hook)
+        .post_json(
+            "/backup",
+            &[
+                ("x-webhook-secret", secret.as_str()),
+                ("x-forwarded-for", "198.51.100.7"),
+            ],
+            &json!({"clientId": "counted", "share": "SHARE-NEVER-LOGGED"}),
+        )
+        .await;
+    assert_eq!(refused.status, 403);
+    // An upload that never finishes is cut by the request timeout.
+    let head = format!(
+        "POST /backup HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         x-webhook-secret: {secret}\r\nx-forwarded-for: 35.203.150.117\r\n\
+         content-length: 1000\r\n\r\n{{\"clientId\":\"counted\",\"share\":\"SHARE-NEVER"
+    );
+    let mut stalled = Http::plain(&hook).open(head.as_bytes()).await;
+    let cut = answer(&mut stalled).await;
+    assert!(cut.starts_with("HTTP/1.1 503"), "{cut}");
+
+    let text = scrape(&daemon).await;
+    assert_eq!(webhook_calls(&text, "Backup", "forbidden"), 1, "{text}");
+    assert_eq!(webhook_calls(&text, "Backup", "timeout"), 1, "{text}");
+    let logs = daemon.logs();
+    let forbidden = call_lines(&logs, "forbidden");
+    assert_eq!(forbidden.len(), 1, "{logs}");
+    assert!(forbidden[0].contains("198.51.100.7"), "{}", forbidden[0]);
+    assert_eq!(call_lines(&logs, "timeout").len(), 1, "{logs}");
+    assert!(!logs.contains("SHARE-NEVER"), "no body in the logs");
+    assert!(!logs.contains(&secret), "no secret in the logs");
 }
