@@ -209,7 +209,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SHAREVAULT_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
     /// Most open connections per source address (IPv6: per /64) on each listener; more are
-    /// closed at once. Trusted proxies are exempt [default: a quarter of max_connections].
+    /// closed at once. Trusted proxies are exempt [default: max_connections / 16, so that no
+    /// fewer than 16 sources can fill a listener].
     #[arg(long, env = "SHAREVAULT_MAX_CONNECTIONS_PER_SOURCE", value_name = "N")]
     pub max_connections_per_source: Option<usize>,
     /// Seconds a connection may stay open with no request in it before it is closed
@@ -323,6 +324,12 @@ pub struct Config {
     pub limits_per_listener: ListenerLimits,
     pub log_format: LogFormat,
 }
+
+/// How many sources, at the default per-source limit, it takes to fill a listener's
+/// connections: each may hold `max_connections / SOURCES_TO_FILL` (at least one). A handful of
+/// addresses (a small cloud allocation, a few IPv6 /64s) cannot take a listener, and Portal's
+/// three egress addresses keep 64 connections each at the default 1024.
+pub const SOURCES_TO_FILL: usize = 16;
 
 /// Limits each listener enforces on its own, so that a flood on one does not starve another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -561,7 +568,7 @@ impl Config {
         {
             Some(0) => return Err("max_connections_per_source must be at least 1".into()),
             Some(n) => n.min(max_connections),
-            None => (max_connections / 4).max(1),
+            None => (max_connections / SOURCES_TO_FILL).max(1),
         };
         let connection_idle = args
             .connection_idle_seconds
@@ -817,6 +824,22 @@ mod tests {
             },
         ] {
             assert!(Config::load(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn no_fewer_than_sixteen_sources_fill_a_listener_by_default() {
+        for (max, per_source) in [(1024, 64), (64, 4), (8, 1), (1, 1)] {
+            let config = Config::load(&ServeArgs {
+                max_connections: Some(max),
+                ..ServeArgs::default()
+            })
+            .unwrap();
+            let limits = config.limits_per_listener;
+            assert_eq!(limits.max_connections_per_source, per_source, "{max}");
+            if max >= SOURCES_TO_FILL {
+                assert!(limits.max_connections_per_source * (SOURCES_TO_FILL - 1) < max);
+            }
         }
     }
 

@@ -211,7 +211,7 @@ mod tests {
         assert_eq!(value["webhook_allow_cidrs"][0], "10.0.0.0/8");
         assert_eq!(value["log_format"], "text");
         assert_eq!(value["max_connections"], 1024);
-        assert_eq!(value["max_connections_per_source"], 256);
+        assert_eq!(value["max_connections_per_source"], 64);
         assert_eq!(value["connection_idle_seconds"], 60);
         assert_eq!(value["database"], "embedded");
         let on_pg = Config::load(&ServeArgs {

@@ -10,7 +10,7 @@ mod connection;
 mod listen;
 mod pruner;
 
-pub use connection::{Admission, App, HEADER_TIMEOUT, MAX_HEADER_BYTES, serve};
+pub use connection::{Admission, AllowAtAccept, App, HEADER_TIMEOUT, MAX_HEADER_BYTES, serve};
 pub use listen::{Listener, tls_acceptor};
 
 use crate::api::Ready;
@@ -298,6 +298,7 @@ pub async fn run(
         limits: settings.config.limits_per_listener,
         trusted_proxies: Arc::clone(&proxies),
         metrics: metrics.listeners.clone(),
+        allow: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
@@ -330,6 +331,14 @@ pub async fn run(
             settings.config.max_request_bytes,
             settings.config.request_timeout,
         );
+        let allow = &settings.config.webhook.allow;
+        let admission = Admission {
+            allow: (!allow.is_empty()).then(|| AllowAtAccept {
+                allow: Arc::new(allow.clone()),
+                calls: metrics.calls.clone(),
+            }),
+            ..admission
+        };
         servers.spawn(serve(
             http,
             public,

@@ -8,7 +8,7 @@ use serde_json::json;
 use sharevault::pb;
 use sharevault::pb::webhook_service_client::WebhookServiceClient;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Code;
 
@@ -182,4 +182,98 @@ async fn allow_list_refusals_and_timeouts_are_counted_and_logged_once_each() {
     assert_eq!(call_lines(&logs, "timeout").len(), 1, "{logs}");
     assert!(!logs.contains("SHARE-NEVER"), "no body in the logs");
     assert!(!logs.contains(&secret), "no secret in the logs");
+}
+
+/// What a connection from `source` to `addr` got for `GET /healthz`.
+#[derive(Debug, PartialEq, Eq)]
+enum Probe {
+    /// Answered: the connection holds a slot (kept open in the stream).
+    Served,
+    /// Closed by the daemon without an answer.
+    Closed,
+    /// No answer within 5 s: waiting in the backlog of a full listener.
+    Waiting,
+}
+
+async fn probe(addr: &str, source: &str) -> (Probe, TcpStream) {
+    let mut stream = Http::from_source(addr, source).connect().await;
+    let _ = stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 512];
+    let probe = match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+        Err(_) => Probe::Waiting,
+        Ok(Ok(n)) if n > 0 => {
+            assert!(buf.starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+            Probe::Served
+        }
+        Ok(_) => Probe::Closed,
+    };
+    (probe, stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_outside_the_allow_list_is_closed_at_accept_and_holds_no_slot() {
+    let sandbox = Sandbox::new(112);
+    let daemon = sandbox.start_with(&[
+        "--webhook-allow-cidrs",
+        "127.0.0.2/32",
+        "--max-connections",
+        "2",
+        "--max-connections-per-source",
+        "2",
+    ]);
+    let hook = daemon.webhook_addr.clone().unwrap();
+    // More connections than the listener holds, from a refused source, kept open: each is
+    // closed at once, unanswered (health included).
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (got, stream) = probe(&hook, "127.0.0.1").await;
+        assert_eq!(got, Probe::Closed);
+        held.push(stream);
+    }
+    // ...so the allowed source is served meanwhile.
+    let (got, _stream) = probe(&hook, "127.0.0.2").await;
+    assert_eq!(got, Probe::Served);
+    let reply = Http::from_source(&hook, "127.0.0.2")
+        .post_json(
+            "/backup",
+            &[("x-webhook-secret", &sandbox.keys.webhook_secret)],
+            &json!({"clientId": "allowed", "share": "s"}),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    // Each refused connection counts as a refused webhook call.
+    let text = scrape(&daemon).await;
+    assert_eq!(webhook_calls(&text, "Connection", "forbidden"), 3, "{text}");
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("outside the webhook allow-list") && logs.contains("127.0.0.1"),
+        "{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_sources_cannot_fill_a_listener() {
+    let sandbox = Sandbox::new(113);
+    // The default per-source limit: an eight-connection listener holds one per source.
+    let daemon = sandbox.start_with(&["--max-connections", "8"]);
+    let hook = daemon.webhook_addr.clone().unwrap();
+    let mut held = Vec::new();
+    for source in ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"] {
+        let mut served = 0;
+        for _ in 0..3 {
+            let (got, stream) = probe(&hook, source).await;
+            assert_ne!(got, Probe::Waiting, "{source}: the listener is full");
+            served += usize::from(got == Probe::Served);
+            held.push(stream);
+        }
+        assert_eq!(
+            served, 1,
+            "{source} holds one connection (8 / 16, at least one)"
+        );
+    }
+    // Four sources trying their hardest leave room for others.
+    let (got, _stream) = probe(&hook, "127.0.0.6").await;
+    assert_eq!(got, Probe::Served);
 }
