@@ -268,12 +268,67 @@ struct Window {
 
 type Counts = std::sync::Mutex<lru::LruCache<FailureKey, Window, std::hash::RandomState>>;
 
+/// What each failure past the limit adds to the delay of its answer...
+pub const PENALTY_STEP: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// ...up to this much per request.
+pub const MAX_PENALTY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The most answers held back at once, so that delayed answers cannot take the in-flight
+/// slots (256 per listener by default) that other callers need; past it, failures are
+/// answered at once.
+pub const MAX_PENALIZED: usize = 32;
+
+/// The delay of the answer to a failure that is `over` failures past the limit.
+pub fn penalty_for(over: u32) -> std::time::Duration {
+    PENALTY_STEP.saturating_mul(over).min(MAX_PENALTY)
+}
+
+/// The late answer of a failure past the limit: imposed by [`FailureLimiter::fail`] on the
+/// request being served, waited out by the front end ([`penalty::served`]) before the answer
+/// goes out. Holds one of the [`MAX_PENALIZED`] places until then.
+pub struct Penalty {
+    delay: std::time::Duration,
+    _held: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Where the penalty of the request being served is kept until its answer goes out.
+pub mod penalty {
+    use super::Penalty;
+    use std::cell::RefCell;
+
+    tokio::task_local! {
+        static SLOT: RefCell<Option<Penalty>>;
+    }
+
+    /// Records `penalty` for the request being served (nothing outside [`served`]).
+    pub(super) fn impose(penalty: Penalty) {
+        let _ = SLOT.try_with(|slot| *slot.borrow_mut() = Some(penalty));
+    }
+
+    /// Serves a request with `serve`, then waits out the penalty it was given, if any,
+    /// before its answer is returned.
+    pub async fn served<F: std::future::Future>(serve: F) -> F::Output {
+        SLOT.scope(RefCell::new(None), async {
+            let answer = serve.await;
+            if let Some(penalty) = SLOT.with(|slot| slot.borrow_mut().take()) {
+                tokio::time::sleep(penalty.delay).await;
+            }
+            answer
+        })
+        .await
+    }
+}
+
 /// Counts failed authentications. Once a source address or a credential has failed `limit`
 /// times within `window`, its further *failures* are answered "rate limited" (429 /
-/// RESOURCE_EXHAUSTED) until the window has passed. A valid credential is never refused,
-/// whatever its source or anyone else did: only failures are counted, and only failures are
-/// ever limited. Memory is bounded (at most [`MAX_TRACKED`] sources and as many
-/// credentials, least recently failed forgotten first) and every operation is O(1).
+/// RESOURCE_EXHAUSTED) until the window has passed, each later than the one before
+/// ([`penalty_for`]: [`PENALTY_STEP`] more per failure past the limit, at most
+/// [`MAX_PENALTY`]), so that guessing on past the limit costs the guesser time. A valid
+/// credential is never refused nor delayed, whatever its source or anyone else did: only
+/// failures are counted, and only failures are ever limited. Memory is bounded (at most
+/// [`MAX_TRACKED`] sources and as many credentials, least recently failed forgotten first;
+/// at most [`MAX_PENALIZED`] answers held back) and every operation is O(1).
 pub struct FailureLimiter {
     limit: u32,
     window: std::time::Duration,
@@ -281,6 +336,7 @@ pub struct FailureLimiter {
     /// out the count of the source guessing them.
     sources: Counts,
     credentials: Counts,
+    penalized: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl FailureLimiter {
@@ -301,18 +357,20 @@ impl FailureLimiter {
             window,
             sources: counts(),
             credentials: counts(),
+            penalized: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_PENALIZED)),
         }
     }
 
     /// Counts a failure against every key. `Err(seconds to wait)` if any of them had already
     /// failed `limit` times within the window: the failure is then to be answered "rate
-    /// limited" rather than "unauthenticated".
+    /// limited" rather than "unauthenticated", and late ([`penalty`]).
     pub fn fail(&self, keys: &[FailureKey]) -> Result<(), u64> {
         if self.limit == 0 {
             return Ok(());
         }
         let now = std::time::Instant::now();
         let mut wait = None;
+        let mut over = 0;
         for key in keys {
             let counts = match key {
                 FailureKey::Source(_) => &self.sources,
@@ -335,8 +393,17 @@ impl FailureLimiter {
             if entry.failures >= self.limit {
                 let left = self.window.saturating_sub(elapsed).as_secs().max(1);
                 wait = Some(wait.map_or(left, |w: u64| w.max(left)));
+                over = over.max(entry.failures - self.limit + 1);
             }
             entry.failures = entry.failures.saturating_add(1);
+        }
+        if over > 0
+            && let Ok(held) = std::sync::Arc::clone(&self.penalized).try_acquire_owned()
+        {
+            penalty::impose(Penalty {
+                delay: penalty_for(over),
+                _held: held,
+            });
         }
         wait.map_or(Ok(()), Err)
     }
@@ -345,6 +412,7 @@ impl FailureLimiter {
 #[cfg(test)]
 mod limiter_tests {
     use super::*;
+    use std::sync::Arc;
     use std::time::Duration;
 
     fn source(addr: &str) -> FailureKey {
@@ -373,6 +441,47 @@ mod limiter_tests {
         for _ in 0..10 {
             assert!(off.fail(&[attacker]).is_ok());
         }
+    }
+
+    #[test]
+    fn the_penalty_grows_per_failure_past_the_limit_and_is_bounded() {
+        assert_eq!(penalty_for(1), PENALTY_STEP);
+        assert_eq!(penalty_for(3), 3 * PENALTY_STEP);
+        assert_eq!(penalty_for(u32::MAX), MAX_PENALTY);
+    }
+
+    #[tokio::test]
+    async fn failures_past_the_limit_are_answered_late_and_few_are_held_at_once() {
+        let limiter = std::sync::Arc::new(FailureLimiter::new(1, Duration::from_secs(60)));
+        let guesser = source("192.0.2.1");
+        let fail = |limiter: std::sync::Arc<FailureLimiter>| {
+            penalty::served(async move {
+                let _ = limiter.fail(&[guesser]);
+                tokio::task::yield_now().await;
+            })
+        };
+        // Within the limit: no penalty.
+        fail(Arc::clone(&limiter)).await;
+        assert_eq!(limiter.penalized.available_permits(), MAX_PENALIZED);
+        // Far past it (outside a request being served, nothing is held)...
+        for _ in 0..30 {
+            assert!(limiter.fail(&[guesser]).is_err());
+        }
+        assert_eq!(limiter.penalized.available_permits(), MAX_PENALIZED);
+        // ...each answer is held for the longest penalty, and holds a place until it goes
+        // out; past MAX_PENALIZED held at once, failures are answered at once.
+        let started = std::time::Instant::now();
+        let answers: Vec<_> = (0..MAX_PENALIZED + 8)
+            .map(|_| tokio::spawn(fail(Arc::clone(&limiter))))
+            .collect();
+        tokio::time::sleep(MAX_PENALTY / 10).await;
+        assert_eq!(limiter.penalized.available_permits(), 0);
+        assert_eq!(answers.iter().filter(|a| a.is_finished()).count(), 8);
+        for answer in answers {
+            answer.await.unwrap();
+        }
+        assert!(started.elapsed() >= MAX_PENALTY);
+        assert_eq!(limiter.penalized.available_permits(), MAX_PENALIZED);
     }
 
     #[test]

@@ -209,7 +209,8 @@ async fn grpc_deadline(
 
 /// The private listener's app: gRPC requests (told apart by their content type) go to the
 /// gRPC services, everything else to the JSON API. Both attribute requests to their source
-/// as the webhook does, believing `X-Forwarded-For` only from `proxies`.
+/// as the webhook does, believing `X-Forwarded-For` only from `proxies`, and hold back the
+/// answers of authentication failures past the limit ([`crate::auth::penalty`]).
 fn private_app(
     grpc: axum::Router,
     api: axum::Router,
@@ -229,6 +230,7 @@ fn private_app(
     app.layer(axum::middleware::from_fn(move |req, next| {
         crate::api::http::attribute_source(Arc::clone(&proxies), req, next)
     }))
+    .layer(axum::middleware::from_fn(crate::api::http::answer_late))
 }
 
 fn notify(states: &[sd_notify::NotifyState<'_>]) {

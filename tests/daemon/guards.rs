@@ -277,3 +277,64 @@ async fn four_sources_cannot_fill_a_listener() {
     let (got, _stream) = probe(&hook, "127.0.0.6").await;
     assert_eq!(got, Probe::Served);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_past_the_limit_are_answered_later_and_later() {
+    use sharevault::auth::PENALTY_STEP;
+    let sandbox = Sandbox::new(114);
+    let daemon = sandbox.start_with(&["--auth-failure-limit", "2"]);
+    let hook = daemon.webhook_addr.clone().unwrap();
+    let guesser = Http::from_source(&hook, "127.0.0.2");
+    let body = json!({"clientId": "guessed", "share": "s"});
+    let guess = |n: u32| {
+        let (guesser, body) = (&guesser, &body);
+        async move {
+            let secret = format!("guess-number-{n}-0123456789");
+            let started = std::time::Instant::now();
+            let reply = guesser
+                .post_json("/backup", &[("x-webhook-secret", &secret)], body)
+                .await;
+            (reply.status, started.elapsed())
+        }
+    };
+    for n in 0..2 {
+        assert_eq!(guess(n).await.0, 401);
+    }
+    // Each failure past the limit waits PENALTY_STEP longer than the one before.
+    for over in 1..=4u32 {
+        let (status, took) = guess(over + 1).await;
+        assert_eq!(status, 429);
+        assert!(
+            took >= PENALTY_STEP * over,
+            "failure {over} past the limit: {took:?}"
+        );
+    }
+    // The right secret is still served from that source.
+    let right = guesser
+        .post_json(
+            "/backup",
+            &[("x-webhook-secret", &sandbox.keys.webhook_secret)],
+            &body,
+        )
+        .await;
+    assert_eq!(right.status, 200);
+
+    // The private listener's gRPC services hold back their limited failures too.
+    let mut api =
+        pb::backup_service_client::BackupServiceClient::new(daemon.channel_from("127.0.0.3").await);
+    let mut took = Duration::ZERO;
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let _ = api
+            .list_backups(crate::harness::with_token(
+                pb::ListBackupsRequest {
+                    client_id: "guessed".into(),
+                },
+                "svt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            ))
+            .await
+            .unwrap_err();
+        took = started.elapsed();
+    }
+    assert!(took >= PENALTY_STEP, "{took:?}");
+}

@@ -139,6 +139,15 @@ pub async fn attribute_source(
     next.run(request).await
 }
 
+/// Holds back the answer of a request given a penalty (an authentication failure past the
+/// limit, [`crate::auth::penalty`]) until the penalty is over. Outside the request timeout.
+pub async fn answer_late(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    crate::auth::penalty::served(next.run(request)).await
+}
+
 /// Answers 503 when a request takes longer than `limit`; the call it cut is logged and counted
 /// as `timeout` ([`crate::api::observe::within_deadline`]).
 pub async fn with_timeout(

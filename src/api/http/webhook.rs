@@ -66,6 +66,7 @@ pub fn router(
         .layer(middleware::from_fn(move |req, next| {
             super::with_timeout(timeout, req, next)
         }))
+        .layer(middleware::from_fn(super::answer_late))
         .layer(middleware::from_fn(move |req, next| {
             super::attribute_source(Arc::clone(&proxies), req, next)
         }))
