@@ -205,6 +205,11 @@ pub struct ServeArgs {
         value_name = "SECONDS"
     )]
     pub auth_failure_window_seconds: Option<u64>,
+    /// Most delay added to the answer of a failed authentication past the failure limit, in
+    /// milliseconds: 100 ms more per failure past the limit, up to this; 0 answers at once
+    /// [default: 2000].
+    #[arg(long, env = "SHAREVAULT_AUTH_FAILURE_MAX_DELAY_MS", value_name = "MS")]
+    pub auth_failure_max_delay_ms: Option<u64>,
     /// Most open connections per listener [default: 1024].
     #[arg(long, env = "SHAREVAULT_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
@@ -321,6 +326,8 @@ pub struct Config {
     pub audit_retention: Option<crate::audit::Retention>,
     pub auth_failure_limit: u32,
     pub auth_failure_window: Duration,
+    /// The longest a failure past the limit is held back.
+    pub auth_failure_max_delay: Duration,
     pub limits_per_listener: ListenerLimits,
     pub log_format: LogFormat,
 }
@@ -587,6 +594,13 @@ impl Config {
                 .max(1),
             connection_idle: Duration::from_secs(connection_idle),
         };
+        let auth_failure_max_delay = args
+            .auth_failure_max_delay_ms
+            .or(file.auth_failure_max_delay_ms)
+            .unwrap_or(2000);
+        if auth_failure_max_delay > 10_000 {
+            return Err("auth_failure_max_delay_ms must be at most 10000".into());
+        }
         let seal = args.seal.or(file.seal).unwrap_or_default();
         let master_key_file = args.master_key_file.clone().or(file.master_key_file);
         let old_master_key_file = args
@@ -697,6 +711,7 @@ impl Config {
                     .unwrap_or(60)
                     .max(1),
             ),
+            auth_failure_max_delay: Duration::from_millis(auth_failure_max_delay),
             limits_per_listener,
             log_format: args
                 .log_format
@@ -820,6 +835,10 @@ mod tests {
             },
             ServeArgs {
                 connection_idle_seconds: Some(0),
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                auth_failure_max_delay_ms: Some(10_001),
                 ..ServeArgs::default()
             },
         ] {

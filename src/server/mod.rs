@@ -403,6 +403,7 @@ pub async fn run(
                 failures: crate::auth::FailureLimiter::new(
                     settings.config.auth_failure_limit,
                     settings.config.auth_failure_window,
+                    settings.config.auth_failure_max_delay,
                 ),
             },
             metrics.vault.clone(),
