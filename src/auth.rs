@@ -268,12 +268,67 @@ struct Window {
 
 type Counts = std::sync::Mutex<lru::LruCache<FailureKey, Window, std::hash::RandomState>>;
 
+/// What each failure past the limit adds to the delay of its answer, up to the limiter's
+/// most (`--auth-failure-max-delay-ms`, [`MAX_PENALTY`] by default) per request.
+pub const PENALTY_STEP: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The default most delay of one answer.
+pub const MAX_PENALTY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The most answers held back at once, so that delayed answers cannot take the in-flight
+/// slots (256 per listener by default) that other callers need; past it, failures are
+/// answered at once.
+pub const MAX_PENALIZED: usize = 32;
+
+/// The delay of the answer to a failure that is `over` failures past the limit, at most `max`.
+pub fn penalty_for(over: u32, max: std::time::Duration) -> std::time::Duration {
+    PENALTY_STEP.saturating_mul(over).min(max)
+}
+
+/// The late answer of a failure past the limit: imposed by [`FailureLimiter::fail`] on the
+/// request being served, waited out by the front end ([`penalty::served`]) before the answer
+/// goes out. Holds one of the [`MAX_PENALIZED`] places until then.
+pub struct Penalty {
+    delay: std::time::Duration,
+    _held: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Where the penalty of the request being served is kept until its answer goes out.
+pub mod penalty {
+    use super::Penalty;
+    use std::cell::RefCell;
+
+    tokio::task_local! {
+        static SLOT: RefCell<Option<Penalty>>;
+    }
+
+    /// Records `penalty` for the request being served (nothing outside [`served`]).
+    pub(super) fn impose(penalty: Penalty) {
+        let _ = SLOT.try_with(|slot| *slot.borrow_mut() = Some(penalty));
+    }
+
+    /// Serves a request with `serve`, then waits out the penalty it was given, if any,
+    /// before its answer is returned.
+    pub async fn served<F: std::future::Future>(serve: F) -> F::Output {
+        SLOT.scope(RefCell::new(None), async {
+            let answer = serve.await;
+            if let Some(penalty) = SLOT.with(|slot| slot.borrow_mut().take()) {
+                tokio::time::sleep(penalty.delay).await;
+            }
+            answer
+        })
+        .await
+    }
+}
+
 /// Counts failed authentications. Once a source address or a credential has failed `limit`
 /// times within `window`, its further *failures* are answered "rate limited" (429 /
-/// RESOURCE_EXHAUSTED) until the window has passed. A valid credential is never refused,
-/// whatever its source or anyone else did: only failures are counted, and only failures are
-/// ever limited. Memory is bounded (at most [`MAX_TRACKED`] sources and as many
-/// credentials, least recently failed forgotten first) and every operation is O(1).
+/// RESOURCE_EXHAUSTED) until the window has passed, each later than the one before
+/// ([`penalty_for`]: [`PENALTY_STEP`] more per failure past the limit, at most `max_delay`), so that guessing on past the limit costs the guesser time. A valid
+/// credential is never refused nor delayed, whatever its source or anyone else did: only
+/// failures are counted, and only failures are ever limited. Memory is bounded (at most
+/// [`MAX_TRACKED`] sources and as many credentials, least recently failed forgotten first;
+/// at most [`MAX_PENALIZED`] answers held back) and every operation is O(1).
 pub struct FailureLimiter {
     limit: u32,
     window: std::time::Duration,
@@ -281,14 +336,23 @@ pub struct FailureLimiter {
     /// out the count of the source guessing them.
     sources: Counts,
     credentials: Counts,
+    max_delay: std::time::Duration,
+    penalized: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl FailureLimiter {
-    pub fn new(limit: u32, window: std::time::Duration) -> Self {
-        Self::with_capacity(limit, window, MAX_TRACKED)
+    /// Limits failures to `limit` per `window`; past it, answers are held back up to
+    /// `max_delay` each (zero: answered at once).
+    pub fn new(limit: u32, window: std::time::Duration, max_delay: std::time::Duration) -> Self {
+        Self::with_capacity(limit, window, max_delay, MAX_TRACKED)
     }
 
-    fn with_capacity(limit: u32, window: std::time::Duration, capacity: usize) -> Self {
+    fn with_capacity(
+        limit: u32,
+        window: std::time::Duration,
+        max_delay: std::time::Duration,
+        capacity: usize,
+    ) -> Self {
         let capacity = std::num::NonZeroUsize::new(capacity).unwrap_or(std::num::NonZeroUsize::MIN);
         let counts = || {
             std::sync::Mutex::new(lru::LruCache::with_hasher(
@@ -301,18 +365,21 @@ impl FailureLimiter {
             window,
             sources: counts(),
             credentials: counts(),
+            max_delay,
+            penalized: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_PENALIZED)),
         }
     }
 
     /// Counts a failure against every key. `Err(seconds to wait)` if any of them had already
     /// failed `limit` times within the window: the failure is then to be answered "rate
-    /// limited" rather than "unauthenticated".
+    /// limited" rather than "unauthenticated", and late ([`penalty`]).
     pub fn fail(&self, keys: &[FailureKey]) -> Result<(), u64> {
         if self.limit == 0 {
             return Ok(());
         }
         let now = std::time::Instant::now();
         let mut wait = None;
+        let mut over = 0;
         for key in keys {
             let counts = match key {
                 FailureKey::Source(_) => &self.sources,
@@ -335,8 +402,18 @@ impl FailureLimiter {
             if entry.failures >= self.limit {
                 let left = self.window.saturating_sub(elapsed).as_secs().max(1);
                 wait = Some(wait.map_or(left, |w: u64| w.max(left)));
+                over = over.max(entry.failures - self.limit + 1);
             }
             entry.failures = entry.failures.saturating_add(1);
+        }
+        if over > 0
+            && !self.max_delay.is_zero()
+            && let Ok(held) = std::sync::Arc::clone(&self.penalized).try_acquire_owned()
+        {
+            penalty::impose(Penalty {
+                delay: penalty_for(over, self.max_delay),
+                _held: held,
+            });
         }
         wait.map_or(Ok(()), Err)
     }
@@ -345,6 +422,7 @@ impl FailureLimiter {
 #[cfg(test)]
 mod limiter_tests {
     use super::*;
+    use std::sync::Arc;
     use std::time::Duration;
 
     fn source(addr: &str) -> FailureKey {
@@ -353,7 +431,7 @@ mod limiter_tests {
 
     #[test]
     fn failures_over_the_limit_are_limited_per_key_until_the_window_passes() {
-        let limiter = FailureLimiter::new(3, Duration::from_millis(200));
+        let limiter = FailureLimiter::new(3, Duration::from_millis(200), MAX_PENALTY);
         let attacker = source("203.0.113.9");
         let other = source("198.51.100.1");
         for _ in 0..3 {
@@ -369,15 +447,58 @@ mod limiter_tests {
         let token = FailureKey::credential(b"svt_guess");
         assert_eq!(token, FailureKey::credential(b"svt_guess"));
         assert_ne!(token, FailureKey::credential(b"svt_other"));
-        let off = FailureLimiter::new(0, Duration::from_secs(1));
+        let off = FailureLimiter::new(0, Duration::from_secs(1), MAX_PENALTY);
         for _ in 0..10 {
             assert!(off.fail(&[attacker]).is_ok());
         }
     }
 
     #[test]
+    fn the_penalty_grows_per_failure_past_the_limit_and_is_bounded() {
+        assert_eq!(penalty_for(1, MAX_PENALTY), PENALTY_STEP);
+        assert_eq!(penalty_for(3, MAX_PENALTY), 3 * PENALTY_STEP);
+        assert_eq!(penalty_for(u32::MAX, MAX_PENALTY), MAX_PENALTY);
+        assert_eq!(penalty_for(3, Duration::ZERO), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn failures_past_the_limit_are_answered_late_and_few_are_held_at_once() {
+        let limiter =
+            std::sync::Arc::new(FailureLimiter::new(1, Duration::from_secs(60), MAX_PENALTY));
+        let guesser = source("192.0.2.1");
+        let fail = |limiter: std::sync::Arc<FailureLimiter>| {
+            penalty::served(async move {
+                let _ = limiter.fail(&[guesser]);
+                tokio::task::yield_now().await;
+            })
+        };
+        // Within the limit: no penalty.
+        fail(Arc::clone(&limiter)).await;
+        assert_eq!(limiter.penalized.available_permits(), MAX_PENALIZED);
+        // Far past it (outside a request being served, nothing is held)...
+        for _ in 0..30 {
+            assert!(limiter.fail(&[guesser]).is_err());
+        }
+        assert_eq!(limiter.penalized.available_permits(), MAX_PENALIZED);
+        // ...each answer is held for the longest penalty, and holds a place until it goes
+        // out; past MAX_PENALIZED held at once, failures are answered at once.
+        let started = std::time::Instant::now();
+        let answers: Vec<_> = (0..MAX_PENALIZED + 8)
+            .map(|_| tokio::spawn(fail(Arc::clone(&limiter))))
+            .collect();
+        tokio::time::sleep(MAX_PENALTY / 10).await;
+        assert_eq!(limiter.penalized.available_permits(), 0);
+        assert_eq!(answers.iter().filter(|a| a.is_finished()).count(), 8);
+        for answer in answers {
+            answer.await.unwrap();
+        }
+        assert!(started.elapsed() >= MAX_PENALTY);
+        assert_eq!(limiter.penalized.available_permits(), MAX_PENALIZED);
+    }
+
+    #[test]
     fn an_ipv6_host_is_counted_by_its_64_network() {
-        let limiter = FailureLimiter::new(2, Duration::from_secs(60));
+        let limiter = FailureLimiter::new(2, Duration::from_secs(60), MAX_PENALTY);
         assert!(limiter.fail(&[source("2001:db8:1:2::1")]).is_ok());
         assert!(limiter.fail(&[source("2001:db8:1:2:ffff::7")]).is_ok());
         assert!(limiter.fail(&[source("2001:db8:1:2::9")]).is_err());
@@ -386,7 +507,7 @@ mod limiter_tests {
 
     #[test]
     fn memory_stays_bounded_under_a_flood_of_distinct_sources_and_credentials() {
-        let limiter = FailureLimiter::with_capacity(1, Duration::from_secs(60), 1000);
+        let limiter = FailureLimiter::with_capacity(1, Duration::from_secs(60), MAX_PENALTY, 1000);
         let guesser = source("192.0.2.1");
         assert!(limiter.fail(&[guesser]).is_ok());
         assert!(limiter.fail(&[guesser]).is_err());

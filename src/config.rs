@@ -109,6 +109,11 @@ pub struct ServeArgs {
         value_name = "CIDRS"
     )]
     pub webhook_allow_cidrs: Option<Vec<String>>,
+    /// Also serve the webhook over gRPC (`sharevault.v1.WebhookService`) on the private
+    /// listener, to the sources the webhook allow-list admits by their own address; Portal
+    /// calls only the HTTP webhook [default: false].
+    #[arg(long, env = "SHAREVAULT_GRPC_WEBHOOK", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub grpc_webhook: Option<bool>,
     /// Proxies (CIDRs) whose `X-Forwarded-For` header names the real client [default: none].
     #[arg(
         long,
@@ -210,11 +215,17 @@ pub struct ServeArgs {
         value_name = "SECONDS"
     )]
     pub auth_failure_window_seconds: Option<u64>,
+    /// Most delay added to the answer of a failed authentication past the failure limit, in
+    /// milliseconds: 100 ms more per failure past the limit, up to this; 0 answers at once
+    /// [default: 2000].
+    #[arg(long, env = "SHAREVAULT_AUTH_FAILURE_MAX_DELAY_MS", value_name = "MS")]
+    pub auth_failure_max_delay_ms: Option<u64>,
     /// Most open connections per listener [default: 1024].
     #[arg(long, env = "SHAREVAULT_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
     /// Most open connections per source address (IPv6: per /64) on each listener; more are
-    /// closed at once. Trusted proxies are exempt [default: a quarter of max_connections].
+    /// closed at once. Trusted proxies are exempt [default: max_connections / 16, so that no
+    /// fewer than 16 sources can fill a listener].
     #[arg(long, env = "SHAREVAULT_MAX_CONNECTIONS_PER_SOURCE", value_name = "N")]
     pub max_connections_per_source: Option<usize>,
     /// Seconds a connection may stay open with no request in it before it is closed
@@ -327,9 +338,17 @@ pub struct Config {
     pub audit_retention: Option<crate::audit::Retention>,
     pub auth_failure_limit: u32,
     pub auth_failure_window: Duration,
+    /// The longest a failure past the limit is held back.
+    pub auth_failure_max_delay: Duration,
     pub limits_per_listener: ListenerLimits,
     pub log_format: LogFormat,
 }
+
+/// How many sources, at the default per-source limit, it takes to fill a listener's
+/// connections: each may hold `max_connections / SOURCES_TO_FILL` (at least one). A handful of
+/// addresses (a small cloud allocation, a few IPv6 /64s) cannot take a listener, and Portal's
+/// three egress addresses keep 64 connections each at the default 1024.
+pub const SOURCES_TO_FILL: usize = 16;
 
 /// Limits each listener enforces on its own, so that a flood on one does not starve another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,6 +377,8 @@ pub struct WebhookConfig {
     pub legacy_backup_share: bool,
     /// Networks allowed to call the webhook routes; empty allows any.
     pub allow: Vec<ipnet::IpNet>,
+    /// Whether the private listener also serves the webhook over gRPC.
+    pub grpc: bool,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
@@ -547,6 +568,7 @@ impl Config {
                 "trusted_proxies",
                 args.trusted_proxies.clone().or(file.trusted_proxies),
             )?,
+            grpc: args.grpc_webhook.or(file.grpc_webhook).unwrap_or(false),
         };
         let request_timeout = args
             .request_timeout_seconds
@@ -583,7 +605,7 @@ impl Config {
         {
             Some(0) => return Err("max_connections_per_source must be at least 1".into()),
             Some(n) => n.min(max_connections),
-            None => (max_connections / 4).max(1),
+            None => (max_connections / SOURCES_TO_FILL).max(1),
         };
         let connection_idle = args
             .connection_idle_seconds
@@ -602,6 +624,13 @@ impl Config {
                 .max(1),
             connection_idle: Duration::from_secs(connection_idle),
         };
+        let auth_failure_max_delay = args
+            .auth_failure_max_delay_ms
+            .or(file.auth_failure_max_delay_ms)
+            .unwrap_or(2000);
+        if auth_failure_max_delay > 10_000 {
+            return Err("auth_failure_max_delay_ms must be at most 10000".into());
+        }
         let seal = args.seal.or(file.seal).unwrap_or_default();
         let master_key_file = args.master_key_file.clone().or(file.master_key_file);
         let old_master_key_file = args
@@ -713,6 +742,7 @@ impl Config {
                     .unwrap_or(60)
                     .max(1),
             ),
+            auth_failure_max_delay: Duration::from_millis(auth_failure_max_delay),
             limits_per_listener,
             log_format: args
                 .log_format
@@ -803,6 +833,16 @@ mod tests {
         assert_eq!(config.http_listen, None);
         assert_eq!(config.webhook.path_prefix, "/portal/webhook");
         assert_eq!(config.webhook.allow.len(), 2);
+        assert!(!config.webhook.grpc, "the gRPC webhook is off by default");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sharevault.toml");
+        std::fs::write(&path, "grpc_webhook = true\n").unwrap();
+        let from_file = Config::load(&ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert!(from_file.webhook.grpc);
         for bad in [
             ServeArgs {
                 webhook_path_prefix: Some("webhook".into()),
@@ -828,8 +868,28 @@ mod tests {
                 connection_idle_seconds: Some(0),
                 ..ServeArgs::default()
             },
+            ServeArgs {
+                auth_failure_max_delay_ms: Some(10_001),
+                ..ServeArgs::default()
+            },
         ] {
             assert!(Config::load(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn no_fewer_than_sixteen_sources_fill_a_listener_by_default() {
+        for (max, per_source) in [(1024, 64), (64, 4), (8, 1), (1, 1)] {
+            let config = Config::load(&ServeArgs {
+                max_connections: Some(max),
+                ..ServeArgs::default()
+            })
+            .unwrap();
+            let limits = config.limits_per_listener;
+            assert_eq!(limits.max_connections_per_source, per_source, "{max}");
+            if max >= SOURCES_TO_FILL {
+                assert!(limits.max_connections_per_source * (SOURCES_TO_FILL - 1) < max);
+            }
         }
     }
 

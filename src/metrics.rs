@@ -84,6 +84,18 @@ impl CallMetrics {
             .get_or_create(&CallLabels { service, method })
             .observe(elapsed.as_secs_f64());
     }
+
+    /// Counts a call refused before it was read (a connection closed when accepted, for its
+    /// source): no latency to observe.
+    pub fn refused(&self, service: &'static str, method: &'static str, outcome: &'static str) {
+        self.calls
+            .get_or_create(&OutcomeLabels {
+                service,
+                method,
+                outcome,
+            })
+            .inc();
+    }
 }
 
 /// The store writer's handle: group commits, and writes refused at the disk reserve.

@@ -86,6 +86,7 @@ async fn serve(shared: Shared) -> anyhow::Result<()> {
         },
         trusted_proxies: std::sync::Arc::default(),
         metrics: Default::default(),
+        allow: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let servers = [

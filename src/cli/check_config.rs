@@ -46,6 +46,7 @@ struct Effective {
     webhook_path_prefix: String,
     webhook_legacy_backup_share: bool,
     webhook_allow_cidrs: Vec<String>,
+    grpc_webhook: bool,
     trusted_proxies: Vec<String>,
     request_timeout_seconds: u64,
     max_request_bytes: usize,
@@ -97,6 +98,7 @@ fn effective(config: &Config, master_key_id: &str) -> Effective {
         webhook_path_prefix: config.webhook.path_prefix.clone(),
         webhook_legacy_backup_share: config.webhook.legacy_backup_share,
         webhook_allow_cidrs: cidrs(&config.webhook.allow),
+        grpc_webhook: config.webhook.grpc,
         trusted_proxies: cidrs(&config.webhook.trusted_proxies),
         request_timeout_seconds: config.request_timeout.as_secs(),
         max_request_bytes: config.max_request_bytes,
@@ -209,7 +211,7 @@ mod tests {
         assert_eq!(value["webhook_allow_cidrs"][0], "10.0.0.0/8");
         assert_eq!(value["log_format"], "text");
         assert_eq!(value["max_connections"], 1024);
-        assert_eq!(value["max_connections_per_source"], 256);
+        assert_eq!(value["max_connections_per_source"], 64);
         assert_eq!(value["connection_idle_seconds"], 60);
         assert_eq!(value["database"], "embedded");
         let on_pg = Config::load(&ServeArgs {

@@ -297,11 +297,60 @@ pub(crate) fn system_roots() -> Result<rustls::RootCertStore, CliError> {
     Ok(roots)
 }
 
-async fn open(target: &Target, tls: Option<&Tls>) -> std::io::Result<Box<dyn Stream>> {
+/// Why the CLI will not send a new master key to `target`: what the daemon answers a key that
+/// came over plain TCP from another host (it refuses it, and the key crossed the network in
+/// clear all the same).
+fn clear_key_refusal(target: &str) -> String {
+    format!(
+        "refusing to send the new master key to {target} in clear: the daemon accepts a key \
+         only over TLS (--ca-file, or https://), its Unix socket (unix:/path) or plain TCP on \
+         this host's loopback; nothing was sent"
+    )
+}
+
+/// Whether a plain TCP connection to `addr` stays on this host, as the daemon's own check
+/// ([`crate::api::Transport::may_carry_keys`]) sees the peer.
+fn stays_on_host(addr: std::net::SocketAddr) -> bool {
+    match addr.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+        ip => ip.is_loopback(),
+    }
+}
+
+/// Refuses, before anything is sent, a plain TCP `target` that resolves to any address off
+/// this host.
+async fn check_keys_stay_on_host(target: &Target, shown: &str) -> Result<(), CliError> {
+    let (Target::Tcp(addr) | Target::Http(addr)) = target else {
+        return Ok(());
+    };
+    let resolved: Vec<_> = tokio::net::lookup_host(addr.as_str())
+        .await
+        .map_err(|e| CliError::Local(format!("--connect `{shown}`: {e}")))?
+        .collect();
+    if resolved.is_empty() || !resolved.into_iter().all(stays_on_host) {
+        return Err(CliError::Local(clear_key_refusal(shown)));
+    }
+    Ok(())
+}
+
+async fn open(
+    target: &Target,
+    tls: Option<&Tls>,
+    carries_keys: bool,
+) -> std::io::Result<Box<dyn Stream>> {
     let raw: Box<dyn Stream> = match target {
         Target::Tcp(addr) | Target::Http(addr) | Target::Https(addr) => {
             let stream = tokio::net::TcpStream::connect(addr.as_str()).await?;
             stream.set_nodelay(true)?;
+            // Checked again on the connection itself, whatever the name resolved to before.
+            if carries_keys && tls.is_none() && !stays_on_host(stream.peer_addr()?) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    clear_key_refusal(addr),
+                ));
+            }
             Box::new(stream)
         }
         Target::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
@@ -369,19 +418,27 @@ impl Client {
     /// Reads the admin token, then connects (TLS included) so that an unreachable daemon is
     /// reported before any call. Each call must answer within 30 s.
     pub async fn connect(args: &ConnectArgs) -> Result<Self, CliError> {
-        Self::connect_with(args, Some(CALL_TIMEOUT)).await
+        Self::connect_with(args, Some(CALL_TIMEOUT), false).await
+    }
+
+    /// As [`Client::connect`], for a call that carries a new master key: refused before
+    /// anything is sent unless the connection is one the daemon accepts a key over (TLS, a
+    /// Unix socket, or plain TCP on loopback).
+    pub async fn connect_to_send_keys(args: &ConnectArgs) -> Result<Self, CliError> {
+        Self::connect_with(args, Some(CALL_TIMEOUT), true).await
     }
 
     /// As [`Client::connect`], for calls that take as long as the vault is large (checking
     /// every record or the whole audit trail): no time limit on the call, but HTTP/2 pings
     /// every 30 s, so that a daemon that died or vanished is noticed within a minute.
     pub async fn connect_for_long_calls(args: &ConnectArgs) -> Result<Self, CliError> {
-        Self::connect_with(args, None).await
+        Self::connect_with(args, None, false).await
     }
 
     async fn connect_with(
         args: &ConnectArgs,
         call_timeout: Option<Duration>,
+        carries_keys: bool,
     ) -> Result<Self, CliError> {
         let target = Target::parse(&args.connect)?;
         let token = match admin_token(args.admin_token_file.as_deref()) {
@@ -418,6 +475,9 @@ impl Client {
                 .transpose()?,
         };
         let with_tls = tls.is_some();
+        if carries_keys && !with_tls {
+            check_keys_stay_on_host(&target, &args.connect).await?;
+        }
         let scheme = if with_tls { "https" } else { "http" };
         let authority = match &target {
             Target::Tcp(addr) | Target::Http(addr) | Target::Https(addr) => addr.as_str(),
@@ -439,7 +499,11 @@ impl Client {
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let target = connector_target.clone();
                 let tls = tls.clone();
-                async move { open(&target, tls.as_ref()).await.map(TokioIo::new) }
+                async move {
+                    open(&target, tls.as_ref(), carries_keys)
+                        .await
+                        .map(TokioIo::new)
+                }
             }))
             .await
             .map_err(|e| CliError::Connect {
@@ -567,6 +631,35 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_new_key_goes_in_clear_only_to_this_hosts_loopback() {
+        for on_host in [
+            "127.0.0.1:7450",
+            "127.0.0.2:7450",
+            "[::1]:7450",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(stays_on_host(on_host.parse().unwrap()), "{on_host}");
+        }
+        for off_host in [
+            "192.0.2.7:7450",
+            "[2001:db8::1]:7450",
+            "[::ffff:10.0.0.1]:1",
+        ] {
+            assert!(!stays_on_host(off_host.parse().unwrap()), "{off_host}");
+        }
+        async fn checked(target: &str) -> Result<(), CliError> {
+            check_keys_stay_on_host(&Target::parse(target).unwrap(), target).await
+        }
+        let err = checked("http://192.0.2.7:7450").await.unwrap_err();
+        assert!(err.to_string().contains("nothing was sent"), "{err}");
+        assert!(checked("192.0.2.7:7450").await.is_err());
+        assert!(checked("127.0.0.1:7450").await.is_ok());
+        assert!(checked("unix:/run/sharevault.sock").await.is_ok());
+        // https:// is TLS: any host will do.
+        assert!(checked("https://192.0.2.7:7450").await.is_ok());
     }
 
     #[test]

@@ -183,7 +183,10 @@ pub async fn rekey(args: RekeyArgs) -> Result<(), CliError> {
         .map(crate::secrets::read_master_key)
         .transpose()
         .map_err(CliError::Local)?;
-    let client = Client::connect(&args.connect).await?;
+    let client = match key {
+        Some(_) => Client::connect_to_send_keys(&args.connect).await?,
+        None => Client::connect(&args.connect).await?,
+    };
     let mut progress = Progress::new("rekey", "records", args.quiet)?;
     let mut stream = client
         .admin()

@@ -262,12 +262,69 @@ impl Drop for SourceSlot {
 }
 
 /// What a listener enforces and counts: its limits, the proxies exempt from the per-source
-/// limit, and the handle that counts requests refused at the in-flight limit.
+/// limit, the handle that counts requests refused at the in-flight limit, and on the public
+/// listener the webhook allow-list.
 #[derive(Clone)]
 pub struct Admission {
     pub limits: crate::config::ListenerLimits,
     pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
     pub metrics: crate::metrics::ListenerMetrics,
+    pub allow: Option<AllowAtAccept>,
+}
+
+/// The webhook allow-list, checked when a connection is accepted on the public listener, so
+/// that a refused source holds no connection slot and gets no TLS handshake: its connection
+/// is closed at once. A trusted proxy is let in (the address its `X-Forwarded-For` names
+/// decides, per request); a Unix-socket peer, which has no address, is refused, as its
+/// requests would be.
+#[derive(Clone)]
+pub struct AllowAtAccept {
+    pub allow: Arc<Vec<ipnet::IpNet>>,
+    /// Counts each refused connection as a `WebhookHttp` call, method `Connection`, outcome
+    /// `forbidden`, so that the "no successful webhook" alert sees Portal's calls refused.
+    pub calls: crate::metrics::CallMetrics,
+}
+
+/// The most often a refused connection is logged: once per interval, with the number refused
+/// since the line before, so that a scan of the port cannot flood the log.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What [`AllowAtAccept`] refused since it last logged.
+struct Refusals {
+    logged: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl AllowAtAccept {
+    fn admits(&self, peer: Option<std::net::IpAddr>, proxies: &[ipnet::IpNet]) -> bool {
+        peer.is_some_and(|ip| {
+            proxies.iter().any(|p| p.contains(&ip)) || self.allow.iter().any(|n| n.contains(&ip))
+        })
+    }
+
+    /// Counts a refused connection, and logs it unless one was logged within the interval.
+    fn refused(&self, peer: Option<std::net::IpAddr>, refusals: &mut Refusals) {
+        self.calls.refused("WebhookHttp", "Connection", "forbidden");
+        refusals.unlogged += 1;
+        let now = std::time::Instant::now();
+        if refusals
+            .logged
+            .is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_INTERVAL)
+        {
+            let source = peer.map_or_else(|| "unix".to_owned(), |ip| ip.to_string());
+            tracing::warn!(
+                target: "sharevault::call",
+                service = "WebhookHttp",
+                method = "Connection",
+                source,
+                outcome = "forbidden",
+                refused = refusals.unlogged,
+                "closed a connection from a source outside the webhook allow-list"
+            );
+            refusals.logged = Some(now);
+            refusals.unlogged = 0;
+        }
+    }
 }
 
 /// Accepts connections on `listener` and serves `app` on each until `stop` turns true; then
@@ -275,7 +332,8 @@ pub struct Admission {
 /// `local_admin`, the listener is the local admin socket: only the daemon's own user and root
 /// may connect, and their requests are marked [`LocalAdmin`]. A source (an IPv4 address or an
 /// IPv6 /64) holds at most `limits.max_connections_per_source` connections; more are closed
-/// at once, except from the `trusted_proxies` ([`Admission`]).
+/// at once, except from the `trusted_proxies` ([`Admission`]). With an allow-list
+/// ([`AllowAtAccept`]), a connection from outside it is closed at once, before TLS.
 pub async fn serve(
     listener: Listener,
     app: App,
@@ -288,7 +346,12 @@ pub async fn serve(
         limits,
         trusted_proxies,
         metrics,
+        allow,
     } = admission;
+    let mut refusals = Refusals {
+        logged: None,
+        unlogged: 0,
+    };
     let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight));
     let served = Connections {
         app: app.layer(axum::middleware::from_fn(move |req, next| {
@@ -320,6 +383,10 @@ pub async fn serve(
             accepted = accept(&listener) => match accepted {
                 Ok(Accepted::Tcp(stream, addr)) => {
                     let ip = canonical(addr);
+                    if let Some(allow) = allow.as_ref().filter(|a| !a.admits(Some(ip), &trusted_proxies)) {
+                        allow.refused(Some(ip), &mut refusals);
+                        continue;
+                    }
                     let source = if trusted_proxies.iter().any(|p| p.contains(&ip)) {
                         None
                     } else {
@@ -340,6 +407,10 @@ pub async fn serve(
                     served.spawn(stream, Peer(Some(ip)), stop.clone(), held);
                 }
                 Ok(Accepted::Unix(stream)) => {
+                    if let Some(allow) = &allow {
+                        allow.refused(None, &mut refusals);
+                        continue;
+                    }
                     if local_admin && !local_admin_allowed(&stream) {
                         tracing::warn!(
                             uid = ?stream.peer_cred().ok().map(|c| c.uid()),

@@ -10,7 +10,7 @@ mod connection;
 mod listen;
 mod pruner;
 
-pub use connection::{Admission, App, HEADER_TIMEOUT, MAX_HEADER_BYTES, serve};
+pub use connection::{Admission, AllowAtAccept, App, HEADER_TIMEOUT, MAX_HEADER_BYTES, serve};
 pub use listen::{Listener, tls_acceptor};
 
 use crate::api::Ready;
@@ -91,8 +91,17 @@ const SERVICES: [&str; 3] = [
     <AdminServiceServer<AdminApi> as NamedService>::NAME,
 ];
 
-async fn set_health(reporter: &tonic_health::server::HealthReporter, status: ServingStatus) {
-    for name in std::iter::once("").chain(SERVICES) {
+/// Sets the health of the daemon and of every service it serves (the WebhookService only
+/// with `grpc_webhook`).
+async fn set_health(
+    reporter: &tonic_health::server::HealthReporter,
+    grpc_webhook: bool,
+    status: ServingStatus,
+) {
+    let served = SERVICES.into_iter().filter(|name| {
+        grpc_webhook || *name != <WebhookServiceServer<WebhookApi> as NamedService>::NAME
+    });
+    for name in std::iter::once("").chain(served) {
         reporter.set_service_status(name, status).await;
     }
 }
@@ -112,6 +121,7 @@ fn grpc_router(
     >,
     limits: &Limits,
     timeout: Duration,
+    webhook: Option<Arc<Vec<ipnet::IpNet>>>,
 ) -> Result<axum::Router, ServeError> {
     let max = max_grpc_message(limits);
     let health = health.max_decoding_message_size(max);
@@ -136,17 +146,22 @@ fn grpc_router(
         .map_err(|e| ServeError::Reflection(e.to_string()))?
         .max_decoding_message_size(max);
     let mut routes = tonic::service::Routes::builder();
+    // Portal calls only the HTTP webhook: its gRPC twin is served on request, and then only
+    // to the sources the allow-list admits.
+    if let Some(allow) = webhook {
+        routes.add_service(
+            WebhookServiceServer::new(WebhookApi {
+                ready: ready.clone(),
+                calls: calls.clone(),
+                allow,
+            })
+            .max_decoding_message_size(max),
+        );
+    }
     routes
         .add_service(health)
         .add_service(v1)
         .add_service(v1alpha)
-        .add_service(
-            WebhookServiceServer::new(WebhookApi {
-                ready: ready.clone(),
-                calls: calls.clone(),
-            })
-            .max_decoding_message_size(max),
-        )
         .add_service(
             BackupServiceServer::new(BackupApi {
                 ready: ready.clone(),
@@ -191,7 +206,8 @@ async fn grpc_deadline(
             .into_http::<axum::body::Body>()
     };
     if !LONG_CALLS.contains(&request.uri().path()) {
-        return tokio::time::timeout(timeout, next.run(request))
+        let served = tokio::time::timeout(timeout, next.run(request));
+        return crate::api::observe::within_deadline(timeout, served)
             .await
             .unwrap_or_else(|_| late());
     }
@@ -210,7 +226,8 @@ async fn grpc_deadline(
 
 /// The private listener's app: gRPC requests (told apart by their content type) go to the
 /// gRPC services, everything else to the JSON API. Both attribute requests to their source
-/// as the webhook does, believing `X-Forwarded-For` only from `proxies`.
+/// as the webhook does, believing `X-Forwarded-For` only from `proxies`, and hold back the
+/// answers of authentication failures past the limit ([`crate::auth::penalty`]).
 fn private_app(
     grpc: axum::Router,
     api: axum::Router,
@@ -230,6 +247,7 @@ fn private_app(
     app.layer(axum::middleware::from_fn(move |req, next| {
         crate::api::http::attribute_source(Arc::clone(&proxies), req, next)
     }))
+    .layer(axum::middleware::from_fn(crate::api::http::answer_late))
 }
 
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
@@ -270,7 +288,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    set_health(&reporter, ServingStatus::NotServing).await;
+    let grpc_webhook = settings.config.webhook.grpc;
+    set_health(&reporter, grpc_webhook, ServingStatus::NotServing).await;
     let ready = Ready::default();
     // The one registry, and a handle for each part of the daemon.
     let metrics = crate::metrics::Metrics::new();
@@ -282,6 +301,7 @@ pub async fn run(
             health,
             &settings.config.limits,
             settings.config.request_timeout,
+            grpc_webhook.then(|| Arc::new(settings.config.webhook.allow.clone())),
         )?,
         crate::api::http::json_api::router(
             ready.clone(),
@@ -297,6 +317,7 @@ pub async fn run(
         limits: settings.config.limits_per_listener,
         trusted_proxies: Arc::clone(&proxies),
         metrics: metrics.listeners.clone(),
+        allow: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
@@ -329,6 +350,14 @@ pub async fn run(
             settings.config.max_request_bytes,
             settings.config.request_timeout,
         );
+        let allow = &settings.config.webhook.allow;
+        let admission = Admission {
+            allow: (!allow.is_empty()).then(|| AllowAtAccept {
+                allow: Arc::new(allow.clone()),
+                calls: metrics.calls.clone(),
+            }),
+            ..admission
+        };
         servers.spawn(serve(
             http,
             public,
@@ -408,6 +437,7 @@ pub async fn run(
                 failures: crate::auth::FailureLimiter::new(
                     settings.config.auth_failure_limit,
                     settings.config.auth_failure_window,
+                    settings.config.auth_failure_max_delay,
                 ),
             },
             metrics.vault.clone(),
@@ -435,7 +465,7 @@ pub async fn run(
         ready.set_seal(token.clone());
         tokio::spawn(token.watch(settings.config.seal_check_interval))
     });
-    set_health(&reporter, ServingStatus::Serving).await;
+    set_health(&reporter, grpc_webhook, ServingStatus::Serving).await;
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("serving"),
@@ -468,7 +498,7 @@ pub async fn run(
         sd_notify::NotifyState::Stopping,
         sd_notify::NotifyState::Status("stopping: draining in-flight calls"),
     ]);
-    set_health(&reporter, ServingStatus::NotServing).await;
+    set_health(&reporter, grpc_webhook, ServingStatus::NotServing).await;
     let _ = stop_tx.send(true);
     let drained = async { while servers.join_next().await.is_some() {} };
     if tokio::time::timeout(settings.config.shutdown_grace, drained)

@@ -800,3 +800,30 @@ async fn the_local_admin_socket_needs_no_token_for_the_daemons_own_user() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 }
+
+/// `rekey` never sends a new master key over a connection the daemon would refuse it on:
+/// plain TCP to another host is refused before anything is sent (here an address of the
+/// documentation range, where no daemon could ever answer).
+#[test]
+fn rekey_refuses_to_send_a_key_in_clear_to_another_host() {
+    let sandbox = Sandbox::new(51);
+    let new_keys = crate::harness::Keys::new(&sandbox.tmp.path().join("new-keys"), 52);
+    let token = sandbox.keys.dir.join("admin-token");
+    for connect in ["http://192.0.2.1:7450", "192.0.2.1:7450"] {
+        let run = sharevault(
+            sandbox.tmp.path(),
+            &[
+                "rekey",
+                "--new-master-key-file",
+                new_keys.master_key_file.to_str().unwrap(),
+                "--admin-token-file",
+                token.to_str().unwrap(),
+                "--connect",
+                connect,
+            ],
+            &[],
+        );
+        run.failed_with("refusing to send the new master key");
+        run.failed_with("nothing was sent");
+    }
+}

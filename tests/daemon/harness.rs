@@ -82,6 +82,8 @@ pub fn command(data_dir: &Path, args: &[String]) -> Command {
         .env_remove("CREDENTIALS_DIRECTORY")
         .env_remove("NOTIFY_SOCKET")
         .env("SHAREVAULT_HTTP_LISTEN", "127.0.0.1:0")
+        // Most tests play Portal over gRPC too (off by default; tests/daemon/guards.rs).
+        .env("SHAREVAULT_GRPC_WEBHOOK", "true")
         .env("RUST_LOG", "info")
         // Small journals: every test daemon switches journals and checkpoints often.
         .env("SHAREVAULT_JOURNAL_BYTES", "4194304")
@@ -242,6 +244,22 @@ impl Daemon {
 
     pub async fn webhook(&self) -> WebhookServiceClient<Channel> {
         WebhookServiceClient::new(self.channel().await)
+    }
+
+    /// A channel to the private TCP listener from `source` (any of 127.0.0.0/8).
+    pub async fn channel_from(&self, source: &str) -> Channel {
+        let source: std::net::IpAddr = source.parse().unwrap();
+        let addr: std::net::SocketAddr =
+            self.endpoint.trim_start_matches("http://").parse().unwrap();
+        tonic::transport::Endpoint::from_shared(self.endpoint.clone())
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_| async move {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind((source, 0).into())?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(socket.connect(addr).await?))
+            }))
+            .await
+            .expect("connect to the daemon")
     }
 
     pub async fn backup(&self) -> BackupServiceClient<Channel> {

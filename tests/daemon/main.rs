@@ -12,6 +12,7 @@ mod durability;
 mod faults;
 mod floods;
 mod flow;
+mod guards;
 mod harness;
 mod hostile;
 mod http_api;

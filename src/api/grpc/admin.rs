@@ -404,8 +404,14 @@ impl AdminService for AdminApi {
         let result = async {
             // A key that crossed a network in clear is refused before anything else, so that
             // it never seals anything.
+            // The connection's own peer: a forwarded header, even from a trusted proxy, says
+            // nothing about the wire the key crossed to reach this daemon.
             let transport = request.extensions().get::<crate::api::Transport>().copied();
-            let peer = crate::api::Peer(super::source(&request));
+            let peer = request
+                .extensions()
+                .get::<crate::api::Peer>()
+                .copied()
+                .unwrap_or(crate::api::Peer(None));
             let carries_key = !request.get_ref().new_master_key.is_empty();
             if carries_key && !transport.is_some_and(|t| t.may_carry_keys(peer)) {
                 return Err(VaultError::FailedPrecondition(
@@ -631,6 +637,16 @@ mod tests {
     /// What a rekey request over `transport` from `peer` is answered, before the vault is
     /// open: NOT_READY (UNAVAILABLE) once the transport is accepted.
     async fn rekey_over(transport: Transport, peer: Peer) -> tonic::Code {
+        rekey_attributed(transport, peer, None).await
+    }
+
+    /// As [`rekey_over`], with the request attributed to `source` (as behind a trusted proxy
+    /// whose `X-Forwarded-For` named it).
+    async fn rekey_attributed(
+        transport: Transport,
+        peer: Peer,
+        source: Option<crate::api::http::Source>,
+    ) -> tonic::Code {
         let api = AdminApi {
             ready: Ready::default(),
             calls: Default::default(),
@@ -640,6 +656,9 @@ mod tests {
         });
         request.extensions_mut().insert(transport);
         request.extensions_mut().insert(peer);
+        if let Some(source) = source {
+            request.extensions_mut().insert(source);
+        }
         match api.rekey(request).await {
             Ok(_) => tonic::Code::Ok,
             Err(status) => status.code(),
@@ -665,5 +684,24 @@ mod tests {
                 "{transport:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_forwarded_loopback_address_does_not_make_plain_tcp_safe_for_a_key() {
+        // A trusted proxy on another host forwards a request whose X-Forwarded-For names
+        // 127.0.0.1: the key still crossed the network in clear between proxy and daemon.
+        let proxy = Peer(Some("10.0.0.5".parse().unwrap()));
+        let forwarded = crate::api::http::Source(Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            rekey_attributed(Transport::Tcp, proxy, Some(forwarded)).await,
+            tonic::Code::FailedPrecondition
+        );
+        // And a forwarded remote address does not refuse a loopback connection.
+        let remote = crate::api::http::Source(Some("192.0.2.7".parse().unwrap()));
+        let loopback = Peer(Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            rekey_attributed(Transport::Tcp, loopback, Some(remote)).await,
+            tonic::Code::Unavailable
+        );
     }
 }

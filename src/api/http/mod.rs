@@ -139,13 +139,24 @@ pub async fn attribute_source(
     next.run(request).await
 }
 
-/// Answers 503 when a request takes longer than `limit`.
+/// Holds back the answer of a request given a penalty (an authentication failure past the
+/// limit, [`crate::auth::penalty`]) until the penalty is over. Outside the request timeout.
+pub async fn answer_late(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    crate::auth::penalty::served(next.run(request)).await
+}
+
+/// Answers 503 when a request takes longer than `limit`; the call it cut is logged and counted
+/// as `timeout` ([`crate::api::observe::within_deadline`]).
 pub async fn with_timeout(
     limit: Duration,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
+    let served = tokio::time::timeout(limit, next.run(request));
+    match crate::api::observe::within_deadline(limit, served).await {
         Ok(response) => response,
         Err(_) => HttpError::new(
             StatusCode::SERVICE_UNAVAILABLE,

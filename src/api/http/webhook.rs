@@ -66,6 +66,7 @@ pub fn router(
         .layer(middleware::from_fn(move |req, next| {
             super::with_timeout(timeout, req, next)
         }))
+        .layer(middleware::from_fn(super::answer_late))
         .layer(middleware::from_fn(move |req, next| {
             super::attribute_source(Arc::clone(&proxies), req, next)
         }))
@@ -105,6 +106,10 @@ pub(super) fn source(
     Some(nearest)
 }
 
+/// Refuses (403) a webhook call from a source outside the allow-list; the refusal is logged
+/// and counted as the call's outcome `forbidden`. A source that is not a trusted proxy never
+/// gets this far when the allow-list is set: its connection is closed when accepted
+/// ([`crate::server::serve`]); here the forwarded address of a proxied call decides.
 async fn allow_list(State(state): State<WebhookState>, request: Request, next: Next) -> Response {
     let allow = &state.config.allow;
     if allow.is_empty() {
@@ -119,11 +124,14 @@ async fn allow_list(State(state): State<WebhookState>, request: Request, next: N
     if !unknown && from.is_some_and(|ip| allow.iter().any(|net| net.contains(&ip))) {
         next.run(request).await
     } else {
-        tracing::warn!(
-            peer = ?peer,
-            source = ?from,
-            "webhook call from a source outside the allow-list refused"
-        );
+        let method = if request.uri().path().ends_with("/fetch") {
+            "Fetch"
+        } else {
+            "Backup"
+        };
+        let mut call = Call::new(&state.calls, "WebhookHttp", method);
+        call.source(peer, from);
+        call.finish_with("forbidden");
         HttpError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
