@@ -96,7 +96,11 @@ impl Company {
             webhook: WebhookSecrets::from_file_contents("a-webhook-secret-of-enough-length")
                 .unwrap(),
             admin_token: [0; 32],
-            failures: FailureLimiter::new(0, std::time::Duration::from_secs(60)),
+            failures: FailureLimiter::new(
+                0,
+                std::time::Duration::from_secs(60),
+                std::time::Duration::ZERO,
+            ),
         };
         let vault = Vault::open(
             Arc::clone(&store),
