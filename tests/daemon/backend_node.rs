@@ -271,34 +271,26 @@ async fn the_node_backend_stores_the_cipher_text_and_serves_recovery_and_eject()
         )
         .await;
     assert_eq!(stored.status, 200);
+    // The fetch answers B, then A, kept: Portal completes B only when the app tells it so,
+    // and until then recovers A.
     assert_eq!(
         sorted(pairs(&portal.fetch(client).await)),
-        ["pair-b1", "pair-b2"]
+        ["pair-a1", "pair-a2", "pair-b1", "pair-b2"]
     );
     let b = backend
         .cipher_text("alice", "PASSWORD", Some("pair-b1"))
         .await;
     assert_eq!(b.json()["cipherText"], "cipher-text-B");
-    // A's pair: a vault whose cipherText GET takes `backupSharePairId` answers A's kept
-    // cipherText; one without answers nothing rather than B's.
-    let served = Http::plain(&daemon.endpoint)
-        .send("GET", "/openapi.json", &[], None)
-        .await
-        .json();
-    let by_pair_query = served["paths"]["/v1/clients/{clientId}/client-backup-shares/{backupMethod}"]
-        ["get"]["parameters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|p| p["in"] == "query" && p["name"] == "backupSharePairId");
+    // A's pair still gets A's kept cipherText, never B's.
     let a = backend
         .cipher_text("alice", "PASSWORD", Some("pair-a1"))
         .await;
-    if by_pair_query {
-        assert_eq!(a.json()["cipherText"], "cipher-text-A");
-    } else {
-        assert_eq!(a.status, 404, "A's pair was given B's cipherText");
-    }
+    assert_eq!(a.json()["cipherText"], "cipher-text-A");
+    // A pair of another method is not this method's.
+    let other = backend
+        .cipher_text("alice", "GDRIVE", Some("pair-a1"))
+        .await;
+    assert_eq!(other.status, 404);
 
     // The Enclave flow: one ciphertext per curve, stored under METHOD-CURVE.
     portal

@@ -304,8 +304,8 @@ fn error_cases(secret: &str) -> Vec<Case<'_>> {
             "POST",
             "/backup",
             vec![json_ct, with_secret],
-            br#"{"clientId":"victim","backupMethod":"A B","share":"s"}"#.to_vec(),
-            "backupMethod: may contain only",
+            br#"{"clientId":"victim","backupMethod":"A\u0007B","share":"s"}"#.to_vec(),
+            "backupMethod: may contain only printable ASCII",
         ),
         (
             400,

@@ -95,7 +95,7 @@ async fn read_back_and_fail_on_purpose(
         .backup(with_secret(
             pb::BackupRequest {
                 client_id: "planted".into(),
-                backup_method: "BAD METHOD".into(),
+                backup_method: "BAD\nMETHOD".into(),
                 share: SHARE_MARKER.into(),
                 backup_share_pair_id: None,
             },

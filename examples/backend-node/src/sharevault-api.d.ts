@@ -116,6 +116,26 @@ export interface paths {
         patch: operations["updateBackupSharePairs"];
         trace?: never;
     };
+    "/v1/clients/{clientId}/backup-share-pairs/{backupSharePairId}/client-backup-share": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Fetch the client share of one backup share pair, current or kept
+         * @description The cipherText stored for the backup that pair belongs to, under whichever method covers it: at recovery, ask for the pair Portal reports completed, which may be older than the newest backup stored here. Backend role.
+         */
+        get: operations["getPairClientBackupShare"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/clients/{clientId}/backups": {
         parameters: {
             query?: never;
@@ -128,6 +148,26 @@ export interface paths {
          * @description Backend role.
          */
         get: operations["listBackups"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/clients/{clientId}/client-backup-shares": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A client's client shares, current and kept, with their pairs
+         * @description Metadata only, never a cipherText: current shares first, in method order, then kept ones, newest first. Backend role.
+         */
+        get: operations["listClientBackupShares"];
         put?: never;
         post?: never;
         delete?: never;
@@ -225,9 +265,26 @@ export interface components {
         /** @description A client share, as stored. */
         ClientShareBody: {
             backupMethod: string;
+            /** @description The backup share pairs this cipherText completed when it was stored: its backup. */
+            backupSharePairIds: string[];
             cipherText: string;
             /** @description RFC 3339. */
             createdAt: string;
+        };
+        /** @description One held client share, without its cipherText. */
+        ClientShareInfo: {
+            backupMethod: string;
+            /** @description The backup share pairs it completed when it was stored. */
+            backupSharePairIds: string[];
+            /** @description RFC 3339. */
+            createdAt: string;
+            /** @description Whether it is the current share of its method. */
+            current: boolean;
+            /**
+             * Format: int64
+             * @description The kept version's number; absent for the current share.
+             */
+            version?: number | null;
         };
         /** @description A client share stored, and the pairs it completed. */
         ClientShareStored: {
@@ -235,8 +292,16 @@ export interface components {
             clientId: string;
             completedBackupSharePairIds: string[];
         };
+        /** @description A client's client shares, current and kept, without cipherTexts. */
+        ClientShares: {
+            /** @description Current shares first, in method order, then kept ones, newest first. */
+            clientBackupShares: components["schemas"]["ClientShareInfo"][];
+            clientId: string;
+        };
         /** @description A custodian share, for the eject role. */
         CustodianShareBody: {
+            /** @description The pair the share belongs to; absent for a share stored without one. */
+            backupSharePairId?: string | null;
             orgShare: string;
         };
         /** @description One custodian share of a `MethodBackups` (never its bytes). */
@@ -899,6 +964,103 @@ export interface operations {
             };
         };
     };
+    getPairClientBackupShare: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 1-128 of `A-Z a-z 0-9 . _ - : @`, not only dots. */
+                clientId: string;
+                /** @description 1-128 of `A-Z a-z 0-9 . _ - :`. */
+                backupSharePairId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the share */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ClientShareBody"];
+                };
+            };
+            /** @description a path segment or body field is malformed or outside its rules; the message names the field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description missing or wrong bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description the token's role does not allow the call */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description no such route, or no client share of that pair is held (`not_found`) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description a known route with the wrong method (`method_not_allowed`) */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description too many failed authentications from this source; see `Retry-After` */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description an internal error; nothing was changed */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description starting, stopping, storage unavailable, or the request ran past the request timeout */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     listBackups: {
         parameters: {
             query?: never;
@@ -994,6 +1156,101 @@ export interface operations {
             };
         };
     };
+    listClientBackupShares: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 1-128 of `A-Z a-z 0-9 . _ - : @`, not only dots. */
+                clientId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the client shares */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ClientShares"];
+                };
+            };
+            /** @description a path segment or body field is malformed or outside its rules; the message names the field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description missing or wrong bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description the token's role does not allow the call */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description no such route */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description a known route with the wrong method (`method_not_allowed`) */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description too many failed authentications from this source; see `Retry-After` */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description an internal error; nothing was changed */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description starting, stopping, storage unavailable, or the request ran past the request timeout */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     getClientBackupShare: {
         parameters: {
             query?: never;
@@ -1001,7 +1258,7 @@ export interface operations {
             path: {
                 /** @description 1-128 of `A-Z a-z 0-9 . _ - : @`, not only dots. */
                 clientId: string;
-                /** @description 1-64 of `A-Z a-z 0-9 _ -`. */
+                /** @description 1-64 printable ASCII characters (percent-encoded in the path). */
                 backupMethod: string;
             };
             cookie?: never;
@@ -1098,7 +1355,7 @@ export interface operations {
             path: {
                 /** @description 1-128 of `A-Z a-z 0-9 . _ - : @`, not only dots. */
                 clientId: string;
-                /** @description 1-64 of `A-Z a-z 0-9 _ -`. */
+                /** @description 1-64 printable ASCII characters (percent-encoded in the path). */
                 backupMethod: string;
             };
             cookie?: never;
@@ -1217,7 +1474,7 @@ export interface operations {
             path: {
                 /** @description 1-128 of `A-Z a-z 0-9 . _ - : @`, not only dots. */
                 clientId: string;
-                /** @description 1-64 of `A-Z a-z 0-9 _ -`. */
+                /** @description 1-64 printable ASCII characters (percent-encoded in the path). */
                 backupMethod: string;
             };
             cookie?: never;
@@ -1307,12 +1564,18 @@ export interface operations {
     };
     getCustodianBackupShare: {
         parameters: {
-            query?: never;
+            query?: {
+                /**
+                 * @description The share of this backup share pair, current or kept. Without it: the current share,
+                 *     unless its pair is not completed and a kept share of a completed pair is held.
+                 */
+                backupSharePairId?: string;
+            };
             header?: never;
             path: {
                 /** @description 1-128 of `A-Z a-z 0-9 . _ - : @`, not only dots. */
                 clientId: string;
-                /** @description 1-64 of `A-Z a-z 0-9 _ -`. */
+                /** @description 1-64 printable ASCII characters (percent-encoded in the path). */
                 backupMethod: string;
             };
             cookie?: never;
@@ -1328,7 +1591,7 @@ export interface operations {
                     "application/json": components["schemas"]["CustodianShareBody"];
                 };
             };
-            /** @description a path segment or body field is malformed or outside its rules; the message names the field */
+            /** @description a malformed client id, method, pair id or query (`invalid_argument`) */
             400: {
                 headers: {
                     [name: string]: unknown;

@@ -5,7 +5,6 @@ import createClient, { type Client } from "openapi-fetch";
 import type { components, paths } from "./sharevault-api.js";
 
 export type ErrorBody = components["schemas"]["ErrorBody"];
-type ShareVersion = components["schemas"]["ShareVersion"];
 
 /** An answer of sharevault that is not a success: its HTTP status and error body. */
 export class VaultError extends Error {
@@ -33,7 +32,6 @@ const SHARE = "/v1/clients/{clientId}/client-backup-shares/{backupMethod}" as co
 export class Vault {
   private readonly backend: Client<paths>;
   private readonly eject: Client<paths> | undefined;
-  private pairQuery: Promise<boolean> | undefined;
 
   constructor(
     readonly baseUrl: string,
@@ -62,8 +60,9 @@ export class Vault {
 
   /**
    * The cipherText for a recovery: the one stored under `backupMethod` (sharevault falls back
-   * to a legacy `UNKNOWN` one), or, given the `backupSharePairId` the device recovers with, the
-   * cipherText of that backup. `null` when sharevault holds none that fits.
+   * to a legacy `UNKNOWN` one), or, given the `backupSharePairId` of the pair Portal reports
+   * completed, the cipherText of that pair's backup, current or kept: Portal's completed
+   * backup can be older than the newest one stored. `null` when sharevault holds none.
    */
   async cipherText(
     clientId: string,
@@ -71,34 +70,15 @@ export class Vault {
     backupSharePairId?: string,
   ): Promise<StoredCipherText | null> {
     if (backupSharePairId === undefined) return this.current(clientId, backupMethod);
-    if (await this.servesByPair()) {
-      // This vault answers the cipherText of the backup `backupSharePairId` belongs to itself.
-      // The cast keeps this call compiling against both the current document and one that
-      // declares the query.
-      const params = {
-        path: { clientId, backupMethod },
-        query: { backupSharePairId },
-      } as { path: { clientId: string; backupMethod: string } };
-      const { data, error, response } = await this.backend.GET(SHARE, { params });
-      if (response.status === 404) return null;
-      if (data === undefined) fail(response, error);
-      return data;
-    }
-    // A vault without the query serves the current cipherText only: serve it when it is the
-    // one of that pair's backup (stored at or after the pair's custodian share, and before a
-    // newer backup replaced that share), and nothing otherwise, rather than another backup's.
-    const versions = await this.versions(clientId);
-    const custodian = versions.find(
-      (v) => v.kind === "custodian" && v.backupSharePairId === backupSharePairId,
+    const { data, error, response } = await this.backend.GET(
+      "/v1/clients/{clientId}/backup-share-pairs/{backupSharePairId}/client-backup-share",
+      { params: { path: { clientId, backupSharePairId } } },
     );
-    if (custodian === undefined || bare(custodian.backupMethod) !== bare(backupMethod)) return null;
-    const current = await this.current(clientId, backupMethod);
-    if (current === null) return null;
-    const stored = Date.parse(current.createdAt);
-    const fits =
-      stored >= Date.parse(custodian.createdAt) &&
-      (custodian.supersededAt === null || stored < Date.parse(custodian.supersededAt));
-    return fits ? current : null;
+    if (response.status === 404) return null;
+    if (data === undefined) fail(response, error);
+    // The pair must belong to the method asked for: never another method's cipherText.
+    if (bare(data.backupMethod) !== bare(backupMethod)) return null;
+    return data;
   }
 
   /** The custodian share of `(clientId, "METHOD-CURVE")`, for eject (needs the eject token). */
@@ -129,30 +109,6 @@ export class Vault {
     if (response.status === 404) return null;
     if (data === undefined) fail(response, error);
     return data;
-  }
-
-  private async versions(clientId: string): Promise<ShareVersion[]> {
-    const { data, error, response } = await this.backend.GET("/v1/clients/{clientId}/versions", {
-      params: { path: { clientId } },
-    });
-    if (response.status === 404) return [];
-    if (data === undefined) fail(response, error);
-    return data.versions;
-  }
-
-  /**
-   * Whether this vault's cipherText GET takes `?backupSharePairId=`: its own OpenAPI document
-   * (served without a token) says so. Asked once.
-   */
-  servesByPair(): Promise<boolean> {
-    this.pairQuery ??= this.backend.GET("/openapi.json", { parseAs: "json" }).then(({ data }) => {
-      const document = data as
-        | { paths?: Record<string, { get?: { parameters?: { name: string; in: string }[] } }> }
-        | undefined;
-      const parameters = document?.paths?.[SHARE]?.get?.parameters ?? [];
-      return parameters.some((p) => p.in === "query" && p.name === "backupSharePairId");
-    });
-    return this.pairQuery;
   }
 }
 

@@ -159,7 +159,7 @@ fn bearers(t: &mut Table) {
 /// Client ids and methods in the path: traversal and percent-encoded junk.
 fn path_segments(t: &mut Table) {
     let long_client = format!("/v1/clients/{}/backups", "c".repeat(129));
-    let spaced_method = format!("/v1/clients/{API_VICTIM}/client-backup-shares/PASS%20WORD");
+    let spaced_method = format!("/v1/clients/{API_VICTIM}/client-backup-shares/PASS%09WORD");
     let long_method = format!(
         "/v1/clients/{API_VICTIM}/client-backup-shares/{}",
         "M".repeat(65)
@@ -191,7 +191,7 @@ fn path_segments(t: &mut Table) {
         ),
         ("non-ASCII client id", "/v1/clients/v%C3%ADctim/backups"),
         ("client id of 129 characters", long_client.as_str()),
-        ("encoded space in the method", spaced_method.as_str()),
+        ("encoded tab in the method", spaced_method.as_str()),
         ("method of 65 characters", long_method.as_str()),
     ] {
         let field = if name.contains("method") {
