@@ -147,27 +147,22 @@ fn check_client(
             .custodian
             .iter()
             .any(|(k, _)| split_curve(k).0 == method);
-        if !has_custodian {
-            reasons.push((Reason::CustodianShareMissing, String::new()));
-        } else if state
+        let check = Check {
+            client_id,
+            state,
+            options,
+            now,
+            opens,
+        };
+        // A method held only under its own name has no curve (legacy `UNKNOWN`, a bare
+        // `GDRIVE`, a method Portal added since): it is its own key, and no curve is expected.
+        let curveless = state
             .custodian
             .iter()
-            .all(|(k, _)| k != method || split_curve(k).1.is_none())
-            && state.custodian.iter().any(|(k, _)| k == method)
-            && !state
-                .custodian
-                .iter()
-                .any(|(k, _)| k != method && split_curve(k).0 == method)
-        {
-            // A share stored under a method without a curve (legacy `UNKNOWN`, bare `GDRIVE`,
-            // or a method Portal added since): it is its own key, and no curve is expected.
-            let check = Check {
-                client_id,
-                state,
-                options,
-                now,
-                opens,
-            };
+            .all(|(k, _)| k == method || split_curve(k).0 != method);
+        if !has_custodian {
+            reasons.push((Reason::CustodianShareMissing, String::new()));
+        } else if curveless {
             if let Some(reason) = check_key(&check, method) {
                 reasons.push((reason, String::new()));
             }
@@ -181,15 +176,7 @@ fn check_client(
                 }
             }
             for curve in curves {
-                let key = format!("{method}-{curve}");
-                let check = Check {
-                    client_id,
-                    state,
-                    options,
-                    now,
-                    opens,
-                };
-                if let Some(reason) = check_key(&check, &key) {
+                if let Some(reason) = check_key(&check, &format!("{method}-{curve}")) {
                     reasons.push((reason, curve));
                 }
             }

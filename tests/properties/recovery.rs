@@ -145,6 +145,24 @@ impl Backup {
     }
 }
 
+/// Portal's `POST /backup` of one curve of `backup`.
+async fn webhook(
+    vault: &Vault,
+    client: &str,
+    method: &str,
+    backup: &Backup,
+    curve: usize,
+) -> Result<(), sharevault::error::VaultError> {
+    let key = format!("{method}-{}", CURVES[curve]);
+    let input = BackupInput {
+        client_id: client,
+        backup_method: &key,
+        share: &backup.shares[curve],
+        backup_share_pair_id: None,
+    };
+    vault.backup(input, "portal").await.map(|_| ())
+}
+
 /// Portal's view of one method: the backup it considers completed.
 type PortalView = Option<usize>;
 
@@ -175,21 +193,9 @@ async fn run(company: &Company, client: &str, attempts: &[Attempt]) -> Result<()
             let (times, ok) = plan(step);
             for _ in 0..times {
                 match step {
-                    Step::Webhook(curve) => {
-                        let key = format!("{method}-{}", CURVES[curve]);
-                        vault
-                            .backup(
-                                BackupInput {
-                                    client_id: client,
-                                    backup_method: &key,
-                                    share: &backup.shares[curve],
-                                    backup_share_pair_id: None,
-                                },
-                                "portal",
-                            )
-                            .await
-                            .map_err(|e| format!("{step:?}: {e}"))?;
-                    }
+                    Step::Webhook(curve) => webhook(vault, client, method, &backup, curve)
+                        .await
+                        .map_err(|e| format!("{step:?}: {e}"))?,
                     Step::Fetch => {
                         let fetched = vault
                             .fetch(client, "portal")
@@ -422,17 +428,7 @@ proptest! {
 async fn back_up(vault: &Vault, client: &str, method: &str, n: usize, complete: bool) -> Backup {
     let backup = Backup::new(client, method, n, Flow::Sdk);
     for curve in 0..2 {
-        let key = format!("{method}-{}", CURVES[curve]);
-        vault
-            .backup(
-                BackupInput {
-                    client_id: client,
-                    backup_method: &key,
-                    share: &backup.shares[curve],
-                    backup_share_pair_id: None,
-                },
-                "portal",
-            )
+        webhook(vault, client, method, &backup, curve)
             .await
             .unwrap();
     }
