@@ -288,16 +288,22 @@ pub async fn run(
             .transpose()
             .map_err(ServeError::Tls)
     };
-    let (grpc_tls, http_tls) = (acceptor(&listeners.grpc_tls)?, acceptor(&listeners.http_tls)?);
+    let (grpc_tls, http_tls) = (
+        acceptor(&listeners.grpc_tls)?,
+        acceptor(&listeners.http_tls)?,
+    );
     let webhook_secrets: crate::vault::SharedWebhookSecrets =
         Arc::new(arc_swap::ArcSwap::from_pointee(settings.secrets.webhook));
     let reloader = Reloader {
         webhook_file: settings.secrets.webhook_file.clone(),
         webhook: Arc::clone(&webhook_secrets),
-        tls: [("grpc", &listeners.grpc_tls), ("webhook", &listeners.http_tls)]
-            .into_iter()
-            .filter_map(|(name, identity)| Some((name, Arc::clone(identity.as_ref()?))))
-            .collect(),
+        tls: [
+            ("grpc", &listeners.grpc_tls),
+            ("webhook", &listeners.http_tls),
+        ]
+        .into_iter()
+        .filter_map(|(name, identity)| Some((name, Arc::clone(identity.as_ref()?))))
+        .collect(),
         metrics: metrics.reloads.clone(),
     };
     // A JoinSet aborts its task when dropped, on every way out of `run`.
@@ -360,14 +366,7 @@ pub async fn run(
             settings.config.max_request_bytes,
             settings.config.request_timeout,
         );
-        servers.spawn(serve(
-            http,
-            public,
-            http_tls,
-            false,
-            admission,
-            stop_rx,
-        ));
+        servers.spawn(serve(http, public, http_tls, false, admission, stop_rx));
     }
 
     let path = settings.config.data_dir.join(DATABASE_FILE);

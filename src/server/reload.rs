@@ -39,13 +39,7 @@ impl Reloader {
 
     fn read_all(
         &self,
-    ) -> Result<
-        (
-            crate::auth::WebhookSecrets,
-            Vec<rustls::sign::CertifiedKey>,
-        ),
-        String,
-    > {
+    ) -> Result<(crate::auth::WebhookSecrets, Vec<rustls::sign::CertifiedKey>), String> {
         let webhook = crate::secrets::read_webhook_secrets(&self.webhook_file)?;
         let certs = self
             .tls

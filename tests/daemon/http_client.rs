@@ -70,6 +70,11 @@ impl TestCert {
         }
     }
 
+    /// The certificate, as the daemon presents it in a handshake.
+    pub fn der(&self) -> &rustls::pki_types::CertificateDer<'static> {
+        &self.der
+    }
+
     pub fn connector(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.der.clone()).unwrap();

@@ -106,6 +106,8 @@ fn the_units_command_line_and_credentials_are_the_daemons() {
         "DynamicUser=yes",
         "StateDirectory=sharevault",
         "StateDirectoryMode=0700",
+        // `systemctl reload`: the webhook secrets and certificates read again (reload.rs).
+        "ExecReload=/bin/kill -HUP $MAINPID",
     ] {
         assert!(text.lines().any(|l| l == expected), "{expected} in\n{text}");
     }
@@ -260,6 +262,7 @@ async fn two_instances_of_the_template_unit_keep_two_separate_vaults() {
     for expected in [
         "Type=notify",
         "DynamicUser=yes",
+        "ExecReload=/bin/kill -HUP $MAINPID",
         "StateDirectory=sharevault-%i",
         "RuntimeDirectory=sharevault-%i",
     ] {
