@@ -28,6 +28,7 @@ mod postgres;
 mod progress;
 mod reload;
 mod retention;
+mod reverse_proxy;
 mod seal;
 mod secrecy;
 mod selftest;
