@@ -9,7 +9,7 @@ use sharevault::cli::status::StatusArgs;
 use sharevault::cli::token::TokenCommand;
 use sharevault::config::{Config, LogFormat, ServeArgs};
 use sharevault::server::{self, Listeners, Settings};
-use sharevault::server::{Listener, tls_acceptor};
+use sharevault::server::{Listener, TlsIdentity, tls_acceptor};
 use std::io::IsTerminal;
 
 /// Threads for store reads, which may wait on the disk.
@@ -248,7 +248,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let tls = |files: &Option<sharevault::config::TlsFiles>| {
                 files
                     .as_ref()
-                    .map(|f| tls_acceptor(&f.cert, &f.key))
+                    .map(TlsIdentity::load)
                     .transpose()
                     .map_err(anyhow::Error::msg)
             };

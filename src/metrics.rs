@@ -187,6 +187,25 @@ impl ListenerMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    outcome: &'static str,
+}
+
+/// The reloader's handle: reloads (SIGHUP) put in force, and refused for a bad file.
+#[derive(Clone, Debug, Default)]
+pub struct ReloadMetrics {
+    reloads: Family<ReloadLabels, Counter>,
+}
+
+impl ReloadMetrics {
+    /// Counts a reload: `ok`, or `refused` when a file was not valid.
+    pub fn reload(&self, ok: bool) {
+        let outcome = if ok { "ok" } else { "refused" };
+        self.reloads.get_or_create(&ReloadLabels { outcome }).inc();
+    }
+}
+
 /// Figures read at scrape time.
 pub struct Gauges {
     pub custodian_shares: u64,
@@ -245,6 +264,7 @@ pub struct Metrics {
     pub store: StoreMetrics,
     pub vault: VaultMetrics,
     pub listeners: ListenerMetrics,
+    pub reloads: ReloadMetrics,
     pub scrape: ScrapeMetrics,
 }
 
@@ -336,6 +356,16 @@ impl Metrics {
         ] {
             r.register(name, help, counter.clone());
         }
+        let reloads = ReloadMetrics::default();
+        // Both outcomes are exported from the start, at 0.
+        for outcome in ["ok", "refused"] {
+            drop(reloads.reloads.get_or_create(&ReloadLabels { outcome }));
+        }
+        r.register(
+            "sharevault_reloads",
+            "Reloads of the webhook secrets and TLS certificates (SIGHUP), by outcome: ok, or refused for a bad file (the previous ones kept)",
+            reloads.reloads.clone(),
+        );
         let scrape = ScrapeMetrics {
             registry: std::sync::Arc::new(Registry::default()),
             records: Family::default(),
@@ -382,6 +412,7 @@ impl Metrics {
             store,
             vault,
             listeners,
+            reloads,
             scrape,
         }
     }

@@ -24,6 +24,8 @@ pub struct Secrets {
     /// The previous master key, to finish an interrupted rotation.
     pub old_master_key: Option<MasterKey>,
     pub webhook: WebhookSecrets,
+    /// Where the webhook secrets are read from, again at each reload (SIGHUP).
+    pub webhook_file: PathBuf,
     /// SHA-256 of the admin token.
     pub admin_token: [u8; 32],
     /// Secrets generated for a first start, not yet written to the data dir: they are
@@ -203,6 +205,20 @@ pub fn database_password(configured: Option<&Path>) -> Result<Option<Zeroizing<V
     read_secret(&path, "database password").map(Some)
 }
 
+fn parse_webhook_secrets(raw: &[u8]) -> Result<WebhookSecrets, String> {
+    WebhookSecrets::from_file_contents(
+        std::str::from_utf8(raw).map_err(|_| "webhook secret: must be UTF-8 text")?,
+    )
+    .map_err(|e| format!("webhook secret: {e}"))
+}
+
+/// Reads the webhook secrets file again (a reload): private to its owner, one secret of at
+/// least [`MIN_SECRET_LEN`] characters per line. Errors never quote the file's contents.
+pub fn read_webhook_secrets(path: &Path) -> Result<WebhookSecrets, String> {
+    parse_webhook_secrets(&read_secret(path, "webhook secret")?)
+        .map_err(|e| format!("{e} ({})", path.display()))
+}
+
 /// Reads a master key file (which must be private to its owner).
 pub fn read_master_key(path: &Path) -> Result<MasterKey, String> {
     MasterKey::from_file_contents(&read_secret(path, "master key")?)
@@ -249,10 +265,12 @@ pub fn load(data_dir: &Path, files: SecretFiles<'_>) -> Result<Secrets, String> 
         data_dir,
         &mut generated,
     )?;
-    let webhook = WebhookSecrets::from_file_contents(
-        std::str::from_utf8(&webhook_raw).map_err(|_| "webhook secret: must be UTF-8 text")?,
-    )
-    .map_err(|e| format!("webhook secret: {e}"))?;
+    let webhook = parse_webhook_secrets(&webhook_raw)?;
+    let webhook_file = secret_path(
+        webhook_secret_file,
+        Kind::WebhookSecret.file_name(),
+        data_dir,
+    );
     let admin_raw = locate(Kind::AdminToken, admin_token_file, data_dir, &mut generated)?;
     let admin = admin_raw.trim_ascii();
     if admin.len() < MIN_SECRET_LEN {
@@ -264,6 +282,7 @@ pub fn load(data_dir: &Path, files: SecretFiles<'_>) -> Result<Secrets, String> 
         master_key,
         old_master_key: old_master_key.map(read_master_key).transpose()?,
         webhook,
+        webhook_file,
         admin_token: auth::digest(admin),
         generated,
     })

@@ -1,10 +1,8 @@
-//! Listeners: TCP or Unix sockets, bound before the daemon starts, and TLS (rustls).
+//! Listeners: TCP or Unix sockets, bound before the daemon starts.
 
 use crate::config::ListenAddr;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use tokio_rustls::TlsAcceptor;
+use std::path::PathBuf;
 
 /// A bound listener.
 pub enum Listener {
@@ -49,33 +47,6 @@ pub(super) fn local_admin_allowed(stream: &tokio::net::UnixStream) -> bool {
     };
     let own = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
     cred.uid() == 0 || Some(cred.uid()) == own
-}
-
-/// Loads a PEM certificate chain and private key into a TLS acceptor offering h2 and
-/// http/1.1.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("TLS certificate {}: {e}", cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "TLS certificate {}: no certificate found",
-            cert.display()
-        ));
-    }
-    let key =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("TLS key {}: {e}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("TLS certificate and key: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 pub(super) enum Accepted {

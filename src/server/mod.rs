@@ -9,9 +9,13 @@ use crate::config::Config;
 mod connection;
 mod listen;
 mod pruner;
+mod reload;
+mod tls;
 
 pub use connection::{Admission, AllowAtAccept, App, HEADER_TIMEOUT, MAX_HEADER_BYTES, serve};
-pub use listen::{Listener, tls_acceptor};
+pub use listen::Listener;
+pub use reload::Reloader;
+pub use tls::{TlsIdentity, tls_acceptor};
 
 use crate::api::Ready;
 use crate::api::grpc::{admin::AdminApi, backup::BackupApi, webhook::WebhookApi};
@@ -29,18 +33,17 @@ use crate::vault::{Credentials, Vault};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_rustls::TlsAcceptor;
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 
-/// The bound listeners, with their TLS acceptors.
+/// The bound listeners, with their TLS certificates (read again at each reload).
 pub struct Listeners {
     /// The private listener: gRPC, and the JSON API for any other content type.
     pub grpc: Listener,
-    pub grpc_tls: Option<TlsAcceptor>,
+    pub grpc_tls: Option<Arc<TlsIdentity>>,
     /// The public webhook listener, if enabled.
     pub http: Option<Listener>,
-    pub http_tls: Option<TlsAcceptor>,
+    pub http_tls: Option<Arc<TlsIdentity>>,
     /// The local admin socket, if enabled: the private app, for the daemon's own user and
     /// root, where the AdminService needs no token.
     pub admin_socket: Option<Listener>,
@@ -68,6 +71,8 @@ pub enum ServeError {
     Task(String),
     #[error("{0}")]
     DataDir(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// Checks, on the database as its open will see it but without writing a byte, what would
@@ -287,12 +292,44 @@ pub async fn run(
     mut settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    // First of all, so that a SIGHUP during the start does not end the daemon.
+    let hangups = reload::hangups();
     let (reporter, health) = tonic_health::server::health_reporter();
     let grpc_webhook = settings.config.webhook.grpc;
     set_health(&reporter, grpc_webhook, ServingStatus::NotServing).await;
     let ready = Ready::default();
     // The one registry, and a handle for each part of the daemon.
     let metrics = crate::metrics::Metrics::new();
+    let acceptor = |identity: &Option<Arc<TlsIdentity>>| {
+        identity
+            .as_ref()
+            .map(|i| i.acceptor())
+            .transpose()
+            .map_err(ServeError::Tls)
+    };
+    let (grpc_tls, http_tls) = (
+        acceptor(&listeners.grpc_tls)?,
+        acceptor(&listeners.http_tls)?,
+    );
+    let webhook_secrets: crate::vault::SharedWebhookSecrets =
+        Arc::new(arc_swap::ArcSwap::from_pointee(settings.secrets.webhook));
+    let reloader = Reloader {
+        webhook_file: settings.secrets.webhook_file.clone(),
+        webhook: Arc::clone(&webhook_secrets),
+        tls: [
+            ("grpc", &listeners.grpc_tls),
+            ("webhook", &listeners.http_tls),
+        ]
+        .into_iter()
+        .filter_map(|(name, identity)| Some((name, Arc::clone(identity.as_ref()?))))
+        .collect(),
+        metrics: metrics.reloads.clone(),
+    };
+    // A JoinSet aborts its task when dropped, on every way out of `run`.
+    let mut reloads = tokio::task::JoinSet::new();
+    if let Some(hangups) = hangups {
+        reloads.spawn(reload::on_hangup(hangups, reloader));
+    }
     let proxies = Arc::new(settings.config.webhook.trusted_proxies.clone());
     let private = private_app(
         grpc_router(
@@ -321,7 +358,7 @@ pub async fn run(
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
-    tracing::info!(addr = %listeners.grpc.describe(), tls = listeners.grpc_tls.is_some(), "grpc listener bound");
+    tracing::info!(addr = %listeners.grpc.describe(), tls = grpc_tls.is_some(), "grpc listener bound");
     if let Some(socket) = listeners.admin_socket {
         tracing::info!(addr = %socket.describe(), "admin socket bound");
         servers.spawn(serve(
@@ -336,13 +373,13 @@ pub async fn run(
     servers.spawn(serve(
         listeners.grpc,
         private,
-        listeners.grpc_tls,
+        grpc_tls,
         false,
         admission.clone(),
         stop_rx.clone(),
     ));
     if let Some(http) = listeners.http {
-        tracing::info!(addr = %http.describe(), tls = listeners.http_tls.is_some(), prefix = %settings.config.webhook.path_prefix, "webhook listener bound");
+        tracing::info!(addr = %http.describe(), tls = http_tls.is_some(), prefix = %settings.config.webhook.path_prefix, "webhook listener bound");
         let public = crate::api::http::webhook::router(
             ready.clone(),
             metrics.calls.clone(),
@@ -358,14 +395,7 @@ pub async fn run(
             }),
             ..admission
         };
-        servers.spawn(serve(
-            http,
-            public,
-            listeners.http_tls,
-            false,
-            admission,
-            stop_rx,
-        ));
+        servers.spawn(serve(http, public, http_tls, false, admission, stop_rx));
     }
 
     let path = settings.config.data_dir.join(DATABASE_FILE);
@@ -432,7 +462,7 @@ pub async fn run(
             keys.older,
             settings.config.limits,
             Credentials {
-                webhook: settings.secrets.webhook,
+                webhook: webhook_secrets,
                 admin_token: settings.secrets.admin_token,
                 failures: crate::auth::FailureLimiter::new(
                     settings.config.auth_failure_limit,

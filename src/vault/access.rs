@@ -6,9 +6,13 @@ use crate::auth::{self, Principal, Role, WebhookSecrets};
 use crate::error::VaultError;
 use std::net::IpAddr;
 
+/// The webhook secrets in force: replaced as a whole by a reload (SIGHUP), while every
+/// check reads the set in force when it began.
+pub type SharedWebhookSecrets = std::sync::Arc<arc_swap::ArcSwap<WebhookSecrets>>;
+
 /// Everything about a credential check that the vault needs.
 pub struct Credentials {
-    pub webhook: WebhookSecrets,
+    pub webhook: SharedWebhookSecrets,
     /// SHA-256 of the admin token.
     pub admin_token: [u8; 32],
     /// Failed authentications, per source address and per credential.
@@ -35,7 +39,7 @@ impl Vault {
         source: Option<IpAddr>,
     ) -> Result<(), VaultError> {
         match presented {
-            Some(secret) if self.credentials.webhook.verify(secret) => Ok(()),
+            Some(secret) if self.credentials.webhook.load().verify(secret) => Ok(()),
             None => Err(self.failed(
                 &auth::failure_keys(source, None),
                 VaultError::Unauthenticated("the webhook secret is missing"),

@@ -18,7 +18,7 @@ pub mod status;
 mod tokens;
 pub mod versions;
 
-pub use access::Credentials;
+pub use access::{Credentials, SharedWebhookSecrets};
 pub use history::VersionView;
 pub use keys::VerifyReport;
 pub use pairs::{CustodianView, MethodView};

@@ -57,8 +57,13 @@ pub struct TestCert {
 
 impl TestCert {
     pub fn new(dir: &std::path::Path) -> Self {
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-            .unwrap();
+        Self::for_names(dir, &["localhost", "127.0.0.1"])
+    }
+
+    /// A test certificate for `names` (host names and IP addresses).
+    pub fn for_names(dir: &std::path::Path, names: &[&str]) -> Self {
+        let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let cert = rcgen::generate_simple_self_signed(names).unwrap();
         let cert_file = dir.join("cert.pem");
         let key_file = dir.join("key.pem");
         std::fs::write(&cert_file, cert.cert.pem()).unwrap();
@@ -68,6 +73,11 @@ impl TestCert {
             key_file,
             der: cert.cert.der().clone(),
         }
+    }
+
+    /// The certificate, as the daemon presents it in a handshake.
+    pub fn der(&self) -> &rustls::pki_types::CertificateDer<'static> {
+        &self.der
     }
 
     pub fn connector(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
@@ -99,6 +109,14 @@ impl Http {
             addr: addr.trim_start_matches("http://").to_owned(),
             tls: Some(cert.connector(&[b"http/1.1"])),
             source: None,
+        }
+    }
+
+    /// The same client, connecting from `source`.
+    pub fn bound_to(self, source: &str) -> Self {
+        Self {
+            source: Some(source.parse().unwrap()),
+            ..self
         }
     }
 

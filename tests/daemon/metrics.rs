@@ -148,6 +148,7 @@ async fn a_live_scrape_passes_promtool_and_counts_the_calls() {
         "sharevault_auth_failures_total",
         "sharevault_disk_reserve_refusals_total",
         "sharevault_audit_chain_broken_total",
+        "sharevault_reloads_total",
     ] {
         assert!(names.contains(name), "{name} is not exported:\n{text}");
     }

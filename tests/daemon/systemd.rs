@@ -106,6 +106,8 @@ fn the_units_command_line_and_credentials_are_the_daemons() {
         "DynamicUser=yes",
         "StateDirectory=sharevault",
         "StateDirectoryMode=0700",
+        // `systemctl reload`: the webhook secrets and certificates read again (reload.rs).
+        "ExecReload=/bin/kill -HUP $MAINPID",
     ] {
         assert!(text.lines().any(|l| l == expected), "{expected} in\n{text}");
     }
@@ -260,6 +262,7 @@ async fn two_instances_of_the_template_unit_keep_two_separate_vaults() {
     for expected in [
         "Type=notify",
         "DynamicUser=yes",
+        "ExecReload=/bin/kill -HUP $MAINPID",
         "StateDirectory=sharevault-%i",
         "RuntimeDirectory=sharevault-%i",
     ] {
@@ -418,4 +421,211 @@ async fn two_instances_of_the_template_unit_keep_two_separate_vaults() {
     )
     .await;
     assert_eq!(wrong_path.status, 404);
+}
+
+/// The drop-ins shipped in `systemd/sharevault.service.d/`.
+fn drop_ins() -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/sharevault.service.d");
+    let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "conf"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn systemd_verify_accepts_the_unit_with_each_shipped_drop_in_without_warnings() {
+    let drop_ins = drop_ins();
+    let names: Vec<&str> = drop_ins.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["bind-443.conf", "reload-in-place.conf"]);
+    for (name, text) in &drop_ins {
+        let tmp = tempfile::tempdir().unwrap();
+        let credentials = tmp.path().join("credentials");
+        std::fs::create_dir(&credentials).unwrap();
+        for secret in ["master-key", "webhook-secret", "admin-token"] {
+            std::fs::write(credentials.join(secret), "test\n").unwrap();
+        }
+        let rewritten = unit()
+            .replace(INSTALLED_BINARY, env!("CARGO_BIN_EXE_sharevault"))
+            .replace("/etc/sharevault/", &format!("{}/", credentials.display()));
+        let path = tmp.path().join("sharevault.service");
+        std::fs::write(&path, rewritten).unwrap();
+        // systemd-analyze reads the drop-ins of `X.service.d/` beside the unit it verifies.
+        let dir = tmp.path().join("sharevault.service.d");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join(name), text).unwrap();
+        let output = systemd_analyze(&["verify", &path.display().to_string()]);
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "{name}: {report}");
+        assert!(
+            !report.lines().any(|l| l.contains("sharevault")),
+            "systemd-analyze verify warns about the unit with {name}:\n{report}"
+        );
+        let (exposure, report) = exposure(&path);
+        assert!(
+            exposure <= 2.5,
+            "{name}: exposure {exposure} > 2.5:\n{report}"
+        );
+    }
+}
+
+/// The value of `key=` in a drop-in, which must be set once.
+fn drop_in_value(name: &str, key: &str) -> String {
+    let (_, text) = drop_ins().into_iter().find(|(n, _)| n == name).unwrap();
+    let found = values(&text, key);
+    assert_eq!(found.len(), 1, "{key} in {name}");
+    found[0].to_owned()
+}
+
+/// The service user of the tests' units: `nobody`, as systemd gives the files of a unit's
+/// credentials and state directory to its user.
+const SERVICE_UID: u32 = 65534;
+
+/// A free loopback port under 1024.
+fn free_low_port() -> u16 {
+    (900..1000)
+        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free port in 900..1000")
+}
+
+/// The packaged example configuration's command line (its header's `ExecStart=`), started
+/// as the service user (not root) with the example as the `config` credential and the
+/// secrets as credentials: the paths it names fit the unit. With the bind-443 drop-in's
+/// capabilities the webhook listener binds a port under 1024; without them it cannot.
+#[test]
+fn the_documented_config_and_the_bind_443_drop_in_start_as_the_service_user() {
+    assert!(
+        {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata("/proc/self").unwrap().uid() == 0
+        },
+        "this test starts the daemon as another user and must run as root (sudo scripts/test)"
+    );
+    let example =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/deb/sharevault.toml.example");
+    let example_text = std::fs::read_to_string(&example).unwrap();
+    let exec = example_text
+        .lines()
+        .find_map(|l| l.strip_prefix("#   ExecStart=/usr/bin/sharevault "))
+        .expect("the example's ExecStart line");
+    assert_eq!(
+        drop_in_value("bind-443.conf", "AmbientCapabilities"),
+        "CAP_NET_BIND_SERVICE"
+    );
+    assert_eq!(
+        drop_in_value("bind-443.conf", "CapabilityBoundingSet"),
+        "CAP_NET_BIND_SERVICE"
+    );
+    assert_eq!(drop_in_value("bind-443.conf", "PrivateUsers"), "no");
+
+    let tmp = tempfile::tempdir().unwrap();
+    // The service user must reach its directories through the temporary directory.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let (state, runtime, credentials) = (
+        tmp.path().join("state"),
+        tmp.path().join("run"),
+        tmp.path().join("credentials"),
+    );
+    let keys = crate::harness::Keys::new(&credentials, 48);
+    std::fs::copy(&example, credentials.join("config")).unwrap();
+    for dir in [&state, &runtime] {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    for path in [&state, &runtime, &credentials] {
+        std::os::unix::fs::chown(path, Some(SERVICE_UID), Some(SERVICE_UID)).unwrap();
+    }
+    for name in ["config", "master-key", "webhook-secret", "admin-token"] {
+        let file = credentials.join(name);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::chown(&file, Some(SERVICE_UID), Some(SERVICE_UID)).unwrap();
+    }
+    let port = free_low_port();
+    let start = |capabilities: bool| {
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--reuid={SERVICE_UID}"))
+            .arg(format!("--regid={SERVICE_UID}"))
+            .arg("--clear-groups");
+        if capabilities {
+            cmd.args([
+                "--inh-caps=+net_bind_service",
+                "--ambient-caps=+net_bind_service",
+                "--bounding-set=-all,+net_bind_service",
+            ]);
+        } else {
+            cmd.args(["--inh-caps=-all", "--bounding-set=-all"]);
+        }
+        cmd.arg("--").arg(env!("CARGO_BIN_EXE_sharevault"));
+        cmd.args(exec.split_whitespace().map(|w| {
+            w.replace(
+                "${CREDENTIALS_DIRECTORY}",
+                &credentials.display().to_string(),
+            )
+            .replace("${STATE_DIRECTORY}", &state.display().to_string())
+            .replace("${RUNTIME_DIRECTORY}", &runtime.display().to_string())
+        }));
+        for (var, _) in std::env::vars_os() {
+            if var.to_string_lossy().starts_with("SHAREVAULT_") {
+                cmd.env_remove(var);
+            }
+        }
+        // The example's own ports are fixed ones; the test's are ephemeral, and the webhook's
+        // is under 1024 (`--http-listen 0.0.0.0:443` in production).
+        cmd.env("CREDENTIALS_DIRECTORY", &credentials)
+            .env("SHAREVAULT_GRPC_LISTEN", "127.0.0.1:0")
+            .env("SHAREVAULT_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SHAREVAULT_JOURNAL_BYTES", "4194304")
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .current_dir(tmp.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        crate::harness::Daemon::launch(cmd)
+    };
+    match start(false) {
+        crate::harness::Started::Exited { logs, .. } => assert!(
+            logs.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+            "{logs}"
+        ),
+        crate::harness::Started::Ready(_) => panic!("bound port {port} without the capability"),
+    }
+    let daemon = match start(true) {
+        crate::harness::Started::Ready(daemon) => daemon,
+        crate::harness::Started::Exited { status, logs } => {
+            panic!("the documented config did not start ({status}):\n{logs}")
+        }
+    };
+    assert_eq!(
+        daemon.webhook_addr.as_deref(),
+        Some(format!("127.0.0.1:{port}").as_str())
+    );
+    assert!(runtime.join("admin.sock").exists(), "no admin socket");
+    use std::os::unix::fs::MetadataExt;
+    let vault = std::fs::metadata(state.join("sharevault.redb")).unwrap();
+    assert_eq!(
+        vault.uid(),
+        SERVICE_UID,
+        "the vault belongs to the service user"
+    );
+    let hook = crate::http_client::Http::plain(&format!("127.0.0.1:{port}"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reply = rt.block_on(send(
+        &hook,
+        "/backup/fetch".into(),
+        &keys,
+        serde_json::json!({"clientId": "c"}),
+    ));
+    assert_eq!(reply.status, 200);
 }

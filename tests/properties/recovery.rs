@@ -93,8 +93,9 @@ impl Company {
             Arc::new(RedbStore::open_with(opener, None, 0, false, Default::default()).unwrap());
         let key = MasterKey::from_file_contents(&[7u8; 32]).unwrap();
         let credentials = Credentials {
-            webhook: WebhookSecrets::from_file_contents("a-webhook-secret-of-enough-length")
-                .unwrap(),
+            webhook: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
+                WebhookSecrets::from_file_contents("a-webhook-secret-of-enough-length").unwrap(),
+            )),
             admin_token: [0; 32],
             failures: FailureLimiter::new(
                 0,
