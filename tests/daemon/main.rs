@@ -26,6 +26,7 @@ mod pg_migrate;
 mod pg_server;
 mod postgres;
 mod progress;
+mod restore_freshness;
 mod retention;
 mod seal;
 mod secrecy;
