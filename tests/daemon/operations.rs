@@ -79,6 +79,7 @@ async fn client_cipher_text(daemon: &Daemon, token: &str, client: &str, method: 
         .unwrap()
         .into_inner()
         .cipher_text
+        .clone()
 }
 
 /// A `(client, share)` the webhook acknowledged.
