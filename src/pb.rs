@@ -1,7 +1,8 @@
 //! The generated protobuf types and services of `sharevault.v1`.
 //!
-//! Messages that carry share material or tokens have a hand-written `Debug` that shows
-//! everything but those fields.
+//! Messages that carry share material, tokens or keys have a hand-written `Debug` that shows
+//! everything but those fields, and wipe those fields when dropped: a request decoded from
+//! the wire, a response once encoded, the CLI's copy of a new master key.
 
 #![allow(clippy::all, missing_docs)]
 
@@ -83,6 +84,32 @@ impl fmt::Debug for RekeyRequest {
     }
 }
 
+/// Wipes the named secret fields of a message when it is dropped.
+macro_rules! zeroize_on_drop {
+    ($($message:ident: $($field:ident),+;)+) => {
+        $(
+            impl Drop for $message {
+                fn drop(&mut self) {
+                    use zeroize::Zeroize;
+                    $(self.$field.zeroize();)+
+                }
+            }
+
+            impl zeroize::ZeroizeOnDrop for $message {}
+        )+
+    };
+}
+
+zeroize_on_drop! {
+    BackupRequest: share;
+    FetchResponse: backup_shares;
+    StoreClientBackupShareRequest: cipher_text;
+    GetClientBackupShareResponse: cipher_text;
+    GetCustodianBackupShareResponse: share;
+    CreateTokenResponse: token;
+    RekeyRequest: new_master_key;
+}
+
 /// Milliseconds since the Unix epoch as a protobuf timestamp.
 pub fn timestamp(ms: u64) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -119,5 +146,19 @@ mod tests {
             assert!(!shown.contains("PLANTED"), "{shown}");
         }
         assert!(format!("{req:?}").contains("c1"));
+    }
+
+    /// Every message that carries a share, a cipherText, a token or a key wipes it on drop:
+    /// requests decoded from the wire, responses once encoded, the CLI's new master key.
+    #[test]
+    fn messages_with_secrets_zeroize_on_drop() {
+        fn zeroized_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        zeroized_on_drop::<BackupRequest>();
+        zeroized_on_drop::<FetchResponse>();
+        zeroized_on_drop::<StoreClientBackupShareRequest>();
+        zeroized_on_drop::<GetClientBackupShareResponse>();
+        zeroized_on_drop::<GetCustodianBackupShareResponse>();
+        zeroized_on_drop::<CreateTokenResponse>();
+        zeroized_on_drop::<RekeyRequest>();
     }
 }

@@ -63,8 +63,7 @@ impl Anchor {
     pub const META: &'static str = "audit_keyed_from";
 
     fn tag(key: &AuditKey, seq: u64) -> HmacSha256 {
-        key.0
-            .clone()
+        key.mac()
             .chain_update(b"audit keyed from")
             .chain_update(seq.to_be_bytes())
     }
@@ -94,8 +93,7 @@ impl PruneAnchor {
     pub const META: &'static str = "audit_pruned_to";
 
     fn tag(key: &AuditKey, seq: u64, hash: &[u8; 32]) -> HmacSha256 {
-        key.0
-            .clone()
+        key.mac()
             .chain_update(b"audit pruned to")
             .chain_update(seq.to_be_bytes())
             .chain_update(hash)
@@ -209,8 +207,7 @@ impl AuditEvent {
     pub fn compute_hash(&self, key: Option<&AuditKey>) -> Option<[u8; 32]> {
         if self.keyed() {
             Some(
-                key?.0
-                    .clone()
+                key?.mac()
                     .chain_update(self.prev_hash)
                     .chain_update(self.body())
                     .finalize()

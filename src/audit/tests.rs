@@ -14,7 +14,7 @@ fn entry(action: &'static str) -> AuditEntry {
 }
 
 fn key(byte: u8) -> AuditKey {
-    AuditKey(<HmacSha256 as Mac>::new_from_slice(&[byte; 32]).unwrap())
+    AuditKey::from_bytes(&[byte; 32])
 }
 
 /// `n` events, keyed from `keyed_from` on.

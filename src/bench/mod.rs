@@ -122,7 +122,7 @@ async fn bench(args: &Args, workspace: &Workspace, daemon: &Daemon) -> anyhow::R
     // so that runs on a kept data dir leave none behind.
     let mut admin = admin(daemon).await?;
     let name = format!("bench-{pid}-{}", std::process::id());
-    let token = admin
+    let mut created = admin
         .create_token(with_token(
             CreateTokenRequest {
                 name: name.clone(),
@@ -132,8 +132,8 @@ async fn bench(args: &Args, workspace: &Workspace, daemon: &Daemon) -> anyhow::R
         )?)
         .await
         .context("CreateToken")?
-        .into_inner()
-        .token;
+        .into_inner();
+    let token = std::mem::take(&mut created.token);
     let driven = drive(args, workspace, daemon, token).await;
     let revoked = admin
         .revoke_token(with_token(

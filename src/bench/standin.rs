@@ -208,12 +208,16 @@ impl BackupService for Shared {
         &self,
         request: Request<pb::StoreClientBackupShareRequest>,
     ) -> Result<tonic::Response<pb::StoreClientBackupShareResponse>, Status> {
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        let key = (
+            std::mem::take(&mut req.client_id),
+            std::mem::take(&mut req.backup_method),
+        );
         self.memory
             .client
             .write()
             .map_err(|_| Status::internal("poisoned"))?
-            .insert((req.client_id, req.backup_method), req.cipher_text);
+            .insert(key, std::mem::take(&mut req.cipher_text));
         Ok(tonic::Response::new(
             pb::StoreClientBackupShareResponse::default(),
         ))

@@ -163,6 +163,8 @@ pub fn run(args: MigrateArgs) -> Result<(), CliError> {
     let options = RestoreOptions {
         replace: args.replace,
         accept_unauthenticated: false,
+        // A copy made a moment ago of the other side: `--replace` already says to replace.
+        allow_older: true,
     };
     let mut restoring = false;
     let (expected, report) = match args.to {
@@ -179,14 +181,20 @@ pub fn run(args: MigrateArgs) -> Result<(), CliError> {
             let expected = summary(&source)?;
             source.close();
             drop(source);
-            let report =
-                restore_into_postgres(&scratch.0, &pg, &key, options, &mut |step, d, t| {
+            let report = restore_into_postgres(
+                &scratch.0,
+                &pg,
+                &key,
+                options,
+                &mut |step, d, t| {
                     if step == Step::Import && !restoring {
                         restoring = true;
                         progress.restart("migrate, writing", "records");
                     }
                     progress.set(d, t);
-                });
+                },
+                &mut |_| {},
+            );
             (expected, report)
         }
         Target::Embedded => {
@@ -204,6 +212,7 @@ pub fn run(args: MigrateArgs) -> Result<(), CliError> {
                     }
                     progress.set(d, t);
                 },
+                &mut |_| {},
             );
             (expected, report)
         }

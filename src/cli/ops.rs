@@ -192,9 +192,11 @@ pub async fn rekey(args: RekeyArgs) -> Result<(), CliError> {
         .admin()
         .rekey(
             client.request(pb::RekeyRequest {
+                // The key's one plain copy, moved out of its `Zeroizing` (no copy is left
+                // behind) into the request, which wipes it when dropped once sent.
                 new_master_key: key
                     .as_ref()
-                    .map(|k| k.to_raw().to_vec())
+                    .map(|k| std::mem::take(&mut *k.to_raw()))
                     .unwrap_or_default(),
             })?,
         )

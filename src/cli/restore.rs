@@ -5,7 +5,9 @@ use super::CliError;
 use super::progress::Progress;
 use crate::crypto::MasterKey;
 use crate::seal::{Hsm, Pkcs11Settings, SEALED_ROOT_KEY, SealKind, WrapMechanism};
-use crate::snapshot::restore::{RestoreOptions, Step, restore_into_postgres, restore_with};
+use crate::snapshot::restore::{
+    Freshness, RestoreOptions, Step, restore_into_postgres, restore_with,
+};
 
 #[derive(clap::Args)]
 pub struct RestoreArgs {
@@ -49,6 +51,10 @@ pub struct RestoreArgs {
     /// proves only that it is not damaged, not that nobody altered it.
     #[arg(long)]
     pub accept_unauthenticated_snapshot: bool,
+    /// Replace a vault that holds writes the snapshot lacks: one whose last write (the newest
+    /// event of its audit trail) is newer than the snapshot. What was written since is lost.
+    #[arg(long)]
+    pub allow_older: bool,
     /// No progress on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -133,6 +139,7 @@ pub fn run(args: RestoreArgs) -> Result<(), CliError> {
     let options = RestoreOptions {
         replace: args.replace,
         accept_unauthenticated: args.accept_unauthenticated_snapshot,
+        allow_older: args.allow_older,
     };
     let mut step = |step, done, total| {
         if step == Step::Import && !importing {
@@ -141,15 +148,33 @@ pub fn run(args: RestoreArgs) -> Result<(), CliError> {
         }
         progress.set(done, total);
     };
+    // What is restored over what, shown before anything is written (and kept if refused).
+    let mut shown = |freshness: &Freshness| {
+        let mut lines = format!("{}\n", freshness.describe_snapshot());
+        if let Some(live) = freshness.describe_live() {
+            lines.push_str(&live);
+            lines.push('\n');
+        }
+        // A closed stdout fails the final report too; the restore itself goes on.
+        let _ = super::print(&lines);
+    };
     let (report, into) = match args.database.settings()? {
         Some(settings) => {
             let store = super::database::DatabaseArgs::open(&settings)?;
-            let report = restore_into_postgres(&args.from, &store, &key, options, &mut step);
+            let report =
+                restore_into_postgres(&args.from, &store, &key, options, &mut step, &mut shown);
             crate::store::Store::close(&store);
             (report, format!("postgres {}", settings.describe()))
         }
         None => (
-            restore_with(&args.from, &args.data_dir, &key, options, &mut step),
+            restore_with(
+                &args.from,
+                &args.data_dir,
+                &key,
+                options,
+                &mut step,
+                &mut shown,
+            ),
             args.data_dir.display().to_string(),
         ),
     };

@@ -113,13 +113,13 @@ async fn create(args: CreateArgs) -> Result<(), CliError> {
         name: args.name,
         role: args.role.to_proto() as i32,
     };
-    let response = client
+    let mut response = client
         .admin()
         .create_token(client.request(request)?)
         .await
         .map_err(|s| client.error(&s))?
         .into_inner();
-    let token = Zeroizing::new(response.token);
+    let token = Zeroizing::new(std::mem::take(&mut response.token));
     let role = role_name(response.role);
     if args.json {
         let line = Zeroizing::new(super::json_line(&Created {

@@ -54,7 +54,8 @@ async fn shares_survive_a_clean_restart() {
             .await
             .unwrap()
             .into_inner()
-            .backup_shares;
+            .backup_shares
+            .clone();
         assert_eq!(shares, vec![format!("share-{i}")]);
     }
 }

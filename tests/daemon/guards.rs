@@ -95,7 +95,8 @@ async fn the_grpc_webhook_is_served_only_on_request_and_only_to_the_allow_list()
         .await
         .unwrap()
         .into_inner()
-        .backup_shares;
+        .backup_shares
+        .clone();
     assert_eq!(shares, ["s2"], "the refused backup stored nothing");
 }
 

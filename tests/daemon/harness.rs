@@ -352,6 +352,7 @@ pub async fn fetch_shares(
         .expect("fetch")
         .into_inner()
         .backup_shares
+        .clone()
 }
 
 /// A request with the webhook secret attached.
@@ -529,6 +530,7 @@ pub async fn create_token(daemon: &Daemon, admin_token: &str, name: &str, role: 
         .expect("create token")
         .into_inner()
         .token
+        .clone()
 }
 
 /// The sharevault binary the tests run: this build's, or `SHAREVAULT_TEST_BINARY` (a release

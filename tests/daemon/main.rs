@@ -28,6 +28,7 @@ mod pg_server;
 mod postgres;
 mod progress;
 mod reload;
+mod restore_freshness;
 mod retention;
 mod reverse_proxy;
 mod seal;

@@ -70,7 +70,8 @@ async fn holds(daemon: &Daemon, sandbox: &Sandbox, tag: &str, token: &str) {
             .await
             .unwrap()
             .into_inner()
-            .cipher_text;
+            .cipher_text
+            .clone();
         assert_eq!(cipher, format!("{tag}-cipher-{i}"));
     }
     let audit = daemon.verify_audit(&sandbox.keys.admin_token).await;

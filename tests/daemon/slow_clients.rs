@@ -89,7 +89,8 @@ async fn idle_http2_connections_from_one_source_do_not_keep_others_out() {
     .expect("a gRPC fetch answers within a second")
     .unwrap()
     .into_inner()
-    .backup_shares;
+    .backup_shares
+    .clone();
     assert_eq!(shares, ["s"]);
     drop(held);
 }

@@ -270,7 +270,8 @@ async fn a_client_holds_at_most_64_methods_of_each_kind() {
         .await
         .unwrap()
         .into_inner()
-        .backup_shares;
+        .backup_shares
+        .clone();
     assert_eq!(shares.len(), 64, "the refused share was not kept");
     assert_eq!(shares.iter().filter(|s| *s == "new").count(), 1);
     let refused = api
@@ -286,14 +287,7 @@ async fn a_client_holds_at_most_64_methods_of_each_kind() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
     // Another client is not limited by this one.
-    webhook
-        .backup(with_secret(
-            pb::BackupRequest {
-                client_id: "another".into(),
-                ..backup("M64-SECP256K1".into(), "s")
-            },
-            secret,
-        ))
-        .await
-        .unwrap();
+    let mut another = backup("M64-SECP256K1".into(), "s");
+    another.client_id = "another".into();
+    webhook.backup(with_secret(another, secret)).await.unwrap();
 }

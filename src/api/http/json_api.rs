@@ -202,7 +202,7 @@ async fn get_client_share(
 }
 
 fn client_share_body(share: &crate::vault::ClientShare) -> Response {
-    json(
+    super::secret_json(
         StatusCode::OK,
         ClientShareBody {
             cipher_text: share.cipher_text.as_str(),
@@ -424,7 +424,7 @@ async fn get_custodian_share(
             org_share: share.share.as_str(),
             backup_share_pair_id: share.backup_share_pair_id.as_deref(),
         };
-        Ok(json(StatusCode::OK, body))
+        Ok(super::secret_json(StatusCode::OK, body))
     }
     .await;
     finish(call, result)

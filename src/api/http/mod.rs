@@ -9,6 +9,7 @@ pub mod json_api;
 pub mod jsonout;
 pub mod openapi;
 pub mod webhook;
+pub mod wiped;
 
 use crate::error::{Field, VaultError};
 use axum::body::Body;
@@ -95,14 +96,28 @@ pub fn json(status: StatusCode, body: impl serde::Serialize) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// A JSON answer already serialized.
+/// A JSON answer already serialized; its bytes are wiped once sent (it may carry shares).
 pub fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
-        Body::from(body),
+        wiped::response_body(body),
     )
         .into_response()
+}
+
+/// A JSON answer that carries a share or a cipherText: serialized into a buffer that is wiped,
+/// as are the bytes sent.
+pub fn secret_json(status: StatusCode, body: impl serde::Serialize) -> Response {
+    match wiped::to_json(&body) {
+        Ok(mut bytes) => json_bytes(status, std::mem::take(&mut *bytes)),
+        Err(_) => HttpError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the answer could not be encoded",
+        )
+        .into_response(),
+    }
 }
 
 /// Answers 404 for any unknown path.
@@ -168,12 +183,13 @@ pub async fn with_timeout(
 }
 
 /// Reads a JSON object body: `application/json` (415 otherwise), at most `limit` bytes (413),
-/// one object without duplicate keys (400). Messages never echo the body.
+/// one object without duplicate keys (400). Messages never echo the body. The body's bytes
+/// and the object's strings are wiped when dropped ([`wiped`]).
 pub async fn read_object(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
-) -> Result<Map<String, Value>, HttpError> {
+) -> Result<wiped::Object, HttpError> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -211,7 +227,8 @@ pub async fn read_object(
             }
         })?
         .to_bytes();
-    parse_object(&bytes)
+    let bytes = wiped::body(bytes);
+    parse_object(&bytes).map(wiped::Object)
 }
 
 const DUPLICATE: &str = "duplicate key";

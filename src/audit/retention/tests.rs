@@ -3,12 +3,10 @@
 
 use super::*;
 use crate::audit::{AuditEntry, ChainReport, append, verify_trail};
-use crate::integrity::HmacSha256;
 use crate::store::redb::RedbStore;
-use hmac::Mac;
 
 fn key() -> AuditKey {
-    AuditKey(<HmacSha256 as Mac>::new_from_slice(&[7; 32]).unwrap())
+    AuditKey::from_bytes(&[7; 32])
 }
 
 fn open(dir: &Path) -> RedbStore {

@@ -27,6 +27,9 @@ use std::io::{BufReader, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+mod freshness;
+pub use freshness::{Freshness, Live, Newest, SnapshotMark};
+
 /// What a restore wrote.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RestoreReport {
@@ -45,6 +48,8 @@ pub struct RestoreOptions {
     pub replace: bool,
     /// Accept a format 1 snapshot, whose plain checksum proves nothing against an attacker.
     pub accept_unauthenticated: bool,
+    /// Replace a vault that holds writes the snapshot lacks ([`Freshness::older`]).
+    pub allow_older: bool,
 }
 
 /// What the records checked so far have shown.
@@ -206,7 +211,7 @@ pub fn restore(
     key: &MasterKey,
     options: RestoreOptions,
 ) -> Result<RestoreReport, String> {
-    restore_with(from, data_dir, key, options, &mut |_, _, _| {})
+    restore_with(from, data_dir, key, options, &mut |_, _, _| {}, &mut |_| {})
 }
 
 /// A step of a restore that takes as long as the snapshot is large.
@@ -244,14 +249,20 @@ struct Authenticated {
     body: u64,
     header: snapshot::Header,
     integrity: Option<IntegrityKey>,
+    /// When it was taken and its newest event, read in the same pass.
+    mark: SnapshotMark,
 }
 
 impl Authenticated {
     fn trailer(&self) -> Trailer {
-        match &self.integrity {
-            Some(integrity) => Trailer::Mac(Box::new(integrity.snapshot_mac())),
-            None => Trailer::sha256(),
-        }
+        trailer(self.integrity.as_ref())
+    }
+}
+
+fn trailer(integrity: Option<&IntegrityKey>) -> Trailer {
+    match integrity {
+        Some(integrity) => Trailer::Mac(Box::new(integrity.snapshot_mac())),
+        None => Trailer::sha256(),
     }
 }
 
@@ -263,7 +274,10 @@ fn open_snapshot(from: &Path) -> Result<File, String> {
     File::open(from).map_err(|e| format!("cannot open {}: {e}", from.display()))
 }
 
-/// Step 1: authenticates the whole file before anything else.
+/// Step 1: authenticates the whole file before anything else, reading its records' structure
+/// and its newest audit event in the same pass. A file whose structure does not read is
+/// checked byte by byte instead, so that the refusal names what the MAC shows (altered or
+/// truncated).
 fn authenticate(
     from: &Path,
     key: &MasterKey,
@@ -290,10 +304,9 @@ fn authenticate(
             })?,
         ),
     };
-    let auth = Authenticated {
-        body,
-        header,
-        integrity,
+    let mut mark = SnapshotMark {
+        created_at_ms: header.created_at_ms,
+        newest: None,
     };
     let counted = Counted {
         input: open_snapshot(from)?,
@@ -301,9 +314,50 @@ fn authenticate(
         total: len,
         progress: &mut *progress,
     };
-    snapshot::verify_trailer(BufReader::new(counted), len, auth.trailer())
-        .map_err(|e| refused(e.to_string()))?;
-    Ok(auth)
+    let structured = (|| -> Result<bool, SnapshotError> {
+        if len < TRAILER {
+            return Err(SnapshotError::Truncated);
+        }
+        let input = Tee {
+            input: BufReader::new(counted).take(body),
+            trailer: trailer(integrity.as_ref()),
+        };
+        let mut reader = RecordReader::new(input)?;
+        while let Some((table, _, value)) = reader.next_record()? {
+            mark.see(table, &value);
+        }
+        reader.finish()?;
+        let Tee { input, trailer } = reader.into_inner();
+        let mut sum = [0u8; TRAILER as usize];
+        input
+            .into_inner()
+            .read_exact(&mut sum)
+            .map_err(|e| SnapshotError::Io(e.to_string()))?;
+        Ok(trailer.matches(&sum))
+    })();
+    match structured {
+        Ok(true) => {}
+        // Whole records ending in the end marker: the file is complete, and altered.
+        Ok(false) => {
+            return Err(refused(match &integrity {
+                Some(_) => SnapshotError::Mac.to_string(),
+                None => SnapshotError::Checksum.to_string(),
+            }));
+        }
+        Err(structure) => {
+            let input = BufReader::new(open_snapshot(from)?);
+            snapshot::verify_trailer(input, len, trailer(integrity.as_ref()))
+                .map_err(|e| refused(e.to_string()))?;
+            // Authentic but malformed: only the holder of the key could have written it.
+            return Err(refused(structure.to_string()));
+        }
+    }
+    Ok(Authenticated {
+        body,
+        header,
+        integrity,
+        mark,
+    })
 }
 
 /// Rows checked one by one as they are read, for a backend to import.
@@ -323,6 +377,7 @@ fn import_checked(
         body,
         header,
         integrity,
+        ..
     } = auth;
     let mut report = RestoreReport::default();
     let mut checks = Checks::default();
@@ -419,21 +474,55 @@ fn import_checked(
     }
 }
 
+/// Checks what a restore would replace against the snapshot, once both are known and before
+/// anything is written: tells `shown`, and refuses an older snapshot unless allowed.
+fn check_freshness(
+    auth: &Authenticated,
+    live: Live,
+    options: RestoreOptions,
+    shown: &mut dyn FnMut(&Freshness),
+) -> Result<(), String> {
+    let freshness = Freshness {
+        snapshot: auth.mark.clone(),
+        live,
+    };
+    shown(&freshness);
+    if freshness.older() && !options.allow_older {
+        return Err(refused(freshness.refusal()));
+    }
+    Ok(())
+}
+
 /// Restores the snapshot at `from` into the PostgreSQL database of `store`, in one
 /// transaction that holds the database's write lock: every record is checked before it
 /// commits, and a refused snapshot leaves the database as it was. A database that already
-/// holds a vault is replaced only with `options.replace`.
+/// holds a vault is replaced only with `options.replace`, and one that holds writes the
+/// snapshot lacks only with `options.allow_older`; `shown` is told what is replaced before
+/// anything is.
 pub fn restore_into_postgres(
     from: &Path,
     store: &crate::store::postgres::PgStore,
     key: &MasterKey,
     options: RestoreOptions,
     progress: &mut dyn FnMut(Step, u64, u64),
+    shown: &mut dyn FnMut(&Freshness),
 ) -> Result<RestoreReport, String> {
     let auth = authenticate(from, key, options, progress)?;
-    let mut import = store
-        .begin_import(options.replace)
-        .map_err(|e| e.to_string())?;
+    let mut stale: Option<String> = None;
+    let begun = store.begin_import(options.replace, &mut |live| {
+        let live = match live {
+            None => Live::Empty,
+            Some(reader) => Live::read(reader, &auth.mark),
+        };
+        check_freshness(&auth, live, options, &mut *shown).map_err(|message| {
+            stale = Some(message);
+            StoreError::Closed
+        })
+    });
+    let mut import = match (begun, stale) {
+        (_, Some(message)) => return Err(message),
+        (begun, None) => begun.map_err(|e| e.to_string())?,
+    };
     let report = import_checked(from, &auth, key, progress, &mut |rows| import.write(rows))
         .map_err(refused)?;
     import
@@ -443,13 +532,15 @@ pub fn restore_into_postgres(
 }
 
 /// As [`restore`], telling `progress` (step, done, total) as the file is authenticated and as
-/// the records are imported.
+/// the records are imported, and `shown` what is replaced before anything is. A vault that
+/// holds writes the snapshot lacks is replaced only with `options.allow_older`.
 pub fn restore_with(
     from: &Path,
     data_dir: &Path,
     key: &MasterKey,
     options: RestoreOptions,
     progress: &mut dyn FnMut(Step, u64, u64),
+    shown: &mut dyn FnMut(&Freshness),
 ) -> Result<RestoreReport, String> {
     let auth = authenticate(from, key, options, progress)?;
 
@@ -473,6 +564,23 @@ pub fn restore_with(
              (the current file is kept beside it)",
             data_dir.display()
         ));
+    }
+    // The vault it replaces, as its next open would see it (journals replayed in memory).
+    let live_vault = if live.exists() {
+        match RedbStore::peek(&live) {
+            Ok(Some(peeked)) => match peeked.read() {
+                Ok(reader) => Live::read(&*reader, &auth.mark),
+                Err(err) => Live::Unreadable(err.to_string()),
+            },
+            Ok(None) => Live::Empty,
+            Err(err) => Live::Unreadable(err.to_string()),
+        }
+    } else {
+        Live::Empty
+    };
+    if let Err(message) = check_freshness(&auth, live_vault, options, shown) {
+        unlock(lock);
+        return Err(message);
     }
 
     // 3. Check every record while importing it into a new file beside the live one.

@@ -144,8 +144,8 @@ fn a_format_1_snapshot_needs_the_flag_and_its_own_kind_of_vault() {
     );
     assert!(!data_dir.exists(), "nothing was made");
     let accept = RestoreOptions {
-        replace: false,
         accept_unauthenticated: true,
+        ..RestoreOptions::default()
     };
     restore(&old, &data_dir, &key, accept).unwrap();
     assert!(data_dir.join(DATABASE_FILE).exists());

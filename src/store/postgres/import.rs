@@ -2,10 +2,14 @@
 
 use super::session::{CallFuture, Session};
 use super::{PgStore, rows};
-use crate::store::{KeyBuf, StoreError, TableId};
+use crate::store::{Key, KeyBuf, Range, Reader, StoreError, TableId, Visit};
+use std::cell::RefCell;
 
 /// Rows written per statement.
 const CHUNK: usize = 1000;
+
+/// Shown the vault an import would replace (`None`: there is none) before it is removed.
+pub type ReplaceCheck<'c> = dyn FnMut(Option<&dyn Reader>) -> Result<(), StoreError> + 'c;
 
 /// An import under way: nothing is visible until [`PgImport::commit`]; dropped, it is rolled
 /// back.
@@ -16,8 +20,15 @@ pub struct PgImport {
 impl PgStore {
     /// Starts an import: takes the write lock (daemons' writes wait, or fail after their
     /// timeout, until it ends) and checks that the database holds no vault, or with
-    /// `replace` removes the one it holds (in the same transaction).
-    pub fn begin_import(&self, replace: bool) -> Result<PgImport, StoreError> {
+    /// `replace` removes the one it holds (in the same transaction). `check` is shown the
+    /// vault it replaces (`None` when the database holds none) under the lock and before
+    /// anything is removed; an error from it abandons the import, leaving the database as it
+    /// was.
+    pub fn begin_import(
+        &self,
+        replace: bool,
+        check: &mut ReplaceCheck<'_>,
+    ) -> Result<PgImport, StoreError> {
         let mut session = Session::open(&self.shared, super::writer::BEGIN_SQL)?;
         let occupied = session.call(|c| -> CallFuture<'_, bool> {
             Box::pin(async move {
@@ -33,11 +44,39 @@ impl PgStore {
             )));
         }
         if occupied {
+            let live = Live(RefCell::new(&mut session));
+            check(Some(&live))?;
             session.call(|c| -> CallFuture<'_, ()> {
                 Box::pin(async move { c.batch_execute("DELETE FROM sharevault_records").await })
             })?;
+        } else {
+            check(None)?;
         }
         Ok(PgImport { session })
+    }
+}
+
+/// The vault an import replaces, read in the import's transaction before it is removed.
+struct Live<'s>(RefCell<&'s mut Session>);
+
+impl Reader for Live<'_> {
+    fn get(&self, table: TableId, key: Key<'_>) -> Result<Option<Vec<u8>>, StoreError> {
+        rows::get(&mut self.0.borrow_mut(), table, &rows::encode(table, key)?)
+    }
+
+    fn scan(
+        &self,
+        table: TableId,
+        range: Range<'_>,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), StoreError> {
+        rows::scan(&mut self.0.borrow_mut(), table, &range, &mut |k, v| {
+            visit(rows::decode(table, k)?.as_key(), v)
+        })
+    }
+
+    fn len(&self, table: TableId) -> Result<u64, StoreError> {
+        rows::count(&mut self.0.borrow_mut(), table)
     }
 }
 
