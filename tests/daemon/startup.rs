@@ -307,3 +307,73 @@ async fn a_refused_first_start_leaves_the_data_dir_empty() {
         panic!("the next first start failed")
     };
 }
+
+/// The data dir itself is fsynced after a first start creates files in it (the database, its
+/// log or journals, the generated secrets), so that they survive a power loss: seen with
+/// strace, as an `fsync` of a descriptor opened on the data dir, after the files are created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_fsyncs_the_data_dir_after_creating_its_files() {
+    let strace = std::process::Command::new("strace").arg("-V").output();
+    assert!(
+        strace.is_ok_and(|o| o.status.success()),
+        "this test needs strace: apt-get install strace (scripts/test installs it)"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let trace = tmp.path().join("trace");
+    let args = vec!["--grpc-listen".to_string(), "127.0.0.1:0".to_string()];
+    let plain = command(&data, &args);
+    let mut traced = std::process::Command::new("strace");
+    traced
+        .args(["-f", "-qq", "-e", "trace=openat,fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(plain.get_program())
+        .args(plain.get_args())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (name, value) in plain.get_envs() {
+        match value {
+            Some(value) => traced.env(name, value),
+            None => traced.env_remove(name),
+        };
+    }
+    let Started::Ready(daemon) = Daemon::launch(traced) else {
+        panic!("first start under strace failed")
+    };
+    drop(daemon);
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let dir = data.display().to_string();
+    // `PID openat(AT_FDCWD, "DIR", O_RDONLY|O_CLOEXEC) = FD`, later `PID fsync(FD) = 0`.
+    let mut dir_fds = Vec::new();
+    let mut created = false;
+    let mut synced_after_creation = false;
+    for line in trace.lines() {
+        if line.contains("openat(") && line.contains("O_CREAT") && line.contains(&dir) {
+            created = true;
+            synced_after_creation = false;
+        }
+        if line.contains(&format!("\"{dir}\"")) && line.contains("openat(") {
+            if let Some(fd) = line
+                .rsplit("= ")
+                .next()
+                .and_then(|fd| fd.trim().parse::<i32>().ok())
+            {
+                dir_fds.push(fd);
+            }
+        }
+        for fd in &dir_fds {
+            if line.contains(&format!("fsync({fd})")) && line.trim_end().ends_with("= 0") {
+                synced_after_creation = true;
+            }
+        }
+    }
+    assert!(
+        created,
+        "the first start created files in the data dir:\n{trace}"
+    );
+    assert!(
+        synced_after_creation,
+        "the data dir is fsynced after the last file created in it"
+    );
+}
