@@ -272,3 +272,52 @@ impl Drop for PgServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The processes of a server: its postmaster (the first line of `postmaster.pid`) and every
+/// process it started (backends, checkpointer, WAL writer...).
+fn cluster_pids(data: &Path) -> Vec<u32> {
+    let Some(postmaster) = std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+    else {
+        return Vec::new();
+    };
+    let mut pids = vec![postmaster];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: the comm may hold spaces, so read after its `)`.
+        let parent = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                let rest = stat.rsplit_once(')')?.1.to_owned();
+                rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+            });
+        if parent == Some(postmaster) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+impl PgServer {
+    /// Sends `signal` (`STOP`, `CONT`) to the server's postmaster and every one of its
+    /// processes: with `STOP`, PostgreSQL still accepts TCP connections (the kernel does) but
+    /// answers nothing, as a server that hangs; `CONT` lets it go on where it was.
+    pub fn signal_all(&self, signal: &str) -> usize {
+        let pids = cluster_pids(&self.dir.join("data"));
+        assert!(!pids.is_empty(), "the server is not running");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .args(pids.iter().map(u32::to_string))
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+        pids.len()
+    }
+}
