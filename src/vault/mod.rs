@@ -435,7 +435,7 @@ impl Vault {
         }
         // A database server that does not answer: the job may still commit once it does,
         // so the write's outcome is unknown (its retry with the same bytes is a repeat).
-        tokio::time::timeout(self.store_deadline, write)
+        tokio::time::timeout_at(self.wait_until(), write)
             .await
             .unwrap_or_else(|_| {
                 tracing::warn!("a write's commit was not confirmed within the deadline");
@@ -578,6 +578,22 @@ impl Vault {
         self.off_workers(timed).await
     }
 
+    /// When a wait for the store that starts now ends: after the store deadline, and, while
+    /// a request is served, early enough before its timeout (a quarter of it, with the
+    /// default deadline) that every wait of the request together ends before the request is
+    /// cut, so that it is answered UNAVAILABLE rather than timed out.
+    fn wait_until(&self) -> tokio::time::Instant {
+        let mut until = Instant::now() + self.store_deadline;
+        if let Some(deadline) = crate::api::observe::request_deadline() {
+            until = until.min(
+                deadline
+                    .checked_sub(self.store_deadline / 3)
+                    .unwrap_or(deadline),
+            );
+        }
+        tokio::time::Instant::from_std(until)
+    }
+
     /// Runs `work` (which waits on the store) on the blocking threads, for at most the store
     /// deadline: past it the caller is answered UNAVAILABLE while `work` ends by itself (each
     /// of the store's own waits is bounded). The async workers never wait on the store.
@@ -585,7 +601,7 @@ impl Vault {
         &self,
         work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, VaultError> {
-        match tokio::time::timeout(self.store_deadline, tokio::task::spawn_blocking(work)).await {
+        match tokio::time::timeout_at(self.wait_until(), tokio::task::spawn_blocking(work)).await {
             Ok(Ok(result)) => Ok(result?),
             Ok(Err(err)) => {
                 tracing::error!(error = %err, "a store read did not finish");
