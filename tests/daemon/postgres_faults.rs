@@ -489,7 +489,7 @@ async fn network_faults_lose_no_acknowledged_write() {
             assert!(started.elapsed() < Duration::from_secs(30), "no writes");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let lossy = format!("-m statistic --mode random --probability 0.3 -j DROP");
+        let lossy = "-m statistic --mode random --probability 0.3 -j DROP";
         netns.iptables(&format!("-A INPUT -p tcp --dport {port} {lossy}"));
         netns.iptables(&format!("-A OUTPUT -p tcp --sport {port} {lossy}"));
         let before = acked();
