@@ -81,6 +81,11 @@ pub enum VaultError {
     NotReady,
     #[error("storage is unavailable; nothing was changed")]
     Unavailable,
+    /// A write whose commit the database did not confirm in time (the connection broke, or
+    /// the deadline passed, while it was queued or committing): it may have been made. Sent
+    /// again with the same bytes, it is a repeat, never a duplicate.
+    #[error("storage did not confirm the write in time; it may have been made: send it again")]
+    Unsettled,
     #[error("a stored record failed its integrity check and was not served")]
     Corrupt,
     #[error("internal error")]
@@ -105,7 +110,9 @@ impl VaultError {
             VaultError::Unauthenticated(_) => Code::Unauthenticated,
             VaultError::PermissionDenied(_) => Code::PermissionDenied,
             VaultError::RateLimited { .. } => Code::ResourceExhausted,
-            VaultError::NotReady | VaultError::Unavailable => Code::Unavailable,
+            VaultError::NotReady | VaultError::Unavailable | VaultError::Unsettled => {
+                Code::Unavailable
+            }
             VaultError::Corrupt => Code::DataLoss,
             VaultError::Internal => Code::Internal,
         }
@@ -122,7 +129,7 @@ impl VaultError {
             VaultError::PermissionDenied(_) => "permission_denied",
             VaultError::RateLimited { .. } => "rate_limited",
             VaultError::NotReady => "not_ready",
-            VaultError::Unavailable => "unavailable",
+            VaultError::Unavailable | VaultError::Unsettled => "unavailable",
             VaultError::Corrupt => "data_loss",
             VaultError::Internal => "internal",
         }

@@ -20,6 +20,12 @@ pub async fn within_deadline<F: std::future::Future>(limit: Duration, serve: F) 
     DEADLINE.scope(Instant::now() + limit, serve).await
 }
 
+/// When the request being served is cut by the request timeout, if one is being served on
+/// this task: the vault ends its waits for the store before then.
+pub fn request_deadline() -> Option<Instant> {
+    DEADLINE.try_with(|d| *d).ok()
+}
+
 /// A call in flight, logged once when it finishes: service, method, client, backup method,
 /// source (only for a refused source), outcome and latency. Identifiers are logged only if
 /// they are valid; payloads never are. A call dropped before it finished (the request

@@ -478,6 +478,7 @@ pub async fn run(
                 settings.config.read_audit == crate::config::ReadAudit::Deferred,
             )
             .with_retention(settings.config.versions)
+            .with_request_timeout(settings.config.request_timeout)
         })
         .map_err(ServeError::from),
         Err(err) => Err(err),

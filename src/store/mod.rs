@@ -273,6 +273,10 @@ pub enum StoreError {
     /// The backend failed (I/O, disk full, ...); the write was not committed.
     #[error("storage backend failure: {0}")]
     Backend(String),
+    /// The connection to a database server broke, or its deadline passed, while a commit
+    /// was on its way: the write may have been committed.
+    #[error("storage did not confirm a commit: {0}")]
+    Unsettled(String),
     /// The store is shut down.
     #[error("the store is closed")]
     Closed,
@@ -288,6 +292,10 @@ impl From<StoreError> for VaultError {
             StoreError::Backend(detail) => {
                 tracing::error!(%detail, "storage failure");
                 VaultError::Unavailable
+            }
+            StoreError::Unsettled(detail) => {
+                tracing::error!(%detail, "storage did not confirm a commit");
+                VaultError::Unsettled
             }
             StoreError::Closed => VaultError::NotReady,
         }
@@ -392,6 +400,7 @@ pub(crate) fn answer_all(jobs: Vec<QueuedJob>, outcome: &Result<(), StoreError>)
     for queued in jobs {
         let _ = queued.reply.send(match outcome {
             Ok(()) => Ok(()),
+            Err(StoreError::Unsettled(detail)) => Err(StoreError::Unsettled(detail.clone())),
             Err(err) => Err(StoreError::Backend(err.to_string())),
         });
     }

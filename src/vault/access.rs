@@ -53,7 +53,10 @@ impl Vault {
 
     /// Authenticates an `authorization` header value presented by `source` and checks that
     /// its role allows `needed`.
-    pub fn authorize(
+    ///
+    /// A token other than the admin token is looked up in the store off the async workers,
+    /// within the store deadline: a slow database holds up this request only.
+    pub async fn authorize(
         &self,
         authorization: Option<&str>,
         needed: Role,
@@ -79,7 +82,10 @@ impl Vault {
                 role: Role::Admin,
             }
         } else {
-            match records::token_by_hash(&*self.store.read_latest()?, &hash)? {
+            let found = self
+                .read_store("", None, move |r| records::token_by_hash(r, &hash))
+                .await?;
+            match found {
                 Some(record) => Principal {
                     name: record.name,
                     role: record.role,

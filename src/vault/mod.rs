@@ -35,7 +35,7 @@ use crate::store::{Reader, Store, StoreError, TableId};
 use crate::validate::Limits;
 use crate::vault::placement::ReadPlacement;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
 
 /// The meta record that says a vault exists: a known text sealed under its master key.
@@ -257,7 +257,15 @@ pub struct Vault {
     metrics: crate::metrics::VaultMetrics,
     /// Which replaced shares are kept as versions.
     retention: versions::Retention,
+    /// The longest a request waits for the store off the async workers (a read on the
+    /// blocking pool, a write's commit on a store over the network) before it is answered
+    /// UNAVAILABLE: below the request timeout, so that the answer says what happened.
+    store_deadline: Duration,
 }
+
+/// [`Vault::store_deadline`] unless [`Vault::with_request_timeout`] says otherwise: 3/4 of
+/// the default request timeout (8 s).
+const DEFAULT_STORE_DEADLINE: Duration = Duration::from_secs(6);
 
 impl Vault {
     /// Opens the vault over `store`: checks that `key` is the data dir's master key, or
@@ -380,12 +388,20 @@ impl Vault {
             rekeying: tokio::sync::Mutex::new(()),
             deferred_read_audit: false,
             retention: versions::Retention::default(),
+            store_deadline: DEFAULT_STORE_DEADLINE,
         })
     }
 
     /// How many replaced shares and cipherTexts are kept as versions.
     pub fn with_retention(mut self, retention: versions::Retention) -> Self {
         self.retention = retention;
+        self
+    }
+
+    /// Waits for the store end at 3/4 of the request timeout `timeout` (at least 100 ms), so
+    /// that a slow database is answered UNAVAILABLE before the request itself times out.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.store_deadline = (timeout * 3 / 4).max(Duration::from_millis(100));
         self
     }
 
@@ -413,7 +429,18 @@ impl Vault {
         op: WriteOp,
         audit: Option<AuditEntry>,
     ) -> Result<WriteOutcome, VaultError> {
-        rules::write(self.store.as_ref(), op, audit, Some(&self.audit_key)).await
+        let write = rules::write(self.store.as_ref(), op, audit, Some(&self.audit_key));
+        if !self.store.reads_wait() {
+            return write.await;
+        }
+        // A database server that does not answer: the job may still commit once it does,
+        // so the write's outcome is unknown (its retry with the same bytes is a repeat).
+        tokio::time::timeout_at(self.wait_until(), write)
+            .await
+            .unwrap_or_else(|_| {
+                tracing::warn!("a write's commit was not confirmed within the deadline");
+                Err(VaultError::Unsettled)
+            })
     }
 
     fn primary(&self) -> Arc<MasterKey> {
@@ -548,10 +575,40 @@ impl Vault {
             return Ok(timed()?);
         }
         self.metrics.offloaded_read();
-        match tokio::task::spawn_blocking(timed).await {
-            Ok(result) => Ok(result?),
-            Err(err) => {
+        self.off_workers(timed).await
+    }
+
+    /// When a wait for the store that starts now ends: after the store deadline, and, while
+    /// a request is served, early enough before its timeout (a quarter of it, with the
+    /// default deadline) that every wait of the request together ends before the request is
+    /// cut, so that it is answered UNAVAILABLE rather than timed out.
+    fn wait_until(&self) -> tokio::time::Instant {
+        let mut until = Instant::now() + self.store_deadline;
+        if let Some(deadline) = crate::api::observe::request_deadline() {
+            until = until.min(
+                deadline
+                    .checked_sub(self.store_deadline / 3)
+                    .unwrap_or(deadline),
+            );
+        }
+        tokio::time::Instant::from_std(until)
+    }
+
+    /// Runs `work` (which waits on the store) on the blocking threads, for at most the store
+    /// deadline: past it the caller is answered UNAVAILABLE while `work` ends by itself (each
+    /// of the store's own waits is bounded). The async workers never wait on the store.
+    async fn off_workers<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, VaultError> {
+        match tokio::time::timeout_at(self.wait_until(), tokio::task::spawn_blocking(work)).await {
+            Ok(Ok(result)) => Ok(result?),
+            Ok(Err(err)) => {
                 tracing::error!(error = %err, "a store read did not finish");
+                Err(VaultError::Unavailable)
+            }
+            Err(_) => {
+                tracing::warn!("a store read did not finish within the deadline");
                 Err(VaultError::Unavailable)
             }
         }
@@ -637,10 +694,18 @@ impl Vault {
         self.store.ready().map_err(|_| VaultError::Unavailable)
     }
 
-    pub fn status(&self) -> Result<VaultStatus, VaultError> {
+    /// The vault's counts and size (`/healthz`, `/metrics`, `GetStatus`), read on the
+    /// blocking threads within the store deadline; at once UNAVAILABLE while the store is
+    /// known to be unreachable.
+    pub async fn status(&self) -> Result<VaultStatus, VaultError> {
+        self.ready()?;
+        let store = Arc::clone(&self.store);
+        let (counts, database_bytes) = self
+            .off_workers(move || Ok((records::counts(&*store.read()?)?, store.size_bytes())))
+            .await?;
         Ok(VaultStatus {
-            counts: records::counts(&*self.store.read()?)?,
-            database_bytes: self.store.size_bytes(),
+            counts,
+            database_bytes,
             key_id: self.key_id(),
             uptime_secs: self.started.elapsed().as_secs(),
         })

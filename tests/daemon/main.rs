@@ -26,6 +26,7 @@ mod pg_migrate;
 #[path = "../support/pg_server.rs"]
 mod pg_server;
 mod postgres;
+mod postgres_faults;
 mod progress;
 mod reload;
 mod restore_freshness;

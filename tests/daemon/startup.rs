@@ -353,14 +353,14 @@ async fn a_first_start_fsyncs_the_data_dir_after_creating_its_files() {
             created = true;
             synced_after_creation = false;
         }
-        if line.contains(&format!("\"{dir}\"")) && line.contains("openat(") {
-            if let Some(fd) = line
+        if line.contains(&format!("\"{dir}\""))
+            && line.contains("openat(")
+            && let Some(fd) = line
                 .rsplit("= ")
                 .next()
                 .and_then(|fd| fd.trim().parse::<i32>().ok())
-            {
-                dir_fds.push(fd);
-            }
+        {
+            dir_fds.push(fd);
         }
         for fd in &dir_fds {
             if line.contains(&format!("fsync({fd})")) && line.trim_end().ends_with("= 0") {

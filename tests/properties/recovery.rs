@@ -428,7 +428,7 @@ proptest! {
 /// Stores one backup of `method` (both curves) and, with `complete`, its cipherText.
 async fn back_up(vault: &Vault, client: &str, method: &str, n: usize, complete: bool) -> Backup {
     let backup = Backup::new(client, method, n, Flow::Sdk);
-    for curve in 0..2 {
+    for curve in 0..CURVES.len() {
         webhook(vault, client, method, &backup, curve)
             .await
             .unwrap();

@@ -76,6 +76,10 @@ fn run(cmd: &mut Command, what: &str) {
 /// watchdog when the test process exits without dropping it.
 pub struct PgServer {
     pub port: u16,
+    /// The address it listens on: 127.0.0.1, or its address in a network namespace.
+    pub host: String,
+    /// The network namespace it runs in, if not this process's.
+    netns: Option<String>,
     dir: PathBuf,
     bin: PathBuf,
     /// Extra `-c` settings (TLS).
@@ -95,7 +99,17 @@ impl PgServer {
         Self::start_with(Some((cert, key)))
     }
 
+    /// A new server running in the network namespace `netns`, listening on `host` (its
+    /// address there), reached from this process over that namespace's veth pair.
+    pub fn start_in_netns(netns: &str, host: &str) -> Self {
+        Self::start_at(None, Some((netns, host)))
+    }
+
     fn start_with(tls: Option<(&Path, &Path)>) -> Self {
+        Self::start_at(tls, None)
+    }
+
+    fn start_at(tls: Option<(&Path, &Path)>, place: Option<(&str, &str)>) -> Self {
         let bin = bin_dir();
         let dir = std::env::temp_dir().join(format!(
             "sharevault-pg-{}-{}",
@@ -136,14 +150,30 @@ impl PgServer {
                 dir.join("server.key").display()
             );
         }
+        if place.is_some() {
+            // Password logins from the namespace's own subnet (the host's end of the veth).
+            let hba = dir.join("data").join("pg_hba.conf");
+            let mut rules = std::fs::read_to_string(&hba).unwrap();
+            rules.push_str("host all all 0.0.0.0/0 scram-sha-256\n");
+            std::fs::write(&hba, rules).unwrap();
+        }
         let server = Self {
             port: free_port(),
+            host: place.map_or("127.0.0.1", |p| p.1).to_owned(),
+            netns: place.map(|p| p.0.to_owned()),
             dir,
             bin,
             options,
         };
         server.start_again();
-        // The watchdog: stops the server and removes its directory once this process is gone.
+        server.watch();
+        server
+    }
+
+    /// Stops the server and removes its directory once this process is gone, even if it
+    /// exits without dropping the server.
+    fn watch(&self) {
+        let server = self;
         let script = format!(
             "while [ -d /proc/{pid} ]; do sleep 1; done; \
              '{pg_ctl}' -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{dir}'",
@@ -161,7 +191,6 @@ impl PgServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("start the PostgreSQL watchdog");
-        server
     }
 
     /// One server shared by every test of this process (each test takes a database of its
@@ -174,16 +203,17 @@ impl PgServer {
     /// Starts the server (again) and waits until it accepts connections.
     pub fn start_again(&self) {
         run(
-            as_owner(&self.bin.join("pg_ctl"))
+            self.owner(&self.bin.join("pg_ctl"))
                 .arg("-D")
                 .arg(self.dir.join("data"))
                 .arg("-l")
                 .arg(self.dir.join("log"))
                 .args(["-w", "-t", "60", "-o"])
                 .arg(format!(
-                    "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{}' \
+                    "-p {} -c listen_addresses={} -c unix_socket_directories='{}' \
                      -c max_connections=300 -c shared_buffers=32MB{}",
                     self.port,
+                    self.host,
                     self.dir.display(),
                     self.options
                 ))
@@ -195,7 +225,7 @@ impl PgServer {
     /// Stops the server: `fast` (sessions ended cleanly) or `immediate` (as a crash).
     pub fn stop(&self, mode: &str) {
         run(
-            as_owner(&self.bin.join("pg_ctl"))
+            self.owner(&self.bin.join("pg_ctl"))
                 .arg("-D")
                 .arg(self.dir.join("data"))
                 .args(["-w", "-t", "60", "-m", mode, "stop"]),
@@ -209,7 +239,7 @@ impl PgServer {
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .args([
                 "-h",
-                "127.0.0.1",
+                &self.host,
                 "-p",
                 &self.port.to_string(),
                 "-U",
@@ -243,7 +273,37 @@ impl PgServer {
 
     /// `postgres://USER@127.0.0.1:PORT/DB`: no password (it comes from a file).
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://{USER}@127.0.0.1:{}/{db}", self.port)
+        if self.netns.is_some() {
+            // Not a loopback address: TLS is needed unless refused in so many words.
+            format!(
+                "postgres://{USER}@{}:{}/{db}?sslmode=disable",
+                self.host, self.port
+            )
+        } else {
+            format!("postgres://{USER}@127.0.0.1:{}/{db}", self.port)
+        }
+    }
+
+    /// A command run as the server's owner, in the server's network namespace.
+    fn owner(&self, program: &Path) -> Command {
+        match &self.netns {
+            None => as_owner(program),
+            Some(netns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", netns]);
+                if is_root() {
+                    cmd.args([
+                        "setpriv",
+                        "--reuid=65534",
+                        "--regid=65534",
+                        "--clear-groups",
+                    ]);
+                    cmd.arg("--");
+                }
+                cmd.arg(program);
+                cmd
+            }
+        }
     }
 
     /// Writes the password to a private file in `dir`; returns its path.
@@ -270,5 +330,125 @@ impl Drop for PgServer {
             .stderr(Stdio::null())
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The processes of a server: its postmaster (the first line of `postmaster.pid`) and every
+/// process it started (backends, checkpointer, WAL writer...).
+fn cluster_pids(data: &Path) -> Vec<u32> {
+    let Some(postmaster) = std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+    else {
+        return Vec::new();
+    };
+    let mut pids = vec![postmaster];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: the comm may hold spaces, so read after its `)`.
+        let parent = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                let rest = stat.rsplit_once(')')?.1.to_owned();
+                rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+            });
+        if parent == Some(postmaster) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+impl PgServer {
+    /// Sends `signal` (`STOP`, `CONT`) to the server's postmaster and every one of its
+    /// processes: with `STOP`, PostgreSQL still accepts TCP connections (the kernel does) but
+    /// answers nothing, as a server that hangs; `CONT` lets it go on where it was.
+    pub fn signal_all(&self, signal: &str) -> usize {
+        let pids = cluster_pids(&self.dir.join("data"));
+        assert!(!pids.is_empty(), "the server is not running");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .args(pids.iter().map(u32::to_string))
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+        pids.len()
+    }
+}
+
+impl PgServer {
+    /// A synchronous streaming standby of `primary`: a base backup (`pg_basebackup -R`, which
+    /// writes `standby.signal` and `primary_conninfo`) started on a port of its own; the
+    /// primary then waits for it at each commit (`synchronous_standby_names = '*'`, with
+    /// `synchronous_commit = on`, the default), so a commit that has returned is on both.
+    pub fn standby_of(primary: &PgServer) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "sharevault-pg-{}-{}",
+            std::process::id(),
+            DATABASES.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        if is_root() {
+            std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+        }
+        run(
+            as_owner(&primary.bin.join("pg_basebackup"))
+                .arg("-D")
+                .arg(dir.join("data"))
+                .args(["-X", "stream", "-R", "--no-sync", "-c", "fast", "-d"])
+                .arg(format!(
+                    "host=127.0.0.1 port={} user={USER} password={PASSWORD} \
+                     application_name=standby",
+                    primary.port
+                )),
+            "pg_basebackup",
+        );
+        let standby = Self {
+            port: free_port(),
+            host: "127.0.0.1".into(),
+            netns: None,
+            dir,
+            bin: primary.bin.clone(),
+            options: String::new(),
+        };
+        standby.start_again();
+        standby.watch();
+        primary.psql(
+            "postgres",
+            "ALTER SYSTEM SET synchronous_standby_names = '*'",
+        );
+        primary.psql("postgres", "SELECT pg_reload_conf()");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while primary.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'",
+        ) != "1"
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the standby did not become synchronous:\n{}",
+                standby.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        standby
+    }
+
+    /// Promotes a standby to primary (`pg_ctl promote`, waiting until it accepts writes).
+    pub fn promote(&self) {
+        run(
+            as_owner(&self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-w", "-t", "60", "promote"]),
+            "pg_ctl promote",
+        );
     }
 }

@@ -25,9 +25,13 @@ pub struct AdminApi {
 }
 
 impl AdminApi {
-    fn authorize<T>(&self, request: &Request<T>) -> Result<(&Arc<Vault>, Principal), VaultError> {
+    /// What the call's credential allows; a token lookup waits off the async workers.
+    async fn authorize<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(&Arc<Vault>, Principal), VaultError> {
         let vault = self.ready.get()?;
-        let authorization = metadata(request, "authorization");
+        let authorization = metadata(request, "authorization").map(str::to_owned);
         // On the local admin socket the kernel vouches for the caller.
         if authorization.is_none() && request.extensions().get::<LocalAdmin>().is_some() {
             return Ok((
@@ -38,7 +42,10 @@ impl AdminApi {
                 },
             ));
         }
-        let who = vault.authorize(authorization, Role::Admin, super::source(request))?;
+        let source = super::source(request);
+        let who = vault
+            .authorize(authorization.as_deref(), Role::Admin, source)
+            .await?;
         Ok((vault, who))
     }
 }
@@ -72,7 +79,7 @@ impl AdminService for AdminApi {
         let req = request.get_ref();
         let call = Call::new(&self.calls, "AdminService", "CreateToken");
         let result = async {
-            let (vault, who) = self.authorize(&request)?;
+            let (vault, who) = self.authorize(&request).await?;
             let role = role_from_proto(req.role)?;
             let token = vault.create_token(&req.name, role, &who.name).await?;
             Ok(pb::CreateTokenResponse {
@@ -91,7 +98,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         let call = Call::new(&self.calls, "AdminService", "ListTokens");
         let result = async {
-            let (vault, _) = self.authorize(&request)?;
+            let (vault, _) = self.authorize(&request).await?;
             Ok(pb::ListTokensResponse {
                 tokens: vault
                     .list_tokens()?
@@ -114,7 +121,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         let call = Call::new(&self.calls, "AdminService", "RevokeToken");
         let result = async {
-            let (vault, who) = self.authorize(&request)?;
+            let (vault, who) = self.authorize(&request).await?;
             vault
                 .revoke_token(&request.get_ref().name, &who.name)
                 .await?;
@@ -132,7 +139,7 @@ impl AdminService for AdminApi {
         let mut call = Call::new(&self.calls, "AdminService", "ListVersions");
         call.client(&req.client_id);
         let result = async {
-            let (vault, _) = self.authorize(&request)?;
+            let (vault, _) = self.authorize(&request).await?;
             let versions = vault.list_versions(&req.client_id).await?;
             Ok(pb::ListVersionsResponse {
                 versions: versions
@@ -162,7 +169,7 @@ impl AdminService for AdminApi {
         let mut call = Call::new(&self.calls, "AdminService", "RestoreVersion");
         call.client(&req.client_id);
         let result = async {
-            let (vault, who) = self.authorize(&request)?;
+            let (vault, who) = self.authorize(&request).await?;
             vault
                 .restore_version(
                     &req.client_id,
@@ -185,7 +192,7 @@ impl AdminService for AdminApi {
         request: Request<pb::DoctorRequest>,
     ) -> Result<Response<Self::DoctorStream>, Status> {
         let call = Call::new(&self.calls, "AdminService", "Doctor");
-        let result = self.authorize(&request).and_then(|(vault, who)| {
+        let result = self.authorize(&request).await.and_then(|(vault, who)| {
             let req = request.get_ref();
             let mut options = DoctorOptions::default();
             if !req.curves.is_empty() {
@@ -245,8 +252,8 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let call = Call::new(&self.calls, "AdminService", "GetStatus");
         let result = async {
-            let (vault, _) = self.authorize(&request)?;
-            let status = vault.status()?;
+            let (vault, _) = self.authorize(&request).await?;
+            let status = vault.status().await?;
             Ok(pb::GetStatusResponse {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 custodian_shares: status.counts.custodian_shares,
@@ -269,7 +276,10 @@ impl AdminService for AdminApi {
         request: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<Self::ListAuditEventsStream>, Status> {
         let call = Call::new(&self.calls, "AdminService", "ListAuditEvents");
-        let result = self.authorize(&request).map(|(vault, _)| Arc::clone(vault));
+        let result = self
+            .authorize(&request)
+            .await
+            .map(|(vault, _)| Arc::clone(vault));
         let vault = reply(call, result)?.into_inner();
         let req = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
@@ -320,7 +330,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
         let call = Call::new(&self.calls, "AdminService", "VerifyAudit");
         let result = async {
-            let (vault, _) = self.authorize(&request)?;
+            let (vault, _) = self.authorize(&request).await?;
             let vault = Arc::clone(vault);
             let report = tokio::task::spawn_blocking(move || vault.verify_audit())
                 .await
@@ -338,7 +348,10 @@ impl AdminService for AdminApi {
         request: Request<pb::VerifyAuditRequest>,
     ) -> Result<Response<Self::VerifyAuditWithProgressStream>, Status> {
         let call = Call::new(&self.calls, "AdminService", "VerifyAuditWithProgress");
-        let result = self.authorize(&request).map(|(vault, _)| Arc::clone(vault));
+        let result = self
+            .authorize(&request)
+            .await
+            .map(|(vault, _)| Arc::clone(vault));
         let vault = reply(call, result)?.into_inner();
         Ok(Response::new(stream_progress(
             move |progress| vault.verify_audit_with(progress),
@@ -359,6 +372,7 @@ impl AdminService for AdminApi {
         let call = Call::new(&self.calls, "AdminService", "Snapshot");
         let result = self
             .authorize(&request)
+            .await
             .map(|(vault, who)| (Arc::clone(vault), who));
         let (vault, who) = reply(call, result)?.into_inner();
         let (tx, rx) = mpsc::channel(8);
@@ -421,7 +435,7 @@ impl AdminService for AdminApi {
                         .into(),
                 ));
             }
-            let (vault, who) = self.authorize(&request)?;
+            let (vault, who) = self.authorize(&request).await?;
             // Under a token seal the daemon makes the new root key itself, and seals it.
             if let Some(seal) = self.ready.token_seal() {
                 if carries_key {
@@ -487,7 +501,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::VerifyResponse>, Status> {
         let call = Call::new(&self.calls, "AdminService", "Verify");
         let result = async {
-            let (vault, _) = self.authorize(&request)?;
+            let (vault, _) = self.authorize(&request).await?;
             let vault = Arc::clone(vault);
             let key_id = vault.key_id().to_string();
             let report = tokio::task::spawn_blocking(move || vault.verify_records())
@@ -506,7 +520,10 @@ impl AdminService for AdminApi {
         request: Request<pb::VerifyRequest>,
     ) -> Result<Response<Self::VerifyWithProgressStream>, Status> {
         let call = Call::new(&self.calls, "AdminService", "VerifyWithProgress");
-        let result = self.authorize(&request).map(|(vault, _)| Arc::clone(vault));
+        let result = self
+            .authorize(&request)
+            .await
+            .map(|(vault, _)| Arc::clone(vault));
         let vault = reply(call, result)?.into_inner();
         let key_id = vault.key_id().to_string();
         Ok(Response::new(stream_progress(

@@ -18,17 +18,18 @@ pub struct BackupApi {
 }
 
 impl BackupApi {
-    fn authorize<T>(
+    /// What the call's credential allows; a token lookup waits off the async workers.
+    async fn authorize<T>(
         &self,
         request: &Request<T>,
         role: Role,
     ) -> Result<(&Arc<Vault>, Principal), VaultError> {
         let vault = self.ready.get()?;
-        let who = vault.authorize(
-            metadata(request, "authorization"),
-            role,
-            super::source(request),
-        )?;
+        let authorization = metadata(request, "authorization").map(str::to_owned);
+        let source = super::source(request);
+        let who = vault
+            .authorize(authorization.as_deref(), role, source)
+            .await?;
         Ok((vault, who))
     }
 }
@@ -117,7 +118,7 @@ impl BackupService for BackupApi {
         call.client(&req.client_id)
             .backup_method(&req.backup_method);
         let result = async {
-            let (vault, who) = self.authorize(&request, Role::Backend)?;
+            let (vault, who) = self.authorize(&request, Role::Backend).await?;
             let completed = vault
                 .store_client_share(
                     &req.client_id,
@@ -143,7 +144,7 @@ impl BackupService for BackupApi {
         call.client(&req.client_id)
             .backup_method(&req.backup_method);
         let result = async {
-            let (vault, who) = self.authorize(&request, Role::Backend)?;
+            let (vault, who) = self.authorize(&request, Role::Backend).await?;
             let share = vault
                 .client_share(
                     &req.client_id,
@@ -171,7 +172,7 @@ impl BackupService for BackupApi {
         let mut call = Call::new(&self.calls, "BackupService", "ListClientBackupShares");
         call.client(&req.client_id);
         let result = async {
-            let (vault, _) = self.authorize(&request, Role::Backend)?;
+            let (vault, _) = self.authorize(&request, Role::Backend).await?;
             let shares = vault.client_shares(&req.client_id).await?;
             Ok(pb::ListClientBackupSharesResponse {
                 client_backup_shares: shares
@@ -199,7 +200,7 @@ impl BackupService for BackupApi {
         call.client(&req.client_id)
             .backup_method(&req.backup_method);
         let result = async {
-            let (vault, who) = self.authorize(&request, Role::Backend)?;
+            let (vault, who) = self.authorize(&request, Role::Backend).await?;
             let deleted = vault
                 .delete_client_share(&req.client_id, &req.backup_method, &who.name)
                 .await?;
@@ -217,7 +218,7 @@ impl BackupService for BackupApi {
         let mut call = Call::new(&self.calls, "BackupService", "ListBackups");
         call.client(&req.client_id);
         let result = async {
-            let (vault, _) = self.authorize(&request, Role::Backend)?;
+            let (vault, _) = self.authorize(&request, Role::Backend).await?;
             let methods = vault.list_backups(&req.client_id).await?;
             Ok(pb::ListBackupsResponse {
                 methods: methods.into_iter().map(method_to_proto).collect(),
@@ -236,7 +237,7 @@ impl BackupService for BackupApi {
         call.client(&req.client_id)
             .backup_method(&req.backup_method);
         let result = async {
-            let (vault, who) = self.authorize(&request, Role::Eject)?;
+            let (vault, who) = self.authorize(&request, Role::Eject).await?;
             let share = vault
                 .custodian_share(
                     &req.client_id,
@@ -262,7 +263,7 @@ impl BackupService for BackupApi {
         let mut call = Call::new(&self.calls, "BackupService", "ListBackupSharePairs");
         call.client(&req.client_id);
         let result = async {
-            let (vault, _) = self.authorize(&request, Role::Backend)?;
+            let (vault, _) = self.authorize(&request, Role::Backend).await?;
             let pairs = vault.list_pairs(&req.client_id).await?;
             Ok(pb::ListBackupSharePairsResponse {
                 backup_share_pairs: pairs.into_iter().map(pair_to_proto).collect(),
@@ -280,7 +281,7 @@ impl BackupService for BackupApi {
         let mut call = Call::new(&self.calls, "BackupService", "UpdateBackupSharePairs");
         call.client(&req.client_id);
         let result = async {
-            let (vault, who) = self.authorize(&request, Role::Backend)?;
+            let (vault, who) = self.authorize(&request, Role::Backend).await?;
             let status = pair_status_from_proto(req.status)?;
             vault
                 .update_pairs(
@@ -304,7 +305,7 @@ impl BackupService for BackupApi {
         let mut call = Call::new(&self.calls, "BackupService", "DeleteClient");
         call.client(&req.client_id);
         let result = async {
-            let (vault, who) = self.authorize(&request, Role::Backend)?;
+            let (vault, who) = self.authorize(&request, Role::Backend).await?;
             let (custodian, client, pairs) = vault.delete_client(&req.client_id, &who.name).await?;
             Ok(pb::DeleteClientResponse {
                 custodian_shares_deleted: custodian,

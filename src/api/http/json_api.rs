@@ -57,7 +57,8 @@ struct ApiState {
 }
 
 impl ApiState {
-    fn authorize(
+    /// What the request's token allows; a token lookup waits off the async workers.
+    async fn authorize(
         &self,
         headers: &HeaderMap,
         role: Role,
@@ -67,7 +68,7 @@ impl ApiState {
         let authorization = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let who = vault.authorize(authorization, role, from)?;
+        let who = vault.authorize(authorization, role, from).await?;
         Ok((vault, who))
     }
 }
@@ -148,7 +149,7 @@ async fn put_client_share(
     let mut call = Call::new(&state.calls, "ApiHttp", "StoreClientBackupShare");
     call.client(&client_id).backup_method(&backup_method);
     let result = async {
-        let (vault, who) = state.authorize(&headers, Role::Backend, from)?;
+        let (vault, who) = state.authorize(&headers, Role::Backend, from).await?;
         let object = read_object(&headers, body, state.max_body).await?;
         let cipher_text = required(&object, Field::CipherText)?;
         let completed = vault
@@ -191,7 +192,7 @@ async fn get_client_share(
     let mut call = Call::new(&state.calls, "ApiHttp", "GetClientBackupShare");
     call.client(&client_id).backup_method(&backup_method);
     let result = async {
-        let (vault, who) = state.authorize(&headers, Role::Backend, from)?;
+        let (vault, who) = state.authorize(&headers, Role::Backend, from).await?;
         let share = vault
             .client_share(&client_id, &backup_method, None, &who.name)
             .await?;
@@ -236,7 +237,7 @@ async fn get_pair_client_share(
     let mut call = Call::new(&state.calls, "ApiHttp", "GetClientBackupShare");
     call.client(&client_id);
     let result = async {
-        let (vault, who) = state.authorize(&headers, Role::Backend, from)?;
+        let (vault, who) = state.authorize(&headers, Role::Backend, from).await?;
         let share = vault
             .client_share(&client_id, "", Some(&pair_id), &who.name)
             .await?;
@@ -266,7 +267,7 @@ async fn list_client_shares(
     let mut call = Call::new(&state.calls, "ApiHttp", "ListClientBackupShares");
     call.client(&client_id);
     let result = async {
-        let (vault, _) = state.authorize(&headers, Role::Backend, from)?;
+        let (vault, _) = state.authorize(&headers, Role::Backend, from).await?;
         let shares = vault.client_shares(&client_id).await?;
         let client_backup_shares = shares
             .into_iter()
@@ -313,7 +314,7 @@ async fn delete_client_share(
     let mut call = Call::new(&state.calls, "ApiHttp", "DeleteClientBackupShare");
     call.client(&client_id).backup_method(&backup_method);
     let result = async {
-        let (vault, who) = state.authorize(&headers, Role::Backend, from)?;
+        let (vault, who) = state.authorize(&headers, Role::Backend, from).await?;
         if vault
             .delete_client_share(&client_id, &backup_method, &who.name)
             .await?
@@ -351,7 +352,7 @@ async fn list_backups(
     let mut call = Call::new(&state.calls, "ApiHttp", "ListBackups");
     call.client(&client_id);
     let result = async {
-        let (vault, _) = state.authorize(&headers, Role::Backend, from)?;
+        let (vault, _) = state.authorize(&headers, Role::Backend, from).await?;
         let methods = vault
             .list_backups(&client_id)
             .await?
@@ -411,7 +412,7 @@ async fn get_custodian_share(
         let Query(query) = query.map_err(|_| {
             HttpError::bad_request("query: the only parameter taken is backupSharePairId")
         })?;
-        let (vault, who) = state.authorize(&headers, Role::Eject, from)?;
+        let (vault, who) = state.authorize(&headers, Role::Eject, from).await?;
         let share = vault
             .custodian_share(
                 &client_id,
@@ -450,7 +451,7 @@ async fn list_pairs(
     let mut call = Call::new(&state.calls, "ApiHttp", "ListBackupSharePairs");
     call.client(&client_id);
     let result = async {
-        let (vault, _) = state.authorize(&headers, Role::Backend, from)?;
+        let (vault, _) = state.authorize(&headers, Role::Backend, from).await?;
         let backup_share_pairs = vault
             .list_pairs(&client_id)
             .await?
@@ -494,7 +495,7 @@ async fn list_versions(
     let mut call = Call::new(&state.calls, "ApiHttp", "ListVersions");
     call.client(&client_id);
     let result = async {
-        let (vault, _) = state.authorize(&headers, Role::Backend, from)?;
+        let (vault, _) = state.authorize(&headers, Role::Backend, from).await?;
         let versions = vault
             .list_versions(&client_id)
             .await?
@@ -542,7 +543,7 @@ async fn update_pairs(
     let mut call = Call::new(&state.calls, "ApiHttp", "UpdateBackupSharePairs");
     call.client(&client_id);
     let result = async {
-        let (vault, who) = state.authorize(&headers, Role::Backend, from)?;
+        let (vault, who) = state.authorize(&headers, Role::Backend, from).await?;
         let object = read_object(&headers, body, state.max_body).await?;
         let ids = match object.get(Field::BackupSharePairIds.json_name()) {
             Some(Value::Array(items)) => items
@@ -591,7 +592,7 @@ async fn delete_client(
     let mut call = Call::new(&state.calls, "ApiHttp", "DeleteClient");
     call.client(&client_id);
     let result = async {
-        let (vault, who) = state.authorize(&headers, Role::Backend, from)?;
+        let (vault, who) = state.authorize(&headers, Role::Backend, from).await?;
         let (custodian, client, pairs) = vault.delete_client(&client_id, &who.name).await?;
         Ok(json(
             StatusCode::OK,
@@ -616,11 +617,10 @@ async fn delete_client(
     responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Probe)),
 )]
 async fn healthz(State(state): State<ApiState>) -> Response {
-    let result = state
-        .ready
-        .get()
-        .and_then(|vault| vault.status())
-        .map_err(HttpError::from);
+    let result = match state.ready.get() {
+        Ok(vault) => vault.status().await.map_err(HttpError::from),
+        Err(err) => Err(HttpError::from(err)),
+    };
     match result {
         Ok(_) => json(
             StatusCode::OK,
@@ -643,7 +643,10 @@ async fn healthz(State(state): State<ApiState>) -> Response {
     responses((status = 200, description = "the metrics", body = String, content_type = "text/plain")),
 )]
 async fn metrics(State(state): State<ApiState>) -> Response {
-    let status = state.ready.get().ok().and_then(|v| v.status().ok());
+    let status = match state.ready.get() {
+        Ok(vault) => vault.status().await.ok(),
+        Err(_) => None,
+    };
     let gauges = crate::metrics::Gauges {
         custodian_shares: status.as_ref().map_or(0, |s| s.counts.custodian_shares),
         client_shares: status.as_ref().map_or(0, |s| s.counts.client_shares),

@@ -56,7 +56,9 @@ impl From<VaultError> for HttpError {
             VaultError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             VaultError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             VaultError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            VaultError::NotReady | VaultError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            VaultError::NotReady | VaultError::Unavailable | VaultError::Unsettled => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             VaultError::Corrupt | VaultError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = match &err {

@@ -143,13 +143,20 @@ impl PgStore {
                 ticks.tick().await;
                 let Some(shared) = probe.upgrade() else { break };
                 let pool = shared.pool.clone();
+                // A server in recovery (a standby, reached with `target_session_attrs=any`)
+                // takes no writes: not ready either.
                 let up = tokio::time::timeout(STATEMENT_TIMEOUT, async move {
-                    pool.get().await.ok()?.batch_execute("SELECT 1").await.ok()
+                    let conn = pool.get().await.ok()?;
+                    let row = conn
+                        .query_one("SELECT pg_is_in_recovery()", &[])
+                        .await
+                        .ok()?;
+                    row.try_get::<_, bool>(0).ok()
                 })
                 .await
                 .ok()
                 .flatten()
-                .is_some();
+                    == Some(false);
                 shared.set_reachable(up);
             }
         });

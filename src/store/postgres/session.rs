@@ -125,6 +125,9 @@ pub struct Session {
     begin: Option<&'static str>,
     /// The last error was a conflict a retry gets past.
     pub conflicted: bool,
+    /// The last call's answer never came (the connection broke, or the timeout passed):
+    /// what it sent may or may not have been carried out.
+    pub lost: bool,
     /// The transaction was committed: nothing to roll back.
     done: bool,
 }
@@ -137,6 +140,7 @@ impl Session {
             shared: Arc::clone(shared),
             begin: Some(begin),
             conflicted: false,
+            lost: false,
             done: false,
         })
     }
@@ -148,6 +152,7 @@ impl Session {
             shared: Arc::clone(shared),
             begin: None,
             conflicted: false,
+            lost: false,
             done: true,
         })
     }
@@ -194,13 +199,17 @@ impl Session {
             Err(Some(err)) => {
                 self.conflicted = retriable(&err);
                 if err.code().is_none() {
+                    self.lost = true;
                     self.shared.set_reachable(false);
                 }
                 Err(store_error(&err))
             }
-            Err(None) => Err(StoreError::Backend(
-                "PostgreSQL did not answer in time".into(),
-            )),
+            Err(None) => {
+                self.lost = true;
+                Err(StoreError::Backend(
+                    "PostgreSQL did not answer in time".into(),
+                ))
+            }
         }
     }
 

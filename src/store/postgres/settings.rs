@@ -130,6 +130,15 @@ impl PgSettings {
         if config.get_hosts().is_empty() {
             return Err(bad("names no host"));
         }
+        // With several hosts (a primary and its standbys, `HOST1:PORT,HOST2:PORT`), the
+        // daemon connects to the one that takes writes: libpq's `read-write`, unless the
+        // URL's `target_session_attrs` says otherwise.
+        let attrs_given = query
+            .split('&')
+            .any(|p| p.starts_with("target_session_attrs="));
+        if config.get_hosts().len() > 1 && !attrs_given {
+            config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+        }
         let local = config.get_hosts().iter().all(is_loopback);
         let tls = match (sslmode.as_deref(), ca_file) {
             (Some("verify-full"), Some(ca_file)) => Tls::VerifyFull { ca_file },
@@ -271,6 +280,34 @@ mod tests {
         assert_eq!(ok.pool_size, DEFAULT_POOL_SIZE);
         let small = PgSettings::parse("postgres://vault@127.0.0.1/sv?pool_size=8").unwrap();
         assert_eq!(small.pool_size, 8);
+        use tokio_postgres::config::TargetSessionAttrs;
+        let pair = PgSettings::parse("postgres://vault@127.0.0.1:5433,127.0.0.1:5434/sv").unwrap();
+        assert_eq!(pair.describe(), "vault@127.0.0.1:5433,127.0.0.1:5434/sv");
+        assert_eq!(
+            pair.config.get_target_session_attrs(),
+            TargetSessionAttrs::ReadWrite,
+            "several hosts: the one that takes writes"
+        );
+        let said = PgSettings::parse(
+            "postgres://vault@127.0.0.1:5433,127.0.0.1:5434/sv?target_session_attrs=any",
+        )
+        .unwrap();
+        assert_eq!(
+            said.config.get_target_session_attrs(),
+            TargetSessionAttrs::Any
+        );
+        let explicit = PgSettings::parse(
+            "postgres://vault@127.0.0.1:5433,127.0.0.1:5434/sv?target_session_attrs=read-write",
+        )
+        .unwrap();
+        assert_eq!(
+            explicit.config.get_target_session_attrs(),
+            TargetSessionAttrs::ReadWrite
+        );
+        assert_eq!(
+            ok.config.get_target_session_attrs(),
+            TargetSessionAttrs::Any
+        );
         let tls = PgSettings::parse(
             "postgres://vault@db.example:5432/sv?sslmode=verify-full&sslrootcert=/etc/ca.pem",
         )

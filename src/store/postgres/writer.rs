@@ -199,6 +199,8 @@ impl PgTxn {
                 session.committed();
                 Ok(())
             }
+            // The COMMIT went out with the writes: without its answer, it may have landed.
+            Err(err) if session.lost => Err((StoreError::Unsettled(err.to_string()), false)),
             Err(err) => Err((err, session.conflicted)),
         }
     }
