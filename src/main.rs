@@ -214,8 +214,8 @@ fn config_reference(file: Option<&std::path::Path>) -> anyhow::Result<()> {
         print!("{}", table().map_err(anyhow::Error::msg)?);
         return Ok(());
     };
-    let doc = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read {}", file.display()))?;
+    let doc =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let spliced = splice(&doc).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     std::fs::write(file, spliced).with_context(|| format!("cannot write {}", file.display()))
 }

@@ -191,12 +191,7 @@ pub fn splice(doc: &str) -> Result<String, String> {
         .find(END)
         .map(|at| body + at)
         .ok_or_else(|| format!("no `{END}` line after `{BEGIN}`"))?;
-    Ok(format!(
-        "{}\n\n{}\n{}",
-        &doc[..body],
-        table()?,
-        &doc[end..]
-    ))
+    Ok(format!("{}\n\n{}\n{}", &doc[..body], table()?, &doc[end..]))
 }
 
 #[cfg(test)]
@@ -266,7 +261,10 @@ mod tests {
     #[test]
     fn a_default_is_split_off_wherever_it_sits() {
         let (help, default) = split_default("Memory, in bytes [default: 4]. More\ntext.").unwrap();
-        assert_eq!((help.as_str(), default.as_str()), ("Memory, in bytes. More text.", "4"));
+        assert_eq!(
+            (help.as_str(), default.as_str()),
+            ("Memory, in bytes. More text.", "4")
+        );
         let (help, default) = split_default("A [default: x / 16, so [b]] c").unwrap();
         assert_eq!((help.as_str(), default.as_str()), ("A c", "x / 16, so [b]"));
         assert_eq!(split_default("no default"), None);

@@ -39,6 +39,9 @@ fn the_committed_configuration_reference_is_the_generated_one() {
         .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()))
         .filter(|w| !["--help", "--debug"].contains(w))
     {
-        assert!(table.contains(&format!("`{flag}")), "{flag} is not in the table");
+        assert!(
+            table.contains(&format!("`{flag}")),
+            "{flag} is not in the table"
+        );
     }
 }
