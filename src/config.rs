@@ -67,7 +67,7 @@ pub enum LogFormat {
 #[derive(Debug, Default, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeArgs {
-    /// TOML file with any of the settings below (snake_case names).
+    /// TOML file with any of the settings below (snake_case names) [default: none].
     #[arg(long, env = "SHAREVAULT_CONFIG", value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -76,20 +76,23 @@ pub struct ServeArgs {
     /// server that is not on this host; never with a password [default: none].
     #[arg(long, env = "SHAREVAULT_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
-    /// File holding the PostgreSQL password [default: the systemd credential
+    /// File holding the PostgreSQL password (mode 0600) [default: the systemd credential
     /// `database-password`, if any].
     #[arg(long, env = "SHAREVAULT_DATABASE_PASSWORD_FILE", value_name = "FILE")]
     pub database_password_file: Option<PathBuf>,
-    /// Directory of the database [default: ./sharevault-data].
+    /// Directory of the database, created with mode 0700; locked (`flock`) by the daemon for
+    /// its whole run [default: ./sharevault-data].
     #[arg(long, env = "SHAREVAULT_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Start a new, empty vault even though the data dir holds a vault's other files (its
     /// journals, or secrets generated there) but no database; without it such a start is
-    /// refused ("the database is missing"). Only a flag: never in the config file.
+    /// refused ("the database is missing"). Only a flag: never in the config file
+    /// [default: off].
     #[arg(long)]
     #[serde(skip)]
     pub init: bool,
-    /// gRPC listener: HOST:PORT or unix:/path [default: 127.0.0.1:7450].
+    /// Private listener (gRPC and the JSON API): HOST:PORT or unix:/path
+    /// [default: 127.0.0.1:7450].
     #[arg(long, env = "SHAREVAULT_GRPC_LISTEN", value_name = "ADDR")]
     pub grpc_listen: Option<String>,
     /// Public webhook listener (HTTP): HOST:PORT, unix:/path, or `none` [default: 127.0.0.1:7451].
@@ -98,10 +101,13 @@ pub struct ServeArgs {
     /// Path the webhook base URL carries, e.g. `/webhook` [default: none].
     #[arg(long, env = "SHAREVAULT_WEBHOOK_PATH_PREFIX", value_name = "PATH")]
     pub webhook_path_prefix: Option<String>,
-    /// Also answer `/backup/fetch` with the legacy single `backupShare` field (the latest share).
+    /// Also answer `/backup/fetch` with the legacy single `backupShare` field (the latest
+    /// share) [default: false].
     #[arg(long, env = "SHAREVAULT_WEBHOOK_LEGACY_BACKUP_SHARE", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub webhook_legacy_backup_share: Option<bool>,
-    /// Networks allowed to call the webhook (comma-separated CIDRs) [default: any].
+    /// Networks allowed to call the webhook (comma-separated CIDRs); on the public listener a
+    /// connection from elsewhere (not a trusted proxy) is closed when accepted, before TLS,
+    /// health included [default: any].
     #[arg(
         long,
         env = "SHAREVAULT_WEBHOOK_ALLOW_CIDRS",
@@ -114,7 +120,8 @@ pub struct ServeArgs {
     /// calls only the HTTP webhook [default: false].
     #[arg(long, env = "SHAREVAULT_GRPC_WEBHOOK", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub grpc_webhook: Option<bool>,
-    /// Proxies (CIDRs) whose `X-Forwarded-For` header names the real client [default: none].
+    /// Proxies (CIDRs) whose `X-Forwarded-For` header names the real client, on both
+    /// listeners; they are exempt from the per-source connection limit [default: none].
     #[arg(
         long,
         env = "SHAREVAULT_TRUSTED_PROXIES",
@@ -122,19 +129,22 @@ pub struct ServeArgs {
         value_name = "CIDRS"
     )]
     pub trusted_proxies: Option<Vec<String>>,
-    /// PEM certificate chain for TLS on the webhook listener.
+    /// PEM certificate chain for TLS on the webhook listener, given with its key
+    /// [default: none].
     #[arg(long, env = "SHAREVAULT_HTTP_TLS_CERT_FILE", value_name = "FILE")]
     pub http_tls_cert_file: Option<PathBuf>,
-    /// PEM private key for TLS on the webhook listener.
+    /// PEM private key for TLS on the webhook listener [default: none].
     #[arg(long, env = "SHAREVAULT_HTTP_TLS_KEY_FILE", value_name = "FILE")]
     pub http_tls_key_file: Option<PathBuf>,
-    /// PEM certificate chain for TLS on the gRPC/API listener.
+    /// PEM certificate chain for TLS on the gRPC/API listener, given with its key
+    /// [default: none].
     #[arg(long, env = "SHAREVAULT_GRPC_TLS_CERT_FILE", value_name = "FILE")]
     pub grpc_tls_cert_file: Option<PathBuf>,
-    /// PEM private key for TLS on the gRPC/API listener.
+    /// PEM private key for TLS on the gRPC/API listener [default: none].
     #[arg(long, env = "SHAREVAULT_GRPC_TLS_KEY_FILE", value_name = "FILE")]
     pub grpc_tls_key_file: Option<PathBuf>,
-    /// Seconds an HTTP request may take before it is answered 503 [default: 8].
+    /// Seconds a request may take (1-60): HTTP requests still running after this are
+    /// answered 503, gRPC calls DEADLINE_EXCEEDED [default: 8].
     #[arg(
         long,
         env = "SHAREVAULT_REQUEST_TIMEOUT_SECONDS",
@@ -144,20 +154,23 @@ pub struct ServeArgs {
     /// Largest accepted HTTP request body, in bytes [default: 262144].
     #[arg(long, env = "SHAREVAULT_MAX_REQUEST_BYTES", value_name = "BYTES")]
     pub max_request_bytes: Option<usize>,
-    /// File holding the 256-bit master key (64 hex characters).
+    /// File holding the 256-bit master key (64 hex characters) [default: the systemd
+    /// credential `master-key`, else `master-key` in the data dir, generated at the first
+    /// start of a new vault].
     #[arg(long, env = "SHAREVAULT_MASTER_KEY_FILE", value_name = "FILE")]
     pub master_key_file: Option<PathBuf>,
     /// Where the root key (the master key) is kept: `file` (--master-key-file, a systemd
     /// credential, or the data dir) or `pkcs11` (sealed by a PKCS#11 token's key) [default: file].
     #[arg(long, env = "SHAREVAULT_SEAL", value_enum)]
     pub seal: Option<SealKind>,
-    /// The PKCS#11 library of the token (`.so`), for the pkcs11 seal.
+    /// The PKCS#11 library of the token (`.so`); the module and the two labels are given
+    /// together, and required by the pkcs11 seal [default: none].
     #[arg(long, env = "SHAREVAULT_PKCS11_MODULE", value_name = "FILE")]
     pub pkcs11_module: Option<PathBuf>,
-    /// The label of the PKCS#11 token.
+    /// The label of the PKCS#11 token [default: none].
     #[arg(long, env = "SHAREVAULT_PKCS11_TOKEN_LABEL", value_name = "LABEL")]
     pub pkcs11_token_label: Option<String>,
-    /// The label of the token's AES-256 key that seals the root key.
+    /// The label of the token's AES-256 key that seals the root key [default: none].
     #[arg(long, env = "SHAREVAULT_PKCS11_KEY_LABEL", value_name = "LABEL")]
     pub pkcs11_key_label: Option<String>,
     /// File holding the token's user PIN [default: the `pkcs11-pin` systemd credential].
@@ -167,26 +180,32 @@ pub struct ServeArgs {
     /// for Google Cloud KMS's PKCS#11 library [default: aes-gcm].
     #[arg(long, env = "SHAREVAULT_PKCS11_MECHANISM", value_enum)]
     pub pkcs11_mechanism: Option<WrapMechanism>,
-    /// Seconds between checks that the token still answers, under the pkcs11 seal [default: 30].
+    /// Seconds between checks that the token still answers, under the pkcs11 seal (1-3600)
+    /// [default: 30].
     #[arg(long, env = "SHAREVAULT_SEAL_CHECK_SECONDS", value_name = "SECONDS")]
     pub seal_check_seconds: Option<u64>,
     /// Local admin socket: the private API for the daemon's own user and root, where the
     /// AdminService needs no token [default: none].
     #[arg(long, env = "SHAREVAULT_ADMIN_SOCKET", value_name = "PATH")]
     pub admin_socket: Option<PathBuf>,
-    /// File holding the previous master key, needed only to finish an interrupted rotation.
+    /// File holding the previous master key, needed only to finish an interrupted rotation
+    /// [default: none].
     #[arg(long, env = "SHAREVAULT_OLD_MASTER_KEY_FILE", value_name = "FILE")]
     pub old_master_key_file: Option<PathBuf>,
-    /// File holding the webhook secrets, one per line.
+    /// File holding the webhook secrets, one per line, each of at least 16 characters
+    /// [default: the systemd credential `webhook-secret`, else `webhook-secret` in the data
+    /// dir, generated at the first start].
     #[arg(long, env = "SHAREVAULT_WEBHOOK_SECRET_FILE", value_name = "FILE")]
     pub webhook_secret_file: Option<PathBuf>,
-    /// File holding the admin token.
+    /// File holding the admin token, of at least 16 characters [default: the systemd
+    /// credential `admin-token`, else `admin-token` in the data dir, generated at the first
+    /// start].
     #[arg(long, env = "SHAREVAULT_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
-    /// Largest accepted custodian share, in bytes [default: 65536].
+    /// Largest accepted custodian share, in bytes, at most 1 MiB [default: 65536].
     #[arg(long, env = "SHAREVAULT_MAX_SHARE_BYTES", value_name = "BYTES")]
     pub max_share_bytes: Option<usize>,
-    /// Largest accepted client cipherText, in bytes [default: 65536].
+    /// Largest accepted client cipherText, in bytes, at most 1 MiB [default: 65536].
     #[arg(long, env = "SHAREVAULT_MAX_CIPHER_TEXT_BYTES", value_name = "BYTES")]
     pub max_cipher_text_bytes: Option<usize>,
     /// Replaced custodian shares and cipherTexts kept per key, at least, whatever their age
@@ -196,14 +215,15 @@ pub struct ServeArgs {
     /// Also keep every version replaced less than this many days ago [default: 90].
     #[arg(long, env = "SHAREVAULT_KEEP_VERSIONS_DAYS", value_name = "DAYS")]
     pub keep_versions_days: Option<u32>,
-    /// But never more versions than this per key [default: 100].
+    /// But never more versions than this per key, at least `keep_versions` [default: 100].
     #[arg(long, env = "SHAREVAULT_MAX_VERSIONS", value_name = "N")]
     pub max_versions: Option<u32>,
-    /// Nor more versions than this per client, across all its keys; the newest completed
-    /// version of each key that holds a share stays whatever the limits [default: 200].
+    /// Nor more versions than this per client, across all its keys, at least
+    /// `max_versions`; the newest completed version of each key that holds a share stays
+    /// whatever the limits [default: 200].
     #[arg(long, env = "SHAREVAULT_MAX_VERSIONS_PER_CLIENT", value_name = "N")]
     pub max_versions_per_client: Option<u32>,
-    /// Failed authentications allowed per source address, and per credential, within the
+    /// Failed authentications allowed per source address (IPv6: per /64), and per credential, within the
     /// window before further attempts are refused (429 / RESOURCE_EXHAUSTED); 0 disables
     /// [default: 20].
     #[arg(long, env = "SHAREVAULT_AUTH_FAILURE_LIMIT", value_name = "N")]
@@ -216,20 +236,21 @@ pub struct ServeArgs {
     )]
     pub auth_failure_window_seconds: Option<u64>,
     /// Most delay added to the answer of a failed authentication past the failure limit, in
-    /// milliseconds: 100 ms more per failure past the limit, up to this; 0 answers at once
-    /// [default: 2000].
+    /// milliseconds: 100 ms more per failure past the limit, up to this (at most 10000); 0
+    /// answers at once [default: 2000].
     #[arg(long, env = "SHAREVAULT_AUTH_FAILURE_MAX_DELAY_MS", value_name = "MS")]
     pub auth_failure_max_delay_ms: Option<u64>,
     /// Most open connections per listener [default: 1024].
     #[arg(long, env = "SHAREVAULT_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
     /// Most open connections per source address (IPv6: per /64) on each listener; more are
-    /// closed at once. Trusted proxies are exempt [default: max_connections / 16, so that no
-    /// fewer than 16 sources can fill a listener].
+    /// closed at once; at least `max_connections` means no limit per source. Trusted proxies
+    /// are exempt [default: max_connections / 16 (64), at least 1, so that no fewer than 16
+    /// sources can fill a listener].
     #[arg(long, env = "SHAREVAULT_MAX_CONNECTIONS_PER_SOURCE", value_name = "N")]
     pub max_connections_per_source: Option<usize>,
     /// Seconds a connection may stay open with no request in it before it is closed
-    /// (HTTP/2 GOAWAY) [default: 60].
+    /// (HTTP/2 GOAWAY), 1-3600 [default: 60].
     #[arg(
         long,
         env = "SHAREVAULT_CONNECTION_IDLE_SECONDS",
@@ -247,7 +268,8 @@ pub struct ServeArgs {
     /// resident memory is about twice this plus 40 MiB under load.
     #[arg(long, env = "SHAREVAULT_CACHE_BYTES", value_name = "BYTES")]
     pub cache_bytes: Option<usize>,
-    /// Size of each of the two write-ahead journals beside the database file, in bytes
+    /// Size of each of the two write-ahead journals beside the database file
+    /// (`sharevault.redb.journal0`, `.journal1`, created zero-filled), in bytes
     /// [default: 536870912]; 0 turns the journal off (every commit then fsyncs the database
     /// file itself, which is slower).
     #[arg(long, env = "SHAREVAULT_JOURNAL_BYTES", value_name = "BYTES")]
@@ -266,11 +288,13 @@ pub struct ServeArgs {
     #[arg(long, env = "SHAREVAULT_AUDIT_RETAIN_DAYS", value_name = "DAYS")]
     pub audit_retain_days: Option<u64>,
     /// Directory that receives the audit events pruned by a retention setting, one JSON-lines
-    /// file per pruned range, each fsynced before its events are deleted (required with a
-    /// retention setting; outside the data dir, so that the data dir stays bounded).
+    /// file per pruned range, each fsynced before its events are deleted (an absolute path,
+    /// required with a retention setting; outside the data dir, so that the data dir stays
+    /// bounded) [default: none].
     #[arg(long, env = "SHAREVAULT_AUDIT_ARCHIVE_DIR", value_name = "DIR")]
     pub audit_archive_dir: Option<PathBuf>,
-    /// Seconds between two prunes of the audit trail under a retention setting [default: 60].
+    /// Seconds between two prunes of the audit trail under a retention setting (1-86400)
+    /// [default: 60].
     #[arg(
         long,
         env = "SHAREVAULT_AUDIT_PRUNE_INTERVAL_SECONDS",
@@ -288,7 +312,7 @@ pub struct ServeArgs {
         value_name = "SECONDS"
     )]
     pub shutdown_grace_seconds: Option<u64>,
-    /// Log format [default: text].
+    /// Format of the log lines on stderr; `RUST_LOG` sets the level [default: text].
     #[arg(long, env = "SHAREVAULT_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
 }

@@ -100,6 +100,13 @@ enum Command {
     /// Print the JSON API's OpenAPI document (`sharevault openapi > docs/openapi.json`).
     #[command(hide = true)]
     Openapi,
+    /// Print the settings table of `docs/configuration.md`, generated from the definitions of
+    /// `serve`; with `--write FILE`, replace the table between FILE's markers instead.
+    #[command(hide = true)]
+    ConfigReference {
+        #[arg(long, value_name = "FILE")]
+        write: Option<std::path::PathBuf>,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -198,6 +205,19 @@ fn package_files(dir: &std::path::Path) -> anyhow::Result<()> {
     }
     clap_mangen::generate_to(Cli::command(), &man).context("cannot write the man pages")?;
     Ok(())
+}
+
+/// Prints the settings table, or writes it between the markers of `file`.
+fn config_reference(file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use sharevault::cli::config_reference::{splice, table};
+    let Some(file) = file else {
+        print!("{}", table().map_err(anyhow::Error::msg)?);
+        return Ok(());
+    };
+    let doc =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let spliced = splice(&doc).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    std::fs::write(file, spliced).with_context(|| format!("cannot write {}", file.display()))
 }
 
 /// Prints a failed command's error on stderr: on one line, its causes joined with `: `; with
@@ -358,5 +378,6 @@ fn run(command: Command) -> anyhow::Result<()> {
             print!("{}", sharevault::api::http::openapi::document());
             Ok(())
         }
+        Command::ConfigReference { write } => config_reference(write.as_deref()),
     }
 }

@@ -1,6 +1,6 @@
 //! The fuzz targets' checks over their committed corpus (`fuzz/corpus/<target>/`), as plain
 //! tests: every file is decoded without a panic and every invariant of `fuzz/src/lib.rs` holds.
-//! `cargo fuzz run <target>` explores further (see the README).
+//! `cargo fuzz run <target>` explores further (see docs/development.md).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

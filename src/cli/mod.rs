@@ -1,7 +1,8 @@
 //! The operator's command line, beside `serve`: commands that talk to a running daemon over
 //! gRPC (`status`, `token create|list|revoke`, `versions list|restore`, `doctor`, `snapshot`,
 //! `rekey`, `verify`, `audit`), `selftest`, which replays Portal's webhook calls, the rendering
-//! of `check-config`, and the offline `restore` and `seal` commands.
+//! of `check-config`, the offline `restore` and `seal` commands, and the settings reference of
+//! `docs/configuration.md` ([`config_reference`]).
 //!
 //! [`client`] holds what every client command shares: where the daemon is, TLS, the admin
 //! token and the wording of errors. Each command renders for people (aligned columns) or, with
@@ -10,6 +11,7 @@
 
 pub mod check_config;
 pub mod client;
+pub mod config_reference;
 pub mod database;
 pub mod doctor;
 pub mod migrate;

@@ -1,7 +1,8 @@
 //! `sharevault doctor` finds exactly the clients that cannot recover, and why.
 //!
 //! The vault is filled with a known mix of clients (`SHAREVAULT_DOCTOR_CLIENTS`, 1,200 by
-//! default), then the report is compared with the mix. The README's figures come from
+//! default), then the report is compared with the mix. The figures in docs/recoverability.md
+//! come from
 //!
 //! ```text
 //! SHAREVAULT_DOCTOR_CLIENTS=100000 SHAREVAULT_TEST_BINARY=target/release/sharevault \

@@ -7,6 +7,7 @@ mod backend_node;
 mod bench;
 mod cli;
 mod completions;
+mod config_reference;
 mod doctor;
 mod durability;
 mod faults;

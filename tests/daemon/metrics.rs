@@ -119,7 +119,7 @@ async fn scrape_after_some_calls(sandbox: &Sandbox, daemon: &Daemon) -> String {
     scrape(daemon).await
 }
 
-/// A live scrape passes `promtool check metrics`, keeps every name the README lists, and
+/// A live scrape passes `promtool check metrics`, keeps every name docs/monitoring.md lists, and
 /// counts the calls, the failed authentications and the audit verification.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_scrape_passes_promtool_and_counts_the_calls() {
