@@ -52,6 +52,8 @@ pub struct Shared {
     pool: deadpool_postgres::Pool,
     timeout: Duration,
     reachable: AtomicBool,
+    /// Why the last connection failed, for the errors answered while it is unreachable.
+    last_failure: std::sync::Mutex<Option<String>>,
     /// Write transactions run again after a conflict.
     conflicts: AtomicU64,
     metrics: crate::metrics::StoreMetrics,
@@ -62,10 +64,28 @@ impl Shared {
     /// connection until the timeout.
     fn check_reachable(&self) -> Result<(), StoreError> {
         if self.reachable.load(Ordering::SeqCst) {
-            Ok(())
-        } else {
-            Err(StoreError::Backend("PostgreSQL cannot be reached".into()))
+            return Ok(());
         }
+        // The cause of the last failed connection (a refused connection, an untrusted
+        // certificate) says what to fix; it never holds a statement's parameters.
+        let why = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        Err(StoreError::Backend(match why {
+            Some(why) => format!("PostgreSQL cannot be reached ({why})"),
+            None => "PostgreSQL cannot be reached".into(),
+        }))
+    }
+
+    /// Marks PostgreSQL unreachable because a connection failed with `err`.
+    fn set_unreachable(&self, err: &StoreError) {
+        *self
+            .last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(err.to_string());
+        self.set_reachable(false);
     }
 
     fn set_reachable(&self, up: bool) {
@@ -110,6 +130,7 @@ impl PgStore {
             pool,
             timeout: STATEMENT_TIMEOUT,
             reachable: AtomicBool::new(true),
+            last_failure: std::sync::Mutex::new(None),
             conflicts: AtomicU64::new(0),
             metrics,
         });

@@ -105,14 +105,15 @@ pub fn connect(shared: &Arc<Shared>) -> Result<Object, StoreError> {
     let health = Arc::clone(shared);
     block(shared, async move {
         pool.get().await.map_err(|e| {
-            health.set_reachable(false);
-            StoreError::Backend(match e {
-                deadpool_postgres::PoolError::Timeout(_) => {
-                    "no connection to PostgreSQL could be had in time".to_owned()
-                }
-                deadpool_postgres::PoolError::Backend(e) => return store_error(&e),
-                other => format!("cannot connect to PostgreSQL: {other}"),
-            })
+            let err = match e {
+                deadpool_postgres::PoolError::Timeout(_) => StoreError::Backend(
+                    "no connection to PostgreSQL could be had in time".to_owned(),
+                ),
+                deadpool_postgres::PoolError::Backend(e) => store_error(&e),
+                other => StoreError::Backend(format!("cannot connect to PostgreSQL: {other}")),
+            };
+            health.set_unreachable(&err);
+            err
         })
     })
 }
