@@ -105,6 +105,9 @@ fn start_at_once(boxes: &[&Sandbox], extra: &[&str]) -> Vec<Daemon> {
         .collect()
 }
 
+/// The advisory lock key of migrations (`src/store/postgres/schema.rs`).
+const MIGRATE_LOCK: i64 = 8319957661088113012;
+
 /// Daemons started at the same instant on an empty database, several rounds (a new database
 /// each): one set of keys (every daemon checks the audit events every other one wrote), all
 /// serve, each restarts and serves, and a snapshot through one restores.
@@ -115,7 +118,26 @@ async fn daemons_started_at_once_on_a_new_database_make_one_set_of_keys() {
         let first = Sandbox::on_shared_postgres(60);
         let (second, third) = (first.sibling(), first.sibling());
         let boxes = [&first, &second, &third];
+        // Lined up as a start at one instant is: the migration lock held meanwhile (as the
+        // first daemon to create the schema holds it), then released to all three at once.
+        let db = first.database.as_ref().unwrap().name.clone();
+        let holder = std::thread::spawn(move || {
+            PgServer::shared().psql(
+                &db,
+                &format!("SELECT pg_advisory_lock({MIGRATE_LOCK}); SELECT pg_sleep(2.5)"),
+            )
+        });
+        let db = &first.database.as_ref().unwrap().name;
+        while PgServer::shared().psql(
+            db,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        ) == "0"
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let mut daemons = start_at_once(&boxes, &[]);
+        holder.join().unwrap();
         let (secret, admin) = (&first.keys.webhook_secret, &first.keys.admin_token);
         for (i, daemon) in daemons.iter().enumerate() {
             let mut hook = daemon.webhook().await;
