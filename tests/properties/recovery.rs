@@ -421,8 +421,8 @@ proptest! {
 /// Stores one backup of `method` (both curves) and, with `complete`, its cipherText.
 async fn back_up(vault: &Vault, client: &str, method: &str, n: usize, complete: bool) -> Backup {
     let backup = Backup::new(client, method, n, Flow::Sdk);
-    for curve in 0..2 {
-        let key = format!("{method}-{}", CURVES[curve]);
+    for (curve, name) in CURVES.iter().enumerate().take(2) {
+        let key = format!("{method}-{name}");
         vault
             .backup(
                 BackupInput {
