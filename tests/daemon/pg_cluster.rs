@@ -507,3 +507,76 @@ async fn one_daemon_at_a_time_prunes_and_archives_the_audit_trail() {
     let report = other.verify_audit(admin).await;
     assert!(report.ok, "{report:?}");
 }
+
+/// A daemon that stopped answering (SIGSTOP) ages out of the registry, so a restore goes
+/// through; woken, its first write finds its registration gone in the write transaction and
+/// is refused with UNAVAILABLE, instead of landing in the restored vault under the state
+/// (keys, audit chain) the daemon read before; the restored vault's audit chain stays whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_woken_after_a_restore_under_it_refuses_writes() {
+    let on_disk = Sandbox::new(65);
+    let mut daemon = on_disk.start();
+    let secret = on_disk.keys.webhook_secret.clone();
+    backup(
+        &mut daemon.webhook().await,
+        &secret,
+        "from-disk",
+        "disk-share",
+    )
+    .await
+    .unwrap();
+    let snap = on_disk.tmp.path().join("disk.snap");
+    snapshot_to(&daemon, &on_disk.keys.admin_token, &snap).await;
+    assert!(daemon.signal("TERM").success());
+
+    let on_pg = Sandbox::on_shared_postgres(65);
+    let db = on_pg.database.as_ref().unwrap();
+    let stale = on_pg.start();
+    let mut hook = stale.webhook().await;
+    backup(&mut hook, &secret, "on-pg", "pg-share")
+        .await
+        .unwrap();
+    let pid = stale.pid().to_string();
+    let kill = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    kill("-STOP");
+    let refused_until = Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let out = restore_into(&snap, db, &on_pg.keys.master_key_file, &["--replace"]);
+        if out.status.success() || Instant::now() > refused_until {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    kill("-CONT");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Its very first write finds the registration gone, in its transaction.
+    let refused = backup(&mut hook, &secret, "after-restore", "stale-share")
+        .await
+        .expect_err("the stale daemon wrote into the restored vault");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        stale.logs().contains("registration was removed"),
+        "{}",
+        stale.logs()
+    );
+    // A daemon started on the restored vault serves it, and its audit chain is whole.
+    let fresh = on_pg.sibling().start();
+    assert_eq!(
+        fetch_shares(&mut fresh.webhook().await, &secret, "from-disk".into()).await,
+        ["disk-share"]
+    );
+    let report = fresh.verify_audit(&on_pg.keys.admin_token).await;
+    assert!(report.ok, "{report:?}");
+}

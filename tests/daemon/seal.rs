@@ -866,7 +866,9 @@ async fn on_postgres_every_daemon_unseals_a_rotated_root_key_with_its_own_token_
     assert_eq!(report.failed, 0, "{:?}", report.failures);
     assert_eq!(report.master_key_id, last.new_master_key_id);
     assert!(
-        daemons[1].logs().contains("took the new key of a master key rotation"),
+        daemons[1]
+            .logs()
+            .contains("took the new key of a master key rotation"),
         "{}",
         daemons[1].logs()
     );

@@ -97,6 +97,7 @@ impl Cluster for PgStore {
         self.shared.check_reachable()?;
         let mut session = Session::autocommit(&self.shared)?;
         let me = me.clone();
+        let id = me.id.clone();
         session.call(move |c| -> CallFuture<'_, ()> {
             Box::pin(async move {
                 let pid = i32::try_from(me.pid).unwrap_or_default();
@@ -111,7 +112,9 @@ impl Cluster for PgStore {
                 .await
                 .map(|_| ())
             })
-        })
+        })?;
+        let _ = self.shared.member.set(id);
+        Ok(())
     }
 
     fn heartbeat(&self, me: &Member) -> Result<bool, StoreError> {

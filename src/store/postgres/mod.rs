@@ -56,6 +56,9 @@ pub struct Shared {
     /// Write transactions run again after a conflict.
     conflicts: AtomicU64,
     metrics: crate::metrics::StoreMetrics,
+    /// This daemon's id in the registry, once registered: every write transaction checks
+    /// that the registration is still there.
+    member: std::sync::OnceLock<String>,
 }
 
 impl Shared {
@@ -113,6 +116,7 @@ impl PgStore {
             reachable: AtomicBool::new(true),
             conflicts: AtomicU64::new(0),
             metrics,
+            member: std::sync::OnceLock::new(),
         });
         let store = Self {
             shared: Arc::clone(&shared),
