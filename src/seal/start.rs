@@ -71,17 +71,27 @@ pub async fn root_keys(store: &dyn Store, seal: Seal) -> Result<RootKeys, StartE
                 let sealed = super::seal(&hsm, &key, &root)?;
                 // Read back through the token before it is relied on.
                 super::unseal(&hsm, &key, &sealed)?;
-                rules::write(
+                // A compare-and-set: of daemons starting at once on a new vault, one root
+                // key wins, and the others unseal it.
+                let outcome = rules::write(
                     store,
-                    WriteOp::Meta {
+                    WriteOp::MetaIfAbsent {
                         set: vec![(SEALED_ROOT_KEY.into(), sealed)],
-                        remove: Vec::new(),
+                        unless: SEALED_ROOT_KEY.into(),
                     },
                     None,
                     None,
                 )
                 .await
                 .map_err(|e| StartError::Store(e.to_string()))?;
+                if outcome == crate::vault::WriteOutcome::Repeat {
+                    let sealed = meta(store, SEALED_ROOT_KEY)?
+                        .ok_or_else(|| StartError::Store("the sealed root key vanished".into()))?;
+                    return Ok(RootKeys {
+                        primary: super::unseal(&hsm, &key, &sealed)?,
+                        older: Vec::new(),
+                    });
+                }
                 tracing::info!(
                     root_key_id = %root.id(),
                     token = hsm.token_label(),
@@ -156,6 +166,13 @@ impl TokenSeal {
             key,
             reachable: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
+    }
+
+    /// Opens root keys sealed by the token, through this daemon's own session: the new root
+    /// key of a rotation another daemon started.
+    pub fn unsealer(&self) -> crate::vault::cluster::Unsealer {
+        let (hsm, key) = (Arc::clone(&self.hsm), self.key.clone());
+        Arc::new(move |sealed: &[u8]| super::unseal(&hsm, &key, sealed).map_err(|e| e.to_string()))
     }
 
     /// Whether the token answered the last check.

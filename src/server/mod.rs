@@ -286,6 +286,61 @@ async fn opening_heartbeat() {
     }
 }
 
+/// How long a first start waits for another daemon making the vault's keys.
+const FIRST_START_WAIT: Duration = Duration::from_secs(60);
+
+/// The cluster's first-start lock, on a database several daemons serve.
+async fn first_start_lock(
+    store: &Arc<dyn Store>,
+) -> Result<Option<Box<dyn crate::store::cluster::LockGuard>>, ServeError> {
+    if store.cluster().is_none() {
+        return Ok(None);
+    }
+    let store = Arc::clone(store);
+    let taken = tokio::task::spawn_blocking(move || {
+        store
+            .cluster()
+            .map(|c| c.lock(crate::store::cluster::ClusterLock::Init, FIRST_START_WAIT))
+    })
+    .await
+    .map_err(|e| ServeError::Task(e.to_string()))?;
+    match taken {
+        None => Ok(None),
+        Some(Ok(Some(guard))) => Ok(Some(guard)),
+        Some(Ok(None)) => Err(ServeError::Task(format!(
+            "another daemon held the first-start lock of this database for {} s",
+            FIRST_START_WAIT.as_secs()
+        ))),
+        Some(Err(err)) => Err(ServeError::Open(OpenError::Database(err))),
+    }
+}
+
+/// Registers the daemon in the database's registry and starts its presence rounds (see
+/// [`crate::vault::cluster`]), on a database several daemons serve.
+async fn start_presence(
+    vault: &Arc<Vault>,
+    token: Option<&TokenSeal>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    vault.store().cluster()?;
+    let registering = Arc::clone(vault);
+    match tokio::task::spawn_blocking(move || registering.register()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "could not register this daemon"),
+        Err(err) => tracing::warn!(error = %err, "could not register this daemon"),
+    }
+    let unseal = token.map(TokenSeal::unsealer);
+    Some(tokio::spawn(Arc::clone(vault).run_presence(unseal)))
+}
+
+/// Stops the presence rounds and removes the daemon from the registry.
+async fn leave(vault: &Arc<Vault>, presence: Option<tokio::task::JoinHandle<()>>) {
+    let Some(presence) = presence else { return };
+    presence.abort();
+    let _ = presence.await;
+    let leaving = Arc::clone(vault);
+    let _ = tokio::task::spawn_blocking(move || leaving.leave()).await;
+}
+
 /// Runs the daemon on `listeners` until `shutdown` resolves.
 pub async fn run(
     listeners: Listeners,
@@ -445,9 +500,21 @@ pub async fn run(
         Seal::Pkcs11 { hsm, key } => Some(TokenSeal::new(Arc::clone(hsm), key.clone())),
         Seal::File { .. } => None,
     };
+    // A new vault's keys are made under the cluster's first-start lock: of daemons starting
+    // at once on a new database, one makes them and the others find them.
+    let store = match store {
+        Ok(store) => match first_start_lock(&store).await {
+            Ok(guard) => Ok((store, guard)),
+            Err(err) => {
+                store.close();
+                Err(err)
+            }
+        },
+        Err(err) => Err(err),
+    };
     let keys = match store {
-        Ok(store) => match crate::seal::root_keys(store.as_ref(), seal).await {
-            Ok(keys) => Ok((store, keys)),
+        Ok((store, guard)) => match crate::seal::root_keys(store.as_ref(), seal).await {
+            Ok(keys) => Ok((store, keys, guard)),
             Err(err) => {
                 store.close();
                 Err(ServeError::Seal(err))
@@ -456,31 +523,35 @@ pub async fn run(
         Err(err) => Err(err),
     };
     let opened = match keys {
-        Ok((store, keys)) => Vault::open(
-            store,
-            keys.primary,
-            keys.older,
-            settings.config.limits,
-            Credentials {
-                webhook: webhook_secrets,
-                admin_token: settings.secrets.admin_token,
-                failures: crate::auth::FailureLimiter::new(
-                    settings.config.auth_failure_limit,
-                    settings.config.auth_failure_window,
-                    settings.config.auth_failure_max_delay,
-                ),
-            },
-            metrics.vault.clone(),
-        )
-        .await
-        .map(|v| {
-            v.with_deferred_read_audit(
-                settings.config.read_audit == crate::config::ReadAudit::Deferred,
+        Ok((store, keys, guard)) => {
+            let opened = Vault::open(
+                store,
+                keys.primary,
+                keys.older,
+                settings.config.limits,
+                Credentials {
+                    webhook: webhook_secrets,
+                    admin_token: settings.secrets.admin_token,
+                    failures: crate::auth::FailureLimiter::new(
+                        settings.config.auth_failure_limit,
+                        settings.config.auth_failure_window,
+                        settings.config.auth_failure_max_delay,
+                    ),
+                },
+                metrics.vault.clone(),
             )
-            .with_retention(settings.config.versions)
-            .with_request_timeout(settings.config.request_timeout)
-        })
-        .map_err(ServeError::from),
+            .await
+            .map(|v| {
+                v.with_deferred_read_audit(
+                    settings.config.read_audit == crate::config::ReadAudit::Deferred,
+                )
+                .with_retention(settings.config.versions)
+                .with_request_timeout(settings.config.request_timeout)
+            })
+            .map_err(ServeError::from);
+            drop(guard);
+            opened
+        }
         Err(err) => Err(err),
     };
     let vault = match opened {
@@ -491,6 +562,8 @@ pub async fn run(
             return Err(err);
         }
     };
+    // Registered before it says it is ready: a rotation from then on waits for it.
+    let presence = start_presence(&vault, token.as_ref()).await;
     ready.set(Arc::clone(&vault));
     let watcher = token.map(|token| {
         ready.set_seal(token.clone());
@@ -514,6 +587,7 @@ pub async fn run(
             if let Some(pruner) = &pruner {
                 pruner.abort();
             }
+            leave(&vault, presence).await;
             vault.close();
             return Err(ServeError::Task(match result {
                 Some(Err(e)) => e.to_string(),
@@ -542,6 +616,7 @@ pub async fn run(
     if let Some(watcher) = watcher {
         watcher.abort();
     }
+    leave(&vault, presence).await;
     vault.close();
     tracing::info!("database closed; bye");
     Ok(())

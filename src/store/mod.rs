@@ -32,6 +32,7 @@
 //!
 //! [`redb::RedbStore`] is the embedded default; [`journal`] is its page journal.
 
+pub mod cluster;
 #[cfg(test)]
 pub mod conformance;
 pub mod disk;
@@ -371,6 +372,11 @@ pub trait Store: Send + Sync + 'static {
     /// Finishes queued writes and closes the store; later writes fail with
     /// [`StoreError::Closed`].
     fn close(&self);
+    /// The registry of daemons and the cluster-wide locks of a store that several daemons
+    /// serve at once; `None` for a store one daemon has to itself.
+    fn cluster(&self) -> Option<&dyn cluster::Cluster> {
+        None
+    }
 }
 
 /// The next batch of a writer's queue: waits for one job, then takes those already queued

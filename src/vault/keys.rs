@@ -1,5 +1,6 @@
 //! The master key: rotation (re-wrapping every data key) and verification of every record.
 
+use super::cluster::{ACK_WITHIN, REKEY_HANDOVER, REKEY_SWITCH};
 use super::rules::{Rewrap, WriteOp};
 use super::{
     KEY_CHECK, KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT, KEY_CHECK_PLAINTEXT_V2, REKEY_TARGET,
@@ -9,9 +10,16 @@ use crate::crypto::{MasterKey, RecordAad};
 use crate::error::VaultError;
 use crate::integrity::INTEGRITY_KEY;
 use crate::seal::{SEALED_ROOT_KEY, SEALED_ROOT_KEY_NEXT};
+use crate::store::cluster::Member;
 use crate::store::{Store, StoreError, TableId};
 use records::{SealedRecord, SealedRow};
 use std::sync::{Arc, PoisonError};
+
+/// `HOST (pid N), ...`, for messages.
+fn describe(daemons: &[Member]) -> String {
+    let names: Vec<String> = daemons.iter().map(Member::describe).collect();
+    names.join(", ")
+}
 
 /// Every sealed record of a share table, a page at a time, in key order.
 struct Pages<'a> {
@@ -77,27 +85,62 @@ impl Vault {
     ) -> Result<u64, VaultError> {
         let _one_at_a_time = self.rekeying.lock().await;
         let new = Arc::new(new);
+        let new_id = new.id();
         let target = new
             .seal(&REKEY_TARGET_AAD, KEY_CHECK_PLAINTEXT)
             .map_err(crypto_failure)?;
+        let several = self.store.cluster().is_some();
+        let resuming = records::meta(&*self.store.read()?, REKEY_TARGET)?.is_some();
         let mut set = vec![(REKEY_TARGET.into(), target)];
-        if let Some(sealed) = &sealed {
-            set.push((SEALED_ROOT_KEY_NEXT.into(), sealed.clone()));
+        match &sealed {
+            // Under a token seal the other daemons unseal the new root key with their token.
+            Some(sealed) => set.push((SEALED_ROOT_KEY_NEXT.into(), sealed.clone())),
+            None if several => set.push((REKEY_HANDOVER.into(), self.handover(&new)?)),
+            None => {}
         }
         self.write(
             WriteOp::Meta {
                 set,
                 remove: Vec::new(),
             },
-            Some(entry(actor, "rekey_start", "", &new.id().to_string())),
+            Some(entry(actor, "rekey_start", "", &new_id.to_string())),
         )
         .await?;
+        if several {
+            // Every live daemon holds the new key before anything is sealed under it.
+            self.hold(Arc::clone(&new));
+            let id = new_id.to_string();
+            if let Err(lagging) = self.await_daemons(move |m| m.held_keys.contains(&id)).await {
+                return Err(self.call_off(new_id, resuming, actor, &lagging).await);
+            }
+            self.write(
+                WriteOp::Meta {
+                    set: vec![(REKEY_SWITCH.into(), new_id.to_string().into_bytes())],
+                    remove: Vec::new(),
+                },
+                None,
+            )
+            .await?;
+        }
         {
             let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
             if keys.primary.id() != new.id() {
                 let old = std::mem::replace(&mut keys.primary, Arc::clone(&new));
                 keys.older.retain(|k| k.id() != new.id());
                 keys.older.push(old);
+            }
+        }
+        if several {
+            // ... and every live daemon seals under it before the records are re-wrapped, so
+            // that the sweeps end.
+            let id = new_id.to_string();
+            if let Err(lagging) = self.await_daemons(move |m| m.primary_key == id).await {
+                tracing::error!(
+                    daemons = %describe(&lagging),
+                    "a master key rotation stopped: these daemons did not switch to the new key \
+                     in time; run `sharevault rekey` again with the same key to finish it"
+                );
+                return Err(VaultError::Unavailable);
             }
         }
         let counts = records::counts(&*self.store.read()?)?;
@@ -120,7 +163,11 @@ impl Vault {
             .map_err(crypto_failure)?;
         let integrity = self.integrity.seal(&new).map_err(crypto_failure)?;
         let mut set = vec![(KEY_CHECK.into(), check), (INTEGRITY_KEY.into(), integrity)];
-        let mut remove = vec![REKEY_TARGET.to_owned()];
+        let mut remove = vec![
+            REKEY_TARGET.to_owned(),
+            REKEY_HANDOVER.to_owned(),
+            REKEY_SWITCH.to_owned(),
+        ];
         match sealed {
             Some(sealed) => {
                 set.push((SEALED_ROOT_KEY.into(), sealed));
@@ -135,6 +182,47 @@ impl Vault {
         .await?;
         progress(total, total);
         Ok(total)
+    }
+
+    /// Calls off a rotation that a live daemon did not follow in time: nothing was sealed
+    /// under the new key yet, so the rotation's records are removed (unless it resumes an
+    /// interrupted one, which stays to be finished) and the vault goes on under its key.
+    async fn call_off(
+        &self,
+        new: crate::crypto::KeyId,
+        resuming: bool,
+        actor: &str,
+        lagging: &[Member],
+    ) -> VaultError {
+        if !resuming {
+            let removed = self
+                .write(
+                    WriteOp::Meta {
+                        set: Vec::new(),
+                        remove: vec![
+                            REKEY_TARGET.into(),
+                            REKEY_HANDOVER.into(),
+                            SEALED_ROOT_KEY_NEXT.into(),
+                        ],
+                    },
+                    Some(entry(actor, "rekey_abort", "", &new.to_string())),
+                )
+                .await;
+            if removed.is_ok() {
+                self.forget(new);
+            }
+        }
+        let who = if lagging.is_empty() {
+            "the registry of daemons could not be read".to_owned()
+        } else {
+            format!("{} did not take it", describe(lagging))
+        };
+        tracing::error!(master_key_id = %new, %who, "a master key rotation was called off");
+        VaultError::FailedPrecondition(format!(
+            "the new master key did not reach every live daemon within {} s ({who}); the \
+             rotation was called off before any record was re-wrapped",
+            ACK_WITHIN.as_secs()
+        ))
     }
 
     /// Re-wraps every record not yet under `new`; answers how many it found.

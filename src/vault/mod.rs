@@ -5,6 +5,7 @@
 //! messages to and from these calls.
 
 mod access;
+pub mod cluster;
 pub mod codec;
 pub mod doctor;
 mod history;
@@ -236,6 +237,14 @@ pub fn check_keys(
     }
 }
 
+/// The sequence number the next audit event gets.
+fn audit_next(store: &dyn Store) -> Result<u64, OpenError> {
+    let r = store.read().map_err(OpenError::Store)?;
+    Ok(crate::audit::head(&*r)
+        .map_err(OpenError::Store)?
+        .map_or(1, |(seq, _)| seq + 1))
+}
+
 /// The vault.
 pub struct Vault {
     store: Arc<dyn Store>,
@@ -261,6 +270,13 @@ pub struct Vault {
     /// blocking pool, a write's commit on a store over the network) before it is answered
     /// UNAVAILABLE: below the request timeout, so that the answer says what happened.
     store_deadline: Duration,
+    /// This daemon in the registry of a database several daemons serve.
+    presence: cluster::Presence,
+    /// Writes are refused: this daemon lacks the key the vault seals under, or the vault was
+    /// replaced under it ([`cluster`]).
+    refusing: std::sync::atomic::AtomicBool,
+    /// This daemon's registration was removed: the vault was replaced under it.
+    replaced: std::sync::atomic::AtomicBool,
 }
 
 /// [`Vault::store_deadline`] unless [`Vault::with_request_timeout`] says otherwise: 3/4 of
@@ -284,42 +300,63 @@ impl Vault {
             records::meta(&*r, name).map_err(OpenError::Store)
         };
         let target = meta(REKEY_TARGET)?;
-        let mut fresh = false;
-        match meta(KEY_CHECK)? {
-            Some(check) => {
-                let resumed = check_key_check(&key, &older, &check, target.as_deref())?;
-                match (&target, resumed) {
-                    (_, true) => tracing::warn!(
-                        "a master key rotation to this key was interrupted; run `sharevault \
-                         rekey` again with this key to finish it"
-                    ),
-                    (Some(target), false) => {
-                        let id = MasterKey::envelope_key_id(target).map_err(OpenError::KeyCheck)?;
-                        tracing::warn!(
-                            target_key_id = %id,
-                            "a master key rotation was interrupted; run `sharevault rekey` again \
-                             with the new key to finish it"
-                        );
-                    }
-                    (None, false) => {}
-                }
-            }
+        // A new vault's key check, integrity key and audit anchor are written in one
+        // compare-and-set: when daemons start at once on a new database, exactly one set
+        // wins, and the others open it (see also [`crate::store::cluster::ClusterLock::Init`]).
+        let mut made = None;
+        let check = match meta(KEY_CHECK)? {
+            Some(check) => check,
             None => {
-                fresh = true;
                 let check = key
                     .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT_V2)
                     .map_err(OpenError::KeyCheck)?;
-                rules::write(
+                let (integrity, sealed) =
+                    IntegrityKey::generate(&key).map_err(OpenError::IntegrityKey)?;
+                let next = audit_next(store.as_ref())?;
+                let anchor = Anchor::encode(&integrity.audit_key(), next);
+                let outcome = rules::write(
                     store.as_ref(),
-                    WriteOp::Meta {
-                        set: vec![(KEY_CHECK.into(), check)],
-                        remove: Vec::new(),
+                    WriteOp::MetaIfAbsent {
+                        set: vec![
+                            (KEY_CHECK.into(), check.clone()),
+                            (INTEGRITY_KEY.into(), sealed),
+                            (Anchor::META.into(), anchor),
+                        ],
+                        unless: KEY_CHECK.into(),
                     },
                     None,
                     None,
                 )
                 .await
                 .map_err(OpenError::Write)?;
+                match outcome {
+                    WriteOutcome::Repeat => {
+                        tracing::info!("another daemon made this new vault's keys first");
+                        meta(KEY_CHECK)?.ok_or(OpenError::KeyCheck(CryptoError::Malformed))?
+                    }
+                    _ => {
+                        made = Some(integrity);
+                        check
+                    }
+                }
+            }
+        };
+        if made.is_none() {
+            let resumed = check_key_check(&key, &older, &check, target.as_deref())?;
+            match (&target, resumed) {
+                (_, true) => tracing::warn!(
+                    "a master key rotation to this key was interrupted; run `sharevault \
+                     rekey` again with this key to finish it"
+                ),
+                (Some(target), false) => {
+                    let id = MasterKey::envelope_key_id(target).map_err(OpenError::KeyCheck)?;
+                    tracing::warn!(
+                        target_key_id = %id,
+                        "a master key rotation was interrupted; run `sharevault rekey` again \
+                         with the new key to finish it"
+                    );
+                }
+                (None, false) => {}
             }
         }
         let keys = Keyring {
@@ -327,50 +364,52 @@ impl Vault {
             older: older.into_iter().map(Arc::new).collect(),
         };
         // The key check, under whichever known key seals it, and its version.
-        let check = meta(KEY_CHECK)?.ok_or(OpenError::KeyCheck(CryptoError::Malformed))?;
         let check_key = keys.for_envelope(&check).map_err(OpenError::KeyCheck)?;
         let check_version =
             check_version(&check_key, &KEY_CHECK_AAD, &check).map_err(OpenError::KeyCheck)?;
-        let integrity = match meta(INTEGRITY_KEY)? {
-            Some(sealed) => keys
+        let integrity = match (made, meta(INTEGRITY_KEY)?) {
+            (Some(integrity), _) => integrity,
+            (None, Some(sealed)) => keys
                 .for_envelope(&sealed)
                 .and_then(|key| IntegrityKey::open(&key, &sealed))
                 .map_err(OpenError::IntegrityKey)?,
-            None if check_version >= 2 && !fresh => return Err(OpenError::IntegrityKeyMissing),
-            None => {
-                // A new vault, or one made before integrity keys existed: its audit events
-                // are keyed from the next one on, which the anchor records; the key check
-                // then says that the vault has an integrity key.
+            (None, None) if check_version >= 2 => return Err(OpenError::IntegrityKeyMissing),
+            (None, None) => {
+                // A vault made before integrity keys existed: its audit events are keyed
+                // from the next one on, which the anchor records; the key check then says
+                // that the vault has an integrity key.
                 // Sealed under the key the key check is under, so that whichever key the
                 // data dir starts with next (during an unfinished rotation) opens both.
                 let (integrity, sealed) =
                     IntegrityKey::generate(&check_key).map_err(OpenError::IntegrityKey)?;
                 let audit_key = integrity.audit_key();
-                let next = {
-                    let r = store.read().map_err(OpenError::Store)?;
-                    crate::audit::head(&*r)
-                        .map_err(OpenError::Store)?
-                        .map_or(1, |(seq, _)| seq + 1)
-                };
+                let next = audit_next(store.as_ref())?;
                 let check = check_key
                     .seal(&KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT_V2)
                     .map_err(OpenError::KeyCheck)?;
-                rules::write(
+                let outcome = rules::write(
                     store.as_ref(),
-                    WriteOp::Meta {
+                    WriteOp::MetaIfAbsent {
                         set: vec![
                             (INTEGRITY_KEY.into(), sealed),
                             (Anchor::META.into(), Anchor::encode(&audit_key, next)),
                             (KEY_CHECK.into(), check),
                         ],
-                        remove: Vec::new(),
+                        unless: INTEGRITY_KEY.into(),
                     },
                     None,
                     None,
                 )
                 .await
                 .map_err(OpenError::Write)?;
-                integrity
+                match (outcome, meta(INTEGRITY_KEY)?) {
+                    (WriteOutcome::Repeat, Some(sealed)) => keys
+                        .for_envelope(&sealed)
+                        .and_then(|key| IntegrityKey::open(&key, &sealed))
+                        .map_err(OpenError::IntegrityKey)?,
+                    (WriteOutcome::Repeat, None) => return Err(OpenError::IntegrityKeyMissing),
+                    _ => integrity,
+                }
             }
         };
         Ok(Self {
@@ -389,6 +428,9 @@ impl Vault {
             deferred_read_audit: false,
             retention: versions::Retention::default(),
             store_deadline: DEFAULT_STORE_DEADLINE,
+            presence: cluster::Presence::new(),
+            refusing: std::sync::atomic::AtomicBool::new(false),
+            replaced: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -429,6 +471,9 @@ impl Vault {
         op: WriteOp,
         audit: Option<AuditEntry>,
     ) -> Result<WriteOutcome, VaultError> {
+        if self.refusing() {
+            return Err(VaultError::Unavailable);
+        }
         let write = rules::write(self.store.as_ref(), op, audit, Some(&self.audit_key));
         if !self.store.reads_wait() {
             return write.await;

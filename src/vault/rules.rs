@@ -9,6 +9,7 @@ use super::codec;
 use super::records::{self, PairRecord, SealedRecord, TokenRecord};
 use super::versions::{self, Retention, ShareKind};
 use crate::audit::{self, AuditEntry, AuditKey};
+use crate::crypto::MasterKey;
 use crate::error::VaultError;
 use crate::store::{Key, Staged, Store, StoreError, TableId, WriteClass, WriteJob, Writer};
 pub use crate::validate::covers;
@@ -74,6 +75,13 @@ pub enum WriteOp {
     CreateToken(TokenRecord),
     RevokeToken {
         name: String,
+    },
+    /// Sets the values of the meta table, together, only if `unless` holds none yet (a
+    /// compare-and-set: the keys of a new vault, made by whichever daemon comes first);
+    /// otherwise changes nothing and answers [`WriteOutcome::Repeat`].
+    MetaIfAbsent {
+        set: Vec<(String, Vec<u8>)>,
+        unless: String,
     },
     /// Sets and removes values of the meta table, together.
     Meta {
@@ -142,7 +150,8 @@ impl WriteOp {
             | WriteOp::CreateToken(_)
             | WriteOp::Rewrap(_)
             | WriteOp::RestoreVersion { .. }
-            | WriteOp::Meta { .. } => WriteClass::AddsData,
+            | WriteOp::Meta { .. }
+            | WriteOp::MetaIfAbsent { .. } => WriteClass::AddsData,
             WriteOp::AuditOnly { deferred } => WriteClass::ReadAudit {
                 deferred: *deferred,
             },
@@ -222,7 +231,37 @@ fn job(
     }
 }
 
+/// Refuses (UNAVAILABLE) a record sealed under a key the vault no longer seals under: one
+/// that is neither the key its key check is sealed under nor the target of a rotation under
+/// way. A daemon that missed a rotation (it could not get the new key) thus never writes a
+/// record that retiring the old key would make unreadable, whatever it holds in memory.
+fn refuse_retired_key(w: &dyn Writer, envelope: &[u8]) -> Result<(), Failure> {
+    // The vault seals every record it writes; bytes that name no key are no key's to check.
+    let Ok(sealed_under) = MasterKey::envelope_key_id(envelope) else {
+        return Ok(());
+    };
+    let id_of = |name: &str| -> Result<Option<crate::crypto::KeyId>, Failure> {
+        Ok(records::meta(w, name)?.and_then(|e| MasterKey::envelope_key_id(&e).ok()))
+    };
+    let Some(current) = id_of(super::KEY_CHECK)? else {
+        return Ok(());
+    };
+    if current == sealed_under || id_of(super::REKEY_TARGET)? == Some(sealed_under) {
+        return Ok(());
+    }
+    tracing::error!(
+        key_id = %sealed_under,
+        vault_key_id = %current,
+        "a write sealed under a retired master key was refused: this daemon missed a key \
+         rotation; restart it with the vault's current key"
+    );
+    Err(Failure::Refused(VaultError::Unavailable))
+}
+
 fn apply(w: &mut dyn Writer, op: &WriteOp) -> Applied {
+    if let WriteOp::PutCustodianShare { record, .. } | WriteOp::PutClientShare { record, .. } = op {
+        refuse_retired_key(&*w, &record.envelope)?;
+    }
     match op {
         WriteOp::PutCustodianShare {
             client_id,
@@ -285,6 +324,15 @@ fn apply(w: &mut dyn Writer, op: &WriteOp) -> Applied {
         WriteOp::CreateToken(token) => create_token(w, token),
         WriteOp::RevokeToken { name } => revoke_token(w, name),
         WriteOp::AuditOnly { .. } => Ok(WriteOutcome::Done),
+        WriteOp::MetaIfAbsent { set, unless } => {
+            if records::meta(w, unless)?.is_some() {
+                return Ok(WriteOutcome::Repeat);
+            }
+            for (name, value) in set {
+                w.put(TableId::Meta, Key::Name(name), value)?;
+            }
+            Ok(WriteOutcome::Done)
+        }
         WriteOp::Meta { set, remove } => {
             for (name, value) in set {
                 w.put(TableId::Meta, Key::Name(name), value)?;

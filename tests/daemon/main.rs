@@ -23,6 +23,7 @@ mod metrics;
 mod openapi;
 mod operations;
 mod package;
+mod pg_cluster;
 mod pg_migrate;
 #[path = "../support/pg_server.rs"]
 mod pg_server;

@@ -185,11 +185,12 @@ async fn snapshots_move_between_backends() {
             .args(other.database.as_ref().unwrap().args())
             .arg("-q"),
     );
-    let daemon = other.start();
+    let mut daemon = other.start();
     holds(&daemon, &other, "snap", &token).await;
     let snap_from_pg_copy = other.tmp.path().join("copy.snapshot");
     snapshot_to(&daemon, &other.keys.admin_token, &snap_from_pg_copy).await;
-    drop(daemon);
+    // Stopped (a restore is refused while a daemon serves the database).
+    daemon.signal("TERM");
 
     // Into a data dir.
     let on_disk = Sandbox {

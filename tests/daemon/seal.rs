@@ -833,3 +833,54 @@ async fn refused_starts_change_no_byte_of_the_data_dir() {
     let daemon = file_vault.start_file();
     assert_eq!(shares(&daemon, &file_vault.keys, "c2").await, [share(2)]);
 }
+
+/// Two daemons on one PostgreSQL database under the token seal: a rotation through one makes
+/// the new root key, and the other unseals it through its own token session before any
+/// record is re-wrapped, then seals its writes under it. Restarted, both serve every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_every_daemon_unseals_a_rotated_root_key_with_its_own_token_session() {
+    let token = Token::new(71);
+    token.create_key("root");
+    let on_pg = crate::harness::Sandbox::on_shared_postgres(71);
+    let database = on_pg.database.as_ref().unwrap().args();
+    let start = |data_dir: &Path| {
+        let mut args = token.base_args();
+        args.extend(["--seal".to_string(), "pkcs11".into()]);
+        args.extend(token.pkcs11("root"));
+        args.extend(database.iter().cloned());
+        let mut cmd = command(data_dir, &args);
+        cmd.env("SOFTHSM2_CONF", &token.conf);
+        ready(Daemon::launch(cmd))
+    };
+    let dirs = [token.tmp.path().join("a"), token.tmp.path().join("b")];
+    let mut daemons = [start(&dirs[0]), start(&dirs[1])];
+    let (keys, admin) = (&token.keys, token.keys.admin_token.clone());
+    for (i, daemon) in daemons.iter().enumerate() {
+        put_share(daemon, keys, &format!("before-{i}"), &share(i as u32)).await;
+    }
+    let last = daemons[0].rekey(&admin, &[]).await;
+    assert!(last.finished, "{last:?}");
+    // The other daemon seals under the new root key: every record opens with it alone.
+    put_share(&daemons[1], keys, "after-1", &share(7)).await;
+    let report = daemons[1].verify(&admin).await;
+    assert_eq!(report.failed, 0, "{:?}", report.failures);
+    assert_eq!(report.master_key_id, last.new_master_key_id);
+    assert!(
+        daemons[1]
+            .logs()
+            .contains("took the new key of a master key rotation"),
+        "{}",
+        daemons[1].logs()
+    );
+    for daemon in &mut daemons {
+        assert!(daemon.signal("TERM").success());
+    }
+    let daemons = [start(&dirs[0]), start(&dirs[1])];
+    for daemon in &daemons {
+        let report = daemon.verify(&admin).await;
+        assert_eq!(report.failed, 0, "{:?}", report.failures);
+        assert_eq!(report.master_key_id, last.new_master_key_id);
+        assert_eq!(shares(daemon, keys, "after-1").await, [share(7)]);
+        assert_eq!(shares(daemon, keys, "before-1").await, [share(1)]);
+    }
+}

@@ -37,6 +37,23 @@ impl PgStore {
                     .try_get(0)
             })
         })?;
+        // A daemon serving this database would go on with the keys and the state it read
+        // before: refused while any is live, and the rows of those gone removed with it.
+        let live = PgStore::live_in(&mut session)?;
+        if !live.is_empty() {
+            let names: Vec<String> = live.iter().map(|m| m.describe()).collect();
+            return Err(StoreError::Backend(format!(
+                "{} sharevault daemon(s) serve the database {} ({}): stop every daemon on it \
+                 first (a daemon counts as live until {} s after its last heartbeat)",
+                live.len(),
+                self.describe,
+                names.join(", "),
+                crate::store::cluster::LIVE_WITHIN.as_secs()
+            )));
+        }
+        session.call(|c| -> CallFuture<'_, ()> {
+            Box::pin(async move { c.batch_execute("DELETE FROM sharevault_daemons").await })
+        })?;
         if occupied && !replace {
             return Err(StoreError::Backend(format!(
                 "the database {} already holds a vault; pass --replace to replace it",

@@ -16,6 +16,7 @@
 //! backend error (UNAVAILABLE / 503), [`Store::ready`] says so, and the pool reconnects by
 //! itself once the server is back.
 
+mod cluster;
 mod import;
 mod rows;
 pub mod schema;
@@ -57,6 +58,9 @@ pub struct Shared {
     /// Write transactions run again after a conflict.
     conflicts: AtomicU64,
     metrics: crate::metrics::StoreMetrics,
+    /// This daemon's id in the registry, once registered: every write transaction checks
+    /// that the registration is still there.
+    member: std::sync::OnceLock<String>,
 }
 
 impl Shared {
@@ -133,6 +137,7 @@ impl PgStore {
             last_failure: std::sync::Mutex::new(None),
             conflicts: AtomicU64::new(0),
             metrics,
+            member: std::sync::OnceLock::new(),
         });
         let store = Self {
             shared: Arc::clone(&shared),
@@ -141,6 +146,7 @@ impl PgStore {
             writer: Mutex::new(None),
             describe: settings.describe(),
         };
+        cluster::check_settings(&shared)?;
         let version = schema::migrate(&shared)?;
         tracing::info!(database = %store.describe, schema = version, "PostgreSQL database open");
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
@@ -368,6 +374,10 @@ impl Store for PgStore {
         u64::try_from(bytes).ok()
     }
 
+    fn cluster(&self) -> Option<&dyn crate::store::cluster::Cluster> {
+        Some(self)
+    }
+
     fn warms_for_writes(&self) -> bool {
         // A read ahead would be one more round trip: the writer reads a batch's clients in
         // one statement anyway.
@@ -402,6 +412,15 @@ impl Store for PgStore {
         if let Some(runtime) = runtime {
             runtime.shutdown_background();
         }
+    }
+}
+
+impl PgStore {
+    /// The daemons registered as live, by the transaction of an import.
+    pub(super) fn live_in(
+        session: &mut Session,
+    ) -> Result<Vec<crate::store::cluster::Member>, StoreError> {
+        cluster::live_members(session)
     }
 }
 

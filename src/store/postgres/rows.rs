@@ -192,11 +192,14 @@ pub fn client_rows(
 
 /// Every row of `clients` in `tables` (per-client tables), and every row of the meta table,
 /// in one statement: (table, encoded key, value).
+/// With `member`, whether that daemon's registration is still there is read alongside, in the
+/// same round trip (`None` for no registration to check).
 pub fn batch_rows(
     s: &mut Session,
     tables: &[TableId],
     clients: &[String],
-) -> Result<TableRows, StoreError> {
+    member: Option<String>,
+) -> Result<(TableRows, bool), StoreError> {
     let ts: Vec<i16> = tables.iter().map(|t| tbl(*t)).collect();
     let mut lowers = Vec::with_capacity(clients.len());
     let mut uppers = Vec::with_capacity(clients.len());
@@ -206,26 +209,39 @@ pub fn batch_rows(
         uppers.push(upper.unwrap_or_default());
     }
     let meta = tbl(TableId::Meta);
-    s.call(move |c| -> CallFuture<'_, TableRows> {
+    s.call(move |c| -> CallFuture<'_, (TableRows, bool)> {
         Box::pin(async move {
-            let stmt = c
-                .prepare_cached(
-                    // A nested loop of index range scans, one per client, whatever the plan
-                    // (`OFFSET 0` keeps the subquery from being flattened into a join that a
-                    // generic plan would make a scan of the whole table).
-                    "SELECT r.tbl, r.k, r.v FROM unnest($2::bytea[], $3::bytea[]) AS b(lo, hi) \
+            let registered = async {
+                match &member {
+                    Some(id) => c
+                        .query_opt("SELECT 1 FROM sharevault_daemons WHERE id = $1", &[id])
+                        .await
+                        .map(|row| row.is_some()),
+                    None => Ok(true),
+                }
+            };
+            let found = async {
+                let stmt = c
+                    .prepare_cached(
+                        // A nested loop of index range scans, one per client, whatever the plan
+                        // (`OFFSET 0` keeps the subquery from being flattened into a join that a
+                        // generic plan would make a scan of the whole table).
+                        "SELECT r.tbl, r.k, r.v FROM unnest($2::bytea[], $3::bytea[]) AS b(lo, hi) \
                      CROSS JOIN LATERAL (SELECT s.tbl, s.k, s.v FROM sharevault_records s \
                      WHERE s.tbl = ANY($1) AND s.k >= b.lo AND s.k < b.hi OFFSET 0) r \
                      UNION ALL SELECT tbl, k, v FROM sharevault_records WHERE tbl = $4",
-                )
-                .await?;
-            let rows = c.query(&stmt, &[&ts, &lowers, &uppers, &meta]).await?;
-            rows.iter()
-                .map(|r| {
-                    let t: i16 = r.try_get(0)?;
-                    Ok((t as u8, r.try_get(1)?, r.try_get(2)?))
-                })
-                .collect()
+                    )
+                    .await?;
+                let rows = c.query(&stmt, &[&ts, &lowers, &uppers, &meta]).await?;
+                rows.iter()
+                    .map(|r| {
+                        let t: i16 = r.try_get(0)?;
+                        Ok((t as u8, r.try_get(1)?, r.try_get(2)?))
+                    })
+                    .collect::<Result<TableRows, _>>()
+            };
+            let (found, registered) = tokio::join!(found, registered);
+            Ok((found?, registered?))
         })
     })
 }

@@ -11,8 +11,10 @@ use crate::store::StoreError;
 use std::sync::Arc;
 
 /// The migrations, in order: (version, name, SQL).
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "records", include_str!("migrations/0001_records.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "records", include_str!("migrations/0001_records.sql")),
+    (2, "daemons", include_str!("migrations/0002_daemons.sql")),
+];
 
 /// The advisory lock key of migrations ("svmigrat").
 const MIGRATE_LOCK: &str = "SELECT pg_advisory_xact_lock(8319957661088113012)";

@@ -124,9 +124,9 @@ async fn migrations_apply_once_and_newer_schemas_are_refused() {
     assert_eq!(
         server.psql(
             &db,
-            "SELECT string_agg(version::text, ',') FROM sharevault_migrations"
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM sharevault_migrations"
         ),
-        "1"
+        "1,2"
     );
     server.psql(
         &db,

@@ -91,6 +91,7 @@ fn commit_batch(shared: &Arc<Shared>, jobs: &mut [Job]) -> Result<(), (StoreErro
         cache: RefCell::new(HashMap::new()),
         clients: RefCell::new(HashSet::new()),
         meta_loaded: std::cell::Cell::new(false),
+        member: shared.member.get().cloned(),
     };
     // The batch's clients (the jobs' hints) and the meta table, with the first statement.
     let clients: Vec<String> = jobs
@@ -121,6 +122,8 @@ struct PgTxn {
     clients: RefCell<HashSet<String>>,
     /// Every row of the meta table is in `cache`.
     meta_loaded: std::cell::Cell<bool>,
+    /// This daemon's registration, once it has one ([`Shared::member`]).
+    member: Option<String>,
 }
 
 impl PgTxn {
@@ -152,7 +155,20 @@ impl PgTxn {
             .into_iter()
             .filter(|t| t.key_kind() == KeyKind::Client)
             .collect();
-        let found = rows::batch_rows(&mut self.session.borrow_mut(), &tables, &clients)?;
+        // A registered daemon writes only while its registration is there: a restore or a
+        // migration removes every registration in its transaction, under the write lock, so
+        // a daemon that was counted dead meanwhile never writes into the vault that replaced
+        // the one it knew.
+        let member = self.member.clone();
+        let (found, registered) =
+            rows::batch_rows(&mut self.session.borrow_mut(), &tables, &clients, member)?;
+        if !registered {
+            return Err(StoreError::Backend(
+                "this daemon's registration was removed: the vault was restored or migrated \
+                 under it; restart it"
+                    .into(),
+            ));
+        }
         let mut cache = self.cache.borrow_mut();
         for (table, key, value) in found {
             cache.insert((table, key), Some(value));
