@@ -41,6 +41,7 @@ pub mod journal;
 pub mod postgres;
 pub mod redb;
 mod staged;
+pub mod wal;
 
 pub use staged::Staged;
 
