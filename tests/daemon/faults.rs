@@ -415,9 +415,7 @@ async fn a_damaged_database_file_is_detected_never_served() {
         report.failures
     );
     drop(hook);
-    // A clean stop: the journals are cleared, so nothing is replayed over the header below.
-    // (After a kill, the replay rewrites the header from the last durable commit, and the
-    // damage is undone.)
+    // A clean stop: the last checkpoint leaves nothing in the log.
     let mut daemon = daemon;
     assert!(daemon.signal("TERM").success());
 

@@ -28,12 +28,14 @@ impl Default for Checkpoints {
     }
 }
 
-/// Where the last checkpoint left the log: the last LSN it holds, and the epoch the log was
-/// started afresh with after it.
+/// Where the last checkpoint left the log: the last LSN it holds, the epoch the log was
+/// started afresh with after it, and the epoch of the log it covers (which a crash before
+/// the fresh start leaves behind).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Mark {
     lsn: u64,
     epoch: u64,
+    previous: u64,
 }
 
 fn read_mark(db: &Database) -> Result<Option<Mark>, StoreError> {
@@ -47,16 +49,18 @@ fn read_mark(db: &Database) -> Result<Option<Mark>, StoreError> {
         return Ok(None);
     };
     let v = row.value();
-    if v.len() != 16 {
+    if v.len() != 24 {
         return Err(StoreError::Corrupt("log checkpoint"));
     }
-    let mut lsn = [0u8; 8];
-    let mut epoch = [0u8; 8];
-    lsn.copy_from_slice(&v[..8]);
-    epoch.copy_from_slice(&v[8..]);
+    let word = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&v[i..i + 8]);
+        u64::from_le_bytes(b)
+    };
     Ok(Some(Mark {
-        lsn: u64::from_le_bytes(lsn),
-        epoch: u64::from_le_bytes(epoch),
+        lsn: word(0),
+        epoch: word(8),
+        previous: word(16),
     }))
 }
 
@@ -74,28 +78,31 @@ fn foreign_log() -> StoreError {
     )
 }
 
-/// The records of `disk` that come after the checkpoint in `db`, in order.
-pub(crate) fn pending_records(
-    db: &Database,
-    disk: &dyn Disk,
-) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+/// Records, in order.
+pub(crate) type Records = Vec<(u64, Vec<u8>)>;
+
+/// The records of `disk` that come after the checkpoint in `db`, in order, and the log's
+/// epoch (0 without a log).
+pub(crate) fn pending_records(db: &Database, disk: &dyn Disk) -> Result<(Records, u64), StoreError> {
     let mark = read_mark(db)?;
     let Some(scan) = wal::scan(disk).map_err(io)? else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0));
     };
-    let after = mark.map_or(0, |m| m.lsn);
-    if mark.is_some_and(|m| m.epoch == scan.epoch) {
-        if scan.first_lsn != after + 1 {
-            return Err(foreign_log());
+    let epoch = scan.epoch;
+    if scan.records.is_empty() {
+        return Ok((Vec::new(), epoch));
+    }
+    match mark {
+        Some(m) if m.epoch == scan.epoch && scan.first_lsn == m.lsn + 1 => {
+            Ok((scan.records, epoch))
         }
-        return Ok(scan.records);
+        // A crash between a checkpoint and the log's fresh start leaves the log it covers.
+        Some(m) if m.previous == scan.epoch && scan.records.iter().all(|(l, _)| *l <= m.lsn) => {
+            Ok((Vec::new(), epoch))
+        }
+        // Records of a log this database never checkpointed: another copy's.
+        _ => Err(foreign_log()),
     }
-    // Another epoch: a crash between a checkpoint and the log's reset leaves records the
-    // checkpoint holds, which are skipped; anything newer belongs to another database.
-    if scan.records.iter().any(|(lsn, _)| *lsn > after) {
-        return Err(foreign_log());
-    }
-    Ok(Vec::new())
 }
 
 /// Applies `records` to `db` in one transaction; with `durable`, also records the checkpoint
@@ -104,7 +111,7 @@ pub(crate) fn pending_records(
 pub(crate) fn apply_records(
     db: &Database,
     records: &[(u64, Vec<u8>)],
-    checkpoint: Option<(u64, u64)>,
+    checkpoint: Option<(u64, u64, u64)>,
 ) -> Result<(), StoreError> {
     let mut txn = db.begin_write().map_err(backend)?;
     let durable = checkpoint.is_some();
@@ -121,10 +128,11 @@ pub(crate) fn apply_records(
             wal::replay(payload, &mut tables)?;
         }
     }
-    if let Some((lsn, epoch)) = checkpoint {
-        let mut row = [0u8; 16];
+    if let Some((lsn, epoch, previous)) = checkpoint {
+        let mut row = [0u8; 24];
         row[..8].copy_from_slice(&lsn.to_le_bytes());
-        row[8..].copy_from_slice(&epoch.to_le_bytes());
+        row[8..16].copy_from_slice(&epoch.to_le_bytes());
+        row[16..].copy_from_slice(&previous.to_le_bytes());
         txn.open_table(LOG_TABLE)
             .map_err(backend)?
             .insert(CHECKPOINT, row.as_slice())
@@ -162,7 +170,7 @@ impl Engine {
         disk: Box<dyn Disk>,
         checkpoints: Checkpoints,
     ) -> Result<Self, StoreError> {
-        let records = pending_records(db, disk.as_ref())?;
+        let (records, previous) = pending_records(db, disk.as_ref())?;
         let last = match (records.last(), read_mark(db)?) {
             (Some((lsn, _)), _) => *lsn,
             (None, Some(mark)) => mark.lsn,
@@ -172,7 +180,7 @@ impl Engine {
             tracing::info!(records = records.len(), "log replayed into the database");
         }
         let epoch = wal::random_epoch().map_err(io)?;
-        apply_records(db, &records, Some((last, epoch)))?;
+        apply_records(db, &records, Some((last, epoch, previous)))?;
         let log = Log::reset(disk, epoch, last + 1).map_err(io)?;
         Ok(Self {
             log,
@@ -253,7 +261,7 @@ impl Engine {
     /// afresh.
     pub(crate) fn checkpoint(&mut self, db: &Database) -> Result<(), StoreError> {
         let epoch = wal::random_epoch().map_err(io)?;
-        apply_records(db, &[], Some((self.log.last_lsn(), epoch)))?;
+        apply_records(db, &[], Some((self.log.last_lsn(), epoch, self.log.epoch())))?;
         self.log_failed = true;
         self.log.restart(epoch).map_err(io)?;
         self.log_failed = false;

@@ -396,7 +396,7 @@ impl RedbStore {
         if let Some(log) = log {
             // The log's records after the checkpoint, applied in memory.
             let db = in_memory()?;
-            let records = engine::pending_records(&db, &log)?;
+            let (records, _) = engine::pending_records(&db, &log)?;
             if !records.is_empty() {
                 engine::apply_records(&db, &records, None)?;
             }

@@ -490,3 +490,128 @@ async fn chain_continues_after_a_lying_fsync(failed_write_kept: bool) {
     drop(r);
     store.close();
 }
+
+/// A data dir written by the version with page journals (`038824b` and before): the vault's
+/// tables in `sharevault.redb` through the page journal, killed with its last commits only in
+/// `journal0`/`journal1` (the files are copied while the database is open). The first open of
+/// this version replays the journals into the file, removes them and goes on with the log;
+/// the preflight's read-only view sees the same before that, changing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_of_the_page_journal_version_opens_with_every_commit() {
+    use crate::store::journal::{JournaledFile, journal_paths};
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.redb");
+    let db = Database::builder()
+        .create_with_backend(JournaledFile::open(&old, 1 << 20).unwrap())
+        .unwrap();
+    for i in 0..50u32 {
+        let mut txn = db.begin_write().unwrap();
+        txn.set_quick_repair(true);
+        {
+            let mut tables = Tables::open(&txn).unwrap();
+            tables
+                .put(
+                    TableId::Custodian,
+                    Key::Client(&format!("client-{i}"), "PASSWORD-SECP256K1"),
+                    &[i as u8; 700],
+                )
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    // The data dir as a kill -9 left it: the journals hold the commits.
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let path = data.join("sharevault.redb");
+    std::fs::copy(&old, &path).unwrap();
+    for (from, to) in journal_paths(&old).iter().zip(journal_paths(&path)) {
+        std::fs::copy(from, to).unwrap();
+    }
+    drop(db);
+    let digest = crate::store::journal::peek::peek(&path).unwrap().is_some();
+    assert!(digest);
+
+    let before: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    let peeked = RedbStore::peek(&path).unwrap().expect("a database");
+    let reader = peeked.read().unwrap();
+    assert_eq!(reader.len(TableId::Custodian).unwrap(), 50);
+    drop(reader);
+    drop(peeked);
+    let after: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(before == after, "the preflight changed the data dir");
+
+    let store = RedbStore::open(&path, 0, 1 << 20, Default::default()).unwrap();
+    for p in journal_paths(&path) {
+        assert!(!p.exists(), "{} is gone", p.display());
+    }
+    assert!(crate::store::wal::log_path(&path).exists());
+    {
+        let reader = store.read().unwrap();
+        for i in 0..50u32 {
+            assert_eq!(
+                reader
+                    .get(
+                        TableId::Custodian,
+                        Key::Client(&format!("client-{i}"), "PASSWORD-SECP256K1")
+                    )
+                    .unwrap(),
+                Some(vec![i as u8; 700])
+            );
+        }
+    }
+    // And it goes on under the log, across a restart.
+    let (op, audit) = put("after-migration", b"M");
+    rules::write(&store, op, audit, None).await.unwrap();
+    store.close();
+    drop(store);
+    let store = RedbStore::open(&path, 0, 1 << 20, Default::default()).unwrap();
+    let held = records::share(
+        &*store.read().unwrap(),
+        TableId::Custodian,
+        "after-migration",
+        "PASSWORD-SECP256K1",
+    )
+    .unwrap();
+    assert_eq!(held.unwrap().envelope, b"M");
+    assert_eq!(store.read().unwrap().len(TableId::Custodian).unwrap(), 51);
+}
+
+/// After a crash the log's records are replayed; the read-only view of a refused start sees
+/// them too, in memory, and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_after_the_checkpoint_are_replayed_and_seen_by_the_preflight() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.redb");
+    let store = RedbStore::open(&path, 0, 1 << 20, Default::default()).unwrap();
+    for i in 0..20 {
+        let (op, audit) = put(&format!("c{i}"), b"S");
+        rules::write(&store, op, audit, None).await.unwrap();
+    }
+    // A process crash: the files as they are while the store is open (no checkpoint since
+    // its open).
+    let crashed = dir.path().join("crashed.redb");
+    std::fs::copy(&path, &crashed).unwrap();
+    std::fs::copy(
+        crate::store::wal::log_path(&path),
+        crate::store::wal::log_path(&crashed),
+    )
+    .unwrap();
+    store.close();
+    let bytes = |p: &Path| std::fs::read(p).unwrap();
+    let before = (bytes(&crashed), bytes(&crate::store::wal::log_path(&crashed)));
+    let peeked = RedbStore::peek(&crashed).unwrap().unwrap();
+    assert_eq!(peeked.read().unwrap().len(TableId::Custodian).unwrap(), 20);
+    drop(peeked);
+    assert!(before == (bytes(&crashed), bytes(&crate::store::wal::log_path(&crashed))));
+    let store = RedbStore::open(&crashed, 0, 1 << 20, Default::default()).unwrap();
+    assert_eq!(store.read().unwrap().len(TableId::Custodian).unwrap(), 20);
+    let report = audit::verify_trail(&store, audit::ChainCheck::plain()).unwrap();
+    assert_eq!((report.events, report.problem), (20, None));
+    store.close();
+}
