@@ -341,7 +341,7 @@ async fn the_log_of_another_database_file_stops_the_start_and_changes_nothing() 
     std::fs::copy(other.database(), sandbox.database()).unwrap();
     let files = |s: &Sandbox| {
         ["sharevault.redb", "sharevault.redb.log"]
-        .map(|name| std::fs::read(s.data_dir.join(name)).unwrap())
+            .map(|name| std::fs::read(s.data_dir.join(name)).unwrap())
     };
     let before = files(&sandbox);
 

@@ -788,11 +788,7 @@ async fn refused_starts_change_no_byte_of_the_data_dir() {
     put_share(&daemon, &token.keys, "c1", &share(1)).await;
     assert!(daemon.signal("TERM").success());
     let before = crate::harness::dir_digest(&token.data_dir);
-    assert!(
-        before
-            .keys()
-            .any(|p| p.ends_with("sharevault.redb.log"))
-    );
+    assert!(before.keys().any(|p| p.ends_with("sharevault.redb.log")));
 
     // The token's vault under the file seal.
     let logs = token.refused(&[

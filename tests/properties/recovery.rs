@@ -20,6 +20,7 @@ use proptest::prelude::*;
 use sharevault::auth::{FailureLimiter, WebhookSecrets};
 use sharevault::crypto::MasterKey;
 use sharevault::store::Store;
+use sharevault::store::disk::{Disk, MemDisk};
 use sharevault::store::redb::RedbStore;
 use sharevault::validate::Limits;
 use sharevault::vault::status::PairStatus;
@@ -89,8 +90,17 @@ impl Company {
         let opener: sharevault::store::redb::Opener = Box::new(|| {
             redb::Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())
         });
-        let store: Arc<dyn Store> =
-            Arc::new(RedbStore::open_with(opener, None, 0, false, Default::default()).unwrap());
+        let store: Arc<dyn Store> = Arc::new(
+            RedbStore::open_with(
+                opener,
+                Box::new(|| Ok(Box::new(MemDisk::default()) as Box<dyn Disk>)),
+                None,
+                0,
+                Default::default(),
+                Default::default(),
+            )
+            .unwrap(),
+        );
         let key = MasterKey::from_file_contents(&[7u8; 32]).unwrap();
         let credentials = Credentials {
             webhook: WebhookSecrets::from_file_contents("a-webhook-secret-of-enough-length")
@@ -421,8 +431,8 @@ proptest! {
 /// Stores one backup of `method` (both curves) and, with `complete`, its cipherText.
 async fn back_up(vault: &Vault, client: &str, method: &str, n: usize, complete: bool) -> Backup {
     let backup = Backup::new(client, method, n, Flow::Sdk);
-    for curve in 0..2 {
-        let key = format!("{method}-{}", CURVES[curve]);
+    for (curve, name) in CURVES.iter().enumerate().take(2) {
+        let key = format!("{method}-{name}");
         vault
             .backup(
                 BackupInput {

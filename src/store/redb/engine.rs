@@ -83,7 +83,10 @@ pub(crate) type Records = Vec<(u64, Vec<u8>)>;
 
 /// The records of `disk` that come after the checkpoint in `db`, in order, and the log's
 /// epoch (0 without a log).
-pub(crate) fn pending_records(db: &Database, disk: &dyn Disk) -> Result<(Records, u64), StoreError> {
+pub(crate) fn pending_records(
+    db: &Database,
+    disk: &dyn Disk,
+) -> Result<(Records, u64), StoreError> {
     let mark = read_mark(db)?;
     let Some(scan) = wal::scan(disk).map_err(io)? else {
         return Ok((Vec::new(), 0));
@@ -180,7 +183,9 @@ impl Engine {
             tracing::info!(records = records.len(), "log replayed into the database");
         }
         let epoch = wal::random_epoch().map_err(io)?;
-        apply_records(db, &records, Some((last, epoch, previous)))?;
+        apply_records(db, &records, Some((last, epoch, previous))).map_err(|e| {
+            StoreError::Backend(format!("replaying {} log records: {e}", records.len()))
+        })?;
         let log = Log::reset(disk, epoch, last + 1).map_err(io)?;
         Ok(Self {
             log,
@@ -260,13 +265,39 @@ impl Engine {
     /// Commits the database durably with the log position it holds, then starts the log
     /// afresh.
     pub(crate) fn checkpoint(&mut self, db: &Database) -> Result<(), StoreError> {
+        self.checkpoint_shrinking(db, false)
+    }
+
+    /// A checkpoint; with `shrink`, the log's file is also cut back (the disk is nearly full:
+    /// the checkpoint also lets redb reuse the pages that commits since the last one freed).
+    pub(crate) fn checkpoint_shrinking(
+        &mut self,
+        db: &Database,
+        shrink: bool,
+    ) -> Result<(), StoreError> {
         let epoch = wal::random_epoch().map_err(io)?;
-        apply_records(db, &[], Some((self.log.last_lsn(), epoch, self.log.epoch())))?;
+        apply_records(
+            db,
+            &[],
+            Some((self.log.last_lsn(), epoch, self.log.epoch())),
+        )?;
         self.log_failed = true;
-        self.log.restart(epoch).map_err(io)?;
+        self.log.restart(epoch, shrink).map_err(io)?;
         self.log_failed = false;
         self.last_checkpoint = Instant::now();
         Ok(())
+    }
+
+    /// Whether the log since the last checkpoint holds more than a quarter of `free` bytes:
+    /// until a checkpoint, both the log and the pages redb may not yet reuse grow with it, so
+    /// a nearly full disk is checkpointed (and the log cut back) well before it fills.
+    pub(crate) fn crowds(&self, free: u64) -> bool {
+        self.log.appended() > 0 && self.log.appended().saturating_mul(4) >= free
+    }
+
+    /// Whether records were appended since the last checkpoint.
+    pub(crate) fn dirty(&self) -> bool {
+        self.log.appended() > 0
     }
 
     /// Whether records were appended without an fsync.

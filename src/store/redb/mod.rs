@@ -26,7 +26,8 @@ use super::disk::Disk;
 use super::journal::{JournaledFile, journal_paths};
 use super::wal::log_path;
 use super::{Reader, Store, StoreError, TableId, WriteFuture, WriteJob, Writer};
-use engine::{Checkpoints, Engine};
+pub use engine::Checkpoints;
+use engine::Engine;
 use redb::{Database, ReadableDatabase};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -77,7 +78,8 @@ fn open_and_recover(
     log_opener: &LogOpener,
     checkpoints: Checkpoints,
 ) -> Result<(Database, Engine), StoreError> {
-    let db = opener().map_err(backend)?;
+    let db =
+        opener().map_err(|e| StoreError::Backend(format!("opening the database file: {e}")))?;
     let disk =
         log_opener().map_err(|e| StoreError::Backend(format!("cannot open the log: {e}")))?;
     let engine = Engine::recover(&db, disk, checkpoints)?;
@@ -139,6 +141,12 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Bytes free on the database's filesystem, if known.
+    fn free_bytes(&self) -> Option<u64> {
+        let stat = rustix::fs::statvfs(self.path.as_ref()?).ok()?;
+        Some(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
     /// Refuses a write when the disk is nearly full.

@@ -604,11 +604,20 @@ async fn records_after_the_checkpoint_are_replayed_and_seen_by_the_preflight() {
     .unwrap();
     store.close();
     let bytes = |p: &Path| std::fs::read(p).unwrap();
-    let before = (bytes(&crashed), bytes(&crate::store::wal::log_path(&crashed)));
+    let before = (
+        bytes(&crashed),
+        bytes(&crate::store::wal::log_path(&crashed)),
+    );
     let peeked = RedbStore::peek(&crashed).unwrap().unwrap();
     assert_eq!(peeked.read().unwrap().len(TableId::Custodian).unwrap(), 20);
     drop(peeked);
-    assert!(before == (bytes(&crashed), bytes(&crate::store::wal::log_path(&crashed))));
+    assert!(
+        before
+            == (
+                bytes(&crashed),
+                bytes(&crate::store::wal::log_path(&crashed))
+            )
+    );
     let store = RedbStore::open(&crashed, 0, 1 << 20, Default::default()).unwrap();
     assert_eq!(store.read().unwrap().len(TableId::Custodian).unwrap(), 20);
     let report = audit::verify_trail(&store, audit::ChainCheck::plain()).unwrap();

@@ -49,6 +49,17 @@ pub(super) fn run_writer(
         // Below the free-space reserve, jobs that add data are refused; audit events of
         // reads, deletions and status updates still go through, so that reads keep working.
         if let Err(low) = shared.check_space() {
+            // Near the reserve, a checkpoint gives back what it can: the log's file, and the
+            // pages freed since the last checkpoint (redb reuses them only after a durable
+            // commit).
+            if let (Some(e), Ok(db)) = (engine.as_mut(), shared.current())
+                && e.dirty()
+                && let Err(err) = e.checkpoint_shrinking(&db, true)
+            {
+                tracing::error!(error = %err, "checkpoint failed; the database is reopened");
+                drop(db);
+                engine = shared.reopen();
+            }
             let (refused, allowed): (Vec<Job>, Vec<Job>) = jobs
                 .into_iter()
                 .partition(|job| job.job.class == WriteClass::AddsData);
@@ -70,9 +81,13 @@ pub(super) fn run_writer(
                 commit_group(shared, &mut engine, group, started);
             }
         }
+        let crowded = engine
+            .as_ref()
+            .zip(shared.free_bytes())
+            .is_some_and(|(e, free)| e.crowds(free));
         if let (Some(e), Ok(db)) = (engine.as_mut(), shared.current())
-            && e.due()
-            && let Err(err) = e.checkpoint(&db)
+            && (crowded || e.due())
+            && let Err(err) = e.checkpoint_shrinking(&db, crowded)
         {
             tracing::error!(error = %err, "checkpoint failed; the database is reopened");
             drop(db);

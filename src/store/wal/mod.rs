@@ -62,6 +62,8 @@ const RECORD_HEADER: usize = 16;
 pub const MAX_RECORD: usize = 256 << 20;
 /// Bytes zero-filled ahead of the tail, so that appends within them change no file size (an
 /// fdatasync then carries no metadata).
+/// How much the zero-filled part grows by when an append reaches its end.
+const GROW: u64 = 1 << 20;
 #[cfg(not(test))]
 const PREALLOCATE: u64 = 8 << 20;
 #[cfg(test)]
@@ -203,7 +205,7 @@ impl Log {
         block[..FILE_HEADER as usize].copy_from_slice(&header);
         self.disk.write_at(&block, 0)?;
         if self.allocated < PREALLOCATE {
-            self.preallocate(PREALLOCATE)?;
+            self.preallocate(PREALLOCATE);
         }
         self.disk.sync()?;
         self.tail = FILE_HEADER;
@@ -212,22 +214,30 @@ impl Log {
         Ok(())
     }
 
-    /// Zero-fills the file up to `to`.
-    fn preallocate(&mut self, to: u64) -> io::Result<()> {
+    /// Zero-fills the file up to `to`, as far as the disk allows: only an optimisation (an
+    /// append past it grows the file, and its fsync then carries the new length too), so a
+    /// full disk fails the append that needs the space, not this.
+    fn preallocate(&mut self, to: u64) {
         let zeros = vec![0u8; 1 << 20];
         let mut at = self.allocated.max(FILE_HEADER + RECORD_HEADER as u64);
         while at < to {
             let n = (to - at).min(zeros.len() as u64);
-            self.disk.write_at(&zeros[..n as usize], at)?;
+            if self.disk.write_at(&zeros[..n as usize], at).is_err() {
+                break;
+            }
             at += n;
         }
-        self.allocated = self.allocated.max(to);
-        Ok(())
+        self.allocated = self.allocated.max(at);
     }
 
-    /// Starts the log afresh after a checkpoint, under a new epoch.
-    pub fn restart(&mut self, epoch: u64) -> io::Result<()> {
+    /// Starts the log afresh after a checkpoint, under a new epoch. With `shrink` (the disk is
+    /// nearly full), the file is also cut back to its first zero-filled part.
+    pub fn restart(&mut self, epoch: u64, shrink: bool) -> io::Result<()> {
         self.epoch = epoch;
+        if shrink && self.allocated > PREALLOCATE {
+            self.disk.set_len(PREALLOCATE)?;
+            self.allocated = PREALLOCATE;
+        }
         self.write_header()
     }
 
@@ -263,7 +273,7 @@ impl Log {
         self.buf.extend_from_slice(payload);
         let end = self.tail + self.buf.len() as u64;
         if end > self.allocated {
-            self.preallocate((end + PREALLOCATE).next_multiple_of(PREALLOCATE))?;
+            self.preallocate((end + GROW).next_multiple_of(GROW));
         }
         self.disk.write_at(&self.buf, self.tail)?;
         self.tail = end;

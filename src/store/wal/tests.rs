@@ -57,7 +57,7 @@ fn a_restart_hides_the_records_of_the_epoch_before() {
     for _ in 0..4 {
         log.append(&[1u8; 500], true).unwrap();
     }
-    log.restart(2).unwrap();
+    log.restart(2, false).unwrap();
     log.append(&[2u8; 10], true).unwrap();
     let found = scan(disk.file(0).as_ref()).unwrap().unwrap();
     assert_eq!((found.epoch, found.first_lsn), (2, 5));
