@@ -399,7 +399,7 @@ pub async fn run(
             generated.persist(&data_dir).map_err(ServeError::DataDir)?;
             let store =
                 RedbStore::open(&path, min_free, cache, store_metrics).map_err(OpenError::Store)?;
-            // The database and its journals, if they were just created, survive a crash.
+            // The database and its log, if they were just created, survive a crash.
             crate::data_dir::sync_dir(&data_dir).map_err(|e| {
                 ServeError::DataDir(format!(
                     "cannot sync the data dir {}: {e}",
