@@ -268,16 +268,20 @@ pub struct ServeArgs {
     /// resident memory is about twice this plus 40 MiB under load.
     #[arg(long, env = "SHAREVAULT_CACHE_BYTES", value_name = "BYTES")]
     pub cache_bytes: Option<usize>,
-    /// Size of each of the two write-ahead journals beside the database file
-    /// (`sharevault.redb.journal0`, `.journal1`, created zero-filled), in bytes
-    /// [default: 536870912]; 0 turns the journal off (every commit then fsyncs the database
-    /// file itself, which is slower).
-    #[arg(long, env = "SHAREVAULT_JOURNAL_BYTES", value_name = "BYTES")]
+    /// Deprecated, ignored: the page journals it sized are gone (the database is made
+    /// durable by its redo log, `sharevault.redb.log`, docs/design.md#durability)
+    /// [default: ignored].
+    #[arg(
+        long,
+        env = "SHAREVAULT_JOURNAL_BYTES",
+        value_name = "BYTES",
+        hide = true
+    )]
     pub journal_bytes: Option<u64>,
-    /// Record redb's allocator state in every durable commit (quick-repair), so that a restart
-    /// after a crash or kill -9 takes seconds instead of a read of the whole database file
-    /// [default: true].
-    #[arg(long, env = "SHAREVAULT_QUICK_REPAIR", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    /// Deprecated, ignored: every restart after a crash is quick (redb opens at its last
+    /// checkpoint, which records its allocator state, and the log is replayed)
+    /// [default: ignored].
+    #[arg(long, env = "SHAREVAULT_QUICK_REPAIR", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", hide = true)]
     pub quick_repair: Option<bool>,
     /// Keep at most this many audit events; older ones are written to `audit_archive_dir` and
     /// then pruned, leaving a signed anchor [default: 0, keep all].
@@ -356,8 +360,8 @@ pub struct Config {
     pub cache_bytes: usize,
     /// Which replaced shares are kept as versions.
     pub versions: crate::vault::versions::Retention,
-    pub journal_bytes: u64,
-    pub quick_repair: bool,
+    /// Settings given that no longer do anything (the daemon warns at start).
+    pub deprecated: Vec<&'static str>,
     /// Pruning of the audit trail; `None` keeps every event.
     pub audit_retention: Option<crate::audit::Retention>,
     pub auth_failure_limit: u32,
@@ -744,11 +748,19 @@ impl Config {
                 .or(file.cache_bytes)
                 .unwrap_or(48 * 1024 * 1024)
                 .max(1024 * 1024),
-            journal_bytes: args
-                .journal_bytes
-                .or(file.journal_bytes)
-                .unwrap_or(512 * 1024 * 1024),
-            quick_repair: args.quick_repair.or(file.quick_repair).unwrap_or(true),
+            deprecated: [
+                (
+                    args.journal_bytes.or(file.journal_bytes).is_some(),
+                    "journal_bytes",
+                ),
+                (
+                    args.quick_repair.or(file.quick_repair).is_some(),
+                    "quick_repair",
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(given, name)| given.then_some(name))
+            .collect(),
             audit_retention: audit_retention(
                 args.audit_retain_events.or(file.audit_retain_events),
                 args.audit_retain_days.or(file.audit_retain_days),
@@ -989,7 +1001,14 @@ mod tests {
     fn audit_retention_is_off_by_default_and_needs_an_archive_dir() {
         let config = Config::load(&ServeArgs::default()).unwrap();
         assert_eq!(config.audit_retention, None);
-        assert!(config.quick_repair);
+        assert!(config.deprecated.is_empty());
+        let old = Config::load(&ServeArgs {
+            quick_repair: Some(false),
+            journal_bytes: Some(0),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(old.deprecated, ["journal_bytes", "quick_repair"]);
         let err = Config::load(&ServeArgs {
             audit_retain_events: Some(1000),
             ..ServeArgs::default()

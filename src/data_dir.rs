@@ -14,10 +14,12 @@
 use std::fs::File;
 use std::path::Path;
 
-/// The files, other than the database, that only a vault's data dir holds: its journals, the
+/// The files, other than the database, that only a vault's data dir holds: its log (or the
+/// journals of an earlier version), the
 /// database of a restore under way, and the secrets a first start generates in the data dir.
 /// Each with the role named when the database is missing.
-const VAULT_FILES: [(&str, &str); 6] = [
+const VAULT_FILES: [(&str, &str); 7] = [
+    ("sharevault.redb.log", "the database's log"),
     ("sharevault.redb.journal0", "the database's journal"),
     ("sharevault.redb.journal1", "the database's journal"),
     ("sharevault.redb.restoring", "a restore's new database"),

@@ -151,7 +151,7 @@ pub fn run(args: MigrateArgs) -> Result<(), CliError> {
             .map_err(CliError::Local)
     };
     let open_redb = || {
-        RedbStore::open(&redb_path, 0, 32 << 20, 0, true, Default::default()).map_err(|e| {
+        RedbStore::open(&redb_path, 0, 32 << 20, Default::default()).map_err(|e| {
             CliError::Local(format!(
                 "cannot open {} (is a daemon running on it?): {e}",
                 redb_path.display()

@@ -80,8 +80,6 @@ fn open_store(config: &Config) -> Result<(crate::data_dir::DataDirLock, RedbStor
         &path,
         config.min_free_disk_bytes,
         config.cache_bytes,
-        config.journal_bytes,
-        config.quick_repair,
         crate::metrics::Metrics::new().store,
     )
     .map_err(|e| {

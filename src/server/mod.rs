@@ -458,7 +458,13 @@ pub async fn run(
         settings.config.min_free_disk_bytes,
         settings.config.cache_bytes,
     );
-    let (journal, quick_repair) = (settings.config.journal_bytes, settings.config.quick_repair);
+    for setting in &settings.config.deprecated {
+        tracing::warn!(
+            setting,
+            "this setting is deprecated and ignored: the database is made durable by its redo \
+             log, and every restart after a crash is quick"
+        );
+    }
     let store_metrics = metrics.store.clone();
     let heartbeat = tokio::spawn(opening_heartbeat());
     let database = settings.config.database.clone();
@@ -477,9 +483,8 @@ pub async fn run(
             preflight(&path, &seal)?;
             generated.persist(&data_dir).map_err(ServeError::DataDir)?;
             let store =
-                RedbStore::open(&path, min_free, cache, journal, quick_repair, store_metrics)
-                    .map_err(OpenError::Store)?;
-            // The database and its journals, if they were just created, survive a crash.
+                RedbStore::open(&path, min_free, cache, store_metrics).map_err(OpenError::Store)?;
+            // The database and its log, if they were just created, survive a crash.
             crate::data_dir::sync_dir(&data_dir).map_err(|e| {
                 ServeError::DataDir(format!(
                     "cannot sync the data dir {}: {e}",

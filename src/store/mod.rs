@@ -8,9 +8,10 @@
 //!
 //! # The contract every backend keeps
 //!
-//! - **Durable before acknowledged.** [`Store::write`] resolves `Ok` only after the
-//!   transaction holding the job has been committed to stable storage; a crash after that
-//!   never loses it. A job whose write resolved with an error was not committed.
+//! - **Durable before acknowledged.** [`Store::write`] resolves `Ok` only after the job's
+//!   changes are on stable storage (the redb store: its batch's log record fsynced; the
+//!   PostgreSQL store: its transaction committed); a crash after that never loses it. A job
+//!   whose write resolved with an error was not committed.
 //! - **Serialised jobs.** Jobs run one after another against the state the previous ones
 //!   left, each seeing every change committed or applied before it, so a job's reads and
 //!   writes are one atomic step. A backend may run several jobs in one transaction (group
@@ -30,7 +31,8 @@
 //!   of queued writes, and make a deferred read audit durable within [`DEFERRED_FLUSH`] instead
 //!   of before the write resolves.
 //!
-//! [`redb::RedbStore`] is the embedded default; [`journal`] is its page journal.
+//! [`redb::RedbStore`] is the embedded default, made durable by its redo log ([`wal`]);
+//! [`journal`] is the page journal of earlier versions, kept to migrate their data dirs.
 
 pub mod cluster;
 #[cfg(test)]
@@ -42,6 +44,7 @@ pub mod journal;
 pub mod postgres;
 pub mod redb;
 mod staged;
+pub mod wal;
 
 pub use staged::Staged;
 

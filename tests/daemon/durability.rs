@@ -250,8 +250,9 @@ async fn acknowledged_writes_are_intact(
 }
 
 /// Writers under load; the daemon is killed with SIGKILL mid-stream. Every write that was
-/// acknowledged must be there, intact, after a restart. (Without quick-repair: the restart
-/// rebuilds redb's free-space map from the whole file.)
+/// acknowledged must be there, intact, after a restart. The settings of earlier versions that
+/// traded restart time for throughput (`--quick-repair=false`, `--journal-bytes`) are accepted,
+/// warned about and ignored: the restart replays the log and needs no repair either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_write_load_loses_no_acknowledged_write() {
     let sandbox = Sandbox::new(8);
@@ -264,15 +265,9 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
         "the load made progress before the kill"
     );
 
-    // The restart runs without the journal: what the killed daemon's journal held is
-    // replayed into the database file before redb opens it plainly. (The other kill -9 tests
-    // restart with the journal on.)
     let daemon = sandbox.start_with(&["--journal-bytes", "0", "--quick-repair=false"]);
-    // redb was not closed: it checks the file and rebuilds its free-space map, and says so.
     assert!(
-        daemon
-            .logs()
-            .contains("repairing the database, which was not closed cleanly"),
+        daemon.logs().contains("deprecated and ignored") && !daemon.logs().contains("repairing"),
         "{}",
         daemon.logs()
     );
@@ -284,9 +279,10 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
     );
 }
 
-/// With quick-repair (the default), the restart after a SIGKILL under write load loads the
-/// allocator state the last durable commit recorded: no full repair (which reads the whole
-/// file, minutes for a large vault), every acknowledged write intact, the audit trail whole.
+/// The restart after a SIGKILL under write load opens redb at its last checkpoint (which
+/// recorded the allocator state: no full repair, which reads the whole file, minutes for a
+/// large vault) and replays the log after it: every acknowledged write intact, the audit
+/// trail whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_then_restart_needs_no_full_repair_and_loses_nothing() {
     let sandbox = Sandbox::new(9);
@@ -311,11 +307,11 @@ async fn kill_9_then_restart_needs_no_full_repair_and_loses_nothing() {
     assert!(audit.events >= (acked_new.len() + acked_version.len()) as u64);
 }
 
-/// The journals a SIGKILL left are not replayed into another database file put in its place
-/// (a restored or moved file): the start stops with an error that says so, and changes
-/// neither the file nor the journals.
+/// The log a SIGKILL left is not replayed into another database file put in its place (a
+/// restored or moved file): the start stops with an error that says so, and changes neither
+/// the file nor the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn journals_of_another_database_file_stop_the_start_and_change_nothing() {
+async fn the_log_of_another_database_file_stops_the_start_and_changes_nothing() {
     let other = Sandbox::new(90);
     let mut daemon = other.start();
     let secret = other.keys.webhook_secret.clone();
@@ -345,12 +341,8 @@ async fn journals_of_another_database_file_stop_the_start_and_change_nothing() {
     daemon.signal("KILL");
     std::fs::copy(other.database(), sandbox.database()).unwrap();
     let files = |s: &Sandbox| {
-        [
-            "sharevault.redb",
-            "sharevault.redb.journal0",
-            "sharevault.redb.journal1",
-        ]
-        .map(|name| std::fs::read(s.data_dir.join(name)).unwrap())
+        ["sharevault.redb", "sharevault.redb.log"]
+            .map(|name| std::fs::read(s.data_dir.join(name)).unwrap())
     };
     let before = files(&sandbox);
 
@@ -359,10 +351,10 @@ async fn journals_of_another_database_file_stop_the_start_and_change_nothing() {
         &crate::harness::Daemon::tcp_args(&sandbox.keys),
     ));
     let crate::harness::Started::Exited { status, logs } = started else {
-        panic!("the daemon started over another database's journals");
+        panic!("the daemon started over another database's log");
     };
     assert!(!status.success());
-    assert!(logs.contains("written for another database file"), "{logs}");
+    assert!(logs.contains("written for another copy"), "{logs}");
     assert!(
         files(&sandbox) == before,
         "the refused start changed the files"

@@ -85,8 +85,6 @@ pub fn command(data_dir: &Path, args: &[String]) -> Command {
         // Most tests play Portal over gRPC too (off by default; tests/daemon/guards.rs).
         .env("SHAREVAULT_GRPC_WEBHOOK", "true")
         .env("RUST_LOG", "info")
-        // Small journals: every test daemon switches journals and checkpoints often.
-        .env("SHAREVAULT_JOURNAL_BYTES", "4194304")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

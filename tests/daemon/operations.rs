@@ -230,8 +230,8 @@ async fn the_snapshot_restores_elsewhere(
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
 }
 
-/// The first vault is killed with its last commits still only in its journal, then `snap` is
-/// restored over it: what the journal holds goes into the file moved aside, never into the
+/// The first vault is killed with its last commits still only in its log, then `snap` is
+/// restored over it: what the log holds goes into the file moved aside, never into the
 /// restored one.
 async fn the_snapshot_replaces_a_killed_vault(
     sandbox: &Sandbox,
@@ -920,12 +920,12 @@ async fn deferred_read_audit_events_are_visible_at_once_and_durable_soon_after()
     assert!(report.ok, "{report:?}");
 }
 
-/// A daemon without journals holds the data dir's lock too: `restore --replace` does not swap
-/// its database underneath it, and leaves the data dir as it was.
+/// A running daemon holds the data dir's lock: `restore --replace` does not swap its database
+/// underneath it, and leaves the data dir as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restore_is_refused_beside_a_daemon_running_without_journals() {
+async fn restore_is_refused_beside_a_running_daemon() {
     let sandbox = Sandbox::new(93);
-    let daemon = sandbox.start_with(&["--journal-bytes", "0"]);
+    let daemon = sandbox.start();
     let mut hook = daemon.webhook().await;
     let share = |n: u32| format!("{{\"backupSharePairId\":\"p{n}\",\"s\":{n}}}");
     let put = |n| {

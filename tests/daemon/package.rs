@@ -285,7 +285,7 @@ fn dpkg(args: &[&str], env: &[(&str, &str)]) -> String {
 /// Starts the installed binary as systemd would start the packaged unit: its ExecStart line as
 /// the `sharevault` user, with the state directory /var/lib/sharevault, a runtime directory
 /// and the credentials in `tmp`. Only the two fixed ports become ephemeral ones (tests bind
-/// no fixed port), and the journals are kept small through the environment.
+/// no fixed port).
 fn start_as_the_unit(tmp: &Path, user: (u32, u32)) -> (Daemon, PathBuf) {
     let unit = std::fs::read_to_string("/usr/lib/systemd/system/sharevault.service").unwrap();
     let exec = unit
@@ -329,7 +329,6 @@ fn start_as_the_unit(tmp: &Path, user: (u32, u32)) -> (Daemon, PathBuf) {
     ])
     .args(&words)
     .env("CREDENTIALS_DIRECTORY", &credentials)
-    .env("SHAREVAULT_JOURNAL_BYTES", "4194304")
     .env("RUST_LOG", "info")
     .env_remove("NOTIFY_SOCKET")
     .current_dir("/")
@@ -337,7 +336,7 @@ fn start_as_the_unit(tmp: &Path, user: (u32, u32)) -> (Daemon, PathBuf) {
     .stdout(Stdio::null())
     .stderr(Stdio::piped());
     for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("SHAREVAULT_") && name != "SHAREVAULT_JOURNAL_BYTES" {
+        if name.to_string_lossy().starts_with("SHAREVAULT_") {
             cmd.env_remove(name);
         }
     }

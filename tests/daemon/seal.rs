@@ -15,8 +15,6 @@ use tokio_stream::StreamExt;
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "vault-pin-2468";
 const TOKEN: &str = "vault-token";
-/// The journals of every command here, as the harness gives the daemon.
-const JOURNAL: &str = "4194304";
 
 /// A SoftHSM2 token of its own, and the secrets a pkcs11-sealed daemon runs with.
 struct Token {
@@ -110,7 +108,6 @@ impl Token {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sharevault"));
         cmd.args(args)
             .env("SOFTHSM2_CONF", &self.conf)
-            .env("SHAREVAULT_JOURNAL_BYTES", JOURNAL)
             .env_remove("CREDENTIALS_DIRECTORY")
             .env_remove("SHAREVAULT_DATA_DIR");
         cmd
@@ -781,7 +778,7 @@ async fn the_pin_comes_from_the_pkcs11_pin_credential_when_no_file_is_given() {
 }
 
 /// A refused start changes no byte of the data dir: not the database file (not even its
-/// identity), not its journals, and it creates no file. Each start here is refused after the
+/// identity), not its log, and it creates no file. Each start here is refused after the
 /// database would have been opened: the wrong seal either way, the wrong master key.
 #[tokio::test]
 async fn refused_starts_change_no_byte_of_the_data_dir() {
@@ -791,11 +788,7 @@ async fn refused_starts_change_no_byte_of_the_data_dir() {
     put_share(&daemon, &token.keys, "c1", &share(1)).await;
     assert!(daemon.signal("TERM").success());
     let before = crate::harness::dir_digest(&token.data_dir);
-    assert!(
-        before
-            .keys()
-            .any(|p| p.ends_with("sharevault.redb.journal0"))
-    );
+    assert!(before.keys().any(|p| p.ends_with("sharevault.redb.log")));
 
     // The token's vault under the file seal.
     let logs = token.refused(&[

@@ -242,12 +242,12 @@ async fn serves_on_a_unix_socket_configured_from_a_file() {
     assert!(logs.contains("max_shares"), "{logs}");
 }
 
-/// A data dir that lost its database but still holds its journals, or the secrets a first
+/// A data dir that lost its database but still holds its log, or the secrets a first
 /// start generated there, is not a new vault: the start is refused, names what it found, and
 /// changes nothing; `--init` starts a new, empty vault there on purpose.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_dir_whose_database_is_missing_is_refused_unless_init() {
-    // Journals, no database.
+    // A log, no database.
     let sandbox = Sandbox::new(94);
     let mut daemon = sandbox.start();
     assert!(daemon.signal("TERM").success());
@@ -256,23 +256,23 @@ async fn a_data_dir_whose_database_is_missing_is_refused_unless_init() {
     let args = Daemon::tcp_args(&sandbox.keys);
     let logs = exited(Daemon::launch(command(&sandbox.data_dir, &args)));
     assert!(logs.contains("the database is missing"), "{logs}");
-    assert!(logs.contains("the database's journal"), "{logs}");
+    assert!(logs.contains("the database's log"), "{logs}");
     assert!(logs.contains("--init"), "{logs}");
     assert_eq!(crate::harness::dir_digest(&sandbox.data_dir), before);
     let daemon = sandbox.start_with(&["--init"]);
     assert!(daemon.logs().contains("sharevault is ready"));
     drop(daemon);
 
-    // Generated secrets, no database (journals off).
+    // Generated secrets, no database (nor its log).
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let mut args = vec!["--grpc-listen".to_string(), "127.0.0.1:0".to_string()];
-    args.extend(["--journal-bytes".to_string(), "0".to_string()]);
+    let args = vec!["--grpc-listen".to_string(), "127.0.0.1:0".to_string()];
     let Started::Ready(mut daemon) = Daemon::launch(command(&data, &args)) else {
         panic!("first start failed")
     };
     assert!(daemon.signal("TERM").success());
     std::fs::remove_file(data.join("sharevault.redb")).unwrap();
+    std::fs::remove_file(data.join("sharevault.redb.log")).unwrap();
     let before = crate::harness::dir_digest(&data);
     let logs = exited(Daemon::launch(command(&data, &args)));
     assert!(logs.contains("the database is missing"), "{logs}");

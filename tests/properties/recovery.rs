@@ -20,6 +20,7 @@ use proptest::prelude::*;
 use sharevault::auth::{FailureLimiter, WebhookSecrets};
 use sharevault::crypto::MasterKey;
 use sharevault::store::Store;
+use sharevault::store::disk::{Disk, MemDisk};
 use sharevault::store::redb::RedbStore;
 use sharevault::validate::Limits;
 use sharevault::vault::status::PairStatus;
@@ -89,8 +90,17 @@ impl Company {
         let opener: sharevault::store::redb::Opener = Box::new(|| {
             redb::Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())
         });
-        let store: Arc<dyn Store> =
-            Arc::new(RedbStore::open_with(opener, None, 0, false, Default::default()).unwrap());
+        let store: Arc<dyn Store> = Arc::new(
+            RedbStore::open_with(
+                opener,
+                Box::new(|| Ok(Box::new(MemDisk::default()) as Box<dyn Disk>)),
+                None,
+                0,
+                Default::default(),
+                Default::default(),
+            )
+            .unwrap(),
+        );
         let key = MasterKey::from_file_contents(&[7u8; 32]).unwrap();
         let credentials = Credentials {
             webhook: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(

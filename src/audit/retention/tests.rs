@@ -10,15 +10,7 @@ fn key() -> AuditKey {
 }
 
 fn open(dir: &Path) -> RedbStore {
-    RedbStore::open(
-        &dir.join("audit.redb"),
-        0,
-        1 << 20,
-        1 << 20,
-        true,
-        Default::default(),
-    )
-    .unwrap()
+    RedbStore::open(&dir.join("audit.redb"), 0, 1 << 20, Default::default()).unwrap()
 }
 
 /// A keyed trail of `n` events, event `i` at `i` seconds.

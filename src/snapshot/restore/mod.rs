@@ -18,7 +18,7 @@ use crate::crypto::{MasterKey, RecordAad};
 use crate::integrity::{INTEGRITY_KEY, IntegrityKey};
 use crate::secrets::DATABASE_FILE;
 use crate::snapshot::{self, RecordReader, SnapshotError, TRAILER, TableId, Tee, Trailer};
-use crate::store::journal::{JournaledFile, journal_paths};
+use crate::store::journal::journal_paths;
 use crate::store::{StoreError, redb::RedbStore};
 use crate::vault::{codec, records};
 use std::collections::HashMap;
@@ -623,6 +623,11 @@ pub fn restore_with(
             .map_err(|e| format!("cannot move the old vault aside: {e}"))?;
     }
     move_journal(&journal1, journals_aside.as_ref().map(|j| j[1].as_path()))?;
+    // The log holds records of the replaced file only: it goes with it.
+    move_journal(
+        &crate::store::wal::log_path(&live),
+        aside.as_deref().map(crate::store::wal::log_path).as_deref(),
+    )?;
     std::fs::rename(&temp, &live).map_err(|e| format!("cannot swap the restored vault in: {e}"))?;
     move_journal(&journal0, journals_aside.as_ref().map(|j| j[0].as_path()))?;
     File::open(data_dir)
@@ -630,13 +635,12 @@ pub fn restore_with(
         .map_err(|e| format!("cannot sync {}: {e}", data_dir.display()))?;
     drop(lock);
     drop(dir_lock);
-    // What the replaced vault's journals held goes into its file, so that it stands alone.
-    if let (Some(aside), Some(journals)) = (&aside, &journals_aside)
-        && JournaledFile::settle(aside).is_ok()
+    // What the replaced vault's journals and log held goes into its file, so that it stands
+    // alone.
+    if let Some(aside) = &aside
+        && let Err(err) = crate::store::redb::RedbStore::settle(aside)
     {
-        for journal in journals {
-            let _ = std::fs::remove_file(journal);
-        }
+        tracing::warn!(error = %err, "the replaced vault's log could not be replayed into it");
     }
     Ok(report)
 }

@@ -1,25 +1,35 @@
-//! The embedded default store: one redb file, written by a single group-commit writer.
+//! The embedded default store: one redb file under a logical redo log, written by a single
+//! group-commit writer.
 //!
 //! Writers hand their job to one thread that blocks for the first queued job, takes whatever
-//! else is queued (up to [`MAX_BATCH`]), runs them all in one write transaction and commits it
-//! with `Durability::Immediate` before answering every waiter. A lone write never waits for a
-//! batch to fill; under load one fsync carries many writes. A job that fails (a backend
-//! error) aborts the whole transaction and fails every job in it; the database is then
-//! reopened, which repairs it.
+//! else is queued (up to [`MAX_BATCH`]), runs them all in one redb write transaction, appends
+//! their effects to the log ([`crate::store::wal`]) as one record and fsyncs it, commits the
+//! transaction without durability (readers see it at once) and answers every waiter. A lone
+//! write never waits for a batch to fill; under load one fsync carries many writes. Every few
+//! seconds or MiB of log, a checkpoint commits redb durably and starts the log afresh
+//! ([`engine`]). A job that fails (a backend error) abandons the whole transaction and fails
+//! every job in it.
 //!
 //! Each [`TableId`] is a typed redb table: per-client tables are keyed by the tuple
 //! `(client id, second part)`, names by `&str`, token hashes by bytes (their value is the
 //! token's name as `&str`), the audit trail by `u64`.
 
+#[cfg(test)]
+mod crash_tests;
+pub(crate) mod engine;
 mod tables;
 #[cfg(test)]
 mod tests;
 mod writer;
 
-use super::journal::JournaledFile;
+use super::disk::Disk;
+use super::journal::{JournaledFile, journal_paths};
+use super::wal::log_path;
 use super::{Reader, Store, StoreError, TableId, WriteFuture, WriteJob, Writer};
+pub use engine::Checkpoints;
+use engine::Engine;
 use redb::{Database, ReadableDatabase};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -35,29 +45,45 @@ const QUEUE_DEPTH: usize = 4096;
 const IMPORT_CACHE_BYTES: usize = 32 << 20;
 
 /// Opens the database: the file at a path, or, for fault-injection tests, any redb storage
-/// backend. Called again to reopen the database after an I/O error. A commit is durable once
-/// redb's `commit` returns (with the journal too: its `sync_data` appends and fsyncs).
+/// backend. Called again to reopen the database after an I/O error.
 pub type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync>;
 
+/// Opens the log's file (after the database, whose lock keeps a second process out).
+pub type LogOpener = Box<dyn Fn() -> std::io::Result<Box<dyn Disk>> + Send + Sync>;
+
 /// The open database, shared by readers and the writer. After an I/O error redb refuses every
-/// further operation until the database is reopened (which repairs it); the writer does that.
+/// further operation until the database is reopened (which replays the log); the writer does
+/// that.
 struct Shared {
     db: RwLock<Option<Arc<Database>>>,
     opener: Opener,
+    log_opener: LogOpener,
+    checkpoints: Checkpoints,
     /// The database file, to check the free space of its filesystem.
     path: Option<std::path::PathBuf>,
     /// Writes are refused (and nothing is attempted) while less than this is free, so that
     /// the database never hits a full disk in the middle of a commit.
     min_free_bytes: u64,
-    /// A deferred audit event was committed without an fsync and awaits a durable commit.
+    /// A deferred audit event was logged without an fsync and awaits one.
     unflushed: std::sync::atomic::AtomicBool,
     /// The store is closing: the flusher stops.
     closing: std::sync::atomic::AtomicBool,
     /// Commits, and writes refused at the free-space reserve.
     metrics: crate::metrics::StoreMetrics,
-    /// Every durable commit records redb's allocator state (quick-repair), so that an open
-    /// after a crash loads it instead of reading the whole file to rebuild it.
-    quick_repair: bool,
+}
+
+/// Opens the database and recovers it from its log.
+fn open_and_recover(
+    opener: &Opener,
+    log_opener: &LogOpener,
+    checkpoints: Checkpoints,
+) -> Result<(Database, Engine), StoreError> {
+    let db =
+        opener().map_err(|e| StoreError::Backend(format!("opening the database file: {e}")))?;
+    let disk =
+        log_opener().map_err(|e| StoreError::Backend(format!("cannot open the log: {e}")))?;
+    let engine = Engine::recover(&db, disk, checkpoints)?;
+    Ok((db, engine))
 }
 
 impl Shared {
@@ -69,8 +95,9 @@ impl Shared {
             .ok_or_else(|| StoreError::Backend("the database is being reopened".into()))
     }
 
-    /// Closes the database and opens it again; redb repairs it if a commit failed.
-    fn reopen(&self) {
+    /// Closes the database and opens it again, replaying the log; `None` if that failed (the
+    /// next write tries again).
+    fn reopen(&self) -> Option<Engine> {
         let mut slot = self
             .db
             .write()
@@ -90,30 +117,36 @@ impl Shared {
                     }
                     Err(_) => {
                         tracing::error!("cannot reopen the database: it is still in use");
-                        return;
+                        return None;
                     }
                 }
             }
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
-            match (self.opener)() {
-                Ok(db) => {
+            match open_and_recover(&self.opener, &self.log_opener, self.checkpoints) {
+                Ok((db, engine)) => {
                     tracing::warn!("database reopened after a failed write");
                     *slot = Some(Arc::new(db));
-                    return;
+                    return Some(engine);
                 }
-                Err(redb::DatabaseError::DatabaseAlreadyOpen)
-                    if std::time::Instant::now() < deadline =>
+                Err(StoreError::Backend(err))
+                    if err.contains("already open") && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "cannot reopen the database; will retry on the next write");
-                    return;
+                    return None;
                 }
             }
         }
+    }
+
+    /// Bytes free on the database's filesystem, if known.
+    fn free_bytes(&self) -> Option<u64> {
+        let stat = rustix::fs::statvfs(self.path.as_ref()?).ok()?;
+        Some(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
     /// Refuses a write when the disk is nearly full.
@@ -142,15 +175,15 @@ pub struct Peeked {
 
 enum PeekedDb {
     ReadOnly(redb::ReadOnlyDatabase),
-    /// Repaired in memory (the file needed a repair).
-    Repaired(Database),
+    /// Repaired, or given the log's records, in memory.
+    InMemory(Database),
 }
 
 impl Peeked {
     pub fn read(&self) -> Result<Box<dyn Reader + '_>, StoreError> {
         let txn = match &self.db {
             PeekedDb::ReadOnly(db) => db.begin_read(),
-            PeekedDb::Repaired(db) => db.begin_read(),
+            PeekedDb::InMemory(db) => db.begin_read(),
         }
         .map_err(backend)?;
         Ok(Box::new(RedbReader { txn }))
@@ -190,22 +223,71 @@ pub struct RedbStore {
     flusher: Mutex<Option<JoinHandle<()>>>,
 }
 
+fn open_log_file(path: &Path) -> std::io::Result<Box<dyn Disk>> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    Ok(Box::new(file))
+}
+
+/// Replays the page journals of an earlier version (`journal0`, `journal1`) into the
+/// database file and removes them: the data dir is then in this version's format.
+pub fn migrate_page_journals(path: &Path) -> std::io::Result<()> {
+    let journals = journal_paths(path);
+    if !journals.iter().any(|p| p.exists()) {
+        return Ok(());
+    }
+    tracing::info!("replaying the page journals of an earlier version into the database file");
+    JournaledFile::settle(path)?;
+    // Newest first is not needed: after the settle both are empty.
+    for journal in &journals {
+        match std::fs::remove_file(journal) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 impl RedbStore {
-    /// Opens (or creates) the database file and starts the writer thread. Writes are refused
-    /// while less than `min_free_bytes` is free on the file's filesystem; redb's page cache
-    /// takes at most `cache_bytes`. With `journal_bytes` above zero, commits are made durable
-    /// through two journals of that size ([`super::journal`]); with zero, by fsyncing the
-    /// database file itself. With `quick_repair`, every durable commit also records redb's
-    /// allocator state, so that the open after a crash takes about as long as a clean one.
+    /// Opens (or creates) the database file and its log and starts the writer thread. The
+    /// page journals of an earlier version are replayed into the file first. Writes are
+    /// refused while less than `min_free_bytes` is free on the file's filesystem; redb's page
+    /// cache takes at most `cache_bytes`.
     pub fn open(
         path: &Path,
         min_free_bytes: u64,
         cache_bytes: usize,
-        journal_bytes: u64,
-        quick_repair: bool,
         metrics: crate::metrics::StoreMetrics,
     ) -> Result<Self, StoreError> {
+        Self::open_checkpointing(
+            path,
+            min_free_bytes,
+            cache_bytes,
+            Checkpoints::default(),
+            metrics,
+        )
+    }
+
+    /// As [`RedbStore::open`], with checkpoints taken as `checkpoints` says.
+    pub fn open_checkpointing(
+        path: &Path,
+        min_free_bytes: u64,
+        cache_bytes: usize,
+        checkpoints: Checkpoints,
+        metrics: crate::metrics::StoreMetrics,
+    ) -> Result<Self, StoreError> {
+        migrate_page_journals(path)
+            .map_err(|e| StoreError::Backend(format!("cannot replay the page journals: {e}")))?;
         let file = path.to_path_buf();
+        let log = log_path(path);
         let store = Self::open_with(
             Box::new(move || {
                 let mut builder = Database::builder();
@@ -213,59 +295,49 @@ impl RedbStore {
                 builder.set_repair_callback(|session| {
                     tracing::warn!(
                         progress = %format!("{:.0} %", session.progress() * 100.0),
-                        "repairing the database, which was not closed cleanly: redb reads the \
+                        "repairing the database, which was not checkpointed: redb reads the \
                          whole file to check its pages and rebuild its free-space map"
                     );
                 });
-                if journal_bytes == 0 {
-                    // The journals of an earlier run with them on are replayed first.
-                    JournaledFile::settle(&file)
-                        .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
-                    return builder.create(&file);
-                }
-                let backend = JournaledFile::open(&file, journal_bytes).map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::WouldBlock {
-                        redb::DatabaseError::DatabaseAlreadyOpen
-                    } else {
-                        redb::DatabaseError::Storage(redb::StorageError::Io(e))
-                    }
-                })?;
-                builder.create_with_backend(backend)
+                builder.create(&file)
             }),
+            Box::new(move || open_log_file(&log)),
             Some(path),
             min_free_bytes,
-            quick_repair,
+            checkpoints,
             metrics,
         )?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| StoreError::Backend(format!("cannot restrict the database file: {e}")))?;
+        for file in [path.to_path_buf(), log_path(path)] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).map_err(
+                |e| StoreError::Backend(format!("cannot restrict the database file: {e}")),
+            )?;
+        }
         Ok(store)
     }
 
-    /// Opens the database with `opener` and starts the writer thread.
+    /// Opens the database with `opener` and its log with `log_opener`, recovers it, and
+    /// starts the writer thread.
     pub fn open_with(
         opener: Opener,
+        log_opener: LogOpener,
         path: Option<&Path>,
         min_free_bytes: u64,
-        quick_repair: bool,
+        checkpoints: Checkpoints,
         metrics: crate::metrics::StoreMetrics,
     ) -> Result<Self, StoreError> {
-        let db = opener().map_err(backend)?;
-        let mut txn = db.begin_write().map_err(backend)?;
-        txn.set_quick_repair(quick_repair);
-        Tables::open(&txn)?;
-        txn.commit().map_err(backend)?;
+        let (db, engine) = open_and_recover(&opener, &log_opener, checkpoints)?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(db)),
             opener,
+            log_opener,
+            checkpoints,
             path: path.map(Path::to_path_buf),
             min_free_bytes,
             unflushed: std::sync::atomic::AtomicBool::new(false),
             closing: std::sync::atomic::AtomicBool::new(false),
             metrics,
-            quick_repair,
         });
         let flusher_shared = Arc::clone(&shared);
         let flusher_queue = tx.clone();
@@ -276,7 +348,7 @@ impl RedbStore {
         let writer_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("sharevault-writer".into())
-            .spawn(move || run_writer(&writer_shared, rx))
+            .spawn(move || run_writer(&writer_shared, Some(engine), rx))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             shared,
@@ -286,27 +358,66 @@ impl RedbStore {
         })
     }
 
-    /// A read-only view of the database at `path` as its next open will see it (its
-    /// journals replayed in memory), without writing a byte of the data dir; `None` if there
-    /// is no database there yet. A file that was not closed cleanly and whose allocator state
-    /// was not recorded (quick-repair off) is repaired in memory, which reads the whole file.
+    /// Makes the database file at `path` hold the whole database alone (its page journals of
+    /// an earlier version and its log replayed into it, the log removed), before it is moved,
+    /// copied or replaced offline.
+    pub fn settle(path: &Path) -> Result<(), StoreError> {
+        migrate_page_journals(path)
+            .map_err(|e| StoreError::Backend(format!("cannot replay the page journals: {e}")))?;
+        let log = log_path(path);
+        if !log.exists() {
+            return Ok(());
+        }
+        let db = Database::builder()
+            .set_cache_size(IMPORT_CACHE_BYTES)
+            .create(path)
+            .map_err(backend)?;
+        let disk = open_log_file(&log)
+            .map_err(|e| StoreError::Backend(format!("cannot open the log: {e}")))?;
+        drop(Engine::recover(&db, disk, Checkpoints::default())?);
+        drop(db);
+        std::fs::remove_file(&log)
+            .map_err(|e| StoreError::Backend(format!("cannot remove the log: {e}")))?;
+        Ok(())
+    }
+
+    /// A read-only view of the database at `path` as its next open will see it (the page
+    /// journals of an earlier version and the records of its log replayed in memory),
+    /// without writing a byte of the data dir; `None` if there is no database there yet.
     pub fn peek(path: &Path) -> Result<Option<Peeked>, StoreError> {
         let io = |e: std::io::Error| StoreError::Backend(format!("cannot read the database: {e}"));
         let Some(view) = super::journal::peek::peek(path).map_err(io)? else {
             return Ok(None);
         };
         let view = Arc::new(view);
+        let in_memory = || {
+            Database::builder()
+                .set_cache_size(IMPORT_CACHE_BYTES)
+                .create_with_backend(SharedView(Arc::clone(&view)))
+                .map_err(backend)
+        };
+        let log = match std::fs::File::open(log_path(path)) {
+            Ok(file) => Some(file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(e)),
+        };
+        if let Some(log) = log {
+            // The log's records after the checkpoint, applied in memory.
+            let db = in_memory()?;
+            let (records, _) = engine::pending_records(&db, &log)?;
+            if !records.is_empty() {
+                engine::apply_records(&db, &records, None)?;
+            }
+            return Ok(Some(Peeked {
+                db: PeekedDb::InMemory(db),
+            }));
+        }
         let db = match Database::builder()
             .set_cache_size(IMPORT_CACHE_BYTES)
             .open_read_only_with_backend(SharedView(Arc::clone(&view)))
         {
             Ok(db) => PeekedDb::ReadOnly(db),
-            Err(redb::DatabaseError::RepairAborted) => PeekedDb::Repaired(
-                Database::builder()
-                    .set_cache_size(IMPORT_CACHE_BYTES)
-                    .create_with_backend(SharedView(Arc::clone(&view)))
-                    .map_err(backend)?,
-            ),
+            Err(redb::DatabaseError::RepairAborted) => PeekedDb::InMemory(in_memory()?),
             Err(err) => return Err(backend(err)),
         };
         Ok(Some(Peeked { db }))

@@ -3,14 +3,12 @@
 use super::*;
 use crate::audit::{self, AuditEntry, AuditEvent};
 use crate::error::VaultError;
+use crate::store::disk::Disk;
 use crate::store::{Key, WriteClass};
 use crate::vault::SealedRecord;
 use crate::vault::records;
 use crate::vault::rules::{self, WriteOp};
-use redb::backends::FileBackend;
-use redb::{BackendError, StorageBackend};
 use redb::{Database, ReadableTable};
-use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tables::AUDIT;
 
@@ -20,7 +18,7 @@ macro_rules! conformance {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
             let dir = tempfile::tempdir().unwrap();
-            let store = RedbStore::open(&dir.path().join("c.redb"), 0, 1 << 20, 1 << 20, true, Default::default()).unwrap();
+            let store = RedbStore::open(&dir.path().join("c.redb"), 0, 1 << 20, Default::default()).unwrap();
             crate::store::conformance::$name(&store).await;
             store.close();
         }
@@ -36,14 +34,13 @@ conformance!(
     a_client_reader_reads_the_client_whole,
 );
 
-/// A file backend whose writes fail with "no space left on device" while `fail` is set, and
+/// A log file whose writes fail with "no space left on device" while `fail` is set, and
 /// whose syncs take `sync_ms` longer.
-#[derive(Debug)]
 struct Flaky {
-    inner: FileBackend,
+    inner: std::fs::File,
     fail: Arc<AtomicBool>,
     sync_ms: Arc<std::sync::atomic::AtomicU64>,
-    /// Syncs, then reports a failure: the commit is on disk but its writer is told otherwise.
+    /// Syncs, then reports a failure: the record is on disk but its writer is told otherwise.
     sync_then_fail: Arc<AtomicBool>,
 }
 
@@ -51,7 +48,7 @@ fn flaky_opener(
     path: &Path,
     fail: &Arc<AtomicBool>,
     sync_ms: &Arc<std::sync::atomic::AtomicU64>,
-) -> Opener {
+) -> (Opener, LogOpener) {
     flaky_opener_with(path, fail, sync_ms, &Arc::new(AtomicBool::new(false)))
 }
 
@@ -60,25 +57,41 @@ fn flaky_opener_with(
     fail: &Arc<AtomicBool>,
     sync_ms: &Arc<std::sync::atomic::AtomicU64>,
     sync_then_fail: &Arc<AtomicBool>,
-) -> Opener {
-    let (p, f, s) = (path.to_owned(), Arc::clone(fail), Arc::clone(sync_ms));
+) -> (Opener, LogOpener) {
+    let (f, s) = (Arc::clone(fail), Arc::clone(sync_ms));
     let lying = Arc::clone(sync_then_fail);
-    Box::new(move || {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&p)
-            .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
-        let inner = FileBackend::new(file)?;
-        Database::builder().create_with_backend(Flaky {
-            inner,
-            fail: Arc::clone(&f),
-            sync_ms: Arc::clone(&s),
-            sync_then_fail: Arc::clone(&lying),
-        })
-    })
+    let db = path.to_owned();
+    let log = crate::store::wal::log_path(path);
+    (
+        Box::new(move || Database::builder().create(&db)),
+        Box::new(move || {
+            let inner = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&log)?;
+            Ok(Box::new(Flaky {
+                inner,
+                fail: Arc::clone(&f),
+                sync_ms: Arc::clone(&s),
+                sync_then_fail: Arc::clone(&lying),
+            }) as Box<dyn Disk>)
+        }),
+    )
+}
+
+fn open_flaky(openers: (Opener, LogOpener)) -> RedbStore {
+    let (opener, log) = openers;
+    RedbStore::open_with(
+        opener,
+        log,
+        None,
+        0,
+        Checkpoints::default(),
+        Default::default(),
+    )
+    .unwrap()
 }
 
 impl Flaky {
@@ -91,50 +104,31 @@ impl Flaky {
     }
 }
 
-impl StorageBackend for Flaky {
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
+impl Disk for Flaky {
+    fn read_at(&self, out: &mut [u8], at: u64) -> std::io::Result<()> {
+        self.inner.read_at(out, at)
     }
-    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-        self.inner.read(offset, out)
+    fn write_at(&self, data: &[u8], at: u64) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.write_at(data, at)
     }
     fn set_len(&self, len: u64) -> std::io::Result<()> {
         self.check()?;
-        self.inner.set_len(len)
+        Disk::set_len(&self.inner, len)
     }
-    fn sync_data(&self) -> std::io::Result<()> {
+    fn sync(&self) -> std::io::Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(
             self.sync_ms.load(Ordering::SeqCst),
         ));
         self.check()?;
-        self.inner.sync_data()?;
+        self.inner.sync()?;
         if self.sync_then_fail.swap(false, Ordering::SeqCst) {
             return Err(std::io::Error::from_raw_os_error(5));
         }
         Ok(())
     }
-    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        self.check()?;
-        self.inner.write(offset, data)
-    }
-    fn close(&self) -> std::io::Result<()> {
-        self.inner.close()
-    }
-    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.inner.try_lock_range(start, end)
-    }
-    fn try_lock_shared_range(
-        &self,
-        start: Bound<u64>,
-        end: Bound<u64>,
-    ) -> Result<bool, BackendError> {
-        self.inner.try_lock_shared_range(start, end)
-    }
-    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.inner.unlock_range(start, end)
-    }
-    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.inner.query_lock_range(start, end)
+    fn size(&self) -> std::io::Result<u64> {
+        self.inner.size()
     }
 }
 
@@ -171,8 +165,11 @@ async fn audit_events_of_reads_commit_ahead_of_queued_writes() {
     let dir = tempfile::tempdir().unwrap();
     let fail = Arc::new(AtomicBool::new(false));
     let sync_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let opener = flaky_opener(&dir.path().join("slow.redb"), &fail, &sync_ms);
-    let store = Arc::new(RedbStore::open_with(opener, None, 0, true, Default::default()).unwrap());
+    let store = Arc::new(open_flaky(flaky_opener(
+        &dir.path().join("slow.redb"),
+        &fail,
+        &sync_ms,
+    )));
     let spawn = |op: WriteOp, audit: Option<AuditEntry>| {
         let store = Arc::clone(&store);
         tokio::spawn(async move { rules::write(store.as_ref(), op, audit, None).await })
@@ -219,14 +216,7 @@ async fn a_failed_commit_changes_nothing_and_writes_resume_without_a_restart() {
     let path = dir.path().join("flaky.redb");
     let fail = Arc::new(AtomicBool::new(false));
     let sync_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let store = RedbStore::open_with(
-        flaky_opener(&path, &fail, &sync_ms),
-        None,
-        0,
-        true,
-        Default::default(),
-    )
-    .unwrap();
+    let store = open_flaky(flaky_opener(&path, &fail, &sync_ms));
     let (op, audit) = put("acked-before", b"A");
     rules::write(&store, op, audit, None).await.unwrap();
 
@@ -293,7 +283,7 @@ async fn the_audit_chain_is_checked_across_pages() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.redb");
     let total = audit::PAGE as u64 * 2 + 100;
-    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, true, Default::default()).unwrap();
+    let store = RedbStore::open(&path, 0, 1 << 20, Default::default()).unwrap();
     read_events(&store, total).await;
     let report = audit::verify_trail(&store, audit::ChainCheck::plain()).unwrap();
     assert_eq!(report.events, total);
@@ -314,7 +304,7 @@ async fn the_audit_chain_is_checked_across_pages() {
         }
         write.commit().unwrap();
     }
-    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, true, Default::default()).unwrap();
+    let store = RedbStore::open(&path, 0, 1 << 20, Default::default()).unwrap();
     let report = audit::verify_trail(&store, audit::ChainCheck::plain()).unwrap();
     let (at, problem) = report.problem.unwrap();
     assert_eq!(at, victim);
@@ -330,7 +320,7 @@ async fn filtered_audit_listings_step_through_a_long_trail() {
     use crate::audit::SCAN as AUDIT_SCAN;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("listing.redb");
-    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, true, Default::default()).unwrap();
+    let store = RedbStore::open(&path, 0, 1 << 20, Default::default()).unwrap();
     let total = AUDIT_SCAN * 3 + 50;
     read_events(&store, total).await;
     let wanted = ["reader-5", "reader-700", "reader-949"];
@@ -361,14 +351,14 @@ async fn filtered_audit_listings_step_through_a_long_trail() {
 async fn writes_are_refused_below_the_free_space_reserve_and_reads_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("reserve.redb");
-    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, true, Default::default()).unwrap();
+    let store = RedbStore::open(&path, 0, 1 << 20, Default::default()).unwrap();
     let (op, audit) = put("kept", b"K");
     rules::write(&store, op, audit, None).await.unwrap();
     store.close();
     drop(store);
 
     let metrics = crate::metrics::StoreMetrics::default();
-    let store = RedbStore::open(&path, u64::MAX, 1 << 20, 1 << 20, true, metrics.clone()).unwrap();
+    let store = RedbStore::open(&path, u64::MAX, 1 << 20, metrics.clone()).unwrap();
     let refused = WriteJob {
         class: WriteClass::AddsData,
         apply: Box::new(|w| {
@@ -411,7 +401,7 @@ async fn writes_are_refused_below_the_free_space_reserve_and_reads_go_on() {
 async fn a_token_found_by_hash_must_carry_that_hash() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.redb");
-    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, true, Default::default()).unwrap();
+    let store = RedbStore::open(&path, 0, 1 << 20, Default::default()).unwrap();
     let token = crate::vault::TokenRecord {
         name: "ops".into(),
         role: crate::auth::Role::Admin,
@@ -435,39 +425,29 @@ async fn a_token_found_by_hash_must_carry_that_hash() {
             .unwrap();
         write.commit().unwrap();
     }
-    let store = RedbStore::open(&path, 0, 1 << 20, 1 << 20, true, Default::default()).unwrap();
+    let store = RedbStore::open(&path, 0, 1 << 20, Default::default()).unwrap();
     let found = |hash: [u8; 32]| records::token_by_hash(&*store.read().unwrap(), &hash);
     assert!(matches!(found([2; 32]), Err(StoreError::Corrupt(_))));
     assert_eq!(found([1; 32]).unwrap().unwrap().name, "ops");
     store.close();
 }
 
-/// A commit whose fsync reported a failure after the data reached the disk is found by the
-/// reopen: the audit chain then continues from the database's head (which every job reads in
-/// its own transaction), so the next event neither repeats a number nor overwrites the
-/// recovered write's event. (Without quick-repair: a commit in one phase, whose one fsync
-/// covers the header.)
+/// A record whose fsync reported a failure after it reached the disk never comes back: the
+/// next batch first checkpoints the database as it is and starts a fresh log (the failed
+/// record's epoch ends there), so the write answered with an error is not in the vault and
+/// the audit chain continues from the write before it.
 #[tokio::test]
-async fn after_a_reopen_the_audit_chain_continues_from_the_database() {
-    chain_continues_after_a_lying_fsync(false, true).await;
+async fn after_a_failed_log_fsync_the_failed_write_is_gone_and_the_chain_continues() {
+    chain_continues_after_a_lying_fsync(false).await;
 }
 
-/// The same with quick-repair, whose commits take two phases: the fsync that reports a
-/// failure is the first, of the pages, before the header names them, so the failed write is
-/// not in the reopened database, and the chain continues from the write before it.
-#[tokio::test]
-async fn after_a_reopen_with_quick_repair_the_audit_chain_continues_from_the_database() {
-    chain_continues_after_a_lying_fsync(true, false).await;
-}
-
-async fn chain_continues_after_a_lying_fsync(quick_repair: bool, failed_write_kept: bool) {
+async fn chain_continues_after_a_lying_fsync(failed_write_kept: bool) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lying.redb");
     let fail = Arc::new(AtomicBool::new(false));
     let sync_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let lying = Arc::new(AtomicBool::new(false));
-    let opener = flaky_opener_with(&path, &fail, &sync_ms, &lying);
-    let store = RedbStore::open_with(opener, None, 0, quick_repair, Default::default()).unwrap();
+    let store = open_flaky(flaky_opener_with(&path, &fail, &sync_ms, &lying));
     let (op, audit) = put("first", b"A");
     rules::write(&store, op, audit, None).await.unwrap();
 
@@ -488,7 +468,7 @@ async fn chain_continues_after_a_lying_fsync(quick_repair: bool, failed_write_ke
         .unwrap()
         .map(|r| r.envelope),
         failed_write_kept.then(|| b"B".to_vec()),
-        "the write whose fsync failed after the fact is on disk (one phase) or not (two)"
+        "the write whose fsync failed after the fact is not in the vault"
     );
     let events: Vec<_> = audit::events(&*r, 0, 10)
         .unwrap()
@@ -508,5 +488,139 @@ async fn chain_continues_after_a_lying_fsync(quick_repair: bool, failed_write_ke
     );
     assert_eq!(report.problem, None);
     drop(r);
+    store.close();
+}
+
+/// A data dir written by the version with page journals (`038824b` and before): the vault's
+/// tables in `sharevault.redb` through the page journal, killed with its last commits only in
+/// `journal0`/`journal1` (the files are copied while the database is open). The first open of
+/// this version replays the journals into the file, removes them and goes on with the log;
+/// the preflight's read-only view sees the same before that, changing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_of_the_page_journal_version_opens_with_every_commit() {
+    use crate::store::journal::{JournaledFile, journal_paths};
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.redb");
+    let db = Database::builder()
+        .create_with_backend(JournaledFile::open(&old, 1 << 20).unwrap())
+        .unwrap();
+    for i in 0..50u32 {
+        let mut txn = db.begin_write().unwrap();
+        txn.set_quick_repair(true);
+        {
+            let mut tables = Tables::open(&txn).unwrap();
+            tables
+                .put(
+                    TableId::Custodian,
+                    Key::Client(&format!("client-{i}"), "PASSWORD-SECP256K1"),
+                    &[i as u8; 700],
+                )
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    // The data dir as a kill -9 left it: the journals hold the commits.
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let path = data.join("sharevault.redb");
+    std::fs::copy(&old, &path).unwrap();
+    for (from, to) in journal_paths(&old).iter().zip(journal_paths(&path)) {
+        std::fs::copy(from, to).unwrap();
+    }
+    drop(db);
+    let digest = crate::store::journal::peek::peek(&path).unwrap().is_some();
+    assert!(digest);
+
+    let before: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    let peeked = RedbStore::peek(&path).unwrap().expect("a database");
+    let reader = peeked.read().unwrap();
+    assert_eq!(reader.len(TableId::Custodian).unwrap(), 50);
+    drop(reader);
+    drop(peeked);
+    let after: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(before == after, "the preflight changed the data dir");
+
+    let store = RedbStore::open(&path, 0, 1 << 20, Default::default()).unwrap();
+    for p in journal_paths(&path) {
+        assert!(!p.exists(), "{} is gone", p.display());
+    }
+    assert!(crate::store::wal::log_path(&path).exists());
+    {
+        let reader = store.read().unwrap();
+        for i in 0..50u32 {
+            assert_eq!(
+                reader
+                    .get(
+                        TableId::Custodian,
+                        Key::Client(&format!("client-{i}"), "PASSWORD-SECP256K1")
+                    )
+                    .unwrap(),
+                Some(vec![i as u8; 700])
+            );
+        }
+    }
+    // And it goes on under the log, across a restart.
+    let (op, audit) = put("after-migration", b"M");
+    rules::write(&store, op, audit, None).await.unwrap();
+    store.close();
+    drop(store);
+    let store = RedbStore::open(&path, 0, 1 << 20, Default::default()).unwrap();
+    let held = records::share(
+        &*store.read().unwrap(),
+        TableId::Custodian,
+        "after-migration",
+        "PASSWORD-SECP256K1",
+    )
+    .unwrap();
+    assert_eq!(held.unwrap().envelope, b"M");
+    assert_eq!(store.read().unwrap().len(TableId::Custodian).unwrap(), 51);
+}
+
+/// After a crash the log's records are replayed; the read-only view of a refused start sees
+/// them too, in memory, and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_after_the_checkpoint_are_replayed_and_seen_by_the_preflight() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.redb");
+    let store = RedbStore::open(&path, 0, 1 << 20, Default::default()).unwrap();
+    for i in 0..20 {
+        let (op, audit) = put(&format!("c{i}"), b"S");
+        rules::write(&store, op, audit, None).await.unwrap();
+    }
+    // A process crash: the files as they are while the store is open (no checkpoint since
+    // its open).
+    let crashed = dir.path().join("crashed.redb");
+    std::fs::copy(&path, &crashed).unwrap();
+    std::fs::copy(
+        crate::store::wal::log_path(&path),
+        crate::store::wal::log_path(&crashed),
+    )
+    .unwrap();
+    store.close();
+    let bytes = |p: &Path| std::fs::read(p).unwrap();
+    let before = (
+        bytes(&crashed),
+        bytes(&crate::store::wal::log_path(&crashed)),
+    );
+    let peeked = RedbStore::peek(&crashed).unwrap().unwrap();
+    assert_eq!(peeked.read().unwrap().len(TableId::Custodian).unwrap(), 20);
+    drop(peeked);
+    assert!(
+        before
+            == (
+                bytes(&crashed),
+                bytes(&crate::store::wal::log_path(&crashed))
+            )
+    );
+    let store = RedbStore::open(&crashed, 0, 1 << 20, Default::default()).unwrap();
+    assert_eq!(store.read().unwrap().len(TableId::Custodian).unwrap(), 20);
+    let report = audit::verify_trail(&store, audit::ChainCheck::plain()).unwrap();
+    assert_eq!((report.events, report.problem), (20, None));
     store.close();
 }

@@ -1,9 +1,8 @@
 //! The group-commit writer thread, and the flusher of deferred audit events.
 
-use super::tables::{Tables, backend};
+use super::engine::{Applied, Engine};
 use super::{MAX_BATCH, Shared};
 use crate::store::{StoreError, WriteClass, WriteJob};
-use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot};
 
 pub(super) use crate::store::QueuedJob as Job;
@@ -18,7 +17,7 @@ fn all_deferred(jobs: &[Job]) -> bool {
 }
 
 /// Makes deferred audit events durable within [`crate::store::DEFERRED_FLUSH`]: when one is waiting,
-/// it queues an empty durable write, whose commit carries them to disk.
+/// it queues an empty durable write, whose fsync of the log carries them to disk.
 pub(super) fn run_flusher(shared: &Shared, queue: &mpsc::Sender<Job>) {
     use std::sync::atomic::Ordering;
     while !shared.closing.load(Ordering::SeqCst) {
@@ -40,12 +39,27 @@ pub(super) fn run_flusher(shared: &Shared, queue: &mpsc::Sender<Job>) {
     }
 }
 
-pub(super) fn run_writer(shared: &Shared, mut queue: mpsc::Receiver<Job>) {
+pub(super) fn run_writer(
+    shared: &Shared,
+    mut engine: Option<Engine>,
+    mut queue: mpsc::Receiver<Job>,
+) {
     while let Some(mut jobs) = crate::store::next_batch(&mut queue, MAX_BATCH) {
         let started = std::time::Instant::now();
         // Below the free-space reserve, jobs that add data are refused; audit events of
         // reads, deletions and status updates still go through, so that reads keep working.
         if let Err(low) = shared.check_space() {
+            // Near the reserve, a checkpoint gives back what it can: the log's file, and the
+            // pages freed since the last checkpoint (redb reuses them only after a durable
+            // commit).
+            if let (Some(e), Ok(db)) = (engine.as_mut(), shared.current())
+                && e.dirty()
+                && let Err(err) = e.checkpoint_shrinking(&db, true)
+            {
+                tracing::error!(error = %err, "checkpoint failed; the database is reopened");
+                drop(db);
+                engine = shared.reopen();
+            }
             let (refused, allowed): (Vec<Job>, Vec<Job>) = jobs
                 .into_iter()
                 .partition(|job| job.job.class == WriteClass::AddsData);
@@ -58,37 +72,51 @@ pub(super) fn run_writer(shared: &Shared, mut queue: mpsc::Receiver<Job>) {
                 continue;
             }
         }
-        // Reads of share material wait for their audit events: those go first, in a commit
+        // Reads of share material wait for their audit events: those go first, in a record
         // of their own, so that recovery traffic never waits for a burst of writes to be
-        // applied (only for the commit already under way).
+        // applied (only for the record already under way).
         let (reads, writes): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(is_read_audit);
         for group in [reads, writes] {
             if !group.is_empty() {
-                commit_group(shared, group, started);
+                commit_group(shared, &mut engine, group, started);
             }
         }
-    }
-    if shared.unflushed.load(std::sync::atomic::Ordering::SeqCst)
-        && let Ok(db) = shared.current()
-        && let Ok(mut txn) = db.begin_write()
-        && let Err(err) = {
-            txn.set_quick_repair(shared.quick_repair);
-            txn.commit()
+        let crowded = engine
+            .as_ref()
+            .zip(shared.free_bytes())
+            .is_some_and(|(e, free)| e.crowds(free));
+        if let (Some(e), Ok(db)) = (engine.as_mut(), shared.current())
+            && (crowded || e.due())
+            && let Err(err) = e.checkpoint_shrinking(&db, crowded)
+        {
+            tracing::error!(error = %err, "checkpoint failed; the database is reopened");
+            drop(db);
+            engine = shared.reopen();
         }
+    }
+    // A clean close: one last checkpoint, so that the next open has no log to replay.
+    if let (Some(e), Ok(db)) = (engine.as_mut(), shared.current())
+        && let Err(err) = e.checkpoint(&db)
     {
-        tracing::error!(error = %err, "the last deferred audit events could not be flushed");
+        tracing::error!(error = %err, "the last checkpoint failed; the next start replays the log");
     }
 }
 
 /// Commits one group of jobs and answers each.
-fn commit_group(shared: &Shared, mut jobs: Vec<Job>, started: std::time::Instant) {
+fn commit_group(
+    shared: &Shared,
+    engine: &mut Option<Engine>,
+    mut jobs: Vec<Job>,
+    started: std::time::Instant,
+) {
     let deferred = all_deferred(&jobs);
-    let committed = commit_or_reopen(shared, &mut jobs);
+    let committed = commit_or_reopen(shared, engine, &mut jobs, !deferred);
     if committed.is_ok() {
-        // A durable commit also makes every earlier deferred one durable.
+        // An fsync of the log also makes every earlier deferred record durable.
+        let waiting = engine.as_ref().is_some_and(Engine::unsynced);
         shared
             .unflushed
-            .store(deferred, std::sync::atomic::Ordering::SeqCst);
+            .store(waiting, std::sync::atomic::Ordering::SeqCst);
     }
     shared
         .metrics
@@ -108,45 +136,28 @@ fn commit_group(shared: &Shared, mut jobs: Vec<Job>, started: std::time::Instant
     crate::store::answer_all(jobs, &committed);
 }
 
-/// Commits a batch; after a failure the database is reopened (and repaired) so that the next
-/// batch, and reads, can go on.
-fn commit_or_reopen(shared: &Shared, jobs: &mut [Job]) -> Result<(), StoreError> {
-    let db = match shared.current() {
-        Ok(db) => db,
-        Err(_) => {
-            shared.reopen();
-            shared.current()?
-        }
-    };
-    let committed = commit_batch(&db, jobs, shared.quick_repair);
-    if committed.is_err() {
-        drop(db);
-        shared.reopen();
+/// Applies a batch; after a failure of redb the database is reopened (which replays the log)
+/// so that the next batch, and reads, can go on.
+fn commit_or_reopen(
+    shared: &Shared,
+    engine: &mut Option<Engine>,
+    jobs: &mut [Job],
+    durable: bool,
+) -> Result<(), StoreError> {
+    if engine.is_none() || shared.current().is_err() {
+        *engine = shared.reopen();
     }
-    committed
-}
-
-/// Runs every job in one transaction and commits it. An error means nothing was committed.
-/// With `quick_repair`, a durable commit also records redb's allocator state (and commits in
-/// two phases, two journal records), so that an open after a crash need not rebuild it.
-fn commit_batch(db: &Database, jobs: &mut [Job], quick_repair: bool) -> Result<(), StoreError> {
-    let mut txn = db.begin_write().map_err(backend)?;
-    // A batch of nothing but deferred audit events commits without an fsync; the next
-    // durable commit (a write, or the flusher's within DEFERRED_FLUSH) makes it durable.
-    let durable = !all_deferred(jobs);
-    let durability = if durable {
-        Durability::Immediate
-    } else {
-        Durability::None
+    let (Some(e), Ok(db)) = (engine.as_mut(), shared.current()) else {
+        return Err(StoreError::Backend("the database is being reopened".into()));
     };
-    txn.set_durability(durability)
-        .map_err(|e| StoreError::Backend(e.to_string()))?;
-    txn.set_quick_repair(quick_repair && durable);
-    {
-        let mut tables = Tables::open(&txn)?;
-        for job in jobs.iter_mut() {
-            (job.job.apply)(&mut tables)?;
+    match e.apply(&db, &mut jobs.iter_mut().map(|j| &mut j.job.apply), durable) {
+        Applied::Done => Ok(()),
+        Applied::Refused(err) => Err(err),
+        Applied::Reopen(err) => {
+            drop(db);
+            *engine = shared.reopen();
+            // The reopen replayed the log: the batch is there if its record was durable.
+            Err(err)
         }
     }
-    txn.commit().map_err(backend)
 }
