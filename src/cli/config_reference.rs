@@ -232,9 +232,10 @@ mod tests {
         let defaults = load(&["serve"]).unwrap();
         let mut checked = 0;
         for s in settings().unwrap() {
-            // "0, keep all" is the value 0; "none", "the systemd credential ..." are words.
+            // "0, keep all" is the value 0; "none", "the systemd credential ..." are words;
+            // "ignored" is a deprecated setting's.
             let value = s.default.split(',').next().unwrap_or(&s.default).trim();
-            let words = ["none", "any", "off"];
+            let words = ["none", "any", "off", "ignored"];
             if words.contains(&value) || value.contains(char::is_whitespace) {
                 continue;
             }
