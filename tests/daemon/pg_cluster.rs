@@ -357,7 +357,7 @@ async fn a_restore_or_migration_into_a_served_database_is_refused() {
     assert!(serving.signal("TERM").success());
 
     // Stopped: both go through, and a daemon serves what they brought.
-    let out = restore_into(&snap, db, key, &["--replace"]);
+    let out = restore_into(&snap, db, key, &["--replace", "--allow-older"]);
     assert!(
         out.status.success(),
         "{}",
@@ -549,7 +549,12 @@ async fn a_daemon_woken_after_a_restore_under_it_refuses_writes() {
     kill("-STOP");
     let refused_until = Instant::now() + Duration::from_secs(30);
     let out = loop {
-        let out = restore_into(&snap, db, &on_pg.keys.master_key_file, &["--replace"]);
+        let out = restore_into(
+            &snap,
+            db,
+            &on_pg.keys.master_key_file,
+            &["--replace", "--allow-older"],
+        );
         if out.status.success() || Instant::now() > refused_until {
             break out;
         }
