@@ -300,12 +300,10 @@ fn migrate_into(data_dir: &Path, db: &Database, keys: &Path, extra: &[&str]) -> 
         .unwrap()
 }
 
-/// `restore --database-url` and `migrate --to postgres` into a database a daemon serves are
-/// refused, naming the daemon, and change nothing; once it has stopped they go through.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restore_or_migration_into_a_served_database_is_refused() {
-    // An embedded vault to migrate from, and a snapshot of it, under the same master key.
-    let on_disk = Sandbox::new(62);
+/// An embedded vault holding one share (`from-disk`), a snapshot of it, and the vault's daemon
+/// stopped: what a restore or migration into PostgreSQL starts from.
+async fn stopped_vault_with_a_snapshot(n: u8) -> (Sandbox, std::path::PathBuf) {
+    let on_disk = Sandbox::new(n);
     let mut daemon = on_disk.start();
     let secret = on_disk.keys.webhook_secret.clone();
     backup(
@@ -319,6 +317,16 @@ async fn a_restore_or_migration_into_a_served_database_is_refused() {
     let snap = on_disk.tmp.path().join("disk.snap");
     snapshot_to(&daemon, &on_disk.keys.admin_token, &snap).await;
     assert!(daemon.signal("TERM").success());
+    (on_disk, snap)
+}
+
+/// `restore --database-url` and `migrate --to postgres` into a database a daemon serves are
+/// refused, naming the daemon, and change nothing; once it has stopped they go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_or_migration_into_a_served_database_is_refused() {
+    // An embedded vault to migrate from, and a snapshot of it, under the same master key.
+    let (on_disk, snap) = stopped_vault_with_a_snapshot(62).await;
+    let secret = on_disk.keys.webhook_secret.clone();
 
     let on_pg = Sandbox::on_shared_postgres(62);
     let db = on_pg.database.as_ref().unwrap();
@@ -514,20 +522,8 @@ async fn one_daemon_at_a_time_prunes_and_archives_the_audit_trail() {
 /// (keys, audit chain) the daemon read before; the restored vault's audit chain stays whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_woken_after_a_restore_under_it_refuses_writes() {
-    let on_disk = Sandbox::new(65);
-    let mut daemon = on_disk.start();
+    let (on_disk, snap) = stopped_vault_with_a_snapshot(65).await;
     let secret = on_disk.keys.webhook_secret.clone();
-    backup(
-        &mut daemon.webhook().await,
-        &secret,
-        "from-disk",
-        "disk-share",
-    )
-    .await
-    .unwrap();
-    let snap = on_disk.tmp.path().join("disk.snap");
-    snapshot_to(&daemon, &on_disk.keys.admin_token, &snap).await;
-    assert!(daemon.signal("TERM").success());
 
     let on_pg = Sandbox::on_shared_postgres(65);
     let db = on_pg.database.as_ref().unwrap();
